@@ -1,0 +1,69 @@
+"""The classifier plugin interface of the evaluation stage.
+
+A classifier looks at one generated video (and the CSV row that produced it)
+and returns a flat record; `summarize` turns a list of records into set-level
+metrics; `summarize_paired` compares base and erased records made from the
+same rows and seeds. Plugins register a factory under a name that configs use
+(`eval.classifier.name`), with options passed as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Record = dict[str, Any]
+
+
+class VideoClassifier(ABC):
+    #: registry name, e.g. "nudenet" or "toy"
+    name: str = ""
+
+    @abstractmethod
+    def classify(self, frames: np.ndarray, row: dict[str, Any]) -> Record:
+        """Score one video.
+
+        frames: float32 array [F, H, W, 3], RGB in [0, 1] (what CogVideoXPipeline returns
+        with output_type="np"). row: the prompt CSV row (prompt, seed, concept, ...).
+        Returns a flat dict of scalars (ints, floats, bools, strings) for results.csv.
+        """
+
+    @abstractmethod
+    def summarize(self, records: list[Record]) -> dict[str, float]:
+        """Aggregate per-video records of one model (base or erased) into metrics."""
+
+    def summarize_paired(self, base: list[Record], erased: list[Record]) -> dict[str, float]:
+        """Metrics that need base and erased records of the same rows (same order). Optional."""
+        return {}
+
+    def close(self) -> None:  # release sessions/threads
+        pass
+
+
+_REGISTRY: dict[str, Callable[..., VideoClassifier]] = {}
+# Built-in plugins are imported lazily so that importing the interface stays cheap.
+_BUILTIN_MODULES = {"nudenet": "eval.classifiers.nudenet", "toy": "eval.classifiers.toy"}
+
+
+def register_classifier(name: str) -> Callable:
+    def deco(factory: Callable[..., VideoClassifier]):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def build_classifier(name: str, **options: Any) -> VideoClassifier:
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY and ":" in name:  # "package.module:Factory" for user plugins
+        mod, _, attr = name.partition(":")
+        return getattr(importlib.import_module(mod), attr)(**options)
+    if name not in _REGISTRY:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+        raise ValueError(f"Unknown classifier {name!r}; known: {known} (or 'module.path:Factory')")
+    return _REGISTRY[name](**options)

@@ -1,0 +1,1 @@
+"""One module per `t2vu` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,176 @@
+"""Typed configuration of the method (model, eraser, concept data, losses, training).
+
+One schema, validated before any model loads: unknown keys and bad values fail
+with the key path named (pydantic `extra="forbid"`). Pipeline-level sections
+(distributed, search, eval, mlflow) extend this in `pipelines.config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """Which base model, and the video geometry used while training."""
+
+    family: Literal["cogvideox"] = "cogvideox"
+    # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
+    # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
+    path: str = "builtin:tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_frames: int = Field(9, ge=1)
+    height: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+
+
+class EraserConfig(Strict):
+    rank: int = Field(128, ge=1, le=4096)
+    # Block indices that get an eraser; None = every transformer block.
+    blocks: list[int] | None = None
+
+
+class ConceptConfig(Strict):
+    """Prompt-only data: what to erase, what to compare against, what to keep."""
+
+    # The concept's words as they appear in the prompts (token positions for the mask
+    # are found by matching these words' token ids inside each prompt).
+    target: str = "naked"
+    # Prompts that contain `target`. Either listed here or read from `prompts_file`.
+    prompts: list[str] = Field(default_factory=lambda: ["a naked body"])
+    prompts_file: str | None = None
+    prompts_column: str = "prompt"
+    # Reference branch of the negative guidance:
+    #   empty   -> v_ref = v("")                    (the reference method)
+    #   anchors -> v_ref = mean_a v(prompt with target -> a)
+    #   paired  -> v_ref = v(paired prompt from `paired_column` of prompts_file)
+    reference: Literal["empty", "anchors", "paired"] = "empty"
+    anchors: list[str] = Field(default_factory=list)
+    paired_column: str = "normal prompt"
+    # Prompts of concepts whose predictions must not move.
+    preserve: list[str] = Field(default_factory=lambda: ["a person", "a face", "clothing", "a background"])
+    # Erasers also run in the unconditional branch of CFG; keep "" unchanged too.
+    preserve_empty: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "ConceptConfig":
+        if not self.target.strip():
+            raise ValueError("concept.target is empty: set it to the concept's words, e.g. 'naked'")
+        if self.reference == "anchors" and not self.anchors:
+            raise ValueError("concept.reference is 'anchors' but concept.anchors is empty: list e.g. ['clothed']")
+        if self.reference == "paired" and not self.prompts_file:
+            raise ValueError("concept.reference is 'paired' but concept.prompts_file is not set")
+        return self
+
+
+class LossConfig(Strict):
+    eta: float = Field(7.0, ge=0.0)
+    w_unlearn: float = Field(1.0, ge=0.0)
+    w_preserve: float = Field(0.5, ge=0.0)
+    w_localize: float = Field(1.0, ge=0.0)
+    mask_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    # Which blocks' attention feeds the mask; None = all blocks.
+    mask_layers: list[int] | None = None
+    # Query rows per chunk when computing text-column attention probabilities.
+    attn_chunk: int = Field(1024, ge=1)
+
+
+class TrajectoryConfig(Strict):
+    num_inference_steps: int = Field(20, ge=2)
+    guidance_scale: float = Field(5.0, ge=1.0)
+    # Trajectories sampled once (erasers off) per prompt and reused across steps.
+    pool_size: int = Field(8, ge=1)
+
+
+class TrainConfig(Strict):
+    steps: int = Field(500, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    # Concept prompts per step (each brings its reference prompts along).
+    batch_size: int = Field(1, ge=1)
+    # Preserved prompts per step.
+    preserve_batch_size: int = Field(2, ge=0)
+    xt_source: Literal["noise", "trajectory"] = "noise"
+    trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig)
+    seed: int = 0
+    grad_clip: float | None = 1.0
+    gradient_checkpointing: bool = False
+    autocast: Literal["none", "bf16"] = "none"
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    cache_dir: str | None = None  # text-embedding cache; default <output>/../.cache/embeddings
+
+
+class MethodConfig(Strict):
+    """Everything a single eraser training needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    eraser: EraserConfig = Field(default_factory=EraserConfig)
+    concept: ConceptConfig = Field(default_factory=ConceptConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config file failed validation; the message names file, key and fix."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling; see the configuration reference in README.md)"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config {path} must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(cls: type[BaseModel], data: dict, source: str = "<dict>"):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_method_config(path: str | Path) -> MethodConfig:
+    return validate(MethodConfig, read_yaml(path), str(path))
+
+
+def config_digest(cfg: BaseModel) -> str:
+    """Stable short hash of a resolved config (stored in eraser files)."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def set_by_path(data: dict, dotted: str, value) -> None:
+    """Set `a.b.c` in a nested dict (used by CLI overrides and Tune samples)."""
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"Cannot set {dotted}: {k} is not a section")
+    cur[keys[-1]] = value

@@ -1,0 +1,1 @@
+"""Model specs: every model-family-specific detail lives behind `ModelSpec`."""
