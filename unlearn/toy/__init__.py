@@ -1,0 +1,14 @@
+"""The toy world: procedural coloured-shape videos on which erasure is measurable on a CPU.
+
+`world` renders videos and writes prompts (and the benchmark's prompt sets), `detector`
+reads colour/shape/motion back from frames exactly, `build` trains a tiny CogVideoX
+(real diffusers layout) on the world. The built model ships at `unlearn/assets/toy-model/`
+(`builtin:toy`), so tests and demos never retrain it.
+"""
+
+from pathlib import Path
+
+#: The committed, pre-built toy model (diffusers CogVideoX layout).
+TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-model"
+
+__all__ = ["TOY_MODEL_DIR"]
