@@ -1,0 +1,66 @@
+"""`t2vu train --config C [--output DIR] [--distributed] [--set key=value ...]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_common(p, default_config: str | None = None) -> None:
+    p.add_argument("--config", "-c", required=default_config is None, default=default_config, help="YAML config")
+    p.add_argument("--output", "-o", default=None, help="output folder (default: a new folder under runs/)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=10 (YAML-parsed value)",
+    )
+
+
+def default_output(kind: str, config: str) -> Path:
+    import time
+
+    return Path("runs") / f"{kind}-{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_config_with_overrides(path: str, overrides: list[str], loader):
+    import yaml
+
+    from unlearn.config import ConfigError, read_yaml, set_by_path
+
+    data = read_yaml(path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=10")
+        key, _, raw = item.partition("=")
+        set_by_path(data, key.strip(), yaml.safe_load(raw))
+    return loader(data, path)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an eraser (one process, or Ray Train + DeepSpeed with --distributed)")
+    add_common(p)
+    p.add_argument("--distributed", action="store_true", help="run under Ray Train + DeepSpeed (pipelines.distributed)")
+    p.add_argument("--no-resume", action="store_true", help="start from step 0 even if a checkpoint exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.distributed:
+        from pipelines.distributed import run_distributed_cli
+
+        return run_distributed_cli(args)
+    from unlearn.config import MethodConfig, validate
+    from unlearn.trainer import train
+
+    cfg = load_config_with_overrides(
+        args.config, args.overrides, lambda d, src: validate(MethodConfig, _method_part(d), src)
+    )
+    out = Path(args.output) if args.output else default_output("train", args.config)
+    summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
+    print(json.dumps({"output": str(out), **summary}, indent=2))
+    return 0
+
+
+def _method_part(data: dict) -> dict:
+    """A full pipeline config may carry more sections; training reads the method ones."""
+    keys = ("model", "eraser", "concept", "loss", "train")
+    return {k: v for k, v in data.items() if k in keys}

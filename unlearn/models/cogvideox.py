@@ -1,0 +1,251 @@
+"""CogVideoX (diffusers) behind the model-spec seam.
+
+Everything CogVideoX-specific lives here: loading a diffusers directory,
+T5 prompt encoding (padded to 226 tokens for the real models), latent shapes
+(4x temporal / 8x spatial VAE compression, 2x2 patches), the v-prediction
+forward call with 3D RoPE, the DDIM sampler used for trajectory x_t, and the
+joint-attention layout (text tokens first, then video tokens frame-major).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unlearn.models.spec import TokenLayout
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_model_dir(path: str | Path, need: tuple[str, ...] = LAYOUT_DIRS) -> Path:
+    """Fail early, naming what is missing, if `path` is not a diffusers CogVideoX directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model directory {path} does not exist. Point model.path at a local diffusers-format "
+            "CogVideoX directory (e.g. a download of THUDM/CogVideoX-2b) or use builtin:tiny / builtin:toy."
+        )
+    missing = [d for d in ("model_index.json", *need) if not (path / d).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"Model directory {path} lacks {missing}; expected the diffusers layout "
+            f"model_index.json + {', '.join(LAYOUT_DIRS)}/"
+        )
+    return path
+
+
+def load_components(path: str | Path, dtype: str = "float32", components=("transformer", "scheduler")) -> dict:
+    """Load only the named parts (trainers never load the ~9 GB T5-XXL when the embedding cache is warm)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    from unlearn.models.tokenizer import check_tokenizer
+
+    path = check_model_dir(path, tuple(components))
+    torch_dtype = DTYPES[dtype]
+    out: dict = {}
+    for name in components:
+        sub = str(path / name)
+        if name == "transformer":
+            out[name] = CogVideoXTransformer3DModel.from_pretrained(sub, dtype=torch_dtype)
+        elif name == "vae":
+            out[name] = AutoencoderKLCogVideoX.from_pretrained(sub, dtype=torch_dtype)
+        elif name == "text_encoder":
+            out[name] = T5EncoderModel.from_pretrained(sub, dtype=torch_dtype)
+        elif name == "tokenizer":
+            tok = T5Tokenizer.from_pretrained(sub)
+            check_tokenizer(tok)
+            out[name] = tok
+        elif name == "scheduler":
+            out[name] = CogVideoXDDIMScheduler.from_pretrained(sub)
+        else:
+            raise ValueError(f"Unknown CogVideoX component {name!r}; known: {LAYOUT_DIRS}")
+        if isinstance(out[name], nn.Module):
+            out[name].requires_grad_(False).eval()
+    return out
+
+
+def load_pipeline(path: str | Path, dtype: str = "float32"):
+    """The real `CogVideoXPipeline.from_pretrained(path)` (used by evaluation)."""
+    from diffusers import CogVideoXPipeline
+
+    from unlearn.models.tokenizer import check_tokenizer
+
+    pipe = CogVideoXPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype])
+    check_tokenizer(pipe.tokenizer)
+    return pipe
+
+
+def vae_factors(path: str | Path) -> tuple[int, int]:
+    """(spatial, temporal) compression read from vae/config.json, without loading the VAE."""
+    cfg = json.loads((Path(path) / "vae" / "config.json").read_text())
+    spatial = 2 ** (len(cfg["block_out_channels"]) - 1)
+    return spatial, int(cfg.get("temporal_compression_ratio", 4))
+
+
+def text_max_length(path: str | Path) -> int:
+    cfg = json.loads((Path(path) / "transformer" / "config.json").read_text())
+    return int(cfg["max_text_seq_length"])
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int) -> torch.Tensor:
+    """T5 embeddings exactly as `CogVideoXPipeline._get_t5_prompt_embeds` computes them."""
+    ids = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def prompt_token_ids(tokenizer, prompt: str, max_length: int) -> list[int]:
+    return tokenizer(
+        prompt, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True
+    ).input_ids
+
+
+class CogVideoXSpec:
+    """A loaded CogVideoX transformer + scheduler, with the VAE geometry it was paired with."""
+
+    family = "cogvideox"
+
+    def __init__(self, transformer: nn.Module, scheduler, vae_spatial: int = 8, vae_temporal: int = 4):
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.vae_spatial = vae_spatial
+        self.vae_temporal = vae_temporal
+        self.text_len = int(transformer.config.max_text_seq_length)
+        self._rope_cache: dict = {}
+        alphas = scheduler.alphas_cumprod
+        self._sqrt_a = alphas.sqrt()
+        self._sqrt_1ma = (1 - alphas).sqrt()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> "CogVideoXSpec":
+        parts = load_components(path, dtype, ("transformer", "scheduler"))
+        spatial, temporal = vae_factors(path)
+        return cls(parts["transformer"], parts["scheduler"], spatial, temporal)
+
+    # --- structure -------------------------------------------------------------------------
+    def blocks(self) -> list[nn.Module]:
+        return list(self.transformer.transformer_blocks)
+
+    def attention(self, block: nn.Module) -> nn.Module:
+        return block.attn1
+
+    def hidden_size(self) -> int:
+        cfg = self.transformer.config
+        return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(F, C, H, W) of one latent video, as the pipeline's prepare_latents computes it."""
+        if (num_frames - 1) % self.vae_temporal:
+            raise ValueError(
+                f"num_frames={num_frames} must be 1 + a multiple of the VAE's temporal factor "
+                f"{self.vae_temporal} (e.g. 9, 49)"
+            )
+        if height % (self.vae_spatial * 2) or width % (self.vae_spatial * 2):
+            raise ValueError(
+                f"height/width {height}x{width} must be multiples of {self.vae_spatial * 2} "
+                "(VAE factor x patch size)"
+            )
+        frames = (num_frames - 1) // self.vae_temporal + 1
+        c = int(self.transformer.config.in_channels)
+        return frames, c, height // self.vae_spatial, width // self.vae_spatial
+
+    def token_layout(self, latent_shape: tuple[int, ...]) -> TokenLayout:
+        f, _, h, w = latent_shape
+        p = int(self.transformer.config.patch_size)
+        pt = self.transformer.config.patch_size_t
+        frames = f if pt is None else (f + pt - 1) // pt
+        return TokenLayout(self.text_len, (frames, h // p, w // p))
+
+    # --- forward ---------------------------------------------------------------------------
+    def rotary_emb(self, latent_shape, device):
+        if not self.transformer.config.use_rotary_positional_embeddings:
+            return None
+        key = (tuple(latent_shape), str(device))
+        if key not in self._rope_cache:
+            from diffusers.models.embeddings import get_3d_rotary_pos_embed
+            from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+            cfg = self.transformer.config
+            f, _, h, w = latent_shape
+            p, pt = cfg.patch_size, cfg.patch_size_t
+            gh, gw = h // p, w // p
+            bw, bh = cfg.sample_width // p, cfg.sample_height // p
+            if pt is None:
+                crops = get_resize_crop_region_for_grid((gh, gw), bw, bh)
+                emb = get_3d_rotary_pos_embed(
+                    embed_dim=cfg.attention_head_dim, crops_coords=crops, grid_size=(gh, gw),
+                    temporal_size=f, device=device,
+                )
+            else:
+                emb = get_3d_rotary_pos_embed(
+                    embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(gh, gw),
+                    temporal_size=(f + pt - 1) // pt, grid_type="slice", max_size=(bh, bw), device=device,
+                )
+            self._rope_cache[key] = emb
+        return self._rope_cache[key]
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """v-prediction for a batch: x_t [B,F,C,H,W], t [B] (int), text_emb [B,L,D]."""
+        if text_emb.shape[1] != self.text_len:
+            raise ValueError(
+                f"text embeddings have {text_emb.shape[1]} tokens but the transformer expects "
+                f"max_text_seq_length={self.text_len}; encode prompts padded to that length"
+            )
+        dtype = next(self.transformer.parameters()).dtype
+        out = self.transformer(
+            hidden_states=x_t.to(dtype),
+            encoder_hidden_states=text_emb.to(dtype),
+            timestep=t,
+            image_rotary_emb=self.rotary_emb(x_t.shape[1:], x_t.device),
+            return_dict=False,
+        )[0]
+        return out
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        a = self._sqrt_a.to(x0.device)[t].view(shape).to(x0.dtype)
+        s = self._sqrt_1ma.to(x0.device)[t].view(shape).to(x0.dtype)
+        return a * x0 + s * noise
+
+    @torch.no_grad()
+    def sample_trajectory(
+        self, text_emb: torch.Tensor, uncond_emb: torch.Tensor, latent_shape, num_steps: int,
+        guidance: float, generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM (eta 0) with CFG from pure noise; returns states [S,B,...] and their timesteps [S].
+
+        States are the inputs x_t the model sees at each sampler step, i.e. the
+        frozen model's own trajectory (the ESD/Receler source of x_t).
+        """
+        from diffusers import CogVideoXDDIMScheduler
+
+        sched = CogVideoXDDIMScheduler.from_config(self.scheduler.config)
+        sched.set_timesteps(num_steps)
+        b = text_emb.shape[0]
+        x = torch.randn((b, *latent_shape), generator=generator) * sched.init_noise_sigma
+        states, times = [], []
+        for t in sched.timesteps:
+            states.append(x.clone())
+            times.append(int(t))
+            tt = torch.full((2 * b,), int(t), dtype=torch.long)
+            v = self.velocity(torch.cat([x, x]), tt, torch.cat([uncond_emb.expand(b, -1, -1), text_emb])).float()
+            v_u, v_c = v.chunk(2)
+            v = v_u + guidance * (v_c - v_u)
+            x = sched.step(v, t, x, return_dict=False)[0]
+        return torch.stack(states), torch.tensor(times)

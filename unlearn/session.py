@@ -1,0 +1,101 @@
+"""Everything one training process needs, built from a `MethodConfig`.
+
+config -> model spec (transformer + scheduler only) -> prompt data -> cached
+text embeddings -> erasers + objective -> x_t source -> `batch(step)`.
+Used unchanged by the single-process trainer and by each Ray Train worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from unlearn.config import MethodConfig, config_digest
+from unlearn.data import PromptOnlyData
+from unlearn.embedding_cache import EmbeddingCache
+from unlearn.eraser import EraserSet
+from unlearn.masks import selector
+from unlearn.models.cogvideox import CogVideoXSpec, load_components
+from unlearn.models.registry import cache_root, resolve_model_path
+from unlearn.step import ErasureObjective, StepBatch
+from unlearn.xt_sources import NoiseSource, TrajectorySource
+
+
+def default_cache_dir(cfg: MethodConfig) -> Path:
+    return Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "embeddings"
+
+
+def load_data(cfg: MethodConfig, model_dir: Path, text_len: int, config_dir=None) -> PromptOnlyData:
+    tok = load_components(model_dir, "float32", ("tokenizer",))["tokenizer"]
+    return PromptOnlyData(cfg.concept, tok, text_len, base_dir=config_dir)
+
+
+def prepare_embeddings(cfg: MethodConfig, config_dir=None) -> EmbeddingCache:
+    """Driver-side: make sure every prompt the run needs is in the cache (loads T5 only if needed)."""
+    from unlearn.models.cogvideox import text_max_length
+
+    model_dir = resolve_model_path(cfg.model.path)
+    text_len = text_max_length(model_dir)
+    data = load_data(cfg, model_dir, text_len, config_dir)
+    cache = EmbeddingCache(default_cache_dir(cfg), model_dir, text_len)
+    cache.fill(data.all_prompts(), cfg.model.dtype)
+    return cache
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    h = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 62) - 1)
+
+
+class TrainingSession:
+    def __init__(self, cfg: MethodConfig, config_dir=None, device: str | torch.device = "cpu", rank: int = 0):
+        self.cfg = cfg
+        self.rank = rank
+        self.device = torch.device(device)
+        self.model_dir = resolve_model_path(cfg.model.path)
+        self.spec = CogVideoXSpec.from_pretrained(self.model_dir, cfg.model.dtype)
+        self.spec.transformer.to(self.device)
+        if cfg.train.gradient_checkpointing:
+            self.spec.transformer.enable_gradient_checkpointing()
+        self.data = load_data(cfg, self.model_dir, self.spec.text_len, config_dir)
+        self.cache = EmbeddingCache(default_cache_dir(cfg), self.model_dir, self.spec.text_len)
+        self.cache.fill(self.data.all_prompts(), cfg.model.dtype)  # no-op when the driver pre-filled it
+        self.emb = self.cache.get_dict(self.data.all_prompts())
+        self.latent_shape = self.spec.latent_shape(cfg.model.num_frames, cfg.model.height, cfg.model.width)
+        torch.manual_seed(cfg.train.seed)  # identical eraser init on every rank and every rerun
+        self.eraser_set = EraserSet.for_spec(
+            self.spec, cfg.eraser.rank, cfg.eraser.blocks, target_concept=cfg.concept.target,
+            base_model=cfg.model.path, config_digest=config_digest(cfg),
+        ).to(self.device)
+        self.objective = ErasureObjective(self.spec, self.eraser_set, cfg.loss, cfg.train.autocast)
+        if cfg.train.xt_source == "noise":
+            self.source = NoiseSource(self.spec, self.latent_shape)
+        else:
+            tr = cfg.train.trajectory
+            prompts = [it.prompt for it in self.data.items] + self.data.preserve
+            self.source = TrajectorySource(
+                self.spec, self.latent_shape, self.emb, prompts, tr.num_inference_steps, tr.guidance_scale,
+                tr.pool_size, seed=cfg.train.seed, handle=self.objective.handle,
+            )
+
+    def batch(self, step: int) -> StepBatch:
+        tc = self.cfg.train
+        gen = torch.Generator().manual_seed(step_seed(tc.seed, step, self.rank))
+        items, pres = self.data.sample(gen, tc.batch_size, tc.preserve_batch_size)
+        x_c, t_c = self.source.draw([it.prompt for it in items], gen)
+        emb_c = torch.stack([self.emb[it.prompt] for it in items])
+        emb_ref = torch.stack([torch.stack([self.emb[r] for r in it.references]) for it in items])
+        sel = selector([list(it.positions) for it in items], self.spec.text_len)
+        if pres:
+            x_p, t_p = self.source.draw(pres, gen)
+            emb_p = torch.stack([self.emb[q] for q in pres])
+        else:
+            x_p = x_c.new_zeros((0, *x_c.shape[1:]))
+            t_p = t_c.new_zeros((0,))
+            emb_p = emb_c.new_zeros((0, *emb_c.shape[1:]))
+        return StepBatch(x_c, t_c, emb_c, emb_ref, sel, x_p, t_p, emb_p).to(self.device)
+
+    def trainable_parameters(self):
+        return [p for p in self.eraser_set.parameters() if p.requires_grad]

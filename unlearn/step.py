@@ -1,0 +1,121 @@
+"""The fused training step, in plain PyTorch (Ray Train + DeepSpeed wrap it unchanged).
+
+Per step, two transformer forwards instead of one per quantity:
+1. no grad, erasers off, batched over [concept | references | preserved]:
+   v_c, v_ref (mean over anchors), v_preserve_original, and the attention of
+   the concept rows (-> localization mask);
+2. with grad, erasers on, batched over [concept | preserved]:
+   the erased predictions and each block's eraser output.
+Then  L = w_u * MSE(v_E(c), v_ref - eta (v_c - v_ref)) + w_p * MSE(v_E(p), v(p)) + w_l * L_loc.
+The naive alternative (a second model copy, one forward per quantity, the full
+attention matrix) is `unlearn.naive`; the benchmark compares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unlearn.attention import AttentionCapture
+from unlearn.config import LossConfig
+from unlearn.eraser import EraserSet, attach
+from unlearn.losses import localization_loss, negative_guided_target, preserve_loss, unlearn_loss
+from unlearn.masks import localization_mask
+
+
+@dataclass
+class StepBatch:
+    x_c: torch.Tensor  # [B, F, C, H, W] noisy latents of concept rows
+    t_c: torch.Tensor  # [B]
+    emb_c: torch.Tensor  # [B, L, D]
+    emb_ref: torch.Tensor  # [B, K, L, D] references (K = 1 for empty/paired, #anchors for anchors)
+    sel: torch.Tensor  # [B, L] concept-token selector
+    x_p: torch.Tensor  # [P, F, C, H, W] preserved rows (P may be 0)
+    t_p: torch.Tensor
+    emb_p: torch.Tensor
+
+    def to(self, device) -> "StepBatch":
+        return StepBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+class ErasureObjective(nn.Module):
+    """Erasers (the only registered, trainable submodule) + the frozen backbone they hook into."""
+
+    def __init__(self, spec, eraser_set: EraserSet, loss_cfg: LossConfig, autocast: str = "none"):
+        super().__init__()
+        self.erasers = eraser_set
+        # Not registered as a submodule on purpose: optimizers, DeepSpeed and
+        # state_dict() only ever see the erasers; the backbone stays frozen and whole.
+        self.__dict__["spec"] = spec
+        self.loss_cfg = loss_cfg
+        self.autocast = autocast
+        spec.transformer.requires_grad_(False)
+        self.handle = attach(spec.transformer, eraser_set)
+        attn = [spec.attention(b) for b in spec.blocks()]
+        self.capture = (
+            AttentionCapture(attn, loss_cfg.mask_layers, chunk=loss_cfg.attn_chunk) if loss_cfg.w_localize > 0 else None
+        )
+
+    def _amp(self, device):
+        if self.autocast == "bf16":
+            return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(self, batch: StepBatch) -> dict[str, torch.Tensor]:
+        spec, cfg = self.spec, self.loss_cfg
+        b, k = batch.emb_ref.shape[:2]
+        p = batch.x_p.shape[0]
+        dev = batch.x_c.device
+
+        # 1) frozen predictions (one batched forward, erasers off, no graph)
+        x = torch.cat([batch.x_c, batch.x_c.repeat_interleave(k, 0), batch.x_p])
+        t = torch.cat([batch.t_c, batch.t_c.repeat_interleave(k, 0), batch.t_p])
+        e = torch.cat([batch.emb_c, batch.emb_ref.flatten(0, 1), batch.emb_p])
+        cap = self.capture.capturing(b) if self.capture is not None else contextlib.nullcontext()
+        with torch.no_grad(), self.handle.disabled(), cap, self._amp(dev):
+            v = spec.velocity(x, t, e).float()
+        v_c, v_ref, v_p0 = v.split([b, b * k, p])
+        v_ref = v_ref.view(b, k, *v_ref.shape[1:]).mean(1)
+        target = negative_guided_target(v_c, v_ref, cfg.eta)
+
+        # 2) erased predictions (one batched forward, with grad into the erasers only)
+        with self.handle.recording() as eraser_out, self._amp(dev):
+            v_e = spec.velocity(torch.cat([batch.x_c, batch.x_p]), torch.cat([batch.t_c, batch.t_p]),
+                                torch.cat([batch.emb_c, batch.emb_p])).float()
+        v_e_c, v_e_p = v_e.split([b, p])
+
+        l_u = unlearn_loss(v_e_c, target)
+        l_p = preserve_loss(v_e_p, v_p0) if p else v_e.new_zeros(())
+        out = {"l_unlearn": l_u, "l_preserve": l_p}
+        if self.capture is not None:
+            layout = spec.token_layout(batch.x_c.shape[1:])
+            mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
+            l_l = localization_loss([eraser_out[i][:b] for i in sorted(eraser_out)], mask)
+            out["mask_fraction"] = mask.mean().detach()
+        else:
+            l_l = v_e.new_zeros(())
+        out["l_localize"] = l_l
+        out["loss"] = cfg.w_unlearn * l_u + cfg.w_preserve * l_p + cfg.w_localize * l_l
+        return out
+
+    def detach(self) -> None:
+        """Remove hooks and processors from the backbone."""
+        self.handle.remove()
+        if self.capture is not None:
+            self.capture.remove()
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
+    bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
+    if bad:
+        raise NonFiniteLossError(
+            f"Non-finite loss at step {step}: {bad}. Training stopped; no eraser was written for this step. "
+            "Lower train.lr or loss.eta, or enable train.grad_clip."
+        )

@@ -1,0 +1,139 @@
+"""Single-process eraser training: `t2vu train --config C --output DIR`.
+
+A nanoGPT-style loop around `ErasureObjective`. Output folder:
+  config.yaml      resolved config
+  metrics.jsonl    one JSON line per logged step (rewritten on resume: no duplicates)
+  checkpoint/      last checkpoint (eraser files + optimizer.pt + state.json), atomic
+  eraser/          final eraser.safetensors + eraser_config.json (written only on success)
+  summary.json     final losses, steps, wall time
+Rerunning a finished output does nothing; rerunning an interrupted one resumes
+from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from unlearn.config import MethodConfig
+from unlearn.eraser import read_eraser, save_eraser
+from unlearn.session import TrainingSession
+from unlearn.step import check_finite
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path, upto_step: int | None = None) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if upto_step is None or r["step"] <= upto_step:
+            rows.append(r)
+    return rows
+
+
+def save_checkpoint(out: Path, session: TrainingSession, optimizer, step: int) -> None:
+    ck = out / "checkpoint"
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out))
+    try:
+        save_eraser(session.eraser_set, tmp / "eraser")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        if ck.exists():
+            shutil.rmtree(ck)
+        os.replace(tmp, ck)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, session: TrainingSession, optimizer) -> int:
+    ck = out / "checkpoint"
+    if not (ck / "state.json").exists():
+        return 0
+    saved = read_eraser(ck / "eraser")
+    if saved.meta.config_digest != session.eraser_set.meta.config_digest:
+        raise RuntimeError(
+            f"{ck} was written by a different config (digest {saved.meta.config_digest} vs "
+            f"{session.eraser_set.meta.config_digest}); use a new --output or delete the folder"
+        )
+    session.eraser_set.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+    return int(json.loads((ck / "state.json").read_text())["step"])
+
+
+def make_optimizer(cfg: MethodConfig, params):
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True) -> dict:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+    if resume and summary_path.exists() and (out / "eraser" / "eraser_config.json").exists():
+        return json.loads(summary_path.read_text())  # finished: nothing to redo
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    t0 = time.time()
+    session = TrainingSession(cfg, config_dir=config_dir)
+    optimizer = make_optimizer(cfg, session.trainable_parameters())
+    start = load_checkpoint(out, session, optimizer) if resume else 0
+    metrics_path = out / "metrics.jsonl"
+    history = read_metrics(metrics_path, upto_step=start)
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+
+    from tqdm.auto import tqdm
+
+    tc = cfg.train
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress, desc="train", unit="step")
+    last: dict = {}
+    with open(metrics_path, "a") as mf:
+        for step in bar:
+            batch = session.batch(step)
+            losses = session.objective(batch)
+            check_finite(losses, step + 1)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(session.trainable_parameters(), tc.grad_clip)
+            optimizer.step()
+            done = step + 1
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            if done % tc.log_every == 0 or done == tc.steps:
+                mf.write(json.dumps({"step": done, **last}) + "\n")
+                mf.flush()
+                bar.set_postfix(loss=f"{last['loss']:.4g}")
+            if done % tc.checkpoint_every == 0 and done < tc.steps:
+                save_checkpoint(out, session, optimizer, done)
+    save_eraser(session.eraser_set, out / "eraser")
+    summary = {
+        "steps": tc.steps,
+        "resumed_from": start,
+        "final": last,
+        "wall_s": round(time.time() - t0, 3),
+        "eraser": str(out / "eraser"),
+        "trainable_params": session.eraser_set.num_parameters(),
+    }
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    if (out / "checkpoint").exists():
+        shutil.rmtree(out / "checkpoint")
+    session.objective.detach()
+    return summary
