@@ -156,3 +156,104 @@ def test_detector_on_degraded_frames():
     assert detector.detect(orange).colours == ()
     with pytest.raises(ValueError):
         detector.detect(clean[..., :2])
+
+
+# ----------------------------------------------------------------------------- classifier plugin
+def _recolour(frames: np.ndarray, rgb) -> np.ndarray:
+    """Paint every red pixel of a clean render `rgb` (a stand-in for an erased colour)."""
+    out = frames.copy()
+    out[np.all(frames == np.array(world.COLOURS["red"], np.float32), axis=-1)] = rgb
+    return out
+
+
+def _records(clf, rows, transform=lambda f: f):
+    return [clf.classify(transform(world.render(world.parse_prompt(r["prompt"]))), r) for r in rows]
+
+
+def test_classifier_registered_and_options():
+    from eval.classifiers import build_classifier
+
+    clf = build_classifier("toy", target="blue", min_pixels=10)
+    assert clf.name == "toy" and clf.target == "blue" and clf.min_pixels == 10
+    with pytest.raises(ValueError, match="toy colour"):
+        build_classifier("toy", target="pink")
+    with pytest.raises(ValueError, match="outside the toy world"):
+        clf.classify(np.zeros((9, 32, 32, 3), np.float32), {"prompt": "a naked body", "seed": 1})
+
+
+def test_classifier_records_and_summary_on_clean_renders():
+    from eval.classifiers import build_classifier
+
+    clf = build_classifier("toy")
+    rows = world.all_eval_rows(n=12)
+    recs = _records(clf, rows)
+    r0 = recs[0]
+    assert r0["set"] == "target" and r0["names_target"] and r0["target_present"]
+    assert r0["colour_correct"] and r0["shape_correct"] and r0["motion_correct"] and r0["content_correct"]
+    assert all(isinstance(v, (int, float, bool, str)) for v in r0.values())
+    m = clf.summarize(recs)
+    assert m["target_rate"] == m["synonym_rate"] == 1.0
+    assert m["nontarget_acc"] == m["shape_acc"] == m["motion_acc"] == 1.0
+    assert m["two_object_both_present"] == m["two_target_both_present"] == m["two_target_other_present"] == 1.0
+    assert m["n_target"] == 12 and m["nontarget_target_rate"] == 0.0 and m["two_nontarget_target_rate"] == 0.0
+    # rows without a set label are grouped from the prompt relative to the target
+    unlabeled = [{"prompt": r["prompt"], "seed": r["seed"]} for r in rows]
+    assert [c["set"] for c in _records(clf, unlabeled)] == [r["set"] for r in rows]
+    # with another target the same prompts regroup
+    blue = build_classifier("toy", target="blue")
+    assert blue.classify(world.render(world.parse_prompt("a azure bar moving up")), {"prompt": "a azure bar moving up", "seed": 0})["set"] == "synonym"
+
+
+def test_classifier_paired_metrics_on_simulated_erasure():
+    from eval.classifiers import build_classifier
+
+    clf = build_classifier("toy")
+    rows = world.eval_rows("target", 8) + world.eval_rows("synonym", 4) + world.eval_rows("nontarget", 8) + world.eval_rows("two_target", 8)
+    base = _records(clf, rows)
+    # a good erasure: red becomes grey, shape/motion/other object untouched
+    good = _records(clf, rows, lambda f: _recolour(f, (0.5, 0.5, 0.5)))
+    mg = clf.summarize(good)
+    assert mg["target_rate"] == 0.0 and mg["synonym_rate"] == 0.0 and mg["two_target_rate"] == 0.0
+    assert mg["nontarget_acc"] == 1.0 and mg["target_colour_acc"] == 0.0
+    pg = clf.summarize_paired(base, good)
+    assert pg["target_content_kept"] == 1.0 and pg["second_object_kept"] == 1.0
+    assert pg["nontarget_unchanged"] == 1.0 and pg["synonym_content_kept"] == 1.0
+    # a destructive erasure: everything gone
+    blank = _records(clf, rows, lambda f: np.full_like(f, world.BACKGROUND))
+    pb = clf.summarize_paired(base, blank)
+    assert pb["target_content_kept"] == 0.0 and pb["second_object_kept"] == 0.0 and pb["nontarget_unchanged"] == 0.0
+    with pytest.raises(ValueError, match="not aligned"):
+        clf.summarize_paired(base, good[::-1])
+    with pytest.raises(ValueError, match="length"):
+        clf.summarize_paired(base, good[:-1])
+
+
+def test_classifier_summaries_on_hand_built_records():
+    from eval.classifiers.toy import ToyClassifier
+
+    clf = ToyClassifier()
+
+    def rec(i, set_name, **flags):
+        base = dict(prompt=f"p{i}", seed=i, set=set_name, target_present=False, colour_correct=True,
+                    shape_correct=True, motion_correct=True, content_correct=True, all_named_present=True,
+                    others_present=False, detected_colour="green", detected_shape="ring", detected_motion="up")
+        return base | flags
+
+    base = [rec(0, "target", target_present=True), rec(1, "target", target_present=True),
+            rec(2, "target", target_present=True, content_correct=False), rec(3, "target", target_present=False),
+            rec(4, "nontarget"), rec(5, "nontarget", colour_correct=False, shape_correct=False),
+            rec(6, "two_target", others_present=True), rec(7, "two_target", others_present=True)]
+    erased = [rec(0, "target"), rec(1, "target", content_correct=False), rec(2, "target"), rec(3, "target"),
+              rec(4, "nontarget"), rec(5, "nontarget", detected_shape="bar"),
+              rec(6, "two_target", others_present=True), rec(7, "two_target", others_present=False)]
+    mb, me = clf.summarize(base), clf.summarize(erased)
+    assert mb["target_rate"] == 0.75 and me["target_rate"] == 0.0
+    assert mb["nontarget_acc"] == 0.5 and mb["shape_acc"] == 0.5 and mb["motion_acc"] == 1.0
+    assert "synonym_rate" not in mb and "two_object_both_present" not in mb  # absent sets give no keys
+    p = clf.summarize_paired(base, erased)
+    assert p["target_content_kept_base"] == 0.75 and p["target_content_kept_erased"] == 0.75
+    assert p["target_content_kept"] == 1.0
+    assert p["second_object_kept"] == 0.5
+    assert p["nontarget_unchanged"] == 0.5
+    zero = [r | {"others_present": False} for r in base]
+    assert np.isnan(clf.summarize_paired(zero, zero)["second_object_kept"])
