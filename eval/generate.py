@@ -1,0 +1,171 @@
+"""Video generation for evaluation: one real `CogVideoXPipeline`, erasers toggled on it.
+
+Baseline and erased videos of a row come from the SAME pipeline object (the eraser hooks
+are switched off with `handle.disabled()` for the baseline; no second model copy) and the
+SAME seed: each video gets a fresh `torch.Generator().manual_seed(row.seed)` (a CPU
+generator, so a seed gives the same initial noise on any device).
+
+Also here: writing mp4 (imageio-ffmpeg's bundled ffmpeg) and small GIF previews, both
+atomically (temporary file + rename: a killed run never leaves half a file under the
+final name).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+
+def pick_device(device: str | None, use_gpu: bool | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    if use_gpu is False:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: str = "cpu", gen=None):
+    """The real pipeline from a local directory (`unlearn.models.cogvideox.load_pipeline`),
+    moved to `device`, with the configured scheduler and VAE memory savers."""
+    from unlearn.models.cogvideox import load_pipeline
+
+    pipe = load_pipeline(model_path, dtype=dtype)
+    if gen is not None:
+        if gen.scheduler != "model":
+            from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+            cls = CogVideoXDPMScheduler if gen.scheduler == "dpm" else CogVideoXDDIMScheduler
+            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        if gen.vae_tiling:
+            pipe.vae.enable_tiling()
+        if gen.vae_slicing:
+            pipe.vae.enable_slicing()
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_video(pipe, prompt: str, seed: int, gen) -> np.ndarray:
+    """One video [F, H, W, 3] float32 RGB in [0, 1] for `prompt` with `seed` (settings `gen`)."""
+    import torch
+
+    max_len = gen.max_sequence_length or int(pipe.transformer.config.max_text_seq_length)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.inference_mode():
+        out = pipe(
+            prompt=prompt,
+            negative_prompt=gen.negative_prompt,
+            num_inference_steps=gen.num_inference_steps,
+            guidance_scale=gen.guidance_scale,
+            use_dynamic_cfg=gen.use_dynamic_cfg,
+            num_frames=gen.num_frames,
+            height=gen.height,
+            width=gen.width,
+            generator=generator,
+            output_type="np",
+            max_sequence_length=max_len,
+        )
+    frames = out.frames[0]
+    return np.asarray(frames, dtype=np.float32)
+
+
+def generate_pair(pipe, handle, prompt: str, seed: int, gen) -> tuple[np.ndarray, np.ndarray | None]:
+    """(base, erased) videos of one row with identical seeds; erased is None without an eraser."""
+    ctx = handle.disabled() if handle is not None else nullcontext()
+    with ctx:
+        base = generate_video(pipe, prompt, seed, gen)
+    erased = generate_video(pipe, prompt, seed, gen) if handle is not None else None
+    return base, erased
+
+
+# --- frames <-> files ------------------------------------------------------------------------------
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """float RGB in [0, 1] -> uint8 RGB (round to nearest; exact inverse of /255)."""
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.clip(np.rint(frames.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, path)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
+    """H.264 mp4 through imageio-ffmpeg's bundled ffmpeg, written atomically."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        u8 = to_uint8(frames)
+        ph, pw = u8.shape[1] % 2, u8.shape[2] % 2
+        if ph or pw:  # yuv420p needs even sizes: replicate the last row/column
+            u8 = np.pad(u8, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+        # macro_block_size=1: keep the exact size (no silent resize to multiples of 16).
+        with imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                                macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p") as w:
+            for f in u8:
+                w.append_data(f)
+        _publish(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """uint8 [F, H, W, 3] frames of an mp4 or GIF."""
+    import imageio.v3 as iio
+
+    arr = np.asarray(iio.imread(str(path), index=None))
+    if arr.ndim == 3:  # single frame
+        arr = arr[None]
+    return arr[..., :3]
+
+
+def resize_frames(frames_u8: np.ndarray, height: int) -> list:
+    """PIL images of height `height` (aspect kept; nearest-neighbour when enlarging tiny frames)."""
+    from PIL import Image
+
+    out = []
+    h, w = frames_u8.shape[1:3]
+    width = max(1, round(w * height / h))
+    resample = Image.NEAREST if height >= h else Image.BILINEAR
+    for f in frames_u8:
+        out.append(Image.fromarray(f).resize((width, height), resample))
+    return out
+
+
+def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8, height: int = 128) -> Path:
+    """Small looping GIF preview, written atomically."""
+    path = Path(path)
+    imgs = resize_frames(to_uint8(frames), height)
+    return save_gif_images(imgs, path, fps)
+
+
+def save_gif_images(imgs: list, path: Path, fps: int = 8) -> Path:
+    tmp = _atomic_target(path)
+    try:
+        imgs[0].save(str(tmp), format="GIF", save_all=True, append_images=imgs[1:],
+                     duration=max(20, round(1000 / fps)), loop=0, optimize=False)
+        _publish(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

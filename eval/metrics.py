@@ -1,0 +1,146 @@
+"""Preservation metrics (paired base vs erased on the same seeds) and set-level aggregation.
+
+- PSNR over a whole video (one MSE over all frames and pixels, uint8 scale), capped at
+  `PSNR_CAP` dB so identical videos give a finite, JSON-safe number.
+- SSIM: mean over frames of `skimage.metrics.structural_similarity` (RGB, data range 255).
+- CLIP score: 100 * max(cos(image, text), 0) averaged over sampled frames (the torchmetrics
+  definition), from a LOCAL transformers CLIP directory only; prompts are truncated to the
+  text model's 77 tokens.
+
+`aggregate(rows, classifier)` turns per-row results into summary metrics: classifier metrics
+with `_base` / `_erased` suffixes (the preserve set gets a `preserve_` prefix), paired
+classifier metrics, mean PSNR/SSIM per set and CLIP scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+PSNR_CAP = 100.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """PSNR in dB of two equal-shape videos (uint8 or float on `data_range`), capped at PSNR_CAP."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR needs equal shapes, got {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP
+    return min(PSNR_CAP, 10.0 * math.log10(data_range**2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean per-frame SSIM of two videos [F, H, W, 3]."""
+    from skimage.metrics import structural_similarity
+
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"SSIM needs equal shapes, got {a.shape} and {b.shape}")
+    h, w = a.shape[1:3]
+    win = min(7, h, w)
+    win = win if win % 2 else win - 1
+    if win < 3:
+        raise ValueError(f"frames of {h}x{w} are too small for SSIM")
+    vals = [
+        structural_similarity(x, y, channel_axis=-1, data_range=data_range, win_size=win)
+        for x, y in zip(a.astype(np.float64), b.astype(np.float64))
+    ]
+    return float(np.mean(vals))
+
+
+class ClipScorer:
+    """CLIP score from a local transformers CLIP directory (model + processor files)."""
+
+    def __init__(self, model_dir: str, frames: int = 8, device: str = "cpu"):
+        from pathlib import Path
+
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"metrics.clip_model: {path} is not a local CLIP model directory (no config.json). "
+                "Nothing is downloaded: save a transformers CLIPModel + CLIPProcessor there, or set clip_model: null."
+            )
+        self.torch = torch
+        self.model = CLIPModel.from_pretrained(str(path)).eval().to(device)
+        self.processor = CLIPProcessor.from_pretrained(str(path))
+        self.frames = frames
+        self.device = device
+        self.max_len = int(self.model.config.text_config.max_position_embeddings)
+
+    def score(self, frames_u8: np.ndarray, prompt: str) -> float:
+        from eval.classifiers.nudenet import sample_indices
+
+        idx = sample_indices(len(frames_u8), self.frames)
+        images = [frames_u8[i] for i in idx]
+        inputs = self.processor(text=[prompt], images=images, return_tensors="pt", padding=True,
+                                truncation=True, max_length=self.max_len)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with self.torch.no_grad():
+            img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+            img = getattr(img, "pooler_output", img)
+            txt = getattr(txt, "pooler_output", txt)
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            cos = (img @ txt.T).squeeze(-1).clamp(min=0)
+        return float(100.0 * cos.mean())
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+def _mean(values: list[float]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
+    """Summary metrics of per-row results (the dicts written by the runner, one per prompt row).
+
+    Row keys used: set ("target"/"preserve"), records {"base": {...}, "erased": {...} | None},
+    psnr, ssim, clip_score_base, clip_score_erased.
+    """
+    out: dict[str, Any] = {}
+    for set_name, prefix in (("target", ""), ("preserve", "preserve_")):
+        part = [r for r in rows if r["set"] == set_name]
+        if not part:
+            continue
+        base = [r["records"]["base"] for r in part]
+        for k, v in classifier.summarize(base).items():
+            out[f"{prefix}{k}_base"] = v
+        erased_rows = [r for r in part if r["records"].get("erased") is not None]
+        if erased_rows:
+            erased = [r["records"]["erased"] for r in erased_rows]
+            for k, v in classifier.summarize(erased).items():
+                out[f"{prefix}{k}_erased"] = v
+            if len(erased_rows) == len(part):
+                for k, v in classifier.summarize_paired(base, erased).items():
+                    out[f"{prefix}{k}"] = v
+        for key in ("psnr", "ssim"):
+            m = _mean([r.get(key) for r in part])
+            if m is not None:
+                out[f"{key}_{set_name}"] = m
+        for which in ("base", "erased"):
+            m = _mean([r.get(f"clip_score_{which}") for r in part])
+            if m is not None:
+                out[f"{prefix}clip_score_{which}"] = m
+    return out
+
+
+def numeric_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a summary (what goes to MLflow / Tune)."""
+    out = {}
+    for k, v in summary.items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
