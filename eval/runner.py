@@ -523,6 +523,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"classifier {cfg.classifier.name!r}: {exc}") from None
     store = ResultStore(out)
+    _remove_stale_temp_files(out)
     done, stale = store.finished(plan.row_fingerprints)
     if stale:
         log.warning("%d row results in %s were made with other settings; recomputing them", stale, out)
@@ -593,6 +594,16 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
         classifier.close()
         if mlf is not None:
             mlf.close(failed=True)
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Half-written temporary files of a killed run (all our writes are temp file + rename)."""
+    for sub in ("rows", VIDEOS_DIR, GIFS_DIR, "."):
+        d = out / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_file() and p.name.startswith("."):
+                    p.unlink(missing_ok=True)
 
 
 def _summary(plan: EvalPlan, metrics: dict, results: list[dict], classifier, *, n_new: int, n_resumed: int,
