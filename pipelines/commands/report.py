@@ -1,0 +1,25 @@
+"""`t2vu report RUN` — (re)write the search report of a `t2vu tune` run folder."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write report.md, results.csv and PNG plots for a search run folder (and log them to its MLflow parent run)",
+    )
+    p.add_argument("run", help="the --output folder of a `t2vu tune` run")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the MLflow parent run")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from pipelines.search_report import write_report
+
+    paths = write_report(Path(args.run), log_to_mlflow=not args.no_mlflow)
+    print(paths.report)
+    for p in [paths.results_csv, *paths.plots]:
+        print(p)
+    return 0

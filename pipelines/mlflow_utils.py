@@ -1,0 +1,226 @@
+"""MLflow bookkeeping for searches: one parent run per search, one child run per trial.
+
+Everything goes through `MlflowClient` with explicit run ids: the fluent API keeps a
+per-process run stack, and a search spans the Tune driver, one process per trial
+driver and the rank-0 training workers. Runs are found again by tags, so a killed
+and restored search reuses its parent run and never duplicates a child run:
+
+  parent  tags t2vu.role=search, t2vu.search=<name>, t2vu.output=<abs output dir>
+  child   tags t2vu.role=trial, t2vu.trial_id=<Tune trial id>, mlflow.parentRunId=<parent>
+
+Default tracking URI: `sqlite:///<output>/mlflow.db` with artifacts under
+`<output>/mlartifacts` (MLflow >= 3.13 refuses plain file stores); an `http://`
+tracking server works the same (artifacts then go through its proxy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+PARENT_ID_FILE = "mlflow_parent_run_id.txt"
+MAX_PARAM_LEN = 6000
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def get_or_create_experiment(c, name: str, output_dir: str | Path | None = None) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    artifact_location = None
+    if output_dir is not None and c.tracking_uri.startswith("sqlite:"):
+        # Without this, a SQLite-backed experiment puts artifacts in ./mlruns of whatever cwd.
+        artifact_location = (Path(output_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+def git_sha(repo: str | Path | None = None) -> str:
+    repo = Path(repo or Path(__file__).resolve().parent.parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "deepspeed", "ray", "diffusers", "transformers", "mlflow", "optuna", "nudenet", "t2v-unlearn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def cluster_shape() -> dict[str, Any]:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            res = ray.cluster_resources()
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            return {"nodes": len(nodes), "CPU": res.get("CPU", 0), "GPU": res.get("GPU", 0),
+                    "memory_gb": round(res.get("memory", 0) / 2**30, 1)}
+    except Exception:  # provenance must not fail a search
+        pass
+    return {"nodes": 1, "CPU": os.cpu_count() or 0, "GPU": 0}
+
+
+# --- params ----------------------------------------------------------------------------------------
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{'loss': {'w_unlearn': 1}} -> {'loss.w_unlearn': 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def param_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
+
+
+def method_params(cfg) -> dict[str, str]:
+    """Stable, flat param names of the method sections: `loss.w_unlearn`, `eraser.rank`, ..."""
+    from pipelines.config import METHOD_SECTIONS
+
+    data = cfg.model_dump(mode="json", include=set(METHOD_SECTIONS))
+    return {k: param_value(v) for k, v in flatten(data).items()}
+
+
+def log_params(c, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    existing = c.get_run(run_id).data.params
+    todo = [Param(k, v) for k, v in params.items() if existing.get(k) != v]
+    for i in range(0, len(todo), 90):  # MLflow caps params per batch at 100
+        c.log_batch(run_id, params=todo[i : i + 90])
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    for i in range(0, len(ms), 900):
+        c.log_batch(run_id, metrics=ms[i : i + 900])
+
+
+# --- parent / child runs ---------------------------------------------------------------------------
+
+def _find_runs(c, exp_id: str, filter_string: str):
+    return c.search_runs([exp_id], filter_string=filter_string, max_results=50, order_by=["attributes.start_time ASC"])
+
+
+def get_or_create_parent(c, exp_id: str, name: str, output_dir: str | Path, *, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """The search's parent run (reused after a restore). Returns (run_id, created)."""
+    out = Path(output_dir).resolve()
+    id_file = out / PARENT_ID_FILE
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        try:
+            run = c.get_run(run_id)
+            if run.info.experiment_id == exp_id:
+                if run.info.status != "RUNNING":
+                    c.update_run(run_id, status="RUNNING")
+                return run_id, False
+        except Exception:
+            LOG.warning("Parent run %s from %s not found on %s; creating a new one", run_id, id_file, c.tracking_uri)
+    found = _find_runs(c, exp_id, f"tags.`t2vu.role` = 'search' and tags.`t2vu.output` = '{out}'")
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+    else:
+        all_tags = {"t2vu.role": "search", "t2vu.search": name, "t2vu.output": str(out), "mlflow.runName": name}
+        all_tags.update(tags or {})
+        run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run_id + "\n")
+    return run_id, not found
+
+
+def get_or_create_child(c, exp_id: str, parent_id: str, trial_id: str, *, params: dict[str, str] | None = None,
+                        tags: dict[str, str] | None = None) -> str:
+    """The trial's child run: one per Tune trial id, even when the trial restarts."""
+    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            c.update_run(run_id, status="RUNNING")
+    else:
+        all_tags = {"mlflow.parentRunId": parent_id, "t2vu.role": "trial", "t2vu.trial_id": trial_id,
+                    "mlflow.runName": trial_id}
+        all_tags.update(tags or {})
+        run_id = c.create_run(exp_id, tags=all_tags, run_name=trial_id).info.run_id
+    if params:
+        log_params(c, run_id, params)
+    return run_id
+
+
+def find_child(c, exp_id: str, parent_id: str, trial_id: str) -> str | None:
+    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
+    return found[0].info.run_id if found else None
+
+
+def children(c, exp_id: str, parent_id: str):
+    return c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+
+
+def log_dir(c, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    try:
+        c.log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+    except Exception as exc:  # an unreachable artifact store must not lose the search
+        LOG.warning("Could not log artifacts %s to run %s: %s", local_dir, run_id, exc)
+
+
+def log_file(c, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    try:
+        c.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    except Exception as exc:
+        LOG.warning("Could not log artifact %s to run %s: %s", path, run_id, exc)
+
+
+def finish(c, run_id: str, status: str = "FINISHED") -> None:
+    c.set_terminated(run_id, status=status)
+
+
+def run_link(tracking_uri: str, exp_id: str, run_id: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+    return f"run {run_id}"
