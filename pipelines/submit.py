@@ -1,0 +1,122 @@
+"""Submit any `t2vu` command to a Ray cluster through the Ray Jobs API.
+
+The job's `runtime_env` uploads this project as `working_dir` (minus runs,
+caches, venvs and videos) and forwards the offline/telemetry variables plus
+MLflow settings, so a job behaves on the cluster exactly as on a laptop.
+
+Auth: Ray 2.60 clusters enable token auth by default. The client must send
+the cluster's token: we turn on `RAY_AUTH_MODE=token` when a token is
+available (`--auth-token-file`, `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, or
+`~/.ray/auth_token`), which is what `ray job submit` needs too.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from unlearn.env import runtime_env_vars
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# gitignore-style patterns, relative to working_dir. Keep uploads small: Ray caps a
+# working_dir package at 500 MiB and every job re-uploads it when it changes.
+EXCLUDES = [
+    ".git", ".venv", "venv", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache",
+    "**/*.mp4", "**/*.gif", "mlruns", "*.db",
+]
+FORWARDED = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_HOME", "T2VU_CACHE"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def configure_auth(token_file: str | None = None) -> str:
+    """Set the env the Ray client reads its token from; returns the auth mode used."""
+    if token_file:
+        path = Path(token_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--auth-token-file {path} does not exist (get it with `ray get-auth-token` on the head)")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+        os.environ["RAY_AUTH_MODE"] = "token"
+    elif "RAY_AUTH_MODE" not in os.environ:
+        default = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+        if os.environ.get("RAY_AUTH_TOKEN") or default.is_file():
+            os.environ["RAY_AUTH_MODE"] = "token"
+    return os.environ.get("RAY_AUTH_MODE", "disabled")
+
+
+def client(address: str, token_file: str | None = None):
+    configure_auth(token_file)
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def build_runtime_env(working_dir: Path = PROJECT_ROOT, extra_env: dict[str, str] | None = None, pip: list[str] | None = None) -> dict:
+    env = runtime_env_vars()
+    env.update({k: os.environ[k] for k in FORWARDED if k in os.environ})
+    env.update(extra_env or {})
+    renv = {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
+    if pip:
+        renv["pip"] = pip
+    return renv
+
+
+def entrypoint_for(t2vu_args: list[str]) -> str:
+    if not t2vu_args:
+        raise ValueError("nothing to submit: give a t2vu command after `--`, e.g. `t2vu submit -- tune --config ...`")
+    if t2vu_args[0] == "t2vu":
+        t2vu_args = t2vu_args[1:]
+    # `python -m pipelines.cli` runs from the uploaded working_dir, whatever is installed on the cluster.
+    return "python -m pipelines.cli " + " ".join(shlex.quote(a) for a in t2vu_args)
+
+
+def submit(address: str, t2vu_args: list[str], *, token_file=None, extra_env=None, job_id=None,
+           working_dir: Path = PROJECT_ROOT, pip=None, agent_wait_s: float = 90) -> str:
+    c = client(address, token_file)
+    kwargs = dict(entrypoint=entrypoint_for(t2vu_args), runtime_env=build_runtime_env(working_dir, extra_env, pip),
+                  submission_id=job_id)
+    # A freshly started head answers HTTP before its job agent is up ("No available agent");
+    # that is transient, so retry for a while instead of failing the submission.
+    deadline = time.time() + agent_wait_s
+    while True:
+        try:
+            return c.submit_job(**kwargs)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
+def follow(address: str, job_id: str, *, token_file=None, out=sys.stdout, poll_s: float = 1.0, timeout_s: float | None = None) -> str:
+    """Stream the job's logs until it ends; returns the final status name."""
+    c = client(address, token_file)
+    printed = 0
+    start = time.time()
+    while True:
+        logs = c.get_job_logs(job_id)
+        if len(logs) > printed:
+            out.write(logs[printed:])
+            out.flush()
+            printed = len(logs)
+        st = c.get_job_status(job_id)
+        status = str(getattr(st, "value", st))
+        if status in TERMINAL:
+            logs = c.get_job_logs(job_id)
+            out.write(logs[printed:])
+            return status
+        if timeout_s is not None and time.time() - start > timeout_s:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def status(address: str, job_id: str, token_file=None) -> dict:
+    c = client(address, token_file)
+    info = c.get_job_info(job_id)
+    return {"job_id": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "message": info.message, "entrypoint": info.entrypoint}
+
+
+def stop(address: str, job_id: str, token_file=None) -> bool:
+    return client(address, token_file).stop_job(job_id)
