@@ -454,6 +454,12 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         model_path = check_model_dir(model_path).resolve()
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"model.path: {exc}") from None
+    clip = cfg.resolve_path(cfg.metrics.clip_model)
+    if clip is not None and not (clip / "config.json").is_file():
+        raise ConfigError(
+            f"metrics.clip_model: {clip} is not a local CLIP model directory (no config.json). Nothing is "
+            "downloaded: save a transformers CLIPModel + CLIPProcessor there, or set clip_model: null"
+        )
     classifier_options = cfg.classifier.factory_options()
     ident = {
         "model": str(model_path),

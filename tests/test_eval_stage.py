@@ -344,6 +344,51 @@ def test_cli_eval_contract(tiny_model, eraser_dir, tmp_path, capsys):
     assert [r["seed"] for r in read_results(out)] == ["11", "12"]
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random, tiny transformers CLIP model + processor saved locally (nothing downloaded)."""
+    import string
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    d = tmp_path_factory.mktemp("clip")
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    vision = dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(d)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(d)
+    return d
+
+
+def test_clip_score_from_a_local_directory(tiny_model, eraser_dir, tiny_clip, tmp_path):
+    from eval.metrics import ClipScorer
+
+    frames = (np.random.default_rng(0).random((9, 32, 32, 3)) * 255).astype(np.uint8)
+    scorer = ClipScorer(str(tiny_clip), frames=3)
+    long_prompt = "a naked body on a beach " * 30  # longer than CLIP's 77 tokens: truncated, not an error
+    v = scorer.score(frames, long_prompt)
+    assert 0.0 <= v <= 100.0 and v == scorer.score(frames, long_prompt)
+    cfg = make_cfg(tiny_model, eraser_dir, metrics={"clip_model": str(tiny_clip), "clip_frames": 2},
+                   prompts={"limit": 1}, preserve={"limit": 1})
+    s = run_eval(cfg, tmp_path / "clip")
+    for key in ("clip_score_base", "clip_score_erased", "preserve_clip_score_base", "preserve_clip_score_erased"):
+        assert 0.0 <= s[key] <= 100.0, key
+    assert "clip_score_erased" in read_results(tmp_path / "clip")[0]
+    with pytest.raises(Exception, match="not a local CLIP model directory"):
+        run_eval(make_cfg(tiny_model, None, metrics={"clip_model": str(tmp_path / "no-clip")}), tmp_path / "o")
+
+
 def test_bad_eraser_and_model_paths_are_config_errors(tiny_model, tmp_path):
     from unlearn.config import ConfigError
 
