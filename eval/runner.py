@@ -14,10 +14,13 @@ Shape of a run:
 - Generators: `runtime.num_actors: 0` runs one `EvalWorker` in this process (no Ray);
   N >= 1 runs N Ray actors (GPU actors with `use_gpu`), rows handed out one at a time to
   whichever actor has room, so a slow actor never holds up the rest.
-- The consumer scores row i while the generator already works on row i+1: each worker
-  takes `queue_depth` rows at once; a lock lets one of them generate while the others are
-  being scored. `runtime.scorer: process` scores in a separate process per worker (no GIL
-  contention with generation), `thread` in a thread of the worker, `inline` not overlapped.
+- Each worker has one consumer with a FIFO queue. Every finished video (base, then erased)
+  is queued the moment it exists and the generator moves on: the consumer writes mp4 + GIF,
+  classifies, and computes paired metrics while the next video is generated. Each worker
+  takes `queue_depth` rows at once (a lock lets one generate while the others wait for
+  their scores), which bounds the videos held in memory. `runtime.scorer: process` scores
+  in a spawned child process (no GIL shared with generation), `thread` in one thread of the
+  worker, `inline` without overlap.
 - Every finished row is written atomically as `rows/<id>.json` by the driver (see
   `eval.writer`); a rerun skips finished rows, so an interrupted eval ends with exactly one
   result per row.
@@ -86,17 +89,20 @@ def _quiet_libraries() -> None:
 
 
 @dataclass
-class ScoreJob:
+class VideoJob:
+    """One finished video handed to the consumer."""
+
     row: dict  # PromptRow.as_dict() + "paired": bool
-    base: np.ndarray  # uint8 [F, H, W, 3]
-    erased: np.ndarray | None
-    gen_seconds: float = 0.0
+    which: str  # "base" | "erased"
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    # The base video of the same row, for paired PSNR/SSIM (erased jobs of paired rows only).
+    pair_with: np.ndarray | None = None
 
 
 # --- the consumer ----------------------------------------------------------------------------------
 
 class Scorer:
-    """Scores one row: writes its videos, classifies base and erased, computes paired metrics."""
+    """Scores one video: writes its mp4 + GIF, classifies it, CLIP score, paired metrics."""
 
     def __init__(self, spec: ScorerSpec):
         from eval.classifiers.base import build_classifier
@@ -109,40 +115,30 @@ class Scorer:
 
             self.clip = ClipScorer(spec.clip_model, frames=spec.clip_frames)
 
-    def score(self, job: ScoreJob) -> dict:
+    def score(self, job: VideoJob) -> dict:
         from eval.classifiers.nudenet import sample_indices
         from eval.generate import write_gif, write_mp4
         from eval.metrics import psnr, ssim
 
         t0 = time.perf_counter()
-        s = self.spec
-        row = job.row
+        s, row, which, frames = self.spec, job.row, job.which, job.frames
         rid = row["row_id"]
-        out: dict[str, Any] = {"files": {}, "records": {}}
-        videos = {"base": job.base, "erased": job.erased}
-        for which, frames in videos.items():
-            if frames is None:
-                out["files"][which] = None
-                out["records"][which] = None
-                continue
-            files = {}
-            if s.save_videos:
-                files["video"] = f"{VIDEOS_DIR}/{rid}_{which}.mp4"
-                write_mp4(frames, Path(s.output_dir) / files["video"], fps=s.fps)
-            if s.save_gifs:
-                files["gif"] = f"{GIFS_DIR}/{rid}_{which}.gif"
-                write_gif(frames, Path(s.output_dir) / files["gif"], fps=s.fps, height=s.gif_height)
-            out["files"][which] = files
-            rec = self.classifier.classify(frames.astype(np.float32) / 255.0, row)
-            out["records"][which] = {k: _plain(v) for k, v in rec.items()}
-            if self.clip is not None:
-                out[f"clip_score_{which}"] = self.clip.score(frames, row["prompt"])
-        if job.erased is not None and row.get("paired"):
-            idx = sample_indices(len(job.base), s.paired_frames)
-            out["psnr"] = psnr(job.base[idx], job.erased[idx])
-            out["ssim"] = ssim(job.base[idx], job.erased[idx])
-        out["gen_seconds"] = round(job.gen_seconds, 4)
-        out["score_seconds"] = round(time.perf_counter() - t0, 4)
+        files = {}
+        if s.save_videos:
+            files["video"] = f"{VIDEOS_DIR}/{rid}_{which}.mp4"
+            write_mp4(frames, Path(s.output_dir) / files["video"], fps=s.fps)
+        if s.save_gifs:
+            files["gif"] = f"{GIFS_DIR}/{rid}_{which}.gif"
+            write_gif(frames, Path(s.output_dir) / files["gif"], fps=s.fps, height=s.gif_height)
+        rec = self.classifier.classify(frames.astype(np.float32) / 255.0, row)
+        out: dict[str, Any] = {"files": files, "record": {k: _plain(v) for k, v in rec.items()}}
+        if self.clip is not None:
+            out["clip_score"] = self.clip.score(frames, row["prompt"])
+        if job.pair_with is not None:
+            idx = sample_indices(len(frames), s.paired_frames)
+            out["psnr"] = psnr(job.pair_with[idx], frames[idx])
+            out["ssim"] = ssim(job.pair_with[idx], frames[idx])
+        out["seconds"] = time.perf_counter() - t0
         return out
 
     def close(self) -> None:
@@ -166,44 +162,52 @@ def _scorer_process_init(spec: ScorerSpec) -> None:
     _PROCESS_SCORER = Scorer(spec)
 
 
-def _scorer_process_score(job: ScoreJob) -> dict:
+def _scorer_process_score(job: VideoJob) -> dict:
     assert _PROCESS_SCORER is not None
     return _PROCESS_SCORER.score(job)
 
 
-def _scorer_process_ping() -> int:
-    return os.getpid()
+class _Done(Future):
+    def __init__(self, fn, *args):
+        super().__init__()
+        try:
+            self.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered through .result()
+            self.set_exception(exc)
 
 
-class _ScorerHandle:
-    """The consumer as the worker sees it: inline, a thread (serialised), or a child process."""
+class Consumer:
+    """The scoring side of a worker: ONE consumer with a FIFO queue of finished videos.
+
+    process: a child process (spawned; no GIL shared with generation), thread: one thread,
+    inline: scores at submit time (no overlap; debugging). `submit` returns a Future at once.
+    """
 
     def __init__(self, spec: ScorerSpec, mode: str):
         self.mode = mode
-        self._lock = threading.Lock()
-        self._pool = None
         self._scorer = None
         if mode == "process":
             import multiprocessing as mp
 
-            # spawn: a fresh interpreter that imports numpy/onnxruntime/cv2 only (no torch unless CLIP).
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=mp.get_context("spawn"),
-                initializer=_scorer_process_init, initargs=(spec,),
-            )
-            self._warm = self._pool.submit(_scorer_process_ping)  # starts it while the pipeline loads
-        else:
+            # spawn: a fresh interpreter that imports numpy/onnxruntime/cv2 (torch only for CLIP);
+            # it starts while the pipeline loads and generation begins.
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                             initializer=_scorer_process_init, initargs=(spec,))
+        elif mode == "thread":
             self._scorer = Scorer(spec)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-scorer")
+        elif mode == "inline":
+            self._scorer = Scorer(spec)
+            self._pool = None
+        else:
+            raise ValueError(f"runtime.scorer must be process, thread or inline, got {mode!r}")
 
-    def wait_ready(self) -> None:
-        if self._pool is not None:
-            self._warm.result()
-
-    def score(self, job: ScoreJob) -> dict:
-        if self._pool is not None:
-            return self._pool.submit(_scorer_process_score, job).result()
-        with self._lock:
-            return self._scorer.score(job)
+    def submit(self, job: VideoJob) -> Future:
+        if self.mode == "process":
+            return self._pool.submit(_scorer_process_score, job)
+        if self.mode == "thread":
+            return self._pool.submit(self._scorer.score, job)
+        return _Done(self._scorer.score, job)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -215,10 +219,13 @@ class _ScorerHandle:
 # --- the generator ---------------------------------------------------------------------------------
 
 class EvalWorker:
-    """One pipeline (and eraser) loaded once; generates rows and hands them to its consumer.
+    """One pipeline (and eraser) loaded once; generates rows and hands each finished video
+    to its consumer, then moves on.
 
     Runs in the driver process (`num_actors: 0`) or as a Ray actor with
-    `max_concurrency = queue_depth` (the same class).
+    `max_concurrency = queue_depth` (the same class). `process(row)` is called from up to
+    `queue_depth` threads: one generates (under a lock) while the others wait for their
+    row's scores.
     """
 
     def __init__(self, spec: WorkerSpec):
@@ -237,7 +244,7 @@ class EvalWorker:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         # Start the consumer first: a scorer process spawns while the pipeline loads.
-        self.scorer = _ScorerHandle(spec.scorer, spec.scorer_mode)
+        self.consumer = Consumer(spec.scorer, spec.scorer_mode)
         self.gen = GenerationConfig.model_validate(spec.generation)
         self.device = pick_device(spec.device, spec.use_gpu)
         self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen)
@@ -247,39 +254,60 @@ class EvalWorker:
 
             self.handle = load_eraser(self.pipe, spec.eraser)
         self._gen_lock = threading.Lock()
-        self.scorer.wait_ready()
 
     def ready(self) -> dict:
         import socket
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
 
-    def _generate(self, row: dict) -> tuple[np.ndarray, np.ndarray | None, float]:
-        from eval.generate import generate_pair, to_uint8
+    def _video(self, row: dict, erased: bool) -> np.ndarray:
+        from eval.generate import generate_video, to_uint8
 
-        t0 = time.perf_counter()
-        base, erased = generate_pair(self.pipe, self.handle, row["prompt"], row["seed"], self.gen)
-        base = to_uint8(base)
-        erased = to_uint8(erased) if erased is not None else None
-        return base, erased, time.perf_counter() - t0
+        if erased or self.handle is None:
+            return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        with self.handle.disabled():  # the base model: same pipeline, erasers off
+            return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
 
     def process(self, row: dict) -> dict:
-        """Generate one row (under the lock), then score it (outside it, unless scorer is inline)."""
-        if self.spec.scorer_mode == "inline":
-            with self._gen_lock:
-                base, erased, gen_s = self._generate(row)
-                return self.scorer.score(ScoreJob(row, base, erased, gen_s))
+        """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists."""
+        futures: dict[str, Future] = {}
         with self._gen_lock:
-            base, erased, gen_s = self._generate(row)
-        return self.scorer.score(ScoreJob(row, base, erased, gen_s))
+            t0 = time.perf_counter()
+            base = self._video(row, erased=False)
+            futures["base"] = self.consumer.submit(VideoJob(row, "base", base))
+            erased = None
+            if self.handle is not None:
+                erased = self._video(row, erased=True)
+            gen_s = time.perf_counter() - t0
+        if erased is not None:
+            pair = base if row.get("paired") else None
+            futures["erased"] = self.consumer.submit(VideoJob(row, "erased", erased, pair_with=pair))
+        del base, erased
+        parts = {which: fut.result() for which, fut in futures.items()}
+        out: dict[str, Any] = {"files": {"base": None, "erased": None}, "records": {"base": None, "erased": None}}
+        for which, part in parts.items():
+            out["files"][which] = part["files"]
+            out["records"][which] = part["record"]
+            if "clip_score" in part:
+                out[f"clip_score_{which}"] = part["clip_score"]
+            for k in ("psnr", "ssim"):
+                if k in part:
+                    out[k] = part[k]
+        out["gen_seconds"] = round(gen_s, 4)
+        out["score_seconds"] = round(sum(p["seconds"] for p in parts.values()), 4)
+        return out
 
     def generate_only(self, row: dict) -> float:
         """Generation alone, nothing written or scored (the benchmark's reference); seconds."""
         with self._gen_lock:
-            return self._generate(row)[2]
+            t0 = time.perf_counter()
+            self._video(row, erased=False)
+            if self.handle is not None:
+                self._video(row, erased=True)
+            return time.perf_counter() - t0
 
     def close(self) -> None:
-        self.scorer.close()
+        self.consumer.close()
         if self.handle is not None:
             self.handle.remove()
 

@@ -54,9 +54,12 @@ class NudeNetDetector:
     """`nudenet.NudeDetector` with a thread-limited ONNX session and the fast pre-filter."""
 
     def __init__(self, threads: int = 1):
+        import cv2
         import nudenet
         import onnxruntime as ort
         from nudenet import nudenet as lib
+
+        cv2.setNumThreads(threads)  # resize/pad threads; the other cores belong to generation
 
         if tuple(getattr(lib, "__labels")) != NUDENET_LABELS:
             raise RuntimeError(
