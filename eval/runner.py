@@ -344,9 +344,12 @@ class LocalBackend:
             for fut in pending:
                 fut.cancel()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.worker.close()
+    def close(self, abort: bool = False) -> None:
+        # abort (an error or Ctrl-C): do not wait for rows in flight; their results are lost
+        # anyway and a rerun redoes them.
+        self.pool.shutdown(wait=not abort, cancel_futures=True)
+        if not abort:
+            self.worker.close()
 
 
 class RayBackend:
@@ -413,13 +416,14 @@ class RayBackend:
             for ref in pending:
                 ray.cancel(ref)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         ray = self.ray
         for a in getattr(self, "actors", []):
-            try:
-                ray.get(a.close.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - best effort; the actor is killed next
-                pass
+            if not abort:
+                try:
+                    ray.get(a.close.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - best effort; the actor is killed next
+                    pass
             ray.kill(a)
         if self.started_ray:
             ray.shutdown()
@@ -586,27 +590,32 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
 
             bar = tqdm(total=len(plan.rows), initial=len(done), desc="eval rows", unit="row", disable=not show,
                        dynamic_ncols=True)
-            backend = make_backend(worker_spec(plan), cfg.runtime)
-            workers_info = backend.workers_info
-            try:
-                def on_result(payload: dict, res: dict) -> None:
-                    row = by_id[payload["row_id"]]
-                    result = {
-                        "id": row.id, "set": row.set, "index": row.index, "prompt": row.prompt, "seed": row.seed,
-                        "concept": row.concept, "concept_type": row.concept_type, "source": row.source,
-                        "fingerprint": plan.row_fingerprints[row.id], **res,
-                        "fields": row.fields, "mapped_columns": sorted(mapped_cols),
-                    }
-                    store.write(result)
-                    done[row.id] = result
-                    bar.update(1)
-                    if mlf is not None:
-                        mlf.log_row_async(result)
 
+            def on_result(payload: dict, res: dict) -> None:
+                row = by_id[payload["row_id"]]
+                result = {
+                    "id": row.id, "set": row.set, "index": row.index, "prompt": row.prompt, "seed": row.seed,
+                    "concept": row.concept, "concept_type": row.concept_type, "source": row.source,
+                    "fingerprint": plan.row_fingerprints[row.id], **res,
+                    "fields": row.fields, "mapped_columns": sorted(mapped_cols),
+                }
+                store.write(result)
+                done[row.id] = result
+                bar.update(1)
+                if mlf is not None:
+                    mlf.log_row_async(result)
+
+            try:
+                backend = make_backend(worker_spec(plan), cfg.runtime)
+                workers_info = backend.workers_info
                 payloads = [_row_payload(r, cfg.metrics.paired_on, plan.eraser is not None) for r in todo]
-                backend.run(payloads, on_result)
-            finally:
+                try:
+                    backend.run(payloads, on_result)
+                except BaseException:
+                    backend.close(abort=True)
+                    raise
                 backend.close()
+            finally:
                 bar.close()
         gen_wall = time.perf_counter() - t_gen
         results = [done[r.id] for r in plan.rows]

@@ -233,23 +233,19 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
 
 @pytest.fixture(scope="module")
 def ray_ready(request):
+    """The session's shared Ray (a `ray_session` fixture, if the suite has one), else our own
+    local Ray with the dashboard (Tune's placement-group cleanup needs it), left running."""
     ray = pytest.importorskip("ray")
-    if "ray_session" in request.fixturenames or _has_fixture(request, "ray_session"):
+    try:
         request.getfixturevalue("ray_session")
+    except pytest.FixtureLookupError:
+        pass
     if not ray.is_initialized():
         from unlearn.env import runtime_env_vars
 
         ray.init(num_cpus=3, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False,
                  runtime_env={"env_vars": runtime_env_vars()})
     return ray
-
-
-def _has_fixture(request, name: str) -> bool:
-    try:
-        request._fixturemanager.getfixturedefs(name, request.node)
-        return bool(request._fixturemanager.getfixturedefs(name, request.node))
-    except Exception:  # noqa: BLE001 - pytest internals vary; fall back to our own init
-        return False
 
 
 def test_ray_actors_spread_rows_and_match_in_process(ray_ready, reference_run, tmp_path):
