@@ -284,10 +284,13 @@ def train_loop_per_worker(lc: dict) -> dict | None:
         done = step + 1
 
         if fault and rank == fault["rank"] and done == fault["step"] and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).write_text(str(os.getpid()))
+            # Tests: a real, abrupt worker death, once the last reported checkpoint is committed
+            # (the controller registers reports asynchronously; one still in flight is lost).
             import signal
 
-            os.kill(os.getpid(), signal.SIGKILL)  # a real, abrupt worker death (tests)
+            ray.train.get_all_reported_checkpoints()
+            Path(fault["marker"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
 
         is_last = done == tc.steps
         log_now = done % tc.log_every == 0 or is_last
@@ -310,8 +313,11 @@ def train_loop_per_worker(lc: dict) -> dict | None:
         last = {k: v for k, v in last.items() if k != "step"}
         final_metrics = report(tc.steps, eval_kind="final" if objective else None)
 
+    # Under ZeRO-3 each rank holds only a shard of every eraser tensor (numel() == 0 outside a gather).
+    partitioned = all(p.numel() == 0 for p in session.trainable_parameters())
     summary = {
         "steps": tc.steps, "world_size": world, "attempts": attempts, "resumed_from": start,
+        "params_partitioned": partitioned,
         "global_steps": int(engine.global_steps), "steps_per_s": steps_run / step_time if step_time else 0.0,
         "final": last, "metrics": {k: v for k, v in final_metrics.items() if _is_number(v)},
     }
@@ -411,14 +417,20 @@ def run_distributed(
     fault: dict | None = None,
 ) -> dict:
     """Train one eraser with Ray Train + DeepSpeed; returns the summary (also in summary.json)."""
+    from unlearn.config import config_digest
     from unlearn.session import prepare_embeddings
     from unlearn.trainer import atomic_write_text
 
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
-    if resume and summary_path.exists() and (out / ERASER_DIR / "eraser_config.json").exists():
-        return json.loads(summary_path.read_text())
+    if resume and (out / "config.yaml").exists():
+        saved = PipelineConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+        if config_digest(saved.method()) != config_digest(cfg.method()):
+            raise ConfigError(f"{out} holds a run of a different method config; use a new --output, "
+                              "or --no-resume to start it again from step 0")
+        if summary_path.exists() and (out / ERASER_DIR / "eraser_config.json").exists():
+            return json.loads(summary_path.read_text())  # finished: nothing to redo
     check_distributed(cfg)
     d = cfg.distributed
     storage = Path(d.storage_path) if d.storage_path else out / "ray"
@@ -443,6 +455,7 @@ def run_distributed(
         "zero_stage": state["zero_stage"],
         "final": rv.get("final", {}),
         "steps_per_s": rv.get("steps_per_s"),
+        "params_partitioned": rv.get("params_partitioned"),
         "wall_s": round(time.time() - t0, 3),
         "eraser": str(out / ERASER_DIR),
         "checkpoint": str(result.checkpoint.path),
