@@ -16,9 +16,9 @@ COPY --chown=ray:users eval ./eval
 COPY --chown=ray:users configs ./configs
 
 # CUDA 12.8 wheels of torch; every other pin matches what the CPU test suite ran with.
-RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch==2.8.0" && \
+RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch==2.13.0" && \
     pip install -c /dev/stdin -e . <<'PINS'
-torch==2.8.0
+torch==2.13.0
 ray==2.60.0
 deepspeed==0.19.8
 diffusers==0.42.1
