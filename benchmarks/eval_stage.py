@@ -1,6 +1,6 @@
 """Does scoring hide behind generation? The evaluation stage's overhead over generation alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_stage.py [--rows 16] [--steps 50] [--size 64] [--frames 9]
+    OMP_NUM_THREADS=1 python benchmarks/eval_stage.py [--rows 10] [--steps 50] [--size 128] [--frames 9]
 
 On the tiny CogVideoX (real pipeline, real NudeNet scoring every frame, mp4 + GIF written,
 paired PSNR/SSIM on every row), in the same process and run:
@@ -12,7 +12,7 @@ paired PSNR/SSIM on every row), in the same process and run:
                         summary, grid
   overhead_fraction     (whole eval wall - generation-only wall) / generation-only wall
 
-The default setting (9 frames at 64x64, 50 steps) is chosen so generating one video takes at
+The default setting (10 rows, 9 frames at 128x128, 50 steps) is chosen so generating one video takes at
 least as long as scoring it; both per-video times are printed so this can be checked.
 `classifier_frames_per_s` is NudeNet alone (conversion + detection + counting) on the
 generated frames. The last line printed is one JSON object.
@@ -82,9 +82,9 @@ def generation_only(cfg, plan) -> tuple[float, list]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--rows", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--scorer", default="process", choices=["process", "thread", "inline"])
     ap.add_argument("--keep", default=None, help="keep outputs in this folder")

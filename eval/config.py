@@ -240,6 +240,14 @@ class RuntimeConfig(Strict):
     #   thread  = a thread in the generator's process
     #   inline  = no overlap (scoring stalls generation; for debugging)
     scorer: Literal["process", "thread", "inline"] = "process"
+    # CPU priority of the scorer process (os.nice increment): when cores are short, the
+    # generator (which feeds the GPU) wins and scoring takes the idle time.
+    scorer_nice: int = Field(5, ge=0, le=19)
+    # Reuse base-model videos across evals of different erasers (a Tune search evaluates many
+    # erasers on the same prompts and seeds): base frames are stored here as .npy, keyed by
+    # model, dtype, device, generation settings, prompt and seed. uint8 frames: ~50 MB per
+    # 49x480x720 video. None = always generate the base video.
+    base_cache_dir: str | None = None
     # Rows in flight per generator (one generating, the rest being scored).
     queue_depth: int = Field(2, ge=1)
     # torch threads of each generator process (None = leave as is).

@@ -73,6 +73,8 @@ class WorkerSpec:
     generation: dict  # GenerationConfig as a dict
     scorer: ScorerSpec
     scorer_mode: str = "process"
+    scorer_nice: int = 0
+    base_cache_dir: str | None = None
     torch_threads: int | None = None
     quiet: bool = True
 
@@ -145,6 +147,20 @@ class Scorer:
         self.classifier.close()
 
 
+def _save_npy_atomic(arr: np.ndarray, path: Path) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _plain(v):
     if isinstance(v, np.generic):
         return v.item()
@@ -154,11 +170,16 @@ def _plain(v):
 _PROCESS_SCORER: Scorer | None = None
 
 
-def _scorer_process_init(spec: ScorerSpec) -> None:
+def _scorer_process_init(spec: ScorerSpec, nice: int = 0) -> None:
     global _PROCESS_SCORER
     import unlearn.env as env
 
     env.apply_offline_env()
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not permitted on some systems; scoring still works
+            pass
     _PROCESS_SCORER = Scorer(spec)
 
 
@@ -183,7 +204,7 @@ class Consumer:
     inline: scores at submit time (no overlap; debugging). `submit` returns a Future at once.
     """
 
-    def __init__(self, spec: ScorerSpec, mode: str):
+    def __init__(self, spec: ScorerSpec, mode: str, nice: int = 0):
         self.mode = mode
         self._scorer = None
         if mode == "process":
@@ -192,7 +213,7 @@ class Consumer:
             # spawn: a fresh interpreter that imports numpy/onnxruntime/cv2 (torch only for CLIP);
             # it starts while the pipeline loads and generation begins.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                             initializer=_scorer_process_init, initargs=(spec,))
+                                             initializer=_scorer_process_init, initargs=(spec, nice))
         elif mode == "thread":
             self._scorer = Scorer(spec)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-scorer")
@@ -244,7 +265,7 @@ class EvalWorker:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         # Start the consumer first: a scorer process spawns while the pipeline loads.
-        self.consumer = Consumer(spec.scorer, spec.scorer_mode)
+        self.consumer = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
         self.gen = GenerationConfig.model_validate(spec.generation)
         self.device = pick_device(spec.device, spec.use_gpu)
         self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen)
@@ -263,10 +284,31 @@ class EvalWorker:
     def _video(self, row: dict, erased: bool) -> np.ndarray:
         from eval.generate import generate_video, to_uint8
 
-        if erased or self.handle is None:
+        if erased:
             return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
-        with self.handle.disabled():  # the base model: same pipeline, erasers off
-            return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        cached = self._base_cache_path(row)
+        if cached is not None and cached.is_file():
+            try:
+                return np.load(cached)
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable cached base video %s: %s", cached, exc)
+        if self.handle is None:
+            frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        else:
+            with self.handle.disabled():  # the base model: same pipeline, erasers off
+                frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        if cached is not None:
+            _save_npy_atomic(frames, cached)
+        return frames
+
+    def _base_cache_path(self, row: dict) -> Path | None:
+        if not self.spec.base_cache_dir:
+            return None
+        from eval.writer import digest
+
+        key = digest([self.spec.model_path, self.spec.dtype, str(self.pipe.device.type), self.spec.generation,
+                      row["prompt"], int(row["seed"])], n=24)
+        return Path(self.spec.base_cache_dir) / f"{key}.npy"
 
     def process(self, row: dict) -> dict:
         """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists."""
@@ -521,7 +563,8 @@ def worker_spec(plan: EvalPlan) -> WorkerSpec:
             save_gifs=cfg.output.save_gifs, gif_height=cfg.output.gif_height, paired_frames=cfg.metrics.paired_frames,
             clip_model=str(clip.resolve()) if clip else None, clip_frames=cfg.metrics.clip_frames,
         ),
-        scorer_mode=cfg.runtime.scorer, torch_threads=cfg.runtime.torch_threads,
+        scorer_mode=cfg.runtime.scorer, scorer_nice=cfg.runtime.scorer_nice, torch_threads=cfg.runtime.torch_threads,
+        base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
     )
 
 

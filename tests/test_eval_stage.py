@@ -292,6 +292,21 @@ def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path):
     assert "mean_erased" in read_results(tmp_path / "plugin")[0]
 
 
+def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_path):
+    """A search evaluates many erasers on the same rows: base videos are generated once."""
+    cache = tmp_path / "base-cache"
+    cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": f"{__name__}:MeanColour"}, preserve={"path": None},
+                   prompts={"limit": 2}, runtime={"base_cache_dir": str(cache)})
+    s1 = run_eval(cfg, tmp_path / "a")
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 2
+    np.save(files[0], np.zeros_like(np.load(files[0])))  # prove the second eval reads the cache
+    s2 = run_eval(cfg, tmp_path / "b")
+    assert sorted(cache.glob("*.npy")) == files
+    means = sorted(float(r["mean_base"]) for r in read_results(tmp_path / "b"))
+    assert means[0] == 0.0 and means[1] > 0 and s2["mean_level_erased"] == s1["mean_level_erased"]
+
+
 def test_toy_classifier_plugin(tiny_model, eraser_dir, tmp_path):
     pytest.importorskip("eval.classifiers.toy")
     from unlearn.toy import world
