@@ -120,8 +120,10 @@ class GenerationConfig(Strict):
     # None = the transformer's max_text_seq_length (226 for the real models, 16 for tiny).
     max_sequence_length: int | None = Field(None, ge=1)
     fps: int = Field(8, ge=1)
-    # Decode the VAE in tiles / one video at a time (less GPU memory at 480x720).
-    vae_tiling: bool = True
+    # Decode the VAE in tiles / one video at a time (less GPU memory at 480x720). auto = tiles
+    # on a GPU for frames of 256x256 and more. (diffusers' CogVideoX tiling assumes the real
+    # VAE's geometry: on tiny models it changes the frame size, which the stage reports.)
+    vae_tiling: bool | Literal["auto"] = "auto"
     vae_slicing: bool = True
 
     @model_validator(mode="after")

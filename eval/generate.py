@@ -42,7 +42,10 @@ def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: 
 
             cls = CogVideoXDPMScheduler if gen.scheduler == "dpm" else CogVideoXDDIMScheduler
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
-        if gen.vae_tiling:
+        tiling = gen.vae_tiling
+        if tiling == "auto":
+            tiling = str(device).startswith("cuda") and gen.height * gen.width >= 256 * 256
+        if tiling:
             pipe.vae.enable_tiling()
         if gen.vae_slicing:
             pipe.vae.enable_slicing()
@@ -71,8 +74,12 @@ def generate_video(pipe, prompt: str, seed: int, gen) -> np.ndarray:
             output_type="np",
             max_sequence_length=max_len,
         )
-    frames = out.frames[0]
-    return np.asarray(frames, dtype=np.float32)
+    frames = np.asarray(out.frames[0], dtype=np.float32)
+    want = (gen.num_frames, gen.height, gen.width, 3)
+    if frames.shape != want:
+        hint = " (VAE tiling is on: try generation.vae_tiling: false)" if getattr(pipe.vae, "use_tiling", False) else ""
+        raise RuntimeError(f"the pipeline returned frames of shape {frames.shape}, expected {want}{hint}")
+    return frames
 
 
 def generate_pair(pipe, handle, prompt: str, seed: int, gen) -> tuple[np.ndarray, np.ndarray | None]:

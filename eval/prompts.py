@@ -81,7 +81,7 @@ def parse_seed(raw: str) -> int:
             raise ValueError("is not an integer") from None
         value = int(f)
     if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"is out of range (0 .. 2**63-1)")
+        raise ValueError("is out of range (0 .. 2**63-1)")
     return value
 
 

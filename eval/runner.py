@@ -24,6 +24,8 @@ Shape of a run:
 - Every finished row is written atomically as `rows/<id>.json` by the driver (see
   `eval.writer`); a rerun skips finished rows, so an interrupted eval ends with exactly one
   result per row.
+- On a multi-node Ray cluster the output directory (and `runtime.base_cache_dir`) must be
+  shared storage: actors write videos and GIFs there, the driver reads the GIFs for the grid.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
