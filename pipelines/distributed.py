@@ -267,6 +267,8 @@ def train_loop_per_worker(lc: dict) -> dict | None:
                 if eval_kind is not None:
                     metrics.update(_run_objective(objective, tmp / ERASER_DIR, done, final=eval_kind == "final"))
                     metrics["eval_kind"] = eval_kind
+                    if eval_kind == "proxy":
+                        metrics["proxy_step"] = done  # ASHA's time attribute (pipelines.tune.PROXY_TIME_ATTR)
                     live.log_eval(done, metrics)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"checkpoint_{done:06d}")

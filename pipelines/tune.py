@@ -44,6 +44,7 @@ from pipelines.config import ConfigError, ObjectiveConfig, PipelineConfig, load_
 LOG = logging.getLogger(__name__)
 
 TRIALS_DIR = "trials"
+PROXY_TIME_ATTR = "proxy_step"  # present only in results that carry a proxy eval (what ASHA acts on)
 # Evaluations inside a trial run in the rank-0 training worker, in-process (it already holds the
 # trial's GPU; Ray eval actors would wait forever for resources the Train workers hold).
 TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "runtime.progress": False}
@@ -224,6 +225,18 @@ def trial_main(config: dict, ctx: dict) -> None:
     cfg = apply_sample(base, config, trial_id)  # re-validated before anything loads
     params = {k: config[k] for k in base.search.space if k in config}
     trial_dir = Path(ctx["output_dir"]) / TRIALS_DIR / trial_id
+    done = _finished_trial(trial_dir, params)
+    if done is not None:
+        # Finished before the driver died but after Tune last saved its experiment state:
+        # finish the books and report the recorded result instead of training and evaluating again.
+        ml = ctx.get("mlflow")
+        if ml and done.get("mlflow_run_id"):
+            c = mu.client(ml["tracking_uri"])
+            if c.get_run(done["mlflow_run_id"]).info.status != "FINISHED":
+                _log_trial_artifacts(c, done["mlflow_run_id"], trial_dir, done["metrics"])
+                mu.finish(c, done["mlflow_run_id"], "FINISHED")
+        ray.tune.report({**done["metrics"], "eval_kind": "final"})
+        return
     trial_dir.mkdir(parents=True, exist_ok=True)
     if not (trial_dir / "params.json").exists():  # written once: its mtime orders trials in the report
         atomic_write_text(trial_dir / "params.json", json.dumps(_plain(params), indent=2))
@@ -269,6 +282,18 @@ def trial_main(config: dict, ctx: dict) -> None:
     if run_id:
         _log_trial_artifacts(c, run_id, trial_dir, metrics)
         mu.finish(c, run_id, "FINISHED")
+
+
+def _finished_trial(trial_dir: Path, params: dict) -> dict | None:
+    """The recorded summary of this trial if it already finished with these exact parameters."""
+    path = trial_dir / "summary.json"
+    if not path.exists() or not (trial_dir / "eraser" / "eraser.safetensors").exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("params") == json.loads(json.dumps(_plain(params))) else None
 
 
 def _log_trial_artifacts(c, run_id: str, trial_dir: Path, metrics: dict) -> None:
@@ -379,12 +404,13 @@ def _searcher_and_scheduler(cfg: PipelineConfig):
         else:
             searcher = _OptunaSearch(metric=score, mode="min", sampler=sampler)
         return searcher, FIFOScheduler()
-    searcher = BasicVariantGenerator(random_state=s.seed)
+    # (a SearchGenerator takes its concurrency limit itself; TuneConfig's would be ignored)
+    searcher = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials)
     if s.algorithm == "asha":
-        # max_t one past the longest run: a trial reaching max_t would be STOPPED by ASHA on its final
-        # report, racing the trial driver's own bookkeeping (eraser export, MLflow). Rungs are unchanged.
-        max_t = _max_steps(cfg) + 1
-        sched = ASHAScheduler(time_attr="train_step", metric=score, mode="min", max_t=max_t,
+        # ASHA acts only on PROXY evals: its time attribute `proxy_step` is absent from checkpoint-only
+        # reports and from the final report, so a trial is never stopped on its last step (training
+        # done, final eval done), which would race the trial driver's bookkeeping (export, MLflow).
+        sched = ASHAScheduler(time_attr=PROXY_TIME_ATTR, metric=score, mode="min", max_t=_max_steps(cfg),
                               grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor,
                               brackets=s.asha.brackets)
         return searcher, sched
@@ -483,7 +509,7 @@ def run_search(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
-                                        max_concurrent_trials=s.max_concurrent_trials),
+                                        max_concurrent_trials=s.max_concurrent_trials if s.algorithm == "optuna" else None),
             run_config=tune.RunConfig(name=s.name, storage_path=str(out / "ray"),
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       callbacks=[callback], verbose=1 if verbose else 0),
