@@ -159,6 +159,8 @@ class ObjectiveConfig(Strict):
     """
 
     eval: str | dict[str, Any] | None = None
+    # Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}.
+    eval_overrides: dict[str, Any] = Field(default_factory=dict)
     metrics: list[MetricSpec] = Field(min_length=1)
     scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig)
     proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)
@@ -390,3 +392,10 @@ def check_distributed(cfg: PipelineConfig) -> None:
     per_worker_batch(cfg.train.preserve_batch_size, d.num_workers, "train.preserve_batch_size", allow_zero=True)
     if not d.use_gpu and d.torch_backend() == "nccl":
         raise ConfigError("distributed.backend is 'nccl' but use_gpu is false: NCCL needs GPUs; use gloo/auto")
+    if d.zero_stage == 3 and cfg.train.gradient_checkpointing and d.use_gpu:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "ZeRO-3 with train.gradient_checkpointing and a frozen backbone hits an open DeepSpeed bug on GPUs "
+            "('Recomputed values ... have different metadata', DeepSpeed PR #8130); use distributed.zero_stage: 2"
+        )

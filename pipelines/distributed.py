@@ -241,7 +241,8 @@ def train_loop_per_worker(lc: dict) -> dict | None:
     proxy_every = (objective or {}).get("proxy_every")
     fault = lc.get("fault")
     live = _MlflowLive(lc.get("mlflow") if rank == 0 else None)
-    step_time, steps_run = 0.0, 0
+    step_time, steps_run, step_times = 0.0, 0, []
+    step_phase = [0.0, 0.0]  # seconds in forward+backward, in optimizer step
     last: dict[str, float] = {}
     keys: list[str] | None = None
 
@@ -279,9 +280,14 @@ def train_loop_per_worker(lc: dict) -> dict | None:
         t = time.perf_counter()
         losses = engine(session.batch(step))
         check_finite(losses, step + 1)
-        engine.backward(losses["loss"])
-        engine.step()
-        step_time += time.perf_counter() - t
+        engine.backward(losses["loss"])  # ZeRO-2: gradient reduce-scatter happens here
+        t_mid = time.perf_counter()
+        engine.step()  # optimizer on this rank's shard + parameter all-gather
+        dt = time.perf_counter() - t
+        step_phase[0] += t_mid - t
+        step_phase[1] += dt - (t_mid - t)
+        step_time += dt
+        step_times.append(dt)
         steps_run += 1
         done = step + 1
 
@@ -320,11 +326,21 @@ def train_loop_per_worker(lc: dict) -> dict | None:
     summary = {
         "steps": tc.steps, "world_size": world, "attempts": attempts, "resumed_from": start,
         "params_partitioned": partitioned,
+        # Steady-state rate: the first steps pay one-time costs (allocations, ZeRO buffers).
+        "steps_per_s_steady": _steady_rate(step_times),
+        "ms_per_step": {"forward_backward": 1000 * step_phase[0] / max(steps_run, 1),
+                        "optimizer_step": 1000 * step_phase[1] / max(steps_run, 1)},
         "global_steps": int(engine.global_steps), "steps_per_s": steps_run / step_time if step_time else 0.0,
         "final": last, "metrics": {k: v for k, v in final_metrics.items() if _is_number(v)},
     }
     session.objective.detach()
     return summary if rank == 0 else None
+
+
+def _steady_rate(times: list[float]) -> float:
+    skip = min(5, len(times) // 5)
+    rest = times[skip:]
+    return len(rest) / sum(rest) if rest and sum(rest) > 0 else 0.0
 
 
 def _is_number(v) -> bool:
@@ -458,6 +474,8 @@ def run_distributed(
         "final": rv.get("final", {}),
         "steps_per_s": rv.get("steps_per_s"),
         "params_partitioned": rv.get("params_partitioned"),
+        "steps_per_s_steady": rv.get("steps_per_s_steady"),
+        "ms_per_step": rv.get("ms_per_step"),
         "wall_s": round(time.time() - t0, 3),
         "eraser": str(out / ERASER_DIR),
         "checkpoint": str(result.checkpoint.path),

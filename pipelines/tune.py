@@ -124,12 +124,16 @@ def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
                           "name an eval config (e.g. eval: ../eval/tiny.yaml) or add an eval section")
     if ecfg.model.path != cfg.model.path:
         LOG.info("objective eval: model.path %s -> %s (the model the erasers are trained on)", ecfg.model.path, cfg.model.path)
-    return ecfg.with_overrides({"model.path": cfg.model.path, "eraser": None, **TRIAL_EVAL_OVERRIDES}, "search.objective.eval")
+    overrides = {**cfg.search.objective.eval_overrides, "model.path": cfg.model.path, "eraser": None, **TRIAL_EVAL_OVERRIDES}
+    return ecfg.with_overrides(overrides, "search.objective.eval (+ eval_overrides)")
 
 
-def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None) -> dict:
+def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output_dir: str | Path | None = None) -> dict:
     """Plain data for the worker: the objective spec + the resolved eval config."""
     ecfg = resolve_eval_config(cfg, config_dir)
+    if output_dir is not None and ecfg.runtime.base_cache_dir is None:
+        # Every trial evaluates on the same prompts and seeds: generate the base videos once.
+        ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
     obj = cfg.search.objective
     proxy_every = obj.proxy.every
     if proxy_every is None and cfg.search.algorithm == "asha":
@@ -456,7 +460,7 @@ def run_search(
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     check_space(cfg)
     check_distributed(cfg)
-    objective = objective_payload(cfg, config_dir)  # validates the eval config before Ray starts
+    objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
     atomic_write_text(out / "search_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     atomic_write_text(out / "search_space.yaml", yaml.safe_dump(s.space, sort_keys=False))
     if config_path:
