@@ -94,34 +94,34 @@ class EvalMlflowLogger:
 
     # --- at the end ----------------------------------------------------------------------------
     def log_final(self, summary: dict[str, Any], results: list[dict]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         from eval.metrics import numeric_metrics
 
         self._drain()
-        # GIFs of rows finished by an earlier (interrupted) run that this run does not hold yet.
-        try:
-            have = {f.path for f in self.client.list_artifacts(self.run_id, self.gif_dir)}
-        except Exception:  # noqa: BLE001
-            have = set()
-        for r in results:
-            for path, dest in self._row_files(r):
-                key = f"{dest}/{path.name}"
-                if key not in have and key not in self._logged and path.is_file():
+        # GIFs of rows finished by an earlier (interrupted) run that this run may not hold yet.
+        missing = [(p, d) for r in results for p, d in self._row_files(r)
+                   if f"{d}/{p.name}" not in self._logged and p.is_file()]
+        if missing:
+            try:
+                have = {f.path for f in self.client.list_artifacts(self.run_id, self.gif_dir)}
+            except Exception:  # noqa: BLE001
+                have = set()
+            for path, dest in missing:
+                if f"{dest}/{path.name}" not in have:
                     self.client.log_artifact(self.run_id, str(path), dest)
         now = int(time.time() * 1000)
         metrics = [Metric(f"{self.cfg.metric_prefix}{k}", v, now, 0) for k, v in numeric_metrics(summary).items()
                    if k not in ("wall_seconds",)]
-        for i in range(0, len(metrics), 500):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 500])
         tags = {"eval.classifier": str(summary.get("classifier", "")), "eval.output_dir": str(self.output_dir)}
         for k in ("nudenet_preset", "nudenet_threshold", "nudenet_frames"):
             if k in summary:
                 tags[f"eval.{k}"] = str(summary[k])
         if summary.get("eraser"):
             tags["eval.eraser"] = str(summary["eraser"])
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+        run_tags = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, max(len(metrics), 1), 500):  # MLflow takes <= 1000 entities per batch
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 500], tags=run_tags if i == 0 else [])
         for name in ("results.csv", "eval_config.json", "grid.gif"):
             p = self.output_dir / name
             if p.is_file():

@@ -172,6 +172,39 @@ def test_mlflow_metrics_and_artifacts(reference_run):
     assert run.info.status == "RUNNING"  # a given run is left to its owner
 
 
+@pytest.mark.slow
+def test_mlflow_server_new_run(request, tiny_model, eraser_dir, tmp_path):
+    """Over HTTP against a real `mlflow server` (artifact proxy): without a run id the stage
+    creates a run, logs into it and finishes it."""
+    try:
+        uri = request.getfixturevalue("mlflow_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("no mlflow_server fixture in this suite")
+    from mlflow.tracking import MlflowClient
+
+    cfg = make_cfg(tiny_model, eraser_dir, prompts={"limit": 1}, preserve={"limit": 1},
+                   mlflow={"tracking_uri": uri, "experiment": "eval-stage-test"})
+    s = run_eval(cfg, tmp_path / "srv")
+    runs = _search(uri)
+    row = runs[runs["run_id"] == s["mlflow_run_id"]].iloc[0]
+    assert row["status"] == "FINISHED" and row["metrics.eval/rows_total"] == 2
+    client = MlflowClient(uri)
+    arts = {f.path for f in client.list_artifacts(s["mlflow_run_id"], "eval")}
+    assert {"eval/results.csv", "eval/summary.json", "eval/grid.gif"} <= arts
+    assert len(client.list_artifacts(s["mlflow_run_id"], "eval/gifs")) == 4
+
+
+def _search(uri):
+    import mlflow
+
+    prev = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(experiment_names=["eval-stage-test"])
+    finally:
+        mlflow.set_tracking_uri(prev)
+
+
 def test_rerun_skips_finished_rows(reference_run, tmp_path):
     import shutil
 
@@ -248,6 +281,7 @@ def ray_ready(request):
     return ray
 
 
+@pytest.mark.slow
 def test_ray_actors_spread_rows_and_match_in_process(ray_ready, reference_run, tmp_path):
     cfg = reference_run["cfg"].with_overrides({"mlflow.tracking_uri": None, "mlflow.run_id": None,
                                                "runtime.num_actors": 2, "runtime.scorer": "thread"})
