@@ -80,8 +80,17 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
         return False
     env = worker_env_vars()
     address = address or os.environ.get("RAY_ADDRESS")
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        # Inside a Ray Job (`t2vu submit`): the job's runtime env already carries env vars, and Ray
+        # refuses to merge a driver runtime env that sets the same keys. Add only what is missing.
+        try:
+            have = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            have = {}
+        env = {k: v for k, v in env.items() if k not in have}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env},
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None,
                  log_to_driver=logging.getLogger().isEnabledFor(logging.INFO))
         return True
     ray.init(

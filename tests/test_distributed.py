@@ -132,3 +132,21 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
     assert json.loads((out2 / "summary.json").read_text()) == s2
     assert main(["train", "--distributed", "--config", str(out2 / "config.yaml"), "--output", str(out2),
                  "--set", "loss.eta=5"]) == 2
+
+
+def test_ensure_ray_inside_a_ray_job_adds_only_missing_env_vars(monkeypatch):
+    """Ray refuses a driver runtime env that repeats env var keys of the job's (t2vu submit)."""
+    import ray
+
+    from pipelines import distributed
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}))
+    monkeypatch.setenv("T2VU_CACHE", "/shared/cache")
+    assert distributed.ensure_ray() is True
+    env = calls[0]["runtime_env"]["env_vars"]
+    assert "OMP_NUM_THREADS" not in env and env["T2VU_CACHE"] == "/shared/cache" and env["HF_HUB_OFFLINE"] == "1"
+    assert calls[0]["address"] == "127.0.0.1:6379"

@@ -192,6 +192,15 @@ def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_sessio
     assert {a.path for a in client.list_artifacts(pid, "report")} >= {"report/report.md", "report/results.csv", "report/pareto.png"}
     assert parents.iloc[0]["tags.t2vu.git_sha"] and "tags.version.ray" in parents.columns
 
+    # `t2vu report RUN` rebuilds the report from the run folder alone (no Ray needed).
+    from pipelines.cli import main
+
+    for name in ("report.md", "results.csv", "pareto.png"):
+        (out / name).unlink()
+    assert main(["report", str(out), "--no-mlflow"]) == 0
+    assert (out / "results.csv").read_text().splitlines() == rows
+    assert (out / "pareto.png").exists() and result.best.trial_id in (out / "report.md").read_text()
+
 
 def _wait_for(pred, timeout: float, proc=None, what: str = ""):
     deadline = time.time() + timeout
