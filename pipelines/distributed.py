@@ -357,9 +357,16 @@ def _is_number(v) -> bool:
 
 
 def _run_objective(objective: dict, eraser_dir: Path, step: int, final: bool) -> dict:
+    """The trial's evaluation. A failure is reported, not raised: retrying the worker group
+    would retrain from the previous checkpoint only to hit the same (usually config) error;
+    the trial driver turns `objective_error` into a failed trial instead."""
     from pipelines.tune import evaluate_objective
 
-    return evaluate_objective(objective, eraser_dir, step=step, final=final)
+    try:
+        return evaluate_objective(objective, eraser_dir, step=step, final=final)
+    except Exception as exc:  # noqa: BLE001 - reported to the trial driver
+        LOG.exception("objective evaluation failed at step %d", step)
+        return {"objective_error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
 # --- the driver ----------------------------------------------------------------------------------

@@ -276,6 +276,13 @@ def trial_main(config: dict, ctx: dict) -> None:
                 c.set_tag(run_id, "t2vu.error", str(exc)[:4000])
                 mu.finish(c, run_id, "FAILED")
         raise
+    err = (result.metrics or {}).get("objective_error")
+    if err:
+        if run_id:
+            with contextlib.suppress(Exception):
+                c.set_tag(run_id, "t2vu.error", err[:4000])
+                mu.finish(c, run_id, "FAILED")
+        raise RuntimeError(f"trial {trial_id}: the objective evaluation failed: {err}")
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_number(v)}
     summary = {
         "trial_id": trial_id, "status": "completed", "params": _plain(params), "metrics": metrics,

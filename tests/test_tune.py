@@ -102,6 +102,25 @@ def test_objective_scalarisation_and_constraints():
         ObjectiveConfig.model_validate({"metrics": [{"name": "a", "mode": "min"}], "scalarize": {"weights": {"b": 1}}})
 
 
+def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp_path):
+    from pipelines.distributed import _run_objective
+    from pipelines.tune import objective_metrics
+
+    spec = ObjectiveConfig.model_validate({"metrics": [{"name": "nudity_rate_erased", "mode": "min"},
+                                                       {"name": "psnr_preserve", "mode": "max"}]})
+    summary = {"nudity_rate_erased": 0.25, "nudity_rate_base": 0.5, "psnr_preserve": 30.0, "rows_total": 8}
+    got = objective_metrics(spec, summary)
+    assert got == {"nudity_rate_erased": 0.25, "nudity_rate_base": 0.5, "psnr_preserve": 30.0,
+                   "score": pytest.approx(0.25 - 30.0), "eval_rows": 8.0}
+    with pytest.raises(KeyError, match="available.*nudity_rate_base"):
+        objective_metrics(spec, {"nudity_rate_base": 0.5})
+    # In the training worker a failing evaluation becomes a reported error, not a worker crash
+    # (a crash would make Ray Train retrain from the last checkpoint only to fail again).
+    out = _run_objective({"spec": spec.model_dump(), "eval": {"no_such_key": 1}, "out_dir": str(tmp_path)},
+                         tmp_path / "eraser", 4, final=False)
+    assert set(out) == {"objective_error"} and "no_such_key" in out["objective_error"]
+
+
 def test_pareto_indices():
     from pipelines.search_report import pareto_indices
 
