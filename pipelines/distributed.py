@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -508,9 +509,9 @@ def run_distributed_cli(args) -> int:
 
     cfg = load_pipeline_config(args.config, args.overrides)
     out = Path(args.output) if args.output else default_output("train", args.config)
-    try:
-        summary = run_distributed(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
-    except ConfigError:
-        raise
+    d = cfg.distributed
+    print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "
+          f"DeepSpeed ZeRO-{d.zero_stage} -> {out} (worker logs: t2vu -v train ...)", file=sys.stderr, flush=True)
+    summary = run_distributed(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
     print(json.dumps({"output": str(out), **summary}, indent=2))
     return 0
