@@ -26,7 +26,6 @@ are reused (no duplicate child runs).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
