@@ -284,6 +284,27 @@ class MlflowConfig(Strict):
         return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db')}"
 
 
+# --- t2vu run -------------------------------------------------------------------------------------
+
+class SelectConfig(Strict):
+    """How `t2vu run` picks the trial that gets the full evaluation.
+
+    Default (metric None): the search's scalarised score, lowest wins. Otherwise the best
+    `metric` in `mode` among trials meeting every constraint, e.g. lowest
+    `target_rate_erased` subject to `nontarget_acc_erased >= 0.95` (a preservation floor).
+    """
+
+    metric: str | None = None
+    mode: Literal["min", "max"] = "min"
+    constraints: list[Constraint] = Field(default_factory=list)
+
+
+class RunConfig(Strict):
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    # Rows of each prompt set in the final eval (None = all rows).
+    eval_limit: int | None = Field(None, ge=1)
+
+
 # --- the whole file ------------------------------------------------------------------------------
 
 class PipelineConfig(MethodConfig):
@@ -293,6 +314,7 @@ class PipelineConfig(MethodConfig):
     search: SearchConfig | None = None
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     eval: EvalSection | None = None  # type: ignore[valid-type]
+    run: RunConfig | None = None  # `t2vu run` only
 
     def method(self) -> MethodConfig:
         """The method sections alone (what a training session / eraser digest sees)."""

@@ -1,0 +1,25 @@
+"""`t2vu run --config C [--output DIR]`: embeddings -> search -> select -> final eval -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.commands.train import add_common, default_output
+
+DEFAULT_CONFIG = "configs/toy.yaml"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: search, pick the best eraser, evaluate it, report")
+    add_common(p, default_config=DEFAULT_CONFIG)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pipelines.config import load_pipeline_config
+    from pipelines.run import run_pipeline
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    out = Path(args.output) if args.output else default_output("run", args.config)
+    run_pipeline(cfg, out, config_path=args.config, verbose=args.verbose)
+    return 0

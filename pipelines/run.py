@@ -1,0 +1,271 @@
+"""`t2vu run`: the whole pipeline, one command, laptop to cluster.
+
+  1. text embeddings   fill the cache once (T5 never loads in trainers)
+  2. search            Ray Tune over Ray Train + DeepSpeed trials, each judged by a real eval
+  3. select            the best trial by the configured rule (`run.select`)
+  4. final eval        the best eraser vs the base model on the full eval set, same seeds
+  5. report            report.md + summary.json in the run folder; all of it in MLflow:
+                       the search's parent run, a child per trial, a child for the final eval
+
+Each stage is also a command of its own (`t2vu tune`, `t2vu eval`, `t2vu report`). A stage
+whose outputs are complete is skipped, so rerunning a finished pipeline does no work and
+an interrupted one continues (the search resumes through `Tuner.restore`, the eval skips
+finished rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from unlearn.config import ConfigError
+from unlearn.trainer import atomic_write_text
+
+LOG = logging.getLogger(__name__)
+STATE_FILE = "pipeline_state.json"
+
+
+class Console:
+    """Stage banners on stdout; everything else (Ray, libraries) stays in logs unless --verbose."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.time()
+
+    def stage(self, n: int, total: int, title: str, note: str = "") -> None:
+        if not self.quiet:
+            el = time.time() - self.t0
+            print(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{el:.0f}s)", flush=True)
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"   {msg}", flush=True)
+
+
+def _load_state(out: Path) -> dict:
+    p = out / STATE_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _save_state(out: Path, state: dict) -> None:
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2))
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def select_best(result, rule) -> object:
+    """Pick the trial for the final eval. `rule` is `cfg.run.select` (None = lowest scalar score)."""
+    done = [t for t in result.trials if t.status == "completed" and t.eraser]
+    if not done:
+        raise RuntimeError(f"no completed trial with an eraser in {result.output_dir}; see its report.md")
+    metric = rule.metric if rule and rule.metric else result.score_name
+    mode = rule.mode if rule and rule.metric else "min"
+    eligible = []
+    for t in done:
+        ok = _ok(t.metrics.get(metric))
+        for c in (rule.constraints if rule else []):
+            v = t.metrics.get(c.metric)
+            ok = ok and _ok(v) and (c.min is None or v >= c.min) and (c.max is None or v <= c.max)
+        if ok:
+            eligible.append(t)
+    if not eligible:
+        LOG.warning("no trial meets run.select.constraints; falling back to the best by %s", metric)
+        eligible = [t for t in done if _ok(t.metrics.get(metric))] or done
+    key = (lambda t: t.metrics.get(metric, math.inf)) if mode == "min" else (lambda t: -t.metrics.get(metric, -math.inf))
+    return min(eligible, key=key)
+
+
+def final_eval_config(cfg, config_dir: Path):
+    """The full eval: the `eval` section if present, else the search objective's eval config."""
+    from eval.config import EvalConfig, load_eval_config
+    from unlearn.config import validate
+
+    if cfg.eval is not None:
+        data = cfg.eval.model_dump(mode="json") if hasattr(cfg.eval, "model_dump") else dict(cfg.eval)
+        data["config_dir"] = data.get("config_dir") or str(config_dir)
+        ecfg = validate(EvalConfig, data, "eval")
+    else:
+        spec = cfg.search.objective.eval if cfg.search else None
+        if isinstance(spec, str):
+            p = Path(spec)
+            ecfg = load_eval_config(p if p.is_absolute() or p.exists() else config_dir / p)
+        elif isinstance(spec, dict):
+            ecfg = validate(EvalConfig, {"config_dir": str(config_dir), **spec}, "search.objective.eval")
+        else:
+            raise ConfigError("t2vu run needs an `eval` section or search.objective.eval for the final evaluation")
+    return ecfg.with_overrides({"model.path": cfg.model.path}, "final eval")
+
+
+def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None = None, verbose: bool = False,
+                 quiet: bool = False) -> dict:
+    from pipelines import mlflow_utils as mu
+    from pipelines.tune import collect_result, run_search
+    from unlearn.session import prepare_embeddings
+
+    if cfg.search is None:
+        raise ConfigError("t2vu run needs a `search` section (see configs/toy.yaml)")
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
+    con = Console(quiet)
+    state = _load_state(out)
+    summary_path = out / "summary.json"
+    if state.get("done") and summary_path.exists():
+        con.say(f"pipeline already complete in {out}; nothing to do")
+        summary = json.loads(summary_path.read_text())
+        print_summary(summary, quiet)
+        return summary
+    ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
+    run_cfg = cfg.run
+
+    con.stage(1, 4, "text embeddings")
+    t = time.time()
+    cache = prepare_embeddings(cfg.method(), config_dir)
+    con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
+
+    search_dir = out / "search"
+    con.stage(2, 4, "search", f"{cfg.search.num_samples} trials x {cfg.distributed.num_workers} workers, "
+                               f"{cfg.search.algorithm}, objective {cfg.search.metric_names()}")
+    if state.get("search_done") and (search_dir / "search_result.json").exists():
+        con.say("search already complete; reusing its results")
+        result = collect_result(cfg, search_dir)
+    else:
+        result = run_search(cfg, search_dir, config_path=config_path, verbose=verbose)
+        state["search_done"] = True
+        _save_state(out, state)
+    n_ok = sum(t.status == "completed" for t in result.trials)
+    con.say(f"{n_ok}/{len(result.trials)} trials completed; report {search_dir / 'report.md'}")
+
+    con.stage(3, 4, "select")
+    best = select_best(result, run_cfg.select if run_cfg else None)
+    con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.params.items()))
+
+    con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
+    eval_run_id = None
+    if result.tracking_uri and result.parent_run_id:
+        c = mu.client(result.tracking_uri)
+        eval_run_id = mu.get_or_create_child(c, result.experiment_id, result.parent_run_id, "final-eval",
+                                             params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
+                                             tags={"t2vu.role": "final-eval"})
+        ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
+    limit = run_cfg.eval_limit if run_cfg else None
+    ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
+
+    summary = {
+        "output": str(out),
+        "best_trial": best.trial_id,
+        "best_params": best.params,
+        "best_eraser": best.eraser,
+        "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
+        "final_eval": {k: v for k, v in ev.items() if _ok(v) or k.startswith("rows")},
+        "search_report": str(search_dir / "report.md"),
+        "eval_dir": str(out / "eval"),
+        "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,
+                   "parent_run_id": result.parent_run_id, "final_eval_run_id": eval_run_id},
+        "wall_s": round(time.time() - con.t0, 1),
+    }
+    write_pipeline_report(out, summary, ev, result)
+    if result.tracking_uri and result.parent_run_id:
+        c = mu.client(result.tracking_uri)
+        mu.log_file(c, result.parent_run_id, out / "report.md", "pipeline")
+        mu.log_file(c, result.parent_run_id, summary_path if summary_path.exists() else out / "report.md", "pipeline")
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
+    state["done"] = True
+    _save_state(out, state)
+    print_summary(summary, quiet)
+    return summary
+
+
+def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
+    from eval.runner import run_eval
+
+    done = out / "summary.json"
+    if done.exists():
+        prev = json.loads(done.read_text())
+        if prev.get("eraser") == str(eraser) and prev.get("rows_total"):
+            return prev
+    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet)
+
+
+def _pairs(ev: dict) -> list[tuple[str, object, object]]:
+    rows = []
+    for k, v in ev.items():
+        if k.endswith("_base") and _ok(v):
+            stem = k[: -len("_base")]
+            rows.append((stem, v, ev.get(stem + "_erased")))
+    return rows
+
+
+def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
+    lines = [f"# t2vu run — {out.name}", "",
+             f"Best trial **{summary['best_trial']}** of {len(result.trials)} "
+             f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`.", "",
+             "## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in summary["best_params"].items()]
+    lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
+              "| metric | base | erased |", "|---|---|---|"]
+    lines += [f"| {k} | {_f(b)} | {_f(e)} |" for k, b, e in _pairs(ev)]
+    paired = {k: v for k, v in ev.items() if _ok(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
+    if paired:
+        lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in paired.items()]
+    grid = sorted((out / "eval").glob("grid*.gif"))
+    if grid:
+        lines += ["", f"![base vs erased](eval/{grid[0].name})"]
+    ml = summary["mlflow"]
+    if ml.get("tracking_uri"):
+        lines += ["", "## MLflow", "", f"- tracking URI: `{ml['tracking_uri']}`",
+                  f"- parent run: `{ml['parent_run_id']}` (one child per trial, plus `final-eval` `{ml['final_eval_run_id']}`)",
+                  f"- open: `{mlflow_ui_command(ml['tracking_uri'])}`"]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _f(v) -> str:
+    return f"{v:.4g}" if _ok(v) else "—"
+
+
+def mlflow_ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+# What the console summary shows (report.md has every metric): erasure and preservation headlines.
+HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shape_acc", "motion_acc",
+            "target_content_kept", "second_object_kept", "psnr", "ssim", "clip")
+
+
+def _headline(key: str) -> bool:
+    return any(key == h or key.startswith(h + "_") for h in HEADLINE) and "introduced" not in key
+
+
+def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
+    if quiet:
+        return
+    import sys
+
+    w = (out or sys.stdout).write
+    ev = summary.get("final_eval", {})
+    w("\n== summary\n")
+    w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")
+    for stem, b, e in _pairs(ev):
+        if _headline(stem):
+            w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}\n")
+    for k, v in ev.items():
+        if _ok(v) and _headline(k) and not k.endswith(("_base", "_erased")):
+            w(f"   {k:<26} {_f(v)}\n")
+    print = lambda *a: w(" ".join(str(x) for x in a) + "\n")  # noqa: E731
+    print(f"   report       {Path(summary['output']) / 'report.md'}")
+    print(f"   search       {summary['search_report']}")
+    print(f"   videos       {summary['eval_dir']}")
+    uri = summary.get("mlflow", {}).get("tracking_uri")
+    if uri:
+        print(f"   mlflow       {uri}")
+        print(f"   open it:     {mlflow_ui_command(uri)}")
+    print(f"   wall time    {summary['wall_s']:.0f} s")
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
