@@ -151,16 +151,39 @@ class ProxyEvalConfig(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class ToyPromptsConfig(Strict):
+    """Eval prompt CSVs drawn from the toy world (`unlearn.toy.world.eval_rows`), written into
+    <output>/eval_prompts/ and set as the eval's `prompts.path` / `preserve.path`."""
+
+    target: str = "red"
+    # Sets in the prompts CSV (the target's own sets) and in the preserve CSV (paired metrics).
+    sets: list[str] = Field(default_factory=lambda: ["target", "synonym", "two_target", "two_nontarget"])
+    preserve_sets: list[str] = Field(default_factory=lambda: ["nontarget"])
+    n: int = Field(16, ge=1)  # rows per set
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ToyPromptsConfig":
+        from unlearn.toy.world import EVAL_SETS
+
+        bad = [s for s in [*self.sets, *self.preserve_sets] if s not in EVAL_SETS]
+        if bad:
+            raise ValueError(f"unknown toy eval sets {bad}; known: {list(EVAL_SETS)}")
+        return self
+
+
 class ObjectiveConfig(Strict):
     """What each trial is judged on: a real evaluation of its eraser.
 
     eval: a path to an eval config YAML (relative to the search config), an inline eval
           section, or null to use the top-level `eval` section.
+    toy_prompts: draw the eval prompts from the toy world instead of CSV files.
     """
 
     eval: str | dict[str, Any] | None = None
     # Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}.
     eval_overrides: dict[str, Any] = Field(default_factory=dict)
+    toy_prompts: ToyPromptsConfig | None = None
     metrics: list[MetricSpec] = Field(min_length=1)
     scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig)
     proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)

@@ -130,6 +130,15 @@ def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
 def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output_dir: str | Path | None = None) -> dict:
     """Plain data for the worker: the objective spec + the resolved eval config."""
     ecfg = resolve_eval_config(cfg, config_dir)
+    toy = cfg.search.objective.toy_prompts
+    if toy is not None:
+        if output_dir is None:
+            raise ConfigError("search.objective.toy_prompts needs an output folder to write the prompt CSVs into")
+        main, preserve = write_toy_prompts(toy, Path(output_dir) / "eval_prompts")
+        sets = {"prompts.path": str(main), "preserve.path": str(preserve)}
+        if ecfg.classifier.name == "toy":
+            sets["classifier.options"] = {**ecfg.classifier.options, "target": toy.target}
+        ecfg = ecfg.with_overrides(sets, "search.objective.toy_prompts")
     if output_dir is not None and ecfg.runtime.base_cache_dir is None:
         # Every trial evaluates on the same prompts and seeds: generate the base videos once.
         ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
@@ -143,6 +152,22 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
         "proxy_every": proxy_every,
         "cwd": os.getcwd(),
     }
+
+
+def write_toy_prompts(toy, directory: Path) -> tuple[Path, Path]:
+    """The toy world's deterministic eval rows as two prompt CSVs (target sets, preserve sets)."""
+    from unlearn.toy import world
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):
+        rows = [r for s in sets for r in world.eval_rows(s, toy.n, seed=toy.seed, target=toy.target)]
+        path = directory / f"{name}.csv"
+        tmp = directory / f".{name}.csv.tmp"
+        world.write_csv(rows, tmp, with_set=True)
+        tmp.replace(path)
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
