@@ -21,6 +21,7 @@ import math
 import time
 from pathlib import Path
 
+from unlearn.console import quiet_console, say, terminal
 from unlearn.config import ConfigError
 from unlearn.trainer import atomic_write_text
 
@@ -38,11 +39,11 @@ class Console:
     def stage(self, n: int, total: int, title: str, note: str = "") -> None:
         if not self.quiet:
             el = time.time() - self.t0
-            print(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{el:.0f}s)", flush=True)
+            say(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{el:.0f}s)")
 
     def say(self, msg: str) -> None:
         if not self.quiet:
-            print(f"   {msg}", flush=True)
+            say(f"   {msg}")
 
 
 def _load_state(out: Path) -> dict:
@@ -103,6 +104,16 @@ def final_eval_config(cfg, config_dir: Path):
 
 def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None = None, verbose: bool = False,
                  quiet: bool = False) -> dict:
+    """Run (or continue) the pipeline into `output_dir`; library output goes to <out>/logs/run.log unless verbose."""
+    out = Path(output_dir).resolve()
+    log = out / "logs" / "run.log"
+    with quiet_console(log, enabled=not verbose):
+        if not verbose and not quiet:
+            say(f"t2vu run -> {out}   (library logs: {log}; --verbose shows them here)")
+        return _run_pipeline(cfg, out, config_path=config_path, verbose=verbose, quiet=quiet)
+
+
+def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: bool) -> dict:
     from pipelines import mlflow_utils as mu
     from pipelines.tune import collect_result, run_search
     from unlearn.session import prepare_embeddings
@@ -119,7 +130,7 @@ def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None 
         con.say(f"pipeline already complete in {out}; nothing to do")
         summary = json.loads(summary_path.read_text())
         print_summary(summary, quiet)
-        return summary
+        return summary  # noqa: RET504
     ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
     run_cfg = cfg.run
 
@@ -246,7 +257,7 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
         return
     import sys
 
-    w = (out or sys.stdout).write
+    w = (out or terminal()).write
     ev = summary.get("final_eval", {})
     w("\n== summary\n")
     w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")

@@ -19,7 +19,7 @@ def schema_for(path: Path):
         from eval.config import load_eval_config
 
         return load_eval_config
-    if top in ("", "search"):
+    if top in ("", "search", "toy"):
         from pipelines.config import load_pipeline_config
 
         return load_pipeline_config
