@@ -95,13 +95,17 @@ class BuildConfig:
     vae_check_every: int = 100
     vae_target: float = 0.99
     # transformer
-    tf_steps: int = 2500
+    tf_steps: int = 3000
     tf_batch: int = 64
     tf_lr: float = 1e-3
     tf_warmup: int = 200
     tf_weight_decay: float = 0.01
     tf_two_object_frac: float = 0.3
     tf_ema: float = 0.995
+    tf_t_high_frac: float = 0.0  # extra share of timesteps drawn from the noisier half
+    # progress check through the real pipeline (EMA weights), tf_eval_n rows per set, ~5 s each
+    tf_eval_every: int = 500
+    tf_eval_n: int = 16
     cfg_dropout: float = 0.1
     # quality evaluation
     eval_n: int = world.FULL_SET_SIZE
@@ -222,7 +226,7 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = _log):
     singles, twos = world.single_scenes(), world.two_object_scenes()
     # early-stop check: every single-object scene plus a fixed spread of two-object ones
     check = singles + twos[:: max(1, len(twos) // 80)]
-    history, t0, steps_done = [], time.time(), 0
+    history, t0, c0, steps_done = [], time.time(), time.process_time(), 0
     for step in range(1, cfg.vae_steps + 1):
         scenes = _sample_scenes(rng, cfg.vae_batch, singles, twos, cfg.vae_two_object_frac)
         jit = [
@@ -246,13 +250,13 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = _log):
             vae.eval()
             agree = reconstruction_agreement(vae, check)
             vae.train()
-            history.append({"step": step, "loss": float(loss), "time_s": time.time() - t0, **agree})
-            log(f"vae step {step} loss {float(loss):.4f} recon agreement {agree} ({time.time() - t0:.0f}s)")
+            history.append({"step": step, "loss": loss.item(), "time_s": time.time() - t0, **agree})
+            log(f"vae step {step} loss {loss.item():.4f} recon agreement {agree} ({time.time() - t0:.0f}s)")
             if agree["all"] >= cfg.vae_target:
                 break
     vae.eval()
     vae.requires_grad_(False)
-    return vae, {"steps": steps_done, "time_s": time.time() - t0, "history": history}
+    return vae, {"steps": steps_done, "time_s": time.time() - t0, "cpu_s": time.process_time() - c0, "history": history}
 
 
 def encode_world(vae) -> tuple[list[world.Scene], torch.Tensor, float]:
@@ -317,7 +321,7 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    t0, loss_ema, history = time.time(), None, []
+    t0, c0, loss_ema, history = time.time(), time.process_time(), None, []
     B = cfg.tf_batch
     tf.train()
     for step in range(1, cfg.tf_steps + 1):
@@ -329,7 +333,12 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
         p_idx = [empty if rng.random() < cfg.cfg_dropout else p for p in p_idx]
         x0 = latents[torch.from_numpy(idx)]
         noise = torch.randn_like(x0)
-        t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, B))
+        T = scheduler.config.num_train_timesteps
+        t = rng.integers(0, T, B)
+        if cfg.tf_t_high_frac > 0:  # oversample noisy timesteps, where shape must come from the text
+            high = rng.random(B) < cfg.tf_t_high_frac
+            t = np.where(high, rng.integers(T // 2, T, B), t)
+        t = torch.from_numpy(t)
         xt = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
         pred = tf(hidden_states=xt, encoder_hidden_states=emb[p_idx], timestep=t, return_dict=False)[0]
@@ -345,10 +354,19 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
                 pe.mul_(d).add_(pt.detach(), alpha=1 - d)
         loss_ema = float(loss) if loss_ema is None else 0.98 * loss_ema + 0.02 * float(loss)
         if step % 250 == 0 or step == cfg.tf_steps:
-            history.append({"step": step, "loss_ema": loss_ema, "time_s": time.time() - t0})
-            log(f"transformer step {step}/{cfg.tf_steps} loss_ema {loss_ema:.4f} ({time.time() - t0:.0f}s)")
+            entry = {"step": step, "loss_ema": loss_ema, "time_s": time.time() - t0}
+            msg = f"transformer step {step}/{cfg.tf_steps} loss_ema {loss_ema:.4f} ({time.time() - t0:.0f}s)"
+            if cfg.tf_eval_every and step % cfg.tf_eval_every == 0 and step < cfg.tf_steps:
+                ema.eval()
+                q = measure_quality(make_pipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, ema), cfg.tf_eval_n)
+                keys = ("colour_acc", "shape_acc", "motion_acc", "two_object_both_present")
+                entry["quality"] = {k: q["summary"][k] for k in keys}
+                msg += " quality(n=%d/set) " % cfg.tf_eval_n + " ".join(f"{k} {v:.2f}" for k, v in entry["quality"].items())
+            history.append(entry)
+            log(msg)
     ema.eval()
-    return ema, {"steps": cfg.tf_steps, "time_s": time.time() - t0, "final_loss_ema": loss_ema, "history": history}
+    stats = {"steps": cfg.tf_steps, "time_s": time.time() - t0, "cpu_s": time.process_time() - c0}
+    return ema, {**stats, "final_loss_ema": loss_ema, "history": history}
 
 
 # ----------------------------------------------------------------------------- generation + quality
@@ -416,7 +434,7 @@ def measure_quality(pipe, n: int = world.FULL_SET_SIZE, batch_size: int = 32, se
     rows = world.all_eval_rows(n, seed=seed)
     t0 = time.time()
     frames = generate(pipe, rows, batch_size, **settings)
-    gen_s = time.time() - t0
+    gen_s = time.time() - t0  # wall time, shared CPU included
     q = score_videos(rows, frames)
     q["generation"] = {**GENERATION, **settings, "n_videos": len(rows), "seconds": round(gen_s, 1), "row_seed": seed}
     return q
@@ -430,7 +448,9 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     cfg = cfg or BuildConfig()
     out = Path(out_dir)
     torch.set_num_threads(cfg.threads)
-    t_start = time.time()
+    # Wall time depends on whatever else shares the CPU; process CPU time does not (much),
+    # so both are recorded.
+    t_start, cpu_start = time.time(), time.process_time()
     tokenizer, text_encoder = make_text_side(cfg.seed)
     log(f"text side: vocab {len(tokenizer)}; training VAE (<= {cfg.vae_steps} steps)")
     vae, vae_stats = train_vae(cfg, log)
@@ -453,6 +473,7 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     quality["build"] = {
         "seconds_total": round(total_s, 1),
         "seconds_training": round(train_s, 1),
+        "cpu_seconds_total": round(time.process_time() - cpu_start, 1),
         "vae": {k: v for k, v in vae_stats.items()},
         "transformer": tf_stats,
         "config": asdict(cfg),
@@ -462,7 +483,7 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     (out / "toy_quality.json").write_text(json.dumps(quality, indent=2, default=str) + "\n")
     s = quality["summary"]
     log(
-        f"done in {total_s:.0f}s: colour {s['colour_acc']:.3f} shape {s['shape_acc']:.3f} "
+        f"done in {total_s:.0f}s wall ({quality['build']['cpu_seconds_total']:.0f}s CPU): colour {s['colour_acc']:.3f} shape {s['shape_acc']:.3f} "
         f"motion {s['motion_acc']:.3f} two-object both {s['two_object_both_present']:.3f} "
         f"meets bars: {s['meets_bars']}"
     )

@@ -1,9 +1,9 @@
 """Exact detector for toy-world frames: colour(s), shape and motion of what was drawn.
 
 Input is one video as float RGB frames [F, H, W, 3] in [0, 1] (`CogVideoXPipeline` with
-`output_type="np"`, one element of the batch). About 1 ms per video, numpy only.
+`output_type="np"`, one element of the batch). A few ms per video, numpy only.
 
-- Colour, per pixel: a pixel is "object" when it is bright and saturated enough
+- Colour, per pixel: a pixel is coloured when it is bright and saturated enough
   (max channel > 0.35, max - min > 0.25; the background is dark grey). Its hue
   (rgb / max channel) is matched to the nearest colour prototype; hues far from all
   prototypes (e.g. orange, half-way between red and yellow) are "other" and count for
@@ -13,9 +13,10 @@ Input is one video as float RGB frames [F, H, W, 3] in [0, 1] (`CogVideoXPipelin
   position-free: it asks which colours were drawn, not where.
 - Shape: the object mask is every bright pixel (max channel > 0.35) whatever its hue, so
   a recoloured object (an erased colour drawn grey) keeps its shape and motion. Each
-  shape's 16x16 template is slid over the mask (every position);
-  IoU counts stray pixels anywhere in the frame against it. A shape's score is its best
-  IoU averaged over frames; the best-scoring shape wins, "invalid" below 0.5.
+  shape's 16x16 template is slid over the mask (every position); IoU counts stray pixels
+  anywhere in the frame against it. A shape's score is its best IoU averaged over frames;
+  the best-scoring shape wins, "invalid" below 0.5. In two-object scenes each present
+  colour's pixels are matched on their own (`shapes_by_colour`: the colour-shape binding).
 - Motion: centroid of the object mask in frame 0 versus the mean centroid of the last
   latent group (frames 5-8); a shift of >= 3 px along the dominant axis names the
   direction, less is "static", no object pixels is "none".
