@@ -23,17 +23,21 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     """Which base model, and the video geometry used while training."""
 
+    # Model family behind the model-spec seam (unlearn/models/<family>.py).
     family: Literal["cogvideox"] = "cogvideox"
     # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
     # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
     path: str = "builtin:tiny"
+    # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Training video geometry in pixels (latents: (F-1)/4+1 frames, H/8 x W/8 for real CogVideoX).
     num_frames: int = Field(9, ge=1)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
 
 
 class EraserConfig(Strict):
+    # Bottleneck width r of each eraser (down: D->r, up: r->D). Reference: 128.
     rank: int = Field(128, ge=1, le=4096)
     # Block indices that get an eraser; None = every transformer block.
     blocks: list[int] | None = None
@@ -73,10 +77,13 @@ class ConceptConfig(Strict):
 
 
 class LossConfig(Strict):
+    # Negative guidance strength: target = v_ref - eta * (v_concept - v_ref). Reference 7 (CogVideoX-5B).
     eta: float = Field(7.0, ge=0.0)
+    # Weights of the three losses (seed defaults 1.0 / 0.5 / 1.0); w_localize 0 skips attention capture.
     w_unlearn: float = Field(1.0, ge=0.0)
     w_preserve: float = Field(0.5, ge=0.0)
     w_localize: float = Field(1.0, ge=0.0)
+    # Threshold on the per-frame min-max normalised concept attention (Receler: 0.1).
     mask_threshold: float = Field(0.1, ge=0.0, le=1.0)
     # Which blocks' attention feeds the mask; None = all blocks.
     mask_layers: list[int] | None = None
@@ -92,6 +99,7 @@ class TrajectoryConfig(Strict):
 
 
 class TrainConfig(Strict):
+    # Optimiser steps (reference: 500) and AdamW learning rate on eraser parameters (reference: 1e-4).
     steps: int = Field(500, ge=1)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -99,10 +107,12 @@ class TrainConfig(Strict):
     batch_size: int = Field(1, ge=1)
     # Preserved prompts per step.
     preserve_batch_size: int = Field(2, ge=0)
+    # Where x_t comes from: noise (seed: N(0,I) noised to uniform t) or trajectory (frozen model's sampler states).
     xt_source: Literal["noise", "trajectory"] = "noise"
     trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig)
     seed: int = 0
     grad_clip: float | None = 1.0
+    # GPU memory savers: recompute block activations in backward; bf16 autocast for the forwards.
     gradient_checkpointing: bool = False
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = Field(100, ge=1)
