@@ -50,6 +50,6 @@ def test_model_paths_resolve_or_are_placeholders():
         for line in text.splitlines():
             s = line.strip()
             if s.startswith("path:") and "builtin:" not in s and "/path/to/" not in s and "${" not in s:
-                val = s.split(":", 1)[1].strip().strip("'\"")
+                val = s.split(":", 1)[1].split("#", 1)[0].strip().strip("'\"")
                 if val and val != "null" and not val.startswith("#"):
                     assert "/mnt/" in val or (ROOT / val).exists() or (path.parent / val).exists(), f"{path}: {s}"
