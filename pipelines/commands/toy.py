@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--eval-n", type=int, default=None, help="prompt/seed pairs per quality set (default 128)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small CPUs)")
     b.set_defaults(func=_build)
+    register_benchmark(toy_sub)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -39,3 +40,37 @@ def _build(args: argparse.Namespace) -> int:
     quality = build(args.dir, cfg)
     print(json.dumps(quality["summary"]))
     return 0 if quality["summary"]["meets_bars"] else 1
+
+
+# ----------------------------------------------------------------------------- benchmark
+def register_benchmark(toy_sub) -> None:
+    from unlearn.toy.benchmark import VARIANTS
+
+    bm = toy_sub.add_parser(
+        "benchmark",
+        help="train erasers for 'red' on the toy model (real trainer) and score them (real eval stage)",
+        description="Train one eraser per variant (configs/toy/recipe.yaml + one changed factor), evaluate "
+        "base and erased on the same seeds with the toy detector, write table.md/table.csv/results.json in "
+        "--output and print the default recipe's headline metrics as the last line (JSON). Reruns skip "
+        "finished variants. Variants: " + ", ".join(f"{k} ({v.description})" for k, v in VARIANTS.items()),
+    )
+    bm.add_argument("--output", required=True, help="benchmark folder (resumable)")
+    bm.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
+    bm.add_argument("--n", type=int, default=64, help="videos per set for the comparison variants (default 64)")
+    bm.add_argument("--n-default", type=int, default=128, help="videos per set for the default recipe (default 128)")
+    bm.add_argument("--model", default=None, help="model directory instead of the recipe's builtin:toy")
+    bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
+    bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
+    bm.add_argument("--progress", action="store_true", help="progress bars")
+    bm.set_defaults(func=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from unlearn.toy.benchmark import headline, run_benchmark
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    res = run_benchmark(args.output, variants, n=args.n, n_default=args.n_default, model=args.model,
+                        steps=args.steps, table_steps=args.table_steps, progress=args.progress)
+    line = headline(res["default"]) if res["default"] else {"variants": [r["variant"] for r in res["variants"]]}
+    print(json.dumps(line))
+    return 0
