@@ -242,9 +242,11 @@ class RuntimeConfig(Strict):
     #   thread  = a thread in the generator's process
     #   inline  = no overlap (scoring stalls generation; for debugging)
     scorer: Literal["process", "thread", "inline"] = "process"
-    # CPU priority of the scorer process (os.nice increment): when cores are short, the
-    # generator (which feeds the GPU) wins and scoring takes the idle time.
-    scorer_nice: int = Field(5, ge=0, le=19)
+    # CPU priority of the scorer process (os.nice increment; process scorer only). 0 = same as
+    # the generator. A positive value favours the generator when cores are short, but a
+    # starved scorer then blocks generation through the bounded queue (measured: worse on a
+    # CPU box shared with other jobs), so raise it only with spare cores for scoring.
+    scorer_nice: int = Field(0, ge=0, le=19)
     # Reuse base-model videos across evals of different erasers (a Tune search evaluates many
     # erasers on the same prompts and seeds): base frames are stored here as .npy, keyed by
     # model, dtype, device, generation settings, prompt and seed. uint8 frames: ~50 MB per
