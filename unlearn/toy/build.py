@@ -95,16 +95,16 @@ class BuildConfig:
     vae_check_every: int = 100
     vae_target: float = 0.99
     # transformer
-    tf_steps: int = 3000
-    tf_batch: int = 64
-    tf_lr: float = 1e-3
+    tf_steps: int = 6000
+    tf_batch: int = 32
+    tf_lr: float = 2e-3
     tf_warmup: int = 200
     tf_weight_decay: float = 0.01
     tf_two_object_frac: float = 0.3
     tf_ema: float = 0.995
     tf_t_high_frac: float = 0.0  # extra share of timesteps drawn from the noisier half
     # progress check through the real pipeline (EMA weights), tf_eval_n rows per set, ~5 s each
-    tf_eval_every: int = 500
+    tf_eval_every: int = 1000
     tf_eval_n: int = 16
     cfg_dropout: float = 0.1
     # quality evaluation
