@@ -326,6 +326,10 @@ class RunConfig(Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     # Rows of each prompt set in the final eval (None = all rows).
     eval_limit: int | None = Field(None, ge=1)
+    # Final-eval prompt CSVs drawn from the toy world (written into <output>/eval_prompts/).
+    toy_prompts: ToyPromptsConfig | None = None
+    # Dotted overrides of the final eval config, e.g. {"output.grid_rows": 8}.
+    eval_overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- the whole file ------------------------------------------------------------------------------

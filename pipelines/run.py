@@ -131,8 +131,19 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         summary = json.loads(summary_path.read_text())
         print_summary(summary, quiet)
         return summary  # noqa: RET504
-    ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
     run_cfg = cfg.run
+    ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
+    if run_cfg is not None:
+        sets: dict = dict(run_cfg.eval_overrides)
+        if run_cfg.toy_prompts is not None:
+            from pipelines.tune import write_toy_prompts
+
+            main, pres = write_toy_prompts(run_cfg.toy_prompts, out / "eval_prompts")
+            sets.update({"prompts.path": str(main), "preserve.path": str(pres)})
+            if ecfg.classifier.name == "toy":
+                sets["classifier.options"] = {**ecfg.classifier.options, "target": run_cfg.toy_prompts.target}
+        if sets:
+            ecfg = ecfg.with_overrides(sets, "run.eval_overrides / run.toy_prompts")
 
     con.stage(1, 4, "text embeddings")
     t = time.time()
