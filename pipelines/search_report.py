@@ -258,7 +258,10 @@ def plot_sensitivity(path: Path, result, cfg) -> Path:
             else:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts])
                 if kind == "loguniform":
+                    from matplotlib.ticker import NullFormatter
+
                     ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
             if col in result.baseline:
                 ax.axhline(result.baseline[col], c="black", ls="--", lw=0.8)
             ax.set_xlabel(key, fontsize=8)
