@@ -633,8 +633,10 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
         if todo:
             from tqdm.auto import tqdm
 
+            from unlearn.console import progress_stream
+
             bar = tqdm(total=len(plan.rows), initial=len(done), desc="eval rows", unit="row", disable=not show,
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, file=progress_stream())
 
             def on_result(payload: dict, res: dict) -> None:
                 row = by_id[payload["row_id"]]

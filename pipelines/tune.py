@@ -409,7 +409,9 @@ def _make_callback(output_dir: str, mlflow: dict | None, metric_names: list[str]
 
 
 def _say(msg: str, verbose: bool = True) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unlearn.console import progress_stream
+
+    print(msg, file=progress_stream(), flush=True)
 
 
 # --- searcher / scheduler ----------------------------------------------------------------------------
