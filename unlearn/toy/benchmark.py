@@ -118,7 +118,14 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
         set_by_path(data, "model.path", model)
     if steps:
         set_by_path(data, "train.steps", int(steps))
-    return validate(MethodConfig, data, f"{recipe} + variant {variant.name}")
+    cfg = validate(MethodConfig, data, f"{recipe} + variant {variant.name}")
+    for p in [*cfg.concept.prompts, *(q for q in cfg.concept.preserve if q)]:
+        try:  # the recipe lists prompts literally: catch a recipe written for another world
+            world.parse_prompt(p)
+        except ValueError as exc:
+            raise ValueError(f"{recipe}: prompt {p!r} is not in the toy world ({exc}); regenerate the "
+                             "recipe's prompt lists from unlearn.toy.world") from None
+    return cfg
 
 
 def eval_config(out: Path, n: int, *, model: str | None = None, eval_config_path: str | Path = EVAL_CONFIG,
@@ -229,6 +236,20 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
     return m
 
 
+def subset_metrics(eval_dir: Path, n: int, target: str = "red") -> dict:
+    """Metrics of the first `n` rows of every toy set of a finished eval (the size-n sets are
+    prefixes of the larger ones, so this is the default recipe on the table's exact rows)."""
+    from eval.classifiers.toy import ToyClassifier
+    from eval.metrics import aggregate
+
+    rows = [json.loads(p.read_text()) for p in sorted((Path(eval_dir) / "rows").glob("*.json"))]
+    by_set: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["set"], r["index"])):
+        by_set.setdefault(r["concept_type"], []).append(r)
+    keep = [r for rs in by_set.values() for r in rs[:n]]
+    return extract_metrics(aggregate(keep, ToyClassifier(target=target)) | {"n_target_base": n})
+
+
 def collect_finished(out: Path) -> list[dict]:
     """Metrics of every finished variant in `out` (whatever size/steps it was run with)."""
     res = []
@@ -257,30 +278,31 @@ def _fmt(v) -> str:
 
 
 def write_table(out: Path, results: list[dict]) -> str:
-    """table.md + table.csv (one row per variant, base row first)."""
+    """table.md + table.csv: per eval size a base-model row, then the variants of that size."""
     if not results:
         return ""
-    base = results[0]
     cols = ["variant", "description", "n", "steps"] + [k for k, _ in TABLE_COLUMNS] + ["train_s", "eval_s"]
+    head = ["variant", "n/set", "steps"] + [h for _, h in TABLE_COLUMNS] + ["train s", "eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    csv_rows = []
+    for size in sorted({r["n"] for r in results}):
+        group = [r for r in results if r["n"] == size]
+        base = group[0]
+        base_vals = [base.get(k.replace("_erased", "_base")) if k.endswith("_erased") else None
+                     for k, _ in TABLE_COLUMNS]
+        csv_rows.append(["base", "base model (no eraser)", size, 0] + base_vals + [None, None])
+        lines.append("| " + " | ".join(["**base model**", str(size), "-"] + [_fmt(v) for v in base_vals]
+                                       + ["-", "-"]) + " |")
+        for r in group:
+            csv_rows.append([r.get(c) for c in cols])
+            cells = [f"{r['variant']} ({r['description']})", str(r["n"]), str(r["steps"])]
+            cells += [_fmt(r.get(k)) for k, _ in TABLE_COLUMNS]
+            cells += [_fmt(r.get("train_s")), _fmt(r.get("eval_s"))]
+            lines.append("| " + " | ".join(cells) + " |")
     with open(out / "table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
-        w.writerow(["base", "base model (no eraser)", base["n"], 0]
-                   + [base.get(k.replace("_erased", "_base")) if k.endswith("_erased") else None
-                      for k, _ in TABLE_COLUMNS] + [None, None])
-        for r in results:
-            w.writerow([r.get(c) for c in cols])
-    head = ["variant", "n/set", "steps"] + [h for _, h in TABLE_COLUMNS] + ["train s", "eval s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_cells = ["base model", str(base["n"]), "-"] + [
-        _fmt(base.get(k.replace("_erased", "_base"))) if k.endswith("_erased") else "-" for k, _ in TABLE_COLUMNS
-    ] + ["-", "-"]
-    lines.append("| " + " | ".join(base_cells) + " |")
-    for r in results:
-        cells = [f"{r['variant']} ({r['description']})", str(r["n"]), str(r["steps"])]
-        cells += [_fmt(r.get(k)) for k, _ in TABLE_COLUMNS]
-        cells += [_fmt(r.get("train_s")), _fmt(r.get("eval_s"))]
-        lines.append("| " + " | ".join(cells) + " |")
+        w.writerows(csv_rows)
     md = "\n".join(lines) + "\n"
     (out / "table.md").write_text(md)
     return md
@@ -322,6 +344,12 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
     default = next((r for r in results if r["variant"] == "default"), None)
     if default is not None:
         default["targets_met"] = check_targets(default)
+        others = [r for r in results if r["variant"] != "default"]
+        if others and default["n"] > n:  # the default on exactly the comparison rows, first
+            sub = subset_metrics(out / "variants" / "default" / "eval", n)
+            sub.update(variant="default", description=f"the default's first {n} rows per set", n=n,
+                       steps=default["steps"], train_s=default["train_s"], eval_s=None)
+            results.insert(0, sub)
     md = write_table(out, results)
     payload = {"default": default, "variants": results, "wall_s": round(time.time() - t0, 1)}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
