@@ -53,3 +53,18 @@ def test_model_paths_resolve_or_are_placeholders():
                 val = s.split(":", 1)[1].split("#", 1)[0].strip().strip("'\"")
                 if val and val != "null" and not val.startswith("#"):
                     assert "/mnt/" in val or (ROOT / val).exists() or (path.parent / val).exists(), f"{path}: {s}"
+
+
+def test_toy_configs_speak_the_toy_worlds_language():
+    """Prompts in configs on the toy model must be prompts the toy world (and its model) knows."""
+    from unlearn.toy import world
+
+    for path in CONFIGS:
+        if path.suffix != ".yaml":
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict) or (data.get("model") or {}).get("path") != "builtin:toy":
+            continue
+        concept = data.get("concept") or {}
+        for p in list(concept.get("prompts", [])) + [q for q in concept.get("preserve", []) if q]:
+            world.parse_prompt(p)  # raises on unknown words / shapes
