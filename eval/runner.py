@@ -399,14 +399,14 @@ class LocalBackend:
 class RayBackend:
     """N Ray actors, one pipeline each; rows go to whichever actor has a free slot."""
 
-    def __init__(self, spec: WorkerSpec, runtime):
+    def __init__(self, spec: WorkerSpec, runtime, num_rows: int | None = None):
         import ray
 
         from unlearn.env import runtime_env_vars
 
         self.ray = ray
         self.started_ray = False
-        n = runtime.num_actors
+        n = runtime.num_actors if num_rows is None else max(1, min(runtime.num_actors, num_rows))
         if not ray.is_initialized():
             kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                                       runtime_env={"env_vars": runtime_env_vars()})
@@ -577,10 +577,11 @@ def _row_payload(row, paired_on: str, has_eraser: bool) -> dict:
     return d
 
 
-def make_backend(spec: WorkerSpec, runtime):
+def make_backend(spec: WorkerSpec, runtime, num_rows: int | None = None):
+    """In-process (num_actors 0) or Ray actors (never more actors than rows to do)."""
     if runtime.num_actors == 0:
         return LocalBackend(spec, runtime.queue_depth)
-    return RayBackend(spec, runtime)
+    return RayBackend(spec, runtime, num_rows)
 
 
 def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None, *,
@@ -653,7 +654,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
                     mlf.log_row_async(result)
 
             try:
-                backend = make_backend(worker_spec(plan), cfg.runtime)
+                backend = make_backend(worker_spec(plan), cfg.runtime, len(todo))
                 workers_info = backend.workers_info
                 payloads = [_row_payload(r, cfg.metrics.paired_on, plan.eraser is not None) for r in todo]
                 try:
