@@ -169,8 +169,10 @@ def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_sessio
     from pipelines.tune import run_search
     from unlearn.eraser import read_eraser
 
+    # Two trials at a time (0.5 + 1 logical CPUs each in the session's 3): their start-up latencies overlap.
     cfg = PipelineConfig.model_validate(_search_cfg(tmp_path, name="optuna-e2e", algorithm="optuna", num_samples=3,
-                                                    tracking_uri=mlflow_server))
+                                                    tracking_uri=mlflow_server, max_concurrent_trials=2,
+                                                    resources_per_trial={"CPU": 0.5}))
     out = tmp_path / "search"
     result = run_search(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
 
@@ -240,7 +242,7 @@ def test_killed_tune_driver_resumes_without_redoing_trials_or_duplicating_runs(r
 
     cfg_path = tmp_path / "search.yaml"
     data = _search_cfg(tmp_path, name="restore", algorithm="asha", num_samples=2, tracking_uri=None,
-                       asha={"grace_period": 4})
+                       asha={"grace_period": 4})  # one trial at a time: trial 2 is unfinished when the driver dies
     data["search"]["objective"]["proxy"] = {"every": 4, "limit": 1}
     cfg_path.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
@@ -254,6 +256,7 @@ def test_killed_tune_driver_resumes_without_redoing_trials_or_duplicating_runs(r
         stamp = first.stat().st_mtime_ns
         proc.kill()  # the Tune driver dies with trial 2 pending or running
         proc.wait(timeout=60)
+        killed_at = time.time()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -268,6 +271,8 @@ def test_killed_tune_driver_resumes_without_redoing_trials_or_duplicating_runs(r
     trial_dirs = sorted(p for p in (out / "trials").iterdir() if p.is_dir())
     assert len(trial_dirs) == 2
     statuses = {p.name: json.loads((p / "tune.json").read_text())["status"] for p in trial_dirs}
+    second = next(p for p in trial_dirs if p != first.parent)
+    assert (second / "tune.json").stat().st_mtime > killed_at  # trial 2 was finished by the resumed search
     assert set(statuses.values()) <= {"completed", "stopped_early"} and "completed" in statuses.values()
     for name in ("report.md", "results.csv", "pareto.png", "learning_curves.png", "sensitivity.png", "mlflow.db"):
         assert (out / name).exists(), name
