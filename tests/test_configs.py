@@ -68,3 +68,14 @@ def test_toy_configs_speak_the_toy_worlds_language():
         concept = data.get("concept") or {}
         for p in list(concept.get("prompts", [])) + [q for q in concept.get("preserve", []) if q]:
             world.parse_prompt(p)  # raises on unknown words / shapes
+
+
+def test_referenced_eval_configs_exist():
+    """search.objective.eval paths are relative to the config file; a wrong one must fail here, not mid-run."""
+    for path in CONFIGS:
+        if path.suffix != ".yaml":
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        ref = ((data.get("search") or {}).get("objective") or {}).get("eval") if isinstance(data, dict) else None
+        if isinstance(ref, str):
+            assert (path.parent / ref).is_file(), f"{path}: search.objective.eval {ref!r} does not exist"
