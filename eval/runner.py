@@ -36,6 +36,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -199,6 +200,13 @@ class _Done(Future):
             self.set_exception(exc)
 
 
+SCORER_DIED = (
+    "the scorer process died. If run_eval is called from a script, put the call under "
+    "`if __name__ == '__main__':` (the scorer process is spawned and re-imports the main module), "
+    "or set runtime.scorer: thread"
+)
+
+
 class Consumer:
     """The scoring side of a worker: ONE consumer with a FIFO queue of finished videos.
 
@@ -227,7 +235,10 @@ class Consumer:
 
     def submit(self, job: VideoJob) -> Future:
         if self.mode == "process":
-            return self._pool.submit(_scorer_process_score, job)
+            try:
+                return self._pool.submit(_scorer_process_score, job)
+            except BrokenProcessPool as exc:
+                raise RuntimeError(SCORER_DIED) from exc
         if self.mode == "thread":
             return self._pool.submit(self._scorer.score, job)
         return _Done(self._scorer.score, job)
@@ -327,7 +338,10 @@ class EvalWorker:
             pair = base if row.get("paired") else None
             futures["erased"] = self.consumer.submit(VideoJob(row, "erased", erased, pair_with=pair))
         del base, erased
-        parts = {which: fut.result() for which, fut in futures.items()}
+        try:
+            parts = {which: fut.result() for which, fut in futures.items()}
+        except BrokenProcessPool as exc:
+            raise RuntimeError(SCORER_DIED) from exc
         out: dict[str, Any] = {"files": {"base": None, "erased": None}, "records": {"base": None, "erased": None}}
         for which, part in parts.items():
             out["files"][which] = part["files"]
@@ -592,6 +606,9 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     cfg: `eval.config.EvalConfig`. prompts: a CSV overriding `cfg.prompts.path`. limit: first N
     rows of each prompt set. eraser / mlflow_run_id: override `cfg.eraser` / `cfg.mlflow.run_id`.
     Reruns into the same `output_dir` skip finished rows.
+
+    With `runtime.scorer: process` (the default) the scorer is a spawned process, which
+    re-imports the main module: call run_eval from scripts under `if __name__ == "__main__":`.
     """
     from eval.classifiers.base import build_classifier
     from eval.metrics import aggregate
