@@ -73,7 +73,7 @@ def entrypoint_for(t2vu_args: list[str]) -> str:
 
 
 def submit(address: str, t2vu_args: list[str], *, token_file=None, extra_env=None, job_id=None,
-           working_dir: Path = PROJECT_ROOT, pip=None, agent_wait_s: float = 90) -> str:
+           working_dir: Path = PROJECT_ROOT, pip=None, agent_wait_s: float = 180) -> str:
     c = client(address, token_file)
     kwargs = dict(entrypoint=entrypoint_for(t2vu_args), runtime_env=build_runtime_env(working_dir, extra_env, pip),
                   submission_id=job_id)

@@ -45,7 +45,14 @@ def head_cluster():
     proc = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
-         f"--temp-dir={tmp}/ray", "--include-dashboard=true"],
+         f"--temp-dir={tmp}/ray", "--include-dashboard=true",
+         # Own ports for every per-node agent: the test session's shared Ray (ray_session) already
+         # holds the defaults (e.g. the dashboard agent's 52365), and a head whose agent cannot bind
+         # answers every submission with "No available agent".
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+         f"--object-manager-port={free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
