@@ -260,7 +260,8 @@ HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shap
 
 
 def _headline(key: str) -> bool:
-    return any(key == h or key.startswith(h + "_") for h in HEADLINE) and "introduced" not in key
+    k = key[len("preserve_"):] if key.startswith("preserve_") else key
+    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k
 
 
 def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
@@ -275,8 +276,9 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
     for stem, b, e in _pairs(ev):
         if _headline(stem):
             w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}\n")
+    paired_stems = {stem for stem, _, _ in _pairs(ev)}
     for k, v in ev.items():
-        if _ok(v) and _headline(k) and not k.endswith(("_base", "_erased")):
+        if _ok(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
             w(f"   {k:<26} {_f(v)}\n")
     print = lambda *a: w(" ".join(str(x) for x in a) + "\n")  # noqa: E731
     print(f"   report       {Path(summary['output']) / 'report.md'}")
