@@ -122,7 +122,7 @@ def test_build_smoke_end_to_end(tmp_path):
 
     from unlearn.toy.build import BuildConfig, build
 
-    cfg = BuildConfig(vae_steps=1, tf_steps=2, tf_warmup=1, tf_batch=4, tf_eval_every=0, eval_n=1)
+    cfg = BuildConfig(vae_steps=1, vae_check_limit=4, tf_steps=2, tf_warmup=1, tf_batch=4, tf_eval_every=0, eval_n=1)
     q = build(tmp_path / "m", cfg, log=lambda msg: None)
     assert (tmp_path / "m" / "toy_quality.json").is_file()
     assert q["summary"]["n_single"] == 3 and q["summary"]["n_two_object"] == 2
