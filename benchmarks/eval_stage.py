@@ -1,6 +1,6 @@
 """Does scoring hide behind generation? The evaluation stage's overhead over generation alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_stage.py [--rows 8] [--steps 50] [--size 128] [--frames 9]
+    OMP_NUM_THREADS=1 python benchmarks/eval_stage.py [--rows 6] [--steps 50] [--size 128] [--frames 9]
 
 On the tiny CogVideoX (real pipeline, real NudeNet scoring every frame, mp4 + GIF written,
 paired PSNR/SSIM on every row), in the same process and run:
@@ -18,7 +18,7 @@ and `overhead_fraction` is the median over repeats (other jobs' load drifts duri
 shared machine). Scoring can only hide behind generation when a second core is free, so the
 1-minute load average is printed with the result.
 
-The default setting (8 rows, 9 frames at 128x128, 50 steps) is chosen so generating one video takes at
+The default setting (6 rows, 9 frames at 128x128, 50 steps) is chosen so generating one video takes at
 least as long as scoring it; both per-video times are printed so this can be checked.
 `classifier_frames_per_s` is NudeNet alone (conversion + detection + counting) on the
 generated frames. The last line printed is one JSON object.
@@ -88,12 +88,12 @@ def generation_only(cfg, plan) -> tuple[float, list]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=6)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--scorer", default="process", choices=["process", "thread", "inline"])
-    ap.add_argument("--repeats", type=int, default=3, help="eval runs (interleaved with repeats+1 generation-only runs)")
+    ap.add_argument("--repeats", type=int, default=2, help="eval runs (interleaved with repeats+1 generation-only runs)")
     ap.add_argument("--keep", default=None, help="keep outputs in this folder")
     args = ap.parse_args()
 
