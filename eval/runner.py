@@ -647,6 +647,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     show = cfg.runtime.progress if progress is None else progress
     workers_info: list[dict] = []
     t_gen = time.perf_counter()
+    timing: dict[str, float] = {"setup_seconds": round(t_gen - t_start, 3)}
     try:
         if todo:
             from tqdm.auto import tqdm
@@ -671,7 +672,9 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
                     mlf.log_row_async(result)
 
             try:
+                t_backend = time.perf_counter()
                 backend = make_backend(worker_spec(plan), cfg.runtime, len(todo))
+                timing["worker_start_seconds"] = round(time.perf_counter() - t_backend, 3)
                 workers_info = backend.workers_info
                 payloads = [_row_payload(r, cfg.metrics.paired_on, plan.eraser is not None) for r in todo]
                 try:
@@ -683,11 +686,14 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
             finally:
                 bar.close()
         gen_wall = time.perf_counter() - t_gen
+        t_report = time.perf_counter()
         results = [done[r.id] for r in plan.rows]
         metrics = aggregate(results, classifier)
         summary = _summary(plan, metrics, results, classifier, n_new=len(todo), n_resumed=len(plan.rows) - len(todo),
                            stale=stale, workers=workers_info, gen_wall=gen_wall)
         summary = finish_report(plan, results, summary)  # results.csv, grid, summary.json
+        timing["report_seconds"] = round(time.perf_counter() - t_report, 3)
+        summary["timing"] = timing
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
         if mlf is not None:
             summary["mlflow_run_id"] = mlf.run_id
