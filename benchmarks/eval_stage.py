@@ -184,6 +184,10 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result))
     return 0
 
