@@ -419,7 +419,7 @@ def make_trainer(
 def export_result(result, out: Path) -> dict:
     """Copy the final eraser + training curve out of the last reported checkpoint into `out`."""
     from unlearn.eraser import read_eraser
-    from unlearn.trainer import atomic_write_text
+    from unlearn.fsutil import atomic_write_text
 
     if result.error is not None:
         raise result.error
@@ -453,7 +453,7 @@ def run_distributed(
     """Train one eraser with Ray Train + DeepSpeed; returns the summary (also in summary.json)."""
     from unlearn.config import config_digest
     from unlearn.session import prepare_embeddings
-    from unlearn.trainer import atomic_write_text
+    from unlearn.fsutil import atomic_write_text
 
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from unlearn.console import quiet_console, say, terminal
 from unlearn.config import ConfigError
-from unlearn.trainer import atomic_write_text
+from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 STATE_FILE = "pipeline_state.json"
@@ -192,11 +192,11 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         "wall_s": round(time.time() - con.t0, 1),
     }
     write_pipeline_report(out, summary, ev, result)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
     if result.tracking_uri and result.parent_run_id:
         c = mu.client(result.tracking_uri)
-        mu.log_file(c, result.parent_run_id, out / "report.md", "pipeline")
-        mu.log_file(c, result.parent_run_id, summary_path if summary_path.exists() else out / "report.md", "pipeline")
-    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
+        for f in (out / "report.md", summary_path):
+            mu.log_file(c, result.parent_run_id, f, "pipeline")
     state["done"] = True
     _save_state(out, state)
     print_summary(summary, quiet)
@@ -267,8 +267,6 @@ def _headline(key: str) -> bool:
 def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
     if quiet:
         return
-    import sys
-
     w = (out or terminal()).write
     ev = summary.get("final_eval", {})
     w("\n== summary\n")
@@ -280,15 +278,13 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
     for k, v in ev.items():
         if _ok(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
             w(f"   {k:<26} {_f(v)}\n")
-    print = lambda *a: w(" ".join(str(x) for x in a) + "\n")  # noqa: E731
-    print(f"   report       {Path(summary['output']) / 'report.md'}")
-    print(f"   search       {summary['search_report']}")
-    print(f"   videos       {summary['eval_dir']}")
+    lines = [f"report       {Path(summary['output']) / 'report.md'}", f"search       {summary['search_report']}",
+             f"videos       {summary['eval_dir']}"]
     uri = summary.get("mlflow", {}).get("tracking_uri")
     if uri:
-        print(f"   mlflow       {uri}")
-        print(f"   open it:     {mlflow_ui_command(uri)}")
-    print(f"   wall time    {summary['wall_s']:.0f} s")
+        lines += [f"mlflow       {uri}", f"open it:     {mlflow_ui_command(uri)}"]
+    lines.append(f"wall time    {summary['wall_s']:.0f} s")
+    w("".join(f"   {line}\n" for line in lines))
 
 
 def _fmt(v) -> str:

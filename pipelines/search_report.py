@@ -306,7 +306,7 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
         f"- Command: `{cmd}`",
         f"- Algorithm: {s.algorithm}" + (" (multi-objective TPE, Pareto search)" if s.is_multi_objective() else
                                          f" on the scalarised `{score}` (lower is better)"),
-        f"- Objectives: " + ", ".join(f"`{m.name}` ({m.mode})" for m in s.objective.metrics)
+        "- Objectives: " + ", ".join(f"`{m.name}` ({m.mode})" for m in s.objective.metrics)
         + f"; scalarised `{score}` = " + " + ".join(
             f"{s.objective.scalarize.weights.get(m.name, 1.0):g}·{'' if m.mode == 'min' else '−'}{m.name}" for m in s.objective.metrics)
         + "".join(f" + {c.penalty:g}·violation({c.metric} {'≥ ' + _fmt(c.min) if c.min is not None else ''}"

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +245,7 @@ def trial_main(config: dict, ctx: dict) -> None:
     from pipelines.distributed import export_result, make_trainer
     from pipelines.search_space import apply_sample
     from unlearn.session import prepare_embeddings
-    from unlearn.trainer import atomic_write_text
+    from unlearn.fsutil import atomic_write_text
 
     trial_id = ray.tune.get_context().get_trial_id()
     base = PipelineConfig.model_validate(ctx["base"])
@@ -482,7 +481,7 @@ def run_search(
     from pipelines.distributed import ensure_ray
     from pipelines.search_space import check_space, to_tune
     from unlearn.session import prepare_embeddings
-    from unlearn.trainer import atomic_write_text
+    from unlearn.fsutil import atomic_write_text
 
     if cfg.search is None:
         raise ConfigError("the config has no `search` section; see configs/search/tiny.yaml")

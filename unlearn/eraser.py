@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from unlearn.fsutil import atomic_replace_dir
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "eraser.safetensors"
@@ -170,20 +169,13 @@ def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
 
 def save_eraser(eraser_set: EraserSet, directory: str | Path) -> Path:
     """Write `eraser.safetensors` + `eraser_config.json` atomically (never pickle)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in eraser_set.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in eraser_set.state_dict().items()}
+
+    def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "t2vu_format_version": str(FORMAT_VERSION)})
         (tmp / CONFIG_NAME).write_text(json.dumps(asdict(eraser_set.meta), indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+    return atomic_replace_dir(directory, fill)
 
 
 def read_eraser(directory: str | Path) -> EraserSet:

@@ -13,9 +13,7 @@ from the last checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,16 +22,9 @@ import yaml
 
 from unlearn.config import MethodConfig
 from unlearn.eraser import read_eraser, save_eraser
+from unlearn.fsutil import atomic_replace_dir, atomic_write_text
 from unlearn.session import TrainingSession
 from unlearn.step import check_finite
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_metrics(path: Path, upto_step: int | None = None) -> list[dict]:
@@ -51,18 +42,12 @@ def read_metrics(path: Path, upto_step: int | None = None) -> list[dict]:
 
 
 def save_checkpoint(out: Path, session: TrainingSession, optimizer, step: int) -> None:
-    ck = out / "checkpoint"
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=out))
-    try:
+    def fill(tmp: Path) -> None:
         save_eraser(session.eraser_set, tmp / "eraser")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
-        if ck.exists():
-            shutil.rmtree(ck)
-        os.replace(tmp, ck)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_replace_dir(out / "checkpoint", fill)
 
 
 def load_checkpoint(out: Path, session: TrainingSession, optimizer) -> int:

@@ -10,12 +10,11 @@ capture is tested on post-RoPE queries/keys.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from unlearn.fsutil import atomic_replace_dir
 
 TINY_WORDS = (
     "a an the and of in on with at to is moving left right up down static naked nude body person "
@@ -85,26 +84,10 @@ def build_tiny_pipeline(seed: int = 0, words=TINY_WORDS, rope: bool = True, num_
     )
 
 
-def atomic_save_dir(build_into, target: str | Path) -> Path:
-    """Run `build_into(tmpdir)` and move the result to `target` in one rename (no half-written dirs)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build_into(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def make_tiny_model(path: str | Path, seed: int = 0, overwrite: bool = False, **kw) -> Path:
     """Write a tiny CogVideoX directory to `path` (idempotent unless overwrite)."""
     path = Path(path)
     if (path / "model_index.json").exists() and not overwrite:
         return path
     pipe = build_tiny_pipeline(seed=seed, **kw)
-    return atomic_save_dir(lambda d: pipe.save_pretrained(str(d), safe_serialization=True), path)
+    return atomic_replace_dir(path, lambda d: pipe.save_pretrained(str(d), safe_serialization=True))

@@ -51,6 +51,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from unlearn.models.tiny import SCHEDULER_KW
 from unlearn.toy import detector, world
 
 TEXT_LEN = 16  # tokens; == transformer max_text_seq_length == pipeline max_sequence_length
@@ -68,19 +69,8 @@ GENERATION = dict(
 #: The base-quality bars of issue 3 (single-object colour/shape/motion, two-object both colours).
 QUALITY_BARS = {"colour_acc": 0.95, "shape_acc": 0.90, "motion_acc": 0.90, "two_object_both_present": 0.90}
 
-SCHEDULER_CONFIG = dict(  # THUDM/CogVideoX-2b scheduler/scheduler_config.json
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=True,
-    steps_offset=0,
-    prediction_type="v_prediction",
-    timestep_spacing="trailing",
-    rescale_betas_zero_snr=True,
-    snr_shift_scale=3.0,
-)
+# THUDM/CogVideoX-2b's scheduler_config.json, the one the tiny test model uses too.
+SCHEDULER_CONFIG = SCHEDULER_KW
 
 
 @dataclass
