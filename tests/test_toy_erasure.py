@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 
 from unlearn.models.registry import TOY_MODEL_DIR
 from unlearn.toy import world
@@ -31,7 +30,8 @@ def _toy_model() -> str:
     alt = os.environ.get("T2VU_TOY_MODEL")
     if alt and (Path(alt) / "model_index.json").exists():
         return alt
-    pytest.skip("the toy model is not built (unlearn/assets/toy-model); set T2VU_TOY_MODEL to a built directory")
+    raise AssertionError("the committed toy model is missing (unlearn/assets/toy-model/model_index.json); "
+                         "restore it or set T2VU_TOY_MODEL to a built directory")
 
 
 def _method_cfg(model: str, tmp: Path, eta: float = 3.0):

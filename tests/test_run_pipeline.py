@@ -1,0 +1,71 @@
+"""`t2vu run` end to end on the tiny model (real Ray Train/DeepSpeed trial, real eval, SQLite MLflow),
+and the trial-selection rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Constraint, SelectConfig, load_pipeline_config
+from pipelines.run import run_pipeline, select_best
+from pipelines.tune import SearchResult, TrialSummary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _trial(tid, **metrics):
+    return TrialSummary(trial_id=tid, status="completed", params={}, metrics=metrics, eraser=f"/e/{tid}", trial_dir="")
+
+
+def test_select_best_honours_constraints_then_falls_back():
+    trials = [_trial("a", target=0.0, keep=0.5, score=1.0), _trial("b", target=0.2, keep=0.99, score=0.5),
+              _trial("c", target=0.1, keep=0.97, score=2.0)]
+    r = SearchResult(output_dir=Path("."), name="x", metric_names=["target", "keep"], score_name="score",
+                     trials=trials, best=None, pareto=[], baseline={})
+    assert select_best(r, None).trial_id == "b"  # default: lowest scalar score
+    rule = SelectConfig(metric="target", mode="min", constraints=[Constraint(metric="keep", min=0.95)])
+    assert select_best(r, rule).trial_id == "c"  # "a" erases best but breaks the preservation floor
+    strict = SelectConfig(metric="target", constraints=[Constraint(metric="keep", min=0.999)])
+    assert select_best(r, strict).trial_id == "a"  # nobody qualifies: best by the metric alone
+
+
+@pytest.mark.slow
+def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, capfd):
+    cfg = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
+        "search.num_samples=1", "train.steps=4", "train.checkpoint_every=4", "search.objective.limit=1",
+        "run={select: {metric: psnr_preserve, mode: max}, eval_limit: 2}",
+    ])
+    out = tmp_path / "run"
+    summary = run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
+    assert summary["best_trial"] and Path(summary["best_eraser"], "eraser.safetensors").is_file()
+    ev = json.loads((out / "eval" / "summary.json").read_text())
+    assert ev["rows_total"] == 4 and ev["eraser"] == summary["best_eraser"]  # 2 target + 2 preserve rows
+    assert "nudity_rate_base" in summary["final_eval"] and "psnr_preserve" in summary["final_eval"]
+    report = (out / "report.md").read_text()
+    assert summary["best_trial"] in report and "| nudity_rate |" in report
+    printed = capfd.readouterr().out
+    assert "== [4/4] final evaluation" in printed and "mlflow ui --backend-store-uri" in printed
+    # library noise (Tune's tables, Ray/MLflow logging) goes to the run log, not the console
+    assert "Configuration for experiment" not in printed
+    assert "Configuration for experiment" in (out / "logs" / "run.log").read_text()
+
+    from mlflow.tracking import MlflowClient
+
+    ml = summary["mlflow"]
+    c = MlflowClient(ml["tracking_uri"])
+    runs = c.search_runs([ml["experiment_id"]])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == ml["parent_run_id"]]
+    roles = sorted(r.data.tags.get("t2vu.role") for r in children)
+    assert roles == ["final-eval", "trial"]
+    final = next(r for r in children if r.data.tags["t2vu.role"] == "final-eval")
+    assert final.info.run_id == ml["final_eval_run_id"] and any(k.startswith("eval/") for k in final.data.metrics)
+    arts = {f.path for f in c.list_artifacts(ml["parent_run_id"], "pipeline")}
+    assert arts == {"pipeline/report.md", "pipeline/summary.json"}
+
+    mtime = (out / "eval" / "summary.json").stat().st_mtime
+    again = run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
+    assert again == json.loads((out / "summary.json").read_text())
+    assert (out / "eval" / "summary.json").stat().st_mtime == mtime
+    assert "nothing to do" in capfd.readouterr().out
