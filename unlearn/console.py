@@ -51,12 +51,18 @@ def quiet_console(log_path: str | Path, enabled: bool = True):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         _TERMINAL = term
+        # sys.stdout/sys.stderr need not be fds 1/2 (pytest capture, notebooks, IDEs replace them):
+        # point the Python-level streams at the log too, or Tune's tables would still reach them.
+        old_streams = sys.stdout, sys.stderr
+        sys.stdout = open(os.dup(log.fileno()), "w", buffering=1)
+        sys.stderr = open(os.dup(log.fileno()), "w", buffering=1)
         _quiet_libraries()
         try:
             yield log_path
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            sys.stdout.close()
+            sys.stderr.close()
+            sys.stdout, sys.stderr = old_streams
             os.dup2(saved_out, 1)
             os.dup2(saved_err, 2)
             os.close(saved_out)
