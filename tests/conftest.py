@@ -73,7 +73,8 @@ def ray_session():
         ray.shutdown()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (test servers bind to loopback only)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -84,7 +85,7 @@ def mlflow_server():
     """A real `mlflow server` (SQLite backend, artifact proxy) on 127.0.0.1; yields its URI."""
     root = SESSION_TMP / "mlflow-server"
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("mlflow")
     cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),

@@ -51,6 +51,17 @@ class Variant:
     name: str
     description: str
     overrides: dict = field(default_factory=dict)  # dotted MethodConfig keys
+    extra_prompts: tuple[str, ...] = ()  # appended to concept.prompts (the recipe's list is kept)
+
+
+# Two-object scenes with red first or second, one per other colour and shape pair family: the
+# default trains on single-object prompts only, which leaves the *other* object of a red scene
+# unprotected. 8 of the 128 two_target eval scenes (different seeds) share these prompts.
+TWO_OBJECT_TARGETS = (
+    "a red square and a green bar", "a red bar and a blue pillar", "a red pillar and a yellow triangle",
+    "a red triangle and a purple square", "a green pillar and a red square", "a blue triangle and a red bar",
+    "a yellow square and a red pillar", "a purple bar and a red triangle",
+)
 
 
 # One factor at a time around the default recipe (configs/toy/recipe.yaml).
@@ -61,7 +72,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("empty", "reference: empty prompt (instead of anchors)", {"concept.reference": "empty"}),
         Variant("noise", "x_t source: noise (instead of trajectory)", {"train.xt_source": "noise"}),
         Variant("eta1", "eta = 1", {"loss.eta": 1.0}),
+        Variant("eta2", "eta = 2", {"loss.eta": 2.0}),
         Variant("eta7", "eta = 7", {"loss.eta": 7.0}),
+        Variant("twoobj", "+ 8 two-object red prompts in training", extra_prompts=TWO_OBJECT_TARGETS),
         Variant("noloc", "no localization loss (w_localize 0)", {"loss.w_localize": 0.0}),
         Variant("nopreserve", "no preservation loss (w_preserve 0, no preserved prompts)",
                 {"loss.w_preserve": 0.0, "train.preserve_batch_size": 0}),
@@ -114,6 +127,8 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
     data = copy.deepcopy(read_yaml(recipe))
     for key, value in {**variant.overrides, **(extra or {})}.items():
         set_by_path(data, key, value)
+    if variant.extra_prompts:
+        data["concept"]["prompts"] = [*data["concept"]["prompts"], *variant.extra_prompts]
     if model:
         set_by_path(data, "model.path", model)
     if steps:
