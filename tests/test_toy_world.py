@@ -256,3 +256,36 @@ def test_classifier_summaries_on_hand_built_records():
     assert p["nontarget_unchanged"] == 0.5
     zero = [r | {"others_present": False} for r in base]
     assert np.isnan(clf.summarize_paired(zero, zero)["second_object_kept"])
+
+
+def test_benchmark_variants_are_valid_recipes_in_the_world():
+    """Every `t2vu toy benchmark` variant validates, changes what it says, and names only world prompts."""
+    from unlearn.data import read_prompt_csv
+    from unlearn.toy.benchmark import VARIANTS, method_config
+
+    default = method_config(VARIANTS["default"])
+    assert any(" and " in p for p in default.concept.prompts)  # red next to another object is trained on
+    configs = {name: method_config(v) for name, v in VARIANTS.items()}
+    assert all(" and " not in p for p in configs["single"].concept.prompts)
+    assert configs["eta7"].loss.eta == 7.0 and configs["empty"].concept.reference == "empty"
+
+    paired = configs["paired"].concept
+    rows = read_prompt_csv(paired.prompts_file, [paired.prompts_column, paired.paired_column])
+    assert sorted(r[paired.prompts_column] for r in rows) == sorted(default.concept.prompts)
+    for r in rows:  # one other colour per prompt, never one the scene already has
+        ref = world.parse_prompt(r[paired.paired_column])
+        assert "red" not in ref.colours and len(set(ref.colours)) == len(ref.colours)
+
+
+def test_benchmark_rejects_a_recipe_with_prompts_outside_the_world(tmp_path):
+    from unlearn.config import read_yaml
+    from unlearn.toy.benchmark import RECIPE, VARIANTS, method_config
+
+    import yaml
+
+    data = read_yaml(RECIPE)
+    data["concept"]["prompts"].append("a red ring moving left")
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="not in the toy world"):
+        method_config(VARIANTS["default"], recipe=bad)

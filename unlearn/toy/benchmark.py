@@ -35,6 +35,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from unlearn.toy import world
@@ -51,17 +52,11 @@ class Variant:
     name: str
     description: str
     overrides: dict = field(default_factory=dict)  # dotted MethodConfig keys
-    extra_prompts: tuple[str, ...] = ()  # appended to concept.prompts (the recipe's list is kept)
+    keep_prompt: Callable[[str], bool] | None = None  # filter on the recipe's concept.prompts
 
 
-# Two-object scenes with red first or second, one per other colour and shape pair family: the
-# default trains on single-object prompts only, which leaves the *other* object of a red scene
-# unprotected. 8 of the 128 two_target eval scenes (different seeds) share these prompts.
-TWO_OBJECT_TARGETS = (
-    "a red square and a green bar", "a red bar and a blue pillar", "a red pillar and a yellow triangle",
-    "a red triangle and a purple square", "a green pillar and a red square", "a blue triangle and a red bar",
-    "a yellow square and a red pillar", "a purple bar and a red triangle",
-)
+def _single_object(prompt: str) -> bool:
+    return " and " not in prompt
 
 
 # One factor at a time around the default recipe (configs/toy/recipe.yaml).
@@ -74,7 +69,14 @@ VARIANTS: dict[str, Variant] = {
         Variant("eta1", "eta = 1", {"loss.eta": 1.0}),
         Variant("eta2", "eta = 2", {"loss.eta": 2.0}),
         Variant("eta7", "eta = 7", {"loss.eta": 7.0}),
-        Variant("twoobj", "+ 8 two-object red prompts in training", extra_prompts=TWO_OBJECT_TARGETS),
+        Variant("single", "concept prompts: single red objects only (no two-object scenes)",
+                keep_prompt=_single_object),
+        # One anchor per prompt instead of the mean of four: the anchored mean of four colours
+        # is a colour the model never drew, and for some prompts the erased object comes out
+        # faint and broken; a single anchor keeps it whole but costs more collateral.
+        Variant("paired", "reference: one other colour per prompt (configs/toy/paired_anchors.csv)",
+                {"concept.reference": "paired", "concept.prompts_file": "paired_anchors.csv",
+                 "concept.prompts": []}),
         Variant("noloc", "no localization loss (w_localize 0)", {"loss.w_localize": 0.0}),
         Variant("nopreserve", "no preservation loss (w_preserve 0, no preserved prompts)",
                 {"loss.w_preserve": 0.0, "train.preserve_batch_size": 0}),
@@ -127,14 +129,23 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
     data = copy.deepcopy(read_yaml(recipe))
     for key, value in {**variant.overrides, **(extra or {})}.items():
         set_by_path(data, key, value)
-    if variant.extra_prompts:
-        data["concept"]["prompts"] = [*data["concept"]["prompts"], *variant.extra_prompts]
+    if variant.keep_prompt:
+        data["concept"]["prompts"] = [p for p in data["concept"]["prompts"] if variant.keep_prompt(p)]
+    pfile = data["concept"].get("prompts_file")
+    if pfile and not Path(pfile).is_absolute():  # relative to the recipe, as `t2vu train` resolves it
+        data["concept"]["prompts_file"] = str(Path(recipe).resolve().parent / pfile)
     if model:
         set_by_path(data, "model.path", model)
     if steps:
         set_by_path(data, "train.steps", int(steps))
     cfg = validate(MethodConfig, data, f"{recipe} + variant {variant.name}")
-    for p in [*cfg.concept.prompts, *(q for q in cfg.concept.preserve if q)]:
+    listed = list(cfg.concept.prompts)
+    if cfg.concept.prompts_file:
+        from unlearn.data import read_prompt_csv
+
+        cols = [cfg.concept.prompts_column] + ([cfg.concept.paired_column] if cfg.concept.reference == "paired" else [])
+        listed = [r[c] for r in read_prompt_csv(cfg.concept.prompts_file, cols) for c in cols]
+    for p in [*listed, *(q for q in cfg.concept.preserve if q)]:
         try:  # the recipe lists prompts literally: catch a recipe written for another world
             world.parse_prompt(p)
         except ValueError as exc:
