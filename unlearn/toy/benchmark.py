@@ -63,7 +63,8 @@ def _single_object(prompt: str) -> bool:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("default", "anchors, red alone and next to another object, trajectory x_t, eta 3, localization on, preservation on"),
+        Variant("default", "anchors, red alone and next to another object, trajectory x_t, eta 3, "
+                           "localization on, preservation on"),
         Variant("empty", "reference: empty prompt (instead of anchors)", {"concept.reference": "empty"}),
         Variant("noise", "x_t source: noise (instead of trajectory)", {"train.xt_source": "noise"}),
         Variant("eta1", "eta = 1", {"loss.eta": 1.0}),
