@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from unlearn.console import quiet_console, say, terminal
+from pipelines.config import pin_run_config
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
@@ -124,6 +125,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     out.mkdir(parents=True, exist_ok=True)
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     con = Console(quiet)
+    pin_run_config(out / "run_config.yaml", cfg, out)
     state = _load_state(out)
     summary_path = out / "summary.json"
     if state.get("done") and summary_path.exists():

@@ -477,7 +477,7 @@ def run_search(
 
     from pipelines import mlflow_utils as mu
     from pipelines import search_report
-    from pipelines.config import check_distributed
+    from pipelines.config import check_distributed, pin_run_config
     from pipelines.distributed import ensure_ray
     from pipelines.search_space import check_space, to_tune
     from unlearn.session import prepare_embeddings
@@ -493,7 +493,10 @@ def run_search(
     check_space(cfg)
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
-    atomic_write_text(out / "search_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if resume:
+        pin_run_config(out / "search_config.yaml", cfg, out)
+    else:
+        atomic_write_text(out / "search_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     atomic_write_text(out / "search_space.yaml", yaml.safe_dump(s.space, sort_keys=False))
     if config_path:
         atomic_write_text(out / "command.txt", " ".join(_command_line(config_path, out)) + "\n")

@@ -15,6 +15,10 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.is_file())
 def schema_for(path: Path):
     rel = path.relative_to(ROOT / "configs")
     top = rel.parts[0] if len(rel.parts) > 1 else ""
+    if path.suffix == ".csv":  # prompt files referenced by concept.prompts_file
+        from unlearn.data import read_prompt_csv
+
+        return lambda p: read_prompt_csv(p, ["prompt"])
     if top == "eval":
         from eval.config import load_eval_config
 
@@ -79,3 +83,17 @@ def test_referenced_eval_configs_exist():
         ref = ((data.get("search") or {}).get("objective") or {}).get("eval") if isinstance(data, dict) else None
         if isinstance(ref, str):
             assert (path.parent / ref).is_file(), f"{path}: search.objective.eval {ref!r} does not exist"
+
+
+def test_a_run_folder_refuses_another_config(tmp_path):
+    from pipelines.config import ConfigError, load_pipeline_config, pin_run_config
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml")
+    pin = tmp_path / "run_config.yaml"
+    pin_run_config(pin, cfg, tmp_path)
+    pin_run_config(pin, load_pipeline_config(ROOT / "configs" / "tiny.yaml"), tmp_path)  # same: fine
+    before = pin.read_text()
+    other = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.eta=5.5", "eraser.rank=2"])
+    with pytest.raises(ConfigError, match=r"changed: eraser\.rank, loss\.eta.*new --output"):
+        pin_run_config(pin, other, tmp_path)
+    assert pin.read_text() == before  # the record is not overwritten by the refused config

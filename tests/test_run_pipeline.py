@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Constraint, SelectConfig, load_pipeline_config
+from pipelines.config import ConfigError, Constraint, SelectConfig, load_pipeline_config
 from pipelines.run import run_pipeline, select_best
 from pipelines.tune import SearchResult, TrialSummary
 
@@ -69,3 +69,12 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     assert again == json.loads((out / "summary.json").read_text())
     assert (out / "eval" / "summary.json").stat().st_mtime == mtime
     assert "nothing to do" in capfd.readouterr().out
+
+    # the same folder with another config is refused before any work (no stale "nothing to do")
+    changed = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
+        "search.num_samples=1", "train.steps=6", "train.checkpoint_every=4", "search.objective.limit=1",
+        "run={select: {metric: psnr_preserve, mode: max}, eval_limit: 2}",
+    ])
+    with pytest.raises(ConfigError, match=r"different configuration \(changed: train\.steps"):
+        run_pipeline(changed, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
+    assert (out / "eval" / "summary.json").stat().st_mtime == mtime
