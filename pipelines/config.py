@@ -449,37 +449,3 @@ def check_distributed(cfg: PipelineConfig) -> None:
             "('Recomputed values ... have different metadata', DeepSpeed PR #8130); use distributed.zero_stage: 2"
         )
 
-
-def _changed_keys(old, new, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def pin_run_config(path: str | Path, cfg: PipelineConfig, output: str | Path) -> None:
-    """Record the configuration a run folder was made with; refuse to continue it with another.
-
-    Resuming (Tune's restore, finished stages skipped) is only sound for the same config: with a
-    different one a rerun would mix old and new trials or report stale results as new.
-    """
-    import yaml
-
-    from unlearn.fsutil import atomic_write_text
-
-    path = Path(path)
-    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # normalised as on disk
-    if path.exists():
-        old = yaml.safe_load(path.read_text())
-        changed = _changed_keys(old, new)
-        if changed:
-            shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-            raise ConfigError(
-                f"{output} holds a run made with a different configuration (changed: {shown}; recorded in "
-                f"{path}). Rerun with the same config and --set values to continue it, or pass a new "
-                f"--output (or delete {output}) to start over."
-            )
-        return
-    atomic_write_text(path, yaml.safe_dump(new, sort_keys=False))

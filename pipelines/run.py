@@ -21,9 +21,8 @@ import math
 import time
 from pathlib import Path
 
+from unlearn.config import ConfigError, pin_config
 from unlearn.console import quiet_console, say, terminal
-from pipelines.config import pin_run_config
-from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -121,11 +120,14 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 
     if cfg.search is None:
         raise ConfigError("t2vu run needs a `search` section (see configs/toy.yaml)")
-    out = Path(output_dir).resolve()
+    out = output_dir
     out.mkdir(parents=True, exist_ok=True)
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     con = Console(quiet)
-    pin_run_config(out / "run_config.yaml", cfg, out)
+    # One record of the config per run folder: the search stage's (it refuses another config
+    # too); checked here first because a finished run returns before the search stage.
+    search_dir = out / "search"
+    pin_config(search_dir / "search_config.yaml", cfg.to_dict(), out)
     state = _load_state(out)
     summary_path = out / "summary.json"
     if state.get("done") and summary_path.exists():
@@ -138,12 +140,9 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     if run_cfg is not None:
         sets: dict = dict(run_cfg.eval_overrides)
         if run_cfg.toy_prompts is not None:
-            from pipelines.tune import write_toy_prompts
+            from pipelines.tune import toy_prompt_overrides
 
-            main, pres = write_toy_prompts(run_cfg.toy_prompts, out / "eval_prompts")
-            sets.update({"prompts.path": str(main), "preserve.path": str(pres)})
-            if ecfg.classifier.name == "toy":
-                sets["classifier.options"] = {**ecfg.classifier.options, "target": run_cfg.toy_prompts.target}
+            sets.update(toy_prompt_overrides(run_cfg.toy_prompts, ecfg, out / "eval_prompts"))
         if sets:
             ecfg = ecfg.with_overrides(sets, "run.eval_overrides / run.toy_prompts")
 
@@ -152,7 +151,6 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     cache = prepare_embeddings(cfg.method(), config_dir)
     con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
 
-    search_dir = out / "search"
     con.stage(2, 4, "search", f"{cfg.search.num_samples} trials x {cfg.distributed.num_workers} workers, "
                                f"{cfg.search.algorithm}, objective {cfg.search.metric_names()}")
     if state.get("search_done") and (search_dir / "search_result.json").exists():

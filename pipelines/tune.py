@@ -133,11 +133,8 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
     if toy is not None:
         if output_dir is None:
             raise ConfigError("search.objective.toy_prompts needs an output folder to write the prompt CSVs into")
-        main, preserve = write_toy_prompts(toy, Path(output_dir) / "eval_prompts")
-        sets = {"prompts.path": str(main), "preserve.path": str(preserve)}
-        if ecfg.classifier.name == "toy":
-            sets["classifier.options"] = {**ecfg.classifier.options, "target": toy.target}
-        ecfg = ecfg.with_overrides(sets, "search.objective.toy_prompts")
+        ecfg = ecfg.with_overrides(toy_prompt_overrides(toy, ecfg, Path(output_dir) / "eval_prompts"),
+                                   "search.objective.toy_prompts")
     if output_dir is not None and ecfg.runtime.base_cache_dir is None:
         # Every trial evaluates on the same prompts and seeds: generate the base videos once.
         ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
@@ -153,20 +150,21 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
     }
 
 
-def write_toy_prompts(toy, directory: Path) -> tuple[Path, Path]:
-    """The toy world's deterministic eval rows as two prompt CSVs (target sets, preserve sets)."""
+def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
+    """Eval-config overrides for prompts drawn from the toy world (`toy_prompts` in a search
+    objective or in `run`): the deterministic eval rows are written as two prompt CSVs (target
+    sets, preserve sets) into `directory`, and the toy classifier is told the target."""
     from unlearn.toy import world
 
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):
+    paths = {}
+    for key, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):
         rows = [r for s in sets for r in world.eval_rows(s, toy.n, seed=toy.seed, target=toy.target)]
-        path = directory / f"{name}.csv"
-        tmp = directory / f".{name}.csv.tmp"
-        world.write_csv(rows, tmp, with_set=True)
-        tmp.replace(path)
-        paths.append(path)
-    return paths[0], paths[1]
+        paths[key] = directory / f"{key}.csv"
+        world.write_csv(rows, paths[key], with_set=True)
+    sets: dict = {"prompts.path": str(paths["prompts"]), "preserve.path": str(paths["preserve"])}
+    if ecfg.classifier.name == "toy":
+        sets["classifier.options"] = {**ecfg.classifier.options, "target": toy.target}
+    return sets
 
 
 def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
@@ -477,11 +475,12 @@ def run_search(
 
     from pipelines import mlflow_utils as mu
     from pipelines import search_report
-    from pipelines.config import check_distributed, pin_run_config
+    from pipelines.config import check_distributed
     from pipelines.distributed import ensure_ray
     from pipelines.search_space import check_space, to_tune
-    from unlearn.session import prepare_embeddings
+    from unlearn.config import pin_config
     from unlearn.fsutil import atomic_write_text
+    from unlearn.session import prepare_embeddings
 
     if cfg.search is None:
         raise ConfigError("the config has no `search` section; see configs/search/tiny.yaml")
@@ -494,7 +493,7 @@ def run_search(
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
     if resume:
-        pin_run_config(out / "search_config.yaml", cfg, out)
+        pin_config(out / "search_config.yaml", cfg.to_dict(), out)
     else:
         atomic_write_text(out / "search_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     atomic_write_text(out / "search_space.yaml", yaml.safe_dump(s.space, sort_keys=False))

@@ -85,15 +85,19 @@ def test_referenced_eval_configs_exist():
             assert (path.parent / ref).is_file(), f"{path}: search.objective.eval {ref!r} does not exist"
 
 
-def test_a_run_folder_refuses_another_config(tmp_path):
-    from pipelines.config import ConfigError, load_pipeline_config, pin_run_config
+@pytest.mark.parametrize("record", ["search_config.yaml", "variant.json"])
+def test_an_output_folder_refuses_another_config(tmp_path, record):
+    from pipelines.config import load_pipeline_config
+    from unlearn.config import ConfigError, pin_config
 
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml")
-    pin = tmp_path / "run_config.yaml"
-    pin_run_config(pin, cfg, tmp_path)
-    pin_run_config(pin, load_pipeline_config(ROOT / "configs" / "tiny.yaml"), tmp_path)  # same: fine
+    pin = tmp_path / record
+    pin_config(pin, cfg.to_dict(), tmp_path)
+    pin_config(pin, load_pipeline_config(ROOT / "configs" / "tiny.yaml").to_dict(), tmp_path)  # same: fine
     before = pin.read_text()
+    assert (json.loads(before) if record.endswith(".json") else yaml.safe_load(before)) == json.loads(
+        json.dumps(cfg.to_dict()))
     other = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.eta=5.5", "eraser.rank=2"])
     with pytest.raises(ConfigError, match=r"changed: eraser\.rank, loss\.eta.*new --output"):
-        pin_run_config(pin, other, tmp_path)
+        pin_config(pin, other.to_dict(), tmp_path)
     assert pin.read_text() == before  # the record is not overwritten by the refused config

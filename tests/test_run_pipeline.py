@@ -78,3 +78,24 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     with pytest.raises(ConfigError, match=r"different configuration \(changed: train\.steps"):
         run_pipeline(changed, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
     assert (out / "eval" / "summary.json").stat().st_mtime == mtime
+
+
+def test_quiet_console_routes_output_to_the_log_and_restores_settings(tmp_path, capfd):
+    import logging
+    import warnings
+
+    import diffusers.utils.logging as dl
+
+    from unlearn.console import quiet_console, say
+
+    before = (logging.getLogger("ray").level, dl.is_progress_bar_enabled(), list(warnings.filters))
+    log = tmp_path / "run.log"
+    with quiet_console(log):
+        print("library chatter")
+        logging.getLogger("ray").warning("ray warning")
+        say("stage banner")
+        assert logging.getLogger("ray").level == logging.ERROR and not dl.is_progress_bar_enabled()
+    shown = capfd.readouterr()
+    assert "stage banner" in shown.out and "library chatter" not in shown.out + shown.err
+    assert "library chatter" in log.read_text()
+    assert (logging.getLogger("ray").level, dl.is_progress_bar_enabled(), list(warnings.filters)) == before

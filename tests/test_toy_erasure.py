@@ -13,9 +13,9 @@ sampler steps per prompt), 100 steps, 16 + 16 eval videos. The full comparison i
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-
 
 from unlearn.models.registry import TOY_MODEL_DIR
 from unlearn.toy import world
@@ -68,7 +68,7 @@ def test_short_training_erases_red_and_keeps_other_colours(tmp_path):
     train_dir = tmp_path / "train"
     summary = train(_method_cfg(model, tmp_path), train_dir, progress=False)
     assert (train_dir / "eraser" / "eraser.safetensors").exists()
-    assert summary["final"]["l_unlearn"] == summary["final"]["l_unlearn"]  # finite
+    assert math.isfinite(summary["final"]["l_unlearn"])
 
     main, nontarget = tmp_path / "target.csv", tmp_path / "nontarget.csv"
     world.write_csv(world.eval_rows("target", N_PER_SET), main, with_set=True)

@@ -56,9 +56,9 @@ def quiet_console(log_path: str | Path, enabled: bool = True):
         old_streams = sys.stdout, sys.stderr
         sys.stdout = open(os.dup(log.fileno()), "w", buffering=1)
         sys.stderr = open(os.dup(log.fileno()), "w", buffering=1)
-        _quiet_libraries()
         try:
-            yield log_path
+            with _quiet_libraries():
+                yield log_path
         finally:
             sys.stdout.close()
             sys.stderr.close()
@@ -71,24 +71,35 @@ def quiet_console(log_path: str | Path, enabled: bool = True):
             term.close()
 
 
-def _quiet_libraries() -> None:
+_NOISY_LOGGERS = ("optuna", "ray", "mlflow", "deepspeed", "diffusers", "transformers", "alembic", "urllib3")
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Warnings off, library loggers at ERROR, HF progress bars off — and all of it restored
+    afterwards, so an in-process caller (a notebook, a test) gets its settings back."""
+    import importlib
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore")
-    for name in ("optuna", "ray", "mlflow", "deepspeed", "diffusers", "transformers", "alembic", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers.utils.logging as dl
-
-        dl.disable_progress_bar()
-        dl.set_verbosity_error()
-    except Exception:  # pragma: no cover - optional
-        pass
-    try:
-        import transformers.utils.logging as tl
-
-        tl.disable_progress_bar()
-        tl.set_verbosity_error()
-    except Exception:  # pragma: no cover
-        pass
+    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    bars = []
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            hf = importlib.import_module(mod)
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
+        bars.append((hf, hf.is_progress_bar_enabled()))
+        hf.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in _NOISY_LOGGERS:  # also the HF libraries' root loggers (their set_verbosity)
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            for hf, enabled in bars:
+                if enabled:
+                    hf.enable_progress_bar()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
+from unlearn.fsutil import atomic_write_text
 from unlearn.toy import world
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,15 +176,11 @@ def write_prompt_sets(out: Path, n: int, n_full: int | None = None) -> tuple[Pat
     larger of n and 128), so every size shares base videos with the default's."""
     n_full = max(n, n_full or world.FULL_SET_SIZE)
     d = out / "prompts"
-    d.mkdir(parents=True, exist_ok=True)
     main, nontarget = d / f"main_{n}.csv", d / f"nontarget_{n}.csv"
     if not main.exists():
-        rows = [r for s in MAIN_SETS for r in world.eval_rows(s, n_full)[:n]]
-        world.write_csv(rows, str(main) + ".tmp", with_set=True)
-        Path(str(main) + ".tmp").replace(main)
+        world.write_csv([r for s in MAIN_SETS for r in world.eval_rows(s, n_full)[:n]], main, with_set=True)
     if not nontarget.exists():
-        world.write_csv(world.eval_rows("nontarget", n_full)[:n], str(nontarget) + ".tmp", with_set=True)
-        Path(str(nontarget) + ".tmp").replace(nontarget)
+        world.write_csv(world.eval_rows("nontarget", n_full)[:n], nontarget, with_set=True)
     return main, nontarget
 
 
@@ -222,22 +220,13 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
                 save_media: bool = False, progress: bool = False) -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist)."""
     from eval.runner import run_eval
+    from unlearn.config import pin_config
     from unlearn.trainer import train
 
     vdir = out / "variants" / variant.name
-    vdir.mkdir(parents=True, exist_ok=True)
     cfg = method_config(variant, model=model, steps=steps)
     ident = {"variant": variant.name, "overrides": variant.overrides, "n": n, "config": cfg.model_dump(mode="json")}
-    vfile = vdir / "variant.json"
-    if vfile.exists():
-        old = json.loads(vfile.read_text())
-        if old != ident:
-            raise RuntimeError(
-                f"{vdir} holds variant {variant.name!r} with other settings (steps, size or recipe changed); "
-                "use a new --output or delete that folder"
-            )
-    else:
-        vfile.write_text(json.dumps(ident, indent=2))
+    pin_config(vdir / "variant.json", ident, vdir)  # steps, size or recipe changed: refused
     eval_summary = vdir / "eval" / "summary.json"
     train_summary = vdir / "train" / "summary.json"
     if eval_summary.exists() and (vdir / "train" / "eraser" / "eraser_config.json").exists():
@@ -326,12 +315,13 @@ def write_table(out: Path, results: list[dict]) -> str:
             cells += [_fmt(r.get(k)) for k, _ in TABLE_COLUMNS]
             cells += [_fmt(r.get("train_s")), _fmt(r.get("eval_s"))]
             lines.append("| " + " | ".join(cells) + " |")
-    with open(out / "table.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        w.writerows(csv_rows)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(cols)
+    w.writerows(csv_rows)
+    atomic_write_text(out / "table.csv", buf.getvalue())
     md = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(md)
+    atomic_write_text(out / "table.md", md)
     return md
 
 
@@ -379,7 +369,7 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
             results.insert(0, sub)
     md = write_table(out, results)
     payload = {"default": default, "variants": results, "wall_s": round(time.time() - t0, 1)}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str))
     if md:
         print(md)
     return payload

@@ -51,6 +51,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from unlearn.fsutil import atomic_write_text
 from unlearn.models.tiny import SCHEDULER_KW
 from unlearn.toy import detector, world
 
@@ -458,7 +459,7 @@ def measure_dir(model_dir: str | os.PathLike, n: int = world.FULL_SET_SIZE, writ
         if "build" in old:
             quality["build"] = old["build"]
     if write:
-        path.write_text(json.dumps(quality, indent=2, default=str) + "\n")
+        atomic_write_text(path, json.dumps(quality, indent=2, default=str) + "\n")
     return quality
 
 
@@ -502,7 +503,7 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    (out / "toy_quality.json").write_text(json.dumps(quality, indent=2, default=str) + "\n")
+    atomic_write_text(out / "toy_quality.json", json.dumps(quality, indent=2, default=str) + "\n")
     s = quality["summary"]
     log(
         f"done in {total_s:.0f}s wall ({quality['build']['cpu_seconds_total']:.0f}s CPU): colour {s['colour_acc']:.3f} shape {s['shape_acc']:.3f} "
