@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None, help="keep the runs here (default: a temp dir)")
     args = ap.parse_args(argv)
 
-    from unlearn.env import apply_offline_env
+    from pipelines.env import apply_offline_env
 
     apply_offline_env()
     from pipelines.config import load_pipeline_config

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from unlearn.config import ConfigError, Strict, read_yaml, set_by_path, validate
+from unlearn.config import ConfigError, Strict, apply_overrides, read_yaml, validate
 
 # NudeNet 3.4.2 labels in library order (nudenet.nudenet.__labels; checked against the
 # installed library by eval.classifiers.nudenet and its tests).
@@ -279,9 +279,7 @@ class EvalConfig(Strict):
     def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "EvalConfig":
         import copy
 
-        data = copy.deepcopy(self.to_dict())
-        for key, value in overrides.items():
-            set_by_path(data, key, value)
+        data = apply_overrides(copy.deepcopy(self.to_dict()), overrides)
         return validate(EvalConfig, data, source)
 
     def resolve_path(self, value: str | None) -> Path | None:
@@ -298,16 +296,9 @@ class EvalConfig(Strict):
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
     """Read a YAML file (a bare eval config, or a pipeline config with an `eval:` section),
     apply `--set key=value` overrides, validate."""
-    import yaml
-
     data = read_yaml(path)
     if "eval" in data and isinstance(data["eval"], dict) and "generation" not in data:
         data = data["eval"]
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set generation.num_inference_steps=4")
-        key, _, raw = item.partition("=")
-        set_by_path(data, key.strip(), yaml.safe_load(raw))
-    data = dict(data)
+    data = apply_overrides(dict(data), overrides)
     data.setdefault("config_dir", str(Path(path).resolve().parent))
     return validate(EvalConfig, data, str(path))

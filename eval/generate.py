@@ -12,12 +12,12 @@ final name).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+
+from unlearn.fsutil import atomic_path
 
 
 def pick_device(device: str | None, use_gpu: bool | None = None) -> str:
@@ -101,25 +101,12 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(frames.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     """H.264 mp4 through imageio-ffmpeg's bundled ffmpeg, written atomically."""
     import imageio.v2 as imageio
 
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         u8 = to_uint8(frames)
         ph, pw = u8.shape[1] % 2, u8.shape[2] % 2
         if ph or pw:  # yuv420p needs even sizes: replicate the last row/column
@@ -129,10 +116,6 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
                                 macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p") as w:
             for f in u8:
                 w.append_data(f)
-        _publish(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -171,12 +154,7 @@ def save_gif_images(imgs: list, path: Path, fps: int = 8) -> Path:
 
     # Fast octree palettes: ~30x faster than PIL's default GIF quantisation, same look for previews.
     imgs = [im if im.mode == "P" else im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE) for im in imgs]
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         imgs[0].save(str(tmp), format="GIF", save_all=True, append_images=imgs[1:],
                      duration=max(20, round(1000 / fps)), loop=0, optimize=False)
-        _publish(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -151,17 +151,10 @@ class Scorer:
 
 
 def _save_npy_atomic(arr: np.ndarray, path: Path) -> None:
-    import tempfile
+    from unlearn.fsutil import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
 
 
 def _plain(v):
@@ -175,7 +168,7 @@ _PROCESS_SCORER: Scorer | None = None
 
 def _scorer_process_init(spec: ScorerSpec, nice: int = 0) -> None:
     global _PROCESS_SCORER
-    import unlearn.env as env
+    import pipelines.env as env
 
     env.apply_offline_env()
     if nice:
@@ -263,7 +256,7 @@ class EvalWorker:
     """
 
     def __init__(self, spec: WorkerSpec):
-        import unlearn.env as env
+        import pipelines.env as env
 
         env.apply_offline_env()
         import torch
@@ -416,7 +409,7 @@ class RayBackend:
     def __init__(self, spec: WorkerSpec, runtime, num_rows: int | None = None):
         import ray
 
-        from unlearn.env import runtime_env_vars
+        from pipelines.env import runtime_env_vars
 
         self.ray = ray
         self.started_ray = False
@@ -652,7 +645,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
         if todo:
             from tqdm.auto import tqdm
 
-            from unlearn.console import progress_stream
+            from pipelines.console import progress_stream
 
             bar = tqdm(total=len(plan.rows), initial=len(done), desc="eval rows", unit="row", disable=not show,
                        dynamic_ncols=True, file=progress_stream())

@@ -17,9 +17,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from unlearn.fsutil import atomic_write_json, atomic_write_text, json_default
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +32,8 @@ LEAD_COLUMNS = [
 ]
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def digest(obj: Any, n: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    blob = json.dumps(obj, sort_keys=True, default=json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
 
 

@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-import unlearn.env as env
+import pipelines.env as env
 
 COMMAND_MODULES = [
     "make_tiny_model",

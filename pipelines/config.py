@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from unlearn.config import ConfigError, MethodConfig, Strict, read_yaml, set_by_path, validate
+from unlearn.config import ConfigError, MethodConfig, Strict, apply_overrides, read_yaml, validate
 
 try:  # the evaluation stage owns its schema; until it exists the section is an untyped mapping
     from eval.config import EvalConfig as _EvalConfig  # type: ignore
@@ -352,22 +352,13 @@ class PipelineConfig(MethodConfig):
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "PipelineConfig":
         """A copy with dotted keys set, re-validated by the full schema (raises ConfigError)."""
-        data = copy.deepcopy(self.to_dict())
-        for key, value in overrides.items():
-            set_by_path(data, key, value)
+        data = apply_overrides(copy.deepcopy(self.to_dict()), overrides)
         return validate(PipelineConfig, data, source)
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a YAML file, apply `--set key=value` overrides, validate."""
-    import yaml
-
-    data = read_yaml(path)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=10")
-        key, _, raw = item.partition("=")
-        set_by_path(data, key.strip(), yaml.safe_load(raw))
+    data = apply_overrides(read_yaml(path), overrides)
     return validate(PipelineConfig, data, str(path))
 
 

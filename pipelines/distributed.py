@@ -56,7 +56,7 @@ ERASER_DIR = "eraser"
 
 def worker_env_vars() -> dict[str, str]:
     """Environment every Ray worker needs (their env is not the driver's)."""
-    from unlearn.env import apply_offline_env, runtime_env_vars
+    from pipelines.env import apply_offline_env, runtime_env_vars
 
     apply_offline_env()
     env = runtime_env_vars()
@@ -419,7 +419,7 @@ def make_trainer(
 def export_result(result, out: Path) -> dict:
     """Copy the final eraser + training curve out of the last reported checkpoint into `out`."""
     from unlearn.eraser import read_eraser
-    from unlearn.fsutil import atomic_write_text
+    from unlearn.fsutil import atomic_copy_dir, atomic_write_bytes, atomic_write_text
 
     if result.error is not None:
         raise result.error
@@ -428,15 +428,8 @@ def export_result(result, out: Path) -> dict:
     with result.checkpoint.as_directory() as d:
         d = Path(d)
         read_eraser(d / ERASER_DIR)  # validates the files before they are published
-        tmp = Path(tempfile.mkdtemp(prefix=".eraser.", dir=out))
-        try:
-            shutil.copytree(d / ERASER_DIR, tmp / ERASER_DIR)
-            if (out / ERASER_DIR).exists():
-                shutil.rmtree(out / ERASER_DIR)
-            os.replace(tmp / ERASER_DIR, out / ERASER_DIR)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copyfile(d / METRICS_FILE, out / METRICS_FILE)
+        atomic_copy_dir(d / ERASER_DIR, out / ERASER_DIR)
+        atomic_write_bytes(out / METRICS_FILE, (d / METRICS_FILE).read_bytes())
         state = json.loads((d / STATE_FILE).read_text())
     atomic_write_text(out / "checkpoint_path.txt", str(result.checkpoint.path) + "\n")
     return state

@@ -21,8 +21,9 @@ import math
 import time
 from pathlib import Path
 
-from unlearn.config import ConfigError, pin_config
-from unlearn.console import quiet_console, say, terminal
+from pipelines.console import quiet_console, say, terminal
+from pipelines.run_folder import pin_config
+from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)

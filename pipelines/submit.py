@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from unlearn.env import runtime_env_vars
+from pipelines.env import runtime_env_vars
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # gitignore-style patterns, relative to working_dir. Keep uploads small: Ray caps a

@@ -194,6 +194,7 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     """
     from eval.config import EvalConfig
     from eval.runner import run_eval
+    from unlearn.fsutil import atomic_copy_dir
 
     spec = ObjectiveConfig.model_validate(obj["spec"])
     ecfg = EvalConfig.model_validate(obj["eval"])
@@ -201,7 +202,7 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     eraser = Path(eraser_dir)
     mlflow_run_id = None
     if final:
-        eraser = _publish_dir(eraser, out_dir / "eraser")
+        eraser = atomic_copy_dir(eraser, out_dir / "eraser")
         run_dir, limit = out_dir / "eval", spec.limit
         if obj.get("mlflow"):
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
@@ -216,21 +217,6 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     values["eval_s"] = round(time.time() - t0, 3)
     (run_dir / "objective.json").write_text(json.dumps({"step": step, "final": final, **values}, indent=2))
     return values
-
-
-def _publish_dir(src: Path, dst: Path) -> Path:
-    import tempfile
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp / "x")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp / "x", dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
 
 
 # --- one trial (a Tune function trainable that drives a TorchTrainer) --------------------------------
@@ -406,7 +392,7 @@ def _make_callback(output_dir: str, mlflow: dict | None, metric_names: list[str]
 
 
 def _say(msg: str, verbose: bool = True) -> None:
-    from unlearn.console import progress_stream
+    from pipelines.console import progress_stream
 
     print(msg, file=progress_stream(), flush=True)
 
@@ -478,7 +464,7 @@ def run_search(
     from pipelines.config import check_distributed
     from pipelines.distributed import ensure_ray
     from pipelines.search_space import check_space, to_tune
-    from unlearn.config import pin_config
+    from pipelines.run_folder import pin_config
     from unlearn.fsutil import atomic_write_text
     from unlearn.session import prepare_embeddings
 

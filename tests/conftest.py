@@ -5,7 +5,7 @@ or MLflow (they read it at import or at init):
   OMP_NUM_THREADS=1   OpenMP spin barriers collapse on a shared 2-core box (20x slower)
   DS_ACCELERATOR=cpu  DeepSpeed's CPU accelerator (gloo), no autodetect warning
   T2VU_CACHE          a session temp dir: tiny models and text embeddings built once per session
-  offline vars        unlearn.env.apply_offline_env(): no hub lookups, no telemetry
+  offline vars        pipelines.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
   ray_session    ray.init(num_cpus=3, dashboard on 127.0.0.1). 3 LOGICAL CPUs on 2 cores:
@@ -35,7 +35,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["DS_ACCELERATOR"] = "cpu"
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
 
-from unlearn.env import apply_offline_env, runtime_env_vars  # noqa: E402
+from pipelines.env import apply_offline_env, runtime_env_vars  # noqa: E402
 
 apply_offline_env()
 

@@ -88,7 +88,8 @@ def test_referenced_eval_configs_exist():
 @pytest.mark.parametrize("record", ["search_config.yaml", "variant.json"])
 def test_an_output_folder_refuses_another_config(tmp_path, record):
     from pipelines.config import load_pipeline_config
-    from unlearn.config import ConfigError, pin_config
+    from pipelines.run_folder import pin_config
+    from unlearn.config import ConfigError
 
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml")
     pin = tmp_path / record

@@ -271,7 +271,7 @@ def ray_ready(request):
     except pytest.FixtureLookupError:
         pass
     if not ray.is_initialized():
-        from unlearn.env import runtime_env_vars
+        from pipelines.env import runtime_env_vars
 
         ray.init(num_cpus=3, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False,
                  runtime_env={"env_vars": runtime_env_vars()})

@@ -86,7 +86,7 @@ def test_quiet_console_routes_output_to_the_log_and_restores_settings(tmp_path, 
 
     import diffusers.utils.logging as dl
 
-    from unlearn.console import quiet_console, say
+    from pipelines.console import quiet_console, say
 
     before = (logging.getLogger("ray").level, dl.is_progress_bar_enabled(), list(warnings.filters))
     log = tmp_path / "run.log"

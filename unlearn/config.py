@@ -175,6 +175,29 @@ def config_digest(cfg: BaseModel) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """One `--set KEY=VALUE` item -> (dotted key, YAML-parsed value)."""
+    if "=" not in item or not item.partition("=")[0].strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=10")
+    key, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc.problem}); quote it") from None
+    return key.strip(), value
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Apply `--set` items (strings `KEY=VALUE`) or a {dotted key: value} mapping to `data` in place.
+
+    The one override mechanism: CLI `--set`, Tune samples and benchmark variants all go through it.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(i) for i in overrides or [])
+    for key, value in items:
+        set_by_path(data, key, value)
+    return data
+
+
 def set_by_path(data: dict, dotted: str, value) -> None:
     """Set `a.b.c` in a nested dict (used by CLI overrides and Tune samples)."""
     keys = dotted.split(".")
@@ -184,39 +207,3 @@ def set_by_path(data: dict, dotted: str, value) -> None:
         if not isinstance(cur, dict):
             raise ConfigError(f"Cannot set {dotted}: {k} is not a section")
     cur[keys[-1]] = value
-
-
-def _changed_keys(old, new, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
-    """Record the configuration an output folder was made with; refuse to continue it with another.
-
-    Resuming (Tune's restore, finished stages or variants skipped) is only sound for the same
-    config: with a different one a rerun would mix old and new results or report stale ones as
-    new. The record is JSON for a `.json` path, YAML otherwise; it is written once, atomically.
-    """
-    from unlearn.fsutil import atomic_write_text
-
-    path = Path(path)
-    as_json = path.suffix == ".json"
-    dump = (lambda d: json.dumps(d, indent=2)) if as_json else (lambda d: yaml.safe_dump(d, sort_keys=False))
-    load = json.loads if as_json else yaml.safe_load
-    new = load(dump(data))  # normalised as on disk (tuples -> lists, ...)
-    if not path.exists():
-        atomic_write_text(path, dump(new))
-        return
-    changed = _changed_keys(load(path.read_text()), new)
-    if changed:
-        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-        raise ConfigError(
-            f"{output} holds results made with a different configuration (changed: {shown}; recorded in "
-            f"{path}). Rerun with the same config and --set values to continue it, or pass a new "
-            f"--output (or delete {output}) to start over."
-        )

@@ -5,7 +5,7 @@ worker. The driver fills the cache once; workers read `get(prompts)`.
 Key: a fingerprint of tokenizer + encoder (tokenizer file contents, encoder
 config, weight file names/sizes plus a hash of each file's first and last MiB —
 full hashing of 9 GB would cost ~20 s per run) and the max length; then one
-safetensors file per prompt, written atomically (temp file + rename), so a
+safetensors file per prompt, written atomically (`unlearn.fsutil`), so a
 killed fill leaves no half-written entries and a rerun only encodes what is missing.
 """
 
@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from unlearn.fsutil import atomic_path
 
 MIB = 1 << 20
 
@@ -83,14 +84,8 @@ class EmbeddingCache:
         return len(todo)
 
     def _write(self, prompt: str, emb: torch.Tensor) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"emb": emb.detach().cpu().contiguous()}, tmp, metadata={"prompt": prompt})
-            os.replace(tmp, self._path(prompt))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self._path(prompt)) as tmp:
+            save_file({"emb": emb.detach().cpu().contiguous()}, str(tmp), metadata={"prompt": prompt})
 
     def get(self, prompts) -> torch.Tensor:
         missing = self.missing(prompts)

@@ -22,17 +22,9 @@ def default_output(kind: str, config: str) -> Path:
 
 
 def load_config_with_overrides(path: str, overrides: list[str], loader):
-    import yaml
+    from unlearn.config import apply_overrides, read_yaml
 
-    from unlearn.config import ConfigError, read_yaml, set_by_path
-
-    data = read_yaml(path)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=10")
-        key, _, raw = item.partition("=")
-        set_by_path(data, key.strip(), yaml.safe_load(raw))
-    return loader(data, path)
+    return loader(apply_overrides(read_yaml(path), overrides), path)
 
 
 def register(sub) -> None:

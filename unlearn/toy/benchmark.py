@@ -127,11 +127,9 @@ def _log(msg: str) -> None:
 def method_config(variant: Variant, *, model: str | None = None, steps: int | None = None,
                   recipe: str | Path = RECIPE, extra: dict | None = None):
     """The recipe with the variant's (and the caller's) overrides, validated."""
-    from unlearn.config import MethodConfig, read_yaml, set_by_path, validate
+    from unlearn.config import MethodConfig, apply_overrides, read_yaml, set_by_path, validate
 
-    data = copy.deepcopy(read_yaml(recipe))
-    for key, value in {**variant.overrides, **(extra or {})}.items():
-        set_by_path(data, key, value)
+    data = apply_overrides(copy.deepcopy(read_yaml(recipe)), {**variant.overrides, **(extra or {})})
     if variant.keep_prompt:
         data["concept"]["prompts"] = [p for p in data["concept"]["prompts"] if variant.keep_prompt(p)]
     pfile = data["concept"].get("prompts_file")
@@ -220,7 +218,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
                 save_media: bool = False, progress: bool = False) -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist)."""
     from eval.runner import run_eval
-    from unlearn.config import pin_config
+    from pipelines.run_folder import pin_config
     from unlearn.trainer import train
 
     vdir = out / "variants" / variant.name

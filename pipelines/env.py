@@ -1,4 +1,4 @@
-"""Process environment every entry point sets before heavy imports.
+"""Process environment every entry point (the orchestration layer) sets before heavy imports.
 
 Why: with no network, a hub lookup (e.g. a T5 tokenizer by hub id) retries for
 ~200 s and then silently returns a dummy tokenizer; telemetry of Ray/MLflow

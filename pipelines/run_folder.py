@@ -1,0 +1,48 @@
+"""Run-folder bookkeeping: an output folder remembers the configuration it was made with.
+
+Resuming (Tune's restore, finished stages or variants skipped, an interrupted `t2vu train`)
+is only sound for the same config: with a different one a rerun would mix old and new
+results or report stale ones as new. `pin_config` is the one mechanism every command uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from unlearn.config import ConfigError
+from unlearn.fsutil import atomic_write_text
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
+    """Record the configuration an output folder was made with; refuse to continue it with another.
+
+    The record is JSON for a `.json` path, YAML otherwise; it is written once, atomically.
+    """
+    path = Path(path)
+    as_json = path.suffix == ".json"
+    dump = (lambda d: json.dumps(d, indent=2)) if as_json else (lambda d: yaml.safe_dump(d, sort_keys=False))
+    load = json.loads if as_json else yaml.safe_load
+    new = load(dump(data))  # normalised as on disk (tuples -> lists, ...)
+    if not path.exists():
+        atomic_write_text(path, dump(new))
+        return
+    changed = _changed_keys(load(path.read_text()), new)
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ConfigError(
+            f"{output} holds results made with a different configuration (changed: {shown}; recorded in "
+            f"{path}). Rerun with the same config and --set values to continue it, or pass a new "
+            f"--output (or delete {output}) to start over."
+        )
