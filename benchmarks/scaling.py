@@ -50,7 +50,8 @@ def main(argv=None) -> int:
 
     apply_offline_env()
     from pipelines.config import load_pipeline_config
-    from pipelines.distributed import ensure_ray, run_distributed
+    from pipelines.distributed import run_distributed
+    from pipelines.ray_session import ensure_ray
 
     load_before = os.getloadavg()
     t0 = time.time()

@@ -43,6 +43,8 @@ from pathlib import Path
 import yaml
 
 from pipelines.config import ConfigError, PipelineConfig, check_distributed, deepspeed_config, per_worker_batch
+from pipelines.live_logging import MlflowLive
+from pipelines.ray_session import cpus_needed, ensure_ray
 
 LOG = logging.getLogger(__name__)
 
@@ -50,63 +52,6 @@ CHECKPOINT_TAG = "ds"
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 ERASER_DIR = "eraser"
-
-
-# --- Ray session -----------------------------------------------------------------------------------
-
-def worker_env_vars() -> dict[str, str]:
-    """Environment every Ray worker needs (their env is not the driver's)."""
-    from pipelines.env import apply_offline_env, runtime_env_vars
-
-    apply_offline_env()
-    env = runtime_env_vars()
-    for key in ("T2VU_CACHE", "TORCH_EXTENSIONS_DIR", "TUNE_DISABLE_STRICT_METRIC_CHECKING"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
-    """Connect to (RAY_ADDRESS / `address`) or start a local Ray; returns True if started here.
-
-    Local Ray always runs with the dashboard: without the State API, a trial stopped by Tune
-    leaks its Train placement group and the next trial hangs (stack-probe §6).
-    `num_cpus` is LOGICAL CPUs: on a 2-core box 3 are needed (1 trial driver + 2 workers).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    env = worker_env_vars()
-    address = address or os.environ.get("RAY_ADDRESS")
-    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if job:
-        # Inside a Ray Job (`t2vu submit`): the job's runtime env already carries env vars, and Ray
-        # refuses to merge a driver runtime env that sets the same keys. Add only what is missing.
-        try:
-            have = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
-        except (ValueError, AttributeError):
-            have = {}
-        env = {k: v for k, v in env.items() if k not in have}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None,
-                 log_to_driver=logging.getLogger().isEnabledFor(logging.INFO))
-        return True
-    ray.init(
-        num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": env},
-        # Worker output reaches the console only with `t2vu -v` (root logger at INFO).
-        log_to_driver=logging.getLogger().isEnabledFor(logging.INFO),
-    )
-    return True
-
-
-def cpus_needed(cfg: PipelineConfig, trial_cpus: float = 0.0) -> int:
-    per = cfg.distributed.worker_resources().get("CPU", 0.0)
-    return int(math.ceil(trial_cpus + per * cfg.distributed.num_workers))
 
 
 # --- the worker -------------------------------------------------------------------------------------
@@ -139,55 +84,6 @@ def _read_checkpoint_state(ckpt) -> tuple[dict | None, list[dict]]:
             return None, []
         state = json.loads((d / STATE_FILE).read_text())
         return state, read_metrics(d / METRICS_FILE, upto_step=state["step"])
-
-
-class _MlflowLive:
-    """Rank 0 logs the training curve into the trial's child run (explicit run id)."""
-
-    def __init__(self, spec: dict | None):
-        self.client = None
-        self.run_id = None
-        self.logged_upto = 0
-        if not spec:
-            return
-        try:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(spec["tracking_uri"])
-            self.run_id = spec["run_id"]
-            hist = self.client.get_metric_history(self.run_id, "loss")
-            self.logged_upto = max((m.step for m in hist), default=0)  # no duplicates after a restart
-        except Exception as exc:  # tracking must never kill training
-            LOG.warning("MLflow live logging disabled: %s", exc)
-            self.client = None
-
-    def log(self, rows: list[dict]) -> None:
-        """Training losses; steps at or below `logged_upto` were logged by an earlier attempt."""
-        new = [r for r in rows if r["step"] > self.logged_upto]
-        if self._send([(k, v, r["step"]) for r in new for k, v in r.items() if k != "step"]) and new:
-            self.logged_upto = max(r["step"] for r in new)
-
-    def log_eval(self, step: int, metrics: dict) -> None:
-        """Proxy/final objective values, as `objective/<name>` at the training step (the eval stage itself logs `eval/*`)."""
-        skip = {"train_step", "steps_per_s"} | set(self._train_keys)
-        self._send([(f"objective/{k}", v, step) for k, v in metrics.items() if _is_number(v) and k not in skip])
-
-    _train_keys = ("loss", "l_unlearn", "l_preserve", "l_localize", "mask_fraction")
-
-    def _send(self, items: list[tuple[str, float, int]]) -> bool:
-        if self.client is None or not items:
-            return False
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, int(s)) for k, v, s in items]
-        try:
-            for i in range(0, len(ms), 900):  # MLflow caps a batch at 1000 metrics
-                self.client.log_batch(self.run_id, metrics=ms[i : i + 900])
-            return True
-        except Exception as exc:  # tracking must never kill training
-            LOG.warning("MLflow logging failed (training continues): %s", exc)
-            return False
 
 
 def train_loop_per_worker(lc: dict) -> dict | None:
@@ -249,7 +145,7 @@ def train_loop_per_worker(lc: dict) -> dict | None:
     objective = lc.get("objective")
     proxy_every = (objective or {}).get("proxy_every")
     fault = lc.get("fault")
-    live = _MlflowLive(lc.get("mlflow") if rank == 0 else None)
+    live = MlflowLive(lc.get("mlflow") if rank == 0 else None)
     step_time, steps_run, step_times = 0.0, 0, []
     step_phase = [0.0, 0.0]  # seconds in forward+backward, in optimizer step
     last: dict[str, float] = {}

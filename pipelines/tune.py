@@ -462,7 +462,7 @@ def run_search(
     from pipelines import mlflow_utils as mu
     from pipelines import search_report
     from pipelines.config import check_distributed
-    from pipelines.distributed import ensure_ray
+    from pipelines.ray_session import ensure_ray
     from pipelines.search_space import check_space, to_tune
     from pipelines.run_folder import pin_config
     from unlearn.fsutil import atomic_write_text

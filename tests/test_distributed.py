@@ -138,7 +138,7 @@ def test_ensure_ray_inside_a_ray_job_adds_only_missing_env_vars(monkeypatch):
     """Ray refuses a driver runtime env that repeats env var keys of the job's (t2vu submit)."""
     import ray
 
-    from pipelines import distributed
+    from pipelines import ray_session
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -146,7 +146,7 @@ def test_ensure_ray_inside_a_ray_job_adds_only_missing_env_vars(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}))
     monkeypatch.setenv("T2VU_CACHE", "/shared/cache")
-    assert distributed.ensure_ray() is True
+    assert ray_session.ensure_ray() is True
     env = calls[0]["runtime_env"]["env_vars"]
     assert "OMP_NUM_THREADS" not in env and env["T2VU_CACHE"] == "/shared/cache" and env["HF_HUB_OFFLINE"] == "1"
     assert calls[0]["address"] == "127.0.0.1:6379"
