@@ -119,10 +119,6 @@ class NudeNetClassifier(VideoClassifier):
             "nudenet_frames": self.frames,
         }
 
-    def detect_frames(self, frames: np.ndarray) -> list[list[dict]]:
-        """Raw detections (every class, library pre-filter 0.2) of float RGB frames [F, H, W, 3]."""
-        return [self.detector.detect(to_bgr_uint8(f)) for f in frames]
-
     def classify(self, frames: np.ndarray, row: dict[str, Any]) -> Record:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:

@@ -29,6 +29,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from eval.config import load_eval_config
     from eval.runner import run_eval
+    from pipelines.console import progress_stream
     from unlearn.config import ConfigError
 
     if args.limit is not None and args.limit < 1:
@@ -37,10 +38,25 @@ def run(args) -> int:
         raise ConfigError(f"--prompts: file not found: {args.prompts}")
     cfg = load_eval_config(args.config, args.overrides)
     out = Path(args.output) if args.output else default_output("eval", args.config)
+    if cfg.runtime.num_actors:
+        start_eval_ray(cfg.runtime)
     summary = run_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, progress_file=progress_stream())
     print(json.dumps(_short(summary), indent=2))
     return 0
+
+
+def start_eval_ray(runtime) -> bool:
+    """Start or join the Ray the eval actors run on (eval itself never starts Ray).
+
+    A local Ray gets enough logical CPUs for every actor (they mostly wait on each other);
+    `runtime.ray_address` (else RAY_ADDRESS) joins a cluster instead. True if started here.
+    """
+    import math
+
+    from pipelines.ray_session import ensure_ray
+
+    return ensure_ray(num_cpus=math.ceil(runtime.num_actors * runtime.cpus_per_actor), address=runtime.ray_address)
 
 
 def _short(summary: dict) -> dict:

@@ -1,0 +1,110 @@
+"""Everything an eval decides before any model loads: rows, paths, resume fingerprints, worker specs.
+
+Why a module of its own: planning is cheap and pure (config + files in, an EvalPlan out), so
+benchmarks and tests can plan an eval without running one, and every config or path error
+surfaces here as a one-line ConfigError before minutes of model loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.scoring import ScorerSpec
+from eval.workers import WorkerSpec
+from unlearn.config import ConfigError
+
+
+def resolve_eraser_dir(path: str | Path) -> Path:
+    """An eraser directory, or a training output folder holding `eraser/`."""
+    from unlearn.eraser import CONFIG_NAME, WEIGHTS_NAME
+
+    p = Path(path).expanduser()
+    if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file():
+        return p
+    if (p / "eraser" / CONFIG_NAME).is_file():
+        return p / "eraser"
+    raise ConfigError(
+        f"eraser: {p} is not an eraser directory (expected {CONFIG_NAME} + {WEIGHTS_NAME}, or a training "
+        "output folder with eraser/ inside); use eraser: null to evaluate the base model alone"
+    )
+
+
+@dataclass
+class EvalPlan:
+    """Everything decided before any model loads."""
+
+    cfg: Any
+    output_dir: Path
+    rows: list  # PromptRow
+    model_path: Path
+    eraser: Path | None
+    fingerprint: str
+    row_fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None,
+              eraser: str | Path | None = None) -> EvalPlan:
+    """Validate config, prompt files, model and eraser paths; compute resume fingerprints."""
+    from eval.prompts import load_eval_rows
+    from eval.writer import digest, file_digest
+    from unlearn.models.cogvideox import check_model_dir
+    from unlearn.models.registry import resolve_model_path
+
+    rows = load_eval_rows(cfg, prompts=prompts, limit=limit)
+    eraser_path = eraser if eraser is not None else cfg.resolve_path(cfg.eraser)
+    eraser_dir = resolve_eraser_dir(eraser_path) if eraser_path else None
+    try:
+        model_path = resolve_model_path(cfg.model.path)
+        if not str(cfg.model.path).startswith("builtin:") and not model_path.is_absolute() and not model_path.exists():
+            model_path = cfg.resolve_path(cfg.model.path)
+        model_path = check_model_dir(model_path).resolve()
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"model.path: {exc}") from None
+    clip = cfg.resolve_path(cfg.metrics.clip_model)
+    if clip is not None and not (clip / "config.json").is_file():
+        raise ConfigError(
+            f"metrics.clip_model: {clip} is not a local CLIP model directory (no config.json). Nothing is "
+            "downloaded: save a transformers CLIPModel + CLIPProcessor there, or set clip_model: null"
+        )
+    classifier_options = cfg.classifier.factory_options()
+    ident = {
+        "model": str(model_path),
+        "dtype": cfg.model.dtype,
+        "eraser": file_digest(eraser_dir / "eraser.safetensors") if eraser_dir else None,
+        "generation": cfg.generation.model_dump(mode="json"),
+        "classifier": [cfg.classifier.name, classifier_options],
+        "metrics": cfg.metrics.model_dump(mode="json"),
+        "frames": [cfg.output.save_videos, cfg.output.save_gifs, cfg.output.gif_height],
+    }
+    fp = digest(ident)
+    row_fps = {r.id: digest([fp, r.set, r.prompt, r.seed]) for r in rows}
+    if len(row_fps) != len(rows):  # cannot happen: ids are set + index
+        raise RuntimeError("duplicate row ids")
+    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps)
+
+
+def worker_spec(plan: EvalPlan) -> WorkerSpec:
+    cfg = plan.cfg
+    clip = cfg.resolve_path(cfg.metrics.clip_model)
+    return WorkerSpec(
+        model_path=str(plan.model_path), dtype=cfg.model.dtype, device=cfg.model.device, use_gpu=cfg.runtime.use_gpu,
+        eraser=str(plan.eraser) if plan.eraser else None, generation=cfg.generation.model_dump(mode="json"),
+        scorer=ScorerSpec(
+            classifier=cfg.classifier.name, classifier_options=cfg.classifier.factory_options(),
+            output_dir=str(plan.output_dir.resolve()), fps=cfg.generation.fps, save_videos=cfg.output.save_videos,
+            save_gifs=cfg.output.save_gifs, gif_height=cfg.output.gif_height, paired_frames=cfg.metrics.paired_frames,
+            clip_model=str(clip.resolve()) if clip else None, clip_frames=cfg.metrics.clip_frames,
+        ),
+        scorer_mode=cfg.runtime.scorer, scorer_nice=cfg.runtime.scorer_nice, torch_threads=cfg.runtime.torch_threads,
+        base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
+    )
+
+
+def row_payload(row, paired_on: str, has_eraser: bool) -> dict:
+    """What a worker gets for one row: the row as a dict, plus whether its pair gets PSNR/SSIM."""
+    d = row.as_dict()
+    d["paired"] = has_eraser and (paired_on == "all" or (paired_on == "preserve" and row.set == "preserve"))
+    d.setdefault("source", row.source)
+    return d

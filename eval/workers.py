@@ -1,0 +1,172 @@
+"""The generating side of an eval worker: one pipeline (and eraser) loaded once, videos out.
+
+Why a module of its own: `EvalWorker` is the unit that runs either in the driver process
+(`runtime.num_actors: 0`) or as a Ray actor (eval.backends); it needs only a picklable
+`WorkerSpec`. The process environment (offline/telemetry variables) is inherited from
+whoever started it: the driver, or the Ray runtime env of `pipelines.ray_session.ensure_ray`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.scoring import SCORER_DIED, Consumer, ScorerSpec, VideoJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs (picklable: crosses into Ray actors)."""
+
+    model_path: str
+    dtype: str
+    device: str | None
+    use_gpu: bool
+    eraser: str | None
+    generation: dict  # GenerationConfig as a dict
+    scorer: ScorerSpec
+    scorer_mode: str = "process"
+    scorer_nice: int = 0
+    base_cache_dir: str | None = None
+    torch_threads: int | None = None
+    quiet: bool = True
+
+
+def _quiet_libraries() -> None:
+    """No per-prompt truncation warnings or loading bars from diffusers/transformers over our bar."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def _save_npy_atomic(arr: np.ndarray, path: Path) -> None:
+    from unlearn.fsutil import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+class EvalWorker:
+    """One pipeline (and eraser) loaded once; generates rows and hands each finished video
+    to its consumer, then moves on.
+
+    Runs in the driver process (`num_actors: 0`) or as a Ray actor with
+    `max_concurrency = queue_depth` (the same class). `process(row)` is called from up to
+    `queue_depth` threads: one generates (under a lock) while the others wait for their
+    row's scores.
+    """
+
+    def __init__(self, spec: WorkerSpec):
+        import torch
+
+        from eval.config import GenerationConfig
+
+        if spec.quiet:
+            _quiet_libraries()
+        from eval.generate import load_eval_pipeline, pick_device
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.spec = spec
+        # Start the consumer first: a scorer process spawns while the pipeline loads.
+        self.consumer = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
+        self.gen = GenerationConfig.model_validate(spec.generation)
+        self.device = pick_device(spec.device, spec.use_gpu)
+        self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen)
+        self.handle = None
+        if spec.eraser:
+            from unlearn.eraser import load_eraser
+
+            self.handle = load_eraser(self.pipe, spec.eraser)
+        self._gen_lock = threading.Lock()
+
+    def ready(self) -> dict:
+        import socket
+
+        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
+
+    def _video(self, row: dict, erased: bool) -> np.ndarray:
+        from eval.generate import generate_video, to_uint8
+
+        if erased:
+            return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        cached = self._base_cache_path(row)
+        if cached is not None and cached.is_file():
+            try:
+                return np.load(cached)
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable cached base video %s: %s", cached, exc)
+        if self.handle is None:
+            frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        else:
+            with self.handle.disabled():  # the base model: same pipeline, erasers off
+                frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+        if cached is not None:
+            _save_npy_atomic(frames, cached)
+        return frames
+
+    def _base_cache_path(self, row: dict) -> Path | None:
+        if not self.spec.base_cache_dir:
+            return None
+        from eval.writer import digest
+
+        key = digest([self.spec.model_path, self.spec.dtype, str(self.pipe.device.type), self.spec.generation,
+                      row["prompt"], int(row["seed"])], n=24)
+        return Path(self.spec.base_cache_dir) / f"{key}.npy"
+
+    def process(self, row: dict) -> dict:
+        """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists."""
+        futures: dict[str, Future] = {}
+        with self._gen_lock:
+            t0 = time.perf_counter()
+            base = self._video(row, erased=False)
+            futures["base"] = self.consumer.submit(VideoJob(row, "base", base))
+            erased = None
+            if self.handle is not None:
+                erased = self._video(row, erased=True)
+            gen_s = time.perf_counter() - t0
+        if erased is not None:
+            pair = base if row.get("paired") else None
+            futures["erased"] = self.consumer.submit(VideoJob(row, "erased", erased, pair_with=pair))
+        del base, erased
+        try:
+            parts = {which: fut.result() for which, fut in futures.items()}
+        except BrokenProcessPool as exc:
+            raise RuntimeError(SCORER_DIED) from exc
+        return _row_output(parts, gen_s)
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _row_output(parts: dict[str, dict], gen_s: float) -> dict:
+    """The scores of a row's videos ({"base": ..., "erased": ...}) as one row result."""
+    out: dict[str, Any] = {"files": {"base": None, "erased": None}, "records": {"base": None, "erased": None}}
+    for which, part in parts.items():
+        out["files"][which] = part["files"]
+        out["records"][which] = part["record"]
+        if "clip_score" in part:
+            out[f"clip_score_{which}"] = part["clip_score"]
+        for k in ("psnr", "ssim"):
+            if k in part:
+                out[k] = part[k]
+    out["gen_seconds"] = round(gen_s, 4)
+    out["score_seconds"] = round(sum(p["seconds"] for p in parts.values()), 4)
+    return out
