@@ -110,7 +110,8 @@ def main() -> int:
     from eval.classifiers.nudenet import NudeNetClassifier
     from eval.config import EvalConfig
     from eval.generate import to_uint8
-    from eval.runner import plan_eval, run_eval
+    from eval.planning import plan_eval
+    from eval.runner import run_eval
     from unlearn.models.registry import resolve_model_path
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="t2vu-bench-eval-"))

@@ -206,13 +206,19 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
     from eval.runner import run_eval
+    from pipelines.console import progress_stream
+    from pipelines.ray_session import ensure_ray
 
     done = out / "summary.json"
     if done.exists():
         prev = json.loads(done.read_text())
         if prev.get("eraser") == str(eraser) and prev.get("rows_total"):
             return prev
-    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet)
+    if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
+        ensure_ray(num_cpus=math.ceil(ecfg.runtime.num_actors * ecfg.runtime.cpus_per_actor),
+                   address=ecfg.runtime.ray_address)
+    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet,
+                    progress_file=progress_stream())
 
 
 def _pairs(ev: dict) -> list[tuple[str, object, object]]:
