@@ -261,25 +261,18 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
 
 # --- Ray ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_ready(request):
-    """The session's shared Ray (a `ray_session` fixture, if the suite has one), else our own
-    local Ray with the dashboard (Tune's placement-group cleanup needs it), left running."""
+def test_ray_actors_need_ray_started_by_the_caller(tiny_model, eraser_dir, tmp_path, monkeypatch):
+    """eval never starts Ray (that is `pipelines.ray_session.ensure_ray`'s job): a clear error, no model load."""
     import ray
-    try:
-        request.getfixturevalue("ray_session")
-    except pytest.FixtureLookupError:
-        pass
-    if not ray.is_initialized():
-        from pipelines.env import runtime_env_vars
 
-        ray.init(num_cpus=3, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False,
-                 runtime_env={"env_vars": runtime_env_vars()})
-    return ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    cfg = make_cfg(tiny_model, eraser_dir, runtime={"num_actors": 2})
+    with pytest.raises(RuntimeError, match=r"runtime.num_actors: 2 .*Ray is not initialised.*ensure_ray"):
+        run_eval(cfg, tmp_path / "no-ray")
 
 
 @pytest.mark.slow
-def test_ray_actors_spread_rows_and_match_in_process(ray_ready, reference_run, tmp_path):
+def test_ray_actors_spread_rows_and_match_in_process(ray_session, reference_run, tmp_path):
     cfg = reference_run["cfg"].with_overrides({"mlflow.tracking_uri": None, "mlflow.run_id": None,
                                                "runtime.num_actors": 2, "runtime.scorer": "thread"})
     s = run_eval(cfg, tmp_path / "ray")
@@ -439,3 +432,15 @@ def test_bad_eraser_and_model_paths_are_config_errors(tiny_model, tmp_path):
         run_eval(make_cfg(tmp_path / "missing-model", None), tmp_path / "o")
     with pytest.raises(ConfigError, match="Unknown classifier"):
         run_eval(make_cfg(tiny_model, None, classifier={"name": "nope"}), tmp_path / "o")
+
+
+def test_cli_starts_ray_sized_for_the_eval_actors(monkeypatch):
+    """`t2vu eval` with Ray actors starts/joins Ray itself (eval does not): CPUs for every actor, ray_address."""
+    import pipelines.ray_session as rs
+    from eval.config import RuntimeConfig
+    from pipelines.commands.eval import start_eval_ray
+
+    calls = []
+    monkeypatch.setattr(rs, "ensure_ray", lambda **kw: calls.append(kw) or True)
+    assert start_eval_ray(RuntimeConfig(num_actors=3, cpus_per_actor=1.5, ray_address="10.0.0.1:6379")) is True
+    assert calls == [{"num_cpus": 5, "address": "10.0.0.1:6379"}]
