@@ -9,22 +9,14 @@ inside each command's function) and lets commands evolve independently.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 import pipelines.env as env
+from pipelines.commands import eval as eval_cmd
+from pipelines.commands import make_tiny_model, report, run, submit, toy, train, tune
 
-COMMAND_MODULES = [
-    "make_tiny_model",
-    "train",
-    "toy",
-    "eval",
-    "tune",
-    "report",
-    "run",
-    "submit",
-]
+COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show library/Ray logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"pipelines.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pipelines.commands.{name}":
-                continue  # command not built (yet)
-            raise
-        mod.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

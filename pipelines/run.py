@@ -88,7 +88,7 @@ def final_eval_config(cfg, config_dir: Path):
     from unlearn.config import validate
 
     if cfg.eval is not None:
-        data = cfg.eval.model_dump(mode="json") if hasattr(cfg.eval, "model_dump") else dict(cfg.eval)
+        data = cfg.eval.model_dump(mode="json")
         data["config_dir"] = data.get("config_dir") or str(config_dir)
         ecfg = validate(EvalConfig, data, "eval")
     else:
@@ -116,7 +116,8 @@ def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None 
 
 def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: bool) -> dict:
     from pipelines import mlflow_utils as mu
-    from pipelines.tune import collect_result, run_search
+    from pipelines.search_results import collect_result
+    from pipelines.tune import run_search
     from unlearn.session import prepare_embeddings
 
     if cfg.search is None:
@@ -141,7 +142,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     if run_cfg is not None:
         sets: dict = dict(run_cfg.eval_overrides)
         if run_cfg.toy_prompts is not None:
-            from pipelines.tune import toy_prompt_overrides
+            from pipelines.objective import toy_prompt_overrides
 
             sets.update(toy_prompt_overrides(run_cfg.toy_prompts, ecfg, out / "eval_prompts"))
         if sets:

@@ -104,12 +104,10 @@ def check_space(cfg, space: dict[str, dict[str, Any]] | None = None) -> None:
 def apply_sample(cfg, sample: dict[str, Any], trial: str = "trial"):
     """Base config + one sampled point -> a validated PipelineConfig (before any model loads)."""
     keys = set(cfg.search.space) if cfg.search else set()
-    params = {k: _plain(v) for k, v in sample.items() if k in keys}
+    params = plain_params({k: v for k, v in sample.items() if k in keys})
     return cfg.with_overrides(params, source=f"<{trial} sample {params}>")
 
 
-def _plain(v):
+def plain_params(d: dict[str, Any]) -> dict[str, Any]:
     """numpy scalars from samplers -> Python scalars (YAML/JSON/pydantic friendly)."""
-    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
-        return v.item()
-    return v
+    return {k: v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v for k, v in d.items()}

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.config import ConfigError, PipelineConfig, check_distributed, deepspeed_config, load_pipeline_config
-from unlearn.config import config_digest, read_yaml
+from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.distributed_config import check_distributed, deepspeed_config
+from unlearn.config import ConfigError, config_digest, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def test_global_batch_must_split_evenly(tmp_path):
 
 
 def test_worker_share_of_the_batch_keeps_the_method_digest(tmp_path):
-    from pipelines.distributed import worker_method_config
+    from pipelines.train_worker import worker_method_config
 
     cfg = tiny_pipeline_cfg(tmp_path)
     w = worker_method_config(cfg, 2)
@@ -96,7 +97,8 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
 
     cfg3 = tiny_pipeline_cfg(tmp_path, stage=3)
     marker = tmp_path / "killed.txt"
-    s3 = run_distributed(cfg3, tmp_path / "zero3", fault={"rank": 1, "step": 6, "marker": str(marker)})
+    kill = {"function": "tests.fault_hooks:kill_worker_once", "kwargs": {"at_rank": 1, "at_step": 6, "marker": str(marker)}}
+    s3 = run_distributed(cfg3, tmp_path / "zero3", step_hook=kill)
     assert marker.exists(), "the fault was never injected"
     assert s3["attempts"] == [0, 4], s3  # resumed from the step-4 checkpoint, not from 0
     assert s3["resumed_from"] == 4 and s3["global_steps"] == 12 and s3["zero_stage"] == 3

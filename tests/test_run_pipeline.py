@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, Constraint, SelectConfig, load_pipeline_config
+from pipelines.config import SelectConfig, load_pipeline_config
 from pipelines.run import run_pipeline, select_best
-from pipelines.tune import SearchResult, TrialSummary
+from pipelines.search_config import Constraint
+from pipelines.search_results import SearchResult, TrialSummary
+from unlearn.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

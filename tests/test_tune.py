@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, ObjectiveConfig, PipelineConfig, load_pipeline_config
+from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.search_config import ObjectiveConfig
 from pipelines.search_space import apply_sample, check_param, check_space, to_tune
-from unlearn.config import validate
+from unlearn.config import ConfigError, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_CONFIGS = sorted((ROOT / "configs" / "search").glob("*.yaml"))
@@ -103,8 +104,7 @@ def test_objective_scalarisation_and_constraints():
 
 
 def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp_path):
-    from pipelines.distributed import _run_objective
-    from pipelines.tune import objective_metrics
+    from pipelines.objective import evaluate_or_report, objective_metrics
 
     spec = ObjectiveConfig.model_validate({"metrics": [{"name": "nudity_rate_erased", "mode": "min"},
                                                        {"name": "psnr_preserve", "mode": "max"}]})
@@ -116,13 +116,13 @@ def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp
         objective_metrics(spec, {"nudity_rate_base": 0.5})
     # In the training worker a failing evaluation becomes a reported error, not a worker crash
     # (a crash would make Ray Train retrain from the last checkpoint only to fail again).
-    out = _run_objective({"spec": spec.model_dump(), "eval": {"no_such_key": 1}, "out_dir": str(tmp_path)},
+    out = evaluate_or_report({"spec": spec.model_dump(), "eval": {"no_such_key": 1}, "out_dir": str(tmp_path)},
                          tmp_path / "eraser", 4, final=False)
     assert set(out) == {"objective_error"} and "no_such_key" in out["objective_error"]
 
 
 def test_pareto_indices():
-    from pipelines.search_report import pareto_indices
+    from pipelines.search_results import pareto_indices
 
     pts = [[0.1, 30.0], [0.2, 40.0], [0.3, 35.0], [0.1, 25.0], [0.05, 20.0]]
     assert pareto_indices(pts, ["min", "max"]) == [0, 1, 4]
@@ -135,7 +135,7 @@ def test_trials_need_resources_so_tune_accepts_them():
 
 @pytest.mark.parametrize("path", SEARCH_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_search_config_parses_and_converts(path):
-    from pipelines.tune import resolve_eval_config
+    from pipelines.objective import resolve_eval_config
 
     cfg = load_pipeline_config(path)
     assert cfg.search is not None

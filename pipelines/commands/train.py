@@ -37,9 +37,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.distributed:
-        from pipelines.distributed import run_distributed_cli
-
-        return run_distributed_cli(args)
+        return _run_distributed(args)
     from unlearn.config import MethodConfig, validate
     from unlearn.trainer import train
 
@@ -48,6 +46,22 @@ def run(args) -> int:
     )
     out = Path(args.output) if args.output else default_output("train", args.config)
     summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
+    print(json.dumps({"output": str(out), **summary}, indent=2))
+    return 0
+
+
+def _run_distributed(args) -> int:
+    import sys
+
+    from pipelines.config import load_pipeline_config
+    from pipelines.distributed import run_distributed
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    out = Path(args.output) if args.output else default_output("train", args.config)
+    d = cfg.distributed
+    print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "
+          f"DeepSpeed ZeRO-{d.zero_stage} -> {out} (worker logs: t2vu -v train ...)", file=sys.stderr, flush=True)
+    summary = run_distributed(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
     print(json.dumps({"output": str(out), **summary}, indent=2))
     return 0
 

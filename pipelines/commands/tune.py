@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from pipelines.commands.train import add_common, default_output
+
 
 def register(sub) -> None:
-    from pipelines.commands.train import add_common
-
     p = sub.add_parser(
         "tune",
         help="Ray Tune search over eraser trainings (Ray Train + DeepSpeed per trial), with MLflow runs and a report",
@@ -19,6 +22,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pipelines.tune import run_tune_cli
+    from pipelines.config import load_pipeline_config
+    from pipelines.tune import run_search
 
-    return run_tune_cli(args)
+    cfg = load_pipeline_config(args.config, args.overrides)
+    out = Path(args.output) if args.output else default_output("tune", args.config)
+    result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
+    best = result.best
+    print(json.dumps({
+        "output": str(result.output_dir),
+        "trials": len(result.trials),
+        "best_trial": best.trial_id if best else None,
+        "best_metrics": {k: best.metrics.get(k) for k in [*result.metric_names, result.score_name]} if best else None,
+        "best_eraser": str(result.best_eraser) if result.best_eraser else None,
+        "baseline": result.baseline,
+        "report": str(result.report) if result.report else None,
+        "tracking_uri": result.tracking_uri,
+    }, indent=2))
+    return 0 if best else 1

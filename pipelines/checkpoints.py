@@ -1,0 +1,89 @@
+"""Ray Train checkpoints of an eraser training, and exporting the final one.
+
+A checkpoint folder holds the DeepSpeed engine state (`ds/`, one ZeRO shard per rank), the
+eraser in its published format (`eraser/`, gathered under ZeRO-3), `state.json` (step, world
+size, attempts) and `metrics.jsonl` (the curve so far). Saving is collective: every rank
+enters `save_checkpoint`, rank 0 also writes the eraser and the records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unlearn.fsutil import atomic_copy_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+CHECKPOINT_TAG = "ds"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+ERASER_DIR = "eraser"
+
+
+def gathered(params):
+    """All-gather ZeRO-3 partitions for reading (no-op for ZeRO-2). Collective: every rank enters."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def read_checkpoint_state(ckpt) -> tuple[dict | None, list[dict]]:
+    """(state.json, the metrics rows up to its step) of a reported checkpoint; (None, []) if none."""
+    if ckpt is None:
+        return None, []
+    from unlearn.trainer import read_metrics
+
+    with ckpt.as_directory() as d:
+        d = Path(d)
+        if not (d / STATE_FILE).exists():
+            return None, []
+        state = json.loads((d / STATE_FILE).read_text())
+        return state, read_metrics(d / METRICS_FILE, upto_step=state["step"])
+
+
+def restore_eraser_weights(ckpt, eraser_set) -> None:
+    """Load only the eraser weights of a checkpoint (the optimizer state is not reusable)."""
+    from unlearn.eraser import read_eraser
+
+    with ckpt.as_directory() as d:
+        saved = read_eraser(Path(d) / ERASER_DIR)
+    eraser_set.load_state_dict(saved.state_dict())
+
+
+def load_engine_state(engine, ckpt, step: int) -> None:
+    """Resume the DeepSpeed engine (weights + ZeRO optimizer shards) from a checkpoint."""
+    with ckpt.as_directory() as d:
+        load_path, _ = engine.load_checkpoint(d, tag=CHECKPOINT_TAG, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint reported at step {step}")
+
+
+def save_checkpoint(folder: Path, engine, session, *, rank: int, state: dict, history: list[dict]) -> None:
+    """Write one checkpoint into `folder`. Collective: every rank calls it."""
+    from unlearn.eraser import save_eraser
+
+    # Every rank writes its own ZeRO shard (rank 0 also the module states).
+    engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, client_state={"step": state["step"]})
+    with gathered(session.trainable_parameters()):
+        if rank == 0:
+            save_eraser(session.eraser_set, folder / ERASER_DIR)
+    if rank == 0:
+        atomic_write_json(folder / STATE_FILE, state, indent=None)
+        atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def export_result(result, out: Path) -> dict:
+    """Copy the final eraser + training curve out of the last reported checkpoint into `out`."""
+    from unlearn.eraser import read_eraser
+
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {result.path} reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        read_eraser(d / ERASER_DIR)  # validates the files before they are published
+        atomic_copy_dir(d / ERASER_DIR, out / ERASER_DIR)
+        atomic_write_bytes(out / METRICS_FILE, (d / METRICS_FILE).read_bytes())
+        state = json.loads((d / STATE_FILE).read_text())
+    atomic_write_text(out / "checkpoint_path.txt", str(result.checkpoint.path) + "\n")
+    return state

@@ -1,0 +1,162 @@
+"""The search objective: a real evaluation of one trial's eraser.
+
+Runs in the rank-0 training worker (in-process: it already holds the trial's GPU; Ray eval
+actors would wait forever for resources the Train workers hold). The driver resolves and
+validates the eval config once (`objective_payload`) and ships it to the worker as plain data;
+the worker calls `evaluate_or_report` at proxy and final reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from pipelines.config import PipelineConfig
+from pipelines.search_config import ObjectiveConfig
+from unlearn.config import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+PROXY_TIME_ATTR = "proxy_step"  # present only in results that carry a proxy eval (what ASHA acts on)
+# Evaluations inside a trial run in the rank-0 training worker, in-process.
+TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "runtime.progress": False}
+# The proxy eval only needs numbers.
+PROXY_EVAL_OVERRIDES = {"output.save_videos": False, "output.save_gifs": False, "output.grid_rows": 0}
+
+
+def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
+    """The `EvalConfig` a trial is judged with (`search.objective.eval`, else the `eval` section).
+
+    The model is always the one the eraser was trained on (`model.path`); the eraser is bound
+    per trial. Validated here, in the driver, before Ray starts.
+    """
+    from eval.config import EvalConfig, load_eval_config
+    from unlearn.config import validate
+
+    spec = cfg.search.objective.eval
+    base_dir = Path(config_dir).resolve() if config_dir else Path.cwd()
+    if isinstance(spec, str):
+        path = Path(spec)
+        if not path.is_absolute() and not path.exists():
+            path = base_dir / spec
+        ecfg = load_eval_config(path)
+    elif isinstance(spec, dict):
+        ecfg = validate(EvalConfig, {"config_dir": str(base_dir), **spec}, "search.objective.eval")
+    elif cfg.eval is not None:
+        data = cfg.eval.model_dump(mode="json")
+        data["config_dir"] = data.get("config_dir") or str(base_dir)
+        ecfg = validate(EvalConfig, data, "eval")
+    else:
+        raise ConfigError("search.objective.eval is not set and the config has no `eval` section: "
+                          "name an eval config (e.g. eval: ../eval/tiny.yaml) or add an eval section")
+    if ecfg.model.path != cfg.model.path:
+        LOG.info("objective eval: model.path %s -> %s (the model the erasers are trained on)", ecfg.model.path, cfg.model.path)
+    overrides = {**cfg.search.objective.eval_overrides, "model.path": cfg.model.path, "eraser": None, **TRIAL_EVAL_OVERRIDES}
+    return ecfg.with_overrides(overrides, "search.objective.eval (+ eval_overrides)")
+
+
+def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output_dir: str | Path | None = None) -> dict:
+    """Plain data for the worker: the objective spec + the resolved eval config."""
+    ecfg = resolve_eval_config(cfg, config_dir)
+    toy = cfg.search.objective.toy_prompts
+    if toy is not None:
+        if output_dir is None:
+            raise ConfigError("search.objective.toy_prompts needs an output folder to write the prompt CSVs into")
+        ecfg = ecfg.with_overrides(toy_prompt_overrides(toy, ecfg, Path(output_dir) / "eval_prompts"),
+                                   "search.objective.toy_prompts")
+    if output_dir is not None and ecfg.runtime.base_cache_dir is None:
+        # Every trial evaluates on the same prompts and seeds: generate the base videos once.
+        ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
+    obj = cfg.search.objective
+    proxy_every = obj.proxy.every
+    if proxy_every is None and cfg.search.algorithm == "asha":
+        proxy_every = cfg.search.asha.grace_period  # ASHA needs a score at its rungs
+    return {
+        "spec": obj.model_dump(mode="json"),
+        "eval": ecfg.to_dict(),
+        "proxy_every": proxy_every,
+        "cwd": os.getcwd(),
+    }
+
+
+def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
+    """Eval-config overrides for prompts drawn from the toy world (`toy_prompts` in a search
+    objective or in `run`): the deterministic eval rows are written as two prompt CSVs (target
+    sets, preserve sets) into `directory`, and the toy classifier is told the target."""
+    from unlearn.toy import world
+
+    paths = {}
+    for key, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):
+        rows = [r for s in sets for r in world.eval_rows(s, toy.n, seed=toy.seed, target=toy.target)]
+        paths[key] = directory / f"{key}.csv"
+        world.write_csv(rows, paths[key], with_set=True)
+    sets: dict = {"prompts.path": str(paths["prompts"]), "preserve.path": str(paths["preserve"])}
+    if ecfg.classifier.name == "toy":
+        sets["classifier.options"] = {**ecfg.classifier.options, "target": toy.target}
+    return sets
+
+
+def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """Objective values (+ their baselines and the scalarised score) from an eval summary."""
+    out: dict[str, float] = {}
+    for m in spec.metrics:
+        if m.name not in summary:
+            numeric = sorted(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise KeyError(f"objective metric {m.name!r} is not in the eval summary; available: {numeric}")
+        out[m.name] = float(summary[m.name])
+        b = m.baseline_key()
+        if b and b in summary:
+            out[b] = float(summary[b])
+    for c in spec.scalarize.constraints:
+        if c.metric in summary:
+            out.setdefault(c.metric, float(summary[c.metric]))
+    out[spec.scalarize.name] = spec.scalar(out)
+    out["eval_rows"] = float(summary.get("rows_total", 0))
+    return out
+
+
+def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool) -> dict[str, float]:
+    """Evaluate one eraser with the evaluation stage; called by the rank-0 training worker.
+
+    final: the full eval (objective.limit rows) into <trial>/eval, logged to the trial's MLflow
+    run; otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N.
+    """
+    from eval.config import EvalConfig
+    from eval.runner import run_eval
+    from unlearn.fsutil import atomic_copy_dir, atomic_write_json
+
+    spec = ObjectiveConfig.model_validate(obj["spec"])
+    ecfg = EvalConfig.model_validate(obj["eval"])
+    out_dir = Path(obj["out_dir"])
+    eraser = Path(eraser_dir)
+    mlflow_run_id = None
+    if final:
+        eraser = atomic_copy_dir(eraser, out_dir / "eraser")
+        run_dir, limit = out_dir / "eval", spec.limit
+        if obj.get("mlflow"):
+            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
+            mlflow_run_id = obj["mlflow"]["run_id"]
+    else:
+        ecfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
+        run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
+    t0 = time.time()
+    with contextlib.chdir(obj.get("cwd") or os.getcwd()):
+        summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False)
+    values = objective_metrics(spec, summary)
+    values["eval_s"] = round(time.time() - t0, 3)
+    atomic_write_json(run_dir / "objective.json", {"step": step, "final": final, **values})
+    return values
+
+
+def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool) -> dict:
+    """The trial's evaluation. A failure is reported, not raised: retrying the worker group
+    would retrain from the previous checkpoint only to hit the same (usually config) error;
+    the trial driver turns `objective_error` into a failed trial instead."""
+    try:
+        return evaluate_objective(obj, eraser_dir, step=step, final=final)
+    except Exception as exc:  # noqa: BLE001 - reported to the trial driver
+        LOG.exception("objective evaluation failed at step %d", step)
+        return {"objective_error": f"{type(exc).__name__}: {exc}"[:2000]}

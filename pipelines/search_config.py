@@ -1,0 +1,209 @@
+"""The `search` section (Ray Tune): the search space DSL, the algorithm, and the objective each
+trial is judged on (an eval config, the summary keys to optimise, a scalarisation for ASHA).
+`Constraint` is shared with `run.select` (pipelines.config)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from unlearn.config import Strict
+
+
+class MetricSpec(Strict):
+    """One objective: a key of the evaluation summary (e.g. `target_rate_erased`)."""
+
+    name: str
+    mode: Literal["min", "max"]
+    # Key of the same quantity for the base model (eraser disabled), for the baseline row.
+    # Default: `name` with a trailing `_erased` replaced by `_base`; paired metrics have none.
+    baseline: str | None = None
+
+    def baseline_key(self) -> str | None:
+        if self.baseline:
+            return self.baseline
+        if self.name.endswith("_erased"):
+            return self.name[: -len("_erased")] + "_base"
+        return None
+
+
+class Constraint(Strict):
+    """A floor/ceiling folded into the scalar objective as a linear penalty."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    penalty: float = Field(10.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "Constraint":
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraint on {self.metric!r} needs `min` or `max`")
+        return self
+
+
+class ScalarizeConfig(Strict):
+    """Single number for ASHA / single-objective searches, always minimised:
+
+        score = sum_i w_i * (+m_i if mode_i == min else -m_i) + sum_c penalty_c * violation_c
+
+    Weights default to 1 for every objective metric.
+    """
+
+    name: str = "score"
+    weights: dict[str, float] = Field(default_factory=dict)
+    constraints: list[Constraint] = Field(default_factory=list)
+
+
+class ProxyEvalConfig(Strict):
+    """A cheap evaluation at intermediate reports (what ASHA prunes on)."""
+
+    # Evaluate every N training steps (None: no intermediate eval; only the final one).
+    every: int | None = Field(None, ge=1)
+    # First N rows of the eval prompt set.
+    limit: int = Field(4, ge=1)
+    # Overrides applied to the eval config for the proxy only (dotted keys), e.g.
+    # {"generation.num_inference_steps": 4}.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToyPromptsConfig(Strict):
+    """Eval prompt CSVs drawn from the toy world (`unlearn.toy.world.eval_rows`), written into
+    <output>/eval_prompts/ and set as the eval's `prompts.path` / `preserve.path`."""
+
+    target: str = "red"
+    # Sets in the prompts CSV (the target's own sets) and in the preserve CSV (paired metrics).
+    sets: list[str] = Field(default_factory=lambda: ["target", "synonym", "two_target", "two_nontarget"])
+    preserve_sets: list[str] = Field(default_factory=lambda: ["nontarget"])
+    n: int = Field(16, ge=1)  # rows per set
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ToyPromptsConfig":
+        from unlearn.toy.world import EVAL_SETS
+
+        bad = [s for s in [*self.sets, *self.preserve_sets] if s not in EVAL_SETS]
+        if bad:
+            raise ValueError(f"unknown toy eval sets {bad}; known: {list(EVAL_SETS)}")
+        return self
+
+
+class ObjectiveConfig(Strict):
+    """What each trial is judged on: a real evaluation of its eraser.
+
+    eval: a path to an eval config YAML (relative to the search config), an inline eval
+          section, or null to use the top-level `eval` section.
+    toy_prompts: draw the eval prompts from the toy world instead of CSV files.
+    """
+
+    eval: str | dict[str, Any] | None = None
+    # Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}.
+    eval_overrides: dict[str, Any] = Field(default_factory=dict)
+    toy_prompts: ToyPromptsConfig | None = None
+    metrics: list[MetricSpec] = Field(min_length=1)
+    scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig)
+    proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)
+    # Rows of the final eval (None = the whole prompt set).
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ObjectiveConfig":
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective.metrics has duplicates: {names}")
+        unknown = sorted(set(self.scalarize.weights) - set(names))
+        if unknown:
+            raise ValueError(f"objective.scalarize.weights names {unknown}, which are not objective metrics {names}")
+        return self
+
+    def scalar(self, metrics: dict[str, float]) -> float:
+        """The scalarised objective (lower is better); NaN if a metric is missing."""
+        total = 0.0
+        for m in self.metrics:
+            v = metrics.get(m.name)
+            if v is None or not _finite(v):
+                return float("nan")
+            w = self.scalarize.weights.get(m.name, 1.0)
+            total += w * (float(v) if m.mode == "min" else -float(v))
+        for c in self.scalarize.constraints:
+            v = metrics.get(c.metric)
+            if v is None or not _finite(v):
+                return float("nan")
+            v = float(v)
+            if c.min is not None and v < c.min:
+                total += c.penalty * (c.min - v)
+            if c.max is not None and v > c.max:
+                total += c.penalty * (v - c.max)
+        return total
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+class AshaConfig(Strict):
+    grace_period: int = Field(1, ge=1)  # in training steps (time_attr = train_step)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    brackets: int = Field(1, ge=1)
+
+
+class SearchConfig(Strict):
+    """Ray Tune search over the method config.
+
+    space: dotted config keys -> one DSL mapping each:
+        loss.w_unlearn:  {loguniform: [0.1, 10]}
+        loss.eta:        {uniform: [1, 7]}
+        loss.mask_threshold: {quniform: [0.05, 0.3, 0.05]}
+        eraser.rank:     {choice: [4, 8, 16]}
+        train.steps:     {int: [20, 60]}          # inclusive bounds
+    """
+
+    name: str = "search"  # stable: the Tune experiment, MLflow parent run and restore key
+    algorithm: Literal["optuna", "asha", "random"] = "optuna"
+    # optuna: multi-objective over every objective metric (Pareto search, FIFO scheduler);
+    # set false for single-objective TPE on the scalarised score.
+    multi_objective: bool = True
+    space: dict[str, dict[str, Any]] = Field(min_length=1)
+    objective: ObjectiveConfig
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    # Ray resources held by each trial's driver (it only waits on its TorchTrainer).
+    # Must not be empty/zero: Tune rejects a trial with an empty head bundle.
+    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    seed: int = 0
+    # Trial-level retries (a dead trial driver); worker-level retries are distributed.max_failures.
+    max_failures: int = Field(1, ge=0)
+    # Trials ranked in the report's learning-curve plot.
+    top_k: int = Field(3, ge=1)
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pipelines.search_space import check_param
+
+        for key, spec in space.items():
+            check_param(key, spec)
+        return space
+
+    @field_validator("resources_per_trial")
+    @classmethod
+    def _check_resources(cls, res: dict[str, float]) -> dict[str, float]:
+        if not res or not any(v > 0 for v in res.values()):
+            raise ValueError(
+                "resources_per_trial must reserve something (e.g. {CPU: 1}): Ray Tune rejects an empty "
+                "head bundle. On a 2-core machine start Ray with num_cpus=3 (1 trial driver + 2 workers)."
+            )
+        return res
+
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.objective.metrics]
+
+    def is_multi_objective(self) -> bool:
+        return self.algorithm == "optuna" and self.multi_objective and len(self.objective.metrics) > 1
+

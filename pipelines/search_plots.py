@@ -1,0 +1,162 @@
+"""The search report's PNG plots: Pareto front vs baseline, learning curves of the top trials
+(training loss, proxy then final objective), per-parameter sensitivity. Matplotlib (Agg) only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pipelines.search_results import read_json
+from unlearn.fsutil import atomic_path
+
+
+def read_curve(trial_dir: Path) -> list[dict]:
+    from unlearn.trainer import read_metrics
+
+    return read_metrics(Path(trial_dir) / "metrics.jsonl")
+
+
+def read_proxy(trial_dir: Path) -> list[dict]:
+    rows = []
+    for p in sorted(Path(trial_dir).glob("proxy/step_*/objective.json")):
+        r = read_json(p)
+        if r:
+            rows.append(r)
+    return rows
+
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(path: Path, result, cfg) -> Path:
+    plt = _plt()
+    s = cfg.search
+    ms = s.objective.metrics
+    done = [t for t in result.trials if t.status == "completed" and all(isinstance(t.metrics.get(m.name), (int, float)) for m in ms)]
+    pareto = {t.trial_id for t in result.pareto}
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(ms) >= 2:
+        x, y = ms[0], ms[1]
+        for t in done:
+            on = t.trial_id in pareto
+            ax.scatter(t.metrics[x.name], t.metrics[y.name], c="tab:red" if on else "tab:gray", s=50 if on else 30, zorder=3)
+            ax.annotate(t.trial_id.split("_")[-1], (t.metrics[x.name], t.metrics[y.name]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        front = sorted((t for t in done if t.trial_id in pareto), key=lambda t: t.metrics[x.name])
+        if len(front) > 1:
+            ax.plot([t.metrics[x.name] for t in front], [t.metrics[y.name] for t in front], c="tab:red", lw=1, zorder=2)
+        bx, by = result.baseline.get(x.name), result.baseline.get(y.name)
+        if bx is not None and by is not None:
+            ax.scatter(bx, by, marker="X", c="black", s=120, zorder=4, label="baseline (eraser disabled)")
+        elif bx is not None:  # e.g. a paired metric (PSNR vs base) has no value for the base model itself
+            ax.axvline(bx, c="black", ls="--", label=f"baseline {x.name}")
+        elif by is not None:
+            ax.axhline(by, c="black", ls="--", label=f"baseline {y.name}")
+        if result.best:
+            ax.scatter(result.best.metrics[x.name], result.best.metrics[y.name], marker="*", c="gold",
+                       edgecolors="black", s=250, zorder=5, label=f"best ({result.best.trial_id})")
+        ax.set_xlabel(f"{x.name} ({x.mode})")
+        ax.set_ylabel(f"{y.name} ({y.mode})")
+        ax.set_title("Trials: Pareto front (red), baseline (X)")
+    else:
+        m = ms[0]
+        for i, t in enumerate(done):
+            ax.scatter(i, t.metrics[m.name], c="tab:red" if t.trial_id in pareto else "tab:gray", zorder=3)
+        if m.name in result.baseline:
+            ax.axhline(result.baseline[m.name], c="black", ls="--", label="baseline (eraser disabled)")
+        ax.set_xlabel("completed trial")
+        ax.set_ylabel(f"{m.name} ({m.mode})")
+        ax.set_title("Trials vs baseline")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def top_trials(result, cfg, k: int) -> list:
+    score = cfg.search.objective.scalarize.name
+    scored = [t for t in result.trials if isinstance(t.metrics.get(score), (int, float)) and not math.isnan(t.metrics[score])]
+    done = sorted((t for t in scored if t.status == "completed"), key=lambda t: t.metrics[score])
+    rest = sorted((t for t in scored if t.status != "completed"), key=lambda t: t.metrics[score])
+    return (done + rest)[:k]
+
+
+def plot_learning_curves(path: Path, result, cfg) -> Path:
+    plt = _plt()
+    score = cfg.search.objective.scalarize.name
+    tops = top_trials(result, cfg, cfg.search.top_k) or result.trials[: cfg.search.top_k]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for t in tops:
+        curve = read_curve(Path(t.trial_dir))
+        if curve:
+            axes[0].plot([r["step"] for r in curve], [r["loss"] for r in curve], label=t.trial_id, marker=".")
+        proxy = read_proxy(Path(t.trial_dir))
+        pts = [(r["step"], r.get(score)) for r in proxy if isinstance(r.get(score), (int, float))]
+        if isinstance(t.metrics.get(score), (int, float)) and t.status == "completed":
+            pts.append((t.steps_done, t.metrics[score]))
+        if pts:
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t.trial_id)
+    axes[0].set(xlabel="training step", ylabel="loss (global batch)", title=f"Training loss, top {len(tops)} trials")
+    axes[0].set_yscale("log")
+    axes[1].set(xlabel="training step", ylabel=f"{score} (lower is better)", title="Objective: proxy evals, then final")
+    if result.baseline.get(score) is not None:
+        axes[1].axhline(result.baseline[score], c="black", ls="--", label="baseline")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sensitivity(path: Path, result, cfg) -> Path:
+    plt = _plt()
+    s = cfg.search
+    keys = list(s.space)
+    cols = [*s.metric_names(), s.objective.scalarize.name]
+    done = [t for t in result.trials if t.status == "completed"]
+    fig, axes = plt.subplots(len(keys), len(cols), figsize=(3.2 * len(cols), 2.6 * len(keys)), squeeze=False)
+    for i, key in enumerate(keys):
+        kind = next(iter(s.space[key]))
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            pts = [(t.params.get(key), t.metrics.get(col)) for t in done
+                   if t.params.get(key) is not None and isinstance(t.metrics.get(col), (int, float))]
+            if kind == "choice":
+                labels = [str(v) for v in s.space[key]["choice"]]
+                ax.scatter([labels.index(str(p[0])) if str(p[0]) in labels else -1 for p in pts], [p[1] for p in pts])
+                ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            else:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+                if kind == "loguniform":
+                    from matplotlib.ticker import NullFormatter
+
+                    ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+            if col in result.baseline:
+                ax.axhline(result.baseline[col], c="black", ls="--", lw=0.8)
+            ax.set_xlabel(key, fontsize=8)
+            ax.set_ylabel(col, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Per-parameter sensitivity (completed trials; dashed = baseline)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
+
