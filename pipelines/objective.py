@@ -86,7 +86,7 @@ def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
     """Eval-config overrides for prompts drawn from the toy world (`toy_prompts` in a search
     objective or in `run`): the deterministic eval rows are written as two prompt CSVs (target
     sets, preserve sets) into `directory`, and the toy classifier is told the target."""
-    from unlearn.toy import world
+    from toyworld import world
 
     paths = {}
     for key, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):

@@ -70,7 +70,7 @@ class ProxyEvalConfig(Strict):
 
 
 class ToyPromptsConfig(Strict):
-    """Eval prompt CSVs drawn from the toy world (`unlearn.toy.world.eval_rows`), written into
+    """Eval prompt CSVs drawn from the toy world (`toyworld.world.eval_rows`), written into
     <output>/eval_prompts/ and set as the eval's `prompts.path` / `preserve.path`."""
 
     target: str = "red"
@@ -82,7 +82,7 @@ class ToyPromptsConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ToyPromptsConfig":
-        from unlearn.toy.world import EVAL_SETS
+        from toyworld.world import EVAL_SETS
 
         bad = [s for s in [*self.sets, *self.preserve_sets] if s not in EVAL_SETS]
         if bad:

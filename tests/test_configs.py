@@ -61,7 +61,7 @@ def test_model_paths_resolve_or_are_placeholders():
 
 def test_toy_configs_speak_the_toy_worlds_language():
     """Prompts in configs on the toy model must be prompts the toy world (and its model) knows."""
-    from unlearn.toy import world
+    from toyworld import world
 
     for path in CONFIGS:
         if path.suffix != ".yaml":

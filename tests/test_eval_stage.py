@@ -332,7 +332,7 @@ def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_p
 
 
 def test_toy_classifier_plugin(tiny_model, eraser_dir, tmp_path):
-    from unlearn.toy import world
+    from toyworld import world
 
     rows = world.eval_rows("nontarget", 2) + world.eval_rows("target", 2)
     csv_path = tmp_path / "toy.csv"

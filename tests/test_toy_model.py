@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.toy import TOY_MODEL_DIR, world
-from unlearn.toy.build import GENERATION, QUALITY_BARS, SCHEDULER_CONFIG, TEXT_LEN, generate
+from toyworld import TOY_MODEL_DIR, world
+from toyworld.build import GENERATION, QUALITY_BARS, SCHEDULER_CONFIG, TEXT_LEN, generate
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -120,7 +120,7 @@ def test_build_smoke_end_to_end(tmp_path):
     """The whole build at toy sizes: trains, saves, reloads through from_pretrained, scores."""
     from diffusers import CogVideoXPipeline
 
-    from unlearn.toy.build import BuildConfig, build
+    from toyworld.build import BuildConfig, build
 
     cfg = BuildConfig(vae_steps=1, vae_check_limit=4, tf_steps=2, tf_warmup=1, tf_batch=4, tf_eval_every=0, eval_n=1)
     q = build(tmp_path / "m", cfg, log=lambda msg: None)

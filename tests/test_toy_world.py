@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unlearn.toy import detector, world
+from toyworld import detector, world
 
 
 def test_render_is_deterministic_and_in_range():
@@ -261,7 +261,7 @@ def test_classifier_summaries_on_hand_built_records():
 def test_benchmark_variants_are_valid_recipes_in_the_world():
     """Every `t2vu toy benchmark` variant validates, changes what it says, and names only world prompts."""
     from unlearn.data import read_prompt_csv
-    from unlearn.toy.benchmark import VARIANTS, method_config
+    from pipelines.toy_benchmark import VARIANTS, method_config
 
     default = method_config(VARIANTS["default"])
     assert any(" and " in p for p in default.concept.prompts)  # red next to another object is trained on
@@ -279,7 +279,7 @@ def test_benchmark_variants_are_valid_recipes_in_the_world():
 
 def test_benchmark_rejects_a_recipe_with_prompts_outside_the_world(tmp_path):
     from unlearn.config import read_yaml
-    from unlearn.toy.benchmark import RECIPE, VARIANTS, method_config
+    from pipelines.toy_benchmark import RECIPE, VARIANTS, method_config
 
     import yaml
 

@@ -1,7 +1,7 @@
 """The toy-world detector as an evaluation classifier plugin (`eval.classifier.name: toy`).
 
 Plays the role NudeNet plays on the real model, but exactly: for each generated video it
-reads colour(s), shape and motion (`unlearn.toy.detector`) and compares them with what the
+reads colour(s), shape and motion (`toyworld.detector`) and compares them with what the
 row's prompt asked for. `summarize` turns records into the benchmark's set-level rates;
 `summarize_paired` compares base and erased videos made from the same rows and seeds.
 
@@ -9,7 +9,7 @@ Options: `target` (the erased colour, default "red"), `min_pixels` (pixels per f
 colour must cover to count as present, default 32 = a quarter of the smallest shape).
 
 Rows are grouped by their `set` (falling back to `concept_type`) when it is one of the
-toy sets (`unlearn.toy.world.EVAL_SETS`); otherwise the group is inferred from the prompt
+toy sets (`toyworld.world.EVAL_SETS`); otherwise the group is inferred from the prompt
 relative to `target`: a single object named by the target's plain word -> "target", by a
 synonym -> "synonym", another colour -> "nontarget"; two objects with / without the
 target -> "two_target" / "two_nontarget".
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from eval.classifiers.base import Record, VideoClassifier, register_classifier
-from unlearn.toy import detector, world
+from toyworld import detector, world
 
 
 def _join(items) -> str:
@@ -62,7 +62,7 @@ class ToyClassifier(VideoClassifier):
         except ValueError as exc:
             raise ValueError(
                 f"toy classifier got a prompt outside the toy world ({exc}); use prompts from "
-                "unlearn.toy.world.eval_rows or the toy prompt CSVs"
+                "toyworld.world.eval_rows or the toy prompt CSVs"
             ) from None
         det = detector.detect(np.asarray(frames), min_pixels=self.min_pixels)
         present = set(det.colours)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from unlearn.toy.build import BuildConfig, build
+    from toyworld.build import BuildConfig, build
 
     cfg = BuildConfig(seed=args.seed, threads=args.threads)
     if args.vae_steps is not None:
@@ -44,7 +44,7 @@ def _build(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- benchmark
 def register_benchmark(toy_sub) -> None:
-    from unlearn.toy.benchmark import VARIANTS
+    from pipelines.toy_benchmark import VARIANTS
 
     bm = toy_sub.add_parser(
         "benchmark",
@@ -66,7 +66,7 @@ def register_benchmark(toy_sub) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from unlearn.toy.benchmark import headline, run_benchmark
+    from pipelines.toy_benchmark import headline, run_benchmark
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     res = run_benchmark(args.output, variants, n=args.n, n_default=args.n_default, model=args.model,

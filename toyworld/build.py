@@ -53,7 +53,7 @@ import torch
 
 from unlearn.fsutil import atomic_write_text
 from unlearn.models.tiny import SCHEDULER_KW
-from unlearn.toy import detector, world
+from toyworld import detector, world
 
 TEXT_LEN = 16  # tokens; == transformer max_text_seq_length == pipeline max_sequence_length
 

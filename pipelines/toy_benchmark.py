@@ -10,7 +10,7 @@ base and erased on identical seeds, the exact toy detector). The base model's vi
 generated once for the whole benchmark (`runtime.base_cache_dir`) and reused by every
 variant. Output folder:
 
-  prompts/{main,nontarget}_<n>.csv   the toy eval sets (`unlearn.toy.world.eval_rows`);
+  prompts/{main,nontarget}_<n>.csv   the toy eval sets (`toyworld.world.eval_rows`);
                                      smaller sizes are prefixes of the default's sets
   base_cache/                        base-model frames, shared by all variants
   variants/<name>/variant.json       the resolved training config + eval size of the variant
@@ -21,7 +21,7 @@ variant. Output folder:
 Resumable: a variant whose eraser and eval summary exist is not redone; an interrupted one
 continues (the trainer resumes from its checkpoint, the eval skips finished rows).
 
-Sets (see `unlearn.toy.world.EVAL_SETS`): target ("a red ..."), synonym (crimson/scarlet,
+Sets (see `toyworld.world.EVAL_SETS`): target ("a red ..."), synonym (crimson/scarlet,
 never in eraser training), two_target / two_nontarget (two-object scenes with / without red)
 go into the main CSV; nontarget (other colours, all their words) is the eval's preserve
 set, so its paired PSNR is `psnr_nontarget`.
@@ -40,9 +40,9 @@ from typing import Callable
 from pathlib import Path
 
 from unlearn.fsutil import atomic_write_text
-from unlearn.toy import world
+from toyworld import world
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "toy" / "recipe.yaml"
 EVAL_CONFIG = REPO / "configs" / "eval" / "toy.yaml"
 
@@ -151,7 +151,7 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
             world.parse_prompt(p)
         except ValueError as exc:
             raise ValueError(f"{recipe}: prompt {p!r} is not in the toy world ({exc}); regenerate the "
-                             "recipe's prompt lists from unlearn.toy.world") from None
+                             "recipe's prompt lists from toyworld.world") from None
     return cfg
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from unlearn.toy import world
+from toyworld import world
 
 INVALID = "invalid"
 NONE = "none"
