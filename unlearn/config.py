@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -28,6 +28,9 @@ class ModelConfig(Strict):
     # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
     # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
     path: str = "builtin:tiny"
+    # Public architecture preset (e.g. cogvideox-2b, cogvideox-5b) used by `t2vu plan` when `path` is not
+    # downloaded yet; ignored when path holds a model directory (its transformer/config.json wins).
+    architecture: str | None = None
     # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Training video geometry in pixels (latents: (F-1)/4+1 frames, H/8 x W/8 for real CogVideoX).
@@ -85,6 +88,9 @@ class LossConfig(Strict):
     w_localize: float = Field(1.0, ge=0.0)
     # Threshold on the per-frame min-max normalised concept attention (Receler: 0.1).
     mask_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    # How L_loc reduces over the hidden dimension D: "sum" is DESIGN §1's ||E*(1-M)||^2 per token (the
+    # reference's scale: w_localize 1.0 means what it means in the paper); "mean" divides by D (older runs).
+    localize_reduction: Literal["sum", "mean"] = "sum"
     # Which blocks' attention feeds the mask; None = all blocks.
     mask_layers: list[int] | None = None
     # Query rows per chunk when computing text-column attention probabilities.
@@ -117,7 +123,18 @@ class TrainConfig(Strict):
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
-    cache_dir: str | None = None  # text-embedding cache; default <output>/../.cache/embeddings
+    # Where training runs: auto (cuda if available, else cpu) | cpu | cuda | cuda:N | meta (tests: real-size
+    # shapes, no memory). Ray Train workers use their assigned GPU when this is auto or cuda.
+    device: str = "auto"
+    # Text-embedding cache directory; None = $T2VU_CACHE/embeddings (default ~/.cache/t2vu/embeddings).
+    cache_dir: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "meta") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N or meta")
 
 
 class MethodConfig(Strict):
