@@ -1,4 +1,5 @@
-"""Video generation for evaluation: one real `CogVideoXPipeline`, erasers toggled on it.
+"""Video generation for evaluation: one real pipeline of the model's family (e.g. `CogVideoXPipeline`),
+erasers toggled on it; the family-specific parts (loader, samplers, call arguments) are the model spec's.
 
 Baseline and erased videos of a row come from the SAME pipeline object (the eraser hooks
 are switched off with `handle.disabled()` for the baseline; no second model copy) and the
@@ -31,17 +32,18 @@ def pick_device(device: str | None, use_gpu: bool | None = None) -> str:
 
 
 def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: str = "cpu", gen=None):
-    """The real pipeline from a local directory (`unlearn.models.cogvideox.load_pipeline`),
-    moved to `device`, with the configured scheduler and VAE memory savers."""
-    from unlearn.models.cogvideox import load_pipeline
+    """The real pipeline of the directory's model family (`spec.load_pipeline`, e.g.
+    `CogVideoXPipeline.from_pretrained`), moved to `device`, with the configured scheduler
+    and VAE memory savers."""
+    from unlearn.models.families import family_of_model_dir, spec_class
 
-    pipe = load_pipeline(model_path, dtype=dtype)
+    spec = spec_class(family_of_model_dir(model_path))
+    pipe = spec.load_pipeline(model_path, dtype=dtype)
+    pipe.t2vu_spec = spec  # generate_video asks it for the family's own call arguments
     if gen is not None:
-        if gen.scheduler != "model":
-            from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
-
-            cls = CogVideoXDPMScheduler if gen.scheduler == "dpm" else CogVideoXDDIMScheduler
-            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        scheduler = spec.eval_scheduler(gen.scheduler, pipe.scheduler.config)
+        if scheduler is not None:
+            pipe.scheduler = scheduler
         tiling = gen.vae_tiling
         if tiling == "auto":
             tiling = str(device).startswith("cuda") and gen.height * gen.width >= 256 * 256
@@ -54,25 +56,31 @@ def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: 
     return pipe
 
 
-def generate_video(pipe, prompt: str, seed: int, gen) -> np.ndarray:
-    """One video [F, H, W, 3] float32 RGB in [0, 1] for `prompt` with `seed` (settings `gen`)."""
+def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | None = None) -> np.ndarray:
+    """One video [F, H, W, 3] float32 RGB for `prompt` with `seed` (settings `gen`).
+
+    guidance_scale: this row's guidance (a CSV guidance column), else `gen.guidance_scale`.
+    Values are in [0, 1] unless the pipeline broke (NaN/inf are returned as they are, for
+    eval.quality to see before uint8 conversion hides them).
+    """
     import torch
 
-    max_len = gen.max_sequence_length or int(pipe.transformer.config.max_text_seq_length)
+    from unlearn.models.families import family_of_transformer, spec_class
+
+    spec = getattr(pipe, "t2vu_spec", None) or spec_class(family_of_transformer(pipe.transformer))
     generator = torch.Generator().manual_seed(int(seed))
     with torch.inference_mode():
         out = pipe(
             prompt=prompt,
             negative_prompt=gen.negative_prompt,
             num_inference_steps=gen.num_inference_steps,
-            guidance_scale=gen.guidance_scale,
-            use_dynamic_cfg=gen.use_dynamic_cfg,
+            guidance_scale=gen.guidance_scale if guidance_scale is None else float(guidance_scale),
             num_frames=gen.num_frames,
             height=gen.height,
             width=gen.width,
             generator=generator,
             output_type="np",
-            max_sequence_length=max_len,
+            **spec.pipeline_kwargs(pipe, gen),
         )
     frames = np.asarray(out.frames[0], dtype=np.float32)
     want = (gen.num_frames, gen.height, gen.width, 3)

@@ -54,7 +54,8 @@ def build_session(cfg: PipelineConfig, lc: dict, world: int, rank: int, device):
     from unlearn.config import config_digest
     from unlearn.session import TrainingSession
 
-    session = TrainingSession(worker_method_config(cfg, world), config_dir=lc.get("config_dir"), device=device, rank=rank)
+    session = TrainingSession(worker_method_config(cfg, world), config_dir=lc.get("config_dir"), device=device,
+                              rank=rank, world_size=world)
     if session.cache.encoder_loads:
         raise RuntimeError(
             "A training worker had to load the text encoder: the driver must fill the embedding cache "
@@ -174,7 +175,9 @@ def train_loop_per_worker(lc: dict) -> dict | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = PipelineConfig.model_validate(lc["config"])
     tc = cfg.train
-    device = ray.train.torch.get_device()
+    from unlearn.devices import resolve_device
+
+    device = resolve_device(cfg.train.device, assigned=ray.train.torch.get_device())  # this worker's GPU
     session = build_session(cfg, lc, world, rank, device)
 
     # Resume: the same world size restores the engine; another one keeps the weights only

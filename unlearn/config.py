@@ -23,8 +23,8 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     """Which base model, and the video geometry used while training."""
 
-    # Model family behind the model-spec seam (unlearn/models/<family>.py).
-    family: Literal["cogvideox"] = "cogvideox"
+    # Model family behind the model-spec seam (registry: unlearn/models/families.py; one file per family).
+    family: str = "cogvideox"
     # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
     # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
     path: str = "builtin:tiny"
@@ -37,6 +37,15 @@ class ModelConfig(Strict):
     num_frames: int = Field(9, ge=1)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from unlearn.models.families import family_names
+
+        if v not in family_names():
+            raise ValueError(f"unknown model family {v!r}; known: {', '.join(family_names())}")
+        return v
 
 
 class EraserConfig(Strict):

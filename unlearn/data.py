@@ -87,9 +87,15 @@ class PromptOnlyData:
         ]
         self.preserve = list(dict.fromkeys(list(cfg.preserve) + ([""] if cfg.preserve_empty else [])))
 
-    @property
-    def num_references(self) -> int:
-        return len(self.items[0].references)
+    def shard(self, rank: int, world: int, pick) -> "PromptOnlyData":
+        """A copy holding this rank's share of the concept items and preserve prompts (`pick(prompts, rank, world)`)."""
+        import copy
+
+        out = copy.copy(self)
+        keep = set(pick([it.prompt for it in self.items], rank, world))
+        out.items = [it for it in self.items if it.prompt in keep]
+        out.preserve = pick(self.preserve, rank, world) if self.preserve else []
+        return out
 
     def all_prompts(self) -> list[str]:
         out = [""]  # CFG's unconditional prompt is needed for trajectory sampling

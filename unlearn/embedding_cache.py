@@ -1,8 +1,10 @@
-"""On-disk text-embedding cache: encode every prompt once, never load T5 in trainers.
+"""On-disk text-embedding cache: encode every prompt once, never load the text encoder in trainers.
 
 For real CogVideoX the T5-XXL encoder is ~9 GB; it must not sit in every Ray
-worker. The driver fills the cache once; workers read `get(prompts)`.
-Key: a fingerprint of tokenizer + encoder (tokenizer file contents, encoder
+worker. The driver fills the cache once; workers read `get(prompts)`. Loading and
+encoding are the model family's answers (`spec.load_tokenizer/load_text_encoder/encode_prompts`).
+Key: a fingerprint of the family, the encode dtype (a bf16 run must not reuse fp32
+embeddings, nor the reverse), tokenizer + encoder (tokenizer file contents, encoder
 config, weight file names/sizes plus a hash of each file's first and last MiB —
 full hashing of 9 GB would cost ~20 s per run) and the max length; then one
 safetensors file per prompt, written atomically (`unlearn.fsutil`), so a
@@ -20,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn.fsutil import atomic_path
+from unlearn.models.families import spec_class
 
 MIB = 1 << 20
 
@@ -34,9 +37,9 @@ def _file_digest(path: Path, h) -> None:
             h.update(f.read(MIB))
 
 
-def encoder_fingerprint(model_dir: str | Path, max_length: int) -> str:
+def encoder_fingerprint(model_dir: str | Path, max_length: int, dtype: str = "float32", family: str = "cogvideox") -> str:
     model_dir = Path(model_dir)
-    h = hashlib.sha256(f"max_length={max_length}".encode())
+    h = hashlib.sha256(f"family={family};dtype={dtype};max_length={max_length}".encode())
     for sub in ("tokenizer", "text_encoder"):
         d = model_dir / sub
         if not d.is_dir():
@@ -52,10 +55,14 @@ def prompt_key(prompt: str) -> str:
 
 
 class EmbeddingCache:
-    def __init__(self, root: str | Path, model_dir: str | Path, max_length: int):
+    """Embeddings of one (family, model directory, encode dtype, max length); stored as encoded (that dtype)."""
+
+    def __init__(self, root: str | Path, model_dir: str | Path, max_length: int, dtype: str = "float32",
+                 family: str = "cogvideox"):
         self.model_dir = Path(model_dir)
         self.max_length = max_length
-        self.fingerprint = encoder_fingerprint(model_dir, max_length)
+        self.dtype, self.family = dtype, family
+        self.fingerprint = encoder_fingerprint(model_dir, max_length, dtype, family)
         self.dir = Path(root) / self.fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
         self.encoder_loads = 0  # how many times fill() had to load the text encoder (tests assert on it)
@@ -66,21 +73,21 @@ class EmbeddingCache:
     def missing(self, prompts) -> list[str]:
         return [p for p in dict.fromkeys(prompts) if not self._path(p).exists()]
 
-    def fill(self, prompts, dtype: str = "float32", batch_size: int = 8) -> int:
-        """Encode the prompts not yet cached; returns how many were encoded."""
+    def fill(self, prompts, batch_size: int = 8) -> int:
+        """Encode the prompts not yet cached (in the cache's dtype); returns how many were encoded."""
         todo = self.missing(prompts)
         if not todo:
             return 0
-        from unlearn.models.cogvideox import encode_prompts, load_components
-
-        parts = load_components(self.model_dir, dtype, ("tokenizer", "text_encoder"))
+        spec = spec_class(self.family)
+        tokenizer = spec.load_tokenizer(self.model_dir)
+        encoder = spec.load_text_encoder(self.model_dir, self.dtype)
         self.encoder_loads += 1
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            emb = encode_prompts(parts["tokenizer"], parts["text_encoder"], chunk, self.max_length)
+            emb = spec.encode_prompts(tokenizer, encoder, chunk, self.max_length)
             for prompt, e in zip(chunk, emb):
                 self._write(prompt, e)
-        del parts
+        del tokenizer, encoder
         return len(todo)
 
     def _write(self, prompt: str, emb: torch.Tensor) -> None:

@@ -1,16 +1,17 @@
 """Eraser adapters (Receler-style): layout, attach/detach, save/load.
 
 An eraser is a zero-initialised residual MLP `E(h) = up(GELU(down(h)))` on the
-video-token output of each block's joint attention (after the out-projection,
-before the AdaLN gate and residual): `video_out <- video_out + E(video_out)`.
-Text tokens pass unchanged.
+video-token output of one attention module per block: `video_out <- video_out + E(video_out)`;
+everything else the module returns passes unchanged. Which module and how its
+output splits are the model family's answers (`spec.eraser_modules`,
+`spec.video_of`, `spec.with_video`; CogVideoX: each block's joint attention
+`attn1`, after the out-projection, before the AdaLN gate and residual).
 
-Layout follows PEFT's split: `EraserConfig`-like metadata (`EraserMeta`), the
-layer (`Eraser`), and the attachment (`EraserHandle`). Erasers are attached with
-forward hooks on `attn1`, so the backbone's module tree and `state_dict` keys
-never change, and one network gives both the frozen "original" output
-(`with handle.disabled():`) and the "unlearned" output — no second copy of a
-multi-billion-parameter model.
+Layout follows PEFT's split: the file's metadata (`EraserMeta`), the layer
+(`Eraser`), and the attachment (`EraserHandle`). Erasers are attached with
+forward hooks, so the backbone's module tree and `state_dict` keys never change,
+and one network gives both the frozen "original" output (`with handle.disabled():`)
+and the "unlearned" output — no second copy of a multi-billion-parameter model.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unlearn.fsutil import atomic_replace_dir
+from unlearn.models.families import family_of_transformer, spec_class
 
 FORMAT_VERSION = 1
+# A trained eraser's weights stay O(1) (zero-init `up`, lr ~1e-4, a few hundred steps: |w| < ~10).
+# Beyond this bound the eraser destroys the model's output (NaN/black frames) instead of erasing a
+# concept, and evaluation would score that as perfect erasure: refuse to write it.
+MAX_ABS_WEIGHT = 1e4
 WEIGHTS_NAME = "eraser.safetensors"
 CONFIG_NAME = "eraser_config.json"
 
@@ -71,6 +77,7 @@ class EraserSet(nn.Module):
 
     @classmethod
     def for_spec(cls, spec, rank: int, blocks: list[int] | None = None, **meta_kw) -> "EraserSet":
+        meta_kw.setdefault("model_family", spec.family)
         n = len(spec.blocks())
         idx = list(range(n)) if blocks is None else sorted(set(blocks))
         bad = [i for i in idx if not 0 <= i < n]
@@ -86,32 +93,49 @@ class EraserHandle:
     """Live attachment of an `EraserSet` to a transformer.
 
     - `disabled()`: context manager, erasers output nothing (the frozen base model).
-    - `recording()`: context manager, keeps each block's eraser output for the localization loss.
+    - `recording(rows, reduction)`: context manager, keeps per block what the localization
+      loss needs: the per-token energy of the eraser output of the first `rows` batch rows.
     - `remove()`: detach all hooks; the transformer is exactly as before.
     """
 
-    def __init__(self, transformer: nn.Module, eraser_set: EraserSet, attn_modules: list[nn.Module]):
+    def __init__(self, transformer: nn.Module, eraser_set: EraserSet, spec_cls):
         self.transformer = transformer
         self.eraser_set = eraser_set
+        self.spec_cls = spec_cls
         self.enabled = True
-        self._record = False
+        # Recording is armed by `recording(rows)` and stays armed after the context exits: gradient
+        # checkpointing re-runs the hooks during backward and must see the same ops it saw in forward
+        # (else "a different number of tensors was saved"). Results are stored only inside the context
+        # (`_sink`); outside it a recomputed energy is simply dropped. Only grad-enabled forwards record,
+        # so generation (inference mode) never pays for it.
+        self._record_rows = 0
+        self._reduction = "sum"
+        self._sink: dict[int, torch.Tensor] | None = None
         self.outputs: dict[int, torch.Tensor] = {}
         self._hooks = []
+        modules = spec_cls.eraser_modules(transformer)
         for i in eraser_set.meta.block_indices:
-            self._hooks.append(attn_modules[i].register_forward_hook(self._make_hook(i)))
+            self._hooks.append(modules[i].register_forward_hook(self._make_hook(i)))
 
     def _make_hook(self, index: int):
         eraser = self.eraser_set.erasers[str(index)]
+        spec = self.spec_cls
 
         def hook(module, args, output):
             if not self.enabled:
                 return output
-            video, text = output
+            video = spec.video_of(output)
             delta = eraser(video)
-            if self._record:
-                # Keyed by block: gradient-checkpoint recomputation overwrites with equal values.
-                self.outputs[index] = delta
-            return video + delta, text
+            if self._record_rows and torch.is_grad_enabled():
+                # Only the energy ||E||^2 per video token of the concept rows ([rows, Nv] fp32) is kept,
+                # not the [B+P, Nv, D] output: autograd saves one fp32 copy of those rows (the copy
+                # below, so the full `delta` is not kept alive by a view), nothing else; under gradient
+                # checkpointing not even that (it is recomputed in backward).
+                e = delta[: self._record_rows].to(torch.float32, copy=True)
+                energy = e.pow(2).sum(-1) if self._reduction == "sum" else e.pow(2).mean(-1)
+                if self._sink is not None:
+                    self._sink[index] = energy
+            return spec.with_video(output, video + delta)
 
         return hook
 
@@ -124,36 +148,43 @@ class EraserHandle:
             self.enabled = prev
 
     @contextlib.contextmanager
-    def recording(self):
+    def recording(self, rows: int, reduction: str = "sum"):
+        """Record the per-token eraser energy of the first `rows` rows (reduction over D: sum | mean).
+
+        The caller clears the yielded dict once its loss is built (the graph keeps what backward needs).
+        """
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.outputs = {}
-        prev, self._record = self._record, True
+        self._record_rows, self._reduction = int(rows), reduction
+        self._sink = self.outputs
         try:
             yield self.outputs
         finally:
-            self._record = prev
+            self._sink = None  # stays armed (rows, reduction) for checkpoint recomputation in backward
 
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self.outputs = {}
-
-
-def _attn_modules(transformer: nn.Module) -> list[nn.Module]:
-    if not hasattr(transformer, "transformer_blocks"):
-        raise TypeError(f"{type(transformer).__name__} has no transformer_blocks; expected a CogVideoX transformer")
-    return [blk.attn1 for blk in transformer.transformer_blocks]
-
-
-def _hidden_size(transformer: nn.Module) -> int:
-    cfg = transformer.config
-    return int(cfg.num_attention_heads * cfg.attention_head_dim)
+        self.outputs, self._sink, self._record_rows = {}, None, 0
 
 
 def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
-    """Hook `eraser_set` into `transformer` after checking the shapes match."""
-    n, d = len(transformer.transformer_blocks), _hidden_size(transformer)
+    """Hook `eraser_set` into `transformer` after checking the family and the shapes match."""
     m = eraser_set.meta
+    spec_cls = spec_class(m.model_family)
+    if not spec_cls.matches(transformer):
+        try:
+            found = family_of_transformer(transformer)
+        except TypeError:
+            found = type(transformer).__name__
+        raise ValueError(
+            f"Eraser family mismatch: the eraser was trained on a {m.model_family!r} model "
+            f"({m.base_model or '?'}), but this transformer is a {found!r} model. "
+            "Load it into the model family it was trained on."
+        )
+    n, d = len(spec_cls.eraser_modules(transformer)), spec_cls.hidden_size_of(transformer)
     if (m.num_blocks, m.hidden_size) != (n, d):
         raise ValueError(
             f"Eraser shape mismatch: the eraser was trained for {m.num_blocks} blocks x hidden {m.hidden_size} "
@@ -162,14 +193,37 @@ def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
         )
     p = next(transformer.parameters())
     eraser_set.to(device=p.device)
-    return EraserHandle(transformer, eraser_set, _attn_modules(transformer))
+    return EraserHandle(transformer, eraser_set, spec_cls)
 
 
 # --- files -------------------------------------------------------------------------------------
 
+class BrokenEraserError(ValueError):
+    """The eraser's weights are non-finite or absurdly large: erasure by destruction, not by training."""
+
+
+def check_weights(state: dict[str, torch.Tensor], where: str = "eraser") -> None:
+    for k, v in state.items():
+        if not torch.isfinite(v).all():
+            raise BrokenEraserError(
+                f"{where}: {k} has non-finite values; training diverged. Lower train.lr or loss.eta, "
+                "or keep train.grad_clip on; refusing to write an eraser that destroys the model's output."
+            )
+        peak = float(v.abs().max()) if v.numel() else 0.0
+        if peak > MAX_ABS_WEIGHT:
+            raise BrokenEraserError(
+                f"{where}: {k} has |w| = {peak:.3g} > {MAX_ABS_WEIGHT:g}; such an eraser turns videos into noise "
+                "or black frames, which would score as perfect erasure. Lower train.lr (or loss.eta) and retrain."
+            )
+
+
 def save_eraser(eraser_set: EraserSet, directory: str | Path) -> Path:
-    """Write `eraser.safetensors` + `eraser_config.json` atomically (never pickle)."""
+    """Write `eraser.safetensors` + `eraser_config.json` atomically (never pickle).
+
+    Refuses (BrokenEraserError) weights that are non-finite or above MAX_ABS_WEIGHT.
+    """
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in eraser_set.state_dict().items()}
+    check_weights(state, str(directory))
 
     def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "t2vu_format_version": str(FORMAT_VERSION)})
@@ -201,7 +255,7 @@ def read_eraser(directory: str | Path) -> EraserSet:
 
 
 def load_eraser(pipe_or_transformer, directory: str | Path) -> EraserHandle:
-    """Attach a trained eraser to a loaded `CogVideoXPipeline` (or its transformer).
+    """Attach a trained eraser to a loaded pipeline of its family (or to its transformer).
 
         pipe = CogVideoXPipeline.from_pretrained(path)
         handle = load_eraser(pipe, "runs/x/eraser")   # handle.disabled() / handle.remove()

@@ -19,15 +19,16 @@ def preserve_loss(v_erased: torch.Tensor, v_original: torch.Tensor) -> torch.Ten
     return F.mse_loss(v_erased.float(), v_original.float())
 
 
-def localization_loss(eraser_outputs: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """Penalise eraser output outside the concept mask.
+def localization_loss(eraser_energy: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Penalise eraser output outside the concept mask (DESIGN §1: ||E * (1 - M)||^2).
 
-    eraser_outputs: per layer [B, Nv, D] (concept rows); mask: [B, Nv] with 1 on concept tokens.
-    Per layer: sum over background tokens of mean_D(E^2), divided by the number of
-    background tokens (mean over D keeps the scale independent of the hidden size);
-    then the mean over layers.
+    eraser_energy: per layer [B, Nv], the eraser output's energy per video token of the
+    concept rows, already reduced over the hidden dimension D by the recording hook
+    (`loss.localize_reduction`: "sum" = ||E_token||^2 as in DESIGN §1, "mean" = /D);
+    mask: [B, Nv] with 1 on concept tokens. Per layer: the energy summed over background
+    tokens, divided by the number of background tokens; then the mean over layers.
     """
     bg = 1.0 - mask
     n_bg = bg.sum().clamp_min(1.0)
-    per_layer = [(e.float().pow(2).mean(-1) * bg).sum() / n_bg for e in eraser_outputs]
+    per_layer = [(e.float() * bg).sum() / n_bg for e in eraser_energy]
     return torch.stack(per_layer).mean()

@@ -31,9 +31,11 @@ class NaiveObjective(nn.Module):
         self.loss_cfg = loss_cfg
         spec.transformer.requires_grad_(False)
         self.handle = attach(spec.transformer, eraser_set)
-        orig_attn = [self.original.attention(b) for b in self.original.blocks()]
+        orig = self.original
         self.capture = (
-            AttentionCapture(orig_attn, loss_cfg.mask_layers, full_matrix=True) if loss_cfg.w_localize > 0 else None
+            AttentionCapture(orig.capture_modules(orig.transformer), orig.capture_processor, loss_cfg.mask_layers,
+                             full_matrix=True)
+            if loss_cfg.w_localize > 0 else None
         )
 
     def _frozen(self, x, t, e):
@@ -50,7 +52,7 @@ class NaiveObjective(nn.Module):
             v_c = self._frozen(batch.x_c, batch.t_c, batch.emb_c)
         v_ref = torch.stack([self._frozen(batch.x_c, batch.t_c, batch.emb_ref[:, j]) for j in range(k)], 1).mean(1)
         target = negative_guided_target(v_c, v_ref, cfg.eta)
-        with self.handle.recording() as eraser_out:
+        with self.handle.recording(b, cfg.localize_reduction) as eraser_out:
             v_e_c = self.spec.velocity(batch.x_c, batch.t_c, batch.emb_c).float()
         eraser_c = {i: o for i, o in eraser_out.items()}
         out = {"l_unlearn": unlearn_loss(v_e_c, target)}

@@ -1,8 +1,9 @@
 """Everything one training process needs, built from a `MethodConfig`.
 
-config -> model spec (transformer + scheduler only) -> prompt data -> cached
-text embeddings -> erasers + objective -> x_t source -> `batch(step)`.
-Used unchanged by the single-process trainer and by each Ray Train worker.
+config -> model spec (the family's, from the registry; transformer + scheduler only)
+-> prompt data -> cached text embeddings -> erasers + objective -> x_t source -> `batch(step)`.
+Used unchanged by the single-process trainer and by each Ray Train worker (which
+passes its rank, world size and assigned device).
 """
 
 from __future__ import annotations
@@ -14,33 +15,44 @@ import torch
 
 from unlearn.config import MethodConfig, config_digest
 from unlearn.data import PromptOnlyData
+from unlearn.devices import resolve_device
 from unlearn.embedding_cache import EmbeddingCache
 from unlearn.eraser import EraserSet
 from unlearn.masks import selector
-from unlearn.models.cogvideox import CogVideoXSpec, load_components
+from unlearn.models.families import check_family, spec_class
 from unlearn.models.registry import cache_root, resolve_model_path
 from unlearn.step import ErasureObjective, StepBatch
-from unlearn.xt_sources import NoiseSource, TrajectorySource
+from unlearn.xt_sources import NoiseSource, TrajectorySource, shard_prompts
 
 
 def default_cache_dir(cfg: MethodConfig) -> Path:
     return Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "embeddings"
 
 
+def model_dir_of(cfg: MethodConfig) -> Path:
+    """The resolved model directory, checked to hold a model of `model.family`."""
+    model_dir = resolve_model_path(cfg.model.path)
+    spec_class(cfg.model.family).check_model_dir(model_dir)
+    check_family(model_dir, cfg.model.family)
+    return model_dir
+
+
 def load_data(cfg: MethodConfig, model_dir: Path, text_len: int, config_dir=None) -> PromptOnlyData:
-    tok = load_components(model_dir, "float32", ("tokenizer",))["tokenizer"]
+    tok = spec_class(cfg.model.family).load_tokenizer(model_dir)
     return PromptOnlyData(cfg.concept, tok, text_len, base_dir=config_dir)
 
 
-def prepare_embeddings(cfg: MethodConfig, config_dir=None) -> EmbeddingCache:
-    """Driver-side: make sure every prompt the run needs is in the cache (loads T5 only if needed)."""
-    from unlearn.models.cogvideox import text_max_length
+def open_cache(cfg: MethodConfig, model_dir: Path, text_len: int) -> EmbeddingCache:
+    return EmbeddingCache(default_cache_dir(cfg), model_dir, text_len, cfg.model.dtype, family=cfg.model.family)
 
-    model_dir = resolve_model_path(cfg.model.path)
-    text_len = text_max_length(model_dir)
+
+def prepare_embeddings(cfg: MethodConfig, config_dir=None) -> EmbeddingCache:
+    """Driver-side: make sure every prompt the run needs is in the cache (loads the text encoder only if needed)."""
+    model_dir = model_dir_of(cfg)
+    text_len = spec_class(cfg.model.family).text_len_of(model_dir)
     data = load_data(cfg, model_dir, text_len, config_dir)
-    cache = EmbeddingCache(default_cache_dir(cfg), model_dir, text_len)
-    cache.fill(data.all_prompts(), cfg.model.dtype)
+    cache = open_cache(cfg, model_dir, text_len)
+    cache.fill(data.all_prompts())
     return cache
 
 
@@ -50,18 +62,26 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class TrainingSession:
-    def __init__(self, cfg: MethodConfig, config_dir=None, device: str | torch.device = "cpu", rank: int = 0):
+    """`device`: None = `train.device` resolved here (auto -> cuda if available); a launcher passes its own.
+
+    Under Ray Train with `xt_source: trajectory`, each rank samples trajectories for, and trains on,
+    its round-robin shard of the concept and preserve prompts (`shard_prompts`): the pool is sampled
+    once per trial in total, not once per rank.
+    """
+
+    def __init__(self, cfg: MethodConfig, config_dir=None, device: str | torch.device | None = None,
+                 rank: int = 0, world_size: int = 1):
         self.cfg = cfg
-        self.rank = rank
-        self.device = torch.device(device)
-        self.model_dir = resolve_model_path(cfg.model.path)
-        self.spec = CogVideoXSpec.from_pretrained(self.model_dir, cfg.model.dtype)
+        self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(cfg.train.device) if device is None else torch.device(device)
+        self.model_dir = model_dir_of(cfg)
+        self.spec = spec_class(cfg.model.family).from_pretrained(self.model_dir, cfg.model.dtype)
         self.spec.transformer.to(self.device)
         if cfg.train.gradient_checkpointing:
             self.spec.transformer.enable_gradient_checkpointing()
         self.data = load_data(cfg, self.model_dir, self.spec.text_len, config_dir)
-        self.cache = EmbeddingCache(default_cache_dir(cfg), self.model_dir, self.spec.text_len)
-        self.cache.fill(self.data.all_prompts(), cfg.model.dtype)  # no-op when the driver pre-filled it
+        self.cache = open_cache(cfg, self.model_dir, self.spec.text_len)
+        self.cache.fill(self.data.all_prompts())  # no-op when the driver pre-filled it
         self.emb = self.cache.get_dict(self.data.all_prompts())
         self.latent_shape = self.spec.latent_shape(cfg.model.num_frames, cfg.model.height, cfg.model.width)
         torch.manual_seed(cfg.train.seed)  # identical eraser init on every rank and every rerun
@@ -74,6 +94,8 @@ class TrainingSession:
             self.source = NoiseSource(self.spec, self.latent_shape)
         else:
             tr = cfg.train.trajectory
+            if world_size > 1:
+                self.data = self.data.shard(rank, world_size, shard_prompts)
             prompts = [it.prompt for it in self.data.items] + self.data.preserve
             self.source = TrajectorySource(
                 self.spec, self.latent_shape, self.emb, prompts, tr.num_inference_steps, tr.guidance_scale,

@@ -54,9 +54,10 @@ class ErasureObjective(nn.Module):
         self.autocast = autocast
         spec.transformer.requires_grad_(False)
         self.handle = attach(spec.transformer, eraser_set)
-        attn = [spec.attention(b) for b in spec.blocks()]
         self.capture = (
-            AttentionCapture(attn, loss_cfg.mask_layers, chunk=loss_cfg.attn_chunk) if loss_cfg.w_localize > 0 else None
+            AttentionCapture(spec.capture_modules(spec.transformer), spec.capture_processor, loss_cfg.mask_layers,
+                             chunk=loss_cfg.attn_chunk)
+            if loss_cfg.w_localize > 0 else None
         )
 
     def _amp(self, device):
@@ -81,8 +82,10 @@ class ErasureObjective(nn.Module):
         v_ref = v_ref.view(b, k, *v_ref.shape[1:]).mean(1)
         target = negative_guided_target(v_c, v_ref, cfg.eta)
 
-        # 2) erased predictions (one batched forward, with grad into the erasers only)
-        with self.handle.recording() as eraser_out, self._amp(dev):
+        # 2) erased predictions (one batched forward, with grad into the erasers only); the hooks
+        # record only the per-token eraser energy of the b concept rows, and only if L_loc needs it
+        rows = b if self.capture is not None else 0
+        with self.handle.recording(rows, cfg.localize_reduction) as eraser_out, self._amp(dev):
             v_e = spec.velocity(torch.cat([batch.x_c, batch.x_p]), torch.cat([batch.t_c, batch.t_p]),
                                 torch.cat([batch.emb_c, batch.emb_p])).float()
         v_e_c, v_e_p = v_e.split([b, p])
@@ -93,7 +96,8 @@ class ErasureObjective(nn.Module):
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
             mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
-            l_l = localization_loss([eraser_out[i][:b] for i in sorted(eraser_out)], mask)
+            l_l = localization_loss([eraser_out[i] for i in sorted(eraser_out)], mask)
+            eraser_out.clear()  # the graph holds what backward needs; drop the step's references now
             out["mask_fraction"] = mask.mean().detach()
         else:
             l_l = v_e.new_zeros(())

@@ -1,16 +1,49 @@
 """Where the noisy latents x_t come from in prompt-only training.
 
-- `noise` (the seed's recipe): x_start ~ N(0, I) noised to a uniform t. Cheap, but
-  x_t is then plain Gaussian noise at every t.
+- `noise` (the seed's recipe): x_start ~ N(0, I) noised to a timestep the family's spec
+  samples. Cheap, but x_t is then plain Gaussian noise at every t.
 - `trajectory` (ESD/Receler): the frozen model (erasers off) samples each prompt
-  from pure noise with CFG; a step draws a random (trajectory, sampler step). The
-  pool is sampled once (pool_size trajectories per prompt): costs
-  prompts x pool_size x steps x 2 forwards up front, nothing per step after.
+  from pure noise with CFG using the family's own sampler; a step draws a random
+  (trajectory, sampler step). The pool is sampled once (pool_size trajectories per
+  prompt): costs prompts x pool_size x steps x 2 forwards up front, nothing per step.
+
+Both draw their randomness from CPU generators (a seed gives the same x_t on any
+device); `draw` returns CPU tensors (or the model's device when that is `meta`),
+and the session moves the batch to the training device.
+
+The trajectory pool is stored in the model dtype on the host (bf16 halves it: at
+49x480x720 one state is 1.1M latent values, so 20 prompts x pool 8 x 20 steps is
+7 GB in bf16, 14 GB in fp32). Each prompt's trajectories come from a seed derived from
+(seed, prompt), so a pool does not depend on which process sampled it: under Ray Train
+each rank samples only the prompts of its data shard (`shard_prompts`) and trains on
+that shard, so the work and the host memory are split over ranks instead of repeated.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+
 import torch
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    h = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 62) - 1)
+
+
+def shard_prompts(prompts: list[str], rank: int, world: int) -> list[str]:
+    """This rank's share (round-robin); with fewer prompts than ranks each rank still gets one."""
+    uniq = list(dict.fromkeys(prompts))
+    if world <= 1 or not uniq:
+        return uniq
+    mine = uniq[rank::world]
+    return mine or [uniq[rank % len(uniq)]]
+
+
+def host_device(device: torch.device) -> torch.device:
+    # meta tensors cannot be copied to the host: a meta run keeps its (empty) pool on meta.
+    return device if device.type == "meta" else torch.device("cpu")
 
 
 class NoiseSource:
@@ -24,7 +57,7 @@ class NoiseSource:
         n = len(prompts)
         x0 = torch.randn((n, *self.latent_shape), generator=gen)
         noise = torch.randn((n, *self.latent_shape), generator=gen)
-        t = torch.randint(0, self.spec.num_train_timesteps, (n,), generator=gen)
+        t = self.spec.sample_timesteps(n, gen)
         return self.spec.add_noise(x0, noise, t), t
 
 
@@ -35,16 +68,20 @@ class TrajectorySource:
                  num_steps: int, guidance: float, pool_size: int, seed: int = 0, handle=None):
         self.latent_shape = tuple(latent_shape)
         self.pool: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        gen = torch.Generator().manual_seed(seed)
-        uncond = embeddings[""].unsqueeze(0)
-        import contextlib
-
+        param = next(spec.transformer.parameters())
+        device, dtype = param.device, param.dtype
+        host = host_device(device)
+        uncond = embeddings[""].unsqueeze(0).to(device)
         ctx = handle.disabled() if handle is not None else contextlib.nullcontext()
         with ctx:  # the *frozen* model's trajectories
             for p in dict.fromkeys(prompts):
-                emb = embeddings[p].unsqueeze(0).expand(pool_size, -1, -1)
+                gen = torch.Generator().manual_seed(prompt_seed(seed, p))
+                emb = embeddings[p].to(device).unsqueeze(0).expand(pool_size, -1, -1)
                 states, times = spec.sample_trajectory(emb, uncond, self.latent_shape, num_steps, guidance, gen)
-                self.pool[p] = (states, times)
+                self.pool[p] = (states.to(host, dtype), times.to(host))
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s, _ in self.pool.values())
 
     def draw(self, prompts: list[str], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ts = [], []

@@ -106,16 +106,82 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int)
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
-def prompt_token_ids(tokenizer, prompt: str, max_length: int) -> list[int]:
-    return tokenizer(
-        prompt, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True
-    ).input_ids
+def eval_scheduler(name: str, scheduler_config):
+    """The sampler evaluation uses: "model" keeps the directory's own (None), "ddim" / "dpm" replace it."""
+    if name == "model":
+        return None
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    if name not in ("ddim", "dpm"):
+        raise ValueError(f"generation.scheduler {name!r} is not a CogVideoX sampler; use model, ddim or dpm")
+    return (CogVideoXDPMScheduler if name == "dpm" else CogVideoXDDIMScheduler).from_config(scheduler_config)
+
+
+def pipeline_kwargs(pipe, gen) -> dict:
+    """CogVideoX-only arguments of a `CogVideoXPipeline.__call__` for generation settings `gen`."""
+    return {
+        "use_dynamic_cfg": gen.use_dynamic_cfg,
+        "max_sequence_length": gen.max_sequence_length or int(pipe.transformer.config.max_text_seq_length),
+    }
 
 
 class CogVideoXSpec:
-    """A loaded CogVideoX transformer + scheduler, with the VAE geometry it was paired with."""
+    """A loaded CogVideoX transformer + scheduler, with the VAE geometry it was paired with.
+
+    Class-level answers (no loaded spec needed) come first: files, the eraser site and
+    the attention capture. The eraser sits on each block's joint attention `attn1`,
+    whose output is `(video_tokens, text_tokens)`; the mask comes from the same module.
+    """
 
     family = "cogvideox"
+    pipeline_class_name = "CogVideoXPipeline"
+    prediction_type = "v_prediction"
+
+    check_model_dir = staticmethod(check_model_dir)
+    text_len_of = staticmethod(text_max_length)
+    encode_prompts = staticmethod(encode_prompts)
+    load_pipeline = staticmethod(load_pipeline)
+    eval_scheduler = staticmethod(eval_scheduler)
+    pipeline_kwargs = staticmethod(pipeline_kwargs)
+
+    @staticmethod
+    def load_tokenizer(path: str | Path):
+        return load_components(path, "float32", ("tokenizer",))["tokenizer"]
+
+    @staticmethod
+    def load_text_encoder(path: str | Path, dtype: str = "float32") -> nn.Module:
+        return load_components(path, dtype, ("text_encoder",))["text_encoder"]
+
+    @staticmethod
+    def matches(transformer: nn.Module) -> bool:
+        return type(transformer).__name__ == "CogVideoXTransformer3DModel" or (
+            hasattr(transformer, "transformer_blocks") and hasattr(getattr(transformer, "config", None), "max_text_seq_length")
+        )
+
+    @staticmethod
+    def eraser_modules(transformer: nn.Module) -> list[nn.Module]:
+        return [blk.attn1 for blk in transformer.transformer_blocks]
+
+    @staticmethod
+    def video_of(output) -> torch.Tensor:
+        return output[0]  # attn1 returns (video, text)
+
+    @staticmethod
+    def with_video(output, video: torch.Tensor):
+        return video, output[1]
+
+    @staticmethod
+    def hidden_size_of(transformer: nn.Module) -> int:
+        cfg = transformer.config
+        return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+    capture_modules = eraser_modules  # joint attention: the text-video probabilities live in attn1 too
+
+    @staticmethod
+    def capture_processor(chunk: int = 1024, full_matrix: bool = False):
+        from unlearn.models.cogvideox_attention import CapturingCogVideoXAttnProcessor
+
+        return CapturingCogVideoXAttnProcessor(chunk, full_matrix)
 
     def __init__(self, transformer: nn.Module, scheduler, vae_spatial: int = 8, vae_temporal: int = 4):
         self.transformer = transformer
@@ -134,16 +200,18 @@ class CogVideoXSpec:
         spatial, temporal = vae_factors(path)
         return cls(parts["transformer"], parts["scheduler"], spatial, temporal)
 
+    @classmethod
+    def from_pipeline(cls, pipe) -> "CogVideoXSpec":
+        """The spec of an already loaded pipeline (shares its transformer: no second copy)."""
+        return cls(pipe.transformer, pipe.scheduler, int(pipe.vae_scale_factor_spatial),
+                   int(pipe.vae_scale_factor_temporal))
+
     # --- structure -------------------------------------------------------------------------
     def blocks(self) -> list[nn.Module]:
         return list(self.transformer.transformer_blocks)
 
-    def attention(self, block: nn.Module) -> nn.Module:
-        return block.attn1
-
     def hidden_size(self) -> int:
-        cfg = self.transformer.config
-        return int(cfg.num_attention_heads * cfg.attention_head_dim)
+        return self.hidden_size_of(self.transformer)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -217,6 +285,10 @@ class CogVideoXSpec:
         )[0]
         return out
 
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Training timesteps of the noise x_t source: uniform over the DDPM steps (CPU, int64)."""
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = (-1,) + (1,) * (x0.dim() - 1)
         a = self._sqrt_a.to(x0.device)[t].view(shape).to(x0.dtype)
@@ -231,21 +303,26 @@ class CogVideoXSpec:
         """DDIM (eta 0) with CFG from pure noise; returns states [S,B,...] and their timesteps [S].
 
         States are the inputs x_t the model sees at each sampler step, i.e. the
-        frozen model's own trajectory (the ESD/Receler source of x_t).
+        frozen model's own trajectory (the ESD/Receler source of x_t). Everything runs
+        on the transformer's device; the initial noise comes from the CPU `generator`
+        (the same seed gives the same trajectory on any device). States stay on that
+        device: the caller decides where the pool lives.
         """
         from diffusers import CogVideoXDDIMScheduler
 
+        device = next(self.transformer.parameters()).device
         sched = CogVideoXDDIMScheduler.from_config(self.scheduler.config)
         sched.set_timesteps(num_steps)
         b = text_emb.shape[0]
-        x = torch.randn((b, *latent_shape), generator=generator) * sched.init_noise_sigma
+        text_emb, uncond_emb = text_emb.to(device), uncond_emb.to(device)
+        x = (torch.randn((b, *latent_shape), generator=generator) * sched.init_noise_sigma).to(device)
         states, times = [], []
         for t in sched.timesteps:
             states.append(x.clone())
             times.append(int(t))
-            tt = torch.full((2 * b,), int(t), dtype=torch.long)
+            tt = torch.full((2 * b,), int(t), dtype=torch.long, device=device)
             v = self.velocity(torch.cat([x, x]), tt, torch.cat([uncond_emb.expand(b, -1, -1), text_emb])).float()
             v_u, v_c = v.chunk(2)
             v = v_u + guidance * (v_c - v_u)
             x = sched.step(v, t, x, return_dict=False)[0]
-        return torch.stack(states), torch.tensor(times)
+        return torch.stack(states), torch.tensor(times, device=device)

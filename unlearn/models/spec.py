@@ -1,13 +1,26 @@
-"""The model-spec seam: what losses and the training step need from a video diffusion model.
+"""The model-spec seam: everything the method needs to know about a video diffusion family.
 
-Losses and the step only talk to this protocol, so a second family
-(HunyuanVideo, Wan) is one new file next to `cogvideox.py`.
+Losses, the fused step, the trainer, the embedding cache and the eval stage talk
+only to this protocol; `unlearn/models/families.py` maps `model.family` to the
+class implementing it (one file per family: `cogvideox.py`, later `wan.py`).
+
+Two kinds of answers:
+- *class-level* (static) answers that need no loaded spec, only a model
+  directory or a bare transformer: how to load the parts and the pipeline, how
+  prompts are encoded, where an eraser hooks and how its module's output splits
+  into video tokens and the rest, which attention modules the localization mask
+  is captured from and with which processor. Eraser files and evaluation only
+  hold a pipeline, so they use these.
+- *instance* answers of a loaded transformer + scheduler (training): blocks,
+  hidden size, latent shape, token layout, the model prediction, noising and the
+  family's own sampler for trajectory x_t.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -15,9 +28,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Where text and video tokens sit in a block's joint attention."""
+    """Where text and video tokens sit for the attention that feeds the mask."""
 
-    text_len: int  # text tokens come first in the joint sequence
+    text_len: int  # text tokens (joint attention: first in the sequence; cross attention: the keys)
     video_grid: tuple[int, int, int]  # (frames, height, width) of video tokens, row-major
 
     @property
@@ -27,15 +40,74 @@ class TokenLayout:
 
 
 class ModelSpec(Protocol):
-    family: str
+    # --- identity -----------------------------------------------------------------------------
+    family: ClassVar[str]  # the `model.family` key in the registry
+    pipeline_class_name: ClassVar[str]  # model_index.json `_class_name` of this family's pipelines
+    prediction_type: ClassVar[str]  # "v_prediction" (CogVideoX) | "flow" (Wan)
+
+    # --- files (class-level) ------------------------------------------------------------------
+    @staticmethod
+    def check_model_dir(path: str | Path, need: tuple[str, ...] = ...) -> Path: ...
+
+    @staticmethod
+    def load_tokenizer(path: str | Path) -> Any: ...
+
+    @staticmethod
+    def load_text_encoder(path: str | Path, dtype: str) -> nn.Module: ...
+
+    @staticmethod
+    def text_len_of(path: str | Path) -> int: ...
+
+    @staticmethod
+    def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int) -> torch.Tensor: ...
+
+    @staticmethod
+    def load_pipeline(path: str | Path, dtype: str) -> Any: ...
+
+    @staticmethod
+    def eval_scheduler(name: str, scheduler_config) -> Any: ...
+
+    @staticmethod
+    def pipeline_kwargs(pipe, gen) -> dict: ...
+
+    # --- eraser site and attention capture (class-level, from a bare transformer) -------------
+    @staticmethod
+    def matches(transformer: nn.Module) -> bool: ...
+
+    @staticmethod
+    def eraser_modules(transformer: nn.Module) -> list[nn.Module]: ...
+
+    @staticmethod
+    def video_of(output) -> torch.Tensor: ...
+
+    @staticmethod
+    def with_video(output, video: torch.Tensor): ...
+
+    @staticmethod
+    def hidden_size_of(transformer: nn.Module) -> int: ...
+
+    @staticmethod
+    def capture_modules(transformer: nn.Module) -> list[nn.Module]: ...
+
+    @staticmethod
+    def capture_processor(chunk: int, full_matrix: bool): ...
+
+    # --- a loaded transformer + scheduler (training) ------------------------------------------
     transformer: nn.Module
     text_len: int
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> "ModelSpec": ...
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> "ModelSpec": ...
+
     def blocks(self) -> list[nn.Module]: ...
 
-    def attention(self, block: nn.Module) -> nn.Module: ...
-
     def hidden_size(self) -> int: ...
+
+    @property
+    def num_train_timesteps(self) -> int: ...
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]: ...
 
@@ -43,4 +115,9 @@ class ModelSpec(Protocol):
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor: ...
 
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def sample_trajectory(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor, latent_shape, num_steps: int,
+                          guidance: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -1,0 +1,53 @@
+"""What the family-parameterised contract tests need to know about each model family.
+
+A new family adds one `FamilyCase` here (its registry name, the text-embedding width of
+its tiny model, and an explicit, by-hand computation of the attention its capture
+processor records); `tests/test_family_contract.py` then runs the whole contract on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def cogvideox_explicit_attention(attn, kwargs):
+    """Full joint softmax by hand from the module's weights (post-norm, post-RoPE).
+
+    Returns (head-averaged P(video query -> text key) [B, Nv, Nt], the module's video output).
+    """
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    norm_hidden, norm_text, rope = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["image_rotary_emb"]
+    nt = norm_text.shape[1]
+    hs = torch.cat([norm_text, norm_hidden], 1)
+    b, n, _ = hs.shape
+    h = attn.heads
+    q = attn.to_q(hs).view(b, n, h, -1).transpose(1, 2)
+    k = attn.to_k(hs).view(b, n, h, -1).transpose(1, 2)
+    v = attn.to_v(hs).view(b, n, h, -1).transpose(1, 2)
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    q = torch.cat([q[:, :, :nt], apply_rotary_emb(q[:, :, nt:], rope)], 2)
+    k = torch.cat([k[:, :, :nt], apply_rotary_emb(k[:, :, nt:], rope)], 2)
+    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+    out = (p @ v).transpose(1, 2).reshape(b, n, -1)
+    out = attn.to_out[0](out)
+    return p[:, :, nt:, :nt].mean(1), out[:, nt:]
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    family: str
+    text_dim: int  # width of the tiny model's text embeddings
+    geometry: tuple[int, int, int]  # (frames, height, width) in pixels the tiny model accepts
+    explicit_attention: Callable  # (capture module, its forward kwargs) -> (probs [B,Nv,Nt], video output)
+
+    def __str__(self) -> str:
+        return self.family
+
+
+CASES = [
+    FamilyCase("cogvideox", text_dim=32, geometry=(9, 32, 32), explicit_attention=cogvideox_explicit_attention),
+]

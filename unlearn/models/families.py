@@ -1,0 +1,94 @@
+"""The family registry: `model.family` -> the spec class that knows that family.
+
+Adding a family is one entry here (its spec class and its tiny-model builder,
+as "module:attribute" strings so nothing heavy is imported until asked), one
+spec file, and configs; see docs/architecture.md. Everything else in the
+method and in evaluation reaches the family only through `spec_class(...)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Family:
+    spec: str  # "module:Class" implementing unlearn.models.spec.ModelSpec
+    tiny: str  # "module:function(path, seed=0, overwrite=False) -> Path": a tiny model in the real layout
+
+
+FAMILIES: dict[str, Family] = {
+    "cogvideox": Family(spec="unlearn.models.cogvideox:CogVideoXSpec", tiny="unlearn.models.tiny:make_tiny_model"),
+}
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def family_names() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def _entry(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; known families: {', '.join(family_names())}")
+    return FAMILIES[name]
+
+
+def spec_class(name: str):
+    """The spec class of family `name` (class-level answers: loading, eraser site, capture, pipeline)."""
+    return _load(_entry(name).spec)
+
+
+def tiny_builder(name: str):
+    return _load(_entry(name).tiny)
+
+
+def family_of_transformer(transformer) -> str:
+    """Which registered family a bare transformer belongs to (eraser files attach through this)."""
+    for name in family_names():
+        if spec_class(name).matches(transformer):
+            return name
+    raise TypeError(
+        f"{type(transformer).__name__} belongs to no registered model family ({', '.join(family_names())})"
+    )
+
+
+def family_of_model_dir(path: str | Path) -> str:
+    """The family of a diffusers model directory, from model_index.json's pipeline class name."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} missing: {path} is not a diffusers model directory")
+    cls_name = json.loads(index.read_text()).get("_class_name", "")
+    for name in family_names():
+        if spec_class(name).pipeline_class_name == cls_name:
+            return name
+    raise ValueError(
+        f"{index}: pipeline class {cls_name!r} belongs to no registered model family ({', '.join(family_names())})"
+    )
+
+
+def check_any_model_dir(path: str | Path) -> tuple[str, Path]:
+    """(family, path) of a model directory of any registered family, with errors that name the fix."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model directory {path} does not exist. Point model.path at a local diffusers-format model "
+            f"directory ({', '.join(family_names())}) or use builtin:tiny / builtin:toy."
+        )
+    family = family_of_model_dir(path)
+    return family, spec_class(family).check_model_dir(path)
+
+
+def check_family(path: str | Path, family: str) -> None:
+    """Refuse a model directory of another family than the config says (names both)."""
+    found = family_of_model_dir(path)
+    if found != family:
+        raise ValueError(
+            f"model.family is {family!r} but {path} holds a {found!r} model; set model.family: {found}"
+        )
