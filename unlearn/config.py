@@ -48,7 +48,9 @@ class ModelConfig(Strict):
         return v
 
 
-class EraserConfig(Strict):
+class EraserOptions(Strict):
+    """The YAML `eraser:` section: what to train (the trained file's own metadata is `unlearn.eraser.EraserMeta`)."""
+
     # Bottleneck width r of each eraser (down: D->r, up: r->D). Reference: 128.
     rank: int = Field(128, ge=1, le=4096)
     # Block indices that get an eraser; None = every transformer block.
@@ -150,7 +152,7 @@ class MethodConfig(Strict):
     """Everything a single eraser training needs."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    eraser: EraserConfig = Field(default_factory=EraserConfig)
+    eraser: EraserOptions = Field(default_factory=EraserOptions)
     concept: ConceptConfig = Field(default_factory=ConceptConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

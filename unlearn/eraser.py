@@ -7,7 +7,7 @@ output splits are the model family's answers (`spec.eraser_modules`,
 `spec.video_of`, `spec.with_video`; CogVideoX: each block's joint attention
 `attn1`, after the out-projection, before the AdaLN gate and residual).
 
-Layout follows PEFT's split: the file's metadata (`EraserMeta`), the layer
+Layout follows PEFT's split: the file's metadata (`EraserMeta`; the YAML section is `unlearn.config.EraserOptions`), the layer
 (`Eraser`), and the attachment (`EraserHandle`). Erasers are attached with
 forward hooks, so the backbone's module tree and `state_dict` keys never change,
 and one network gives both the frozen "original" output (`with handle.disabled():`)
