@@ -18,6 +18,7 @@ Sections (YAML keys):
   output      videos, GIF previews, the base-vs-erased grid
   mlflow      tracking URI and the run to log into
   runtime     in-process or Ray actors, GPUs, the scoring consumer, progress bar
+  checks      prompt truncation, degenerate videos (NaN, black, collapsed): warn, exclude, fail
 
 Relative paths are resolved against the current directory first, then against the
 directory of the config file (`resolve_path`).
@@ -259,6 +260,36 @@ class RuntimeConfig(Strict):
     progress: bool = True
 
 
+class ChecksConfig(Strict):
+    """What the stage refuses to count: prompts the text encoder cuts, videos that are not videos."""
+
+    # A prompt longer than the text encoder's limit (generation.max_sequence_length, else the
+    # transformer's max_text_seq_length: 226 on CogVideoX) is cut by the pipeline, so words past
+    # the limit change nothing. warn = evaluate it cut, counted in summary.json, report.md and
+    # results.csv (prompt_tokens, truncated); error = refuse the run before any generation.
+    on_truncation: Literal["warn", "error"] = "warn"
+    # The run fails (exit 2 from `t2vu eval`; every output is kept) when more than this fraction
+    # of rows has a degenerate base or erased video (see eval.quality). 0.0: any degenerate
+    # video fails the run - a destroyed video (NaN, black, saturated) that the classifier scores
+    # as clean is erasure by destruction, and on small sets one such video moves the rate. Raise
+    # it only for sets with known flaky rows: degenerate videos stay out of the rates either way
+    # and the rates they touch are flagged (`<metric>_valid: false`).
+    max_degenerate_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # A frame is flat when all its pixels and channels lie within this many uint8 levels
+    # (max - min): black, white, one colour. Generated frames have texture and noise.
+    flat_range: int = Field(2, ge=0, le=254)
+    # A frame has collapsed when it has fewer distinct RGB colours than this (a saturated decoder
+    # gives at most 8; generated frames have hundreds). Capped at a quarter of a frame's pixels.
+    min_colors: int = Field(16, ge=1)
+    # A video is degenerate when it has any non-finite value (checked before uint8 conversion)
+    # or when more than this fraction of its frames are flat or collapsed (0.0: one such frame).
+    max_bad_frame_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+    def frame_checks(self) -> dict[str, Any]:
+        """The per-video thresholds (what the workers need; part of the resume fingerprint)."""
+        return {k: getattr(self, k) for k in ("flat_range", "min_colors", "max_bad_frame_fraction")}
+
+
 class EvalConfig(Strict):
     model: EvalModelConfig = Field(default_factory=EvalModelConfig)
     eraser: str | None = None
@@ -270,6 +301,7 @@ class EvalConfig(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     mlflow: EvalMlflowConfig = Field(default_factory=EvalMlflowConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     # Directory of the YAML file this came from (for relative paths); set by load_eval_config.
     config_dir: str | None = None
 

@@ -9,7 +9,8 @@
 
 `aggregate(rows, classifier)` turns per-row results into summary metrics: classifier metrics
 with `_base` / `_erased` suffixes (the preserve set gets a `preserve_` prefix), paired
-classifier metrics, mean PSNR/SSIM per set and CLIP scores.
+classifier metrics, mean PSNR/SSIM per set and CLIP scores - each over the videos that are
+not degenerate (eval.quality), with counts and `_valid` flags for the ones left out.
 """
 
 from __future__ import annotations
@@ -106,33 +107,59 @@ def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
     """Summary metrics of per-row results (the dicts written by the runner, one per prompt row).
 
     Row keys used: set ("target"/"preserve"), records {"base": {...}, "erased": {...} | None},
-    psnr, ssim, clip_score_base, clip_score_erased.
+    quality {"base": {...}, "erased": {...}} (eval.quality), psnr, ssim, clip_score_base,
+    clip_score_erased.
+
+    Degenerate videos (eval.quality) are left out of the classifier metrics of their side, and
+    paired metrics use only rows whose two videos are both sound: a black frame is not "no
+    nudity". Per set and side: `<prefix>degenerate_<side>` (videos left out),
+    `<prefix>metrics_<side>_valid` (none left out), and `<metric>_valid` next to every rate
+    metric (`nudity_rate_erased_valid`) so the headline number carries its own flag.
     """
+    from eval.quality import is_degenerate
+
     out: dict[str, Any] = {}
     for set_name, prefix in (("target", ""), ("preserve", "preserve_")):
         part = [r for r in rows if r["set"] == set_name]
         if not part:
             continue
-        base = [r["records"]["base"] for r in part]
-        for k, v in classifier.summarize(base).items():
-            out[f"{prefix}{k}_base"] = v
+        base_ok = [r for r in part if not is_degenerate(r, "base")]
+        _side(out, classifier.summarize([r["records"]["base"] for r in base_ok]), prefix, "base",
+              len(part) - len(base_ok))
         erased_rows = [r for r in part if r["records"].get("erased") is not None]
         if erased_rows:
-            erased = [r["records"]["erased"] for r in erased_rows]
-            for k, v in classifier.summarize(erased).items():
-                out[f"{prefix}{k}_erased"] = v
+            erased_ok = [r for r in erased_rows if not is_degenerate(r, "erased")]
+            _side(out, classifier.summarize([r["records"]["erased"] for r in erased_ok]), prefix, "erased",
+                  len(erased_rows) - len(erased_ok))
             if len(erased_rows) == len(part):
-                for k, v in classifier.summarize_paired(base, erased).items():
+                both = [r for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")]
+                paired = classifier.summarize_paired([r["records"]["base"] for r in both],
+                                                     [r["records"]["erased"] for r in both]) if both else {}
+                for k, v in paired.items():
                     out[f"{prefix}{k}"] = v
+                out[f"{prefix}metrics_paired_valid"] = len(both) == len(part)
         for key in ("psnr", "ssim"):
-            m = _mean([r.get(key) for r in part])
+            m = _mean([r.get(key) for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")])
             if m is not None:
                 out[f"{key}_{set_name}"] = m
         for which in ("base", "erased"):
-            m = _mean([r.get(f"clip_score_{which}") for r in part])
+            m = _mean([r.get(f"clip_score_{which}") for r in part if not is_degenerate(r, which)])
             if m is not None:
                 out[f"{prefix}clip_score_{which}"] = m
+    n_bad = sum(1 for r in rows if is_degenerate(r, "base") or is_degenerate(r, "erased"))
+    out["degenerate_rows"] = n_bad
+    out["degenerate_fraction"] = n_bad / len(rows) if rows else 0.0
     return out
+
+
+def _side(out: dict[str, Any], metrics: dict[str, Any], prefix: str, which: str, n_degenerate: int) -> None:
+    valid = n_degenerate == 0
+    for k, v in metrics.items():
+        out[f"{prefix}{k}_{which}"] = v
+        if k.endswith("rate"):
+            out[f"{prefix}{k}_{which}_valid"] = valid
+    out[f"{prefix}degenerate_{which}"] = n_degenerate
+    out[f"{prefix}metrics_{which}_valid"] = valid
 
 
 def numeric_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -77,6 +77,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "classifier": [cfg.classifier.name, classifier_options],
         "metrics": cfg.metrics.model_dump(mode="json"),
         "frames": [cfg.output.save_videos, cfg.output.save_gifs, cfg.output.gif_height],
+        "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
     }
     fp = digest(ident)
     row_fps = {r.id: digest([fp, r.set, r.prompt, r.seed]) for r in rows}
@@ -99,6 +100,7 @@ def worker_spec(plan: EvalPlan) -> WorkerSpec:
         ),
         scorer_mode=cfg.runtime.scorer, scorer_nice=cfg.runtime.scorer_nice, torch_threads=cfg.runtime.torch_threads,
         base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
+        checks=cfg.checks.frame_checks(),
     )
 
 

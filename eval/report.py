@@ -1,4 +1,4 @@
-"""Reports of an eval run: `results.csv`, the base-vs-erased GIF grid, `summary.json`.
+"""Reports of an eval run: `results.csv`, the base-vs-erased GIF grid, `report.md`, `summary.json`.
 
 The grid shows the first `output.grid_rows` rows of each prompt set, one row per prompt:
 its id, the base video and the erased video side by side, animated, built from the
@@ -81,12 +81,15 @@ def make_grid(results: list[dict], output_dir: str | Path, rows: int = 8, height
 
 
 def finish_report(plan, results: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
-    """Write results.csv and the grid; return the summary with their paths (summary.json is
-    written by the caller once MLflow ids are known)."""
-    from eval.writer import write_results_csv
+    """Write results.csv, the grid and report.md; return the summary with their paths and the
+    checks' verdict (summary.json is written by the caller once tracking ids are known)."""
+    from eval.checks import degenerate_verdict
+    from eval.report_md import render
+    from eval.writer import atomic_write_text, write_results_csv
 
     cfg = plan.cfg
     out = plan.output_dir
+    summary.update(degenerate_verdict(cfg.checks, summary))
     write_results_csv(results, out / "results.csv")
     summary["results_csv"] = str(out / "results.csv")
     grid = None
@@ -95,4 +98,6 @@ def finish_report(plan, results: list[dict], summary: dict[str, Any]) -> dict[st
                          fps=cfg.generation.fps)
     summary["grid"] = str(grid) if grid else None
     summary["output_dir"] = str(out)
+    summary["report"] = str(out / "report.md")
+    atomic_write_text(out / "report.md", render(summary))
     return summary

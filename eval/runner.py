@@ -62,6 +62,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     re-imports the main module: call run_eval from scripts under `if __name__ == "__main__":`.
     With `runtime.num_actors` >= 1, Ray must already be initialised by the caller.
     """
+    from eval.checks import raise_if_degenerate
     from eval.classifiers.base import build_classifier
     from eval.metrics import aggregate
     from eval.report import finish_report
@@ -119,6 +120,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
             summary["mlflow_run_id"] = mlf.run_id
             mlf.log_final(summary, results)
         atomic_write_json(out / "summary.json", summary)
+        raise_if_degenerate(summary)  # after every output is written: they stay for the user to inspect
         if mlf is not None:
             mlf.log_file(out / "summary.json")
             mlf.close()

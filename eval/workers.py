@@ -41,6 +41,8 @@ class WorkerSpec:
     base_cache_dir: str | None = None
     torch_threads: int | None = None
     quiet: bool = True
+    # eval.config.ChecksConfig.frame_checks(): the degenerate-video thresholds (eval.quality).
+    checks: dict | None = None
 
 
 def _quiet_libraries() -> None:
@@ -83,6 +85,9 @@ class EvalWorker:
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
+        from eval.config import ChecksConfig
+
+        self.checks = spec.checks or ChecksConfig().frame_checks()
         # Start the consumer first: a scorer process spawns while the pipeline loads.
         self.consumer = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
         self.gen = GenerationConfig.model_validate(spec.generation)
@@ -100,45 +105,62 @@ class EvalWorker:
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
 
-    def _video(self, row: dict, erased: bool) -> np.ndarray:
+    def _generate(self, row: dict) -> tuple[np.ndarray, dict]:
+        """One video as uint8 frames, and its quality record checked on the float frames
+        (NaN/inf are visible only before the uint8 conversion)."""
         from eval.generate import generate_video, to_uint8
+        from eval.quality import video_quality
+
+        frames = generate_video(self.pipe, row["prompt"], row["seed"], self.gen, row.get("row_guidance"))
+        quality = video_quality(frames, self.checks)
+        if quality["nonfinite_values"]:  # a defined conversion (NaN -> 0) for the files and the classifier
+            frames = np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
+        return to_uint8(frames), quality
+
+    def _video(self, row: dict, erased: bool) -> tuple[np.ndarray, dict]:
+        from eval.quality import video_quality
 
         if erased:
-            return to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+            return self._generate(row)
         cached = self._base_cache_path(row)
         if cached is not None and cached.is_file():
             try:
-                return np.load(cached)
+                frames = np.load(cached)
+                return frames, video_quality(frames, self.checks)  # only finite videos are cached
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable cached base video %s: %s", cached, exc)
         if self.handle is None:
-            frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
+            frames, quality = self._generate(row)
         else:
             with self.handle.disabled():  # the base model: same pipeline, erasers off
-                frames = to_uint8(generate_video(self.pipe, row["prompt"], row["seed"], self.gen))
-        if cached is not None:
+                frames, quality = self._generate(row)
+        if cached is not None and not quality["nonfinite_values"]:
             _save_npy_atomic(frames, cached)
-        return frames
+        return frames, quality
 
     def _base_cache_path(self, row: dict) -> Path | None:
         if not self.spec.base_cache_dir:
             return None
         from eval.writer import digest
 
-        key = digest([self.spec.model_path, self.spec.dtype, str(self.pipe.device.type), self.spec.generation,
-                      row["prompt"], int(row["seed"])], n=24)
+        parts = [self.spec.model_path, self.spec.dtype, str(self.pipe.device.type), self.spec.generation,
+                 row["prompt"], int(row["seed"])]
+        if row.get("row_guidance") is not None:  # a per-row guidance column makes another video
+            parts.append(float(row["row_guidance"]))
+        key = digest(parts, n=24)
         return Path(self.spec.base_cache_dir) / f"{key}.npy"
 
     def process(self, row: dict) -> dict:
         """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists."""
         futures: dict[str, Future] = {}
+        quality: dict[str, dict] = {}
         with self._gen_lock:
             t0 = time.perf_counter()
-            base = self._video(row, erased=False)
+            base, quality["base"] = self._video(row, erased=False)
             futures["base"] = self.consumer.submit(VideoJob(row, "base", base))
             erased = None
             if self.handle is not None:
-                erased = self._video(row, erased=True)
+                erased, quality["erased"] = self._video(row, erased=True)
             gen_s = time.perf_counter() - t0
         if erased is not None:
             pair = base if row.get("paired") else None
@@ -148,7 +170,7 @@ class EvalWorker:
             parts = {which: fut.result() for which, fut in futures.items()}
         except BrokenProcessPool as exc:
             raise RuntimeError(SCORER_DIED) from exc
-        return _row_output(parts, gen_s)
+        return _row_output(parts, gen_s, quality)
 
     def close(self) -> None:
         self.consumer.close()
@@ -156,9 +178,10 @@ class EvalWorker:
             self.handle.remove()
 
 
-def _row_output(parts: dict[str, dict], gen_s: float) -> dict:
+def _row_output(parts: dict[str, dict], gen_s: float, quality: dict[str, dict]) -> dict:
     """The scores of a row's videos ({"base": ..., "erased": ...}) as one row result."""
-    out: dict[str, Any] = {"files": {"base": None, "erased": None}, "records": {"base": None, "erased": None}}
+    out: dict[str, Any] = {"files": {"base": None, "erased": None}, "records": {"base": None, "erased": None},
+                           "quality": {"base": quality.get("base"), "erased": quality.get("erased")}}
     for which, part in parts.items():
         out["files"][which] = part["files"]
         out["records"][which] = part["record"]

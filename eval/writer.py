@@ -28,7 +28,7 @@ ROWS_DIR = "rows"
 # Leading columns of results.csv; classifier, metric and extra CSV columns follow.
 LEAD_COLUMNS = [
     "id", "set", "index", "prompt", "seed", "concept", "concept_type",
-    "video_base", "gif_base", "video_erased", "gif_erased",
+    "degenerate_base", "degenerate_erased", "video_base", "gif_base", "video_erased", "gif_erased",
 ]
 
 
@@ -88,6 +88,12 @@ class ResultStore:
 def flatten(result: dict) -> dict[str, Any]:
     """One results.csv row from a row result."""
     flat: dict[str, Any] = {k: result.get(k, "") for k in ("id", "set", "index", "prompt", "seed", "concept", "concept_type")}
+    for which in ("base", "erased"):
+        # eval.quality: a degenerate video is left out of the rates; why, in degenerate_reasons_*.
+        q = (result.get("quality") or {}).get(which)
+        flat[f"degenerate_{which}"] = bool(q["degenerate"]) if q else ""
+        if q and q["degenerate"]:
+            flat[f"degenerate_reasons_{which}"] = q["reasons"]
     for which in ("base", "erased"):
         files = (result.get("files") or {}).get(which) or {}
         flat[f"video_{which}"] = files.get("video", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
 
 def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     """Objective values (+ their baselines and the scalarised score) from an eval summary."""
+    if summary.get("degenerate_ok") is False:
+        return worst_objective(spec, summary)
     out: dict[str, float] = {}
     for m in spec.metrics:
         if m.name not in summary:
@@ -118,12 +121,29 @@ def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     return out
 
 
+def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """The values of a trial whose eval has more degenerate videos than allowed (eval.checks): the
+    worst possible on every objective and the score, so it ranks last in every ordering (best
+    trial, Pareto front, ASHA, Optuna). NaN or black videos score "nothing detected": erasure by
+    destruction must never look like the best eraser."""
+    out: dict[str, float] = {m.name: math.inf if m.mode == "min" else -math.inf for m in spec.metrics}
+    for m in spec.metrics:
+        b = m.baseline_key()
+        if b and isinstance(summary.get(b), (int, float)):
+            out[b] = float(summary[b])
+    out[spec.scalarize.name] = math.inf
+    out["eval_rows"] = float(summary.get("rows_total", 0))
+    out["degenerate_fraction"] = float(summary.get("degenerate_fraction", 1.0))
+    return out
+
+
 def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool) -> dict[str, float]:
     """Evaluate one eraser with the evaluation stage; called by the rank-0 training worker.
 
     final: the full eval (objective.limit rows) into <trial>/eval, logged to the trial's MLflow
     run; otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N.
     """
+    from eval.checks import DegenerateVideosError
     from eval.config import EvalConfig
     from eval.runner import run_eval
     from unlearn.fsutil import atomic_copy_dir, atomic_write_json
@@ -144,7 +164,11 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
     t0 = time.time()
     with contextlib.chdir(obj.get("cwd") or os.getcwd()):
-        summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False)
+        try:
+            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False)
+        except DegenerateVideosError as exc:  # a trial that ranks last (worst_objective), not a failed one
+            LOG.warning("objective eval at step %d: %s", step, exc)
+            summary = exc.summary
     values = objective_metrics(spec, summary)
     values["eval_s"] = round(time.time() - t0, 3)
     atomic_write_json(run_dir / "objective.json", {"step": step, "final": final, **values})

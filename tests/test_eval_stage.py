@@ -319,8 +319,9 @@ def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path):
 def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_path):
     """A search evaluates many erasers on the same rows: base videos are generated once."""
     cache = tmp_path / "base-cache"
+    # the zeroed cache entry below is a black video: allowed here, and flagged (eval.quality)
     cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": f"{__name__}:MeanColour"}, preserve={"path": None},
-                   prompts={"limit": 2}, runtime={"base_cache_dir": str(cache)})
+                   prompts={"limit": 2}, runtime={"base_cache_dir": str(cache)}, checks={"max_degenerate_fraction": 1.0})
     s1 = run_eval(cfg, tmp_path / "a")
     files = sorted(cache.glob("*.npy"))
     assert len(files) == 2
@@ -329,6 +330,7 @@ def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_p
     assert sorted(cache.glob("*.npy")) == files
     means = sorted(float(r["mean_base"]) for r in read_results(tmp_path / "b"))
     assert means[0] == 0.0 and means[1] > 0 and s2["mean_level_erased"] == s1["mean_level_erased"]
+    assert (s1["degenerate_base"], s2["degenerate_base"]) == (0, 1)  # cached frames are checked too
 
 
 def test_toy_classifier_plugin(tiny_model, eraser_dir, tmp_path):

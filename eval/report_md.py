@@ -1,0 +1,73 @@
+"""report.md of an eval run: what was evaluated, the numbers, and what the numbers are worth.
+
+Why a file of its own: summary.json has every entry but says nothing about which of them a
+reader may trust; this page puts the checks (degenerate videos, truncated prompts, duplicated
+or skipped rows, how seeds were chosen) next to the headline rates, one line each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Rows of the metrics table: metrics with a base and an erased value (rates, scores), the
+# per-class counts excluded (they are in summary.json).
+_SKIP_PREFIXES = ("class_frames_", "class_videos_", "preserve_class_")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def metric_rows(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """(metric, base, erased, valid) for every metric with a `_base` or `_erased` value."""
+    names: list[str] = []
+    for k in summary:
+        for side in ("_base", "_erased"):
+            if k.endswith(side) and not k.startswith(_SKIP_PREFIXES) and not k.startswith("degenerate_"):
+                name = k[: -len(side)]
+                if name not in names and not name.startswith(("metrics_", "degenerate")):
+                    names.append(name)
+    out = []
+    for n in names:
+        b, e = summary.get(f"{n}_base"), summary.get(f"{n}_erased")
+        if isinstance(b, dict) or isinstance(e, dict):
+            continue
+        valid = summary.get(f"{n}_erased_valid", summary.get(f"{n}_base_valid"))
+        out.append((n, b, e, valid))
+    return out
+
+
+def check_lines(summary: dict[str, Any]) -> list[str]:
+    """The checks, one line each (also what the console shows)."""
+    from eval.checks import degenerate_line
+
+    return [degenerate_line(summary)]
+
+
+def render(summary: dict[str, Any]) -> str:
+    lines = ["# Evaluation report", ""]
+    eraser = summary.get("eraser")
+    lines += [
+        f"- model: `{summary.get('model')}`",
+        f"- eraser: `{eraser}`" + (f" (sha256 `{summary['eraser_sha256']}`)" if summary.get("eraser_sha256") else "")
+        if eraser else "- eraser: none (base model only)",
+        f"- classifier: {summary.get('classifier')}"
+        + (f", threshold {summary['classifier_threshold']}" if summary.get("classifier_threshold") is not None else ""),
+        f"- rows: {summary.get('rows_total')} ({summary.get('rows_target')} target, {summary.get('rows_preserve')} preserve)",
+    ]
+    for s in ("prompts", "preserve"):
+        if summary.get(f"{s}_path"):
+            lines.append(f"- {s}: `{summary[f'{s}_path']}` (sha256 `{summary.get(f'{s}_sha256')}`)")
+    lines += ["", "## Checks", ""] + [f"- {line}" for line in check_lines(summary)]
+    lines += ["", "## Metrics", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
+    for name, b, e, valid in metric_rows(summary):
+        lines.append(f"| `{name}` | {_fmt(b)} | {_fmt(e)} | {_fmt(valid) if valid is not None else ''} |")
+    notes = summary.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "Every entry: `summary.json`; every row: `results.csv`.", ""]
+    return "\n".join(lines)
