@@ -171,3 +171,39 @@ def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path):
     assert summary["steps"] == 6 and Path(summary["eraser"]).is_dir()
     bad = subprocess.run([*cmd, "--set", "loss.etta=1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "loss.etta: unknown key" in bad.stderr
+    # The same folder with another config is refused before anything is loaded or written,
+    # instead of printing the old summary and keeping the old (rank 8) eraser.
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    other = subprocess.run([*cmd, "--set", "eraser.rank=2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert other.returncode == 2 and "eraser.rank" in other.stderr and "Traceback" not in other.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    assert read_eraser(tmp_path / "run" / "eraser").meta.rank == 8
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_method_config(empty)
+
+
+def test_interrupted_run_that_refuses_to_resume_keeps_its_config(model_dir, tmp_path, monkeypatch):
+    """The resume check comes before config.yaml is (re)written."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(model_dir, tmp_path, steps=4, checkpoint_every=2)
+    real_batch = TrainingSession.batch
+
+    def dying_batch(self, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_batch(self, step)
+
+    monkeypatch.setattr(TrainingSession, "batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(TrainingSession, "batch", real_batch)
+    before = (out / "config.yaml").read_text()
+    changed = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"eta": 5.0})})
+    with pytest.raises(RuntimeError, match="different config"):
+        train(changed, out, progress=False)
+    assert (out / "config.yaml").read_text() == before

@@ -178,9 +178,12 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        # An empty file would silently train on every default (the tiny model, 500 steps): refuse it.
+        raise ConfigError(f"Config {path} is empty; start from configs/tiny.yaml or configs/cogvideox-2b-nudity.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"Config {path} must be a mapping at the top level, got {type(data).__name__}")
     return data

@@ -74,13 +74,15 @@ def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: b
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
     if resume and summary_path.exists() and (out / "eraser" / "eraser_config.json").exists():
-        return json.loads(summary_path.read_text())  # finished: nothing to redo
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return json.loads(summary_path.read_text())  # finished: nothing to redo (`t2vu train` pinned the config)
 
     t0 = time.time()
     session = TrainingSession(cfg, config_dir=config_dir)
     optimizer = make_optimizer(cfg, session.trainable_parameters())
     start = load_checkpoint(out, session, optimizer) if resume else 0
+    # Written only after the resume check: a run that refuses to resume keeps the config it was made with.
+    if not (out / "config.yaml").exists() or not resume:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     metrics_path = out / "metrics.jsonl"
     history = read_metrics(metrics_path, upto_step=start)
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))

@@ -44,7 +44,12 @@ def run(args) -> int:
     cfg = load_config_with_overrides(
         args.config, args.overrides, lambda d, src: validate(MethodConfig, _method_part(d), src)
     )
+    from pipelines.run_folder import pin_config
+
     out = Path(args.output) if args.output else default_output("train", args.config)
+    # A folder made with another config is refused before anything is written or loaded (as run/tune do):
+    # otherwise a finished folder would report its old summary and keep its old eraser.
+    pin_config(out / "config.yaml", cfg.model_dump(mode="json"), out)
     summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
     print(json.dumps({"output": str(out), **summary}, indent=2))
     return 0
