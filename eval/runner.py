@@ -9,7 +9,7 @@ Shape of a run:
   ------                     ---------------------------------------------------    --------
   validate CSVs, resume  ->  row: base video (erasers disabled), erased video   ->  mp4 + GIF, classifier,
   write rows/<id>.json   <-       same seed, same pipeline                           PSNR/SSIM, CLIP
-  progress bar, MLflow
+  progress bar, observer
 
 - Generators: `runtime.num_actors: 0` runs one `EvalWorker` in this process (no Ray);
   N >= 1 runs N Ray actors on the Ray the caller started (GPU actors with `use_gpu`), rows
@@ -29,7 +29,8 @@ Shape of a run:
 
 Modules: eval.planning (config -> EvalPlan, before any model loads), eval.workers (the
 generator), eval.scoring (the consumer), eval.backends (in-process or Ray actors), this one
-(the stage: resume, results, progress, MLflow, summary).
+(the stage: resume, results, progress, summary). Tracking is the caller's: an
+`eval.observer.EvalObserver` passed in (MLflow: `pipelines.mlflow_eval.run_eval`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from eval.backends import make_backend
+from eval.observer import EvalObserver
 from eval.planning import EvalPlan, plan_eval, row_payload, worker_spec
 from eval.scoring import GIFS_DIR, VIDEOS_DIR
 from unlearn.config import ConfigError
@@ -49,14 +51,15 @@ log = logging.getLogger(__name__)
 
 
 def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None, *,
-             eraser: str | Path | None = None, mlflow_run_id: str | None = None,
-             progress: bool | None = None, progress_file: IO[str] | None = None) -> dict:
+             eraser: str | Path | None = None, progress: bool | None = None,
+             progress_file: IO[str] | None = None, observer: EvalObserver | None = None) -> dict:
     """Run the evaluation stage; returns the summary dict (also written to `summary.json`).
 
     cfg: `eval.config.EvalConfig`. prompts: a CSV overriding `cfg.prompts.path`. limit: first N
-    rows of each prompt set. eraser / mlflow_run_id: override `cfg.eraser` / `cfg.mlflow.run_id`.
-    progress: show the bar (None = `cfg.runtime.progress`); progress_file: where it goes
-    (None = sys.stderr). Reruns into the same `output_dir` skip finished rows.
+    rows of each prompt set. eraser: overrides `cfg.eraser`. progress: show the bar (None =
+    `cfg.runtime.progress`); progress_file: where it goes (None = sys.stderr). observer: told
+    of the run's start, rows and end (see `eval.observer`); `cfg.mlflow` is read only by the
+    MLflow observer. Reruns into the same `output_dir` skip finished rows.
 
     With `runtime.scorer: process` (the default) the scorer is a spawned process, which
     re-imports the main module: call run_eval from scripts under `if __name__ == "__main__":`.
@@ -86,11 +89,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
                                                   "model_path": str(plan.model_path),
                                                   "eraser": str(plan.eraser) if plan.eraser else None})
 
-    mlf = None
-    if cfg.mlflow.tracking_uri:
-        from eval.mlflow_log import EvalMlflowLogger
-
-        mlf = EvalMlflowLogger(cfg.mlflow, run_id=mlflow_run_id or cfg.mlflow.run_id, output_dir=out)
+    observed = observer.started(out) if observer is not None else {}
 
     t_gen = time.perf_counter()
     timing: dict[str, float] = {"setup_seconds": round(t_gen - t_start, 3)}
@@ -102,8 +101,8 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
             def on_result(result: dict) -> None:
                 store.write(result)
                 done[result["id"]] = result
-                if mlf is not None:
-                    mlf.log_row_async(result)
+                if observer is not None:
+                    observer.row(result)
 
             workers_info = _generate(plan, todo, len(done), on_result, timing, show, progress_file or sys.stderr)
         gen_wall = time.perf_counter() - t_gen
@@ -116,20 +115,19 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
         timing["report_seconds"] = round(time.perf_counter() - t_report, 3)
         summary["timing"] = timing
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
-        if mlf is not None:
-            summary["mlflow_run_id"] = mlf.run_id
-            mlf.log_final(summary, results)
+        summary.update(observed)
+        if observer is not None:
+            observer.finished(summary, results)
         atomic_write_json(out / "summary.json", summary)
         raise_if_degenerate(summary)  # after every output is written: they stay for the user to inspect
-        if mlf is not None:
-            mlf.log_file(out / "summary.json")
-            mlf.close()
-            mlf = None
+        if observer is not None:
+            observer.completed(out / "summary.json")
+            observer = None
         return summary
     finally:
         classifier.close()
-        if mlf is not None:
-            mlf.close(failed=True)
+        if observer is not None:
+            observer.failed()
 
 
 def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, show: bool, progress_file) -> list:

@@ -6,13 +6,11 @@ Tracking must never kill training: every failure is a warning and training goes 
 from __future__ import annotations
 
 import logging
-import time
+
+from pipelines import mlflow_utils as mu
+from pipelines.search_results import is_number
 
 LOG = logging.getLogger(__name__)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class MlflowLive:
@@ -25,9 +23,7 @@ class MlflowLive:
         if not spec:
             return
         try:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(spec["tracking_uri"])
+            self.client = mu.client(spec["tracking_uri"])
             self.run_id = spec["run_id"]
             hist = self.client.get_metric_history(self.run_id, "loss")
             self.logged_upto = max((m.step for m in hist), default=0)  # no duplicates after a restart
@@ -44,20 +40,15 @@ class MlflowLive:
     def log_eval(self, step: int, metrics: dict) -> None:
         """Proxy/final objective values, as `objective/<name>` at the training step (the eval stage itself logs `eval/*`)."""
         skip = {"train_step", "steps_per_s"} | set(self._train_keys)
-        self._send([(f"objective/{k}", v, step) for k, v in metrics.items() if _is_number(v) and k not in skip])
+        self._send([(f"objective/{k}", v, step) for k, v in metrics.items() if is_number(v) and k not in skip])
 
     _train_keys = ("loss", "l_unlearn", "l_preserve", "l_localize", "mask_fraction")
 
     def _send(self, items: list[tuple[str, float, int]]) -> bool:
         if self.client is None or not items:
             return False
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, int(s)) for k, v, s in items]
         try:
-            for i in range(0, len(ms), 900):  # MLflow caps a batch at 1000 metrics
-                self.client.log_batch(self.run_id, metrics=ms[i : i + 900])
+            mu.log_batch(self.client, self.run_id, items)
             return True
         except Exception as exc:  # tracking must never kill training
             LOG.warning("MLflow logging failed (training continues): %s", exc)

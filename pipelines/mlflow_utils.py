@@ -17,16 +17,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from pipelines.search_results import is_number
+from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 
 PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 MAX_PARAM_LEN = 6000
+#: Metrics per `log_batch` request: MLflow takes at most 1000 entities (metrics + params + tags) per call.
+METRICS_PER_BATCH = 500
 
 
 def client(tracking_uri: str):
@@ -129,17 +137,21 @@ def log_params(c, run_id: str, params: dict[str, str]) -> None:
         c.log_batch(run_id, params=todo[i : i + 90])
 
 
-def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-    import math
-    import time
-
-    from mlflow.entities import Metric
+def log_batch(c, run_id: str, metrics: Iterable[tuple[str, float, int]] = (), tags: dict[str, str] | None = None) -> None:
+    """The one way metrics reach MLflow: (name, value, step) triples at one timestamp, plus run
+    tags (sent with the first request), in as few requests as MLflow's per-call cap allows."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-    for i in range(0, len(ms), 900):
-        c.log_batch(run_id, metrics=ms[i : i + 900])
+    ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics]
+    run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(ms), 1 if run_tags else 0), METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=ms[i : i + METRICS_PER_BATCH], tags=run_tags if i == 0 else [])
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    """Numeric, finite entries of `metrics` at `step`; anything else is skipped."""
+    log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_number(v) and math.isfinite(float(v))])
 
 
 # --- parent / child runs ---------------------------------------------------------------------------
@@ -171,7 +183,7 @@ def get_or_create_parent(c, exp_id: str, name: str, output_dir: str | Path, *, t
         all_tags.update(tags or {})
         run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
     out.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run_id + "\n")
+    atomic_write_text(id_file, run_id + "\n")
     return run_id, not found
 
 

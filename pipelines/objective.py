@@ -145,7 +145,7 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     """
     from eval.checks import DegenerateVideosError
     from eval.config import EvalConfig
-    from eval.runner import run_eval
+    from pipelines.mlflow_eval import run_eval
     from unlearn.fsutil import atomic_copy_dir, atomic_write_json
 
     spec = ObjectiveConfig.model_validate(obj["spec"])

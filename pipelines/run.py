@@ -206,7 +206,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 
 
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
-    from eval.runner import run_eval
+    from pipelines.mlflow_eval import run_eval
     from pipelines.console import progress_stream
     from pipelines.ray_session import ensure_ray
 

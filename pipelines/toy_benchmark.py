@@ -217,7 +217,7 @@ def check_targets(m: dict) -> dict[str, bool]:
 def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None, steps: int | None = None,
                 save_media: bool = False, progress: bool = False) -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist)."""
-    from eval.runner import run_eval
+    from pipelines.mlflow_eval import run_eval
     from pipelines.run_folder import pin_config
     from unlearn.trainer import train
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from eval.runner import run_eval
+from pipelines.mlflow_eval import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "prompts"

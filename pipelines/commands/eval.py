@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from eval.config import load_eval_config
-    from eval.runner import run_eval
+    from pipelines.mlflow_eval import run_eval
     from pipelines.console import progress_stream
     from unlearn.config import ConfigError
 
