@@ -29,7 +29,6 @@ the driver died resumes too (stable run name + storage path).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from pipelines.checkpoints import ERASER_DIR, export_result
 from pipelines.config import PipelineConfig
 from pipelines.distributed_config import check_distributed, deepspeed_config
 from pipelines.ray_session import cpus_needed, ensure_ray
+from pipelines.run_folder import remove_owned
 from pipelines.train_worker import train_loop_per_worker
 from unlearn.config import ConfigError
 
@@ -118,7 +118,7 @@ def run_distributed(
     storage = Path(d.storage_path) if d.storage_path else out / "ray"
     name = d.name or "train"
     if not resume and (storage / name).exists():
-        shutil.rmtree(storage / name)
+        remove_owned(storage / name, storage)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     t0 = time.time()

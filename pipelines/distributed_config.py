@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from unlearn.config import ConfigError, Strict
+from unlearn.config import ConfigError, Strict, path_component
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -49,6 +49,11 @@ class DistributedConfig(Strict):
     storage_path: str | None = None
     # Ray Train run name (stable: rerunning the same name resumes from its last checkpoint).
     name: str | None = None
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, v: str | None) -> str | None:
+        return None if v is None else path_component(v, "distributed.name")
+
     # Worker-group restarts after a worker dies; training resumes from the last checkpoint.
     max_failures: int = Field(1, ge=-1)
     # Steps between checkpoints; default train.checkpoint_every. Every rank saves (collective).

@@ -8,6 +8,7 @@ results or report stale ones as new. `pin_config` is the one mechanism every com
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -46,3 +47,19 @@ def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
             f"{path}). Rerun with the same config and --set values to continue it, or pass a new "
             f"--output (or delete {output}) to start over."
         )
+
+
+def remove_owned(path: str | Path, root: str | Path) -> None:
+    """Delete `path` (a run's own Ray folder) only if it resolves strictly inside `root`.
+
+    The one way a command deletes a previous run's state (`--no-resume`): a name that climbs out
+    of its folder (`..`, an absolute path, a symlink) is refused instead of followed.
+    """
+    path, root = Path(path), Path(root).resolve()
+    target = path.resolve()
+    if target == root or root not in target.parents:
+        raise ConfigError(f"refusing to delete {path}: it resolves to {target}, outside {root}")
+    if path.is_symlink():
+        raise ConfigError(f"refusing to delete {path}: it is a symbolic link (to {target})")
+    if target.exists():
+        shutil.rmtree(target)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from unlearn.config import Strict
+from unlearn.config import Strict, path_component
 
 
 class MetricSpec(Strict):
@@ -181,6 +181,11 @@ class SearchConfig(Strict):
     max_failures: int = Field(1, ge=0)
     # Trials ranked in the report's learning-curve plot.
     top_k: int = Field(3, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, v: str) -> str:
+        return path_component(v, "search.name")
 
     @field_validator("space")
     @classmethod

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import yaml
 
 from pipelines.config import PipelineConfig
 from pipelines.objective import PROXY_TIME_ATTR, objective_payload
+from pipelines.run_folder import remove_owned
 from pipelines.search_results import SearchResult, collect_result, is_number, search_result_json
 from pipelines.trial import make_bookkeeping_callback, progress, trial_main
 from unlearn.config import ConfigError
@@ -177,7 +177,7 @@ def run_search(
                                    resume_unfinished=True, resume_errored=True)
     else:
         if exp_path.exists():
-            shutil.rmtree(exp_path)
+            remove_owned(exp_path, out)
         searcher, scheduler = _searcher_and_scheduler(cfg)
         tuner = tune.Tuner(
             trainable,

@@ -20,6 +20,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def path_component(value: str, field: str) -> str:
+    """A config value that becomes one path component (a run or experiment name): no separators, no `..`.
+
+    `distributed.name: ../../../victim` once made `--no-resume` delete a folder outside the run.
+    """
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
+        raise ValueError(f"{field} {value!r} must be a plain name (letters, digits, - _ .), not a path")
+    return value
+
+
 class ModelConfig(Strict):
     """Which base model, and the video geometry used while training."""
 
