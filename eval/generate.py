@@ -90,6 +90,24 @@ def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | No
     return frames
 
 
+def prompt_token_counts(model_path: str | Path, prompts: list[str], gen) -> tuple[list[int], int]:
+    """(tokens per prompt, the limit) with the pipeline's own tokenizer, before any model loads.
+
+    The count is what the pipeline's tokenizer makes of the prompt with its special tokens
+    (T5: the words plus </s>); the pipeline pads or cuts to the limit: generation's
+    max_sequence_length, else the family's text length (CogVideoX: the transformer's
+    max_text_seq_length, 226). A count above the limit means the words past it are dropped,
+    silently (the library's warning is silenced with its logging).
+    """
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    spec = spec_class(family_of_model_dir(model_path))
+    limit = int(gen.max_sequence_length or spec.text_len_of(model_path))
+    tokenizer = spec.load_tokenizer(model_path)
+    counts = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True).input_ids] if prompts else []
+    return counts, limit
+
+
 def generate_pair(pipe, handle, prompt: str, seed: int, gen) -> tuple[np.ndarray, np.ndarray | None]:
     """(base, erased) videos of one row with identical seeds; erased is None without an eraser."""
     ctx = handle.disabled() if handle is not None else nullcontext()

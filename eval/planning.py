@@ -7,6 +7,7 @@ surfaces here as a one-line ConfigError before minutes of model loading.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from eval.scoring import ScorerSpec
 from eval.workers import WorkerSpec
 from unlearn.config import ConfigError
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 10  # rows named in a note or an error (every row is in results.csv)
 
 
 def resolve_eraser_dir(path: str | Path) -> Path:
@@ -42,6 +46,10 @@ class EvalPlan:
     eraser: Path | None
     fingerprint: str
     row_fingerprints: dict[str, str] = field(default_factory=dict)
+    # Summary entries decided by planning (truncation, prompt sets, provenance) and the notes the
+    # run reports (console warnings, summary.json `notes`, report.md).
+    inputs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None,
@@ -79,11 +87,50 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "frames": [cfg.output.save_videos, cfg.output.save_gifs, cfg.output.gif_height],
         "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
     }
+    rows, inputs, notes = count_prompt_tokens(cfg, model_path, rows)
     fp = digest(ident)
     row_fps = {r.id: digest([fp, r.set, r.prompt, r.seed]) for r in rows}
     if len(row_fps) != len(rows):  # cannot happen: ids are set + index
         raise RuntimeError("duplicate row ids")
-    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps)
+    for note in notes:
+        log.warning("%s", note)
+    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, notes)
+
+
+def _rows_listed(rows: list) -> str:
+    """'file.csv rows 1 (250 tokens), 4 (231)' for the first MAX_LISTED rows, grouped by file."""
+    by: dict[str, list[str]] = {}
+    for r in rows[:MAX_LISTED]:
+        by.setdefault(r.source, []).append(f"{r.index + 1} ({r.prompt_tokens}{' tokens' if not by.get(r.source) else ''})")
+    return "; ".join(f"{src} rows {', '.join(items)}" for src, items in by.items())
+
+
+def count_prompt_tokens(cfg, model_path: Path, rows: list) -> tuple[list, dict[str, Any], list[str]]:
+    """Rows with their token counts, the summary entries about truncation, and the note for the run.
+
+    `checks.on_truncation: error` refuses prompts over the limit here, before any generation."""
+    from dataclasses import replace
+
+    from eval.generate import prompt_token_counts
+
+    counts, limit = prompt_token_counts(model_path, [r.prompt for r in rows], cfg.generation)
+    rows = [replace(r, prompt_tokens=n, token_limit=limit) for r, n in zip(rows, counts)]
+    cut = [r for r in rows if r.truncated]
+    over = max((r.prompt_tokens - limit for r in cut), default=0)
+    inputs = {"text_token_limit": limit, "rows_truncated": len(cut), "truncated_tokens_max": over}
+    if not cut:
+        return rows, inputs, []
+    where = _rows_listed(cut)
+    more = f" and {len(cut) - MAX_LISTED} more" if len(cut) > MAX_LISTED else ""
+    if cfg.checks.on_truncation == "error":
+        raise ConfigError(
+            f"checks.on_truncation: error: {len(cut)} of {len(rows)} prompts are longer than the text encoder's "
+            f"{limit} tokens: {where}{more}; shorten them, or set checks.on_truncation: warn to evaluate them cut"
+        )
+    note = (f"{len(cut)} of {len(rows)} prompts are longer than the text encoder's {limit} tokens (by up to {over} "
+            f"tokens): the pipeline cuts them, so words past the limit change nothing ({where}{more}); results.csv "
+            "marks them truncated, checks.on_truncation: error refuses them")
+    return rows, inputs, [note]
 
 
 def worker_spec(plan: EvalPlan) -> WorkerSpec:

@@ -45,6 +45,18 @@ class PromptRow:
     # Every column of the CSV row as read (strings), for classifiers and results.csv.
     fields: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    # Tokens of the prompt with the pipeline's tokenizer, and the text encoder's limit (set by
+    # eval.planning): above the limit the pipeline cuts the prompt.
+    prompt_tokens: int | None = None
+    token_limit: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_tokens is not None and self.token_limit is not None and self.prompt_tokens > self.token_limit
+
+    def result_fields(self) -> dict[str, Any]:
+        """What results.csv records about how this row was prompted (besides prompt and seed)."""
+        return {"prompt_tokens": self.prompt_tokens, "truncated": self.truncated}
 
     @property
     def id(self) -> str:

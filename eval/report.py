@@ -89,6 +89,8 @@ def finish_report(plan, results: list[dict], summary: dict[str, Any]) -> dict[st
 
     cfg = plan.cfg
     out = plan.output_dir
+    summary.update(plan.inputs)  # truncation, prompt sets, provenance (eval.planning)
+    summary["notes"] = list(plan.notes)
     summary.update(degenerate_verdict(cfg.checks, summary))
     write_results_csv(results, out / "results.csv")
     summary["results_csv"] = str(out / "results.csv")

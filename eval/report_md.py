@@ -45,7 +45,13 @@ def check_lines(summary: dict[str, Any]) -> list[str]:
     """The checks, one line each (also what the console shows)."""
     from eval.checks import degenerate_line
 
-    return [degenerate_line(summary)]
+    lines = [degenerate_line(summary)]
+    n, limit = summary.get("rows_truncated"), summary.get("text_token_limit")
+    if n is not None:
+        lines.append(f"truncated prompts: {n} of {summary.get('rows_total')} longer than the text encoder's {limit} "
+                     f"tokens" + (f" (by up to {summary.get('truncated_tokens_max')} tokens; results.csv `truncated`)"
+                                  if n else ""))
+    return lines
 
 
 def render(summary: dict[str, Any]) -> str:

@@ -107,7 +107,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
             workers_info = _generate(plan, todo, len(done), on_result, timing, show, progress_file or sys.stderr)
         gen_wall = time.perf_counter() - t_gen
         t_report = time.perf_counter()
-        results = [done[r.id] for r in plan.rows]
+        results = [{**done[r.id], **r.result_fields()} for r in plan.rows]  # + what planning knows of the row
         metrics = aggregate(results, classifier)
         summary = _summary(plan, metrics, results, classifier, n_new=len(todo), n_resumed=len(plan.rows) - len(todo),
                            stale=stale, workers=workers_info, gen_wall=gen_wall)
