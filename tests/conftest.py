@@ -8,7 +8,8 @@ or MLflow (they read it at import or at init):
   offline vars        pipelines.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
-  ray_session    ray.init(num_cpus=3, dashboard on 127.0.0.1). 3 LOGICAL CPUs on 2 cores:
+  ray_session    pipelines.ray_session.ensure_ray(num_cpus=3): dashboard on 127.0.0.1, worker env;
+                 at least 3 LOGICAL CPUs (the machine's count if more), on 2 cores:
                  a Tune trial driver (1) + two Train workers (1 each); the dashboard's State
                  API is what cleans up the placement group of a trial Tune stopped.
   mlflow_server  `mlflow server` on a free 127.0.0.1 port with a SQLite backend; yields its
@@ -35,7 +36,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["DS_ACCELERATOR"] = "cpu"
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
 
-from pipelines.env import apply_offline_env, runtime_env_vars  # noqa: E402
+from pipelines.env import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 
@@ -44,33 +45,21 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
-def ray_env_vars() -> dict[str, str]:
-    env = runtime_env_vars()
-    for key in ("T2VU_CACHE", "TORCH_EXTENSIONS_DIR"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
-
-
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session (starting Ray costs ~10 s on this box)."""
+    """One local Ray for the whole test session (starting Ray costs ~10 s on this box), started
+    the way every entry point starts it (`ensure_ray`: dashboard, worker env); stopped only if
+    this fixture started it."""
     import ray
 
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(
-        num_cpus=3,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": ray_env_vars()},
-        log_to_driver=False,
-    )
+    from pipelines.ray_session import ensure_ray
+
+    started = ensure_ray(num_cpus=3)
     try:
         yield ray
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.commands.train import add_common, default_output
+from pipelines.commands.common import add_common, output_dir
 
 
 def register(sub) -> None:
@@ -37,7 +37,7 @@ def run(args) -> int:
     if args.prompts is not None and not Path(args.prompts).is_file():
         raise ConfigError(f"--prompts: file not found: {args.prompts}")
     cfg = load_eval_config(args.config, args.overrides)
-    out = Path(args.output) if args.output else default_output("eval", args.config)
+    out = output_dir(args, "eval")
     if cfg.runtime.num_actors:
         start_eval_ray(cfg.runtime)
     summary = run_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,

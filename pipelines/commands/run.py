@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pipelines.commands.train import add_common, default_output
+from pipelines.commands.common import add_common, output_dir
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
@@ -20,6 +18,6 @@ def run(args) -> int:
     from pipelines.run import run_pipeline
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    out = Path(args.output) if args.output else default_output("run", args.config)
+    out = output_dir(args, "run")
     run_pipeline(cfg, out, config_path=args.config, verbose=args.verbose)
     return 0

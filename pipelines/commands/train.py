@@ -5,20 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def add_common(p, default_config: str | None = None) -> None:
-    p.add_argument("--config", "-c", required=default_config is None, default=default_config, help="YAML config")
-    p.add_argument("--output", "-o", default=None, help="output folder (default: a new folder under runs/)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.steps=10 (YAML-parsed value)",
-    )
-
-
-def default_output(kind: str, config: str) -> Path:
-    import time
-
-    return Path("runs") / f"{kind}-{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+from pipelines.commands.common import add_common, output_dir
 
 
 def load_config_with_overrides(path: str, overrides: list[str], loader):
@@ -46,7 +33,7 @@ def run(args) -> int:
     )
     from pipelines.run_folder import pin_config
 
-    out = Path(args.output) if args.output else default_output("train", args.config)
+    out = output_dir(args, "train")
     # A folder made with another config is refused before anything is written or loaded (as run/tune do):
     # otherwise a finished folder would report its old summary and keep its old eraser.
     pin_config(out / "config.yaml", cfg.model_dump(mode="json"), out)
@@ -62,7 +49,7 @@ def _run_distributed(args) -> int:
     from pipelines.distributed import run_distributed
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    out = Path(args.output) if args.output else default_output("train", args.config)
+    out = output_dir(args, "train")
     d = cfg.distributed
     print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "
           f"DeepSpeed ZeRO-{d.zero_stage} -> {out} (worker logs: t2vu -v train ...)", file=sys.stderr, flush=True)

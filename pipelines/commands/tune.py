@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from pipelines.commands.train import add_common, default_output
+from pipelines.commands.common import add_common, output_dir
 
 
 def register(sub) -> None:
@@ -26,7 +25,7 @@ def run(args) -> int:
     from pipelines.tune import run_search
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    out = Path(args.output) if args.output else default_output("tune", args.config)
+    out = output_dir(args, "tune")
     result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
     best = result.best
     print(json.dumps({
