@@ -2,7 +2,9 @@
 
 The job's `runtime_env` uploads this project as `working_dir` (minus runs,
 caches, venvs and videos) and forwards the offline/telemetry variables plus
-MLflow settings, so a job behaves on the cluster exactly as on a laptop.
+non-secret MLflow settings, so a job behaves on the cluster exactly as on a laptop. Secrets
+(MLFLOW_TRACKING_PASSWORD, tokens) are forwarded only when named with `--env-secret`, because a
+job's runtime_env is readable by anyone with dashboard access; credential files are never uploaded.
 
 Auth: Ray 2.60 clusters enable token auth by default. The client must send
 the cluster's token: we turn on `RAY_AUTH_MODE=token` when a token is
@@ -26,8 +28,45 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [
     ".git", ".venv", "venv", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache",
     "**/*.mp4", "**/*.gif", "mlruns", "*.db",
+    # credentials never travel with the code (the package is readable on every node)
+    "**/.env", "**/*.env", "**/.netrc", "**/auth_token", "**/*_token", "**/*.token", "**/*.pem", "**/*.key",
+    "**/credentials", "**/credentials.*", "**/.aws", "**/.ssh", "**/.ray",
 ]
-FORWARDED = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_HOME", "T2VU_CACHE"]
+# Forwarded when set locally: not secret.
+FORWARDED = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "HF_HOME", "T2VU_CACHE"]
+# A job's runtime_env is readable by anyone with dashboard access: secrets go only when asked (--env-secret).
+SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "_KEY", "CREDENTIAL")
+
+
+def is_secret_name(name: str) -> bool:
+    return any(m in name.upper() for m in SECRET_MARKERS)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """`--env KEY=VALUE` items; a secret-looking KEY is refused (use --env-secret KEY)."""
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip() or not key.replace("_", "").isalnum():
+            raise ValueError(f"--env {kv!r}: expected KEY=VALUE with KEY made of letters, digits and _")
+        if is_secret_name(key):
+            raise ValueError(f"--env {key}=...: looks like a secret; pass it with --env-secret {key} (value from "
+                             "your environment), knowing the job's runtime_env is visible on the dashboard")
+        out[key] = value
+    return out
+
+
+def secret_env(names: list[str], warn=None) -> dict[str, str]:
+    """Values of the named local variables, with a warning each (they become readable on the dashboard)."""
+    out = {}
+    for name in names:
+        if name not in os.environ:
+            raise ValueError(f"--env-secret {name}: not set in this environment")
+        out[name] = os.environ[name]
+        if warn is not None:
+            warn(f"warning: {name} is forwarded in the job's runtime_env; anyone with access to the Ray dashboard "
+                 "or Jobs API can read it")
+    return out
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

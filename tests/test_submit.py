@@ -112,3 +112,35 @@ def test_entrypoint_and_runtime_env(monkeypatch):
     assert renv["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert renv["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert {"runs", ".venv", ".git"} <= set(renv["excludes"])
+
+
+def test_secrets_are_forwarded_only_when_asked(monkeypatch):
+    from pipelines.submit import EXCLUDES, build_runtime_env, parse_env, secret_env
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    assert "MLFLOW_TRACKING_PASSWORD" not in build_runtime_env()["env_vars"]
+    warnings = []
+    renv = build_runtime_env(extra_env=secret_env(["MLFLOW_TRACKING_PASSWORD"], warn=warnings.append))
+    assert renv["env_vars"]["MLFLOW_TRACKING_PASSWORD"] == "hunter2" and "dashboard" in warnings[0]
+    with pytest.raises(ValueError, match="--env-secret MY_API_TOKEN"):
+        parse_env(["MY_API_TOKEN=abc"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_env(["novalue"])
+    assert parse_env(["A_B=1=2"]) == {"A_B": "1=2"}
+    assert {"**/.env", "**/auth_token", "**/.netrc"} <= set(EXCLUDES)
+
+
+def test_credential_files_are_not_uploaded(tmp_path):
+    """The excludes are applied by Ray's own packaging code (what a job actually uploads)."""
+    from ray._private.runtime_env.packaging import _get_excludes, _dir_travel
+
+    from pipelines.submit import EXCLUDES
+
+    for name in (".env", "auth_token", "deploy.pem", "ok.py", "unlearn/models/tokenizer.py", "conf/prod.env"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    seen = []
+    _dir_travel(tmp_path, [_get_excludes(tmp_path, EXCLUDES)], lambda p: seen.append(p.relative_to(tmp_path).as_posix()),
+                include_gitignore=False)
+    files = {s for s in seen if (tmp_path / s).is_file()}
+    assert files == {"ok.py", "unlearn/models/tokenizer.py"}

@@ -21,7 +21,11 @@ def register(sub) -> None:
     p.add_argument("--auth-token-file", default=None, help="the cluster's auth token (Ray 2.60 token auth; default ~/.ray/auth_token)")
     p.add_argument("--follow", "-f", action="store_true", help="stream logs until the job ends; exit 1 unless it SUCCEEDED")
     p.add_argument("--job-id", default=None, help="submission id (default: generated)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env var for the job")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra (non-secret) env var for the job; secret-looking names are refused")
+    p.add_argument("--env-secret", action="append", default=[], metavar="NAME",
+                   help="forward local variable NAME (e.g. MLFLOW_TRACKING_PASSWORD) to the job; it is readable "
+                        "by anyone with dashboard access (a warning is printed)")
     p.add_argument("--timeout", type=float, default=None, help="with --follow: give up after this many seconds")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--status", metavar="JOB_ID")
@@ -46,8 +50,15 @@ def run(args) -> int:
     if args.logs:
         print(sj.client(args.address, args.auth_token_file).get_job_logs(args.logs))
         return 0
+    import sys
+
+    from unlearn.config import ConfigError
+
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
-    extra = dict(kv.split("=", 1) for kv in args.env)
+    try:
+        extra = {**sj.parse_env(args.env), **sj.secret_env(args.env_secret, warn=lambda m: print(m, file=sys.stderr))}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     job_id = sj.submit(args.address, cmd, token_file=args.auth_token_file, extra_env=extra, job_id=args.job_id)
     print(f"submitted job {job_id}  (status: t2vu submit --address {args.address} --status {job_id})", flush=True)
     if not args.follow:
