@@ -102,3 +102,16 @@ def test_an_output_folder_refuses_another_config(tmp_path, record):
     with pytest.raises(ConfigError, match=r"changed: eraser\.rank, loss\.eta.*new --output"):
         pin_config(pin, other.to_dict(), tmp_path)
     assert pin.read_text() == before  # the record is not overwritten by the refused config
+
+
+def test_cluster_manifests_state_token_auth_explicitly():
+    """Never rely on Ray's default auth mode: every node of every shipped cluster starts with RAY_AUTH_MODE=token."""
+    kube = yaml.safe_load((ROOT / "configs" / "cluster" / "kuberay-rayjob.yaml").read_text())
+    spec = kube["spec"]["rayClusterSpec"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for g in groups:
+        env = {e["name"]: e for e in g["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    aws = yaml.safe_load((ROOT / "configs" / "cluster" / "ray-up-aws.yaml").read_text())
+    starts = [c for c in aws["head_start_ray_commands"] + aws["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all("RAY_AUTH_MODE=token" in c for c in starts)
