@@ -51,3 +51,11 @@ class FamilyCase:
 CASES = [
     FamilyCase("cogvideox", text_dim=32, geometry=(9, 32, 32), explicit_attention=cogvideox_explicit_attention),
 ]
+
+
+def perturb(eraser_set, seed: int = 1, scale: float = 0.3) -> None:
+    """Give a zero-initialised eraser set random non-zero weights (so it changes the output)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in eraser_set.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.family_cases import perturb
 from unlearn.attention import text_column_probs
 from unlearn.config import LossConfig
 from unlearn.eraser import BrokenEraserError, EraserSet, load_eraser, read_eraser, save_eraser
@@ -38,13 +39,6 @@ def inputs(spec, b=2, seed=0):
     t = torch.randint(0, 1000, (b,), generator=g)
     e = torch.randn((b, spec.text_len, 32), generator=g)
     return x, t, e
-
-
-def perturb(eraser_set: EraserSet, seed: int = 1, scale: float = 0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in eraser_set.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_eraser_param_count_matches_reference_formula(spec):

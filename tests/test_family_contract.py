@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from tests.family_cases import CASES
+from tests.family_cases import CASES, perturb
 from unlearn.attention import AttentionCapture
 from unlearn.config import LossConfig
 from unlearn.eraser import EraserSet, attach, load_eraser, read_eraser, save_eraser
@@ -54,13 +54,6 @@ def inputs(case, spec, b=2, seed=0):
     t = spec.sample_timesteps(b, g)
     e = torch.randn((b, spec.text_len, case.text_dim), generator=g)
     return x, t, e
-
-
-def perturb(eraser_set: EraserSet, seed: int = 1, scale: float = 0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in eraser_set.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def batch_for(case, spec, b=2, k=2, p=2, seed=3) -> StepBatch:
