@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -26,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.search_results import is_number
+from pipelines.search_results import is_finite_number
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def log_batch(c, run_id: str, metrics: Iterable[tuple[str, float, int]] = (), ta
 
 def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     """Numeric, finite entries of `metrics` at `step`; anything else is skipped."""
-    log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_number(v) and math.isfinite(float(v))])
+    log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_finite_number(v)])
 
 
 # --- parent / child runs ---------------------------------------------------------------------------

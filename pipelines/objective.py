@@ -28,28 +28,33 @@ TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "ru
 PROXY_EVAL_OVERRIDES = {"output.save_videos": False, "output.save_gifs": False, "output.grid_rows": 0}
 
 
+def load_eval_spec(spec, base_dir: Path, source: str):
+    """An eval config as a pipeline config names it: a YAML path (relative to the config's
+    folder unless it exists as given), an inline mapping, or the `eval` section (EvalConfig);
+    relative paths inside it resolve against `base_dir` unless it says otherwise."""
+    from eval.config import EvalConfig, load_eval_config
+    from unlearn.config import validate
+
+    if isinstance(spec, str):
+        path = Path(spec)
+        return load_eval_config(path if path.is_absolute() or path.exists() else base_dir / path)
+    data = spec.model_dump(mode="json") if isinstance(spec, EvalConfig) else dict(spec)
+    data["config_dir"] = data.get("config_dir") or str(base_dir)
+    return validate(EvalConfig, data, source)
+
+
 def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
     """The `EvalConfig` a trial is judged with (`search.objective.eval`, else the `eval` section).
 
     The model is always the one the eraser was trained on (`model.path`); the eraser is bound
     per trial. Validated here, in the driver, before Ray starts.
     """
-    from eval.config import EvalConfig, load_eval_config
-    from unlearn.config import validate
-
     spec = cfg.search.objective.eval
     base_dir = Path(config_dir).resolve() if config_dir else Path.cwd()
-    if isinstance(spec, str):
-        path = Path(spec)
-        if not path.is_absolute() and not path.exists():
-            path = base_dir / spec
-        ecfg = load_eval_config(path)
-    elif isinstance(spec, dict):
-        ecfg = validate(EvalConfig, {"config_dir": str(base_dir), **spec}, "search.objective.eval")
+    if spec is not None:
+        ecfg = load_eval_spec(spec, base_dir, "search.objective.eval")
     elif cfg.eval is not None:
-        data = cfg.eval.model_dump(mode="json")
-        data["config_dir"] = data.get("config_dir") or str(base_dir)
-        ecfg = validate(EvalConfig, data, "eval")
+        ecfg = load_eval_spec(cfg.eval, base_dir, "eval")
     else:
         raise ConfigError("search.objective.eval is not set and the config has no `eval` section: "
                           "name an eval config (e.g. eval: ../eval/tiny.yaml) or add an eval section")

@@ -63,6 +63,16 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
     return True
 
 
+def start_eval_ray(runtime) -> bool:
+    """Start or join the Ray the eval actors run on (eval itself never starts Ray).
+
+    A local Ray gets enough logical CPUs for every actor (they mostly wait on each other);
+    `runtime.ray_address` (else RAY_ADDRESS) joins a cluster instead. True if started here.
+    runtime: `eval.config.RuntimeConfig`.
+    """
+    return ensure_ray(num_cpus=math.ceil(runtime.num_actors * runtime.cpus_per_actor), address=runtime.ray_address)
+
+
 def cpus_needed(cfg, trial_cpus: float = 0.0) -> int:
     per = cfg.distributed.worker_resources().get("CPU", 0.0)
     return int(math.ceil(trial_cpus + per * cfg.distributed.num_workers))

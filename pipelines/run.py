@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipelines.console import quiet_console, say, terminal
 from pipelines.run_folder import pin_config
+from pipelines.search_results import is_finite_number
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
@@ -56,10 +57,6 @@ def _save_state(out: Path, state: dict) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2))
 
 
-def _ok(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def select_best(result, rule) -> object:
     """Pick the trial for the final eval. `rule` is `cfg.run.select` (None = lowest scalar score)."""
     done = [t for t in result.trials if t.status == "completed" and t.eraser]
@@ -69,37 +66,30 @@ def select_best(result, rule) -> object:
     mode = rule.mode if rule and rule.metric else "min"
     eligible = []
     for t in done:
-        ok = _ok(t.metrics.get(metric))
+        ok = is_finite_number(t.metrics.get(metric))
         for c in (rule.constraints if rule else []):
             v = t.metrics.get(c.metric)
-            ok = ok and _ok(v) and (c.min is None or v >= c.min) and (c.max is None or v <= c.max)
+            ok = ok and is_finite_number(v) and (c.min is None or v >= c.min) and (c.max is None or v <= c.max)
         if ok:
             eligible.append(t)
     if not eligible:
         LOG.warning("no trial meets run.select.constraints; falling back to the best by %s", metric)
-        eligible = [t for t in done if _ok(t.metrics.get(metric))] or done
+        eligible = [t for t in done if is_finite_number(t.metrics.get(metric))] or done
     key = (lambda t: t.metrics.get(metric, math.inf)) if mode == "min" else (lambda t: -t.metrics.get(metric, -math.inf))
     return min(eligible, key=key)
 
 
 def final_eval_config(cfg, config_dir: Path):
     """The full eval: the `eval` section if present, else the search objective's eval config."""
-    from eval.config import EvalConfig, load_eval_config
-    from unlearn.config import validate
+    from pipelines.objective import load_eval_spec
 
+    spec = cfg.search.objective.eval if cfg.search else None
     if cfg.eval is not None:
-        data = cfg.eval.model_dump(mode="json")
-        data["config_dir"] = data.get("config_dir") or str(config_dir)
-        ecfg = validate(EvalConfig, data, "eval")
+        ecfg = load_eval_spec(cfg.eval, config_dir, "eval")
+    elif spec is not None:
+        ecfg = load_eval_spec(spec, config_dir, "search.objective.eval")
     else:
-        spec = cfg.search.objective.eval if cfg.search else None
-        if isinstance(spec, str):
-            p = Path(spec)
-            ecfg = load_eval_config(p if p.is_absolute() or p.exists() else config_dir / p)
-        elif isinstance(spec, dict):
-            ecfg = validate(EvalConfig, {"config_dir": str(config_dir), **spec}, "search.objective.eval")
-        else:
-            raise ConfigError("t2vu run needs an `eval` section or search.objective.eval for the final evaluation")
+        raise ConfigError("t2vu run needs an `eval` section or search.objective.eval for the final evaluation")
     return ecfg.with_overrides({"model.path": cfg.model.path}, "final eval")
 
 
@@ -186,7 +176,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         "best_params": best.params,
         "best_eraser": best.eraser,
         "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
-        "final_eval": {k: v for k, v in ev.items() if _ok(v) or k.startswith("rows")},
+        "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")},
         "search_report": str(search_dir / "report.md"),
         "eval_dir": str(out / "eval"),
         "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,
@@ -208,7 +198,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
     from pipelines.mlflow_eval import run_eval
     from pipelines.console import progress_stream
-    from pipelines.ray_session import ensure_ray
+    from pipelines.ray_session import start_eval_ray
 
     done = out / "summary.json"
     if done.exists():
@@ -216,8 +206,7 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
         if prev.get("eraser") == str(eraser) and prev.get("rows_total"):
             return prev
     if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
-        ensure_ray(num_cpus=math.ceil(ecfg.runtime.num_actors * ecfg.runtime.cpus_per_actor),
-                   address=ecfg.runtime.ray_address)
+        start_eval_ray(ecfg.runtime)
     return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet,
                     progress_file=progress_stream())
 
@@ -225,7 +214,7 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
 def _pairs(ev: dict) -> list[tuple[str, object, object]]:
     rows = []
     for k, v in ev.items():
-        if k.endswith("_base") and _ok(v):
+        if k.endswith("_base") and is_finite_number(v):
             stem = k[: -len("_base")]
             rows.append((stem, v, ev.get(stem + "_erased")))
     return rows
@@ -240,7 +229,7 @@ def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
     lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
               "| metric | base | erased |", "|---|---|---|"]
     lines += [f"| {k} | {_f(b)} | {_f(e)} |" for k, b, e in _pairs(ev)]
-    paired = {k: v for k, v in ev.items() if _ok(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
+    paired = {k: v for k, v in ev.items() if is_finite_number(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
     if paired:
         lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in paired.items()]
     grid = sorted((out / "eval").glob("grid*.gif"))
@@ -255,7 +244,7 @@ def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
 
 
 def _f(v) -> str:
-    return f"{v:.4g}" if _ok(v) else "—"
+    return f"{v:.4g}" if is_finite_number(v) else "—"
 
 
 def mlflow_ui_command(uri: str) -> str:
@@ -284,7 +273,7 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
             w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}\n")
     paired_stems = {stem for stem, _, _ in _pairs(ev)}
     for k, v in ev.items():
-        if _ok(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
+        if is_finite_number(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
             w(f"   {k:<26} {_f(v)}\n")
     lines = [f"report       {Path(summary['output']) / 'report.md'}", f"search       {summary['search_report']}",
              f"videos       {summary['eval_dir']}"]

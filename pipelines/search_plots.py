@@ -25,7 +25,6 @@ def read_proxy(trial_dir: Path) -> list[dict]:
     return rows
 
 
-
 def _plt():
     import matplotlib
 
@@ -33,6 +32,21 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _grid_and_legend(ax, fontsize: int) -> None:
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # an empty legend box would only cover data
+        ax.legend(fontsize=fontsize)
+
+
+def _save(plt, fig, path: Path, dpi: int) -> Path:
+    """Lay out, write atomically (a report reader never sees half a PNG), free the figure."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def plot_pareto(path: Path, result, cfg) -> Path:
@@ -74,14 +88,8 @@ def plot_pareto(path: Path, result, cfg) -> Path:
         ax.set_xlabel("completed trial")
         ax.set_ylabel(f"{m.name} ({m.mode})")
         ax.set_title("Trials vs baseline")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    _grid_and_legend(ax, 8)
+    return _save(plt, fig, path, 110)
 
 
 def top_trials(result, cfg, k: int) -> list:
@@ -113,14 +121,8 @@ def plot_learning_curves(path: Path, result, cfg) -> Path:
     if result.baseline.get(score) is not None:
         axes[1].axhline(result.baseline[score], c="black", ls="--", label="baseline")
     for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+        _grid_and_legend(ax, 7)
+    return _save(plt, fig, path, 110)
 
 
 def plot_sensitivity(path: Path, result, cfg) -> Path:
@@ -154,9 +156,5 @@ def plot_sensitivity(path: Path, result, cfg) -> Path:
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
     fig.suptitle("Per-parameter sensitivity (completed trials; dashed = baseline)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, 100)
 

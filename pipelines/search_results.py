@@ -8,6 +8,7 @@ what `run_search` returns, what `t2vu report` renders, and what `t2vu run` selec
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ class SearchResult:
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_finite_number(v) -> bool:
+    """A number that can be ranked, logged as a metric and printed (no NaN/inf)."""
+    return is_number(v) and math.isfinite(v)
 
 
 def read_json(p: Path) -> dict | None:

@@ -25,6 +25,7 @@ from pipelines import checkpoints as ck
 from pipelines.config import PipelineConfig
 from pipelines.distributed_config import per_worker_batch
 from pipelines.live_logging import MlflowLive
+from pipelines.search_results import is_number
 
 LOG = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class WorkerRun:
             "steps_per_s_steady": _steady_rate(self.step_times),
             "ms_per_step": {"forward_backward": 1000 * self.phase[0] / n, "optimizer_step": 1000 * self.phase[1] / n},
             "global_steps": int(self.engine.global_steps), "steps_per_s": self.steps_per_s(),
-            "final": self.last, "metrics": {k: v for k, v in self.final_metrics.items() if _is_number(v)},
+            "final": self.last, "metrics": {k: v for k, v in self.final_metrics.items() if is_number(v)},
         }
 
 
@@ -227,7 +228,3 @@ def _steady_rate(times: list[float]) -> float:
     skip = min(5, len(times) // 5)
     rest = times[skip:]
     return len(rest) / sum(rest) if rest and sum(rest) > 0 else 0.0
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

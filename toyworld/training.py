@@ -66,6 +66,11 @@ def default_log(msg: str) -> None:
     print(f"[toy-build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def cosine_to_floor(progress: float) -> float:
+    """LR factor of both stages: a cosine from 1 down to a 5% floor as progress goes 0 -> 1."""
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * 0.95 + 0.05
+
+
 # ----------------------------------------------------------------------------- data
 def _batch_videos(scenes: list[world.Scene], jitters=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenes -> (x [B,3,F,H,W] in [-1,1], object mask [B,1,F,H,W])."""
@@ -109,7 +114,7 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / cfg.vae_steps, 1.0))) * 0.95 + 0.05
+        opt, lambda s: cosine_to_floor(s / cfg.vae_steps)
     )
     singles, twos = world.single_scenes(), world.two_object_scenes()
     # early-stop check: every single-object scene plus a fixed spread of two-object ones
@@ -206,7 +211,7 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
         if s < cfg.tf_warmup:
             return (s + 1) / cfg.tf_warmup
         p = (s - cfg.tf_warmup) / max(1, cfg.tf_steps - cfg.tf_warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+        return cosine_to_floor(p)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     t0, c0, loss_ema, history = time.time(), time.process_time(), None, []

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from pipelines.commands.common import add_common, output_dir
+from pipelines.ray_session import start_eval_ray
 
 
 def register(sub) -> None:
@@ -44,19 +45,6 @@ def run(args) -> int:
                        progress=False if args.no_progress else None, progress_file=progress_stream())
     print(json.dumps(_short(summary), indent=2))
     return 0
-
-
-def start_eval_ray(runtime) -> bool:
-    """Start or join the Ray the eval actors run on (eval itself never starts Ray).
-
-    A local Ray gets enough logical CPUs for every actor (they mostly wait on each other);
-    `runtime.ray_address` (else RAY_ADDRESS) joins a cluster instead. True if started here.
-    """
-    import math
-
-    from pipelines.ray_session import ensure_ray
-
-    return ensure_ray(num_cpus=math.ceil(runtime.num_actors * runtime.cpus_per_actor), address=runtime.ray_address)
 
 
 def _short(summary: dict) -> dict:
