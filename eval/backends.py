@@ -26,8 +26,8 @@ RAY_NOT_STARTED = (
 class LocalBackend:
     """One EvalWorker in this process; `queue_depth` rows in flight on a thread pool."""
 
-    def __init__(self, spec: WorkerSpec, queue_depth: int):
-        self.worker = EvalWorker(spec)
+    def __init__(self, spec: WorkerSpec, queue_depth: int, transformer=None):
+        self.worker = EvalWorker(spec, transformer=transformer)
         self.depth = queue_depth
         self.pool = ThreadPoolExecutor(max_workers=queue_depth, thread_name_prefix="eval-row")
         self.workers_info = [self.worker.ready()]
@@ -59,6 +59,8 @@ class LocalBackend:
         self.pool.shutdown(wait=not abort, cancel_futures=True)
         if not abort:
             self.worker.close()
+        else:
+            self.worker.detach()  # even on abort: a shared (training) backbone gets its hooks back off
 
 
 class RayBackend:
@@ -132,8 +134,13 @@ def _row_result(get: Callable[[], dict], row: dict) -> dict:
         ) from exc
 
 
-def make_backend(spec: WorkerSpec, runtime, num_rows: int | None = None):
-    """In-process (num_actors 0) or Ray actors (never more actors than rows to do)."""
+def make_backend(spec: WorkerSpec, runtime, num_rows: int | None = None, transformer=None):
+    """In-process (num_actors 0) or Ray actors (never more actors than rows to do).
+
+    transformer: generate with this loaded backbone (in-process only; it cannot cross into actors).
+    """
     if runtime.num_actors == 0:
-        return LocalBackend(spec, runtime.queue_depth)
+        return LocalBackend(spec, runtime.queue_depth, transformer)
+    if transformer is not None:
+        raise ValueError("a shared transformer can only be used in-process: set runtime.num_actors: 0")
     return RayBackend(spec, runtime, num_rows)

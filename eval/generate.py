@@ -31,14 +31,21 @@ def pick_device(device: str | None, use_gpu: bool | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: str = "cpu", gen=None):
+def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: str = "cpu", gen=None,
+                       transformer=None):
     """The real pipeline of the directory's model family (`spec.load_pipeline`, e.g.
     `CogVideoXPipeline.from_pretrained`), moved to `device`, with the configured scheduler
-    and VAE memory savers."""
+    and VAE memory savers.
+
+    transformer: reuse this (already loaded) backbone instead of loading one — a training worker's
+    proxy eval; the other parts are loaded in its dtype so the pipeline's tensors agree with it.
+    """
     from unlearn.models.families import family_of_model_dir, spec_class
 
     spec = spec_class(family_of_model_dir(model_path))
-    pipe = spec.load_pipeline(model_path, dtype=dtype)
+    if transformer is not None:
+        dtype = str(next(transformer.parameters()).dtype).removeprefix("torch.")
+    pipe = spec.load_pipeline(model_path, dtype=dtype, transformer=transformer)
     pipe.t2vu_spec = spec  # generate_video asks it for the family's own call arguments
     if gen is not None:
         scheduler = spec.eval_scheduler(gen.scheduler, pipe.scheduler.config)

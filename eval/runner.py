@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None, *,
              eraser: str | Path | None = None, progress: bool | None = None,
-             progress_file: IO[str] | None = None, observer: EvalObserver | None = None) -> dict:
+             progress_file: IO[str] | None = None, observer: EvalObserver | None = None, transformer=None) -> dict:
     """Run the evaluation stage; returns the summary dict (also written to `summary.json`).
 
     cfg: `eval.config.EvalConfig`. prompts: a CSV overriding `cfg.prompts.path`. limit: first N
@@ -64,6 +64,8 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     With `runtime.scorer: process` (the default) the scorer is a spawned process, which
     re-imports the main module: call run_eval from scripts under `if __name__ == "__main__":`.
     With `runtime.num_actors` >= 1, Ray must already be initialised by the caller.
+    transformer: generate with this already loaded backbone instead of loading one (in-process
+    only; a training worker's proxy eval: the eraser is attached for the rows and removed after).
     """
     from eval.checks import raise_if_degenerate
     from eval.classifiers.base import build_classifier
@@ -104,7 +106,8 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
                 if observer is not None:
                     observer.row(result)
 
-            workers_info = _generate(plan, todo, len(done), on_result, timing, show, progress_file or sys.stderr)
+            workers_info = _generate(plan, todo, len(done), on_result, timing, show, progress_file or sys.stderr,
+                                     transformer)
         gen_wall = time.perf_counter() - t_gen
         t_report = time.perf_counter()
         results = [{**done[r.id], **r.result_fields()} for r in plan.rows]  # + what planning knows of the row
@@ -130,7 +133,8 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
             observer.failed()
 
 
-def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, show: bool, progress_file) -> list:
+def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, show: bool, progress_file,
+              transformer=None) -> list:
     """Generate and score the rows still to do on the configured backend; returns the workers' info.
 
     on_result(result) gets each finished row's result record (in this thread, as rows finish).
@@ -157,7 +161,7 @@ def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, 
 
     try:
         t_backend = time.perf_counter()
-        backend = make_backend(worker_spec(plan), cfg.runtime, len(todo))
+        backend = make_backend(worker_spec(plan), cfg.runtime, len(todo), transformer)
         timing["worker_start_seconds"] = round(time.perf_counter() - t_backend, 3)
         payloads = [row_payload(r, cfg.metrics.paired_on, plan.eraser is not None) for r in todo]
         try:

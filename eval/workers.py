@@ -73,7 +73,9 @@ class EvalWorker:
     row's scores.
     """
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, transformer=None):
+        """transformer: a loaded backbone to generate with (in-process only: a training worker's proxy
+        eval); the eraser is attached to it for the rows and detached again by `close()`."""
         import torch
 
         from eval.config import GenerationConfig
@@ -92,7 +94,9 @@ class EvalWorker:
         self.consumer = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
         self.gen = GenerationConfig.model_validate(spec.generation)
         self.device = pick_device(spec.device, spec.use_gpu)
-        self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen)
+        if transformer is not None:
+            self.device = str(next(transformer.parameters()).device)
+        self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer)
         self.handle = None
         if spec.eraser:
             from unlearn.eraser import load_eraser
@@ -174,8 +178,13 @@ class EvalWorker:
 
     def close(self) -> None:
         self.consumer.close()
+        self.detach()
+
+    def detach(self) -> None:
+        """Remove the eraser hooks (idempotent): a shared backbone must leave the eval as it came."""
         if self.handle is not None:
             self.handle.remove()
+            self.handle = None
 
 
 def _row_output(parts: dict[str, dict], gen_s: float, quality: dict[str, dict]) -> dict:

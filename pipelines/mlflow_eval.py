@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None, *,
              eraser: str | Path | None = None, mlflow_run_id: str | None = None,
-             progress: bool | None = None, progress_file: IO[str] | None = None) -> dict:
+             progress: bool | None = None, progress_file: IO[str] | None = None, transformer=None) -> dict:
     """`eval.runner.run_eval`, logged to MLflow when `cfg.mlflow.tracking_uri` is set.
 
     mlflow_run_id overrides `cfg.mlflow.run_id` (the run to log into; None: a new run in
@@ -41,7 +41,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
 
     observer = MlflowEvalObserver(cfg.mlflow, mlflow_run_id or cfg.mlflow.run_id) if cfg.mlflow.tracking_uri else None
     return run(cfg, output_dir, prompts, limit, eraser=eraser, progress=progress, progress_file=progress_file,
-               observer=observer)
+               observer=observer, transformer=transformer)
 
 
 class MlflowEvalObserver:

@@ -22,7 +22,10 @@ from unlearn.config import ConfigError
 LOG = logging.getLogger(__name__)
 
 PROXY_TIME_ATTR = "proxy_step"  # present only in results that carry a proxy eval (what ASHA acts on)
-# Evaluations inside a trial run in the rank-0 training worker, in-process.
+# Where a trial is judged. Proxy evals (ASHA rungs) run in the rank-0 training worker, in-process, on
+# the training transformer itself (erasers toggled; no second copy of the backbone). The final eval runs
+# in the trial driver after `fit()` returns: on GPU clusters on Ray eval actors, one pipeline per GPU the
+# trainer just freed (`final_runtime`), so no GPU sits idle in `ray.train.report` while a trial is judged.
 TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "runtime.progress": False}
 # The proxy eval only needs numbers.
 PROXY_EVAL_OVERRIDES = {"output.save_videos": False, "output.save_gifs": False, "output.grid_rows": 0}
@@ -80,9 +83,13 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
     proxy_every = obj.proxy.every
     if proxy_every is None and cfg.search.algorithm == "asha":
         proxy_every = cfg.search.asha.grace_period  # ASHA needs a score at its rungs
+    d = cfg.distributed
+    final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
+                     if d.use_gpu else {})
     return {
         "spec": obj.model_dump(mode="json"),
         "eval": ecfg.to_dict(),
+        "final_runtime": final_runtime,
         "proxy_every": proxy_every,
         "cwd": os.getcwd(),
     }
@@ -142,11 +149,14 @@ def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     return out
 
 
-def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool) -> dict[str, float]:
-    """Evaluate one eraser with the evaluation stage; called by the rank-0 training worker.
+def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool,
+                       transformer=None) -> dict[str, float]:
+    """Evaluate one eraser with the evaluation stage.
 
-    final: the full eval (objective.limit rows) into <trial>/eval, logged to the trial's MLflow
-    run; otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N.
+    final (the trial driver, after fit): the full eval (objective.limit rows) into <trial>/eval,
+    logged to the trial's MLflow run, on `final_runtime` (Ray eval actors on GPU clusters);
+    otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N, in the rank-0
+    worker on `transformer` (the training backbone, its training erasers switched off by the caller).
     """
     from eval.checks import DegenerateVideosError
     from eval.config import EvalConfig
@@ -159,8 +169,11 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     eraser = Path(eraser_dir)
     mlflow_run_id = None
     if final:
-        eraser = atomic_copy_dir(eraser, out_dir / "eraser")
+        if eraser.resolve() != (out_dir / "eraser").resolve():
+            eraser = atomic_copy_dir(eraser, out_dir / "eraser")
         run_dir, limit = out_dir / "eval", spec.limit
+        if obj.get("final_runtime"):
+            ecfg = ecfg.with_overrides(obj["final_runtime"], "final eval runtime")
         if obj.get("mlflow"):
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
             mlflow_run_id = obj["mlflow"]["run_id"]
@@ -170,7 +183,12 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     t0 = time.time()
     with contextlib.chdir(obj.get("cwd") or os.getcwd()):
         try:
-            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False)
+            if final and ecfg.runtime.num_actors:
+                from pipelines.ray_session import start_eval_ray
+
+                start_eval_ray(ecfg.runtime)  # inside a trial Ray is already up: this only checks it
+            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
+                               transformer=transformer)
         except DegenerateVideosError as exc:  # a trial that ranks last (worst_objective), not a failed one
             LOG.warning("objective eval at step %d: %s", step, exc)
             summary = exc.summary
@@ -180,12 +198,12 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     return values
 
 
-def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool) -> dict:
+def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
     """The trial's evaluation. A failure is reported, not raised: retrying the worker group
     would retrain from the previous checkpoint only to hit the same (usually config) error;
     the trial driver turns `objective_error` into a failed trial instead."""
     try:
-        return evaluate_objective(obj, eraser_dir, step=step, final=final)
+        return evaluate_objective(obj, eraser_dir, step=step, final=final, transformer=transformer)
     except Exception as exc:  # noqa: BLE001 - reported to the trial driver
         LOG.exception("objective evaluation failed at step %d", step)
         return {"objective_error": f"{type(exc).__name__}: {exc}"[:2000]}

@@ -256,7 +256,8 @@ def subset_metrics(eval_dir: Path, n: int, target: str = "red") -> dict:
     from eval.classifiers.toy import ToyClassifier
     from eval.metrics import aggregate
 
-    rows = [json.loads(p.read_text()) for p in sorted((Path(eval_dir) / "rows").glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted((Path(eval_dir) / "rows").glob("*.json"))
+            if not p.name.startswith(".")]  # a temp file a kill left behind is not a row
     by_set: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: (r["set"], r["index"])):
         by_set.setdefault(r["concept_type"], []).append(r)

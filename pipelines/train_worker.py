@@ -135,12 +135,17 @@ class WorkerRun:
             ck.save_checkpoint(tmp, self.engine, self.session, rank=self.rank, state=state, history=self.history)
             if self.rank == 0:
                 self.live.log(self.history)  # the curve since the last report (steps already logged are skipped)
-                if eval_kind is not None:
-                    metrics.update(evaluate_or_report(self.objective, tmp / ck.ERASER_DIR, done, final=eval_kind == "final"))
+                if eval_kind == "proxy":
+                    # On the training transformer itself (no second backbone on this GPU): its training
+                    # erasers are switched off and the eval attaches the checkpoint's copy for the rows.
+                    with self.session.objective.handle.disabled():
+                        metrics.update(evaluate_or_report(self.objective, tmp / ck.ERASER_DIR, done, final=False,
+                                                          transformer=self.session.spec.transformer))
                     metrics["eval_kind"] = eval_kind
-                    if eval_kind == "proxy":
-                        metrics[PROXY_TIME_ATTR] = done  # ASHA's time attribute
+                    metrics[PROXY_TIME_ATTR] = done  # ASHA's time attribute
                     self.live.log_eval(done, metrics)
+                # The final eval is not run here: the trial driver runs it after fit() returns, on the
+                # GPUs this worker group frees (pipelines.trial), instead of one GPU while the rest wait.
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"checkpoint_{done:06d}")
         self.final_metrics = metrics
@@ -213,11 +218,11 @@ def train_loop_per_worker(lc: dict) -> dict | None:
             run.log(done, losses)
         want_proxy = bool(proxy_every) and done % proxy_every == 0 and not is_last
         if done % ckpt_every == 0 or is_last or want_proxy:
-            run.checkpoint(done, eval_kind="final" if (is_last and run.objective) else ("proxy" if want_proxy else None))
+            run.checkpoint(done, eval_kind="proxy" if want_proxy else None)
 
     if start >= tc.steps:  # restarted after the last checkpoint was already reported: re-report it
         run.last = {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}
-        run.checkpoint(tc.steps, eval_kind="final" if run.objective else None)
+        run.checkpoint(tc.steps, eval_kind=None)
 
     summary = run.summary(tc.steps)
     session.objective.detach()

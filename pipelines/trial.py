@@ -97,11 +97,14 @@ def trial_main(config: dict, ctx: dict) -> None:
     except BaseException as exc:
         fail(str(exc))
         raise
-    err = (result.metrics or {}).get("objective_error")
+    err = (result.metrics or {}).get("objective_error")  # a proxy eval's failure
+    final = {} if err else _final_eval(objective, trial_dir, state["step"])
+    err = err or final.get("objective_error")
     if err:
         fail(err)
         raise RuntimeError(f"trial {trial_id}: the objective evaluation failed: {err}")
-    metrics = {k: v for k, v in (result.metrics or {}).items() if is_number(v)}
+    metrics = {k: v for k, v in {**(result.metrics or {}), **final}.items() if is_number(v)}
+    ray.tune.report({**metrics, "eval_kind": "final"})
     summary = {
         "trial_id": trial_id, "status": "completed", "params": params, "metrics": metrics,
         "eraser": str(trial_dir / "eraser"), "steps_done": state["step"], "attempts": state["attempts"],
@@ -111,6 +114,14 @@ def trial_main(config: dict, ctx: dict) -> None:
     if run_id:
         log_trial_artifacts(c, run_id, trial_dir, metrics)
         mu.finish(c, run_id, "FINISHED")
+
+
+def _final_eval(objective: dict, trial_dir: Path, step: int) -> dict:
+    """The trial's final evaluation, after fit() returned (the worker group's GPUs are free again)."""
+    from pipelines.objective import evaluate_or_report
+
+    values = evaluate_or_report(objective, trial_dir / "eraser", step, final=True)
+    return {**values, "train_step": step}
 
 
 def finished_trial(trial_dir: Path, params: dict) -> dict | None:

@@ -69,13 +69,18 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     return out
 
 
-def load_pipeline(path: str | Path, dtype: str = "float32"):
-    """The real `CogVideoXPipeline.from_pretrained(path)` (used by evaluation)."""
+def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None):
+    """The real `CogVideoXPipeline.from_pretrained(path)` (used by evaluation).
+
+    transformer: an already loaded transformer to use instead of loading one (a training run's
+    proxy evaluation shares its backbone: no second copy of the model on the GPU).
+    """
     from diffusers import CogVideoXPipeline
 
     from unlearn.models.tokenizer import check_tokenizer
 
-    pipe = CogVideoXPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype])
+    extra = {"transformer": transformer} if transformer is not None else {}
+    pipe = CogVideoXPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype], **extra)
     check_tokenizer(pipe.tokenizer)
     return pipe
 
