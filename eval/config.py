@@ -10,7 +10,7 @@ Sections (YAML keys):
 
   model       base model directory (diffusers layout) or builtin:tiny / builtin:toy, dtype, device
   eraser      eraser directory (eraser.safetensors + eraser_config.json), or null = baseline only
-  prompts     the target prompt CSV and its column mapping (prompt, seed, ...), default seed, limit
+  prompts     the target prompt CSV and how to read it (eval.prompt_config: columns, seeds, filters, dedupe)
   preserve    an optional CSV of prompts that do NOT name the target (preservation metrics)
   generation  CogVideoXPipeline settings
   classifier  which plugin scores videos (nudenet, toy, module:Factory) and its options
@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from eval.prompt_config import GUIDANCE_COLUMNS, SEED_COLUMNS, PromptsConfig, RowFilter  # noqa: F401 - re-exported
 from unlearn.config import ConfigError, Strict, apply_overrides, read_yaml, validate
 
 # NudeNet 3.4.2 labels in library order (nudenet.nudenet.__labels; checked against the
@@ -82,27 +83,6 @@ class EvalModelConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     # None = cuda when the process sees a GPU, else cpu.
     device: str | None = None
-
-
-class PromptsConfig(Strict):
-    """A prompt CSV and how its columns map onto (prompt, seed, concept, concept_type).
-
-    The reference schema is `prompt,seed,concept,concept_type`. Other files name columns
-    differently (`prompt`/`evaluation_seed`), or carry only prompts: set `seed_column: null`
-    and every row uses `default_seed` (or `default_seed + row index`). Every other column is
-    kept and handed to the classifier with the row.
-    """
-
-    path: str | None = None
-    prompt_column: str = "prompt"
-    seed_column: str | None = "seed"
-    default_seed: int = Field(0, ge=0)
-    default_seed_policy: Literal["same", "plus_row_index"] = "same"
-    # Optional columns: copied into results.csv when present, ignored when absent.
-    concept_column: str | None = "concept"
-    concept_type_column: str | None = "concept_type"
-    # First N rows only (None = all).
-    limit: int | None = Field(None, ge=1)
 
 
 class GenerationConfig(Strict):

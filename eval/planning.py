@@ -55,12 +55,13 @@ class EvalPlan:
 def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None,
               eraser: str | Path | None = None) -> EvalPlan:
     """Validate config, prompt files, model and eraser paths; compute resume fingerprints."""
-    from eval.prompts import load_eval_rows
+    from eval.prompts import load_eval_sets
     from eval.writer import digest, file_digest
     from unlearn.models.cogvideox import check_model_dir
     from unlearn.models.registry import resolve_model_path
 
-    rows = load_eval_rows(cfg, prompts=prompts, limit=limit)
+    sets = load_eval_sets(cfg, prompts=prompts, limit=limit)
+    rows = [r for ps in sets.values() for r in ps.rows]
     eraser_path = eraser if eraser is not None else cfg.resolve_path(cfg.eraser)
     eraser_dir = resolve_eraser_dir(eraser_path) if eraser_path else None
     try:
@@ -87,14 +88,30 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "frames": [cfg.output.save_videos, cfg.output.save_gifs, cfg.output.gif_height],
         "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
     }
-    rows, inputs, notes = count_prompt_tokens(cfg, model_path, rows)
+    inputs, notes = prompt_set_inputs(sets)
+    rows, truncation, cut_note = count_prompt_tokens(cfg, model_path, rows)
+    inputs.update(truncation)
+    notes += [(True, n) for n in cut_note]
     fp = digest(ident)
-    row_fps = {r.id: digest([fp, r.set, r.prompt, r.seed]) for r in rows}
+    # a per-row guidance makes another video (rows without one keep the plain key)
+    row_fps = {r.id: digest([fp, r.set, r.prompt, r.seed] + ([r.guidance] if r.guidance is not None else []))
+               for r in rows}
     if len(row_fps) != len(rows):  # cannot happen: ids are set + index
         raise RuntimeError("duplicate row ids")
-    for note in notes:
-        log.warning("%s", note)
-    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, notes)
+    for warn, note in notes:
+        log.log(logging.WARNING if warn else logging.INFO, "%s", note)
+    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes])
+
+
+def prompt_set_inputs(sets: dict) -> tuple[dict[str, Any], list[tuple[bool, str]]]:
+    """Summary entries about the prompt sets as read (eval.prompts.PromptSet), and their notes."""
+    infos = {name: ps.info for name, ps in sets.items()}
+    inputs: dict[str, Any] = {"prompt_sets": infos}
+    for key, field_ in (("rows_duplicate", "duplicates"), ("rows_deduped", "deduped"),
+                        ("rows_filtered_out", "filtered_out")):
+        inputs[key] = sum(int(i[field_]) for i in infos.values())
+    inputs["rows_skipped"] = sum(len(i["skipped"]) for i in infos.values())
+    return inputs, [n for ps in sets.values() for n in ps.notes]
 
 
 def _rows_listed(rows: list) -> str:

@@ -1,11 +1,16 @@
-"""Prompt CSVs: load, map columns, validate — all before any model loads.
+"""Prompt CSVs as they come: load, map columns, filter, dedupe, validate - all before any model loads.
 
 Reference schema (`../shared/data/nudity_cogvideox.csv`): `prompt,seed,concept,concept_type`.
-Other files are mapped through `PromptsConfig` (e.g. `prompt_column: "normal prompt"`,
-`seed_column: evaluation_seed`, or `seed_column: null` with a default seed).
+Other files are read through `PromptsConfig` (eval.prompt_config): a UTF-8 BOM is dropped, the
+seed column is found by convention (seed / evaluation_seed / sd_seed) or seeds are derived per
+row (default_seed + row index), a per-row guidance column is used, a leading pandas index
+column is dropped, row filters apply, duplicated prompt+seed rows are counted (and dropped with
+`dedupe: true`). What was found is reported: `PromptSet.info` (summary.json `prompt_sets`) and
+`PromptSet.notes` (the console, summary.json `notes`, report.md).
 
 Every problem is reported with the file, the data row number (1 = first row after the
-header) and the physical line, all problems of a file at once:
+header) and the physical line, all problems of a file at once (or, with `on_bad_row: skip`,
+every skipped row with its reason):
 
     prompts.csv: 2 problems:
       row 3 (line 4): empty prompt in column 'prompt'
@@ -15,7 +20,10 @@ header) and the physical line, all problems of a file at once:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,9 @@ from unlearn.config import ConfigError
 
 MAX_SEED = 2**63 - 1
 MAX_REPORTED = 20
+# pandas' to_csv writes its index as a first column with an empty header; read back and written
+# again it becomes "Unnamed: 0" (then "Unnamed: 0.1"): such leading columns are an index, not data.
+INDEX_HEADER = re.compile(r"^(|Unnamed: \d+(\.\d+)?)$")
 
 # Which evaluation set a row belongs to: prompts that name the target, or prompts to preserve.
 TARGET, PRESERVE = "target", "preserve"
@@ -49,6 +60,12 @@ class PromptRow:
     # eval.planning): above the limit the pipeline cuts the prompt.
     prompt_tokens: int | None = None
     token_limit: int | None = None
+    # Where the seed came from: "column <name>", "default_seed + row index" or "default_seed".
+    seed_source: str = ""
+    # This row's guidance scale (a CSV guidance column); None = generation.guidance_scale.
+    guidance: float | None = None
+    # CSV columns mapped onto stage fields (prompt, seed, guidance, concept...): not copied as csv.<name>.
+    mapped: tuple[str, ...] = ()
 
     @property
     def truncated(self) -> bool:
@@ -56,7 +73,8 @@ class PromptRow:
 
     def result_fields(self) -> dict[str, Any]:
         """What results.csv records about how this row was prompted (besides prompt and seed)."""
-        return {"prompt_tokens": self.prompt_tokens, "truncated": self.truncated}
+        return {"prompt_tokens": self.prompt_tokens, "truncated": self.truncated, "seed_source": self.seed_source,
+                "guidance": self.guidance, "mapped_columns": list(self.mapped)}
 
     @property
     def id(self) -> str:
@@ -65,7 +83,8 @@ class PromptRow:
 
     def as_dict(self) -> dict[str, Any]:
         """What a classifier sees as `row`: every CSV field, plus the normalised prompt, seed,
-        concept, concept_type and this stage's own keys (`row_id`, `eval_set`, `row_index`).
+        concept, concept_type and this stage's own keys (`row_id`, `eval_set`, `row_index`,
+        `row_guidance`: the row's guidance scale or None).
         CSV columns are never overwritten by the stage's keys (e.g. a toy CSV's `set`)."""
         d: dict[str, Any] = dict(self.fields)
         d.update(prompt=self.prompt, seed=self.seed)
@@ -73,7 +92,7 @@ class PromptRow:
             d["concept"] = self.concept
         if self.concept_type or "concept_type" not in d:
             d["concept_type"] = self.concept_type
-        d.update(row_id=self.id, eval_set=self.set, row_index=self.index)
+        d.update(row_id=self.id, eval_set=self.set, row_index=self.index, row_guidance=self.guidance)
         return d
 
 
@@ -97,18 +116,62 @@ def parse_seed(raw: str) -> int:
     return value
 
 
-def read_prompt_csv(path: str | Path, cfg, set_name: str = TARGET, limit: int | None = None) -> list[PromptRow]:
-    """Read and validate one prompt CSV under column mapping `cfg` (`eval.config.PromptsConfig`).
+def parse_guidance(raw: str) -> float | None:
+    """A guidance scale >= 0, or None for an empty cell (generation.guidance_scale applies)."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number >= 0")
+    return value
 
-    `limit` (or cfg.limit when None) keeps the first N rows; rows beyond it are not validated.
-    Raises PromptFileError naming the file and every bad row.
+
+def _column(choice: str | None, header: list[str], known: tuple[str, ...], key: str, src: str) -> str | None:
+    """The column a `seed_column` / `guidance_column` setting names in this header (None: none)."""
+    if choice is None:
+        return None
+    if choice == "auto":
+        return next((c for c in known if c in header), None)
+    if choice not in header:
+        raise PromptFileError(
+            f"{src}: no {key.split('_')[0]} column '{choice}' in the header (columns: {header}); set {key} to the "
+            f"column to use, {key}: auto (finds {', '.join(known)}), or {key}: null"
+        )
+    return choice
+
+
+@dataclass
+class PromptSet:
+    """The rows of one prompt CSV, and what reading it found (summary.json `prompt_sets`)."""
+
+    rows: list[PromptRow]
+    info: dict[str, Any]
+    # (is a warning, text): said in the run's output (warnings on the console; all in summary and report)
+    notes: list[tuple[bool, str]] = field(default_factory=list)
+
+
+def read_prompt_csv(path: str | Path, cfg, set_name: str = TARGET, limit: int | None = None) -> list[PromptRow]:
+    """The rows of one prompt CSV under `cfg` (`eval.config.PromptsConfig`); see read_prompt_set."""
+    return read_prompt_set(path, cfg, set_name, limit).rows
+
+
+def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | None = None) -> PromptSet:
+    """Read, filter, dedupe and validate one prompt CSV under `cfg` (`eval.config.PromptsConfig`).
+
+    `limit` (or cfg.limit when None) keeps the first N usable rows; rows beyond them are not read.
+    Raises PromptFileError naming the file and every bad row (unless `cfg.on_bad_row: skip`).
     """
     path = Path(path)
     src = str(path)
     if not path.is_file():
         raise PromptFileError(f"Prompt file not found: {path}")
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")  # drops a UTF-8 BOM (spreadsheet exports carry one)
     except UnicodeDecodeError as exc:
         raise PromptFileError(f"{src}: cannot be parsed as a CSV: not UTF-8 text ({exc})") from None
     if not text.strip():
@@ -121,6 +184,11 @@ def read_prompt_csv(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
     except csv.Error as exc:
         raise PromptFileError(f"{src}: cannot be parsed as a CSV at line {reader.line_num}: {exc}") from None
     header = [h.strip() for h in header]
+    index_cols: list[str] = []
+    for h in header:
+        if not INDEX_HEADER.match(h) or len(index_cols) == len(header) - 1:
+            break
+        index_cols.append(h)
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise PromptFileError(f"{src}: duplicate column names {dupes} in the header")
@@ -129,19 +197,26 @@ def read_prompt_csv(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
             f"{src}: no prompt column '{cfg.prompt_column}' in the header (columns: {header}); "
             "set prompt_column in the prompts/preserve section of the eval config"
         )
-    if cfg.seed_column is not None and cfg.seed_column not in header:
-        raise PromptFileError(
-            f"{src}: no seed column '{cfg.seed_column}' in the header (columns: {header}); set seed_column "
-            "to the column holding per-row seeds, or seed_column: null to use default_seed for every row"
-        )
+    from eval.prompt_config import GUIDANCE_COLUMNS, SEED_COLUMNS
+
+    seed_col = _column(cfg.seed_column, header, SEED_COLUMNS, "seed_column", src)
+    guidance_col = _column(cfg.guidance_column, header, GUIDANCE_COLUMNS, "guidance_column", src)
+    missing = sorted({f.column for f in cfg.filters} - set(header))
+    if missing:
+        raise PromptFileError(f"{src}: filters name columns {missing} the file does not have (columns: {header})")
+    mapped = tuple(c for c in (cfg.prompt_column, seed_col, guidance_col, cfg.concept_column, cfg.concept_type_column)
+                   if c and c in header)
+    derived = "default_seed + row index" if cfg.default_seed_policy == "plus_row_index" else "default_seed"
 
     rows: list[PromptRow] = []
     problems: list[str] = []
-    n_data = 0
+    skipped: list[str] = []
+    seen: dict[tuple, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    prompts_seen: set[str] = set()
+    repeated_prompts = filtered = n_data = 0
     line_start = reader.line_num + 1
-    while True:
-        if limit is not None and n_data >= limit:
-            break
+    while limit is None or len(rows) < limit:
         try:
             values = next(reader)
         except StopIteration:
@@ -154,48 +229,89 @@ def read_prompt_csv(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
         if not values or all(not v.strip() for v in values):
             continue  # blank line
         n_data += 1
+        bad: list[str] = []
         if len(values) != len(header):
-            problems.append(f"{where}: has {len(values)} fields, the header has {len(header)} (unquoted comma?)")
-            continue
-        rec = dict(zip(header, values))
-        prompt = rec[cfg.prompt_column].strip()
-        if not prompt:
-            problems.append(f"{where}: empty prompt in column '{cfg.prompt_column}'")
-        if cfg.seed_column is not None:
-            raw = rec[cfg.seed_column]
-            try:
-                seed = parse_seed(raw)
-            except ValueError as exc:
-                problems.append(f"{where}: seed {raw!r} in column '{cfg.seed_column}' {exc}")
-                seed = -1
+            bad.append(f"{where}: has {len(values)} fields, the header has {len(header)} (unquoted comma?)")
         else:
+            rec = dict(zip(header, values))
+            try:
+                if not all(f.keeps(rec[f.column]) for f in cfg.filters):
+                    filtered += 1
+                    continue
+            except ValueError as exc:
+                bad.append(f"{where}: {exc}")
+        if not bad:
+            prompt = rec[cfg.prompt_column].strip()
+            if not prompt:
+                bad.append(f"{where}: empty prompt in column '{cfg.prompt_column}'")
             seed = cfg.default_seed + (n_data - 1 if cfg.default_seed_policy == "plus_row_index" else 0)
+            if seed_col is not None:
+                try:
+                    seed = parse_seed(rec[seed_col])
+                except ValueError as exc:
+                    bad.append(f"{where}: seed {rec[seed_col]!r} in column '{seed_col}' {exc}")
+            guidance = None
+            if guidance_col is not None:
+                try:
+                    guidance = parse_guidance(rec[guidance_col])
+                except ValueError as exc:
+                    bad.append(f"{where}: guidance {rec[guidance_col]!r} in column '{guidance_col}' {exc}")
+        if bad:
+            (skipped if cfg.on_bad_row == "skip" else problems).extend(bad)
+            continue
+        key = (prompt, seed, guidance)
+        if key in seen:
+            duplicates.append((n_data, seen[key]))
+            if cfg.dedupe:
+                continue
+        else:
+            seen[key] = n_data
+            repeated_prompts += prompt in prompts_seen
+            prompts_seen.add(prompt)
         concept = rec.get(cfg.concept_column, "").strip() if cfg.concept_column else ""
         ctype = rec.get(cfg.concept_type_column, "").strip() if cfg.concept_type_column else ""
-        rows.append(
-            PromptRow(set=set_name, index=n_data - 1, prompt=prompt, seed=seed, concept=concept,
-                      concept_type=ctype, fields=rec, source=src)
-        )
+        rows.append(PromptRow(
+            set=set_name, index=n_data - 1, prompt=prompt, seed=seed, concept=concept, concept_type=ctype,
+            fields={k: v for k, v in rec.items() if k not in index_cols}, source=src,
+            seed_source=f"column {seed_col}" if seed_col else derived, guidance=guidance, mapped=mapped,
+        ))
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        fixable = cfg.on_bad_row == "error" and any("cannot be parsed as CSV" not in p for p in problems)
+        hint = "\n  (on_bad_row: skip, or t2vu eval --skip-bad-rows, leaves such rows out, each reported)" if fixable else ""
         raise PromptFileError(
-            f"{src}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  " + "\n  ".join(shown) + more
+            f"{src}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  " + "\n  ".join(shown) + more + hint
         )
     if not rows:
-        raise PromptFileError(f"{src}: no data rows after the header")
-    return rows
+        why = f" ({filtered} filtered out, {len(skipped)} skipped)" if filtered or skipped else ""
+        raise PromptFileError(f"{src}: no data rows after the header{why}")
+    info = {
+        "path": str(path.resolve()), "sha256": hashlib.sha256(raw).hexdigest(), "rows": len(rows),
+        "seed_column": seed_col, "seeds": f"column {seed_col}" if seed_col else f"{derived} (default_seed {cfg.default_seed})",
+        "guidance_column": guidance_col, "index_columns": index_cols, "filters": [f.describe() for f in cfg.filters],
+        "filtered_out": filtered, "duplicates": len(duplicates), "deduped": len(duplicates) if cfg.dedupe else 0,
+        "repeated_prompts": repeated_prompts, "skipped": skipped, "limit": limit,
+    }
+    from eval.prompt_notes import set_notes
+
+    return PromptSet(rows, info, set_notes(src, cfg, info, duplicates))
 
 
-def load_eval_rows(cfg, prompts: str | Path | None = None, limit: int | None = None) -> list[PromptRow]:
-    """All rows of an eval config: the target set, then the preserve set (if configured).
+def load_eval_sets(cfg, prompts: str | Path | None = None, limit: int | None = None) -> dict[str, PromptSet]:
+    """The prompt sets of an eval config: "target", then "preserve" (if configured).
 
     `prompts` overrides `cfg.prompts.path`; `limit` overrides the limit of both sets.
     """
     target_path = prompts if prompts is not None else cfg.resolve_path(cfg.prompts.path)
     if target_path is None:
         raise ConfigError("No prompt file: set prompts.path in the eval config or pass --prompts CSV")
-    rows = read_prompt_csv(Path(target_path), cfg.prompts, TARGET, limit)
+    sets = {TARGET: read_prompt_set(Path(target_path), cfg.prompts, TARGET, limit)}
     if cfg.preserve.path:
-        rows += read_prompt_csv(cfg.resolve_path(cfg.preserve.path), cfg.preserve, PRESERVE, limit)
-    return rows
+        sets[PRESERVE] = read_prompt_set(cfg.resolve_path(cfg.preserve.path), cfg.preserve, PRESERVE, limit)
+    return sets
+
+
+def load_eval_rows(cfg, prompts: str | Path | None = None, limit: int | None = None) -> list[PromptRow]:
+    """All rows of an eval config: the target set, then the preserve set (if configured)."""
+    return [r for s in load_eval_sets(cfg, prompts, limit).values() for r in s.rows]

@@ -36,8 +36,12 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         b, e = summary.get(f"{n}_base"), summary.get(f"{n}_erased")
         if isinstance(b, dict) or isinstance(e, dict):
             continue
-        valid = summary.get(f"{n}_erased_valid", summary.get(f"{n}_base_valid"))
-        out.append((n, b, e, valid))
+        prefix = "preserve_" if n.startswith("preserve_") else ""
+        sides = [side for side, v in (("base", b), ("erased", e)) if v is not None]
+        # valid when no degenerate video was left out of either side shown
+        flags = [summary.get(f"{n}_{side}_valid", summary.get(f"{prefix}metrics_{side}_valid")) for side in sides]
+        flags = [f for f in flags if f is not None]
+        out.append((n, b, e, all(flags) if flags else None))
     return out
 
 
@@ -51,6 +55,13 @@ def check_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"truncated prompts: {n} of {summary.get('rows_total')} longer than the text encoder's {limit} "
                      f"tokens" + (f" (by up to {summary.get('truncated_tokens_max')} tokens; results.csv `truncated`)"
                                   if n else ""))
+    sets = summary.get("prompt_sets") or {}
+    if sets:
+        dup, dropped = summary.get("rows_duplicate", 0), summary.get("rows_deduped", 0)
+        lines.append(f"duplicated prompt+seed rows: {dup}" + (f" (dedupe dropped {dropped})" if dropped else
+                                                             " (counted twice; dedupe: true drops them)" if dup else ""))
+        lines.append(f"skipped bad rows: {summary.get('rows_skipped', 0)}; filtered out: {summary.get('rows_filtered_out', 0)}")
+        lines.append("seeds: " + "; ".join(f"{name} {info['seeds']}" for name, info in sets.items()))
     return lines
 
 
@@ -72,6 +83,13 @@ def render(summary: dict[str, Any]) -> str:
     lines += ["", "## Metrics", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
     for name, b, e, valid in metric_rows(summary):
         lines.append(f"| `{name}` | {_fmt(b)} | {_fmt(e)} | {_fmt(valid) if valid is not None else ''} |")
+    skipped = [f"{info['path']}: {r}" for info in (summary.get("prompt_sets") or {}).values() for r in info["skipped"]]
+    if skipped:
+        lines += ["", "## Skipped rows", ""] + [f"- {r}" for r in skipped]
+    paired = [(k, v) for k, v in summary.items() if k.startswith(("psnr_", "ssim_")) and isinstance(v, float)]
+    if paired:
+        lines += ["", "Paired base vs erased (same seeds; degenerate pairs left out): "
+                  + ", ".join(f"`{k}` {_fmt(v)}" for k, v in paired)]
     notes = summary.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ROWS_DIR = "rows"
 # Leading columns of results.csv; classifier, metric and extra CSV columns follow.
 LEAD_COLUMNS = [
-    "id", "set", "index", "prompt", "seed", "concept", "concept_type", "prompt_tokens", "truncated",
+    "id", "set", "index", "prompt", "seed", "seed_source", "concept", "concept_type", "prompt_tokens", "truncated",
     "degenerate_base", "degenerate_erased", "video_base", "gif_base", "video_erased", "gif_erased",
 ]
 
@@ -87,8 +87,10 @@ class ResultStore:
 
 def flatten(result: dict) -> dict[str, Any]:
     """One results.csv row from a row result."""
-    flat: dict[str, Any] = {k: result.get(k, "") for k in ("id", "set", "index", "prompt", "seed", "concept", "concept_type",
-                                                           "prompt_tokens", "truncated")}
+    flat: dict[str, Any] = {k: result.get(k, "") for k in ("id", "set", "index", "prompt", "seed", "seed_source", "concept",
+                                                           "concept_type", "prompt_tokens", "truncated")}
+    if result.get("guidance") is not None:  # a per-row guidance column (eval.prompts)
+        flat["guidance"] = result["guidance"]
     for which in ("base", "erased"):
         # eval.quality: a degenerate video is left out of the rates; why, in degenerate_reasons_*.
         q = (result.get("quality") or {}).get(which)

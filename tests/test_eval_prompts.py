@@ -48,9 +48,9 @@ def test_shared_nudity_csv_loads():
 
 @pytest.mark.skipif(not (SHARED / "nudity-ring-a-bell.csv").exists(), reason="shared data not present")
 def test_shared_ring_a_bell_normal_prompts_load():
-    cfg = PromptsConfig(prompt_column="normal prompt", seed_column=None, default_seed=5)
+    cfg = PromptsConfig(prompt_column="normal prompt", default_seed=5)  # prompt columns only: derived seeds
     rows = read_prompt_csv(SHARED / "nudity-ring-a-bell.csv", cfg)
-    assert rows and all(r.seed == 5 for r in rows)
+    assert rows and [r.seed for r in rows] == [5 + i for i in range(len(rows))]
     assert "prompt" in rows[0].fields  # the other column is kept
 
 
@@ -58,9 +58,10 @@ def test_renamed_seed_column_and_default_seed(tmp_path):
     p = write(tmp_path, "prompt,evaluation_seed\na cat,7\na dog,8\n")
     rows = read_prompt_csv(p, PromptsConfig(seed_column="evaluation_seed"))
     assert [r.seed for r in rows] == [7, 8]
-    rows = read_prompt_csv(p, PromptsConfig(seed_column=None, default_seed=3))
+    assert [r.seed for r in read_prompt_csv(p, PromptsConfig())] == [7, 8]  # auto finds evaluation_seed
+    rows = read_prompt_csv(p, PromptsConfig(seed_column=None, default_seed=3, default_seed_policy="same"))
     assert [r.seed for r in rows] == [3, 3]
-    rows = read_prompt_csv(p, PromptsConfig(seed_column=None, default_seed=3, default_seed_policy="plus_row_index"))
+    rows = read_prompt_csv(p, PromptsConfig(seed_column=None, default_seed=3))  # default: plus_row_index
     assert [r.seed for r in rows] == [3, 4]
 
 
@@ -78,10 +79,10 @@ def test_missing_prompt_column_names_file_and_columns(tmp_path):
     assert str(p) in msg and "'prompt'" in msg and "['text', 'seed']" in msg
 
 
-def test_missing_seed_column_suggests_null(tmp_path):
+def test_missing_named_seed_column_suggests_auto_or_null(tmp_path):
     p = write(tmp_path, "prompt\na cat\n")
-    with pytest.raises(PromptFileError, match="seed_column: null"):
-        read_prompt_csv(p, PromptsConfig())
+    with pytest.raises(PromptFileError, match="seed_column: auto .*or seed_column: null"):
+        read_prompt_csv(p, PromptsConfig(seed_column="seed"))
 
 
 def test_empty_prompt_and_bad_seeds_reported_with_rows(tmp_path):

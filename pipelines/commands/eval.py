@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows of each prompt set")
     p.add_argument("--eraser", default=None, metavar="DIR", help="eraser directory (overrides eraser)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out prompt rows that cannot be used (empty prompt, bad seed, wrong field count), each "
+                        "reported with its reason (default: refuse the file; prompts/preserve.on_bad_row)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,8 @@ def run(args) -> int:
     if args.prompts is not None and not Path(args.prompts).is_file():
         raise ConfigError(f"--prompts: file not found: {args.prompts}")
     cfg = load_eval_config(args.config, args.overrides)
+    if args.skip_bad_rows:
+        cfg = cfg.with_overrides({"prompts.on_bad_row": "skip", "preserve.on_bad_row": "skip"}, "--skip-bad-rows")
     out = output_dir(args, "eval")
     if cfg.runtime.num_actors:
         start_eval_ray(cfg.runtime)
