@@ -89,6 +89,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
     }
     inputs, notes = prompt_set_inputs(sets)
+    inputs.update(provenance(cfg, sets, model_path, eraser_dir))
     rows, truncation, cut_note = count_prompt_tokens(cfg, model_path, rows)
     inputs.update(truncation)
     notes += [(True, n) for n in cut_note]
@@ -101,6 +102,39 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     for warn, note in notes:
         log.log(logging.WARNING if warn else logging.INFO, "%s", note)
     return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes])
+
+
+def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None) -> dict[str, Any]:
+    """What was evaluated, as read (summary.json and eval_config.json `provenance`): the prompt CSVs
+    actually read (after `--prompts`) with their sha256, the model, the eraser and the sha256 of
+    its weights, the classifier and its threshold."""
+    from eval.writer import file_digest
+
+    out: dict[str, Any] = {}
+    for key, name in (("prompts", "target"), ("preserve", "preserve")):
+        info = sets[name].info if name in sets else {}
+        out[f"{key}_path"], out[f"{key}_sha256"] = info.get("path"), info.get("sha256")
+    out["model"] = str(model_path)
+    out["eraser"] = str(eraser_dir) if eraser_dir else None
+    out["eraser_sha256"] = file_digest(eraser_dir / "eraser.safetensors", n=64) if eraser_dir else None
+    out["classifier"] = cfg.classifier.name
+    out["classifier_threshold"] = cfg.classifier.factory_options().get("threshold")
+    return out
+
+
+PROVENANCE_KEYS = ("prompts_path", "prompts_sha256", "preserve_path", "preserve_sha256", "model", "eraser",
+                   "eraser_sha256", "classifier", "classifier_threshold")
+
+
+def eval_config_record(plan: EvalPlan) -> dict[str, Any]:
+    """eval_config.json: the config as run (prompt paths as actually read), and its provenance."""
+    config = plan.cfg.to_dict()
+    for key in ("prompts", "preserve"):
+        if plan.inputs.get(f"{key}_path"):
+            config[key]["path"] = plan.inputs[f"{key}_path"]
+    return {"fingerprint": plan.fingerprint, "config": config, "model_path": str(plan.model_path),
+            "eraser": str(plan.eraser) if plan.eraser else None,
+            "provenance": {k: plan.inputs.get(k) for k in PROVENANCE_KEYS}}
 
 
 def prompt_set_inputs(sets: dict) -> tuple[dict[str, Any], list[tuple[bool, str]]]:

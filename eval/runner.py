@@ -43,7 +43,7 @@ from typing import IO, Any
 
 from eval.backends import make_backend
 from eval.observer import EvalObserver
-from eval.planning import EvalPlan, plan_eval, row_payload, worker_spec
+from eval.planning import EvalPlan, eval_config_record, plan_eval, row_payload, worker_spec
 from eval.scoring import GIFS_DIR, VIDEOS_DIR
 from unlearn.config import ConfigError
 
@@ -87,9 +87,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     if stale:
         log.warning("%d row results in %s were made with other settings; recomputing them", stale, out)
     todo = [r for r in plan.rows if r.id not in done]
-    atomic_write_json(out / "eval_config.json", {"fingerprint": plan.fingerprint, "config": cfg.to_dict(),
-                                                  "model_path": str(plan.model_path),
-                                                  "eraser": str(plan.eraser) if plan.eraser else None})
+    atomic_write_json(out / "eval_config.json", eval_config_record(plan))  # the config as run + provenance
 
     observed = observer.started(out) if observer is not None else {}
 
