@@ -26,13 +26,24 @@ def resolve_eraser_dir(path: str | Path) -> Path:
 
     p = Path(path).expanduser()
     if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file():
-        return p
+        return _readable(p)
     if (p / "eraser" / CONFIG_NAME).is_file():
-        return p / "eraser"
+        return _readable(p / "eraser")
     raise ConfigError(
         f"eraser: {p} is not an eraser directory (expected {CONFIG_NAME} + {WEIGHTS_NAME}, or a training "
         "output folder with eraser/ inside); use eraser: null to evaluate the base model alone"
     )
+
+
+def _readable(eraser_dir: Path) -> Path:
+    """Read the eraser once here (small files), so a damaged one fails before any output exists."""
+    from unlearn.eraser import EraserFileError, read_eraser
+
+    try:
+        read_eraser(eraser_dir)
+    except (EraserFileError, ValueError, OSError) as exc:
+        raise ConfigError(f"eraser: {exc}") from None
+    return eraser_dir
 
 
 @dataclass
@@ -57,7 +68,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     """Validate config, prompt files, model and eraser paths; compute resume fingerprints."""
     from eval.prompts import load_eval_sets
     from eval.writer import digest, file_digest
-    from unlearn.models.cogvideox import check_model_dir
+    from unlearn.models.families import check_any_model_dir
     from unlearn.models.registry import resolve_model_path
 
     sets = load_eval_sets(cfg, prompts=prompts, limit=limit)
@@ -68,7 +79,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         model_path = resolve_model_path(cfg.model.path)
         if not str(cfg.model.path).startswith("builtin:") and not model_path.is_absolute() and not model_path.exists():
             model_path = cfg.resolve_path(cfg.model.path)
-        model_path = check_model_dir(model_path).resolve()
+        model_path = check_any_model_dir(model_path)[1].resolve()
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"model.path: {exc}") from None
     clip = cfg.resolve_path(cfg.metrics.clip_model)

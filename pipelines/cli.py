@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import pipelines.env as env
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Erase concepts from text-to-video diffusion models (CogVideoX) with eraser adapters.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show library/Ray logs")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: T2VU_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -42,14 +45,48 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("diffusers", "transformers", "ray", "deepspeed", "mlflow", "urllib3", "alembic"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    from unlearn.config import ConfigError
-
+    debug = args.debug or os.environ.get("T2VU_DEBUG", "") not in ("", "0")
     try:
         rc = args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"interrupted: finished steps, rows and trials are kept in place; rerun the same command to resume "
+              f"({args.command})", file=sys.stderr)
+        return 130
+    except expected_errors() as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}  (--debug shows the traceback)", file=sys.stderr)
         return 2
     return int(rc or 0)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix from the message alone: one line, exit 2, no traceback.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    from eval.checks import DegenerateVideosError
+    from pipelines.checkpoints import CheckpointIntegrityError
+    from unlearn.config import ConfigError
+    from unlearn.eraser import BrokenEraserError, EraserFileError
+    from unlearn.masks import ConceptNotInPromptError
+    from unlearn.step import NonFiniteLossError
+
+    return (ConfigError, OSError, EraserFileError, BrokenEraserError, ConceptNotInPromptError, NonFiniteLossError,
+            CheckpointIntegrityError, DegenerateVideosError, OverflowError)
+
+
+def one_line(exc: BaseException) -> str:
+    from unlearn.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return str(exc)  # already written for the user (a validation report may list several keys)
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
+        msg = f"{msg}: {exc.filename}"
+    return msg if not isinstance(exc, (OSError, OverflowError)) else f"{type(exc).__name__}: {msg}"
 
 
 if __name__ == "__main__":

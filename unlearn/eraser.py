@@ -198,6 +198,10 @@ def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
 
 # --- files -------------------------------------------------------------------------------------
 
+class EraserFileError(ValueError):
+    """An eraser directory whose files cannot be read as an eraser (the message names the file)."""
+
+
 class BrokenEraserError(ValueError):
     """The eraser's weights are non-finite or absurdly large: erasure by destruction, not by training."""
 
@@ -237,12 +241,23 @@ def read_eraser(directory: str | Path) -> EraserSet:
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(f"{directory} is not an eraser directory: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
-    raw = json.loads(cfg_path.read_text())
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EraserFileError(f"{cfg_path} is not valid JSON ({exc}); the eraser directory is damaged") from None
+    if not isinstance(raw, dict):
+        raise EraserFileError(f"{cfg_path} must hold a JSON object (the eraser's metadata)")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: format_version {version} is not supported (this build reads {FORMAT_VERSION})")
-    eraser_set = EraserSet(EraserMeta(**raw))
-    state = load_file(str(w_path))
+        raise EraserFileError(f"{cfg_path}: format_version {version} is not supported (this build reads {FORMAT_VERSION})")
+    try:
+        eraser_set = EraserSet(EraserMeta(**raw))
+    except TypeError as exc:
+        raise EraserFileError(f"{cfg_path}: unexpected or missing fields ({exc})") from None
+    try:
+        state = load_file(str(w_path))
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) on a damaged file
+        raise EraserFileError(f"{w_path} is not a readable safetensors file ({exc}); the eraser directory is damaged") from None
     expected = eraser_set.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
