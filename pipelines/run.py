@@ -168,7 +168,14 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
                                              tags={"t2vu.role": "final-eval"})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
     limit = run_cfg.eval_limit if run_cfg else None
-    ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
+    try:
+        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
+    except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED
+        if eval_run_id:
+            mu.finish(c, eval_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if eval_run_id:
+        mu.finish(c, eval_run_id, "FINISHED")
 
     summary = {
         "output": str(out),

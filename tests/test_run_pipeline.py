@@ -63,6 +63,7 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     assert roles == ["final-eval", "trial"]
     final = next(r for r in children if r.data.tags["t2vu.role"] == "final-eval")
     assert final.info.run_id == ml["final_eval_run_id"] and any(k.startswith("eval/") for k in final.data.metrics)
+    assert all(r.info.status == "FINISHED" for r in children), [(r.data.tags.get("t2vu.role"), r.info.status) for r in children]
     arts = {f.path for f in c.list_artifacts(ml["parent_run_id"], "pipeline")}
     assert arts == {"pipeline/report.md", "pipeline/summary.json"}
 
