@@ -112,8 +112,26 @@ def _plain(v):
 _PROCESS_SCORER: Scorer | None = None
 
 
-def _scorer_process_init(spec: ScorerSpec, nice: int = 0) -> None:
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """A scorer process must not outlive the eval that started it (a SIGKILLed `t2vu eval` left it, and
+    multiprocessing's resource tracker, alive for minutes). Poll the parent pid: once it is gone the
+    process is reparented, and it exits; the tracker then sees its last pipe close and exits too.
+    (PR_SET_PDEATHSIG would fire when the *thread* that spawned us ends, which a pool thread may do.)"""
+    import threading
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _scorer_process_init(spec: ScorerSpec, nice: int = 0, parent_pid: int | None = None) -> None:
     global _PROCESS_SCORER
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     if nice:
         try:
             os.nice(nice)
@@ -154,7 +172,7 @@ class Consumer:
             # spawn: a fresh interpreter that imports numpy/onnxruntime/cv2 (torch only for CLIP);
             # it starts while the pipeline loads and generation begins.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                             initializer=_scorer_process_init, initargs=(spec, nice))
+                                             initializer=_scorer_process_init, initargs=(spec, nice, os.getpid()))
         elif mode == "thread":
             self._scorer = Scorer(spec)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-scorer")
