@@ -75,3 +75,22 @@ def test_worker_curve_logging_skips_steps_an_earlier_attempt_logged(mlflow_serve
     assert [m.step for m in c.get_metric_history(run, "loss")] == [2, 4, 6, 8]
     assert [m.step for m in c.get_metric_history(run, "objective/score")] == [8]
     assert c.get_metric_history(run, "objective/loss") == []
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds():
+    import socket
+    import time
+
+    from unlearn.config import ConfigError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=rf"127.0.0.1:{port} does not answer.*tracking_uri: null"):
+        mu.client(f"http://127.0.0.1:{port}")
+    assert time.time() - t0 < 10
+
+
+def test_a_live_tracking_server_passes_the_check(mlflow_server):
+    mu.check_reachable(mlflow_server)
