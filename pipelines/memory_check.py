@@ -108,15 +108,17 @@ def plan_inputs(req: PlanRequest):
     stage, bucket = (None, 50_000_000) if req.mode == "train" else zero_settings(req)
     inputs = PlanInputs(
         hidden=arch.hidden, heads=arch.heads, head_dim=arch.head_dim, layers=arch.layers, text_len=arch.text_len,
-        text_embed_dim=int(arch.transformer.get("text_embed_dim", 4096)),
         params_transformer=counts["transformer"], params_text_encoder=counts["text_encoder"], params_vae=counts["vae"],
-        vae_channels=int(arch.vae["block_out_channels"][0]), video_tokens=nv, latent_elems=latent,
+        vae_channels=int(arch.vae["block_out_channels"][0]), pos_embed_elems=arch.positional_buffer_elems(),
+        video_tokens=nv, latent_elems=latent,
         concept_rows=b, references=len(m.concept.anchors) if m.concept.reference == "anchors" else 1, preserve_rows=p,
         eraser_rank=m.eraser.rank, eraser_blocks=blocks, capture_layers=capture, attn_chunk=m.loss.attn_chunk,
         weight_bytes=wbytes, act_bytes=abytes, checkpointing=m.train.gradient_checkpointing,
         world_size=w, zero_stage=stage, reduce_bucket=bucket, trajectory=trajectory_shape(m, req),
-        eval=eval_shape(req, arch) if req.mode == "tune" else None, device=req.device, capacity_bytes=req.capacity_bytes,
+        device=req.device, capacity_bytes=req.capacity_bytes,
     )
+    proxy, final = eval_shapes(req, arch, wbytes, abytes)
+    inputs = replace(inputs, proxy_eval=proxy, final_eval=final)
     return inputs, arch
 
 
@@ -167,18 +169,30 @@ def trajectory_shape(m: MethodConfig, req: PlanRequest) -> TrajectoryShape | Non
     return TrajectoryShape(share(n_concept) + share(n_pres), tr.pool_size, tr.num_inference_steps)
 
 
-def eval_shape(req: PlanRequest, arch) -> EvalShape | None:
-    """The trial evaluation's pipeline on rank 0's GPU (search.objective's eval config)."""
-    if req.pipeline is None or req.pipeline.search is None:
-        return None
-    from pipelines.objective import resolve_eval_config
+def eval_shapes(req: PlanRequest, arch, train_bytes: int, train_act: int) -> tuple[EvalShape | None, EvalShape | None]:
+    """(proxy, final) trial evaluations of a search config (pipelines.objective decides where they run)."""
+    if req.mode != "tune" or req.pipeline is None or req.pipeline.search is None:
+        return None, None
+    from pipelines.objective import PROXY_EVAL_OVERRIDES, resolve_eval_config
 
-    ecfg = resolve_eval_config(req.pipeline, req.config_dir)
-    g = ecfg.generation
-    tiling = g.vae_tiling if isinstance(g.vae_tiling, bool) else (req.device == "cuda" and g.height * g.width >= 256 * 256)
-    nbytes = DTYPE_BYTES[ecfg.model.dtype]
-    nv, _ = arch.token_counts(g.num_frames, g.height, g.width)
-    return EvalShape(nbytes, nbytes, nv, g.num_frames, g.height, g.width, bool(tiling))
+    cfg = req.pipeline
+    ecfg = resolve_eval_config(cfg, req.config_dir)
+    obj = cfg.search.objective
+
+    def shape(e, wbytes: int, abytes: int, whole: bool) -> EvalShape:
+        g = e.generation
+        tiling = g.vae_tiling if isinstance(g.vae_tiling, bool) else (req.device == "cuda" and g.height * g.width >= 256 * 256)
+        return EvalShape(wbytes, abytes, arch.token_counts(g.num_frames, g.height, g.width)[0], g.num_frames, g.height,
+                         g.width, bool(tiling), whole)
+
+    proxy = None
+    if obj.proxy.every or cfg.search.algorithm == "asha":  # ASHA evaluates at its rungs
+        pcfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **obj.proxy.overrides}, "search.objective.proxy.overrides")
+        proxy = shape(pcfg, train_bytes, train_act, False)  # loaded in the training transformer's dtype
+    final = None
+    if cfg.distributed.use_gpu:
+        final = shape(ecfg, DTYPE_BYTES[ecfg.model.dtype], DTYPE_BYTES[ecfg.model.dtype], True)
+    return proxy, final
 
 
 def plan_request(req: PlanRequest) -> tuple[MemoryPlan, object]:
@@ -266,10 +280,13 @@ def find_fix(req: PlanRequest, plan: MemoryPlan) -> dict:
     dominant = plan.dominant.name
     hint = {
         "backbone weights": "the frozen backbone is replicated on every GPU: use a GPU with more memory",
-        "eval pipeline weights": "trial evaluations load a second pipeline on rank 0: use a bigger GPU for rank 0 "
-                                 "or lower generation.* in search.objective.eval_overrides",
-        "eval activations": "lower generation.num_frames/height/width or set generation.vae_tiling: true "
-                            "in search.objective.eval_overrides",
+        "proxy eval weights": "the proxy eval loads T5 + VAE next to training on rank 0: set search.objective.proxy.every: "
+                              "null (final evals only) or use a bigger GPU",
+        "final eval weights": "the final eval loads a whole pipeline per GPU: use bigger GPUs for evaluation",
+        "proxy eval activations": "lower generation.num_frames/height/width or set generation.vae_tiling: true "
+                                  "in search.objective.proxy.overrides",
+        "final eval activations": "lower generation.num_frames/height/width or set generation.vae_tiling: true "
+                                  "in search.objective.eval_overrides",
     }.get(dominant, "no setting the plan knows makes it fit: use a GPU with more memory")
     best = min(tried, key=lambda f: f["tried_peak_gb"] or 1e18, default={})
     return {"setting": None, "fits": False, "tried": best.get("tried"), "tried_peak_gb": best.get("tried_peak_gb"),
@@ -305,16 +322,15 @@ def render(plan: MemoryPlan, req: PlanRequest, arch, source: str) -> str:
         f"mode {req.mode}, world size {req.world_size}, device {req.device}"
         + (f", DeepSpeed ZeRO-{s['zero_stage']}" if s.get("zero_stage") else ", plain AdamW")
         + f", gradient checkpointing {'on' if req.method.train.gradient_checkpointing else 'off'}",
-        f"{'term':<30} {'phase':<22} {'GB':>8}  note",
+        f"{'term':<30} {'phase':<24} {'GB':>8}  note",
     ]
     for t in plan.terms:
         where = t.phase if t.where == "gpu" else "host (not GPU)"
-        lines.append(f"{t.name:<30} {where:<22} {t.gb:>8.2f}  {t.note}")
+        lines.append(f"{t.name:<30} {where:<24} {t.gb:>8.2f}  {t.note}")
     resident = sum(t.bytes for t in plan.terms if t.phase == "all" and t.where == "gpu")
-    lines.append(f"{'resident':<30} {'all':<22} {resident / GIB:>8.2f}")
+    lines.append(f"{'resident (all phases of training)':<55} {resident / GIB:>8.2f}")
     for ph, b in plan.phases.items():
-        lines.append(f"{'= peak in ' + ph:<30} {'':<22} {(resident + b) / GIB:>8.2f}"
-                     + ("  <- peak" if ph == plan.peak_phase else ""))
+        lines.append(f"{'= per GPU during ' + ph:<55} {b / GIB:>8.2f}" + ("  <- peak" if ph == plan.peak_phase else ""))
     cap = "none (no GPU visible; pass --gpu-memory GB)" if plan.capacity_bytes is None else f"{plan.capacity_bytes / GIB:.1f} GB"
     verdict = {None: "unknown", True: "fits", False: "does NOT fit"}[plan.fits]
     lines.append(f"peak per GPU {plan.peak_bytes / GIB:.2f} GB against GPU memory {cap} "

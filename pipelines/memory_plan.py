@@ -24,8 +24,9 @@ N = Nv video + Nt text tokens; the fused step is `unlearn/step.py`):
   eraser tensors again). Backward adds the gradients in flight at the widest op, the GELU:
   grad-out and grad-in of [R2, N, 4D] plus the residual's gradients: 10 U(R2).
 - trajectory sampling (xt_source trajectory): a no-grad forward of 2 x pool rows (CFG).
-- evaluation on the training GPU (Tune/run trials evaluate in rank 0): a second pipeline
-  (transformer, T5, VAE) in the eval dtype, a CFG forward of 2 rows, VAE decoding (estimate).
+- trial evaluations (tune/run): a proxy eval in rank 0 loads T5 + VAE next to training and generates
+  on the training transformer (CFG forward of 2 rows, VAE decoding: estimates); the final eval
+  runs after fit() on eval actors, one whole pipeline per freed GPU (its own phase).
 - host memory: the trajectory pool (prompts x pool x steps latents in the model dtype).
 
 Calibrated on CPU by `benchmarks/memory_plan_check.py` (README: "Will it fit?").
@@ -42,20 +43,23 @@ CUDA_CONTEXT_BYTES = 1.0 * GIB  # CUDA context, cuBLAS/NCCL workspaces: outside 
 PERSISTENT = "all"
 F1, F2 = "forward 1", "forward 2 + backward"
 STEP = "forward 1 to backward"  # kept through both forwards and the backward
-SAMPLING, EVAL, HOST = "trajectory sampling", "evaluation", "host"
+SAMPLING, HOST = "trajectory sampling", "host"
+PROXY, FINAL = "proxy eval (rank 0)", "final eval (eval actor)"  # FINAL: its own process, nothing of training
 
 
 @dataclass(frozen=True)
 class EvalShape:
-    """The evaluation pipeline a trial loads on rank 0's GPU."""
+    """A trial evaluation's pipeline on a GPU: the proxy eval in rank 0 (on the training transformer)
+    or the final eval on an eval actor (a whole pipeline, after the trainer freed the GPU)."""
 
-    weight_bytes: int  # eval dtype
+    weight_bytes: int  # T5/VAE (and, final, transformer) dtype
     act_bytes: int
     video_tokens: int
     num_frames: int
     height: int
     width: int
     vae_tiling: bool
+    with_transformer: bool  # final eval: loads its own transformer; proxy: reuses the training one
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,11 @@ class PlanInputs:
     head_dim: int
     layers: int
     text_len: int
-    text_embed_dim: int
     params_transformer: int
     params_text_encoder: int
     params_vae: int
     vae_channels: int  # first VAE block's channels (widest decoder feature maps)
+    pos_embed_elems: int  # the sincos positional-embedding buffer (models without RoPE), model dtype
     # geometry of one training video
     video_tokens: int
     latent_elems: int
@@ -98,7 +102,8 @@ class PlanInputs:
     zero_stage: int | None = None  # None: single process, plain AdamW
     reduce_bucket: int = 50_000_000  # DeepSpeed reduce_bucket_size (elements)
     trajectory: TrajectoryShape | None = None
-    eval: EvalShape | None = None
+    proxy_eval: EvalShape | None = None
+    final_eval: EvalShape | None = None
     device: str = "cuda"
     capacity_bytes: int | None = None
 
@@ -119,7 +124,7 @@ class Term:
 @dataclass
 class MemoryPlan:
     terms: list[Term]
-    phases: dict[str, float]  # phase -> bytes on top of the persistent terms
+    phases: dict[str, float]  # phase -> bytes per GPU during it (training phases include the resident terms)
     peak_bytes: float
     peak_phase: str
     capacity_bytes: int | None
@@ -139,7 +144,9 @@ class MemoryPlan:
 
     def live_terms(self) -> list[Term]:
         """The GPU terms alive at the peak, largest first."""
-        live = (PERSISTENT, self.peak_phase) + ((STEP,) if self.peak_phase in (F1, F2, EVAL) else ())
+        if self.peak_phase == FINAL:
+            return sorted((t for t in self.terms if t.phase == FINAL or t.name == "CUDA context"), key=lambda t: -t.bytes)
+        live = (PERSISTENT, self.peak_phase) + ((STEP,) if self.peak_phase in (F1, F2, PROXY) else ())
         return sorted((t for t in self.terms if t.where == "gpu" and t.phase in live), key=lambda t: -t.bytes)
 
     def host_bytes(self) -> float:
@@ -240,17 +247,19 @@ def forward2_terms(x: PlanInputs, n_tokens: int) -> list[Term]:
     ]
 
 
-def eval_terms(x: PlanInputs) -> list[Term]:
-    ev = x.eval
-    params = x.params_transformer + x.params_text_encoder + x.params_vae
+def eval_terms(x: PlanInputs, ev: EvalShape, phase: str) -> list[Term]:
+    params = x.params_text_encoder + x.params_vae + (x.params_transformer if ev.with_transformer else 0)
+    parts = ("transformer + " if ev.with_transformer else "") + "T5 + VAE"
     fwd = 10 * unit(2, ev.video_tokens + x.text_len, x.hidden, ev.act_bytes)  # CFG: 2 rows, no grad
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
     vae = 8.0 * x.vae_channels * 9 * th * tw * ev.act_bytes  # ~8 live maps of 9 frames at the tile size
+    where = "one pipeline per freed GPU" if ev.with_transformer else "on the training transformer, erasers toggled"
+    name = phase.split(" (")[0]
     return [
-        Term("eval pipeline weights", params * ev.weight_bytes, EVAL,
-             f"second transformer + T5 + VAE ({params / 1e9:.2f}B params), rank 0 of a trial"),
-        Term("eval activations", max(fwd, vae), EVAL,
-             f"max(CFG forward 2 rows, VAE decode{' tiled' if ev.vae_tiling else ''}); estimate, not calibrated"),
+        Term(f"{name} weights", params * ev.weight_bytes, phase, f"{parts} ({params / 1e9:.2f}B params), {where}"),
+        Term(f"{name} activations", max(fwd, vae), phase,
+             f"{ev.num_frames}x{ev.height}x{ev.width}: max(CFG forward of 2 rows, VAE decode"
+             f"{' tiled' if ev.vae_tiling else ''}); estimate, not calibrated"),
     ]
 
 
@@ -258,8 +267,9 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     """All terms, the per-phase sums and the peak per GPU (see the module docstring)."""
     n = x.video_tokens + x.text_len
     e = x.act_bytes
-    terms = [Term("backbone weights", float(x.params_transformer) * x.weight_bytes, PERSISTENT,
-                  f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B")]
+    terms = [Term("backbone weights", float(x.params_transformer + x.pos_embed_elems) * x.weight_bytes, PERSISTENT,
+                  f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B"
+                  + (f" + positional-embedding buffer {x.pos_embed_elems / 1e6:.1f}M" if x.pos_embed_elems else ""))]
     n_er = eraser_parameters(x.hidden, x.eraser_rank, len(x.eraser_blocks))
     terms += optimizer_terms(n_er, x.world_size, x.zero_stage, x.reduce_bucket)
     if x.device == "cuda":
@@ -268,7 +278,6 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     u1 = unit(r1, n, x.hidden, e)
     f1 = Term("forward 1 activations", 10 * u1, F1, f"R1={r1} rows, no grad: 10 U; U={u1 / GIB:.3g} GB")
     terms.append(f1)
-    phases: dict[str, float] = {}
     probs = scratch = None
     if x.capture_layers:
         probs, scratch = capture_terms(x, n)
@@ -276,28 +285,28 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     f2 = forward2_terms(x, n)
     terms += f2
     kept = probs.bytes if probs else 0.0
-    phases[F1] = kept + max(f1.bytes, 6 * u1 + (scratch.bytes if scratch else 0.0))
-    phases[F2] = kept + sum(t.bytes for t in f2)
+    resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
+    phases = {F1: resident + kept + max(f1.bytes, 6 * u1 + (scratch.bytes if scratch else 0.0)),
+              F2: resident + kept + sum(t.bytes for t in f2)}
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size
         fwd = 10 * unit(rows, n, x.hidden, e)
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
-        terms.append(Term("trajectory sampling", fwd + states, SAMPLING,
-                          f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
-        phases[SAMPLING] = fwd + states
+        terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
+        phases[SAMPLING] = resident + fwd + states
         terms.append(Term("trajectory pool", float(tr.prompts * tr.pool_size * tr.steps * x.latent_elems * x.weight_bytes),
-                          HOST, f"{tr.prompts} prompts x {tr.pool_size} x {tr.steps} states, model dtype", where="host"))
-    if x.eval is not None:
-        ev = eval_terms(x)
+                          HOST, f"{tr.prompts} prompts x {tr.pool_size} x {tr.steps} states, model dtype (this rank)",
+                          where="host"))
+    if x.proxy_eval is not None:  # between steps: the capture results are still held
+        ev = eval_terms(x, x.proxy_eval, PROXY)
         terms += ev
-        phases[EVAL] = kept + sum(t.bytes for t in ev)  # between steps: the capture results are still held
-    n_emb = 4.0 * x.text_len * x.text_embed_dim
-    terms.append(Term("text embeddings", n_emb * (x.concept_rows * (1 + x.references) + x.preserve_rows), HOST,
-                      "this step's rows of the cached T5 embeddings (fp32, CPU)", where="host"))
-    resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
+        phases[PROXY] = resident + kept + sum(t.bytes for t in ev)
+    if x.final_eval is not None:
+        ev = eval_terms(x, x.final_eval, FINAL)
+        terms += ev
+        phases[FINAL] = sum(t.bytes for t in ev) + (CUDA_CONTEXT_BYTES if x.device == "cuda" else 0.0)
     peak_phase = max(phases, key=phases.get)
-    peak = resident + phases[peak_phase]
-    plan = MemoryPlan(terms, phases, peak, peak_phase, x.capacity_bytes, terms[0])
+    plan = MemoryPlan(terms, phases, phases[peak_phase], peak_phase, x.capacity_bytes, terms[0])
     plan.dominant = plan.live_terms()[0]
     return plan

@@ -14,10 +14,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from pipelines.config import load_pipeline_config
+    from pipelines.memory_check import preflight
     from pipelines.run import run_pipeline
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
+        return rc
     out = output_dir(args, "run")
     run_pipeline(cfg, out, config_path=args.config, verbose=args.verbose)
     return 0

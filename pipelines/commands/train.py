@@ -31,8 +31,11 @@ def run(args) -> int:
     cfg = load_config_with_overrides(
         args.config, args.overrides, lambda d, src: validate(MethodConfig, _method_part(d), src)
     )
+    from pipelines.memory_check import preflight
     from pipelines.run_folder import pin_config
 
+    if (rc := preflight(cfg, mode="train", config_dir=Path(args.config).parent)) is not None:
+        return rc  # will not fit on this GPU (t2vu plan); nothing loaded or written
     out = output_dir(args, "train")
     # A folder made with another config is refused before anything is written or loaded (as run/tune do):
     # otherwise a finished folder would report its old summary and keep its old eraser.
@@ -48,7 +51,11 @@ def _run_distributed(args) -> int:
     from pipelines.config import load_pipeline_config
     from pipelines.distributed import run_distributed
 
+    from pipelines.memory_check import preflight
+
     cfg = load_pipeline_config(args.config, args.overrides)
+    if (rc := preflight(cfg.method(), cfg, mode="distributed", config_dir=Path(args.config).parent)) is not None:
+        return rc
     out = output_dir(args, "train")
     d = cfg.distributed
     print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "

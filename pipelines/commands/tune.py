@@ -21,10 +21,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from pipelines.config import load_pipeline_config
+    from pipelines.memory_check import preflight
     from pipelines.tune import run_search
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
+        return rc
     out = output_dir(args, "tune")
     result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
     best = result.best

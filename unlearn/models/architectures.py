@@ -128,6 +128,15 @@ class Architecture:
         tf = frames if self.patch_t is None else -(-frames // self.patch_t)
         return tf * (h // self.patch) * (w // self.patch), frames * self.latent_channels * h * w
 
+    def positional_buffer_elems(self) -> int:
+        """Elements of the sincos positional-embedding buffer a transformer without RoPE registers."""
+        t = self.transformer
+        if t.get("use_rotary_positional_embeddings") or t.get("use_learned_positional_embeddings"):
+            return 0
+        frames = (int(t.get("sample_frames", 49)) - 1) // int(t.get("temporal_compression_ratio", 4)) + 1
+        patches = frames * (int(t.get("sample_height", 60)) // self.patch) * (int(t.get("sample_width", 90)) // self.patch)
+        return (self.text_len + patches) * self.hidden
+
     def parameter_counts(self) -> dict[str, int]:
         """Exact parameter counts of the three parts (built on the meta device)."""
         if self.known_parameters is not None:
