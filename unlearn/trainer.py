@@ -92,8 +92,10 @@ def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: b
     tc = cfg.train
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress, desc="train", unit="step")
     last: dict = {}
+    step_times: list[float] = []
     with open(metrics_path, "a") as mf:
         for step in bar:
+            t_step = time.perf_counter()
             batch = session.batch(step)
             losses = session.objective(batch)
             check_finite(losses, step + 1)
@@ -103,7 +105,8 @@ def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: b
                 torch.nn.utils.clip_grad_norm_(session.trainable_parameters(), tc.grad_clip)
             optimizer.step()
             done = step + 1
-            last = {k: float(v.detach()) for k, v in losses.items()}
+            last = {k: float(v.detach()) for k, v in losses.items()}  # float() waits for the device
+            step_times.append(time.perf_counter() - t_step)
             if done % tc.log_every == 0 or done == tc.steps:
                 mf.write(json.dumps({"step": done, **last}) + "\n")
                 mf.flush()
@@ -118,6 +121,10 @@ def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: b
         "wall_s": round(time.time() - t0, 3),
         "eraser": str(out / "eraser"),
         "trainable_params": session.eraser_set.num_parameters(),
+        # steady step time (the first step pays one-time allocations) and the process's peak on a GPU
+        "step_s": round(sum(step_times[1:]) / (len(step_times) - 1), 4) if len(step_times) > 1 else None,
+        "peak_memory_gb": (round(torch.cuda.max_memory_allocated(session.device) / 2**30, 3)
+                           if session.device.type == "cuda" else None),
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     if (out / "checkpoint").exists():
