@@ -46,7 +46,7 @@ def _method_cfg(model: str, tmp: Path, eta: float = 3.0):
         "eraser": {"rank": 8},
         "concept": {"target": "red", "prompts": targets, "reference": "anchors", "anchors": list(others),
                     "preserve": preserve, "preserve_empty": True},
-        "loss": {"eta": eta, "w_unlearn": 1.0, "w_preserve": 1.0, "w_localize": 1.0},
+        "loss": {"eta": eta, "w_unlearn": 1.0, "w_preserve": 1.0, "w_localize": 1.0, "localize_reduction": "mean"},
         # trajectory x_t (the shipped recipe's source; noise x_t erased red here too but took
         # other colours 0.88 -> 0.56 at this size), a small pool to keep the test short
         "train": {"steps": 100, "lr": 1e-3, "batch_size": 8, "preserve_batch_size": 8, "xt_source": "trajectory",
