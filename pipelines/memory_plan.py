@@ -8,11 +8,12 @@ N = Nv video + Nt text tokens; the fused step is `unlearn/step.py`):
 - always resident: the frozen backbone in the model dtype; the fp32 erasers, their grads and
   AdamW state (plain AdamW single-process; DeepSpeed ZeRO-2/3 shards the state over the world);
   the CUDA context (not in `torch.cuda.max_memory_allocated`).
-- forward 1 (no grad, erasers off, R1 = B + B*K + P rows): the residual stream plus the
-  feed-forward's 4D-wide input and GELU output of one block: 10 U(R1). Attention capture of
-  the B concept rows keeps [B, Nv, Nt] fp32 per captured layer until the next step and, per
-  query chunk, scores [B, H, c, c] fp32 twice (scores, logsumexp's shifted copy) next to the
-  block's 6 U(R1) of attention-time tensors.
+- forward 1 (no grad, erasers off, R1 = B + B*K + P rows): at one block's feed-forward, the
+  block input (the caller still holds it), the new residual, the FF input and its 4D-wide
+  projection and GELU output: 11 U counted, 12 U(R1) measured on CPU (NO_GRAD_FORWARD_U).
+  Attention capture of the B concept rows keeps [B, Nv, Nt] fp32 per captured layer until the
+  next step and, per query chunk, scores [B, H, c, c] fp32 twice (scores, logsumexp's shifted
+  copy) next to the block's 7 U(R1) of attention-time tensors (input, norms, joint input, q, k, v).
 - forward 2 + backward (R2 = B + P rows, grad into the erasers only): a frozen Linear saves no
   input (its weight needs no grad), so a block saves its GELU input (4 U), SDPA's q, k, v, out
   (4 U; flash/efficient kernels, CUDA and CPU alike, save no probabilities), the q/k LayerNorm
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 GIB = 2**30
 USABLE_FRACTION = 0.95  # headroom for the caching allocator's fragmentation
 CUDA_CONTEXT_BYTES = 1.0 * GIB  # CUDA context, cuBLAS/NCCL workspaces: outside torch's allocator
+NO_GRAD_FORWARD_U = 12  # peak of a no-grad forward in U (11 counted from the code, 12 measured on CPU)
 PERSISTENT = "all"
 F1, F2 = "forward 1", "forward 2 + backward"
 STEP = "forward 1 to backward"  # kept through both forwards and the backward
@@ -250,7 +252,7 @@ def forward2_terms(x: PlanInputs, n_tokens: int) -> list[Term]:
 def eval_terms(x: PlanInputs, ev: EvalShape, phase: str) -> list[Term]:
     params = x.params_text_encoder + x.params_vae + (x.params_transformer if ev.with_transformer else 0)
     parts = ("transformer + " if ev.with_transformer else "") + "T5 + VAE"
-    fwd = 10 * unit(2, ev.video_tokens + x.text_len, x.hidden, ev.act_bytes)  # CFG: 2 rows, no grad
+    fwd = NO_GRAD_FORWARD_U * unit(2, ev.video_tokens + x.text_len, x.hidden, ev.act_bytes)  # CFG: 2 rows
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
     vae = 8.0 * x.vae_channels * 9 * th * tw * ev.act_bytes  # ~8 live maps of 9 frames at the tile size
     where = "one pipeline per freed GPU" if ev.with_transformer else "on the training transformer, erasers toggled"
@@ -276,7 +278,8 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
         terms.append(Term("CUDA context", CUDA_CONTEXT_BYTES, PERSISTENT, "context + library workspaces (not allocated)"))
     r1 = x.concept_rows * (1 + x.references) + x.preserve_rows
     u1 = unit(r1, n, x.hidden, e)
-    f1 = Term("forward 1 activations", 10 * u1, F1, f"R1={r1} rows, no grad: 10 U; U={u1 / GIB:.3g} GB")
+    f1 = Term("forward 1 activations", NO_GRAD_FORWARD_U * u1, F1,
+              f"R1={r1} rows, no grad: {NO_GRAD_FORWARD_U} U; U={u1 / GIB:.3g} GB")
     terms.append(f1)
     probs = scratch = None
     if x.capture_layers:
@@ -286,12 +289,12 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     terms += f2
     kept = probs.bytes if probs else 0.0
     resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
-    phases = {F1: resident + kept + max(f1.bytes, 6 * u1 + (scratch.bytes if scratch else 0.0)),
+    phases = {F1: resident + kept + max(f1.bytes, 7 * u1 + (scratch.bytes if scratch else 0.0)),
               F2: resident + kept + sum(t.bytes for t in f2)}
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size
-        fwd = 10 * unit(rows, n, x.hidden, e)
+        fwd = NO_GRAD_FORWARD_U * unit(rows, n, x.hidden, e)
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
         terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
         phases[SAMPLING] = resident + fwd + states

@@ -1,0 +1,140 @@
+"""`t2vu plan`: the memory plan of the shipped real-model configs, the refusal of a config that
+cannot fit (exit 3, the fix named), the architecture source (model directory over preset), and the
+plan's terms against what the real code allocates on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.memory_check import EXIT_WONT_FIT, make_request, plan_request
+from unlearn.config import MethodConfig, load_method_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG_2B = ROOT / "configs" / "cogvideox-2b-nudity.yaml"
+CFG_5B = ROOT / "configs" / "cogvideox-5b-nudity.yaml"
+SEARCH_2B = ROOT / "configs" / "search" / "cogvideox-2b-nudity-gpu.yaml"
+
+
+def plan_cli(capsys, *argv) -> tuple[int, dict, str, str]:
+    rc = main(["plan", *map(str, argv)])
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-1]
+    return rc, json.loads(last), out.out, out.err
+
+
+@pytest.mark.parametrize("config,gb", [(CFG_2B, 80), (CFG_5B, 80), (CFG_5B, 141), (SEARCH_2B, 141)])
+def test_shipped_configs_plan_before_download(capsys, config, gb):
+    assert "/path/to/" in yaml.safe_load(config.read_text())["model"]["path"]  # a placeholder: nothing downloaded
+    rc, s, out, _ = plan_cli(capsys, "--config", config, "--gpu-memory", gb)
+    assert rc == 0 and s["fits"] is True and s["gpu_memory_gb"] == gb
+    assert s["architecture"].startswith("preset cogvideox-")
+    assert {"backbone weights", "optimizer state", "forward 1 activations", "forward 2 saved activations",
+            "attention-capture results"} <= set(s["terms"])
+    resident = sum(s["terms"][k] for k in ("backbone weights", "eraser parameters", "eraser gradients",
+                                           "optimizer state", "CUDA context"))
+    steps = ("attention-capture results", "forward 2 saved activations", "eraser energy records", "backward recompute + grads")
+    assert s["phases"]["forward 2 + backward"] == pytest.approx(resident + sum(s["terms"][k] for k in steps), abs=0.01)
+    assert s["peak_gb_per_gpu"] == pytest.approx(max(s["phases"].values()), abs=1e-3)
+    assert "term" in out and "peak per GPU" in out
+    if config == SEARCH_2B:  # proxy evals load T5-XXL + VAE on rank 0; the final eval a whole pipeline per GPU
+        assert s["mode"] == "tune"
+        assert s["terms"]["proxy eval weights"] == pytest.approx((4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
+        assert s["terms"]["final eval weights"] == pytest.approx(
+            (1_693_783_872 + 4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
+
+
+def test_backbone_weights_are_the_public_parameter_counts(capsys):
+    from unlearn.models.architectures import PRESET_PARAMETERS, PRESETS, Architecture
+
+    for name, counts in PRESET_PARAMETERS.items():  # the constants are what the meta-device build counts
+        arch = Architecture(f"preset {name}", **PRESETS[name])
+        assert tuple(arch.meta_parameter_counts().values()) == counts
+    _, s2, _, _ = plan_cli(capsys, "--config", CFG_2B, "--gpu-memory", 80)
+    _, s5, _, _ = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 80)
+    # bf16; 2B (no RoPE) also holds the sincos positional-embedding buffer: (226 + 13 x 30 x 45) x 1920
+    assert s2["terms"]["backbone weights"] == pytest.approx((1_693_783_872 + 17_776 * 1920) * 2 / 2**30, abs=1e-3)
+    assert s5["terms"]["backbone weights"] == pytest.approx(5_570_283_072 * 2 / 2**30, abs=1e-3)
+
+
+def test_a_config_that_cannot_fit_exits_3_naming_term_and_fix(capsys):
+    rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 8)
+    assert rc == EXIT_WONT_FIT and s["fits"] is False
+    assert s["dominant_term"] == "backbone weights" and "backbone weights" in err
+    assert "GPU with more memory" in err  # no setting shrinks a frozen, replicated backbone
+
+    # Without checkpointing, one process with 4+4 rows: the saved activations dominate; the fix is named.
+    rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 80, "--world-size", 1,
+                             "--set", "train.gradient_checkpointing=false")
+    assert rc == EXIT_WONT_FIT and s["dominant_term"] == "forward 2 saved activations"
+    assert "train.gradient_checkpointing=true" in err and s["fix"]["setting"] == "--set train.gradient_checkpointing=true"
+    assert s["fix"]["fits"] is True and s["fix"]["peak_gb"] < 0.95 * 80
+
+    # Checkpointing on but too many rows for the card: the fix is a smaller batch, and it does fit.
+    rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 24, "--world-size", 1)
+    assert rc == EXIT_WONT_FIT and "Fix: --set train.batch_size=" in err and s["fix"]["fits"] is True
+
+
+def test_config_errors_exit_2_naming_the_field(capsys):
+    rc = main(["plan", "--config", str(CFG_2B), "--set", "model.architecture=null"])
+    assert rc == 2 and "model.architecture" in capsys.readouterr().err
+    rc = main(["plan", "--config", str(CFG_2B), "--set", "model.num_frames=50"])
+    assert rc == 2 and "model.num_frames=50" in capsys.readouterr().err
+
+
+def test_a_model_directory_wins_over_the_preset(tmp_path, capsys):
+    from unlearn.models.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny")
+    cfg = yaml.safe_load(CFG_5B.read_text())
+    cfg["model"].update(path=str(model), architecture="cogvideox-5b", num_frames=9, height=32, width=32)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rc, s, _, _ = plan_cli(capsys, "--config", path, "--gpu-memory", 80)
+    assert rc == 0 and s["architecture"] == f"directory {model}"
+    # the tiny transformer's 57,360 parameters in bf16, not 42 blocks x hidden 3072
+    from pipelines.memory_check import load_plan_config
+
+    method, pipeline = load_plan_config(path)
+    plan, _ = plan_request(make_request(method, pipeline, mode="train", gpu_memory_gb=80))
+    assert next(t for t in plan.terms if t.name == "backbone weights").bytes == 57360 * 2
+
+
+def test_trajectory_pool_term_is_what_the_source_stores(tmp_path):
+    """The host term equals the bytes of a real TrajectorySource pool (tiny model, CPU)."""
+    from unlearn.session import TrainingSession
+
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data["train"].update(xt_source="trajectory", trajectory={"num_inference_steps": 2, "pool_size": 2}, device="cpu",
+                         cache_dir=str(tmp_path / "emb"))
+    cfg = MethodConfig.model_validate(data)
+    plan, _ = plan_request(make_request(cfg, mode="train"))
+    term = next(t for t in plan.terms if t.name == "trajectory pool")
+    assert term.where == "host"
+    session = TrainingSession(cfg, device="cpu")
+    stored = sum(s.numel() * s.element_size() for s, _ in session.source.pool.values())
+    assert term.bytes == stored
+
+
+def test_preflight_checks_only_cuda_runs():
+    from pipelines.memory_check import preflight
+
+    cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
+    assert cfg.train.device == "auto"
+    assert preflight(cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})}), mode="train") is None
+    assert preflight(cfg, mode="train") is None  # auto on a machine without CUDA: cpu, nothing to check
+
+
+def test_prediction_matches_a_measured_step(tmp_path):
+    """One real fused training step on CPU (the benchmark's method, small size): the plan's peak within 15%."""
+    from benchmarks.memory_plan_check import run_size
+
+    size = dict(name="test-small", heads=8, layers=6, frames=13, height=160, width=240, batch=1, preserve=1,
+                ckpt=False, rope=True)
+    r = run_size(size, tmp_path)
+    assert r["measured_gb"] > 0.25  # a step big enough for 15% to mean something
+    assert abs(r["ratio"] - 1) <= 0.15, r
