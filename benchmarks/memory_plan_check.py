@@ -245,7 +245,7 @@ def run_size(size: dict, work: Path) -> dict:
             "ratio": plan.peak_bytes / got["peak"], "predicted_resident_gb": resident / 2**30,
             "measured_resident_gb": got["resident"] / 2**30, "peak_phase": plan.peak_phase, "step_s": got["step_s"],
             "measured_phases_gb": {k: v / 2**30 for k, v in got["phases"].items()},
-            "predicted_phases_gb": {k: (resident + v) / 2**30 for k, v in plan.phases.items()}, "terms_gb": plan.summary()["terms"]}
+            "predicted_phases_gb": {k: v / 2**30 for k, v in plan.phases.items()}, "terms_gb": plan.summary()["terms"]}
 
 
 def main() -> int:
