@@ -9,6 +9,7 @@ and names the first that fits; `preflight` is the start-of-run check (CUDA only)
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -349,21 +350,30 @@ def refusal(plan: MemoryPlan, fix: dict) -> str:
     return f"{head}. {fix['hint']}{tried}"
 
 
-def preflight(method: MethodConfig, pipeline=None, *, mode: str, config_dir=None, stream=None) -> int | None:
-    """Start-of-run check on CUDA: None to go on, EXIT_WONT_FIT after printing why not."""
+def preflight(method: MethodConfig, pipeline=None, *, mode: str, config_dir=None, stream=None,
+              gpu_memory_gb: float | None = None) -> int | None:
+    """Start-of-run check on CUDA: None to go on, EXIT_WONT_FIT after printing why not.
+    `gpu_memory_gb`: the card's memory (default: the visible GPU's).
+
+    Silent when the run fits (logged at INFO: `t2vu -v`), and when the plan cannot be made (a config
+    error the run itself reports in its own words next, or no GPU visible to compare against)."""
     stream = stream or sys.stderr
     if mode == "train" and method.train.device in ("cpu", "meta"):
         return None
     if mode != "train" and not (pipeline is not None and pipeline.distributed.use_gpu and method.train.device not in ("cpu", "meta")):
         return None
     world = None if mode == "train" else pipeline.distributed.num_workers
-    req = make_request(method, pipeline, config_dir=config_dir, mode=mode, world_size=world)
-    if req.capacity_bytes is None:  # e.g. a Ray driver without a GPU: the plan has nothing to compare against
+    try:
+        req = make_request(method, pipeline, config_dir=config_dir, mode=mode, world_size=world,
+                           gpu_memory_gb=gpu_memory_gb)
+        if req.capacity_bytes is None:  # e.g. a Ray driver without a GPU: nothing to compare against
+            return None
+        plan, arch = plan_request(req)
+    except ConfigError:
         return None
-    plan, arch = plan_request(req)
     if plan.fits:
-        print(f"memory plan: peak {plan.peak_bytes / GIB:.1f} GB per GPU of {req.capacity_bytes / GIB:.1f} GB "
-              f"(dominant: {plan.dominant.name}); details: t2vu plan", file=stream, flush=True)
+        logging.getLogger(__name__).info("memory plan: peak %.1f GB per GPU of %.1f GB (dominant: %s); details: t2vu plan",
+                                         plan.peak_bytes / GIB, req.capacity_bytes / GIB, plan.dominant.name)
         return None
     print(render(plan, req, arch, "this run"), file=stream)
     print(f"error: {refusal(plan, find_fix(req, plan))}", file=stream, flush=True)

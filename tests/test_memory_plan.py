@@ -120,13 +120,22 @@ def test_trajectory_pool_term_is_what_the_source_stores(tmp_path):
     assert term.bytes == stored
 
 
-def test_preflight_checks_only_cuda_runs():
-    from pipelines.memory_check import preflight
+def test_preflight_checks_only_cuda_runs_and_refuses_before_loading():
+    import io
+
+    from pipelines.memory_check import load_plan_config, preflight
 
     cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
     assert cfg.train.device == "auto"
-    assert preflight(cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})}), mode="train") is None
-    assert preflight(cfg, mode="train") is None  # auto on a machine without CUDA: cpu, nothing to check
+    on_cpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
+    assert preflight(on_cpu, mode="train", gpu_memory_gb=1e-3) is None  # a CPU run is never checked
+    assert preflight(cfg, mode="train") is None  # auto without a visible GPU: nothing to compare against
+    # The 5B config on a 24 GB card: `t2vu train` (one process, 4+4 rows) would refuse, with the table and the fix.
+    method, pipeline = load_plan_config(CFG_5B)
+    err = io.StringIO()
+    assert preflight(method, mode="train", gpu_memory_gb=24, stream=err) == EXIT_WONT_FIT
+    assert "error: will not fit" in err.getvalue() and "Fix: --set train.batch_size=" in err.getvalue()
+    assert preflight(method, pipeline, mode="distributed", gpu_memory_gb=80, stream=err) is None  # 4 GPUs x 80 GB: fits
 
 
 def test_prediction_matches_a_measured_step(tmp_path):
