@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
-from unlearn.fsutil import atomic_write_text
+from unlearn.fsutil import atomic_write_text, finished_files
 from toyworld import world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,8 +256,7 @@ def subset_metrics(eval_dir: Path, n: int, target: str = "red") -> dict:
     from eval.classifiers.toy import ToyClassifier
     from eval.metrics import aggregate
 
-    rows = [json.loads(p.read_text()) for p in sorted((Path(eval_dir) / "rows").glob("*.json"))
-            if not p.name.startswith(".")]  # a temp file a kill left behind is not a row
+    rows = [json.loads(p.read_text()) for p in finished_files(Path(eval_dir) / "rows", "*.json")]
     by_set: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: (r["set"], r["index"])):
         by_set.setdefault(r["concept_type"], []).append(r)

@@ -19,6 +19,7 @@ import torch
 
 from eval.config import EvalConfig
 from pipelines.mlflow_eval import run_eval
+from unlearn.fsutil import finished_files
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "prompts"
@@ -77,7 +78,7 @@ def read_results(out: Path) -> list[dict]:
 
 
 def row_files(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
+    return {p.stem: json.loads(p.read_text()) for p in finished_files(out / "rows", "*.json")}
 
 
 COMPARE_KEYS = ("records", "psnr", "ssim", "seed", "prompt")
@@ -236,7 +237,7 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if len(list((out / "rows").glob("*.json"))) >= 1:
+        if len(finished_files(out / "rows", "*.json")) >= 1:
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

@@ -85,6 +85,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def finished_files(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """The files under `folder` matching `pattern` that a write finished, sorted.
+
+    Temporary files of a write in progress (or of a killed one) are dot-prefixed siblings that
+    keep the target's suffix (`.t00000.k3j9.tmp.json`), so a bare `glob("*.json")` on a live
+    folder also lists them; every reader of a folder another process may be writing uses this.
+    """
+    return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and not p.name.startswith("."))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
