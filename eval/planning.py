@@ -67,7 +67,8 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
               eraser: str | Path | None = None) -> EvalPlan:
     """Validate config, prompt files, model and eraser paths; compute resume fingerprints."""
     from eval.prompts import load_eval_sets
-    from eval.writer import digest, file_digest
+    from eval.writer import digest
+    from unlearn.fsutil import file_sha256
     from unlearn.models.families import check_any_model_dir
     from unlearn.models.registry import resolve_model_path
 
@@ -92,7 +93,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     ident = {
         "model": str(model_path),
         "dtype": cfg.model.dtype,
-        "eraser": file_digest(eraser_dir / "eraser.safetensors") if eraser_dir else None,
+        "eraser": file_sha256(eraser_dir / "eraser.safetensors")[:16] if eraser_dir else None,
         "generation": cfg.generation.model_dump(mode="json"),
         "classifier": [cfg.classifier.name, classifier_options],
         "metrics": cfg.metrics.model_dump(mode="json"),
@@ -119,7 +120,7 @@ def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None) -> di
     """What was evaluated, as read (summary.json and eval_config.json `provenance`): the prompt CSVs
     actually read (after `--prompts`) with their sha256, the model, the eraser and the sha256 of
     its weights, the classifier and its threshold."""
-    from eval.writer import file_digest
+    from unlearn.fsutil import file_sha256
 
     out: dict[str, Any] = {}
     for key, name in (("prompts", "target"), ("preserve", "preserve")):
@@ -127,7 +128,7 @@ def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None) -> di
         out[f"{key}_path"], out[f"{key}_sha256"] = info.get("path"), info.get("sha256")
     out["model"] = str(model_path)
     out["eraser"] = str(eraser_dir) if eraser_dir else None
-    out["eraser_sha256"] = file_digest(eraser_dir / "eraser.safetensors", n=64) if eraser_dir else None
+    out["eraser_sha256"] = file_sha256(eraser_dir / "eraser.safetensors") if eraser_dir else None
     out["classifier"] = cfg.classifier.name
     out["classifier_threshold"] = cfg.classifier.factory_options().get("threshold")
     return out

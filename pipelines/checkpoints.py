@@ -15,11 +15,10 @@ storage and rewrite the manifests too (keep checkpoint storage writable only by 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from unlearn.fsutil import atomic_copy_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from unlearn.fsutil import atomic_copy_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 
 CHECKPOINT_TAG = "ds"
 STATE_FILE = "state.json"
@@ -32,14 +31,6 @@ class CheckpointIntegrityError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.match(MANIFEST_GLOB))
 
@@ -47,7 +38,7 @@ def _files(folder: Path) -> list[Path]:
 def write_manifest(folder: Path, rank: int) -> None:
     """sha256 of every file this rank wrote into its checkpoint folder (its own temporary directory)."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): _sha256(p) for p in _files(folder)}
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in _files(folder)}
     atomic_write_json(folder / f"manifest-rank{rank}.json", {"rank": rank, "sha256": files})
 
 
@@ -72,7 +63,7 @@ def verify_manifest(folder: Path) -> int:
             "refusing to load it. Start again with --no-resume or restore the checkpoint from a good copy."
         )
     for rel, digest in listed.items():
-        if _sha256(present[rel]) != digest:
+        if file_sha256(present[rel]) != digest:
             raise CheckpointIntegrityError(
                 f"{folder / rel}: sha256 differs from the checkpoint manifest (corrupted or replaced); refusing to "
                 "load it. Start again with --no-resume or restore the checkpoint from a good copy."

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from unlearn.fsutil import atomic_path, atomic_write_text, finished_files
+from unlearn.fsutil import atomic_path, atomic_write_text, file_sha256, finished_files
 
 
 def test_a_write_in_progress_is_not_a_finished_file(tmp_path):
@@ -38,3 +38,12 @@ def test_written_files_get_the_mode_a_plain_open_gives(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes_across_blocks(tmp_path):
+    import hashlib
+
+    data = os.urandom((1 << 20) + 17)  # more than one 1 MiB read block
+    p = tmp_path / "w.bin"
+    p.write_bytes(data)
+    assert file_sha256(p) == hashlib.sha256(data).hexdigest()
