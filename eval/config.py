@@ -155,6 +155,8 @@ class NudeNetConfig(Strict):
 class ClassifierConfig(Strict):
     """Which plugin scores each video. Built-ins: nudenet, toy; or `package.module:Factory`."""
 
+    # A built-in (nudenet, toy) or `package.module:Factory`; a plugin name imports that module, so a
+    # config can run any code on the Python path: run configs you trust, as with any plugin system.
     name: str = "nudenet"
     # Keyword arguments of the plugin factory (for nudenet, use the typed `nudenet` section).
     options: dict[str, Any] = Field(default_factory=dict)
