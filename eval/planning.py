@@ -90,10 +90,12 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
             "downloaded: save a transformers CLIPModel + CLIPProcessor there, or set clip_model: null"
         )
     classifier_options = cfg.classifier.factory_options()
+    # read once for the resume fingerprint and the provenance (a rank-128 5B eraser is ~130 MB in fp32)
+    eraser_sha256 = file_sha256(eraser_dir / "eraser.safetensors") if eraser_dir else None
     ident = {
         "model": str(model_path),
         "dtype": cfg.model.dtype,
-        "eraser": file_sha256(eraser_dir / "eraser.safetensors")[:16] if eraser_dir else None,
+        "eraser": eraser_sha256[:16] if eraser_sha256 else None,
         "generation": cfg.generation.model_dump(mode="json"),
         "classifier": [cfg.classifier.name, classifier_options],
         "metrics": cfg.metrics.model_dump(mode="json"),
@@ -101,7 +103,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
     }
     inputs, notes = prompt_set_inputs(sets)
-    inputs.update(provenance(cfg, sets, model_path, eraser_dir))
+    inputs.update(provenance(cfg, sets, model_path, eraser_dir, eraser_sha256))
     rows, truncation, cut_note = count_prompt_tokens(cfg, model_path, rows)
     inputs.update(truncation)
     notes += [(True, n) for n in cut_note]
@@ -116,19 +118,17 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes])
 
 
-def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None) -> dict[str, Any]:
+def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None, eraser_sha256: str | None) -> dict[str, Any]:
     """What was evaluated, as read (summary.json and eval_config.json `provenance`): the prompt CSVs
     actually read (after `--prompts`) with their sha256, the model, the eraser and the sha256 of
     its weights, the classifier and its threshold."""
-    from unlearn.fsutil import file_sha256
-
     out: dict[str, Any] = {}
     for key, name in (("prompts", "target"), ("preserve", "preserve")):
         info = sets[name].info if name in sets else {}
         out[f"{key}_path"], out[f"{key}_sha256"] = info.get("path"), info.get("sha256")
     out["model"] = str(model_path)
     out["eraser"] = str(eraser_dir) if eraser_dir else None
-    out["eraser_sha256"] = file_sha256(eraser_dir / "eraser.safetensors") if eraser_dir else None
+    out["eraser_sha256"] = eraser_sha256
     out["classifier"] = cfg.classifier.name
     out["classifier_threshold"] = cfg.classifier.factory_options().get("threshold")
     return out

@@ -46,6 +46,7 @@ from eval.observer import EvalObserver
 from eval.planning import EvalPlan, eval_config_record, plan_eval, row_payload, worker_spec
 from eval.scoring import GIFS_DIR, VIDEOS_DIR
 from unlearn.config import ConfigError
+from unlearn.fsutil import temp_files
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,8 @@ def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, 
 def _remove_stale_temp_files(out: Path) -> None:
     """Half-written temporary files of a killed run (all our writes are temp file + rename)."""
     for sub in ("rows", VIDEOS_DIR, GIFS_DIR, "."):
-        d = out / sub
-        if d.is_dir():
-            for p in d.iterdir():
-                if p.is_file() and p.name.startswith("."):
-                    p.unlink(missing_ok=True)
+        for p in temp_files(out / sub):
+            p.unlink(missing_ok=True)
 
 
 def _summary(plan: EvalPlan, metrics: dict, results: list[dict], classifier, *, n_new: int, n_resumed: int,

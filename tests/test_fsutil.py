@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from unlearn.fsutil import atomic_path, atomic_write_text, file_sha256, finished_files
+from unlearn.fsutil import atomic_path, atomic_write_text, file_sha256, finished_files, temp_files
 
 
 def test_a_write_in_progress_is_not_a_finished_file(tmp_path):
@@ -18,6 +18,8 @@ def test_a_write_in_progress_is_not_a_finished_file(tmp_path):
         # the temp file keeps the suffix (format detection by extension) so a bare glob sees it
         assert tmp.suffix == ".json" and tmp in set(tmp_path.glob("*.json"))
         assert [p.name for p in finished_files(tmp_path, "*.json")] == ["t00000.json"]
+        assert temp_files(tmp_path) == [tmp]  # what a rerun after a kill removes
+    assert temp_files(tmp_path) == []
     assert [p.name for p in finished_files(tmp_path, "*.json")] == ["t00000.json", "t00001.json"]
 
 

@@ -95,6 +95,11 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _is_temp(p: Path) -> bool:
+    # atomic_path / atomic_replace_dir name their temporaries `.<name>.XXXX...`; project artifacts never start with "."
+    return p.name.startswith(".")
+
+
 def finished_files(folder: str | Path, pattern: str = "*") -> list[Path]:
     """The files under `folder` matching `pattern` that a write finished, sorted.
 
@@ -102,7 +107,13 @@ def finished_files(folder: str | Path, pattern: str = "*") -> list[Path]:
     keep the target's suffix (`.t00000.k3j9.tmp.json`), so a bare `glob("*.json")` on a live
     folder also lists them; every reader of a folder another process may be writing uses this.
     """
-    return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and not _is_temp(p))
+
+
+def temp_files(folder: str | Path) -> list[Path]:
+    """Temporary files directly in `folder`: a write in progress, or one a killed process left behind."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_temp(p)) if folder.is_dir() else []
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
