@@ -46,6 +46,18 @@ def _readable(eraser_dir: Path) -> Path:
     return eraser_dir
 
 
+def check_eraser_fits(eraser_dir: Path, model_path: Path) -> None:
+    """An eraser for another model family or size fails here, before any output or model load."""
+    from unlearn.eraser import EraserMismatchError, check_fits, read_eraser
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    family = family_of_model_dir(model_path)
+    try:
+        check_fits(read_eraser(eraser_dir).meta, family, *spec_class(family).eraser_shape_of(model_path))
+    except EraserMismatchError as exc:
+        raise ConfigError(f"eraser {eraser_dir} does not fit model.path {model_path}: {exc}") from None
+
+
 @dataclass
 class EvalPlan:
     """Everything decided before any model loads."""
@@ -83,6 +95,8 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         model_path = check_any_model_dir(model_path)[1].resolve()
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"model.path: {exc}") from None
+    if eraser_dir is not None:
+        check_eraser_fits(eraser_dir, model_path)
     clip = cfg.resolve_path(cfg.metrics.clip_model)
     if clip is not None and not (clip / "config.json").is_file():
         raise ConfigError(

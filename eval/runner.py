@@ -77,11 +77,11 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     t_start = time.perf_counter()
     plan = plan_eval(cfg, output_dir, prompts=prompts, limit=limit, eraser=eraser)
     out = plan.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # unknown plugin names/options fail here, before any model loads
+    try:  # unknown plugin names/options fail here, before any model loads or output exists
         classifier = build_classifier(cfg.classifier.name, **cfg.classifier.factory_options())
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"classifier {cfg.classifier.name!r}: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out)
     _remove_stale_temp_files(out)
     done, stale = store.finished(plan.row_fingerprints)

@@ -70,12 +70,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from eval.checks import DegenerateVideosError
     from pipelines.checkpoints import CheckpointIntegrityError
     from unlearn.config import ConfigError
-    from unlearn.eraser import BrokenEraserError, EraserFileError
+    from unlearn.eraser import BrokenEraserError, EraserFileError, EraserMismatchError
     from unlearn.masks import ConceptNotInPromptError
     from unlearn.step import NonFiniteLossError
 
-    return (ConfigError, OSError, EraserFileError, BrokenEraserError, ConceptNotInPromptError, NonFiniteLossError,
-            CheckpointIntegrityError, DegenerateVideosError, OverflowError)
+    return (ConfigError, OSError, EraserFileError, EraserMismatchError, BrokenEraserError, ConceptNotInPromptError,
+            NonFiniteLossError, CheckpointIntegrityError, DegenerateVideosError, OverflowError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -26,20 +26,23 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
-    """Record the configuration an output folder was made with; refuse to continue it with another.
+def _codec(path: Path):
+    if path.suffix == ".json":
+        return (lambda d: json.dumps(d, indent=2)), json.loads
+    return (lambda d: yaml.safe_dump(d, sort_keys=False)), yaml.safe_load
 
-    The record is JSON for a `.json` path, YAML otherwise; it is written once, atomically.
+
+def check_pinned(path: str | Path, data: dict, output: str | Path) -> None:
+    """Refuse to continue `output` if `path` records another configuration than `data` (writes nothing).
+
+    For commands whose lower layer writes the record itself once its setup has succeeded (`t2vu
+    train`): a setup that fails on bad input then leaves no record that would refuse the fixed config.
     """
     path = Path(path)
-    as_json = path.suffix == ".json"
-    dump = (lambda d: json.dumps(d, indent=2)) if as_json else (lambda d: yaml.safe_dump(d, sort_keys=False))
-    load = json.loads if as_json else yaml.safe_load
-    new = load(dump(data))  # normalised as on disk (tuples -> lists, ...)
     if not path.exists():
-        atomic_write_text(path, dump(new))
         return
-    changed = _changed_keys(load(path.read_text()), new)
+    dump, load = _codec(path)
+    changed = _changed_keys(load(path.read_text()), load(dump(data)))  # normalised as on disk (tuples -> lists)
     if changed:
         shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ConfigError(
@@ -47,6 +50,18 @@ def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
             f"{path}). Rerun with the same config and --set values to continue it, or pass a new "
             f"--output (or delete {output}) to start over."
         )
+
+
+def pin_config(path: str | Path, data: dict, output: str | Path) -> None:
+    """Record the configuration an output folder was made with; refuse to continue it with another.
+
+    The record is JSON for a `.json` path, YAML otherwise; it is written once, atomically.
+    """
+    path = Path(path)
+    check_pinned(path, data, output)
+    if not path.exists():
+        dump, load = _codec(path)
+        atomic_write_text(path, dump(load(dump(data))))
 
 
 def remove_owned(path: str | Path, root: str | Path) -> None:

@@ -98,7 +98,7 @@ def check_space(cfg, space: dict[str, dict[str, Any]] | None = None) -> None:
             try:
                 cfg.with_overrides({key: value}, source=f"search.space.{key}={value!r}")
             except ConfigError as exc:
-                raise ConfigError(f"search.space.{key}: value {value!r} is not a valid config value:\n{exc}") from None
+                raise ConfigError(f"search.space.{key}: value {value!r} is not a valid config value: {' '.join(str(exc).split())}") from None
 
 
 def apply_sample(cfg, sample: dict[str, Any], trial: str = "trial"):

@@ -123,11 +123,11 @@ def run_search(
     t0 = time.time()
     s = cfg.search
     out = Path(output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
-    check_space(cfg)
+    check_space(cfg)  # a bad space or eval config fails before the output folder exists
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
+    out.mkdir(parents=True, exist_ok=True)
     if resume:
         pin_config(out / "search_config.yaml", cfg.to_dict(), out)
     else:

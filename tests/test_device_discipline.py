@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn.config import MethodConfig
+from unlearn.config import ConfigError, MethodConfig
 from unlearn.devices import resolve_device
 from unlearn.models.tiny import make_tiny_model
 from unlearn.session import TrainingSession
@@ -39,7 +39,7 @@ def test_resolve_device():
     assert resolve_device("auto") == torch.device("cpu")  # this machine has no GPU
     assert resolve_device("meta") == torch.device("meta")
     assert resolve_device("cpu", assigned="cuda:1") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
         resolve_device("cuda")
 
 

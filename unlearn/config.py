@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # unknown keys are errors (a misspelt key must not train on a default); inf/nan are refused
+    # (YAML reads 1e400 as inf: a learning rate of inf trains to NaN instead of failing here)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def path_component(value: str, field: str) -> str:
@@ -93,6 +95,8 @@ class ConceptConfig(Strict):
     def _check(self) -> "ConceptConfig":
         if not self.target.strip():
             raise ValueError("concept.target is empty: set it to the concept's words, e.g. 'naked'")
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("no concept prompts: set concept.prompts (a list) or concept.prompts_file (a CSV)")
         if self.reference == "anchors" and not self.anchors:
             raise ValueError("concept.reference is 'anchors' but concept.anchors is empty: list e.g. ['clothed']")
         if self.reference == "paired" and not self.prompts_file:
@@ -173,14 +177,17 @@ class ConfigError(ValueError):
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"Invalid config {source}:"]
+    """One line for one problem (`Invalid config F: key: what is wrong`), a list for several."""
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see the configuration reference in README.md)"
-        lines.append(f"  - {loc}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {msg}")
+    if len(problems) == 1:
+        return f"Invalid config {source}: {problems[0]}"
+    return "\n".join([f"Invalid config {source} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -190,7 +197,10 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config {path} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"Config {path} is not valid YAML{where}: {what}") from exc
     if data is None:
         # An empty file would silently train on every default (the tiny model, 500 steps): refuse it.
         raise ConfigError(f"Config {path} is empty; start from configs/tiny.yaml or configs/cogvideox-2b-nudity.yaml")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn.config import ConceptConfig
+from unlearn.config import ConceptConfig, ConfigError
 from unlearn.masks import concept_token_positions
 
 
@@ -32,7 +32,10 @@ def substitute(prompt: str, target: str, replacement: str) -> str:
     pattern = re.compile(rf"(?<!\w){re.escape(target)}(?!\w)", re.IGNORECASE)
     out, n = pattern.subn(replacement, prompt)
     if n == 0:
-        raise ValueError(f"concept.target {target!r} does not occur in concept prompt {prompt!r}")
+        raise ConfigError(
+            f"concept.target {target!r} does not occur in concept prompt {prompt!r}: every concept prompt must "
+            "contain the target word (it is what the anchors replace and where the mask looks)"
+        )
     return re.sub(r"\s+", " ", out).strip()
 
 
@@ -45,15 +48,15 @@ def read_prompt_csv(path: str | Path, columns: list[str]) -> list[dict]:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises several parser error types
-        raise ValueError(f"concept.prompts_file {path} cannot be parsed as CSV: {exc}") from exc
+        raise ConfigError(f"concept.prompts_file {path} cannot be parsed as CSV: {' '.join(str(exc).split())}") from exc
     for c in columns:
         if c not in df.columns:
-            raise ValueError(f"{path}: column {c!r} not found (columns: {list(df.columns)}); set concept.prompts_column / paired_column")
+            raise ConfigError(f"{path}: column {c!r} not found (columns: {list(df.columns)}); set concept.prompts_column / paired_column")
     rows = df[columns].to_dict("records")
     for i, r in enumerate(rows, start=2):  # header is line 1
         for c in columns:
             if not str(r[c]).strip():
-                raise ValueError(f"{path}, line {i}: empty {c!r}")
+                raise ConfigError(f"{path}, line {i}: empty {c!r}")
     return rows
 
 
@@ -72,7 +75,7 @@ class PromptOnlyData:
             prompts = [r[cfg.prompts_column].strip() for r in rows]
             paired = [r[cfg.paired_column].strip() for r in rows] if cfg.reference == "paired" else []
         if not prompts:
-            raise ValueError("No concept prompts: set concept.prompts or concept.prompts_file")
+            raise ConfigError("No concept prompts: set concept.prompts (a list) or concept.prompts_file (a CSV)")
         for i, p in enumerate(prompts):
             if cfg.reference == "empty":
                 refs = ("",)

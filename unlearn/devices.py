@@ -26,5 +26,7 @@ def resolve_device(setting: str = "auto", assigned: torch.device | str | None = 
     else:
         dev = torch.device("cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {setting!r} but this process sees no CUDA GPU; use train.device: auto or cpu")
+        from unlearn.config import ConfigError
+
+        raise ConfigError(f"train.device is {setting!r} but this process sees no CUDA GPU; use train.device: auto or cpu")
     return dev

@@ -170,27 +170,41 @@ class EraserHandle:
         self.outputs, self._sink, self._record_rows = {}, None, 0
 
 
+class EraserMismatchError(ValueError):
+    """An eraser loaded into a model of another family or size (the message names both)."""
+
+
+def check_fits(meta: EraserMeta, family: str, num_blocks: int, hidden: int) -> None:
+    """Refuse an eraser made for another model family or size (EraserMismatchError naming both).
+
+    One rule for `attach` (a loaded transformer) and for planning (the model directory's configs).
+    """
+    if family != meta.model_family:
+        raise EraserMismatchError(
+            f"Eraser family mismatch: the eraser was trained on a {meta.model_family!r} model "
+            f"({meta.base_model or '?'}), but this transformer is a {family!r} model. "
+            "Load it into the model family it was trained on."
+        )
+    if (meta.num_blocks, meta.hidden_size) != (num_blocks, hidden):
+        raise EraserMismatchError(
+            f"Eraser shape mismatch: the eraser was trained for {meta.num_blocks} blocks x hidden {meta.hidden_size} "
+            f"(base model {meta.base_model or '?'}), but this transformer has {num_blocks} blocks x hidden {hidden}. "
+            "Load it into the model family/size it was trained on."
+        )
+
+
 def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
     """Hook `eraser_set` into `transformer` after checking the family and the shapes match."""
     m = eraser_set.meta
     spec_cls = spec_class(m.model_family)
-    if not spec_cls.matches(transformer):
+    if spec_cls.matches(transformer):
+        found = m.model_family
+    else:
         try:
             found = family_of_transformer(transformer)
         except TypeError:
             found = type(transformer).__name__
-        raise ValueError(
-            f"Eraser family mismatch: the eraser was trained on a {m.model_family!r} model "
-            f"({m.base_model or '?'}), but this transformer is a {found!r} model. "
-            "Load it into the model family it was trained on."
-        )
-    n, d = len(spec_cls.eraser_modules(transformer)), spec_cls.hidden_size_of(transformer)
-    if (m.num_blocks, m.hidden_size) != (n, d):
-        raise ValueError(
-            f"Eraser shape mismatch: the eraser was trained for {m.num_blocks} blocks x hidden {m.hidden_size} "
-            f"(base model {m.base_model or '?'}), but this transformer has {n} blocks x hidden {d}. "
-            "Load it into the model family/size it was trained on."
-        )
+    check_fits(m, found, len(spec_cls.eraser_modules(transformer)), spec_cls.hidden_size_of(transformer))
     p = next(transformer.parameters())
     eraser_set.to(device=p.device)
     return EraserHandle(transformer, eraser_set, spec_cls)
@@ -261,10 +275,10 @@ def read_eraser(directory: str | Path) -> EraserSet:
     expected = eraser_set.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
-        raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
+        raise EraserFileError(f"{w_path}: tensors do not match {CONFIG_NAME} (missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
     for k, v in state.items():
         if v.shape != expected[k].shape:
-            raise ValueError(f"{w_path}: {k} has shape {tuple(v.shape)}, {CONFIG_NAME} implies {tuple(expected[k].shape)}")
+            raise EraserFileError(f"{w_path}: {k} has shape {tuple(v.shape)}, {CONFIG_NAME} implies {tuple(expected[k].shape)}")
     eraser_set.load_state_dict(state)
     return eraser_set
 

@@ -147,6 +147,9 @@ def atomic_replace_dir(target: str | Path, fill: Callable[[Path], None]) -> Path
     `target`; readers treat a missing directory as "not written yet", never as corrupt.
     """
     target = Path(target)
+    for p in (target, *target.parents):  # checked before any work: a file would only fail at the final swap
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"{p} is a file, not a folder; choose a folder path for {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from unlearn.config import MethodConfig
+from unlearn.config import ConfigError, MethodConfig
 from unlearn.eraser import read_eraser, save_eraser
 from unlearn.fsutil import atomic_replace_dir, atomic_write_text
 from unlearn.session import TrainingSession
@@ -56,7 +56,7 @@ def load_checkpoint(out: Path, session: TrainingSession, optimizer) -> int:
         return 0
     saved = read_eraser(ck / "eraser")
     if saved.meta.config_digest != session.eraser_set.meta.config_digest:
-        raise RuntimeError(
+        raise ConfigError(
             f"{ck} was written by a different config (digest {saved.meta.config_digest} vs "
             f"{session.eraser_set.meta.config_digest}); use a new --output or delete the folder"
         )
@@ -71,7 +71,6 @@ def make_optimizer(cfg: MethodConfig, params):
 
 def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True) -> dict:
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
     if resume and summary_path.exists() and (out / "eraser" / "eraser_config.json").exists():
         return json.loads(summary_path.read_text())  # finished: nothing to redo (`t2vu train` pinned the config)
@@ -80,6 +79,8 @@ def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: b
     session = TrainingSession(cfg, config_dir=config_dir)
     optimizer = make_optimizer(cfg, session.trainable_parameters())
     start = load_checkpoint(out, session, optimizer) if resume else 0
+    # The folder is made only now, after the model, prompts and geometry loaded: bad input leaves nothing behind.
+    out.mkdir(parents=True, exist_ok=True)
     # Written only after the resume check: a run that refuses to resume keeps the config it was made with.
     if not (out / "config.yaml").exists() or not resume:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

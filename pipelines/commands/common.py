@@ -22,5 +22,11 @@ def default_output(kind: str, config: str) -> Path:
 
 
 def output_dir(args: argparse.Namespace, kind: str) -> Path:
-    """`--output`, else a new folder for this command and config under runs/."""
-    return Path(args.output) if args.output else default_output(kind, args.config)
+    """`--output`, else a new folder for this command and config under runs/ (refused if it is a file)."""
+    from unlearn.config import ConfigError
+
+    out = Path(args.output) if args.output else default_output(kind, args.config)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--output {out}: {p} is a file, not a folder; pass a folder path (new or existing)")
+    return out

@@ -37,6 +37,8 @@ def run(args) -> int:
 
     if args.world_size is not None and args.world_size < 1:
         raise ConfigError(f"--world-size {args.world_size}: must be >= 1")
+    if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):
+        raise ConfigError(f"--gpu-memory {args.gpu_memory}: must be a positive number of GB, e.g. --gpu-memory 80")
     method, pipeline = load_plan_config(args.config, args.overrides)
     req = make_request(method, pipeline, config_dir=Path(args.config).parent, mode=args.mode,
                        world_size=args.world_size, gpu_memory_gb=args.gpu_memory)

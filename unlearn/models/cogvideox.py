@@ -26,7 +26,7 @@ def check_model_dir(path: str | Path, need: tuple[str, ...] = LAYOUT_DIRS) -> Pa
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"Model directory {path} does not exist. Point model.path at a local diffusers-format "
+            f"Model directory {path} {'is a file, not a folder' if path.exists() else 'does not exist'}. Point model.path at a local diffusers-format "
             "CogVideoX directory (e.g. a download of THUDM/CogVideoX-2b) or use builtin:tiny / builtin:toy."
         )
     missing = [d for d in ("model_index.json", *need) if not (path / d).exists()]
@@ -150,6 +150,12 @@ class CogVideoXSpec:
     pipeline_kwargs = staticmethod(pipeline_kwargs)
 
     @staticmethod
+    def eraser_shape_of(path: str | Path) -> tuple[int, int]:
+        """(eraser sites, hidden size) from transformer/config.json: an eraser's fit, checked before any load."""
+        cfg = json.loads((Path(path) / "transformer" / "config.json").read_text())
+        return int(cfg["num_layers"]), int(cfg["num_attention_heads"] * cfg["attention_head_dim"])
+
+    @staticmethod
     def load_tokenizer(path: str | Path):
         return load_components(path, "float32", ("tokenizer",))["tokenizer"]
 
@@ -224,14 +230,16 @@ class CogVideoXSpec:
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(F, C, H, W) of one latent video, as the pipeline's prepare_latents computes it."""
+        from unlearn.config import ConfigError  # a user setting (model.num_frames / height / width), not a bug
+
         if (num_frames - 1) % self.vae_temporal:
-            raise ValueError(
-                f"num_frames={num_frames} must be 1 + a multiple of the VAE's temporal factor "
+            raise ConfigError(
+                f"model.num_frames={num_frames} must be 1 + a multiple of the VAE's temporal factor "
                 f"{self.vae_temporal} (e.g. 9, 49)"
             )
         if height % (self.vae_spatial * 2) or width % (self.vae_spatial * 2):
-            raise ValueError(
-                f"height/width {height}x{width} must be multiples of {self.vae_spatial * 2} "
+            raise ConfigError(
+                f"model.height/width {height}x{width} must be multiples of {self.vae_spatial * 2} "
                 "(VAE factor x patch size)"
             )
         frames = (num_frames - 1) // self.vae_temporal + 1

@@ -78,7 +78,7 @@ def check_any_model_dir(path: str | Path) -> tuple[str, Path]:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"Model directory {path} does not exist. Point model.path at a local diffusers-format model "
+            f"Model directory {path} {'is a file, not a folder' if path.exists() else 'does not exist'}. Point model.path at a local diffusers-format model "
             f"directory ({', '.join(family_names())}) or use builtin:tiny / builtin:toy."
         )
     family = family_of_model_dir(path)

@@ -50,6 +50,9 @@ class ModelSpec(Protocol):
     def check_model_dir(path: str | Path, need: tuple[str, ...] = ...) -> Path: ...
 
     @staticmethod
+    def eraser_shape_of(path: str | Path) -> tuple[int, int]: ...  # (eraser sites, hidden) from the dir's configs
+
+    @staticmethod
     def load_tokenizer(path: str | Path) -> Any: ...
 
     @staticmethod

@@ -1,0 +1,220 @@
+"""Bad inputs and faults a user meets, as data: each case is one `t2vu` command line.
+
+`tests/test_reliability.py` runs every case through the real CLI (`pipelines.cli.main`, in process),
+checks the project's rules — the expected exit code, the message names what it says, one `error:`
+line (a list of problems gets one line per problem), no traceback, the output folder not created —
+and renders `docs/reliability.md` from what actually happened, so the table cannot drift.
+
+Placeholders in argv and file contents: `{tmp}` is the case's own scratch folder, `{root}` the
+repository. `files` are written under `{tmp}` first; an `eraser:<kind>` value makes an eraser folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str
+    what: str
+    argv: tuple[str, ...]
+    expect: str  # a fragment the one-line message must contain (what it names: file, field or fix)
+    # files made first, relative to the case's folder: text, or "@eraser:KIND" for an eraser directory
+    # (KIND: ok, nan, size, json, weights; see test_reliability._make_eraser)
+    files: dict[str, str] = field(default_factory=dict)
+    rc: int = 2
+    output: str | None = "{tmp}/out"  # must not exist afterwards (nothing created before validation)
+
+
+TINY = "{root}/configs/tiny.yaml"
+EVAL = "{root}/configs/eval/tiny.yaml"
+SEARCH = "{root}/configs/search/tiny.yaml"
+OUT = "{tmp}/out"
+
+
+def train(*extra: str) -> tuple[str, ...]:
+    return ("train", "-c", TINY, "-o", OUT, *extra)
+
+
+def train_set(*items: str) -> tuple[str, ...]:
+    return train(*[a for i in items for a in ("--set", i)])
+
+
+def ev(*extra: str) -> tuple[str, ...]:
+    return ("eval", "-c", EVAL, "-o", OUT, *extra)
+
+
+def ev_set(*items: str) -> tuple[str, ...]:
+    return ev(*[a for i in items for a in ("--set", i)])
+
+
+def ev_csv(text: str) -> dict:
+    return {"argv": ev("--prompts", "{tmp}/p.csv"), "files": {"p.csv": text}}
+
+
+def tune_set(*items: str) -> tuple[str, ...]:
+    return ("tune", "-c", SEARCH, "-o", OUT, *[a for i in items for a in ("--set", i)])
+
+
+def C(id, area, what, argv=None, expect="", **kw) -> Case:
+    if "csv" in kw:
+        d = ev_csv(kw.pop("csv"))
+        argv, kw["files"] = d["argv"], {**kw.get("files", {}), **d["files"]}
+    return Case(id, area, what, tuple(argv), expect, **kw)
+
+
+CASES: list[Case] = [
+    # --- config files ------------------------------------------------------------------------
+    C("config-missing", "config", "config file does not exist", ("train", "-c", "{tmp}/none.yaml", "-o", OUT), "not found"),
+    C("config-empty", "config", "empty YAML file (would train on every default)", ("train", "-c", "{tmp}/c.yaml", "-o", OUT),
+      "is empty", files={"c.yaml": ""}),
+    C("config-list", "config", "YAML whose top level is a list", ("train", "-c", "{tmp}/c.yaml", "-o", OUT),
+      "must be a mapping", files={"c.yaml": "- a\n- b\n"}),
+    C("config-syntax", "config", "YAML syntax error", ("train", "-c", "{tmp}/c.yaml", "-o", OUT), "line 2",
+      files={"c.yaml": "model: [\n"}),
+    C("config-unknown-section", "config", "misspelt top-level section (`modle`)", train_set("modle.path=x"), "modle: unknown key"),
+    C("config-unknown-key", "config", "misspelt key (`eraser.rnk`)", train_set("eraser.rnk=4"), "eraser.rnk: unknown key"),
+    C("set-no-equals", "config", "`--set` without `=`", train("--set", "eraser.rank"), "expected KEY=VALUE"),
+    C("set-bad-yaml", "config", "`--set` value that is not YAML", train_set("concept.prompts=[a"), "not valid YAML"),
+    C("set-into-scalar", "config", "`--set` a key below a scalar", train_set("eraser.rank.x=1"), "eraser.rank"),
+    C("rank-not-int", "config", "eraser.rank is not an integer", train_set("eraser.rank=abc"), "eraser.rank"),
+    C("rank-zero", "config", "eraser.rank 0", train_set("eraser.rank=0"), "eraser.rank"),
+    C("steps-zero", "config", "train.steps 0", train_set("train.steps=0"), "train.steps"),
+    C("batch-zero", "config", "train.batch_size 0", train_set("train.batch_size=0"), "train.batch_size"),
+    C("eta-negative", "config", "loss.eta negative", train_set("loss.eta=-1"), "loss.eta"),
+    C("lr-nan", "config", "train.lr NaN", train_set("train.lr=.nan"), "train.lr"),
+    C("lr-negative", "config", "train.lr negative", train_set("train.lr=-1"), "train.lr"),
+    C("lr-overflow", "config", "train.lr 1e400 (overflows to inf)", train_set("train.lr=1e400"), "train.lr"),
+    C("lr-absurd", "training", "train.lr 1e30: the loss goes non-finite; no eraser is written",
+      train_set("train.lr=1e30", "train.steps=3"), "Non-finite loss", output=None),
+    C("prompts-empty", "config", "no concept prompts", train_set("concept.prompts=[]"), "concept prompts"),
+    C("target-empty", "config", "concept.target empty", train_set("concept.target=''"), "concept.target"),
+    C("target-not-in-prompt", "config", "a concept prompt without the target word", train_set("concept.prompts=['a cat']"),
+      "does not occur in concept prompt"),
+    C("reference-unknown", "config", "concept.reference not a known kind", train_set("concept.reference=bogus"),
+      "concept.reference"),
+    C("anchors-empty", "config", "reference anchors with no anchors", train_set("concept.anchors=[]"), "concept.anchors"),
+    C("paired-no-file", "config", "reference paired without a prompts file", train_set("concept.reference=paired"),
+      "prompts_file"),
+    C("prompts-file-missing", "config", "concept.prompts_file does not exist",
+      train_set("concept.prompts_file={tmp}/none.csv"), "none.csv"),
+    C("prompts-file-column", "config", "concept.prompts_file lacks the prompt column",
+      train_set("concept.prompts_file={tmp}/p.csv"), "column 'prompt' not found", files={"p.csv": "text\na naked body\n"}),
+    C("family-unknown", "model", "model.family not registered", train_set("model.family=sd"), "model.family"),
+    C("model-missing", "model", "model.path does not exist", train_set("model.path={tmp}/none"), "does not exist"),
+    C("model-is-file", "model", "model.path is a file", train_set("model.path={tmp}/m.bin"), "is a file",
+      files={"m.bin": "x"}),
+    C("model-not-diffusers", "model", "model.path is a folder without model_index.json",
+      train_set("model.path={tmp}/m"), "model_index.json", files={"m/readme.txt": "x"}),
+    C("frames-geometry", "model", "model.num_frames not 1 + 4k", train_set("model.num_frames=10"), "model.num_frames"),
+    C("height-geometry", "model", "model.height not a multiple of 8", train_set("model.height=30"), "model.height"),
+    C("dtype-unknown", "model", "model.dtype float8", train_set("model.dtype=float8"), "model.dtype"),
+    C("xt-source-unknown", "config", "train.xt_source not a known source", train_set("train.xt_source=bogus"),
+      "train.xt_source"),
+    C("device-unknown", "device", "train.device tpu", train_set("train.device=tpu"), "train.device"),
+    C("device-no-gpu", "device", "train.device cuda on a machine without a GPU", train_set("train.device=cuda"),
+      "sees no CUDA GPU"),
+    C("reduction-unknown", "config", "loss.localize_reduction max", train_set("loss.localize_reduction=max"),
+      "loss.localize_reduction"),
+    C("output-is-file", "output", "--output is an existing file", ("train", "-c", TINY, "-o", "{tmp}/taken"), "is a file",
+      files={"taken": "x"}, output=None),
+    C("output-under-file", "output", "--output below an existing file", ("train", "-c", TINY, "-o", "{tmp}/taken/out"),
+      "is a file", files={"taken": "x"}, output=None),
+    C("train-other-config", "resume", "`t2vu train` into a folder made with another config",
+      ("train", "-c", TINY, "-o", "{tmp}/done"), "different configuration",
+      files={"done/config.yaml": "eraser:\n  rank: 4\n"}, output=None),
+    C("distributed-name-path", "unsafe paths", "distributed.name climbing out of the output (`../../victim`)",
+      train("--distributed", "--no-resume", "--set", "distributed.name=../../victim"), "must be a plain name"),
+    C("distributed-workers-zero", "config", "distributed.num_workers 0",
+      train("--distributed", "--set", "distributed.num_workers=0"), "distributed.num_workers"),
+    # --- evaluation ---------------------------------------------------------------------------
+    C("eval-prompts-missing", "eval prompts", "--prompts file does not exist", ev("--prompts", "{tmp}/none.csv"),
+      "file not found"),
+    C("eval-no-prompt-column", "eval prompts", "CSV without the prompt column", csv="text,seed\nhi,1\n",
+      expect="no prompt column"),
+    C("eval-empty-prompt", "eval prompts", "a row with an empty prompt", csv="prompt,seed\n,1\n", expect="empty prompt"),
+    C("eval-bad-seed", "eval prompts", "a non-integer seed", csv="prompt,seed\nhi,x\n", expect="seed"),
+    C("eval-unparseable", "eval prompts", "a row that is not CSV (open quote)", csv='prompt,seed\n"a,1\n',
+      expect="cannot be parsed as CSV"),
+    C("eval-header-only", "eval prompts", "CSV with a header and no rows", csv="prompt,seed\n", expect="no data rows"),
+    C("eval-binary", "eval prompts", "a binary file as --prompts", csv="\x00\x01\x02", expect="prompt column"),
+    C("eval-seed-column", "eval prompts", "prompts.seed_column names a missing column",
+      ev_set("prompts.seed_column=nope"), "no seed column 'nope'"),
+    C("eval-filter-column", "eval prompts", "a row filter on a column the file lacks",
+      ev_set("prompts.filters=[{column: nope, contains: x}]"), "nope"),
+    C("eval-filter-number", "eval prompts", "a numeric filter on a text column",
+      ev_set("prompts.filters=[{column: prompt, ge: 5}]"), "not a number"),
+    C("eval-limit-zero", "eval prompts", "--limit 0", ev("--limit", "0"), "--limit"),
+    C("eval-truncation-error", "eval prompts", "a prompt longer than the text encoder takes, truncation: error",
+      ev("--prompts", "{tmp}/p.csv", "--set", "checks.on_truncation=error"), "token",
+      files={"p.csv": "prompt,seed\n\"" + " ".join(["a naked person on a beach"] * 60) + "\",1\n"}),
+    C("eval-eraser-missing", "eraser files", "--eraser folder does not exist", ev("--eraser", "{tmp}/none"),
+      "not an eraser directory"),
+    C("eval-eraser-json", "eraser files", "eraser_config.json truncated", ev("--eraser", "{tmp}/er"), "eraser_config.json",
+      files={"er": "@eraser:json"}),
+    C("eval-eraser-weights", "eraser files", "eraser.safetensors truncated", ev("--eraser", "{tmp}/er"),
+      "eraser.safetensors", files={"er": "@eraser:weights"}),
+    # the run fails after generating: its folder is kept on purpose, for inspecting the broken videos
+    C("eval-eraser-nonfinite", "silent wrong answers", "an eraser with non-finite weights", ev("--eraser", "{tmp}/er"),
+      "non-finite", files={"er": "@eraser:nan"}, output=None),
+    C("eval-eraser-size", "eraser files", "an eraser trained on another model size", ev("--eraser", "{tmp}/er"),
+      "hidden", files={"er": "@eraser:size"}),
+    C("eval-classifier-unknown", "eval config", "classifier.name unknown", ev_set("classifier.name=bogus"),
+      "Unknown classifier"),
+    C("eval-classifier-module", "eval config", "classifier plugin module missing", ev_set("classifier.name=nomod:Fac"),
+      "nomod"),
+    C("eval-threshold", "eval config", "classifier threshold above 1", ev_set("classifier.nudenet.threshold=2"),
+      "threshold"),
+    C("eval-preset", "eval config", "NudeNet preset unknown", ev_set("classifier.nudenet.preset=x"), "preset"),
+    C("eval-steps-zero", "eval config", "generation.num_inference_steps 0", ev_set("generation.num_inference_steps=0"),
+      "num_inference_steps"),
+    C("eval-scheduler", "eval config", "generation.scheduler unknown", ev_set("generation.scheduler=euler"),
+      "generation.scheduler"),
+    C("eval-actors", "eval config", "runtime.num_actors negative", ev_set("runtime.num_actors=-1"), "num_actors"),
+    C("eval-output-file", "output", "eval --output is a file", ("eval", "-c", EVAL, "-o", "{tmp}/taken"), "is a file",
+      files={"taken": "x"}, output=None),
+    # --- search and pipeline --------------------------------------------------------------------
+    C("tune-name-path", "unsafe paths", "search.name is a path (`../x`)", tune_set("search.name=../x"),
+      "must be a plain name"),
+    C("tune-algorithm", "search config", "search.algorithm unknown", tune_set("search.algorithm=grid"),
+      "search.algorithm"),
+    C("tune-samples", "search config", "search.num_samples 0", tune_set("search.num_samples=0"), "search.num_samples"),
+    C("tune-space-key", "search config", "search space over a key that does not exist",
+      tune_set("search.space={loss.nope: {uniform: [0, 1]}}"), "loss.nope"),
+    C("tune-space-kind", "search config", "search space distribution unknown",
+      tune_set("search.space={loss.eta: {normal: [0, 1]}}"), "unknown kind"),
+    C("tune-objective-metric", "search config", "scalarize weights name metrics the objective lacks",
+      tune_set("search.objective.metrics=[{name: bogus, mode: min}]"), "not objective metrics"),
+    C("tune-eval-missing", "search config", "search.objective.eval file missing", tune_set("search.objective.eval=none.yaml"),
+      "none.yaml"),
+    C("tune-no-search", "search config", "`t2vu tune` on a config without a search section",
+      ("tune", "-c", TINY, "-o", OUT), "no `search` section"),
+    C("run-config-missing", "config", "`t2vu run` config missing", ("run", "-c", "{tmp}/none.yaml", "-o", OUT),
+      "not found"),
+    C("report-missing", "report", "`t2vu report` on a folder that does not exist", ("report", "{tmp}/none"),
+      "not a search run folder", output=None),
+    C("report-not-run", "report", "`t2vu report` on a folder that is not a search run", ("report", "{tmp}"),
+      "not a search run folder", output=None),
+    # --- plan, submit, tools --------------------------------------------------------------------
+    C("plan-architecture", "plan", "model.architecture preset unknown",
+      ("plan", "-c", TINY, "--set", "model.architecture=cogvideox-9b"), "not a known preset", output=None),
+    C("plan-gpu-memory", "plan", "--gpu-memory negative", ("plan", "-c", TINY, "--gpu-memory", "-1"), "--gpu-memory",
+      output=None),
+    C("plan-world-size", "plan", "--world-size 0", ("plan", "-c", TINY, "--world-size", "0"), "--world-size", output=None),
+    C("submit-env-format", "submit", "--env without KEY=VALUE",
+      ("submit", "--address", "http://127.0.0.1:9", "--env", "NOEQ", "--", "t2vu", "--help"), "expected KEY=VALUE",
+      output=None),
+    C("submit-env-secret", "secrets", "a secret-looking --env value (would be visible on the dashboard)",
+      ("submit", "--address", "http://127.0.0.1:9", "--env", "MY_TOKEN=abc", "--", "t2vu", "--help"), "--env-secret",
+      output=None),
+    C("submit-token-file", "submit", "--auth-token-file does not exist",
+      ("submit", "--address", "http://127.0.0.1:9", "--auth-token-file", "{tmp}/none", "--", "t2vu", "--help"),
+      "does not exist", output=None),
+    C("submit-unreachable", "submit", "Ray Jobs address nobody listens on",
+      ("submit", "--address", "http://127.0.0.1:9", "--auth-token-file", "{tmp}/tok", "--", "t2vu", "--help"),
+      "Failed to connect", files={"tok": "x"}, output=None),
+    C("tiny-model-on-file", "output", "`t2vu make-tiny-model` onto an existing file", ("make-tiny-model", "{tmp}/taken"),
+      "is a file", files={"taken": "x"}, output=None),
+]
