@@ -37,6 +37,23 @@ def cogvideox_explicit_attention(attn, kwargs):
     return p[:, :, nt:, :nt].mean(1), out[:, nt:]
 
 
+def wan_explicit_cross_attention(attn, kwargs):
+    """Wan's cross-attention `attn2` by hand: RMSNorm across heads on q and k, no RoPE, softmax over text keys.
+
+    Returns (head-averaged P(video query -> text key) [B, Nv, Nt], the module's output).
+    """
+    x, ctx = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+    assert attn.add_k_proj is None, "text-to-video Wan has no image branch"
+    b, nv, _ = x.shape
+    nt, h = ctx.shape[1], attn.heads
+    q = attn.norm_q(attn.to_q(x)).view(b, nv, h, -1).transpose(1, 2)
+    k = attn.norm_k(attn.to_k(ctx)).view(b, nt, h, -1).transpose(1, 2)
+    v = attn.to_v(ctx).view(b, nt, h, -1).transpose(1, 2)
+    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+    out = attn.to_out[0]((p @ v).transpose(1, 2).reshape(b, nv, -1))
+    return p.mean(1), out
+
+
 @dataclass(frozen=True)
 class FamilyCase:
     family: str
@@ -50,6 +67,9 @@ class FamilyCase:
 
 CASES = [
     FamilyCase("cogvideox", text_dim=32, geometry=(9, 32, 32), explicit_attention=cogvideox_explicit_attention),
+    FamilyCase("wan", text_dim=32, geometry=(9, 32, 32), explicit_attention=wan_explicit_cross_attention),
+    # the eraser after self-attention attn1 (a site variant of wan); the mask still comes from attn2
+    FamilyCase("wan-attn1", text_dim=32, geometry=(9, 32, 32), explicit_attention=wan_explicit_cross_attention),
 ]
 
 

@@ -9,6 +9,7 @@ checkpointing changes nothing, the recorded eraser energy is what the loss needs
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -147,7 +148,9 @@ def test_eraser_of_another_family_is_refused_naming_both(case, spec, tmp_path):
 def test_captured_attention_equals_explicit_softmax(case, spec, chunk):
     mods = spec.capture_modules(spec.transformer)
     seen = {}
-    hook = mods[1].register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    # the call's arguments by name (Wan's blocks call attn2 positionally, CogVideoX's by keyword)
+    hook = mods[1].register_forward_pre_hook(
+        lambda m, a, kw: seen.update(kw, **dict(zip(inspect.signature(m.forward).parameters, a))), with_kwargs=True)
     x, t, e = inputs(case, spec, b=3)
     base = spec.velocity(x, t, e)
     cap = AttentionCapture(mods, spec.capture_processor, layers=[0, 1], chunk=chunk)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unlearn.fsutil import atomic_replace_dir
-from unlearn.models.families import family_of_transformer, spec_class
+from unlearn.models.families import base_family, family_of_transformer, spec_class
 
 FORMAT_VERSION = 1
 # A trained eraser's weights stay O(1) (zero-init `up`, lr ~1e-4, a few hundred steps: |w| < ~10).
@@ -179,7 +179,7 @@ def check_fits(meta: EraserMeta, family: str, num_blocks: int, hidden: int) -> N
 
     One rule for `attach` (a loaded transformer) and for planning (the model directory's configs).
     """
-    if family != meta.model_family:
+    if base_family(family) != base_family(meta.model_family):  # a site variant (wan-attn1) runs on its base's models
         raise EraserMismatchError(
             f"Eraser family mismatch: the eraser was trained on a {meta.model_family!r} model "
             f"({meta.base_model or '?'}), but this transformer is a {family!r} model. "
@@ -197,14 +197,13 @@ def attach(transformer: nn.Module, eraser_set: EraserSet) -> EraserHandle:
     """Hook `eraser_set` into `transformer` after checking the family and the shapes match."""
     m = eraser_set.meta
     spec_cls = spec_class(m.model_family)
-    if spec_cls.matches(transformer):
-        found = m.model_family
-    else:
+    if not spec_cls.matches(transformer):
         try:
             found = family_of_transformer(transformer)
         except TypeError:
             found = type(transformer).__name__
-    check_fits(m, found, len(spec_cls.eraser_modules(transformer)), spec_cls.hidden_size_of(transformer))
+        check_fits(m, found, 0, 0)  # raises, naming both families
+    check_fits(m, m.model_family, len(spec_cls.eraser_modules(transformer)), spec_cls.hidden_size_of(transformer))
     p = next(transformer.parameters())
     eraser_set.to(device=p.device)
     return EraserHandle(transformer, eraser_set, spec_cls)

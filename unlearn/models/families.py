@@ -18,10 +18,16 @@ from pathlib import Path
 class Family:
     spec: str  # "module:Class" implementing unlearn.models.spec.ModelSpec
     tiny: str  # "module:function(path, seed=0, overwrite=False) -> Path": a tiny model in the real layout
+    # The same models as another family with the eraser at another site (wan-attn1 of wan): accepts that
+    # family's directories and transformers; its eraser files record the variant, so they attach there.
+    variant_of: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "cogvideox": Family(spec="unlearn.models.cogvideox:CogVideoXSpec", tiny="unlearn.models.tiny:make_tiny_model"),
+    "wan": Family(spec="unlearn.models.wan:WanSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan"),
+    "wan-attn1": Family(spec="unlearn.models.wan:WanSelfAttnSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan",
+                        variant_of="wan"),
 }
 
 
@@ -40,6 +46,12 @@ def _entry(name: str) -> Family:
     return FAMILIES[name]
 
 
+def base_family(name: str) -> str:
+    """The family whose models `name` runs on (itself, or what it is a site variant of; unknown: itself)."""
+    entry = FAMILIES.get(name)
+    return entry.variant_of if entry is not None and entry.variant_of else name
+
+
 def spec_class(name: str):
     """The spec class of family `name` (class-level answers: loading, eraser site, capture, pipeline)."""
     return _load(_entry(name).spec)
@@ -52,7 +64,7 @@ def tiny_builder(name: str):
 def family_of_transformer(transformer) -> str:
     """Which registered family a bare transformer belongs to (eraser files attach through this)."""
     for name in family_names():
-        if spec_class(name).matches(transformer):
+        if base_family(name) == name and spec_class(name).matches(transformer):
             return name
     raise TypeError(
         f"{type(transformer).__name__} belongs to no registered model family ({', '.join(family_names())})"
@@ -66,7 +78,7 @@ def family_of_model_dir(path: str | Path) -> str:
         raise FileNotFoundError(f"{index} missing: {path} is not a diffusers model directory")
     cls_name = json.loads(index.read_text()).get("_class_name", "")
     for name in family_names():
-        if spec_class(name).pipeline_class_name == cls_name:
+        if base_family(name) == name and spec_class(name).pipeline_class_name == cls_name:
             return name
     raise ValueError(
         f"{index}: pipeline class {cls_name!r} belongs to no registered model family ({', '.join(family_names())})"
@@ -88,7 +100,7 @@ def check_any_model_dir(path: str | Path) -> tuple[str, Path]:
 def check_family(path: str | Path, family: str) -> None:
     """Refuse a model directory of another family than the config says (names both)."""
     found = family_of_model_dir(path)
-    if found != family:
+    if found != base_family(family):
         raise ValueError(
             f"model.family is {family!r} but {path} holds a {found!r} model; set model.family: {found}"
         )

@@ -1,4 +1,4 @@
-"""Resolve `model.path` values: a directory, or `builtin:tiny` / `builtin:toy`."""
+"""Resolve `model.path` values: a directory, or `builtin:tiny` / `builtin:tiny-<family>` / `builtin:toy`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ def resolve_model_path(path: str) -> Path:
         from unlearn.models.tiny import make_tiny_model
 
         return make_tiny_model(cache_root() / "models" / "tiny-seed0", seed=0)
+    if path.startswith("builtin:tiny-"):  # builtin:tiny-<family>, e.g. builtin:tiny-wan
+        from unlearn.models.families import base_family, family_names, tiny_builder
+
+        family = path.removeprefix("builtin:tiny-")
+        if family not in family_names() or base_family(family) != family:
+            raise ValueError(f"Unknown built-in model {path!r}; tiny models: builtin:tiny, "
+                             + ", ".join(f"builtin:tiny-{f}" for f in family_names() if f != "cogvideox" and base_family(f) == f))
+        return tiny_builder(family)(cache_root() / "models" / f"tiny-{family}-seed0", seed=0)
     if path == "builtin:toy":
         if not (TOY_MODEL_DIR / "model_index.json").exists():
             raise FileNotFoundError(
@@ -26,5 +34,5 @@ def resolve_model_path(path: str) -> Path:
             )
         return TOY_MODEL_DIR
     if path.startswith("builtin:"):
-        raise ValueError(f"Unknown built-in model {path!r}; use builtin:tiny or builtin:toy or a directory")
+        raise ValueError(f"Unknown built-in model {path!r}; use builtin:tiny, builtin:tiny-wan, builtin:toy or a directory")
     return Path(path).expanduser()

@@ -1,0 +1,78 @@
+"""Wan's cross-attention processor, able to record the mask's attention probabilities.
+
+Each Wan block has a self-attention `attn1` (video tokens, 3D RoPE) and a
+cross-attention `attn2` (video queries -> text keys, no RoPE). The localization
+mask wants P(video query -> text key) as the model computes it: after `attn2`'s
+q/k RMSNorm (taken across all heads, before the head split). With text keys only,
+the softmax runs over the Nt text keys, so `unlearn.attention.text_column_probs`
+with no video keys gives it chunk by chunk over video queries (never the full
+[B, H, Nv, Nt] tensor).
+
+This processor computes the module output exactly as diffusers' `WanAttnProcessor`
+does (same projections, same `dispatch_attention_fn` call). The image branch of
+Wan I2V (`add_k_proj`: image tokens prepended to the text) is refused: erasure is
+defined for text-to-video models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unlearn.attention import full_text_probs_reference, text_column_probs
+
+
+class CapturingWanAttnProcessor:
+    """Drop-in for diffusers' `WanAttnProcessor` on a cross-attention that can also record probabilities.
+
+    With `capture_rows = n`, the head-averaged probabilities of the first n batch rows are
+    stored in `self.probs` ([n, Nv, Nt], float32).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, chunk: int = 1024, full_matrix: bool = False):
+        self.chunk = chunk
+        self.full_matrix = full_matrix  # naive reference path (benchmarks)
+        self.capture_rows = 0
+        self.probs: torch.Tensor | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if attn.add_k_proj is not None:
+            raise NotImplementedError(
+                "this Wan cross-attention has an image branch (add_k_proj: Wan I2V); concept erasure here "
+                "supports text-to-video Wan only (2.1 T2V, 2.2 TI2V-5B used as T2V)"
+            )
+        if encoder_hidden_states is None or rotary_emb is not None:
+            raise ValueError("CapturingWanAttnProcessor is for Wan's cross-attention attn2 (text keys, no RoPE)")
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        if self.capture_rows:
+            n = self.capture_rows
+            with torch.no_grad():
+                qv = query[:n].detach().transpose(1, 2)  # [n, H, Nv, d]
+                kt = key[:n].detach().transpose(1, 2)  # [n, H, Nt, d]
+                text_len, scale = kt.shape[2], qv.shape[-1] ** -0.5  # SDPA's default scale
+                if self.full_matrix:
+                    self.probs = full_text_probs_reference(qv, kt, text_len, scale)
+                else:
+                    self.probs = text_column_probs(qv, kt, text_len, scale, self.chunk)
+
+        hidden_states = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=None,
+        )
+        hidden_states = hidden_states.flatten(2, 3)
+        hidden_states = hidden_states.type_as(query)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
