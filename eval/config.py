@@ -10,6 +10,7 @@ Sections (YAML keys):
 
   model       base model directory (diffusers layout) or builtin:tiny / builtin:toy, dtype, device
   eraser      eraser directory (eraser.safetensors + eraser_config.json), or null = baseline only
+  method      what makes the "erased" video: none, eraser, negprompt, safree (eval.methods)
   prompts     the target prompt CSV and how to read it (eval.prompt_config: columns, seeds, filters, dedupe)
   preserve    an optional CSV of prompts that do NOT name the target (preservation metrics)
   generation  CogVideoXPipeline settings
@@ -272,9 +273,49 @@ class ChecksConfig(Strict):
         return {k: getattr(self, k) for k in ("flat_range", "min_colors", "max_bad_frame_fraction")}
 
 
+class SafreeConfig(Strict):
+    """SAFREE's text-side defence (eval.methods.SafreeMethod; Yoon et al. 2024, github jaehong31/SAFREE)."""
+
+    # A prompt token is projected when masking it moves the prompt's embedding away from the concept
+    # subspace by more than (1 + alpha) x the mean of the other tokens' moves (SAFREE's --sf_alpha; 0.01 in
+    # its CogVideoX pipeline).
+    alpha: float = Field(0.01, ge=0.0)
+    # SAFREE's CogVideoX pipeline also uses the concept words, joined with ", ", as the negative prompt;
+    # false = generation.negative_prompt (the empty unconditional prompt by default).
+    negative_prompt: bool = True
+
+
+class MethodConfig(Strict):
+    """What makes the "erased" video of each row (the base video is always the base model's)."""
+
+    # none: the base model only (no second video, as with eraser: null). eraser: a trained eraser of this
+    # project (`eraser:` / --eraser). negprompt: the concept words, joined with ", ", as the negative prompt
+    # of classifier-free guidance (instead of the empty unconditional prompt / generation.negative_prompt).
+    # safree: SAFREE's training-free text-side defence (token selection, projection away from the concept
+    # subspace; its latent-side re-attention is not implemented, as the run's notes say). null = eraser
+    # when an eraser is set, else none.
+    name: Literal["none", "eraser", "negprompt", "safree"] | None = None
+    # The concept words of negprompt and safree (SAFREE: one keyword prompt per entry spans the concept
+    # subspace; its nudity list is "Sexual Acts", "Naked", "Nudity", "Sexual Orientation", "Sexual
+    # Attraction", "Sexual Intercourse"). null = the distinct `concept` values of the target prompt rows.
+    words: list[str] | None = None
+    safree: SafreeConfig = Field(default_factory=SafreeConfig)
+
+    @field_validator("words")
+    @classmethod
+    def _words(cls, v):
+        if v is None:
+            return v
+        words = [w.strip() for w in v]
+        if not words or any(not w for w in words):
+            raise ValueError("words must be a non-empty list of non-empty strings (or null for the prompts' concepts)")
+        return list(dict.fromkeys(words))
+
+
 class EvalConfig(Strict):
     model: EvalModelConfig = Field(default_factory=EvalModelConfig)
     eraser: str | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     preserve: PromptsConfig = Field(default_factory=PromptsConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -63,10 +63,14 @@ def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: 
     return pipe
 
 
-def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | None = None) -> np.ndarray:
+def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | None = None,
+                   text: dict | None = None) -> np.ndarray:
     """One video [F, H, W, 3] float32 RGB for `prompt` with `seed` (settings `gen`).
 
     guidance_scale: this row's guidance (a CSV guidance column), else `gen.guidance_scale`.
+    text: what replaces the text side of the call (an eval method's `text_kwargs`): `negative_prompt`
+    (instead of `gen.negative_prompt`), `prompt_embeds` (instead of the prompt: the pipeline then skips
+    encoding it), `negative_prompt_embeds`.
     Values are in [0, 1] unless the pipeline broke (NaN/inf are returned as they are, for
     eval.quality to see before uint8 conversion hides them).
     """
@@ -76,10 +80,14 @@ def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | No
 
     spec = getattr(pipe, "t2vu_spec", None) or spec_class(family_of_transformer(pipe.transformer))
     generator = torch.Generator().manual_seed(int(seed))
+    call = {"prompt": prompt, "negative_prompt": gen.negative_prompt, **(text or {})}
+    if call.get("prompt_embeds") is not None:
+        call.pop("prompt")
+    if call.get("negative_prompt_embeds") is not None:
+        call.pop("negative_prompt", None)
     with torch.inference_mode():
         out = pipe(
-            prompt=prompt,
-            negative_prompt=gen.negative_prompt,
+            **call,
             num_inference_steps=gen.num_inference_steps,
             guidance_scale=gen.guidance_scale if guidance_scale is None else float(guidance_scale),
             num_frames=gen.num_frames,

@@ -73,11 +73,13 @@ class EvalPlan:
     # run reports (console warnings, summary.json `notes`, report.md).
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    method: Any = None  # eval.methods.MethodPlan: what makes the "erased" video
 
 
 def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None,
               eraser: str | Path | None = None) -> EvalPlan:
     """Validate config, prompt files, model and eraser paths; compute resume fingerprints."""
+    from eval.methods import plan_method
     from eval.prompts import load_eval_sets
     from eval.writer import digest
     from unlearn.fsutil import file_sha256
@@ -97,6 +99,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         raise ConfigError(f"model.path: {exc}") from None
     if eraser_dir is not None:
         check_eraser_fits(eraser_dir, model_path)
+    method = plan_method(cfg, eraser_dir, rows)
     clip = cfg.resolve_path(cfg.metrics.clip_model)
     if clip is not None and not (clip / "config.json").is_file():
         raise ConfigError(
@@ -115,9 +118,12 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "metrics": cfg.metrics.model_dump(mode="json"),
         "frames": [cfg.output.save_videos, cfg.output.save_gifs, cfg.output.gif_height],
         "checks": cfg.checks.frame_checks(),  # rows record their degenerate-video flags
+        "method": method.fingerprint(),
     }
     inputs, notes = prompt_set_inputs(sets)
     inputs.update(provenance(cfg, sets, model_path, eraser_dir, eraser_sha256))
+    inputs["method"] = method.as_dict()
+    notes += [(False, n) for n in method.notes]
     rows, truncation, cut_note = count_prompt_tokens(cfg, model_path, rows)
     inputs.update(truncation)
     notes += [(True, n) for n in cut_note]
@@ -129,7 +135,8 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         raise RuntimeError("duplicate row ids")
     for warn, note in notes:
         log.log(logging.WARNING if warn else logging.INFO, "%s", note)
-    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes])
+    return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes],
+                    method=method)
 
 
 def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None, eraser_sha256: str | None) -> dict[str, Any]:
@@ -159,7 +166,7 @@ def eval_config_record(plan: EvalPlan) -> dict[str, Any]:
         if plan.inputs.get(f"{key}_path"):
             config[key]["path"] = plan.inputs[f"{key}_path"]
     return {"fingerprint": plan.fingerprint, "config": config, "model_path": str(plan.model_path),
-            "eraser": str(plan.eraser) if plan.eraser else None,
+            "eraser": str(plan.eraser) if plan.eraser else None, "method": plan.method.as_dict(),
             "provenance": {k: plan.inputs.get(k) for k in PROVENANCE_KEYS}}
 
 
@@ -224,12 +231,14 @@ def worker_spec(plan: EvalPlan) -> WorkerSpec:
         ),
         scorer_mode=cfg.runtime.scorer, scorer_nice=cfg.runtime.scorer_nice, torch_threads=cfg.runtime.torch_threads,
         base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
-        checks=cfg.checks.frame_checks(),
+        checks=cfg.checks.frame_checks(), method=plan.method.as_dict(),
     )
 
 
 def row_payload(row, paired_on: str, has_eraser: bool) -> dict:
-    """What a worker gets for one row: the row as a dict, plus whether its pair gets PSNR/SSIM."""
+    """What a worker gets for one row: the row as a dict, plus whether its pair gets PSNR/SSIM.
+
+    has_eraser: whether the row gets a second video (the eval method's: `plan.method.makes_video`)."""
     d = row.as_dict()
     d["paired"] = has_eraser and (paired_on == "all" or (paired_on == "preserve" and row.set == "preserve"))
     d.setdefault("source", row.source)

@@ -65,13 +65,21 @@ def check_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _method_line(method: dict[str, Any]) -> str:
+    """The run's method when it is not an eraser (eval.methods): the `erased` column is its videos."""
+    if method.get("name") in (None, "none", "eraser"):
+        return "- eraser: none (base model only)"
+    opts = ", ".join(f"{k} {v!r}" for k, v in (method.get("options") or {}).items())
+    return f"- method: {method['name']} ({opts}); the `erased` column is this method's videos"
+
+
 def render(summary: dict[str, Any]) -> str:
     lines = ["# Evaluation report", ""]
     eraser = summary.get("eraser")
     lines += [
         f"- model: `{summary.get('model')}`",
         f"- eraser: `{eraser}`" + (f" (sha256 `{summary['eraser_sha256']}`)" if summary.get("eraser_sha256") else "")
-        if eraser else "- eraser: none (base model only)",
+        if eraser else _method_line(summary.get("method") or {}),
         f"- classifier: {summary.get('classifier')}"
         + (f", threshold {summary['classifier_threshold']}" if summary.get("classifier_threshold") is not None else ""),
         f"- rows: {summary.get('rows_total')} ({summary.get('rows_target')} target, {summary.get('rows_preserve')} preserve)",

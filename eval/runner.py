@@ -162,7 +162,7 @@ def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, 
         t_backend = time.perf_counter()
         backend = make_backend(worker_spec(plan), cfg.runtime, len(todo), transformer)
         timing["worker_start_seconds"] = round(time.perf_counter() - t_backend, 3)
-        payloads = [row_payload(r, cfg.metrics.paired_on, plan.eraser is not None) for r in todo]
+        payloads = [row_payload(r, cfg.metrics.paired_on, plan.method.makes_video) for r in todo]
         try:
             backend.run(payloads, finished)
         except BaseException:

@@ -43,6 +43,8 @@ class WorkerSpec:
     quiet: bool = True
     # eval.config.ChecksConfig.frame_checks(): the degenerate-video thresholds (eval.quality).
     checks: dict | None = None
+    # eval.methods.MethodPlan.as_dict(): what makes the "erased" video. None = the eraser when set, else none.
+    method: dict | None = None
 
 
 def _quiet_libraries() -> None:
@@ -65,7 +67,7 @@ def _save_npy_atomic(arr: np.ndarray, path: Path) -> None:
 
 class EvalWorker:
     """One pipeline (and eraser) loaded once; generates rows and hands each finished video
-    to its consumer, then moves on.
+    to its consumer, then moves on. The row's second video is the eval method's (eval.methods).
 
     Runs in the driver process (`num_actors: 0`) or as a Ray actor with
     `max_concurrency = queue_depth` (the same class). `process(row)` is called from up to
@@ -97,11 +99,11 @@ class EvalWorker:
         if transformer is not None:
             self.device = str(next(transformer.parameters()).device)
         self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer)
-        self.handle = None
-        if spec.eraser:
-            from unlearn.eraser import load_eraser
+        from eval.methods import build_method
 
-            self.handle = load_eraser(self.pipe, spec.eraser)
+        plan = spec.method or ({"name": "eraser", "options": {"eraser": spec.eraser}} if spec.eraser else {"name": "none"})
+        self.method = build_method(plan)
+        self.method.attach(self.pipe, spec.model_path, self.gen)
         self._gen_lock = threading.Lock()
 
     def ready(self) -> dict:
@@ -109,13 +111,13 @@ class EvalWorker:
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
 
-    def _generate(self, row: dict) -> tuple[np.ndarray, dict]:
+    def _generate(self, row: dict, text: dict | None = None) -> tuple[np.ndarray, dict]:
         """One video as uint8 frames, and its quality record checked on the float frames
-        (NaN/inf are visible only before the uint8 conversion)."""
+        (NaN/inf are visible only before the uint8 conversion). text: the method's text side."""
         from eval.generate import generate_video, to_uint8
         from eval.quality import video_quality
 
-        frames = generate_video(self.pipe, row["prompt"], row["seed"], self.gen, row.get("row_guidance"))
+        frames = generate_video(self.pipe, row["prompt"], row["seed"], self.gen, row.get("row_guidance"), text=text)
         quality = video_quality(frames, self.checks)
         if quality["nonfinite_values"]:  # a defined conversion (NaN -> 0) for the files and the classifier
             frames = np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
@@ -125,7 +127,7 @@ class EvalWorker:
         from eval.quality import video_quality
 
         if erased:
-            return self._generate(row)
+            return self._generate(row, self.method.text_kwargs(row["prompt"]))
         cached = self._base_cache_path(row)
         if cached is not None and cached.is_file():
             try:
@@ -133,11 +135,8 @@ class EvalWorker:
                 return frames, video_quality(frames, self.checks)  # only finite videos are cached
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable cached base video %s: %s", cached, exc)
-        if self.handle is None:
+        with self.method.base_context():  # the base model: same pipeline, an eraser switched off
             frames, quality = self._generate(row)
-        else:
-            with self.handle.disabled():  # the base model: same pipeline, erasers off
-                frames, quality = self._generate(row)
         if cached is not None and not quality["nonfinite_values"]:
             _save_npy_atomic(frames, cached)
         return frames, quality
@@ -162,9 +161,10 @@ class EvalWorker:
             t0 = time.perf_counter()
             base, quality["base"] = self._video(row, erased=False)
             futures["base"] = self.consumer.submit(VideoJob(row, "base", base))
-            erased = None
-            if self.handle is not None:
+            erased, method_info = None, None
+            if self.method.makes_video:
                 erased, quality["erased"] = self._video(row, erased=True)
+                method_info = self.method.row_info()
             gen_s = time.perf_counter() - t0
         if erased is not None:
             pair = base if row.get("paired") else None
@@ -174,17 +174,18 @@ class EvalWorker:
             parts = {which: fut.result() for which, fut in futures.items()}
         except BrokenProcessPool as exc:
             raise RuntimeError(SCORER_DIED) from exc
-        return _row_output(parts, gen_s, quality)
+        out = _row_output(parts, gen_s, quality)
+        if method_info is not None:
+            out["method"] = method_info
+        return out
 
     def close(self) -> None:
         self.consumer.close()
         self.detach()
 
     def detach(self) -> None:
-        """Remove the eraser hooks (idempotent): a shared backbone must leave the eval as it came."""
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
+        """Remove the method's hooks (idempotent): a shared backbone must leave the eval as it came."""
+        self.method.detach()
 
 
 def _row_output(parts: dict[str, dict], gen_s: float, quality: dict[str, dict]) -> dict:

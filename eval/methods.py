@@ -1,0 +1,196 @@
+"""Methods compared in one harness: what makes the "erased" video of a row (`method:` in the eval config).
+
+Every method sees the same prompts, seeds, sampler and detector; the base video of a row is always the
+base model's (same pipeline, same seed), the "erased" video is the method's:
+
+  none       the base model only: no second video (the run's rates are the `_base` ones)
+  eraser     a trained eraser of this project, hooked into the pipeline's transformer (`eraser:` / --eraser)
+  negprompt  the concept words, joined with ", ", as the negative prompt of classifier-free guidance
+  safree     SAFREE's training-free text-side defence (`safree_prompt_embeds`): the prompt tokens whose
+             removal moves the prompt away from the concept subspace are projected onto its orthogonal
+             complement; SAFREE's latent-side re-attention is left out (the run's notes say so)
+
+Two halves, so planning stays model-free and workers get only picklable data:
+- planning: `plan_method(cfg, eraser_dir, rows)` resolves the name (null = eraser when an eraser is set,
+  else none), checks the combination, resolves the concept words (`method.words`, else the distinct
+  `concept` values of the target rows) and returns a `MethodPlan` (name, options, notes): recorded in
+  summary.json `method`, part of the resume fingerprint (`MethodPlan.fingerprint`).
+- workers: `build_method(plan_dict)` -> an `EvalMethod` (registry `METHODS`, one class per method). Its
+  interface: `attach(pipe, model_path, gen)` once per pipeline (load hooks, encode concept words);
+  `base_context()` around the base video (an eraser switches itself off); `text_kwargs(prompt)` -> what
+  replaces the text side of the pipeline call for the method's video (`negative_prompt`,
+  `prompt_embeds`: `eval.generate.generate_video(text=...)`); `row_info()` -> what the row result records;
+  `detach()` (remove hooks). Text embeddings go through the model spec (`spec.encode_prompts`), so no
+  family is named here.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from unlearn.config import ConfigError
+
+SAFREE_NOTE = (
+    "method safree: SAFREE's text-side defence only (self-validating token selection, projection of the selected "
+    "prompt tokens onto the orthogonal complement of the concept subspace, at every denoising step as in SAFREE's "
+    "CogVideoX pipeline); its latent-side Fourier re-attention and its timestep-adaptive filtering (Stable "
+    "Diffusion version) are not implemented"
+)
+
+
+@dataclass
+class MethodPlan:
+    """The method of a run, resolved before any model loads (JSON-safe: summary, fingerprint, workers)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def makes_video(self) -> bool:
+        return METHODS[self.name].makes_video
+
+    def fingerprint(self) -> list:
+        """What changes the method's videos (the eraser's weights are fingerprinted by their sha256)."""
+        return [self.name, {k: v for k, v in self.options.items() if k != "eraser"}]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_method(cfg, eraser_dir: Path | None, rows: list) -> MethodPlan:
+    """Resolve and check `cfg.method` against the eraser and the prompt rows (ConfigError naming the field)."""
+    m = cfg.method
+    name = m.name or ("eraser" if eraser_dir is not None else "none")
+    if name == "eraser" and eraser_dir is None:
+        raise ConfigError("method.name: eraser needs an eraser directory; set eraser: DIR (or --eraser DIR), "
+                          "or choose method.name none / negprompt / safree")
+    if name != "eraser" and eraser_dir is not None:
+        raise ConfigError(f"method.name: {name} compares against the base model without an eraser, but eraser is set "
+                          f"({eraser_dir}); set eraser: null, or method.name: eraser")
+    options: dict[str, Any] = {}
+    notes: list[str] = []
+    if name == "eraser":
+        options["eraser"] = str(eraser_dir)
+    if name in ("negprompt", "safree"):
+        words = list(m.words) if m.words else sorted({r.concept for r in rows if r.set == "target" and r.concept})
+        if not words:
+            raise ConfigError(f"method.words: method {name} needs the concept words; set method.words: [\"nudity\", "
+                              "...] (or give the target prompts a concept column)")
+        options["words"] = words
+        options["negative_prompt"] = ", ".join(words) if name == "negprompt" or m.safree.negative_prompt else None
+    if name == "safree":
+        options["alpha"] = float(m.safree.alpha)
+        notes.append(SAFREE_NOTE)
+    if name in ("negprompt", "safree") and options["negative_prompt"] is not None and cfg.generation.negative_prompt:
+        notes.append(f"method {name}: the negative prompt is the concept words {options['negative_prompt']!r}, "
+                     f"not generation.negative_prompt {cfg.generation.negative_prompt!r} (the base videos keep that)")
+    if name in ("negprompt", "safree") and cfg.generation.guidance_scale <= 1.0:
+        raise ConfigError(f"method.name: {name} acts through classifier-free guidance, but generation.guidance_scale is "
+                          f"{cfg.generation.guidance_scale} (<= 1: no guidance); raise it or choose another method")
+    return MethodPlan(name, options, notes)
+
+
+# --- the methods (worker side) ---------------------------------------------------------------------
+
+class EvalMethod:
+    """One method's generation-time behaviour (see the module docstring for the interface)."""
+
+    name: ClassVar[str] = ""
+    makes_video: ClassVar[bool] = True
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = dict(options)
+
+    def attach(self, pipe, model_path: str | Path, gen) -> None:
+        """Prepare on a loaded pipeline (once per worker)."""
+
+    def base_context(self):
+        """Context for the base video (the base model, whatever the method attached)."""
+        return nullcontext()
+
+    def text_kwargs(self, prompt: str) -> dict[str, Any]:
+        """Pipeline-call arguments that replace the text side for the method's video of `prompt`."""
+        return {}
+
+    def row_info(self) -> dict[str, Any]:
+        """What the row result records about the last `text_kwargs` call."""
+        return {"name": self.name}
+
+    def detach(self) -> None:
+        """Undo `attach` (idempotent): a shared backbone leaves the eval as it came."""
+
+
+class NoneMethod(EvalMethod):
+    name = "none"
+    makes_video = False
+
+
+class EraserMethod(EvalMethod):
+    name = "eraser"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.handle = None
+
+    def attach(self, pipe, model_path, gen) -> None:
+        from unlearn.eraser import load_eraser
+
+        self.handle = load_eraser(pipe, self.options["eraser"])
+
+    def base_context(self):
+        return self.handle.disabled() if self.handle is not None else nullcontext()
+
+    def detach(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class NegPromptMethod(EvalMethod):
+    name = "negprompt"
+
+    def text_kwargs(self, prompt: str) -> dict[str, Any]:
+        return {"negative_prompt": self.options["negative_prompt"]}
+
+
+class SafreeMethod(EvalMethod):
+    name = "safree"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self._info: dict[str, Any] = {}
+
+    def attach(self, pipe, model_path, gen) -> None:
+        from eval.safree import concept_pooled, text_parts
+
+        self.spec, self.tokenizer, self.text_encoder, self.max_length = text_parts(pipe, model_path, gen)
+        self.concept = concept_pooled(self.spec, self.tokenizer, self.text_encoder, self.options["words"],
+                                      self.max_length)
+
+    def text_kwargs(self, prompt: str) -> dict[str, Any]:
+        from eval.safree import safree_prompt_embeds
+
+        embeds, self._info = safree_prompt_embeds(self.spec, self.tokenizer, self.text_encoder, prompt, self.concept,
+                                                  self.max_length, self.options["alpha"])
+        out: dict[str, Any] = {"prompt_embeds": embeds}
+        if self.options.get("negative_prompt") is not None:
+            out["negative_prompt"] = self.options["negative_prompt"]
+        return out
+
+    def row_info(self) -> dict[str, Any]:
+        return {"name": self.name, **self._info}
+
+
+METHODS: dict[str, type[EvalMethod]] = {m.name: m for m in (NoneMethod, EraserMethod, NegPromptMethod, SafreeMethod)}
+
+
+def build_method(plan: dict[str, Any] | MethodPlan) -> EvalMethod:
+    """The worker-side method of a `MethodPlan` (or its `as_dict()`)."""
+    d = plan.as_dict() if isinstance(plan, MethodPlan) else plan
+    if d["name"] not in METHODS:
+        raise ValueError(f"unknown eval method {d['name']!r}; known: {sorted(METHODS)}")
+    return METHODS[d["name"]](d.get("options") or {})
