@@ -283,6 +283,10 @@ class SafreeConfig(Strict):
     # SAFREE's CogVideoX pipeline also uses the concept words, joined with ", ", as the negative prompt;
     # false = generation.negative_prompt (the empty unconditional prompt by default).
     negative_prompt: bool = True
+    # One vector per encoded prompt (for the subspaces and the token selection): first = the text encoder's
+    # output at the first position (SAFREE's CogVideoX pipeline; for T5 prompts that is the first word, often
+    # "a"), mean = the mean over the prompt's own tokens.
+    pooling: Literal["first", "mean"] = "first"
 
 
 class MethodConfig(Strict):

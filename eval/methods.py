@@ -84,6 +84,7 @@ def plan_method(cfg, eraser_dir: Path | None, rows: list) -> MethodPlan:
         options["negative_prompt"] = ", ".join(words) if name == "negprompt" or m.safree.negative_prompt else None
     if name == "safree":
         options["alpha"] = float(m.safree.alpha)
+        options["pooling"] = m.safree.pooling
         notes.append(SAFREE_NOTE)
     if name in ("negprompt", "safree") and options["negative_prompt"] is not None and cfg.generation.negative_prompt:
         notes.append(f"method {name}: the negative prompt is the concept words {options['negative_prompt']!r}, "
@@ -169,13 +170,13 @@ class SafreeMethod(EvalMethod):
 
         self.spec, self.tokenizer, self.text_encoder, self.max_length = text_parts(pipe, model_path, gen)
         self.concept = concept_pooled(self.spec, self.tokenizer, self.text_encoder, self.options["words"],
-                                      self.max_length)
+                                      self.max_length, self.options["pooling"])
 
     def text_kwargs(self, prompt: str) -> dict[str, Any]:
         from eval.safree import safree_prompt_embeds
 
         embeds, self._info = safree_prompt_embeds(self.spec, self.tokenizer, self.text_encoder, prompt, self.concept,
-                                                  self.max_length, self.options["alpha"])
+                                                  self.max_length, self.options["alpha"], self.options["pooling"])
         out: dict[str, Any] = {"prompt_embeds": embeds}
         if self.options.get("negative_prompt") is not None:
             out["negative_prompt"] = self.options["negative_prompt"]

@@ -6,7 +6,8 @@ Followed: the reference implementation, github jaehong31/SAFREE — `cogvideox/c
 `models/modified_stable_diffusion_pipeline.py` (`safree_projection`):
 
 1. Concept subspace: each concept keyword prompt is encoded and pooled (CogVideoX version: the text
-   encoder's output at the first position, `[:, 0, :]`); C = their span, P_C = C (C^T C)^+ C^T.
+   encoder's output at the first position, `[:, 0, :]`; `method.safree.pooling: mean` averages each
+   prompt's own tokens instead); C = their span, P_C = C (C^T C)^+ C^T.
 2. Self-validating token selection: for each prompt token i, the prompt is encoded with token i replaced
    by the pad id (the reference writes id 0, T5's pad) and pooled the same way: p_i. d_i = ||(I - P_C) p_i||
    is how far the prompt without token i lies from the concept subspace. Token i is a trigger token when
@@ -50,9 +51,24 @@ def text_parts(pipe, model_path: str | Path, gen):
     return spec, tokenizer, text_encoder, int(gen.max_sequence_length or spec.text_len_of(model_path))
 
 
-def pooled(embeds: torch.Tensor) -> torch.Tensor:
-    """SAFREE's pooling of a text encoding [N, L, D] for CogVideoX (T5): the first position -> [N, D]."""
-    return embeds[:, 0, :]
+POOLING = ("first", "mean")
+
+
+def pooled(embeds: torch.Tensor, lengths: list[int], mode: str = "first") -> torch.Tensor:
+    """One vector per text encoding [N, L, D] -> [N, D]: `first` = the first position (SAFREE's CogVideoX
+    pipeline, `[:, 0, :]`), `mean` = the mean over each prompt's own tokens (its first `lengths[i]` positions)."""
+    if mode == "first":
+        return embeds[:, 0, :]
+    if mode != "mean":
+        raise ValueError(f"pooling must be one of {POOLING}, got {mode!r}")
+    n = embeds.shape[1]
+    mask = (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).to(embeds.device, embeds.dtype)
+    return (embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def _lengths(tokenizer, texts: list[str], max_length: int) -> list[int]:
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length).input_ids
+    return [len(i) for i in ids]
 
 
 class MaskingTokenizer:
@@ -82,9 +98,11 @@ def _encode(spec, tokenizer, text_encoder, prompts: list[str], max_length: int) 
         return spec.encode_prompts(tokenizer, text_encoder, prompts, max_length)
 
 
-def concept_pooled(spec, tokenizer, text_encoder, words: list[str], max_length: int) -> torch.Tensor:
+def concept_pooled(spec, tokenizer, text_encoder, words: list[str], max_length: int,
+                   pooling: str = "first") -> torch.Tensor:
     """[K, D] float64 pooled encodings of the concept keyword prompts (rows span the concept subspace)."""
-    return pooled(_encode(spec, tokenizer, text_encoder, list(words), max_length)).double().cpu()
+    enc = _encode(spec, tokenizer, text_encoder, list(words), max_length)
+    return pooled(enc, _lengths(tokenizer, words, max_length), pooling).double().cpu()
 
 
 def project(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -118,17 +136,19 @@ def project_selected(tokens: torch.Tensor, positions: list[int], selected: torch
 
 
 def safree_prompt_embeds(spec, tokenizer, text_encoder, prompt: str, concept: torch.Tensor, max_length: int,
-                         alpha: float) -> tuple[torch.Tensor, dict[str, Any]]:
+                         alpha: float, pooling: str = "first") -> tuple[torch.Tensor, dict[str, Any]]:
     """SAFREE's prompt embeddings [1, L, D] for `prompt`, and what was done (tokens, projected positions)."""
     enc = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length,
                     return_special_tokens_mask=True)
     positions = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
     tokens = _encode(spec, tokenizer, text_encoder, [prompt], max_length)[0]
+    length = len(enc["input_ids"])
     parts = []
     for start in range(0, len(positions), CHUNK):
         chunk = positions[start:start + CHUNK]
         masking = MaskingTokenizer(tokenizer, chunk, tokenizer.pad_token_id)
-        parts.append(pooled(_encode(spec, masking, text_encoder, [prompt] * len(chunk), max_length)).double().cpu())
+        masked_enc = _encode(spec, masking, text_encoder, [prompt] * len(chunk), max_length)
+        parts.append(pooled(masked_enc, [length] * len(chunk), pooling).double().cpu())
     masked = torch.cat(parts) if parts else torch.zeros((0, tokens.shape[-1]), dtype=torch.float64)
     selected, dist = select_tokens(masked, concept, alpha)
     new = project_selected(tokens, positions, selected, concept, masked)

@@ -204,7 +204,18 @@ def test_projection_is_orthogonal_to_the_concept_for_selected_tokens_only():
     torch.testing.assert_close(new[changed].double(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_safree_masking_encodes_the_pad_token_and_keeps_unselected_tokens(tiny_model):
+def test_pooling_first_is_the_reference_and_mean_averages_the_prompt_tokens():
+    from eval.safree import pooled
+
+    x = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    assert torch.equal(pooled(x, [2, 3], "first"), x[:, 0])
+    torch.testing.assert_close(pooled(x, [2, 3], "mean"), torch.stack([x[0, :2].mean(0), x[1, :3].mean(0)]))
+    with pytest.raises(ValueError):
+        pooled(x, [2, 3], "max")
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean"])
+def test_safree_masking_encodes_the_pad_token_and_keeps_unselected_tokens(tiny_model, pooling):
     from eval.config import GenerationConfig
     from eval.generate import load_eval_pipeline
     from eval.safree import MaskingTokenizer, concept_pooled, safree_prompt_embeds, text_parts
@@ -221,8 +232,8 @@ def test_safree_masking_encodes_the_pad_token_and_keeps_unselected_tokens(tiny_m
         direct = enc(masked_ids)[0]
         via = spec.encode_prompts(MaskingTokenizer(tok, [1], tok.pad_token_id), enc, [prompt], length)
     assert torch.equal(direct, via)
-    concept = concept_pooled(spec_class("cogvideox"), tok, enc, ["naked", "nudity"], length)
-    embeds, info = safree_prompt_embeds(spec, tok, enc, prompt, concept, length, alpha=0.0)
+    concept = concept_pooled(spec_class("cogvideox"), tok, enc, ["naked", "nudity"], length, pooling)
+    embeds, info = safree_prompt_embeds(spec, tok, enc, prompt, concept, length, alpha=0.0, pooling=pooling)
     with torch.no_grad():
         ref = spec.encode_prompts(tok, enc, [prompt], length)
     assert embeds.shape == ref.shape and info["tokens"] >= 2
