@@ -23,7 +23,7 @@ def schema_for(path: Path):
         from eval.config import load_eval_config
 
         return load_eval_config
-    if top in ("", "search", "toy"):
+    if top in ("", "search", "toy", "wan"):
         from pipelines.config import load_pipeline_config
 
         return load_pipeline_config

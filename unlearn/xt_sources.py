@@ -91,4 +91,4 @@ class TrajectorySource:
             j = int(torch.randint(states.shape[1], (1,), generator=gen))
             xs.append(states[k, j])
             ts.append(times[k])
-        return torch.stack(xs), torch.stack(ts).long()
+        return torch.stack(xs), torch.stack(ts)  # the sampler's own timesteps (int DDPM steps, float flow sigma*1000)
