@@ -152,8 +152,8 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int)
     )
     device = text_encoder.device
     emb = text_encoder(enc.input_ids.to(device), enc.attention_mask.to(device)).last_hidden_state
-    keep = enc.attention_mask.gt(0).to(device)
-    return emb * keep.unsqueeze(-1).to(emb.dtype)
+    lens = enc.attention_mask.gt(0).sum(dim=1).tolist()
+    return torch.stack([torch.cat([u[:n], u.new_zeros(max_length - n, u.shape[1])]) for u, n in zip(emb, lens)])
 
 
 def eval_scheduler(name: str, scheduler_config):
