@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eval.prompt_config import GUIDANCE_COLUMNS, SEED_COLUMNS, PromptsConfig, RowFilter  # noqa: F401 - re-exported
+from eval.prompt_config import GUIDANCE_COLUMNS, SEED_COLUMNS, PreserveConfig, PromptsConfig, RowFilter  # noqa: F401 - re-exported
 from unlearn.config import ConfigError, Strict, apply_overrides, read_yaml, validate
 
 # NudeNet 3.4.2 labels in library order (nudenet.nudenet.__labels; checked against the
@@ -321,7 +321,7 @@ class EvalConfig(Strict):
     eraser: str | None = None
     method: MethodConfig = Field(default_factory=MethodConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    preserve: PromptsConfig = Field(default_factory=PromptsConfig)
+    preserve: PreserveConfig = Field(default_factory=PreserveConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

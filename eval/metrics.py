@@ -10,7 +10,10 @@
 `aggregate(rows, classifier)` turns per-row results into summary metrics: classifier metrics
 with `_base` / `_erased` suffixes (the preserve set gets a `preserve_` prefix), paired
 classifier metrics, mean PSNR/SSIM per set and CLIP scores - each over the videos that are
-not degenerate (eval.quality), with counts and `_valid` flags for the ones left out.
+not degenerate (eval.quality), with counts and `_valid` flags for the ones left out. Every
+classifier metric carries its standard error (`<metric>_<side>_se`, paired ones `<metric>_se`):
+a seeded bootstrap over the rows (eval.uncertainty), so a reader and a search can tell a
+difference between two evaluations from noise.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from eval.uncertainty import bootstrap_se, paired_se
 
 PSNR_CAP = 100.0
 
@@ -98,11 +103,6 @@ class ClipScorer:
 
 # --- aggregation ------------------------------------------------------------------------------
 
-def _mean(values: list[float]) -> float | None:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
-
-
 def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
     """Summary metrics of per-row results (the dicts written by the runner, one per prompt row).
 
@@ -124,40 +124,52 @@ def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
         if not part:
             continue
         base_ok = [r for r in part if not is_degenerate(r, "base")]
-        _side(out, classifier.summarize([r["records"]["base"] for r in base_ok]), prefix, "base",
-              len(part) - len(base_ok))
+        _side(out, classifier, [r["records"]["base"] for r in base_ok], prefix, "base", len(part) - len(base_ok))
         erased_rows = [r for r in part if r["records"].get("erased") is not None]
         if erased_rows:
             erased_ok = [r for r in erased_rows if not is_degenerate(r, "erased")]
-            _side(out, classifier.summarize([r["records"]["erased"] for r in erased_ok]), prefix, "erased",
+            _side(out, classifier, [r["records"]["erased"] for r in erased_ok], prefix, "erased",
                   len(erased_rows) - len(erased_ok))
             if len(erased_rows) == len(part):
                 both = [r for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")]
-                paired = classifier.summarize_paired([r["records"]["base"] for r in both],
-                                                     [r["records"]["erased"] for r in both]) if both else {}
+                base_recs, erased_recs = [r["records"]["base"] for r in both], [r["records"]["erased"] for r in both]
+                paired = classifier.summarize_paired(base_recs, erased_recs) if both else {}
                 for k, v in paired.items():
                     out[f"{prefix}{k}"] = v
+                for k, v in paired_se(classifier, base_recs, erased_recs).items():
+                    out[f"{prefix}{k}_se"] = v
                 out[f"{prefix}metrics_paired_valid"] = len(both) == len(part)
         for key in ("psnr", "ssim"):
-            m = _mean([r.get(key) for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")])
-            if m is not None:
-                out[f"{key}_{set_name}"] = m
+            _put_mean(out, f"{key}_{set_name}",
+                      [r.get(key) for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")])
         for which in ("base", "erased"):
-            m = _mean([r.get(f"clip_score_{which}") for r in part if not is_degenerate(r, which)])
-            if m is not None:
-                out[f"{prefix}clip_score_{which}"] = m
+            _put_mean(out, f"{prefix}clip_score_{which}", [r.get(f"clip_score_{which}") for r in part if not is_degenerate(r, which)])
     n_bad = sum(1 for r in rows if is_degenerate(r, "base") or is_degenerate(r, "erased"))
     out["degenerate_rows"] = n_bad
     out["degenerate_fraction"] = n_bad / len(rows) if rows else 0.0
     return out
 
 
-def _side(out: dict[str, Any], metrics: dict[str, Any], prefix: str, which: str, n_degenerate: int) -> None:
+def _put_mean(out: dict[str, Any], key: str, values: list) -> None:
+    """`key` = the mean of the values that exist, `key_se` = its standard error (sample std / sqrt n)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return
+    out[key] = m = sum(vals) / len(vals)
+    if len(vals) > 1:
+        out[f"{key}_se"] = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+
+
+def _side(out: dict[str, Any], classifier, records: list, prefix: str, which: str, n_degenerate: int) -> None:
+    """One side's classifier metrics `<prefix><metric>_<side>`, each with its bootstrap standard
+    error `..._se` (eval.uncertainty) and, for rates, its validity flag `..._valid`."""
     valid = n_degenerate == 0
-    for k, v in metrics.items():
+    for k, v in classifier.summarize(records).items():
         out[f"{prefix}{k}_{which}"] = v
         if k.endswith("rate"):
             out[f"{prefix}{k}_{which}_valid"] = valid
+    for k, v in bootstrap_se(records, classifier.summarize).items():
+        out[f"{prefix}{k}_{which}_se"] = v
     out[f"{prefix}degenerate_{which}"] = n_degenerate
     out[f"{prefix}metrics_{which}_valid"] = valid
 

@@ -73,6 +73,7 @@ class EvalPlan:
     # run reports (console warnings, summary.json `notes`, report.md).
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    banner: str = ""  # what is evaluated, printed as the run starts (also the first note)
     method: Any = None  # eval.methods.MethodPlan: what makes the "erased" video
 
 
@@ -121,6 +122,8 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         "method": method.fingerprint(),
     }
     inputs, notes = prompt_set_inputs(sets)
+    banner = sets_banner(cfg, sets, prompts, limit)
+    notes.insert(0, (False, banner))
     inputs.update(provenance(cfg, sets, model_path, eraser_dir, eraser_sha256))
     inputs["method"] = method.as_dict()
     notes += [(False, n) for n in method.notes]
@@ -136,7 +139,29 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     for warn, note in notes:
         log.log(logging.WARNING if warn else logging.INFO, "%s", note)
     return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes],
-                    method=method)
+                    banner, method=method)
+
+
+def sets_banner(cfg, sets: dict, prompts, limit: int | None) -> str:
+    """The run's first line: which files are evaluated, how many rows of each, and what --limit did.
+
+    A user passing `--prompts X` must see that X is evaluated alone (or with the preserve set, when
+    `preserve.with_cli_prompts` asks) and that `--limit N` keeps the first N rows of each set.
+    """
+    from eval.prompts import PRESERVE
+
+    parts = []
+    for name, ps in sets.items():
+        lim = ps.info["limit"]
+        cut = f", the first {lim} kept" if lim is not None and ps.info["rows"] == lim else ""
+        parts.append(f"{name} {ps.info['rows']} rows from {ps.info['path']}{cut}")
+    text = "evaluating " + "; ".join(parts)
+    if limit is not None:
+        text += f" (--limit {limit} applies to each set)"
+    if prompts is not None and cfg.preserve.path and PRESERVE not in sets:
+        text += (f"; the config's preserve set ({cfg.preserve.path}) is not evaluated: --prompts names the file "
+                 "to evaluate (preserve.with_cli_prompts: true adds it)")
+    return text
 
 
 def provenance(cfg, sets: dict, model_path: Path, eraser_dir: Path | None, eraser_sha256: str | None) -> dict[str, Any]:

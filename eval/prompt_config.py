@@ -126,3 +126,11 @@ class PromptsConfig(Strict):
     on_bad_row: Literal["error", "skip"] = "error"
     # First N rows kept, after filters, dedupe and skipped rows (None = all).
     limit: int | None = Field(None, ge=1)
+
+
+class PreserveConfig(PromptsConfig):
+    """The preserve set: prompts that do NOT name the target (preservation metrics); same options."""
+
+    # `t2vu eval --prompts X` evaluates X: this preserve set is added to it only when true (default:
+    # X alone, so a user's file is never silently mixed with the config's preserve rows).
+    with_cli_prompts: bool = False

@@ -301,13 +301,14 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
 def load_eval_sets(cfg, prompts: str | Path | None = None, limit: int | None = None) -> dict[str, PromptSet]:
     """The prompt sets of an eval config: "target", then "preserve" (if configured).
 
-    `prompts` overrides `cfg.prompts.path`; `limit` overrides the limit of both sets.
+    `prompts` overrides `cfg.prompts.path` and then evaluates that file alone, unless
+    `preserve.with_cli_prompts` adds the preserve set; `limit` overrides the limit of each set.
     """
     target_path = prompts if prompts is not None else cfg.resolve_path(cfg.prompts.path)
     if target_path is None:
         raise ConfigError("No prompt file: set prompts.path in the eval config or pass --prompts CSV")
     sets = {TARGET: read_prompt_set(Path(target_path), cfg.prompts, TARGET, limit)}
-    if cfg.preserve.path:
+    if cfg.preserve.path and (prompts is None or cfg.preserve.with_cli_prompts):
         sets[PRESERVE] = read_prompt_set(cfg.resolve_path(cfg.preserve.path), cfg.preserve, PRESERVE, limit)
     return sets
 

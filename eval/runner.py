@@ -82,6 +82,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"classifier {cfg.classifier.name!r}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
+    print(plan.banner, file=progress_file or sys.stderr, flush=True)
     store = ResultStore(out)
     _remove_stale_temp_files(out)
     done, stale = store.finished(plan.row_fingerprints)

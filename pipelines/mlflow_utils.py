@@ -69,18 +69,27 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
+#: MLflow 3's UI opens an experiment by its kind: untagged ones land on the GenAI overview (traces,
+#: token usage); this kind opens the runs table, where trials compare side by side.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(c, name: str, output_dir: str | Path | None = None) -> str:
+    """The experiment `name` (restored if deleted, created if missing), tagged as model training."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if exp.tags.get("mlflow.experimentKind") is None:  # experiments made by earlier versions
+            for k, v in EXPERIMENT_KIND.items():
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     artifact_location = None
     if output_dir is not None and c.tracking_uri.startswith("sqlite:"):
         # Without this, a SQLite-backed experiment puts artifacts in ./mlruns of whatever cwd.
         artifact_location = (Path(output_dir).resolve() / "mlartifacts").as_uri()
     try:
-        return c.create_experiment(name, artifact_location=artifact_location)
+        return c.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently
         exp = c.get_experiment_by_name(name)
         if exp is None:

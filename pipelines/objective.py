@@ -128,8 +128,26 @@ def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     for c in spec.scalarize.constraints:
         if c.metric in summary:
             out.setdefault(c.metric, float(summary[c.metric]))
+    for t in spec.scalarize.tie_break:
+        if isinstance(summary.get(t.name), (int, float)):
+            out.setdefault(t.name, float(summary[t.name]))
     out[spec.scalarize.name] = spec.scalar(out)
+    out.update(objective_standard_errors(spec, summary))
     out["eval_rows"] = float(summary.get("rows_total", 0))
+    return out
+
+
+def objective_standard_errors(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """`<metric>_se` for each objective with a standard error in the summary (eval.uncertainty),
+    and `<score>_se` = sqrt(sum_i w_i^2 se_i^2) when every objective has one. The score's ignores
+    the correlation between objectives measured on the same videos and the constraint penalties:
+    read it as the scale below which two scores are not told apart, not as an exact error."""
+    out = {f"{m.name}_se": float(summary[f"{m.name}_se"]) for m in spec.metrics
+           if isinstance(summary.get(f"{m.name}_se"), (int, float))}
+    if len(out) == len(spec.metrics):
+        w = spec.scalarize.weights
+        out[f"{spec.scalarize.name}_se"] = math.sqrt(sum((w.get(m.name, 1.0) * out[f"{m.name}_se"]) ** 2
+                                                         for m in spec.metrics))
     return out
 
 

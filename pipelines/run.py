@@ -57,8 +57,11 @@ def _save_state(out: Path, state: dict) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2))
 
 
-def select_best(result, rule) -> object:
-    """Pick the trial for the final eval. `rule` is `cfg.run.select` (None = lowest scalar score)."""
+def select_best(result, rule, rank=None) -> object:
+    """Pick the trial for the final eval. `rule` is `cfg.run.select` (None = lowest scalar score).
+
+    rank: the search's ordering (`scalarize.ranking_key`: score, then its tie-breaks), which
+    orders trials tied on the selection metric (0/24 red in two trials is no reason to pick either)."""
     done = [t for t in result.trials if t.status == "completed" and t.eraser]
     if not done:
         raise RuntimeError(f"no completed trial with an eraser in {result.output_dir}; see its report.md")
@@ -75,8 +78,9 @@ def select_best(result, rule) -> object:
     if not eligible:
         LOG.warning("no trial meets run.select.constraints; falling back to the best by %s", metric)
         eligible = [t for t in done if is_finite_number(t.metrics.get(metric))] or done
-    key = (lambda t: t.metrics.get(metric, math.inf)) if mode == "min" else (lambda t: -t.metrics.get(metric, -math.inf))
-    return min(eligible, key=key)
+    sign = 1.0 if mode == "min" else -1.0
+    ties = rank or (lambda m: ())
+    return min(eligible, key=lambda t: (sign * t.metrics.get(metric, sign * math.inf), *ties(t.metrics)))
 
 
 def final_eval_config(cfg, config_dir: Path):
@@ -156,7 +160,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     con.say(f"{n_ok}/{len(result.trials)} trials completed; report {search_dir / 'report.md'}")
 
     con.stage(3, 4, "select")
-    best = select_best(result, run_cfg.select if run_cfg else None)
+    best = select_best(result, run_cfg.select if run_cfg else None, cfg.search.objective.scalarize.ranking_key)
     con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.params.items()))
 
     con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")

@@ -55,6 +55,20 @@ class ScalarizeConfig(Strict):
     name: str = "score"
     weights: dict[str, float] = Field(default_factory=dict)
     constraints: list[Constraint] = Field(default_factory=list)
+    # Finer eval-summary keys that order trials whose scores tie (a rate over a few videos often
+    # ties: 7/8 = 7/8), in order, e.g. [{name: target_target_pixels_erased, mode: min}] (toy) or
+    # [{name: positive_frame_fraction_erased, mode: min}] (NudeNet). Used for the best trial and the
+    # report's ranking; ASHA and Optuna see the score itself.
+    tie_break: list[MetricSpec] = Field(default_factory=list)
+
+    def ranking_key(self, metrics: dict[str, float]) -> tuple[float, ...]:
+        """Sort key (ascending = better): the score, then each tie-break (missing = last)."""
+        key = [float(metrics.get(self.name, math.inf))]
+        for m in self.tie_break:
+            v = metrics.get(m.name)
+            v = math.inf if not isinstance(v, (int, float)) or not math.isfinite(float(v)) else float(v)
+            key.append(v if m.mode == "min" or v == math.inf else -v)
+        return tuple(key)
 
 
 class ProxyEvalConfig(Strict):

@@ -49,54 +49,88 @@ def _save(plt, fig, path: Path, dpi: int) -> Path:
     return path
 
 
+MAX_PARETO_PANELS = 6  # every pair of up to 4 objectives
+
+
+def _label(m) -> str:
+    """An axis label that fits a panel: the summary key broken at underscores, and its direction."""
+    words, lines, cur = m.name.split("_"), [], ""
+    for w in words:
+        if cur and len(cur) + len(w) > 22:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur}_{w}" if cur else w
+    lines.append(cur)
+    return "\n".join(lines) + f"\n({'lower' if m.mode == 'min' else 'higher'} is better)"
+
+
+def _pareto_panel(ax, x, y, done, pareto, result) -> None:
+    """One pair of objectives: every completed trial (Pareto members in red), the baseline, the best.
+    Error bars are the objectives' standard errors (pipelines.objective) where the eval gave them."""
+    for t in done:
+        on = t.trial_id in pareto
+        ax.errorbar(t.metrics[x.name], t.metrics[y.name], xerr=t.metrics.get(f"{x.name}_se"),
+                    yerr=t.metrics.get(f"{y.name}_se"), fmt="o", ms=7 if on else 5, elinewidth=0.8,
+                    color="tab:red" if on else "tab:gray", zorder=3)
+        ax.annotate(t.trial_id.split("_")[-1], (t.metrics[x.name], t.metrics[y.name]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    bx, by = result.baseline.get(x.name), result.baseline.get(y.name)
+    if bx is not None and by is not None:
+        ax.scatter(bx, by, marker="X", c="black", s=120, zorder=4, label="baseline (eraser disabled)")
+    elif bx is not None:  # e.g. a paired metric (PSNR vs base) has no value for the base model itself
+        ax.axvline(bx, c="black", ls="--", label="baseline")
+    elif by is not None:
+        ax.axhline(by, c="black", ls="--", label="baseline")
+    if result.best:
+        ax.scatter(result.best.metrics[x.name], result.best.metrics[y.name], marker="*", c="gold",
+                   edgecolors="black", s=250, zorder=5, label=f"best ({result.best.trial_id.split('_')[-1]})")
+    ax.set_xlabel(_label(x), fontsize=8)
+    ax.set_ylabel(_label(y), fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def plot_pareto(path: Path, result, cfg) -> Path:
+    """Every pair of objectives in its own panel (3 objectives: 3 panels), Pareto set in red."""
+    from itertools import combinations
+
     plt = _plt()
-    s = cfg.search
-    ms = s.objective.metrics
+    ms = cfg.search.objective.metrics
     done = [t for t in result.trials if t.status == "completed" and all(isinstance(t.metrics.get(m.name), (int, float)) for m in ms)]
     pareto = {t.trial_id for t in result.pareto}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     if len(ms) >= 2:
-        x, y = ms[0], ms[1]
-        for t in done:
-            on = t.trial_id in pareto
-            ax.scatter(t.metrics[x.name], t.metrics[y.name], c="tab:red" if on else "tab:gray", s=50 if on else 30, zorder=3)
-            ax.annotate(t.trial_id.split("_")[-1], (t.metrics[x.name], t.metrics[y.name]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-        front = sorted((t for t in done if t.trial_id in pareto), key=lambda t: t.metrics[x.name])
-        if len(front) > 1:
-            ax.plot([t.metrics[x.name] for t in front], [t.metrics[y.name] for t in front], c="tab:red", lw=1, zorder=2)
-        bx, by = result.baseline.get(x.name), result.baseline.get(y.name)
-        if bx is not None and by is not None:
-            ax.scatter(bx, by, marker="X", c="black", s=120, zorder=4, label="baseline (eraser disabled)")
-        elif bx is not None:  # e.g. a paired metric (PSNR vs base) has no value for the base model itself
-            ax.axvline(bx, c="black", ls="--", label=f"baseline {x.name}")
-        elif by is not None:
-            ax.axhline(by, c="black", ls="--", label=f"baseline {y.name}")
-        if result.best:
-            ax.scatter(result.best.metrics[x.name], result.best.metrics[y.name], marker="*", c="gold",
-                       edgecolors="black", s=250, zorder=5, label=f"best ({result.best.trial_id})")
-        ax.set_xlabel(f"{x.name} ({x.mode})")
-        ax.set_ylabel(f"{y.name} ({y.mode})")
-        ax.set_title("Trials: Pareto front (red), baseline (X)")
+        pairs = list(combinations(ms, 2))[:MAX_PARETO_PANELS]
+        cols = min(len(pairs), 3)
+        rows = -(-len(pairs) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
+        for ax, (x, y) in zip(axes.flat, pairs):
+            _pareto_panel(ax, x, y, done, pareto, result)
+            _grid_and_legend(ax, 7)
+        for ax in list(axes.flat)[len(pairs):]:
+            ax.axis("off")
+        fig.suptitle(f"Trials on every pair of objectives: Pareto set (red), baseline (X), best (star); "
+                     f"{len(done)} completed", fontsize=9)
     else:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
         m = ms[0]
         for i, t in enumerate(done):
-            ax.scatter(i, t.metrics[m.name], c="tab:red" if t.trial_id in pareto else "tab:gray", zorder=3)
+            ax.errorbar(i, t.metrics[m.name], yerr=t.metrics.get(f"{m.name}_se"), fmt="o",
+                        color="tab:red" if t.trial_id in pareto else "tab:gray", zorder=3)
         if m.name in result.baseline:
             ax.axhline(result.baseline[m.name], c="black", ls="--", label="baseline (eraser disabled)")
         ax.set_xlabel("completed trial")
-        ax.set_ylabel(f"{m.name} ({m.mode})")
+        ax.set_ylabel(_label(m), fontsize=8)
         ax.set_title("Trials vs baseline")
-    _grid_and_legend(ax, 8)
+        _grid_and_legend(ax, 8)
     return _save(plt, fig, path, 110)
 
 
 def top_trials(result, cfg, k: int) -> list:
     score = cfg.search.objective.scalarize.name
     scored = [t for t in result.trials if isinstance(t.metrics.get(score), (int, float)) and not math.isnan(t.metrics[score])]
-    done = sorted((t for t in scored if t.status == "completed"), key=lambda t: t.metrics[score])
-    rest = sorted((t for t in scored if t.status != "completed"), key=lambda t: t.metrics[score])
+    rank = cfg.search.objective.scalarize.ranking_key  # score, then the tie-breaks
+    done = sorted((t for t in scored if t.status == "completed"), key=lambda t: rank(t.metrics))
+    rest = sorted((t for t in scored if t.status != "completed"), key=lambda t: rank(t.metrics))
     return (done + rest)[:k]
 
 

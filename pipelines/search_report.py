@@ -48,7 +48,9 @@ def write_results_csv(path: Path, result, cfg) -> Path:
     s = cfg.search
     score = s.objective.scalarize.name
     param_keys = list(s.space)
-    metric_keys = [*s.metric_names(), score]
+    ties = [t.name for t in s.objective.scalarize.tie_break]
+    base_keys = [*s.metric_names(), score]
+    metric_keys = [*base_keys, *[f"{k}_se" for k in base_keys], *ties]
     pareto = {t.trial_id for t in result.pareto}
     header = ["trial_id", "status", *[f"param:{k}" for k in param_keys], *metric_keys, "pareto", "best",
               "steps_done", "eraser", "mlflow_run_id"]
@@ -65,6 +67,15 @@ def write_results_csv(path: Path, result, cfg) -> Path:
         w.writerows(rows)
     return path
 
+
+
+def _cell(metrics: dict, key: str, missing: str = "") -> str:
+    """`value ± standard error` when the objective carries one (pipelines.objective), else the value."""
+    v = metrics.get(key)
+    if v is None:
+        return missing
+    se = metrics.get(f"{key}_se")
+    return f"{_fmt(v)} ± {se:.2g}" if isinstance(se, (int, float)) and isinstance(v, (int, float)) else _fmt(v)
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -117,25 +128,33 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     if errors:
         lines += ["", "Errors:", *[f"- `{e}`" for e in errors[:5]]]
 
+    ties = [t.name for t in s.objective.scalarize.tie_break]
+    cols = [*metrics, score, *ties]
     lines += ["", "## Objectives vs baseline", ""]
-    rows = [[BASELINE_ID, *[result.baseline.get(k, "—") for k in [*metrics, score]]]]
+    rows = [[BASELINE_ID, *[_cell(result.baseline, k, "—") for k in cols]]]
     if result.best:
-        rows.append([f"best: {result.best.trial_id}", *[result.best.metrics.get(k, "—") for k in [*metrics, score]]])
-    lines.append(_md_table(["", *metrics, score], rows))
+        rows.append([f"best: {result.best.trial_id}", *[_cell(result.best.metrics, k, "—") for k in cols]])
+    lines.append(_md_table(["", *cols], rows))
+    lines.append("")
+    lines.append("`± x`: the bootstrap standard error over the eval's prompt rows (eval.uncertainty); the score's "
+                 "ignores correlations between objectives. Trials whose scores differ by less than about twice it "
+                 "are not told apart by this eval" + (f"; ties are ordered by {', '.join(f'`{t}`' for t in ties)}."
+                                                      if ties else "; set search.objective.scalarize.tie_break to order ties."))
 
     lines += ["", "## Pareto set", ""]
     keys = list(s.space)
+    rank = s.objective.scalarize.ranking_key
     prow = []
-    for t in sorted(result.pareto, key=lambda t: t.metrics.get(score, float("inf"))):
-        prow.append([t.trial_id, *[t.params.get(k, "") for k in keys], *[t.metrics.get(m, "") for m in [*metrics, score]],
+    for t in sorted(result.pareto, key=lambda t: rank(t.metrics)):
+        prow.append([t.trial_id, *[t.params.get(k, "") for k in keys], *[_cell(t.metrics, m) for m in cols],
                      t.steps_done, link(t), f"`{t.eraser}`" if t.eraser else ""])
-    lines.append(_md_table(["trial", *keys, *metrics, score, "steps", "MLflow run", "eraser"], prow) if prow
+    lines.append(_md_table(["trial", *keys, *cols, "steps", "MLflow run", "eraser"], prow) if prow
                  else "_No completed trial with every objective._")
 
     lines += ["", "## All trials", ""]
-    arow = [[t.trial_id, t.status, *[t.params.get(k, "") for k in keys], *[t.metrics.get(m, "") for m in [*metrics, score]],
+    arow = [[t.trial_id, t.status, *[t.params.get(k, "") for k in keys], *[_cell(t.metrics, m) for m in cols],
              t.steps_done] for t in result.trials]
-    lines.append(_md_table(["trial", "status", *keys, *metrics, score, "steps"], arow))
+    lines.append(_md_table(["trial", "status", *keys, *cols, "steps"], arow))
     lines.append("")
     lines.append("Stopped-early trials show their last proxy evaluation (fewer prompts), not a full one.")
 

@@ -129,7 +129,7 @@ def collect_result(cfg, out: Path, ml: dict | None = None) -> SearchResult:
     done = [t for t in trials if t.status == "completed" and all(is_number(t.metrics.get(m)) for m in s.metric_names())]
     score = s.objective.scalarize.name
     scored = [t for t in done if is_number(t.metrics.get(score)) and t.metrics[score] == t.metrics[score]]
-    best = min(scored, key=lambda t: t.metrics[score]) if scored else None
+    best = min(scored, key=lambda t: s.objective.scalarize.ranking_key(t.metrics)) if scored else None
     pareto_idx = pareto_indices([[t.metrics[m.name] for m in s.objective.metrics] for t in done],
                                 [m.mode for m in s.objective.metrics])
     baseline = baseline_values(s.objective, done or trials)

@@ -207,3 +207,32 @@ def test_shipped_reference_configs_keep_their_seeds():
     repo = Path(__file__).resolve().parent.parent
     cfg = EvalConfig.model_validate({"prompts": {"path": str(repo / "examples/prompts/nudity_example.csv")}})
     assert [r.seed for r in load_eval_rows(cfg)][:2] == [1001, 1002]
+
+
+def test_cli_prompts_are_evaluated_alone_unless_the_config_adds_preserve(tmp_path):
+    """`--prompts X` evaluates X; the preserve set joins only with preserve.with_cli_prompts; the
+    banner says which files, how many rows, and that --limit applies to each set."""
+    from eval.planning import sets_banner
+    from eval.prompts import load_eval_sets
+
+    target = write(tmp_path, "prompt,seed\na\n".replace("a\n", "".join(f"p{i},{i}\n" for i in range(5))), "t.csv")
+    mine = write(tmp_path, "prompt\nmine one\nmine two\nmine three\n", "mine.csv")
+    preserve = write(tmp_path, "prompt\na dog\na cat\na fox\n", "p.csv")
+    cfg = EvalConfig.model_validate({"prompts": {"path": str(target)}, "preserve": {"path": str(preserve)}})
+
+    both = load_eval_sets(cfg, limit=2)  # the config's own files: both sets, each cut to 2
+    assert {k: len(v.rows) for k, v in both.items()} == {"target": 2, "preserve": 2}
+    banner = sets_banner(cfg, both, None, 2)
+    assert f"target 2 rows from {target}, the first 2 kept" in banner and f"preserve 2 rows from {preserve}" in banner
+    assert "(--limit 2 applies to each set)" in banner
+
+    alone = load_eval_sets(cfg, prompts=mine)
+    assert list(alone) == ["target"] and [r.prompt for r in alone["target"].rows] == ["mine one", "mine two", "mine three"]
+    banner = sets_banner(cfg, alone, mine, None)
+    assert f"target 3 rows from {mine}" in banner and "--limit" not in banner
+    assert "preserve set" in banner and "is not evaluated" in banner and "preserve.with_cli_prompts: true" in banner
+
+    asked = cfg.with_overrides({"preserve.with_cli_prompts": True})
+    with_preserve = load_eval_sets(asked, prompts=mine, limit=1)
+    assert {k: len(v.rows) for k, v in with_preserve.items()} == {"target": 1, "preserve": 1}
+    assert "is not evaluated" not in sets_banner(asked, with_preserve, mine, 1)

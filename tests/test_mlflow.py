@@ -27,6 +27,11 @@ def test_default_tracking_uri_is_sqlite_in_the_run_folder(tmp_path):
     exp = mu.get_or_create_experiment(c, "t2vu/x", tmp_path)
     assert c.get_experiment(exp).artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
     assert mu.get_or_create_experiment(c, "t2vu/x", tmp_path) == exp
+    # MLflow 3's UI opens the runs table (not the GenAI overview) for model-training experiments
+    assert c.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = c.create_experiment("t2vu/older")  # made before the tag existed: tagged when found again
+    assert mu.get_or_create_experiment(c, "t2vu/older", tmp_path) == old
+    assert c.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.slow

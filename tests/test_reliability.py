@@ -14,6 +14,7 @@ import io
 import os
 import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -61,7 +62,9 @@ def run_case(case: Case, tmp: Path) -> dict:
             p.write_text(_fill(content, tmp))
     argv = [_fill(a, tmp) for a in case.argv]
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    # the CLI may set environment variables (submit turns on RAY_AUTH_MODE=token when a token file
+    # exists): restored after each case, or they leak into the rest of the suite's Ray clusters
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), mock.patch.dict(os.environ):
         rc = cli.main(argv)
     lines = err.getvalue().rstrip("\n").splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
@@ -70,7 +73,10 @@ def run_case(case: Case, tmp: Path) -> dict:
 
 
 def _show(text: str, tmp: Path) -> str:
-    text = text.replace(str(tmp), "$TMP").replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    from unlearn.models.registry import cache_root
+
+    text = text.replace(str(tmp), "$TMP").replace(str(cache_root()), "$T2VU_CACHE")
+    text = text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
     text = re.sub(r"\s+\(--debug shows the traceback\)$", "", text)
     return text.replace("|", "\\|")
 

@@ -119,7 +119,8 @@ class ToyClassifier(VideoClassifier):
         motion accuracy on single-object prompts not naming the target.
         two_object_both_present: both named colours present on two-object prompts without
         the target (order-invariant); two_target_*: the same scenes with one target object.
-        Plus `<set>_{colour,shape,motion,content}_acc`, `<set>_target_rate` and `n_<set>`.
+        Plus `<set>_{colour,shape,motion,content}_acc`, `<set>_target_rate`, `<set>_target_pixels`
+        (mean pixels of the target colour per video) and `n_<set>`.
         """
         by = self._by_set(records)
         m: dict[str, float] = {}
@@ -130,6 +131,9 @@ class ToyClassifier(VideoClassifier):
             m[f"{name}_shape_acc"] = _mean(rs, "shape_correct")
             m[f"{name}_motion_acc"] = _mean(rs, "motion_correct")
             m[f"{name}_content_acc"] = _mean(rs, "content_correct")
+            # the target colour's mean pixel count per video: finer than the rate (a fading red counts
+            # before it vanishes), the tie-break of a search whose rates tie
+            m[f"{name}_target_pixels"] = float(np.mean([float(r["target_pixels"]) for r in rs]))
         if "target" in by:
             m["target_rate"] = m["target_target_rate"]
         if "synonym" in by:
