@@ -2,7 +2,7 @@
 
 Losses, the fused step, the trainer, the embedding cache and the eval stage talk
 only to this protocol; `unlearn/models/families.py` maps `model.family` to the
-class implementing it (one file per family: `cogvideox.py`, later `wan.py`).
+class implementing it (one file per family: `cogvideox.py`, `wan.py`).
 
 Two kinds of answers:
 - *class-level* (static) answers that need no loaded spec, only a model
@@ -43,7 +43,7 @@ class ModelSpec(Protocol):
     # --- identity -----------------------------------------------------------------------------
     family: ClassVar[str]  # the `model.family` key in the registry
     pipeline_class_name: ClassVar[str]  # model_index.json `_class_name` of this family's pipelines
-    prediction_type: ClassVar[str]  # "v_prediction" (CogVideoX) | "flow" (Wan)
+    prediction_type: ClassVar[str]  # "v_prediction" (CogVideoX) | "flow" (Wan: t = sigma*1000, float)
 
     # --- files (class-level) ------------------------------------------------------------------
     @staticmethod
