@@ -262,6 +262,13 @@ def mlflow_ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def mlflow_ui_url(exp_id, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table. `workflowType=machine_learning`: MLflow 3.17's UI otherwise opens
+    in its GenAI mode (traces overview) whatever the experiment's kind tag says (checked with
+    benchmarks/mlflow_ui_screenshot.sh)."""
+    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
 # What the console summary shows (report.md has every metric): erasure and preservation headlines.
 HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shape_acc", "motion_acc",
             "target_content_kept", "second_object_kept", "psnr", "ssim", "clip")
@@ -269,7 +276,7 @@ HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shap
 
 def _headline(key: str) -> bool:
     k = key[len("preserve_"):] if key.startswith("preserve_") else key
-    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k
+    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k and not k.endswith("_se")
 
 
 def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
@@ -281,7 +288,8 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
     w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")
     for stem, b, e in _pairs(ev):
         if _headline(stem):
-            w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}\n")
+            se = ev.get(f"{stem}_erased_se")
+            w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}" + (f" ± {se:.2g}" if is_finite_number(se) else "") + "\n")
     paired_stems = {stem for stem, _, _ in _pairs(ev)}
     for k, v in ev.items():
         if is_finite_number(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
@@ -291,6 +299,9 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
     uri = summary.get("mlflow", {}).get("tracking_uri")
     if uri:
         lines += [f"mlflow       {uri}", f"open it:     {mlflow_ui_command(uri)}"]
+        exp = summary.get("mlflow", {}).get("experiment_id")
+        if exp is not None and uri.startswith("sqlite:"):
+            lines.append(f"then:        {mlflow_ui_url(exp)}  (expand the search run: one child per trial)")
     lines.append(f"wall time    {summary['wall_s']:.0f} s")
     w("".join(f"   {line}\n" for line in lines))
 

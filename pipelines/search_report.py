@@ -123,7 +123,9 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     ]
     if uri:
         lines.append(f"- MLflow: `{uri}`, experiment {exp_id}, parent run `{result.parent_run_id or mlflow_meta.get('parent_run_id')}`"
-                     + (f" (open with `mlflow ui --backend-store-uri {uri}`)" if uri.startswith("sqlite:") else ""))
+                     + (f" (open with `mlflow ui --backend-store-uri {uri}`, then "
+                        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning)"
+                        if uri.startswith("sqlite:") else ""))
     errors = result.extras.get("errors") or [f"{t.trial_id}: {t.error}" for t in result.trials if t.error]
     if errors:
         lines += ["", "Errors:", *[f"- `{e}`" for e in errors[:5]]]
