@@ -129,7 +129,7 @@ def eval_overrides(a, model_dir: Path) -> list[str]:
     cuda = a.device.startswith("cuda")
     sets = {
         "model.path": str(model_dir), "model.dtype": "bfloat16",
-        "preserve.path": str(PRESERVE), "preserve.prompt_column": "prompt", "preserve.seed_column": "seed",
+        "preserve.path": str(PRESERVE), "preserve.with_cli_prompts": True, "preserve.prompt_column": "prompt", "preserve.seed_column": "seed",
         "generation.num_inference_steps": a.eval_steps, "generation.num_frames": g["frames"],
         "generation.height": g["height"], "generation.width": g["width"],
         "generation.scheduler": "ddim",

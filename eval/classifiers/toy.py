@@ -133,7 +133,8 @@ class ToyClassifier(VideoClassifier):
             m[f"{name}_content_acc"] = _mean(rs, "content_correct")
             # the target colour's mean pixel count per video: finer than the rate (a fading red counts
             # before it vanishes), the tie-break of a search whose rates tie
-            m[f"{name}_target_pixels"] = float(np.mean([float(r["target_pixels"]) for r in rs]))
+            if all("target_pixels" in r for r in rs):  # rows scored by older versions lack it
+                m[f"{name}_target_pixels"] = float(np.mean([float(r["target_pixels"]) for r in rs]))
         if "target" in by:
             m["target_rate"] = m["target_target_rate"]
         if "synonym" in by:

@@ -20,7 +20,7 @@ def register(sub) -> None:
         help="evaluate a model (and eraser): videos from a prompt CSV, NudeNet/toy scores, preservation metrics",
     )
     add_common(p)
-    p.add_argument("--prompts", default=None, metavar="CSV", help="prompt CSV (overrides prompts.path)")
+    p.add_argument("--prompts", default=None, metavar="CSV", help="prompt CSV to evaluate (replaces prompts.path; the config's preserve set is added only with preserve.with_cli_prompts: true)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows of each prompt set")
     p.add_argument("--eraser", default=None, metavar="DIR", help="eraser directory (overrides eraser)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
