@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unlearn.models.spec import TokenLayout
+from unlearn.models.spec import DTYPES, TokenLayout, load_parts
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -43,30 +42,14 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import T5EncoderModel, T5Tokenizer
 
-    from unlearn.models.tokenizer import check_tokenizer
-
-    path = check_model_dir(path, tuple(components))
-    torch_dtype = DTYPES[dtype]
-    out: dict = {}
-    for name in components:
-        sub = str(path / name)
-        if name == "transformer":
-            out[name] = CogVideoXTransformer3DModel.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "vae":
-            out[name] = AutoencoderKLCogVideoX.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "text_encoder":
-            out[name] = T5EncoderModel.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "tokenizer":
-            tok = T5Tokenizer.from_pretrained(sub)
-            check_tokenizer(tok)
-            out[name] = tok
-        elif name == "scheduler":
-            out[name] = CogVideoXDDIMScheduler.from_pretrained(sub)
-        else:
-            raise ValueError(f"Unknown CogVideoX component {name!r}; known: {LAYOUT_DIRS}")
-        if isinstance(out[name], nn.Module):
-            out[name].requires_grad_(False).eval()
-    return out
+    loaders = {
+        "transformer": lambda sub, dt: CogVideoXTransformer3DModel.from_pretrained(sub, dtype=dt),
+        "vae": lambda sub, dt: AutoencoderKLCogVideoX.from_pretrained(sub, dtype=dt),
+        "text_encoder": lambda sub, dt: T5EncoderModel.from_pretrained(sub, dtype=dt),
+        "tokenizer": lambda sub, dt: T5Tokenizer.from_pretrained(sub),
+        "scheduler": lambda sub, dt: CogVideoXDDIMScheduler.from_pretrained(sub),
+    }
+    return load_parts(check_model_dir(path, tuple(components)), dtype, components, loaders, "CogVideoX")
 
 
 def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -124,3 +124,27 @@ class ModelSpec(Protocol):
 
     def sample_trajectory(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor, latent_shape, num_steps: int,
                           guidance: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+# --- helpers shared by the spec files -------------------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_parts(path: Path, dtype: str, components, loaders: dict[str, Callable[[str, torch.dtype], Any]],
+               family: str) -> dict:
+    """Load only the named parts of a model directory (a trainer never loads a multi-GB text encoder
+    when the embedding cache is warm), each with its family's loader `(subfolder, dtype) -> part`.
+    Modules come back frozen in eval mode; a tokenizer passes the project's tokenizer check."""
+    from unlearn.models.tokenizer import check_tokenizer
+
+    out: dict = {}
+    for name in components:
+        if name not in loaders:
+            raise ValueError(f"Unknown {family} component {name!r}; known: {tuple(loaders)}")
+        out[name] = part = loaders[name](str(Path(path) / name), DTYPES[dtype])
+        if name == "tokenizer":
+            check_tokenizer(part)
+        if isinstance(part, nn.Module):
+            part.requires_grad_(False).eval()
+    return out

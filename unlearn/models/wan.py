@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unlearn.models.spec import TokenLayout
+from unlearn.models.spec import DTYPES, TokenLayout, load_parts
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 WAN_TEXT_LEN = 512  # WanPipeline's max_sequence_length (and the I2V processor's hard-coded text length)
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
@@ -82,31 +81,19 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    from unlearn.models.tokenizer import check_tokenizer
-
     path = check_model_dir(path, tuple(components))
-    torch_dtype = DTYPES[dtype]
-    out: dict = {}
-    for name in components:
-        sub = str(path / name)
-        if name == "transformer":
-            out[name] = WanTransformer3DModel.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "vae":
-            out[name] = AutoencoderKLWan.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "text_encoder":
-            out[name] = UMT5EncoderModel.from_pretrained(sub, dtype=torch_dtype)
-        elif name == "tokenizer":
-            tok = AutoTokenizer.from_pretrained(sub)
-            check_tokenizer(tok)
-            out[name] = tok
-        elif name == "scheduler":
-            cls = _json(path / name / "scheduler_config.json")["_class_name"]
-            out[name] = getattr(diffusers, cls).from_pretrained(sub)
-        else:
-            raise ValueError(f"Unknown Wan component {name!r}; known: {LAYOUT_DIRS}")
-        if isinstance(out[name], nn.Module):
-            out[name].requires_grad_(False).eval()
-    return out
+
+    def scheduler(sub, dt):  # the directory names its flow scheduler (FlowMatchEuler or UniPC)
+        return getattr(diffusers, _json(Path(sub) / "scheduler_config.json")["_class_name"]).from_pretrained(sub)
+
+    loaders = {
+        "transformer": lambda sub, dt: WanTransformer3DModel.from_pretrained(sub, dtype=dt),
+        "vae": lambda sub, dt: AutoencoderKLWan.from_pretrained(sub, dtype=dt),
+        "text_encoder": lambda sub, dt: UMT5EncoderModel.from_pretrained(sub, dtype=dt),
+        "tokenizer": lambda sub, dt: AutoTokenizer.from_pretrained(sub),
+        "scheduler": scheduler,
+    }
+    return load_parts(path, dtype, components, loaders, "Wan")
 
 
 def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None):
