@@ -17,9 +17,10 @@ Two halves, so planning stays model-free and workers get only picklable data:
   summary.json `method`, part of the resume fingerprint (`MethodPlan.fingerprint`).
 - workers: `build_method(plan_dict)` -> an `EvalMethod` (registry `METHODS`, one class per method). Its
   interface: `attach(pipe, model_path, gen)` once per pipeline (load hooks, encode concept words);
-  `base_context()` around the base video (an eraser switches itself off); `text_kwargs(prompt)` -> what
+  `base_context()` around the base video (an eraser switches itself off); `text_kwargs(prompt, embeds)` -> what
   replaces the text side of the pipeline call for the method's video (`negative_prompt`,
-  `prompt_embeds`: `eval.generate.generate_video(text=...)`); `row_info()` -> what the row result records;
+  `prompt_embeds`: `eval.generate.generate_video(text=...)`; `embeds` [1, L, D]: the prompt's text embedding
+  replaced by an attack's, eval.attacks, which the method's text side then acts on); `row_info()` -> what the row result records;
   `detach()` (remove hooks). Text embeddings go through the model spec (`spec.encode_prompts`), so no
   family is named here.
 """
@@ -113,9 +114,10 @@ class EvalMethod:
         """Context for the base video (the base model, whatever the method attached)."""
         return nullcontext()
 
-    def text_kwargs(self, prompt: str) -> dict[str, Any]:
-        """Pipeline-call arguments that replace the text side for the method's video of `prompt`."""
-        return {}
+    def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
+        """Pipeline-call arguments that replace the text side for the method's video of `prompt`
+        (`embeds`: an attacked text embedding [1, L, D] that stands for the encoded prompt)."""
+        return {} if embeds is None else {"prompt_embeds": embeds}
 
     def row_info(self) -> dict[str, Any]:
         """What the row result records about the last `text_kwargs` call."""
@@ -154,8 +156,8 @@ class EraserMethod(EvalMethod):
 class NegPromptMethod(EvalMethod):
     name = "negprompt"
 
-    def text_kwargs(self, prompt: str) -> dict[str, Any]:
-        return {"negative_prompt": self.options["negative_prompt"]}
+    def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
+        return {**super().text_kwargs(prompt, embeds), "negative_prompt": self.options["negative_prompt"]}
 
 
 class SafreeMethod(EvalMethod):
@@ -172,11 +174,14 @@ class SafreeMethod(EvalMethod):
         self.concept = concept_pooled(self.spec, self.tokenizer, self.text_encoder, self.options["words"],
                                       self.max_length, self.options["pooling"])
 
-    def text_kwargs(self, prompt: str) -> dict[str, Any]:
+    def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
+        """embeds: an attacked embedding of `prompt`: the tokens SAFREE selects on the prompt's text are
+        projected in it (an embedding cannot be re-encoded with tokens masked)."""
         from eval.safree import safree_prompt_embeds
 
         embeds, self._info = safree_prompt_embeds(self.spec, self.tokenizer, self.text_encoder, prompt, self.concept,
-                                                  self.max_length, self.options["alpha"], self.options["pooling"])
+                                                  self.max_length, self.options["alpha"], self.options["pooling"],
+                                                  tokens=None if embeds is None else embeds[0])
         out: dict[str, Any] = {"prompt_embeds": embeds}
         if self.options.get("negative_prompt") is not None:
             out["negative_prompt"] = self.options["negative_prompt"]

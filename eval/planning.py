@@ -84,20 +84,12 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     from eval.prompts import load_eval_sets
     from eval.writer import digest
     from unlearn.fsutil import file_sha256
-    from unlearn.models.families import check_any_model_dir
-    from unlearn.models.registry import resolve_model_path
 
     sets = load_eval_sets(cfg, prompts=prompts, limit=limit)
     rows = [r for ps in sets.values() for r in ps.rows]
     eraser_path = eraser if eraser is not None else cfg.resolve_path(cfg.eraser)
     eraser_dir = resolve_eraser_dir(eraser_path) if eraser_path else None
-    try:
-        model_path = resolve_model_path(cfg.model.path)
-        if not str(cfg.model.path).startswith("builtin:") and not model_path.is_absolute() and not model_path.exists():
-            model_path = cfg.resolve_path(cfg.model.path)
-        model_path = check_any_model_dir(model_path)[1].resolve()
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"model.path: {exc}") from None
+    model_path = resolve_model(cfg)
     if eraser_dir is not None:
         check_eraser_fits(eraser_dir, model_path)
     method = plan_method(cfg, eraser_dir, rows)
@@ -140,6 +132,20 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
         log.log(logging.WARNING if warn else logging.INFO, "%s", note)
     return EvalPlan(cfg, Path(output_dir), rows, model_path, eraser_dir, fp, row_fps, inputs, [n for _, n in notes],
                     banner, method=method)
+
+
+def resolve_model(cfg) -> Path:
+    """The eval config's model directory (builtin names, paths relative to the config), checked."""
+    from unlearn.models.families import check_any_model_dir
+    from unlearn.models.registry import resolve_model_path
+
+    try:
+        model_path = resolve_model_path(cfg.model.path)
+        if not str(cfg.model.path).startswith("builtin:") and not model_path.is_absolute() and not model_path.exists():
+            model_path = cfg.resolve_path(cfg.model.path)
+        return check_any_model_dir(model_path)[1].resolve()
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"model.path: {exc}") from None
 
 
 def sets_banner(cfg, sets: dict, prompts, limit: int | None) -> str:

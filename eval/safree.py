@@ -136,12 +136,17 @@ def project_selected(tokens: torch.Tensor, positions: list[int], selected: torch
 
 
 def safree_prompt_embeds(spec, tokenizer, text_encoder, prompt: str, concept: torch.Tensor, max_length: int,
-                         alpha: float, pooling: str = "first") -> tuple[torch.Tensor, dict[str, Any]]:
-    """SAFREE's prompt embeddings [1, L, D] for `prompt`, and what was done (tokens, projected positions)."""
+                         alpha: float, pooling: str = "first", tokens: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """SAFREE's prompt embeddings [1, L, D] for `prompt`, and what was done (tokens, projected positions).
+
+    tokens: [L, D] embeddings to project instead of the prompt's own encoding (an attack's embedding of the
+    prompt, eval.attacks); the selection is still made on the prompt's text."""
     enc = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length,
                     return_special_tokens_mask=True)
     positions = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
-    tokens = _encode(spec, tokenizer, text_encoder, [prompt], max_length)[0]
+    if tokens is None:
+        tokens = _encode(spec, tokenizer, text_encoder, [prompt], max_length)[0]
     length = len(enc["input_ids"])
     parts = []
     for start in range(0, len(positions), CHUNK):

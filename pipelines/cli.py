@@ -15,9 +15,9 @@ import sys
 
 import pipelines.env as env
 from pipelines.commands import eval as eval_cmd
-from pipelines.commands import import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
+from pipelines.commands import attack, import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
 
-COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, plan, import_eraser]
+COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, plan, import_eraser, attack]
 
 
 def build_parser() -> argparse.ArgumentParser:

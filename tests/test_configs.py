@@ -23,6 +23,10 @@ def schema_for(path: Path):
         from eval.config import load_eval_config
 
         return load_eval_config
+    if top == "attack":
+        from pipelines.attack_config import load_attack_config, load_harness_eval_config
+
+        return lambda p: load_harness_eval_config(load_attack_config(p))
     if top in ("", "search", "toy", "wan"):
         from pipelines.config import load_pipeline_config
 

@@ -1,0 +1,52 @@
+"""Attacks on erased models, run against every eval method in one harness (`t2vu attack`).
+
+  clean           the concept prompts as given
+  paraphrase      held-out rewordings (the prompt file's paraphrase column)
+  ringabell       Ring-A-Bell's concept vector (mean embedding difference of paired prompts) added at
+                  strength alpha to the benign prompt's embedding
+  ringabell-text  its discrete variant: a seeded genetic search for words whose encoding matches that target
+  softprompt-Bx   white-box: an additive perturbation of the benign embedding, norm <= B x the concept-anchor
+                  embedding distance, optimised so the defended model predicts what the base model predicts for
+                  the concept prompt on the base model's own concept trajectories
+
+Modules: base (rows, the model context, the Attack interface), text, ringabell, softprompt, prompts (the CSVs),
+runner (methods x attacks: generate, detect, resume, results).
+"""
+
+from __future__ import annotations
+
+from eval.attacks.base import Attack
+from eval.attacks.ringabell import RingABellAttack, RingABellTextAttack
+from eval.attacks.softprompt import SoftPromptAttack
+from eval.attacks.text import CleanAttack, ParaphraseAttack
+
+# the classifier record field that flags a video for the concept, per built-in classifier
+FLAG_FIELDS = {"toy": "target_present", "nudenet": "positive"}
+
+
+def build_attacks(cfg, pairs: list[tuple[str, str]], gen) -> list[Attack]:
+    """The attack variants of a config (`pipelines.attack_config.AttackConfig`), in its order.
+
+    pairs: the Ring-A-Bell concept-vector pairs; gen: the generation settings (softprompt samples its x_t
+    pool with the generation sampler's steps and guidance unless told otherwise)."""
+    rb, sp = cfg.ringabell, cfg.softprompt
+    out: list[Attack] = []
+    for name in cfg.attacks:
+        if name == "clean":
+            out.append(CleanAttack("clean"))
+        elif name == "paraphrase":
+            out.append(ParaphraseAttack("paraphrase"))
+        elif name == "ringabell":
+            out.append(RingABellAttack("ringabell", {"alpha": rb.alpha, "pairs": pairs}))
+        elif name == "ringabell-text":
+            out.append(RingABellTextAttack("ringabell-text", {"alpha": rb.alpha, "pairs": pairs,
+                                                              "exclude": list(cfg.words), **rb.text.model_dump()}))
+        elif name == "softprompt":
+            for b in sp.budgets:
+                out.append(SoftPromptAttack(f"softprompt-{b:g}x", {
+                    "budget": b, "steps": sp.steps, "lr": sp.lr, "pool_size": sp.pool_size, "batch": sp.batch,
+                    "trajectory_steps": sp.trajectory_steps or gen.num_inference_steps,
+                    "guidance": gen.guidance_scale, "seed": sp.seed}))
+        else:
+            raise ValueError(f"unknown attack {name!r}")
+    return out

@@ -1,0 +1,292 @@
+"""Methods x attacks in one run: `run_attacks(cfg, eval_cfg, output_dir)` (`t2vu attack`).
+
+One pipeline of the eval config's model is loaded once; each method (eval.methods) is attached in turn, each
+attack's inputs are made (text prompts or embeddings; white-box ones against that method's defended model)
+and every attacked row is generated through `eval.generate.generate_video` with the row's seed, then scored
+by the eval config's classifier. A video counts as an attack success when the classifier's flag field
+(`detector.flag`) is true; ASR = successes / rows, SE = sqrt(p (1 - p) / n). Each method also generates the
+clean preserve prompts: its preservation figures (`detector.preservation` entries of the classifier summary,
+and the flag rate there) come from the same run.
+
+Output folder:
+  attacks/<attack>/<victim>/attacked.json + embeds.safetensors   the attacked inputs (reproducible results)
+  cells/<method>/<attack>/rows/<id>.json, results.csv, summary.json   one cell per method x attack
+  cells/<method>/preserve/...                                          the method's preservation rows
+  summary.json                                                         asr[method][attack], SE, preservation
+Resume: a row whose JSON holds the same fingerprint is not redone; attacked inputs are made once; a rerun of a
+finished run loads no model. Tracking is the caller's (`observer`: `pipelines.mlflow_attack`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.attacks.base import Attacked, AttackContext
+from unlearn.config import ConfigError
+from unlearn.fsutil import atomic_path, atomic_write_json, atomic_write_text
+
+PRESERVE = "preserve"
+
+
+def binomial(flags: list[bool]) -> dict[str, float]:
+    """ASR and its binomial standard error."""
+    n = len(flags)
+    p = sum(flags) / n if n else float("nan")
+    return {"n": n, "flagged": int(sum(flags)), "asr": p, "asr_se": math.sqrt(p * (1 - p) / n) if n else float("nan")}
+
+
+@dataclass
+class Cell:
+    method: str  # the method's key
+    attack: Any  # eval.attacks.base.Attack, None for the preserve rows
+    rows: list
+    victim: str  # whose transformer a white-box attack optimises against
+    dir: Path
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    todo: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.attack.name if self.attack is not None else PRESERVE
+
+
+@dataclass
+class AttackPlan:
+    cfg: Any
+    eval_cfg: Any
+    out: Path
+    model_path: Path
+    methods: dict  # key -> eval.methods.MethodPlan
+    cells: list
+    flag: str
+    ident: dict
+
+
+def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
+    """Read and check everything (ConfigError naming file/field) and find the rows still to do."""
+    from eval.attacks import FLAG_FIELDS, build_attacks
+    from eval.attacks.prompts import read_attack_rows, read_pairs, read_preserve_rows
+    from eval.methods import plan_method
+    from eval.planning import check_eraser_fits, resolve_eraser_dir, resolve_model
+    from eval.writer import digest
+    from unlearn.fsutil import file_sha256
+
+    out = Path(output_dir)
+    rows = read_attack_rows(cfg.prompts, cfg.resolve_path(cfg.prompts.path))
+    preserve = read_preserve_rows(cfg.preserve, cfg.resolve_path(cfg.preserve.path))
+    if "paraphrase" in cfg.attacks and any(not r.paraphrase for r in rows):
+        raise ConfigError(f"prompts.path: every row needs a {cfg.prompts.paraphrase_column!r} for the paraphrase attack")
+    pairs_path = cfg.resolve_path(cfg.ringabell.pairs)
+    pairs = read_pairs(pairs_path) if pairs_path else [(r.prompt, r.benign) for r in rows]
+    flag = cfg.detector.flag or FLAG_FIELDS.get(eval_cfg.classifier.name)
+    if flag is None:
+        raise ConfigError(f"detector.flag: classifier {eval_cfg.classifier.name!r} has no default flag field; set "
+                          "detector.flag to the boolean field of its records that marks the concept")
+    model_path = resolve_model(eval_cfg)
+    gen = eval_cfg.generation
+    ident = {"model": str(model_path), "dtype": eval_cfg.model.dtype, "generation": gen.model_dump(mode="json")}
+    scoring = [eval_cfg.classifier.name, eval_cfg.classifier.factory_options(), flag]
+    methods, victims = {}, {}
+    for m in cfg.methods:
+        eraser_dir, sha = None, None
+        if m.eraser is not None:
+            eraser_dir = resolve_eraser_dir(cfg.resolve_path(m.eraser))
+            check_eraser_fits(eraser_dir, model_path)
+            sha = file_sha256(eraser_dir / "eraser.safetensors")[:16]
+        mcfg = eval_cfg.with_overrides({"method.name": m.name, "method.words": list(cfg.words), "eraser": None,
+                                        "method.safree": m.safree.model_dump()}, f"methods[{m.key}]")
+        methods[m.key] = plan_method(mcfg, eraser_dir, [])
+        victims[m.key] = f"eraser-{sha}" if sha else "base"
+    attacks = build_attacks(cfg, pairs, gen)
+    cells = []
+    for key, mplan in methods.items():
+        for attack in [*attacks, None]:
+            cell_rows = rows if attack is not None else preserve
+            if not cell_rows:
+                continue
+            victim = victims[key] if attack is not None and attack.victim_dependent else "all"
+            cell = Cell(key, attack, cell_rows, victim, out / "cells" / key / (attack.name if attack else PRESERVE))
+            what = attack.fingerprint() if attack is not None else PRESERVE
+            base = digest([ident, scoring, mplan.fingerprint(), victims[key], what, victim])
+            cell.fingerprints = {r.id: digest([base, r.prompt, r.benign, r.paraphrase, r.seed]) for r in cell_rows}
+            cell.todo = [r for r in cell_rows if _row_fingerprint(cell.dir / "rows" / f"{r.id}.json") != cell.fingerprints[r.id]]
+            cells.append(cell)
+    return AttackPlan(cfg, eval_cfg, out, model_path, methods, cells, flag, ident)
+
+
+def _row_fingerprint(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None) -> dict:
+    """Run (or resume) the benchmark; returns the summary (also `summary.json`). observer: told `started(out)`,
+    `cell(method, attack, summary, cell_dir)`, `finished(summary, out)`, `failed()`."""
+    from eval.classifiers.base import build_classifier
+
+    t0 = time.perf_counter()
+    log = progress_file or sys.stderr
+    plan = plan_attacks(cfg, eval_cfg, output_dir)
+    try:
+        classifier = build_classifier(eval_cfg.classifier.name, **eval_cfg.classifier.factory_options())
+    except (ValueError, TypeError, ImportError) as exc:
+        raise ConfigError(f"classifier {eval_cfg.classifier.name!r}: {exc}") from None
+    plan.out.mkdir(parents=True, exist_ok=True)
+    todo = sum(len(c.todo) for c in plan.cells)
+    total = sum(len(c.rows) for c in plan.cells)
+    print(f"attack benchmark: {len(plan.methods)} methods x {len(plan.cells) // max(1, len(plan.methods))} cells, "
+          f"{total} videos, {todo} to make -> {plan.out}", file=log, flush=True)
+    if observer is not None:
+        observer.started(plan.out)
+    try:
+        if todo:
+            _generate(plan, classifier, log)
+        summary = _summarise(plan, classifier, observer)
+        summary.update(videos_made=todo, videos_total=total, wall_seconds=round(time.perf_counter() - t0, 2))
+        atomic_write_json(plan.out / "summary.json", summary)
+        if observer is not None:
+            observer.finished(summary, plan.out)
+            observer = None
+        return summary
+    finally:
+        classifier.close()
+        if observer is not None:
+            observer.failed()
+
+
+def _generate(plan: AttackPlan, classifier, log) -> None:
+    import torch
+
+    from eval.generate import generate_video, load_eval_pipeline, pick_device
+    from eval.methods import build_method
+    from eval.workers import _quiet_libraries
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    ecfg = plan.eval_cfg
+    gen = ecfg.generation
+    _quiet_libraries()
+    if ecfg.runtime.torch_threads:
+        torch.set_num_threads(ecfg.runtime.torch_threads)
+    pipe = load_eval_pipeline(plan.model_path, ecfg.model.dtype, pick_device(ecfg.model.device, ecfg.runtime.use_gpu), gen)
+    spec_cls = spec_class(family_of_model_dir(plan.model_path))
+    ctx = AttackContext(pipe, spec_cls, gen, gen.max_sequence_length or spec_cls.text_len_of(plan.model_path))
+    for key, mplan in plan.methods.items():
+        cells = [c for c in plan.cells if c.method == key and c.todo]
+        if not cells:
+            continue
+        method = build_method(mplan)
+        method.attach(pipe, plan.model_path, gen)
+        try:
+            for cell in cells:
+                t_cell = time.perf_counter()
+                attacked = {a.row_id: a for a in _attacked(plan, cell, ctx, method.base_context)}
+                for row in cell.todo:
+                    a = attacked[row.id]
+                    embeds = a.embeds[None].to(ctx.device, ctx.dtype) if a.embeds is not None else None
+                    t_row = time.perf_counter()
+                    frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
+                    rec = classifier.classify(frames, {"prompt": row.prompt, "seed": row.seed})
+                    if plan.flag not in rec:
+                        raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
+                                          f"classifier's records (fields: {sorted(rec)})")
+                    atomic_write_json(cell.dir / "rows" / f"{row.id}.json", {
+                        "id": row.id, "fingerprint": cell.fingerprints[row.id], "prompt": row.prompt,
+                        "benign": row.benign, "seed": row.seed, "attacked_text": a.text,
+                        "attacked_embeds": a.embeds is not None, "flagged": bool(rec[plan.flag]), "attack_info": a.info,
+                        "method_info": method.row_info(), "record": rec,
+                        "gen_seconds": round(time.perf_counter() - t_row, 4)})
+                print(f"  {key:>10} x {cell.name:<16} {len(cell.todo)} videos in {time.perf_counter() - t_cell:.1f} s",
+                      file=log, flush=True)
+        finally:
+            method.detach()
+
+
+def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]:
+    """The cell's attacked inputs: made once per attack (per victim for white-box ones), then read back."""
+    from safetensors.torch import load_file, save_file
+
+    from eval.writer import digest
+
+    if cell.attack is None:
+        return [Attacked(r.id, r.prompt) for r in cell.rows]
+    folder = plan.out / "attacks" / cell.attack.name / cell.victim
+    fp = digest([plan.ident, cell.attack.fingerprint(), cell.victim, [(r.id, r.prompt, r.benign, r.paraphrase)
+                                                                     for r in cell.rows]])
+    meta_path, emb_path = folder / "attacked.json", folder / "embeds.safetensors"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("fingerprint") == fp:
+        embeds = load_file(str(emb_path)) if emb_path.is_file() else {}
+        return [Attacked(r["id"], r["text"], embeds.get(r["id"]), r["info"]) for r in meta["rows"]]
+    t0 = time.perf_counter()
+    made = cell.attack.make(ctx, cell.rows, base_context)
+    tensors = {a.row_id: a.embeds.contiguous() for a in made if a.embeds is not None}
+    if tensors:
+        with atomic_path(emb_path) as tmp:
+            save_file(tensors, str(tmp))
+    atomic_write_json(meta_path, {"fingerprint": fp, "attack": cell.attack.name, "victim": cell.victim,
+                                  "options": {k: v for k, v in cell.attack.options.items() if k != "pairs"},
+                                  "seconds": round(time.perf_counter() - t0, 2),
+                                  "rows": [{"id": a.row_id, "text": a.text, "info": a.info,
+                                            "embeds": a.embeds is not None} for a in made]})
+    return made
+
+
+def _summarise(plan: AttackPlan, classifier, observer) -> dict:
+    asr: dict[str, dict] = {}
+    se: dict[str, dict] = {}
+    n: dict[str, dict] = {}
+    preservation: dict[str, dict] = {}
+    for cell in plan.cells:
+        results = [json.loads((cell.dir / "rows" / f"{r.id}.json").read_text()) for r in cell.rows]
+        stats = binomial([bool(r["flagged"]) for r in results])
+        if cell.attack is None:
+            summ = classifier.summarize([r["record"] for r in results])
+            missing = [k for k in plan.cfg.detector.preservation if k not in summ]
+            if missing:
+                raise ConfigError(f"detector.preservation: {missing} are not in the {plan.eval_cfg.classifier.name} "
+                                  f"classifier's summary of the preserve rows (it has {sorted(summ)})")
+            stats = {"n": stats["n"], "preserve_flag_rate": stats["asr"],
+                     **{k: summ[k] for k in plan.cfg.detector.preservation}}
+            preservation[cell.method] = stats
+        else:
+            asr.setdefault(cell.method, {})[cell.name] = stats["asr"]
+            se.setdefault(cell.method, {})[cell.name] = stats["asr_se"]
+            n.setdefault(cell.method, {})[cell.name] = stats["n"]
+        atomic_write_text(cell.dir / "results.csv", _csv(results))
+        atomic_write_json(cell.dir / "summary.json", {"method": cell.method, "attack": cell.name, **stats})
+        if observer is not None:
+            observer.cell(cell.method, cell.name, stats, cell.dir)
+    return {"asr": asr, "asr_se": se, "n": n, "preservation": preservation, "flag": plan.flag,
+            "methods": {k: p.as_dict() for k, p in plan.methods.items()},
+            "attacks": plan.cfg.attack_names(), "output": str(plan.out)}
+
+
+def _csv(results: list[dict]) -> str:
+    flat = []
+    for r in results:
+        row = {k: r[k] for k in ("id", "seed", "prompt", "benign", "attacked_text", "attacked_embeds", "flagged")}
+        row.update({f"attack.{k}": v for k, v in (r.get("attack_info") or {}).items()})
+        row.update({f"record.{k}": v for k, v in (r.get("record") or {}).items()})
+        row["gen_seconds"] = r.get("gen_seconds")
+        flat.append(row)
+    cols: list[str] = []
+    for f in flat:
+        cols += [k for k in f if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    return buf.getvalue()
