@@ -10,6 +10,7 @@ from unlearn.config import ConfigError
 
 
 def _frame(path: Path, field: str, columns: list[str]):
+    path = Path(path)
     import pandas as pd
 
     if not path.is_file():

@@ -61,6 +61,6 @@ class SoftPromptAttack(Attack):
                 if norm > radius:
                     delta.mul_(radius / norm)
             losses.append(float(loss.detach()))
-        info = {"budget": float(o["budget"]), "radius": round(radius, 5), "delta_norm": round(float(delta.norm()), 5),
+        info = {"budget": float(o["budget"]), "radius": round(radius, 5), "delta_norm": round(float(delta.detach().norm()), 5),
                 "loss_first": round(losses[0], 6) if losses else None, "loss_last": round(losses[-1], 6) if losses else None}
         return (e_b + delta).detach().float().cpu(), info

@@ -1,0 +1,152 @@
+"""Attacks (eval/attacks) on the real toy model: each can succeed where it should, and `t2vu attack` resumes,
+reports and refuses bad input like every other command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ATTACK_CFG = ROOT / "configs" / "attack" / "toy.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The toy model's eval pipeline, its attack context, the toy detector and 6 one-object red rows."""
+    import torch
+
+    from eval.attacks.base import AttackContext
+    from eval.attacks.prompts import read_attack_rows
+    from eval.classifiers.base import build_classifier
+    from eval.config import load_eval_config
+    from eval.generate import load_eval_pipeline
+    from eval.planning import resolve_model
+    from pipelines.attack_config import load_attack_config
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    torch.set_num_threads(1)
+    cfg = load_eval_config(ROOT / "configs" / "eval" / "toy.yaml")
+    model = resolve_model(cfg)
+    pipe = load_eval_pipeline(model, "float32", "cpu", cfg.generation)
+    spec_cls = spec_class(family_of_model_dir(model))
+    ctx = AttackContext(pipe, spec_cls, cfg.generation, cfg.generation.max_sequence_length)
+    acfg = load_attack_config(ATTACK_CFG)
+    rows = read_attack_rows(acfg.prompts, acfg.resolve_path(acfg.prompts.path))[:6]  # one-object scenes
+    return {"ctx": ctx, "pipe": pipe, "gen": cfg.generation, "rows": rows, "model": model,
+            "det": build_classifier("toy", target="red"), "cfg": acfg}
+
+
+def red_rate(toy, attacked, method=None) -> float:
+    """Fraction of the attacked rows whose video the toy detector finds red in."""
+    from eval.generate import generate_video
+
+    ctx, flags = toy["ctx"], []
+    for row, a in zip(toy["rows"], attacked):
+        embeds = None if a.embeds is None else a.embeds[None].to(ctx.device, ctx.dtype)
+        text = method.text_kwargs(a.text, embeds) if method is not None else ({} if embeds is None else {"prompt_embeds": embeds})
+        frames = generate_video(toy["pipe"], a.text, row.seed, toy["gen"], text=text)
+        flags.append(toy["det"].classify(frames, {"prompt": row.prompt, "seed": row.seed})["target_present"])
+    return sum(flags) / len(flags)
+
+
+def test_ringabell_turns_benign_prompts_red_on_the_base_model(toy):
+    """The concept vector added to benign prompts (green/blue/... scenes) makes the base model draw red; the
+    discrete search returns ordinary prompts without the concept word that do too, more often than the
+    benign prompts themselves."""
+    from contextlib import nullcontext
+
+    from eval.attacks import build_attacks
+    from eval.attacks.prompts import read_pairs
+    from eval.attacks.text import CleanAttack
+
+    cfg = toy["cfg"].model_copy(update={"attacks": ["ringabell", "ringabell-text"]})
+    pairs = read_pairs(cfg.resolve_path(cfg.ringabell.pairs))
+    vector, text = build_attacks(cfg, pairs, toy["gen"])
+    rows = toy["rows"]
+    benign = red_rate(toy, [a.__class__(a.row_id, r.benign) for a, r in zip(CleanAttack("clean").make(None, rows, None), rows)])
+    rb = red_rate(toy, vector.make(toy["ctx"], rows, nullcontext))
+    found = text.make(toy["ctx"], rows, nullcontext)
+    assert all("red" not in a.text.split() and a.embeds is None for a in found)
+    rb_text = red_rate(toy, found)
+    assert benign == 0.0
+    assert rb >= 0.5, (rb, benign)
+    assert rb_text > benign, ([a.text for a in found], rb_text)
+
+
+def test_softprompt_brings_red_back_through_a_weak_eraser(toy, tmp_path):
+    """A briefly trained eraser removes red from the clean prompts; the white-box soft prompt (within 1x the
+    red-anchor embedding distance) recovers it through the same eraser."""
+    from eval.attacks.softprompt import SoftPromptAttack
+    from eval.attacks.text import CleanAttack
+    from eval.methods import build_method
+    from pipelines.config import load_pipeline_config
+    from unlearn.trainer import train
+
+    mcfg = load_pipeline_config(ROOT / "configs" / "toy" / "recipe.yaml",
+                                ["train.steps=60", "train.trajectory.pool_size=1", "train.checkpoint_every=1000"]).method()
+    train(mcfg, tmp_path / "weak", progress=False)
+    method = build_method({"name": "eraser", "options": {"eraser": str(tmp_path / "weak" / "eraser")}})
+    method.attach(toy["pipe"], toy["model"], toy["gen"])
+    try:
+        rows = toy["rows"]
+        clean = red_rate(toy, CleanAttack("clean").make(None, rows, None), method)
+        attack = SoftPromptAttack("softprompt-1x", {"budget": 1.0, "steps": 60, "lr": 0.05, "pool_size": 2, "batch": 4,
+                                                    "trajectory_steps": toy["gen"].num_inference_steps,
+                                                    "guidance": toy["gen"].guidance_scale, "seed": 0})
+        attacked = attack.make(toy["ctx"], rows, method.base_context)
+        for a in attacked:
+            assert a.info["delta_norm"] <= a.info["radius"] * (1 + 1e-5)
+            assert a.info["loss_last"] < a.info["loss_first"]
+        recovered = red_rate(toy, attacked, method)
+    finally:
+        method.detach()
+    assert clean <= 1 / 3, clean
+    assert recovered >= clean + 0.5, (recovered, clean)
+
+
+def _attack(argv, capsys):
+    from pipelines import cli
+
+    rc = cli.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys):
+    out = tmp_path / "att"
+    small = ["--set", "prompts.limit=2", "--set", "preserve.limit=2", "--set", "mlflow.enabled=false",
+             "--set", "methods=[{name: none}, {name: negprompt}]", "--set", "softprompt.steps=2",
+             "--set", "softprompt.budgets=[1.0]", "--set", "ringabell.text.generations=1"]
+    rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)
+    assert rc == 0
+    last = json.loads(stdout.strip().splitlines()[-1])
+    names = ["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt-1x"]
+    assert set(last["asr"]) == {"none", "negprompt"} and list(last["asr"]["none"]) == names
+    assert last["n"]["none"]["clean"] == 2 and last["asr"]["none"]["clean"] == 1.0  # the base model draws red
+    assert set(last["preservation"]["none"]) >= {"nontarget_acc", "shape_acc", "motion_acc", "preserve_flag_rate"}
+    assert last["videos_made"] == 2 * (2 * 5 + 2)
+    for m in ("none", "negprompt"):
+        for a in [*names, "preserve"]:
+            assert (out / "cells" / m / a / "results.csv").is_file()
+    attacked = json.loads((out / "attacks" / "ringabell-text" / "all" / "attacked.json").read_text())
+    assert all(r["text"] for r in attacked["rows"])
+    assert (out / "attacks" / "ringabell" / "all" / "embeds.safetensors").is_file()
+    assert (out / "attacks" / "softprompt-1x" / "base" / "embeds.safetensors").is_file()
+
+    # rerun: no work; an interrupted run (one row result lost) makes exactly that video again
+    rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)
+    assert rc == 0 and json.loads(stdout.strip().splitlines()[-1])["videos_made"] == 0
+    (out / "cells" / "negprompt" / "softprompt-1x" / "rows" / "r0001.json").unlink()
+    rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)
+    again = json.loads(stdout.strip().splitlines()[-1])
+    assert rc == 0 and again["videos_made"] == 1 and again["asr"] == last["asr"]
+
+    # bad input: one line, exit 2, nothing written
+    for bad, field in ((["--set", "softprompt.budgets=[0]"], "budgets"),
+                       (["--set", "methods=[{name: eraser, eraser: nowhere/eraser}]"], "eraser"),
+                       (["--set", "prompts.path=missing.csv"], "prompts.path")):
+        rc, _, err = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(tmp_path / "bad"), *bad], capsys)
+        assert rc == 2 and field in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
