@@ -6,9 +6,9 @@ the real evaluation stage, and compare the design choices the method leaves open
 
 Per variant: `unlearn.trainer.train` (the recipe `configs/toy/recipe.yaml` plus the
 variant's overrides) -> `eval.runner.run_eval` (`configs/eval/toy.yaml`: CogVideoXPipeline,
-base and erased on identical seeds, the exact toy detector). The base model's videos are
-generated once for the whole benchmark (`runtime.base_cache_dir`) and reused by every
-variant. Output folder:
+base and erased on identical seeds, the exact toy detector); a Wan `--model` (builtin:toy-wan)
+runs `RECIPES["wan"]` and adds the placement variant `attn1`. The base model's videos are
+generated once (`runtime.base_cache_dir`) and reused by every variant. Output folder:
 
   prompts/{main,nontarget}_<n>.csv   the toy eval sets (`toyworld.world.eval_rows`);
                                      smaller sizes are prefixes of the default's sets
@@ -45,6 +45,8 @@ from toyworld import world
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "toy" / "recipe.yaml"
 EVAL_CONFIG = REPO / "configs" / "eval" / "toy.yaml"
+RECIPES = {"cogvideox": (RECIPE, EVAL_CONFIG),  # (recipe, eval config) per family of the benchmarked model
+           "wan": (REPO / "configs" / "toy" / "recipe-wan.yaml", REPO / "configs" / "eval" / "toy-wan.yaml")}
 
 MAIN_SETS = ("target", "synonym", "two_target", "two_nontarget")
 
@@ -55,6 +57,7 @@ class Variant:
     description: str
     overrides: dict = field(default_factory=dict)  # dotted MethodConfig keys
     keep_prompt: Callable[[str], bool] | None = None  # filter on the recipe's concept.prompts
+    families: tuple[str, ...] = ("cogvideox", "wan")  # model families the variant applies to
 
 
 def _single_object(prompt: str) -> bool:
@@ -83,6 +86,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("noloc", "no localization loss (w_localize 0)", {"loss.w_localize": 0.0}),
         Variant("nopreserve", "no preservation loss (w_preserve 0, no preserved prompts)",
                 {"loss.w_preserve": 0.0, "train.preserve_batch_size": 0}),
+        Variant("attn1", "placement: eraser after self-attention attn1 (instead of cross-attention attn2)",
+                {"model.family": "wan-attn1"}, families=("wan",)),
     ]
 }
 
@@ -214,15 +219,27 @@ def check_targets(m: dict) -> dict[str, bool]:
 
 
 # ----------------------------------------------------------------------------- running
+def model_family(model: str | None) -> str:
+    """The family whose recipe benchmarks `model` (None: the CogVideoX recipe's builtin:toy)."""
+    from unlearn.models.families import family_of_model_dir
+    from unlearn.models.registry import resolve_model_path
+
+    family = family_of_model_dir(resolve_model_path(model)) if model else "cogvideox"
+    if family not in RECIPES:
+        raise ValueError(f"--model {model}: no toy recipe for family {family!r} (toy recipes: {', '.join(RECIPES)})")
+    return family
+
+
 def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None, steps: int | None = None,
-                save_media: bool = False, progress: bool = False) -> dict:
+                save_media: bool = False, progress: bool = False, family: str = "cogvideox") -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist)."""
     from pipelines.mlflow_eval import run_eval
     from pipelines.run_folder import pin_config
     from unlearn.trainer import train
 
     vdir = out / "variants" / variant.name
-    cfg = method_config(variant, model=model, steps=steps)
+    recipe, eval_path = RECIPES[family]
+    cfg = method_config(variant, model=model, steps=steps, recipe=recipe)
     ident = {"variant": variant.name, "overrides": variant.overrides, "n": n, "config": cfg.model_dump(mode="json")}
     pin_config(vdir / "variant.json", ident, vdir)  # steps, size or recipe changed: refused
     eval_summary = vdir / "eval" / "summary.json"
@@ -236,7 +253,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
         _log(f"{variant.name}: training ({cfg.train.steps} steps) - {variant.description}")
         tr = train(cfg, vdir / "train", progress=progress)
         _log(f"{variant.name}: trained in {tr['wall_s']:.0f} s; evaluating {n} videos per set")
-        ecfg = eval_config(out, n, model=model, save_media=save_media)
+        ecfg = eval_config(out, n, model=model, save_media=save_media, eval_config_path=eval_path)
         t0 = time.time()
         ev = run_eval(ecfg, vdir / "eval", eraser=vdir / "train" / "eraser", progress=progress)
         eval_s = round(time.time() - t0, 1)
@@ -336,10 +353,12 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
     torch.set_num_threads(1)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    names = variants or list(VARIANTS)
-    unknown = [v for v in names if v not in VARIANTS]
+    family = model_family(model)
+    known = [k for k, v in VARIANTS.items() if family in v.families]
+    names = variants or known
+    unknown = [v for v in names if v not in known]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        raise ValueError(f"unknown variants {unknown} for a {family} model; known: {known}")
     names = sorted(names, key=lambda v: v != "default")
     results = []
     t0 = time.time()
@@ -349,6 +368,7 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
         results.append(run_variant(
             out, v, n=n_default if is_default else n, model=model,
             steps=steps if is_default else (table_steps or steps), save_media=is_default, progress=progress,
+            family=family,
         ))
     done = {r["variant"] for r in results}
     for r in collect_finished(out):  # variants finished by earlier invocations

@@ -1,4 +1,9 @@
-"""Build the toy model: a tiny CogVideoX trained on the toy world, in the real diffusers layout.
+"""Build the toy model: a tiny CogVideoX (or Wan) trained on the toy world, in the real diffusers layout.
+
+`BuildConfig.family` picks the components: "cogvideox" (below; `builtin:toy`) or "wan"
+(`toyworld.components_wan`, `t2vu toy build --family wan DIR`, `builtin:toy-wan`: the same
+stages with AutoencoderKLWan, a UMT5 encoder, WanTransformer3DModel and flow matching,
+loading through `WanPipeline.from_pretrained(DIR)`).
 
 `build(out_dir)` (CLI: `t2vu toy build DIR`) writes a directory laid out like
 THUDM/CogVideoX-2b (`model_index.json`, `transformer/`, `vae/`, `text_encoder/`,
@@ -55,13 +60,13 @@ from toyworld.components import (
     GENERATION,
     SCHEDULER_CONFIG,
     TEXT_LEN,
-    load_pipeline,
     make_pipeline,
     make_scheduler,
     make_text_side,
     make_transformer,
     make_vae,
 )
+from toyworld.parts import parts_of
 from toyworld.quality import QUALITY_BARS, generate, measure_dir, measure_quality, score_videos, write_quality
 from toyworld.training import (
     BuildConfig,
@@ -84,27 +89,28 @@ __all__ = [
 def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Callable[[str], None] = default_log) -> dict:
     """Train and save the toy model to `out_dir`; return (and write) its measured quality."""
     cfg = cfg or BuildConfig()
+    parts = parts_of(cfg.family)
     out = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     # Wall time depends on whatever else shares the CPU; process CPU time does not (much),
     # so both are recorded.
     t_start, cpu_start = time.time(), time.process_time()
-    tokenizer, text_encoder = make_text_side(cfg.seed)
-    log(f"text side: vocab {len(tokenizer)}; training VAE (<= {cfg.vae_steps} steps)")
+    tokenizer, text_encoder = parts.make_text_side(cfg.seed)
+    log(f"{cfg.family} toy model; text side: vocab {len(tokenizer)}; training VAE (<= {cfg.vae_steps} steps)")
     vae, vae_stats = train_vae(cfg, log)
-    scenes, latents, sf = encode_world(vae)
-    vae.register_to_config(scaling_factor=sf)
-    log(f"VAE done in {vae_stats['time_s']:.0f}s ({vae_stats['steps']} steps); scaling_factor {sf:.4f}")
-    pipe = make_pipeline(tokenizer, text_encoder, vae, make_transformer())
+    scenes, latents, vae_config = encode_world(vae, cfg.family)
+    vae.register_to_config(**vae_config)
+    log(f"VAE done in {vae_stats['time_s']:.0f}s ({vae_stats['steps']} steps); latent scaling {vae_config}")
+    pipe = parts.make_pipeline(tokenizer, text_encoder, vae, parts.make_transformer())
     tf, tf_stats = train_transformer(cfg, pipe, scenes, latents, log)
-    pipe = make_pipeline(tokenizer, text_encoder, vae, tf)
+    pipe = parts.make_pipeline(tokenizer, text_encoder, vae, tf)
     if out.exists():
         shutil.rmtree(out)
     pipe.save_pretrained(out)
     train_s = time.time() - t_start
-    log(f"saved to {out} after {train_s:.0f}s; measuring quality through CogVideoXPipeline.from_pretrained")
+    log(f"saved to {out} after {train_s:.0f}s; measuring quality through {parts.PIPELINE_CLASS}.from_pretrained")
 
-    quality = measure_quality(load_pipeline(out), cfg.eval_n, cfg.eval_batch)
+    quality = measure_quality(parts.load_pipeline(out), cfg.eval_n, cfg.eval_batch)
     total_s = time.time() - t_start
     quality["build"] = {
         "seconds_total": round(total_s, 1),

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from unlearn.models.tiny import SCHEDULER_KW
 from toyworld import world
+
+FAMILY = "cogvideox"
+PIPELINE_CLASS = "CogVideoXPipeline"
+
+#: BuildConfig fields whose defaults differ for this family (none: BuildConfig's defaults are this family's).
+BUILD_DEFAULTS: dict = {}
 
 TEXT_LEN = 16  # tokens; == transformer max_text_seq_length == pipeline max_sequence_length
 
@@ -90,7 +97,6 @@ def make_pipeline(tokenizer, text_encoder, vae, transformer, scheduler=None):
     return pipe
 
 
-
 def load_pipeline(model_dir: str | os.PathLike):
     """A saved toy model through `CogVideoXPipeline.from_pretrained`, progress bars off."""
     from diffusers import CogVideoXPipeline
@@ -98,3 +104,27 @@ def load_pipeline(model_dir: str | os.PathLike):
     pipe = CogVideoXPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """VAE means [N,C,F,h,w] -> (scaled latents in the transformer's layout [N,F,C,h,w], VAE config).
+
+    One `scaling_factor` = 1/std(latents), as CogVideoX's VAE config holds it.
+    """
+    sf = float(1.0 / z.std())
+    return (z * sf).permute(0, 2, 1, 3, 4).contiguous(), {"scaling_factor": sf}
+
+
+def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, rng: np.random.Generator, cfg):
+    """(x_t, timestep, v-prediction target) of a training batch on the DDIM schedule.
+
+    Timesteps uniform over the schedule, `cfg.tf_t_high_frac` of them redrawn from its noisier half.
+    """
+    b = x0.shape[0]
+    T = scheduler.config.num_train_timesteps
+    t = rng.integers(0, T, b)
+    if cfg.tf_t_high_frac > 0:  # oversample noisy timesteps, where shape must come from the text
+        high = rng.random(b) < cfg.tf_t_high_frac
+        t = np.where(high, rng.integers(T // 2, T, b), t)
+    t = torch.from_numpy(t)
+    return scheduler.add_noise(x0, noise, t), t, scheduler.get_velocity(x0, noise, t)

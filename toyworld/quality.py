@@ -17,7 +17,8 @@ import torch
 
 from unlearn.fsutil import atomic_write_text
 from toyworld import detector, world
-from toyworld.components import GENERATION, load_pipeline
+from toyworld.components import GENERATION
+from toyworld.parts import family_of_dir, parts_of
 
 #: The base-quality bars of issue 3 (single-object colour/shape/motion, two-object both colours).
 QUALITY_BARS = {"colour_acc": 0.95, "shape_acc": 0.90, "motion_acc": 0.90, "two_object_both_present": 0.90}
@@ -27,7 +28,7 @@ QUALITY_FILE = "toy_quality.json"
 
 
 def generate(pipe, rows: list[dict], batch_size: int = 32, **settings) -> np.ndarray:
-    """Videos for prompt rows through `CogVideoXPipeline`, one seeded generator per row.
+    """Videos for prompt rows through the toy pipeline (CogVideoX or Wan), one seeded generator per row.
 
     Returns float32 [N, F, H, W, 3] in [0, 1]. `settings` override `GENERATION`.
     """
@@ -99,10 +100,10 @@ def measure_quality(pipe, n: int = world.FULL_SET_SIZE, batch_size: int = 32, se
 def measure_dir(model_dir: str | os.PathLike, n: int = world.FULL_SET_SIZE, write: bool = True) -> dict:
     """Re-measure a built model directory with the current detector (no training).
 
-    Loads through `CogVideoXPipeline.from_pretrained`, scores every benchmark set and, with
+    Loads through its pipeline's `from_pretrained` (CogVideoX or Wan), scores every benchmark set and, with
     `write`, rewrites `toy_quality.json` keeping its `build` section.
     """
-    quality = measure_quality(load_pipeline(model_dir), n)
+    quality = measure_quality(parts_of(family_of_dir(model_dir)).load_pipeline(model_dir), n)
     path = Path(model_dir) / QUALITY_FILE
     if path.is_file():
         old = json.loads(path.read_text())

@@ -1,5 +1,6 @@
 """Training the toy model: the VAE (early-stopped on detector agreement), the world's latents,
-and the v-prediction transformer with an EMA; `BuildConfig` holds every knob.
+and the transformer (v-prediction for CogVideoX, flow matching for Wan) with an EMA;
+`BuildConfig` holds every knob, `BuildConfig.family` picks the components (`toyworld.parts`).
 
 The recipe and its measured costs are described in `toyworld.build`'s docstring.
 """
@@ -16,13 +17,15 @@ import numpy as np
 import torch
 
 from toyworld import detector, world
-from toyworld.components import TEXT_LEN, make_pipeline, make_scheduler, make_transformer, make_vae
+from toyworld.components import TEXT_LEN
+from toyworld.parts import parts_of
 from toyworld.quality import measure_quality
 
 
 @dataclass
 class BuildConfig:
     seed: int = 0
+    family: str = "cogvideox"  # toy model family (toyworld.parts): cogvideox | wan
     # VAE
     vae_channels: tuple[int, ...] = (8, 16, 32)
     vae_steps: int = 1200  # upper bound; stops early at vae_target agreement
@@ -59,6 +62,11 @@ class BuildConfig:
     eval_batch: int = 32
     threads: int = 1
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_family(cls, family: str, **overrides) -> "BuildConfig":
+        """The family's defaults (its components module's BUILD_DEFAULTS), then `overrides`."""
+        return cls(**{"family": family, **parts_of(family).BUILD_DEFAULTS, **overrides})
 
 
 def default_log(msg: str) -> None:
@@ -110,7 +118,7 @@ def reconstruction_agreement(vae, scenes: list[world.Scene], batch: int = 40) ->
 def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = make_vae(cfg.vae_channels)
+    vae = parts_of(cfg.family).make_vae(cfg.vae_channels)
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -152,23 +160,23 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
     return vae, {"steps": steps_done, "time_s": time.time() - t0, "cpu_s": time.process_time() - c0, "history": history}
 
 
-def encode_world(vae) -> tuple[list[world.Scene], torch.Tensor, float]:
-    """All 400 scenes -> (scenes, latents [N,F,C,h,w] * scaling_factor, scaling_factor)."""
+def encode_world(vae, family: str = "cogvideox") -> tuple[list[world.Scene], torch.Tensor, dict]:
+    """All 400 scenes -> (scenes, training latents in the family's transformer layout, the VAE config
+    entries that undo their scaling: CogVideoX `scaling_factor`, Wan `latents_mean` / `latents_std`)."""
     scenes = world.all_scenes()
     zs = []
     with torch.no_grad():
         for i in range(0, len(scenes), 50):
             x, _ = _batch_videos(scenes[i : i + 50])
             zs.append(vae.encode(x).latent_dist.mean)
-    z = torch.cat(zs)  # [N, C, F, h, w]
-    sf = float(1.0 / z.std())
-    return scenes, (z * sf).permute(0, 2, 1, 3, 4).contiguous(), sf
+    latents, vae_config = parts_of(family).latent_stats(torch.cat(zs))  # from [N, C, F, h, w]
+    return scenes, latents, vae_config
 
 
 # ----------------------------------------------------------------------------- transformer
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], batch: int = 256) -> torch.Tensor:
-    """Prompt embeddings exactly as `CogVideoXPipeline` computes them (padded to TEXT_LEN, no mask)."""
+    """Prompt embeddings exactly as the pipeline computes them (padded to TEXT_LEN; Wan zeroes the padding)."""
     out = []
     for i in range(0, len(prompts), batch):
         emb, _ = pipe.encode_prompt(
@@ -187,12 +195,13 @@ def _all_training_prompts(scene: world.Scene) -> list[str]:
 
 
 def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[str], None] = default_log):
-    """v-prediction training on the world's latents; returns the EMA transformer and stats."""
+    """Training on the world's latents (the family's objective); returns the EMA transformer and stats."""
+    parts = parts_of(cfg.family)
     torch.manual_seed(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 1)
-    tf = make_transformer()
+    tf = parts.make_transformer()
     ema = copy.deepcopy(tf).requires_grad_(False)
-    scheduler = make_scheduler()
+    scheduler = parts.make_scheduler()
     # Text: every phrasing of every scene (1,712 prompts + ""), embedded once (~1 s).
     phrasings = [_all_training_prompts(s) for s in scenes]
     prompts = sorted({p for ps in phrasings for p in ps}) + [""]
@@ -226,14 +235,7 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
         p_idx = [empty if rng.random() < cfg.cfg_dropout else p for p in p_idx]
         x0 = latents[torch.from_numpy(idx)]
         noise = torch.randn_like(x0)
-        T = scheduler.config.num_train_timesteps
-        t = rng.integers(0, T, B)
-        if cfg.tf_t_high_frac > 0:  # oversample noisy timesteps, where shape must come from the text
-            high = rng.random(B) < cfg.tf_t_high_frac
-            t = np.where(high, rng.integers(T // 2, T, B), t)
-        t = torch.from_numpy(t)
-        xt = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t)
+        xt, t, target = parts.noised(scheduler, x0, noise, rng, cfg)
         pred = tf(hidden_states=xt, encoder_hidden_states=emb[p_idx], timestep=t, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
@@ -251,7 +253,7 @@ def train_transformer(cfg: BuildConfig, pipe, scenes, latents, log: Callable[[st
             msg = f"transformer step {step}/{cfg.tf_steps} loss_ema {loss_ema:.4f} ({time.time() - t0:.0f}s)"
             if cfg.tf_eval_every and step % cfg.tf_eval_every == 0 and step < cfg.tf_steps:
                 ema.eval()
-                q = measure_quality(make_pipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, ema), cfg.tf_eval_n)
+                q = measure_quality(parts.make_pipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, ema), cfg.tf_eval_n)
                 keys = ("colour_acc", "shape_acc", "motion_acc", "two_object_both_present")
                 entry["quality"] = {k: q["summary"][k] for k in keys}
                 msg += " quality(n=%d/set) " % cfg.tf_eval_n + " ".join(f"{k} {v:.2f}" for k, v in entry["quality"].items())

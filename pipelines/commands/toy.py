@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = toy_sub.add_parser("build", help="train the toy model into DIR and measure its quality")
     b.add_argument("dir", help="output directory (replaced if it exists)")
+    b.add_argument("--family", choices=("cogvideox", "wan"), default="cogvideox",
+                   help="model family of the toy model (wan: WanPipeline; default cogvideox)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--vae-steps", type=int, default=None, help="upper bound on VAE steps (early-stops)")
     b.add_argument("--tf-steps", type=int, default=None, help="transformer training steps")
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from toyworld.build import BuildConfig, build
 
-    cfg = BuildConfig(seed=args.seed, threads=args.threads)
+    cfg = BuildConfig.for_family(args.family, seed=args.seed, threads=args.threads)
     if args.vae_steps is not None:
         cfg.vae_steps = args.vae_steps
     if args.tf_steps is not None:
@@ -58,7 +60,8 @@ def register_benchmark(toy_sub) -> None:
     bm.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
     bm.add_argument("--n", type=int, default=64, help="videos per set for the comparison variants (default 64)")
     bm.add_argument("--n-default", type=int, default=128, help="videos per set for the default recipe (default 128)")
-    bm.add_argument("--model", default=None, help="model directory instead of the recipe's builtin:toy")
+    bm.add_argument("--model", default=None, help="model directory instead of the recipe's builtin:toy; a Wan "
+                    "model (builtin:toy-wan) runs configs/toy/recipe-wan.yaml + configs/eval/toy-wan.yaml")
     bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
     bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
     bm.add_argument("--progress", action="store_true", help="progress bars")

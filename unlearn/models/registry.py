@@ -1,4 +1,4 @@
-"""Resolve `model.path` values: a directory, or `builtin:tiny` / `builtin:tiny-<family>` / `builtin:toy`."""
+"""Resolve `model.path` values: a directory, or `builtin:tiny` / `builtin:tiny-<family>` / `builtin:toy` / `builtin:toy-wan`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_MODEL_DIR = ASSETS / "toy-model"
+TOY_MODELS = {"builtin:toy": TOY_MODEL_DIR, "builtin:toy-wan": ASSETS / "toy-wan-model"}  # committed toy builds
 
 
 def cache_root() -> Path:
@@ -26,13 +27,16 @@ def resolve_model_path(path: str) -> Path:
             raise ValueError(f"Unknown built-in model {path!r}; tiny models: builtin:tiny, "
                              + ", ".join(f"builtin:tiny-{f}" for f in family_names() if f != "cogvideox" and base_family(f) == f))
         return tiny_builder(family)(cache_root() / "models" / f"tiny-{family}-seed0", seed=0)
-    if path == "builtin:toy":
-        if not (TOY_MODEL_DIR / "model_index.json").exists():
+    if path in TOY_MODELS:
+        d = TOY_MODELS[path]
+        if not (d / "model_index.json").exists():
+            flag = " --family wan" if path == "builtin:toy-wan" else ""
             raise FileNotFoundError(
-                f"The built-in toy model is missing at {TOY_MODEL_DIR}; rebuild it with "
-                "`t2vu toy build unlearn/assets/toy-model` (see unlearn/assets/toy-model/BUILD.md)"
+                f"The built-in toy model {path} is missing at {d}; rebuild it with "
+                f"`t2vu toy build{flag} DIR` and copy it there (see {d}/BUILD.md)"
             )
-        return TOY_MODEL_DIR
+        return d
     if path.startswith("builtin:"):
-        raise ValueError(f"Unknown built-in model {path!r}; use builtin:tiny, builtin:tiny-wan, builtin:toy or a directory")
+        raise ValueError(f"Unknown built-in model {path!r}; use builtin:tiny, builtin:tiny-wan, builtin:toy, "
+                         "builtin:toy-wan or a directory")
     return Path(path).expanduser()
