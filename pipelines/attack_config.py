@@ -47,7 +47,7 @@ class AttackMethodConfig(Strict):
 
 
 class AttackPromptsConfig(Strict):
-    path: str
+    path: str  # relative to the current directory, else to the config file
     prompt_column: str = "prompt"
     normal_column: str = "normal prompt"
     paraphrase_column: str | None = "paraphrase"
@@ -73,13 +73,15 @@ class RingABellTextConfig(Strict):
 
 class RingABellConfig(Strict):
     pairs: str | None = None  # CSV with prompt / normal prompt columns; null = the prompts file's pairs
+    # Strength of the concept vector added to the benign embedding (and the discrete search's target).
     alpha: float = 1.0
     text: RingABellTextConfig = Field(default_factory=RingABellTextConfig)
 
 
 class SoftPromptConfig(Strict):
+    # Bounds on ||delta||, in multiples of ||E(concept prompt) - E(benign prompt)||: one result column each.
     budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0])
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1)  # Adam steps per prompt pair
     lr: float = Field(0.05, gt=0.0)
     pool_size: int = Field(2, ge=1)  # base-model concept trajectories per prompt (x_t source)
     batch: int = Field(4, ge=1)
@@ -100,11 +102,19 @@ class DetectorConfig(Strict):
 
 
 class AttackConfig(Strict):
+    # The eval config (path, relative to this file first) whose model, generation, classifier and runtime are used.
     eval: str
+    # The concept's words: negprompt's negative prompt, SAFREE's concept subspace; ringabell-text never uses them.
     words: list[str]
+    # CSV of attacked rows: the concept prompt, its benign anchor (the concept swapped for a neutral word), a
+    # held-out paraphrase, a seed.
     prompts: AttackPromptsConfig
+    # CSV of non-target prompts (prompt, seed), generated clean by every method: its preservation figures.
     preserve: PreservePromptsConfig = Field(default_factory=PreservePromptsConfig)
+    # The methods compared (eval.methods), each attacked by every attack.
     methods: list[AttackMethodConfig]
+    # clean / paraphrase: text; ringabell: concept vector on the benign embedding; ringabell-text: genetic search
+    # for a text prompt; softprompt: white-box embedding perturbation, one result column per budget.
     attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt"]]
     ringabell: RingABellConfig = Field(default_factory=RingABellConfig)
     softprompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)

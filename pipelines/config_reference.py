@@ -95,13 +95,15 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
 
 def render() -> str:
     from eval.config import EvalConfig
+    from pipelines.attack_config import AttackConfig
     from pipelines.config import PipelineConfig
 
     parts = ["# Configuration reference", "",
              "Generated from the typed schema by `python -m pipelines.config_reference`; "
              "`tests/test_config_reference.py` fails if this file is stale. Unknown keys are errors.", ""]
     for title, model in (("Pipeline / training config (`t2vu train`, `t2vu tune`, `t2vu run`)", PipelineConfig),
-                         ("Evaluation config (`t2vu eval`, and the `eval:` section)", EvalConfig)):
+                         ("Evaluation config (`t2vu eval`, and the `eval:` section)", EvalConfig),
+                         ("Attack benchmark config (`t2vu attack`)", AttackConfig)):
         parts += [f"## {title}", "", "| key | type | default | notes |", "|---|---|---|---|"]
         for key, typ, default, doc in rows(model):
             if key == "eval" and model is PipelineConfig:
