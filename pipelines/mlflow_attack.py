@@ -47,7 +47,9 @@ class MlflowAttackObserver:
         metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
         mu.log_metrics(self.client, self.parent, metrics)
         if self.cfg.log_artifacts:
-            mu.log_file(self.client, self.parent, out / "summary.json")
+            for name in ("summary.json", "report.md", "asr.png"):
+                if (out / name).is_file():
+                    mu.log_file(self.client, self.parent, out / name)
         mu.finish(self.client, self.parent)
         summary["mlflow"] = {"tracking_uri": self.uri, "experiment_id": self.exp_id, "parent_run_id": self.parent}
 

@@ -134,6 +134,7 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
     assert all(r["text"] for r in attacked["rows"])
     assert (out / "attacks" / "ringabell" / "all" / "embeds.safetensors").is_file()
     assert (out / "attacks" / "softprompt-1x" / "base" / "embeds.safetensors").is_file()
+    assert "| none |" in (out / "report.md").read_text() and (out / "asr.png").stat().st_size > 1000
 
     # rerun: no work; an interrupted run (one row result lost) makes exactly that video again
     rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)

@@ -13,6 +13,7 @@ Output folder:
   cells/<method>/<attack>/rows/<id>.json, results.csv, summary.json   one cell per method x attack
   cells/<method>/preserve/...                                          the method's preservation rows
   summary.json                                                         asr[method][attack], SE, preservation
+  report.md, asr.png                                                   the table and the bar plot
 Resume: a row whose JSON holds the same fingerprint is not redone; attacked inputs are made once; a rerun of a
 finished run loads no model. Tracking is the caller's (`observer`: `pipelines.mlflow_attack`).
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.attacks.base import Attacked, AttackContext
+from eval.attacks.report import write_report
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_path, atomic_write_json, atomic_write_text
 
@@ -154,6 +156,7 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None) ->
         summary = _summarise(plan, classifier, observer)
         summary.update(videos_made=todo, videos_total=total, wall_seconds=round(time.perf_counter() - t0, 2))
         atomic_write_json(plan.out / "summary.json", summary)
+        write_report(summary, plan.out)
         if observer is not None:
             observer.finished(summary, plan.out)
             observer = None

@@ -1,0 +1,59 @@
+"""The attack benchmark's report: `report.md` (ASR ± binomial SE per method x attack, each method's
+preservation) and `asr.png` (ASR per attack, one bar group per method, SE error bars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unlearn.fsutil import atomic_path, atomic_write_text
+
+
+def table_markdown(summary: dict) -> str:
+    attacks = summary["attacks"]
+    pres_keys = sorted({k for row in summary["preservation"].values() for k in row if k != "n"})
+    head = ["method", *attacks, *pres_keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, row in summary["asr"].items():
+        cells = [m]
+        for a in attacks:
+            p, se, n = row.get(a), summary["asr_se"][m].get(a), summary["n"][m].get(a)
+            cells.append("" if p is None else f"{p:.3f} ± {se:.3f} (n={n})")
+        pres = summary["preservation"].get(m, {})
+        cells += [f"{pres[k]:.3f}" if k in pres else "" for k in pres_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(summary: dict, out: Path) -> None:
+    """report.md and asr.png into `out` (atomic writes)."""
+    text = ["# Attack benchmark", "", f"Output: `{summary['output']}`; a video counts when the detector's "
+            f"`{summary['flag']}` is true. ASR ± binomial standard error; preservation = the method's clean "
+            "videos of the preserve prompts (same run; preserve_flag_rate = flagged there).", "",
+            table_markdown(summary), "", "![ASR per attack](asr.png)", ""]
+    atomic_write_text(out / "report.md", "\n".join(text))
+    _plot(summary, out / "asr.png")
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    attacks, methods = summary["attacks"], list(summary["asr"])
+    x = np.arange(len(attacks))
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attacks), 3.6))
+    for i, m in enumerate(methods):
+        ys = [summary["asr"][m].get(a, np.nan) for a in attacks]
+        es = [summary["asr_se"][m].get(a, np.nan) for a in attacks]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, ys, width, yerr=es, capsize=2, label=m)
+    ax.set_xticks(x, attacks, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("attack success rate")
+    ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
