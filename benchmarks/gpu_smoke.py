@@ -1,4 +1,4 @@
-"""GPU smoke check through the real entry points: `t2vu plan`, `t2vu train`, `t2vu train --distributed`, `t2vu eval`.
+"""GPU smoke check through the real entry points: `t2vu plan`, `t2vu train`, `train --distributed`, `t2vu eval`, `t2vu tune`.
 
     bash benchmarks/gpu_smoke.sh                              # GPU machine: CogVideoX-2B shape, < 5 minutes
     python benchmarks/gpu_smoke.py --preset tiny --device cpu # the same sequence on a CPU (tests)
@@ -15,7 +15,12 @@ Stages (each a separate process, so each starts with a clean GPU; logs under WOR
    DeepSpeed ZeRO-2 on 2 workers (`smoke_stages.py distributed` = `t2vu train --distributed` plus a
    step hook that records each rank's peak memory);
 5. eval: `t2vu eval` on the shipped `configs/eval/cogvideox-2b-nudity.yaml`, 2 rows (1 target, 1 preserve)
-   with the trained eraser (base + erased video per row), `--eval-steps` sampler steps.
+   with the trained eraser (base + erased video per row), `--eval-steps` sampler steps;
+6. search (`--no-search` skips it): `t2vu plan --mode tune` and `t2vu tune` on the shipped
+   `configs/search/cogvideox-2b-nudity-gpu.yaml`, one trial of 1 Ray Train worker: a proxy eval every
+   `steps // 2` steps inside the training worker on the training transformer (the plan's usual peak
+   phase), then the trial's final eval after fit() on a Ray GPU eval actor; each eval's peak GPU memory
+   (`workers[].peak_memory_gb` of its summary.json) next to the plan's prediction.
 Prints ONE JSON line (everything else goes to stderr and the logs): step time, peak memory per GPU
 next to the plan's prediction, MFU, eval seconds per video.
 
@@ -39,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = ROOT / "configs" / "cogvideox-2b-nudity.yaml"
+SEARCH_CONFIG = ROOT / "configs" / "search" / "cogvideox-2b-nudity-gpu.yaml"
 EVAL_CONFIG = ROOT / "configs" / "eval" / "cogvideox-2b-nudity.yaml"
 PROMPTS = ROOT / "examples" / "prompts" / "nudity_example.csv"
 PRESERVE = ROOT / "examples" / "prompts" / "preserve_example.csv"
@@ -125,6 +131,10 @@ def distributed_overrides(a, out: Path) -> list[str]:
 
 
 def eval_overrides(a, model_dir: Path) -> list[str]:
+    return [f"{k}={v}" for k, v in eval_settings(a, model_dir).items()]
+
+
+def eval_settings(a, model_dir: Path) -> dict:
     g = GEOMETRY[a.preset]
     cuda = a.device.startswith("cuda")
     sets = {
@@ -140,7 +150,47 @@ def eval_overrides(a, model_dir: Path) -> list[str]:
         # one Ray GPU actor = the path of the real config (8 actors); in-process on a CPU
         "runtime.num_actors": 1 if cuda else 0, "runtime.use_gpu": cuda, "runtime.cpus_per_actor": 2,
     }
+    return sets
+
+
+def search_overrides(a, model_dir: Path, out: Path) -> list[str]:
+    """One trial of the shipped GPU search: 1 Ray Train worker (its GPU), proxy evals in that worker on
+    the training transformer every `steps // 2` steps, then the trial's final eval after fit() (on a Ray
+    GPU eval actor when cuda). 1 row per set, `--eval-steps` sampler steps, the preset's geometry."""
+    cuda = a.device.startswith("cuda")
+    ev = {k: v for k, v in eval_settings(a, model_dir).items()
+          if not k.startswith("runtime.") and k not in ("model.path", "preserve.with_cli_prompts")}
+    ev.update({"prompts.path": str(PROMPTS), "prompts.prompt_column": "prompt", "prompts.seed_column": "seed"})
+    sets = {
+        "distributed.num_workers": 1, "distributed.use_gpu": cuda, "distributed.zero_stage": 2,
+        "distributed.resources_per_worker": json.dumps({"CPU": 2, "GPU": 1} if cuda else {"CPU": 1}),
+        "distributed.storage_path": str(out / "ray"), "distributed.max_failures": 0,
+        "train.device": "cuda" if cuda else "cpu",
+        "search.num_samples": 1, "search.max_concurrent_trials": 1, "search.resources_per_trial": json.dumps({"CPU": 1}),
+        "search.space": json.dumps({"train.lr": {"loguniform": [1e-4, 2e-4]}}),
+        "search.objective.eval_overrides": json.dumps(ev),
+        "search.objective.limit": 1,
+        "search.objective.proxy.every": max(1, a.steps // 2), "search.objective.proxy.limit": 1,
+        "search.objective.proxy.overrides": json.dumps({"generation.num_inference_steps": a.eval_steps}),
+    }
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+def search_result(out: Path) -> dict:
+    """The trial's proxy and final evals as the search left them on disk."""
+    proxies = sorted(out.glob("trials/*/proxy/step_*/summary.json"))
+    finals = sorted(out.glob("trials/*/eval/summary.json"))
+    res: dict = {"proxy_evals": len(proxies), "final_evals": len(finals)}
+    if proxies:
+        ps = json.loads(proxies[-1].read_text())
+        w = ps.get("workers") or [{}]
+        res.update(proxy_rows=ps.get("rows_total"), proxy_wall_s=ps.get("wall_seconds"),
+                   proxy_device=w[0].get("device"), proxy_peak_memory_gb=w[0].get("peak_memory_gb"))
+    if finals:
+        fs = json.loads(finals[-1].read_text())
+        res.update(final_rows=fs.get("rows_total"), final_wall_s=fs.get("wall_seconds"),
+                   final_workers=[{k: w.get(k) for k in ("device", "peak_memory_gb")} for w in fs.get("workers", [])])
+    return res
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -169,6 +219,8 @@ def main() -> None:
                     help="loss.mask_layers (default: the config's, all blocks)")
     ap.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                     help="auto: on with >= 2 GPUs, and on a CPU (2 gloo workers)")
+    ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                    help="run one trial of the GPU search config (proxy evals in the training worker, final eval after fit)")
     ap.add_argument("--workdir", default=None, help="default: a new temporary folder")
     ap.add_argument("--stage-timeout", type=float, default=900.0)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
@@ -250,11 +302,24 @@ def main() -> None:
         "seconds_per_video": round(gen_total / videos, 3) if videos else None,
         "wall_s": es.get("wall_seconds"), "timing": es.get("timing"),
     }
+    if a.search:
+        sdir = workdir / "search"
+        search = single + search_overrides(a, model_dir, sdir)
+        splan = last_json(st.run("plan_search", t2vu + ["plan", "--config", str(SEARCH_CONFIG), "--mode", "tune",
+                                                       "--world-size", "1", *gpu_mem, *sets(search)], ok_codes=(0, 3)))
+        st.run("search", t2vu + ["tune", "--config", str(SEARCH_CONFIG), "--output", str(sdir), *sets(search)])
+        result["search"] = {**search_result(sdir), "plan_allocated_peak_gb": splan.get("allocated_peak_gb"),
+                            "plan_peak_gb_per_gpu": splan.get("peak_gb_per_gpu"),
+                            "plan_peak_phase": splan.get("peak_phase")}
+    else:
+        result["search"] = {"skipped": "--search off"}
     result["gpu_name"] = _gpu_name() if cuda else "cpu"  # only now: the driver never holds a CUDA context
     result["stage_seconds"] = st.seconds
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     result["workdir"] = str(workdir)
-    result["ok"] = result["train"]["finite"] and result["distributed"].get("finite", True) and videos == 4
+    srch = result["search"]
+    search_ok = "skipped" in srch or (srch.get("proxy_evals", 0) >= 1 and srch.get("final_evals", 0) == 1)
+    result["ok"] = result["train"]["finite"] and result["distributed"].get("finite", True) and videos == 4 and search_ok
     print(json.dumps(result))
 
 

@@ -3,7 +3,8 @@
 #   random-weight CogVideoX-2B-shaped model directory (public 2B transformer config, bf16; public VAE config;
 #   a 1-layer T5 of T5-XXL's width 4096 -- T5-XXL itself is 4.76B parameters; the offline tokenizer)
 #   -> t2vu plan -> t2vu train (xt_source trajectory, bf16, gradient checkpointing, train.device cuda)
-#   -> 2-worker Ray Train + DeepSpeed ZeRO-2 training when >= 2 GPUs -> t2vu eval (2 rows, with the eraser).
+#   -> 2-worker Ray Train + DeepSpeed ZeRO-2 training when >= 2 GPUs -> t2vu eval (2 rows, with the eraser)
+#   -> t2vu tune, one trial (proxy eval in the training worker on its transformer, final eval after fit()).
 # Prints ONE JSON line: step time, peak memory per GPU next to the plan's prediction, MFU, eval s/video.
 # Stage logs: <workdir>/logs/*.log (workdir is printed in the JSON; pass --workdir DIR to choose it).
 # Extra arguments go to benchmarks/gpu_smoke.py (e.g. --steps 6, --distributed off, --mask-layers 0 15 29).

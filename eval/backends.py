@@ -58,6 +58,7 @@ class LocalBackend:
         # anyway and a rerun redoes them.
         self.pool.shutdown(wait=not abort, cancel_futures=True)
         if not abort:
+            self.workers_info[0]["peak_memory_gb"] = self.worker.peak_memory_gb()
             self.worker.close()
         else:
             self.worker.detach()  # even on abort: a shared (training) backbone gets its hooks back off
@@ -116,9 +117,10 @@ class RayBackend:
 
     def close(self, abort: bool = False) -> None:
         ray = self.ray
-        for a in getattr(self, "actors", []):
+        for i, a in enumerate(getattr(self, "actors", [])):
             if not abort:
                 try:
+                    self.workers_info[i]["peak_memory_gb"] = ray.get(a.peak_memory_gb.remote(), timeout=60)
                     ray.get(a.close.remote(), timeout=60)
                 except Exception:  # noqa: BLE001 - best effort; the actor is killed next
                     pass

@@ -111,6 +111,15 @@ class EvalWorker:
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
 
+    def peak_memory_gb(self) -> float | None:
+        """This process's peak allocated GPU memory so far (`torch.cuda.max_memory_allocated`; None off
+        CUDA). In a training worker's proxy eval it includes training's peak: what `t2vu plan` predicts."""
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return None
+        return round(torch.cuda.max_memory_allocated(torch.device(self.device)) / 2**30, 3)
+
     def _generate(self, row: dict, text: dict | None = None) -> tuple[np.ndarray, dict]:
         """One video as uint8 frames, and its quality record checked on the float frames
         (NaN/inf are visible only before the uint8 conversion). text: the method's text side."""

@@ -1,5 +1,5 @@
 """The GPU smoke check's entry-point sequence (build -> plan -> train -> 2-worker Ray Train + DeepSpeed ->
-eval), run on the CPU with the tiny preset through the shell script; the GPU run itself is manual."""
+eval -> one search trial with a proxy eval in the training worker and the final eval after fit), run on the CPU with the tiny preset through the shell script; the GPU run itself is manual."""
 
 import json
 import os
@@ -19,7 +19,7 @@ def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}
     r = subprocess.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny", "--device", "cpu", "--steps", "2",
                         "--eval-steps", "2", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1, r.stdout[-2000:]  # ONE JSON line on stdout
@@ -33,6 +33,10 @@ def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path):
     assert len(d["peak_memory_gb_per_rank"]) == 2 and d["plan_allocated_peak_gb"] > 0
     ev = out["eval"]
     assert ev["rows"] == 2 and ev["videos"] == 4 and ev["seconds_per_video"] > 0
+    se = out["search"]  # the proxy eval ran in the training worker (on its transformer), the final after fit()
+    assert se["proxy_evals"] >= 1 and se["proxy_rows"] == 2 and se["proxy_device"] == "cpu"
+    assert se["final_evals"] == 1 and se["final_rows"] == 2 and se["plan_peak_gb_per_gpu"] > 0
+    assert se["plan_peak_phase"].startswith("proxy eval")
     assert out["video_tokens"] == 3 * 4 * 4  # 9x32x32 through the tiny VAE (4x spatial, 4x temporal), 2x2 patches
     # the run went through the real entry points and left their outputs
     assert (tmp_path / "train" / "eraser" / "eraser_config.json").is_file()
