@@ -151,3 +151,35 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
         rc, _, err = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(tmp_path / "bad"), *bad], capsys)
         assert rc == 2 and field in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_adversarial_training_step_stays_in_budget_and_adds_its_loss():
+    """loss.adv_steps > 0 (AdvUnlearn-style): the inner attack moves the concept embeddings within the budget
+    ball towards the frozen concept prediction, and the step's loss gains the adversarial unlearning term."""
+    import torch
+
+    from pipelines.config import load_pipeline_config
+    from unlearn.session import TrainingSession
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=3", "loss.adv_budget=0.5"]).method()
+    session = TrainingSession(cfg)
+    obj, batch = session.objective, session.batch(0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a zero-initialised eraser is the base model: nothing to attack yet
+        for prm in session.trainable_parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.05)
+    with torch.no_grad(), obj.handle.disabled():
+        v_c = obj.spec.velocity(batch.x_c, batch.t_c, batch.emb_c).float()
+    e_adv = obj._adversarial(batch, v_c, batch.x_c.device)
+    radius = 0.5 * (batch.emb_c - batch.emb_ref.mean(1)).flatten(1).norm(dim=1)
+    moved = (e_adv - batch.emb_c).flatten(1).norm(dim=1)
+    assert (moved <= radius * (1 + 1e-4)).all() and (moved > 0).all()
+
+    def gap(e):
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(obj.spec.velocity(batch.x_c, batch.t_c, e).float(), v_c))
+
+    assert gap(e_adv) < gap(batch.emb_c)  # the inner attack did what an attacker would
+    losses = obj(batch)
+    assert torch.isfinite(losses["l_adv"]) and float(losses["loss"]) > float(losses["l_unlearn"])
+    obj.detach()

@@ -120,6 +120,16 @@ class LossConfig(Strict):
     mask_layers: list[int] | None = None
     # Query rows per chunk when computing text-column attention probabilities.
     attn_chunk: int = Field(1024, ge=1)
+    # Adversarial training (AdvUnlearn-style robust erasure; 0 = off): each step, `adv_steps` inner steps find a
+    # perturbation delta of every concept row's text embedding, ||delta|| <= adv_budget x ||E(concept) -
+    # E(reference)||, that makes the erased model predict the frozen model's concept prediction again (what the
+    # soft-prompt attack does); the unlearning loss is applied to E(concept) + delta too, weighted by w_adv. The
+    # preservation loss is unchanged. Costs adv_steps extra forward+backward passes of the concept rows.
+    adv_steps: int = Field(0, ge=0)
+    adv_budget: float = Field(1.0, gt=0.0)
+    # Inner step length as a fraction of the row's budget radius (normalised gradient steps, then projection).
+    adv_step_size: float = Field(0.2, gt=0.0)
+    w_adv: float = Field(1.0, ge=0.0)
 
 
 class TrajectoryConfig(Strict):

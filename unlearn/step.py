@@ -82,17 +82,25 @@ class ErasureObjective(nn.Module):
         v_ref = v_ref.view(b, k, *v_ref.shape[1:]).mean(1)
         target = negative_guided_target(v_c, v_ref, cfg.eta)
 
+        # adversarial concept rows (loss.adv_steps > 0): the inner attack on the concept embeddings
+        adv = cfg.adv_steps > 0
+        x_adv, t_adv, e_adv = (batch.x_c, batch.t_c, self._adversarial(batch, v_c, dev)) if adv else (
+            batch.x_c[:0], batch.t_c[:0], batch.emb_c[:0])
+        a = x_adv.shape[0]
+
         # 2) erased predictions (one batched forward, with grad into the erasers only); the hooks
         # record only the per-token eraser energy of the b concept rows, and only if L_loc needs it
         rows = b if self.capture is not None else 0
         with self.handle.recording(rows, cfg.localize_reduction) as eraser_out, self._amp(dev):
-            v_e = spec.velocity(torch.cat([batch.x_c, batch.x_p]), torch.cat([batch.t_c, batch.t_p]),
-                                torch.cat([batch.emb_c, batch.emb_p])).float()
-        v_e_c, v_e_p = v_e.split([b, p])
+            v_e = spec.velocity(torch.cat([batch.x_c, x_adv, batch.x_p]), torch.cat([batch.t_c, t_adv, batch.t_p]),
+                                torch.cat([batch.emb_c, e_adv, batch.emb_p])).float()
+        v_e_c, v_e_a, v_e_p = v_e.split([b, a, p])
 
         l_u = unlearn_loss(v_e_c, target)
         l_p = preserve_loss(v_e_p, v_p0) if p else v_e.new_zeros(())
         out = {"l_unlearn": l_u, "l_preserve": l_p}
+        if adv:
+            out["l_adv"] = unlearn_loss(v_e_a, target)
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
             mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
@@ -103,7 +111,27 @@ class ErasureObjective(nn.Module):
             l_l = v_e.new_zeros(())
         out["l_localize"] = l_l
         out["loss"] = cfg.w_unlearn * l_u + cfg.w_preserve * l_p + cfg.w_localize * l_l
+        if adv:
+            out["loss"] = out["loss"] + cfg.w_adv * out["l_adv"]
         return out
+
+    def _adversarial(self, batch: StepBatch, v_c: torch.Tensor, dev) -> torch.Tensor:
+        """E(concept) + delta after `adv_steps` normalised gradient steps on MSE(v_E(x_c, E + delta), v_c) (the
+        erased model made to predict the concept again), each row's delta projected onto its budget ball."""
+        cfg = self.loss_cfg
+        ref = batch.emb_ref.float().mean(1)
+        radius = cfg.adv_budget * (batch.emb_c.float() - ref).flatten(1).norm(dim=1).clamp_min(1e-8)  # [B]
+        shape = (-1,) + (1,) * (batch.emb_c.dim() - 1)
+        delta = torch.zeros_like(batch.emb_c, dtype=torch.float32, requires_grad=True)
+        for _ in range(cfg.adv_steps):
+            with self._amp(dev):
+                v = self.spec.velocity(batch.x_c, batch.t_c, (batch.emb_c.float() + delta).to(batch.emb_c.dtype))
+            (g,) = torch.autograd.grad(torch.nn.functional.mse_loss(v.float(), v_c), [delta])
+            with torch.no_grad():
+                g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+                delta -= cfg.adv_step_size * radius.view(shape) * g
+                delta *= (radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(shape)
+        return (batch.emb_c.float() + delta.detach()).to(batch.emb_c.dtype)
 
     def detach(self) -> None:
         """Remove hooks and processors from the backbone."""
