@@ -1,10 +1,12 @@
 """`t2vu plan`'s prediction vs the measured peak of one real fused training step, on this CPU.
 
-Run (heavy; minutes):  flock /tmp/t2vu-heavy.lock .venv/bin/python benchmarks/memory_plan_check.py [--only NAME]
+Run (heavy; minutes):  flock /tmp/t2vu-heavy.lock .venv/bin/python benchmarks/memory_plan_check.py [--family wan] [--only NAME]
 
-For each size (CogVideoX transformers of several widths, depths and frame counts, random
-weights, fp32), a model directory in the real diffusers layout is written (tiny.py-style:
-the transformer at that size, a tiny T5 and VAE: training loads only the transformer), and a
+For each size (CogVideoX or, with --family wan, Wan transformers of several widths, depths and
+frame counts, random weights, fp32), a model directory in the real diffusers layout is written
+(tiny.py-style: the transformer at that size, a tiny T5/UMT5 and VAE: training loads only the
+transformer; Wan: 512 text tokens as WanPipeline pads, `expand_timesteps` in model_index.json
+for the Wan 2.2 TI2V-style size, `wan-attn1` for the self-attention eraser site), and a
 fresh subprocess runs the real path: `TrainingSession` (device cpu) -> AdamW -> two
 trainer step (`session.batch`, `ErasureObjective`, backward, clip, step) in steady state: the
 AdamW moments are allocated and the grads of a "previous step" are alive (a zero-grad AdamW step
@@ -51,7 +53,22 @@ SIZES = [
     dict(name="rows-25f", heads=8, layers=16, frames=25, height=320, width=480, batch=2, preserve=2, ckpt=False, rope=False),
     dict(name="big-25f", heads=4, layers=40, frames=25, height=320, width=480, batch=4, preserve=4, ckpt=False, rope=True),
 ]
+# Wan sizes: heads x 128, layers, ffn_dim, geometry (VAE 4x / 8x, patches 1x2x2), rows, checkpointing,
+# per-token timesteps (Wan 2.2 TI2V), eraser site (family wan = after attn2, wan-attn1 = after attn1)
+WAN_SIZES = [
+    dict(name="wan-1.3b-width", family="wan", heads=12, layers=3, ffn=8960, frames=17, height=256, width=448, batch=1,
+         preserve=1, ckpt=False, expand=False),
+    dict(name="wan-deep-ckpt", family="wan", heads=4, layers=16, ffn=2048, frames=17, height=256, width=448, batch=2,
+         preserve=2, ckpt=True, expand=False),
+    dict(name="wan-ti2v-attn1", family="wan-attn1", heads=6, layers=8, ffn=3584, frames=17, height=256, width=384,
+         batch=2, preserve=2, ckpt=False, expand=True),
+    dict(name="wan-mid-ckpt", family="wan-attn1", heads=8, layers=6, ffn=4096, frames=17, height=256, width=384,
+         batch=2, preserve=2, ckpt=True, expand=True),
+    dict(name="wan-big", family="wan", heads=2, layers=40, ffn=1024, frames=9, height=256, width=448, batch=8,
+         preserve=8, ckpt=False, expand=False),
+]
 TEXT_LEN, TEXT_DIM, RANK, CHUNK = 226, 64, 32, 1024
+WAN_TEXT_LEN = 512
 # Every allocation >= 64 KB is its own mmap (freed at once), so RSS follows live tensor bytes.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "2"}
 
@@ -60,8 +77,8 @@ def method_config(size: dict, model_dir: str, cache_dir: str):
     from unlearn.config import MethodConfig
 
     return MethodConfig.model_validate({
-        "model": {"path": model_dir, "dtype": "float32", "num_frames": size["frames"], "height": size["height"],
-                  "width": size["width"]},
+        "model": {"family": size.get("family", "cogvideox"), "path": model_dir, "dtype": "float32",
+                  "num_frames": size["frames"], "height": size["height"], "width": size["width"]},
         "eraser": {"rank": RANK},
         "concept": {"target": "naked", "prompts": ["a naked body", "a naked person on a beach"], "reference": "empty",
                     "preserve": ["a person", "a face", "clothing"]},
@@ -71,8 +88,43 @@ def method_config(size: dict, model_dir: str, cache_dir: str):
     })
 
 
+def build_wan_dir(size: dict, path: Path) -> Path:
+    """A Wan directory at `size` (random weights), laid out like Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from unlearn.models.tiny import TINY_WORDS
+    from unlearn.models.tiny_wan import SCHEDULER_KW
+    from unlearn.models.tokenizer import build_t5_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_t5_tokenizer(TINY_WORDS)
+    tok.model_max_length = WAN_TEXT_LEN
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=1, num_heads=4,
+                                       relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0,
+                                       eos_token_id=1)).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=size["heads"], attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=size["ffn"], num_layers=size["layers"], cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+    )
+    with torch.no_grad():
+        for m in transformer.modules():
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=m.in_features**-0.5)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    pipe = WanPipeline(tokenizer=tok, text_encoder=umt5, vae=vae, transformer=transformer,
+                       scheduler=UniPCMultistepScheduler(**SCHEDULER_KW), expand_timesteps=size["expand"])
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def build_model_dir(size: dict, path: Path) -> Path:
     """A CogVideoX directory at `size` (random weights), laid out like THUDM/CogVideoX-2b."""
+    if size.get("family", "cogvideox").startswith("wan"):
+        return build_wan_dir(size, path)
     import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
@@ -130,7 +182,7 @@ def measure(size: dict, model_dir: str, cache_dir: str) -> dict:
     # Warm-up on the built-in tiny model: every import, tokenizer, text encoder, thread pool and kernel the
     # real session will touch, so the baseline holds them and the difference is the run's own memory.
     tiny = {**size, "frames": 9, "height": 32, "width": 32, "batch": 1, "preserve": 1}
-    cfg = method_config(tiny, "builtin:tiny", cache_dir)
+    cfg = method_config(tiny, "builtin:tiny-wan" if size.get("family", "").startswith("wan") else "builtin:tiny", cache_dir)
     session = TrainingSession(cfg, device="cpu")
     opt = make_optimizer(cfg, session.trainable_parameters())
     step(0)
@@ -251,6 +303,8 @@ def run_size(size: dict, work: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", default=[], help="size name(s) to run")
+    ap.add_argument("--family", choices=("cogvideox", "wan"), default="cogvideox",
+                    help="which sizes: the CogVideoX table (default) or the Wan table")
     ap.add_argument("--measure", nargs=3, metavar=("SIZE_JSON", "MODEL_DIR", "CACHE_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--probe-forward", choices=("rope", "norope"), help=argparse.SUPPRESS)
     ap.add_argument("--tolerance", type=float, default=0.15)
@@ -264,19 +318,21 @@ def main() -> int:
     from pipelines.memory_plan import NO_GRAD_FORWARD_U
 
     probes = {}
-    for kind in ("norope", "rope"):
+    for kind in ("norope", "rope") if args.family == "cogvideox" else ():
         out = subprocess.run([sys.executable, __file__, "--probe-forward", kind], capture_output=True, text=True,
                              env={**os.environ, **MALLOC_ENV})
         probes[kind] = round(json.loads(out.stdout.strip().splitlines()[-1])["u"], 2) if not out.returncode else None
-    print(f"no-grad forward peak (6 rows, 2 blocks): {probes} U; the plan uses {NO_GRAD_FORWARD_U} U", flush=True)
-    sizes = [s for s in SIZES if not args.only or s["name"] in args.only]
+    if probes:
+        print(f"no-grad forward peak (6 rows, 2 blocks): {probes} U; the plan uses {NO_GRAD_FORWARD_U} U", flush=True)
+    table = SIZES if args.family == "cogvideox" else WAN_SIZES
+    sizes = [s for s in table if not args.only or s["name"] in args.only]
     rows = []
     with tempfile.TemporaryDirectory(prefix="t2vu-memplan-") as tmp:
         for size in sizes:
             r = run_size(size, Path(tmp))
             rows.append(r)
             s = r["size"]
-            print(f"{r['name']:<11} D={s['heads'] * 64:<5} L={s['layers']:<3} {s['frames']}x{s['height']}x{s['width']:<4} "
+            print(f"{r['name']:<11} D={s['heads'] * (128 if 'ffn' in s else 64):<5} L={s['layers']:<3} {s['frames']}x{s['height']}x{s['width']:<4} "
                   f"rows {s['batch']}+{s['preserve']} ckpt={'on ' if s['ckpt'] else 'off'} | predicted {r['predicted_gb']:6.2f} GB "
                   f"measured {r['measured_gb']:6.2f} GB ratio {r['ratio']:.3f} | resident {r['predicted_resident_gb']:.2f} "
                   f"vs {r['measured_resident_gb']:.2f} GB | peak in {r['peak_phase']}, step {r['step_s']:.0f} s", flush=True)

@@ -93,6 +93,9 @@ def plan_inputs(req: PlanRequest):
         arch = resolve_architecture(m.model.path, m.model.architecture)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if m.model.family.split("-")[0] != arch.family:
+        raise ConfigError(f"model.family {m.model.family!r} but the architecture ({arch.source}) is a {arch.family} "
+                          f"model: set model.family to {arch.family!r} or model.architecture to a {m.model.family} preset")
     geometry_check(arch, m.model.num_frames, m.model.height, m.model.width, "model")
     nv, latent = arch.token_counts(m.model.num_frames, m.model.height, m.model.width)
     counts = arch.parameter_counts()
@@ -110,13 +113,15 @@ def plan_inputs(req: PlanRequest):
     inputs = PlanInputs(
         hidden=arch.hidden, heads=arch.heads, head_dim=arch.head_dim, layers=arch.layers, text_len=arch.text_len,
         params_transformer=counts["transformer"], params_text_encoder=counts["text_encoder"], params_vae=counts["vae"],
-        vae_channels=int(arch.vae["block_out_channels"][0]), pos_embed_elems=arch.positional_buffer_elems(),
+        vae_channels=arch.vae_channels, pos_embed_elems=arch.positional_buffer_elems(),
         video_tokens=nv, latent_elems=latent,
         concept_rows=b, references=len(m.concept.anchors) if m.concept.reference == "anchors" else 1, preserve_rows=p,
         eraser_rank=m.eraser.rank, eraser_blocks=blocks, capture_layers=capture, attn_chunk=m.loss.attn_chunk,
         weight_bytes=wbytes, act_bytes=abytes, checkpointing=m.train.gradient_checkpointing,
         world_size=w, zero_stage=stage, reduce_bucket=bucket, trajectory=trajectory_shape(m, req),
-        device=req.device, capacity_bytes=req.capacity_bytes,
+        device=req.device, capacity_bytes=req.capacity_bytes, family=arch.family, ffn_dim=arch.ffn_dim,
+        eraser_site="attn1" if m.model.family == "wan-attn1" else "attn2", expand_timesteps=arch.expand_timesteps,
+        experts=arch.experts,
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)

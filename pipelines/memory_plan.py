@@ -3,8 +3,13 @@
 `plan_memory(PlanInputs) -> MemoryPlan` is a pure function: no model, no torch. The inputs
 (`pipelines.memory_check.plan_inputs`) come from the config and the architecture's configs.
 
-What is counted, and why each term has its size (U(R) = R rows x N tokens x D x act bytes,
-N = Nv video + Nt text tokens; the fused step is `unlearn/step.py`):
+What is counted, and why each term has its size (the fused step is `unlearn/step.py`). The
+activation terms depend on the family's block and are counted in `pipelines.memory_blocks`
+(CogVideoX as below; Wan: self-attention over the video tokens, cross-attention to 512 text keys,
+an ffn_dim-wide FFN, fp32 norms, per-token AdaLN on Wan 2.2 TI2V -- see that module); Wan 2.2
+A14B keeps both experts resident and one eraser set (with its optimizer state) per expert, while
+a forward runs one expert, so its activation terms are one transformer's. For CogVideoX,
+U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
 - always resident: the frozen backbone in the model dtype; the fp32 erasers, their grads and
   AdamW state (plain AdamW single-process; DeepSpeed ZeRO-2/3 shards the state over the world);
   the CUDA context (not in `torch.cuda.max_memory_allocated`).
@@ -38,10 +43,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-GIB = 2**30
+from pipelines.memory_blocks import GIB, NO_GRAD_FORWARD_U, blocks_for, unit  # noqa: F401 (re-exported)
+
 USABLE_FRACTION = 0.95  # headroom for the caching allocator's fragmentation
 CUDA_CONTEXT_BYTES = 1.0 * GIB  # CUDA context, cuBLAS/NCCL workspaces: outside torch's allocator
-NO_GRAD_FORWARD_U = 12  # peak of a no-grad forward in U (11 counted from the code, 12 measured on CPU)
 PERSISTENT = "all"
 F1, F2 = "forward 1", "forward 2 + backward"
 STEP = "forward 1 to backward"  # kept through both forwards and the backward
@@ -108,6 +113,12 @@ class PlanInputs:
     final_eval: EvalShape | None = None
     device: str = "cuda"
     capacity_bytes: int | None = None
+    # family (pipelines.memory_blocks): block structure, eraser site, Wan 2.2's per-token timesteps and experts
+    family: str = "cogvideox"
+    ffn_dim: int = 0  # FFN width (CogVideoX: 4 x hidden)
+    eraser_site: str = "attn2"  # Wan: attn2 (family wan) or attn1 (wan-attn1)
+    expand_timesteps: bool = False
+    experts: int = 1  # transformers resident at once (Wan 2.2 A14B: 2, one eraser set each)
 
 
 @dataclass
@@ -174,10 +185,6 @@ class MemoryPlan:
         return json.dumps(self.summary())
 
 
-def unit(rows: int, tokens: int, hidden: int, nbytes: int) -> float:
-    return float(rows) * tokens * hidden * nbytes
-
-
 def eraser_parameters(hidden: int, rank: int, blocks: int) -> int:
     return blocks * (2 * hidden * rank + rank + hidden)  # down D->r and up r->D, with biases
 
@@ -217,44 +224,15 @@ def capture_terms(x: PlanInputs, n_tokens: int) -> tuple[Term, Term]:
     )
 
 
-def forward2_terms(x: PlanInputs, n_tokens: int) -> list[Term]:
-    b, p, d, nv, e = x.concept_rows, x.preserve_rows, x.hidden, x.video_tokens, x.act_bytes
-    r2 = b + p
-    u = unit(r2, n_tokens, d, e)
-    first = min(x.eraser_blocks)
-    graph_blocks = x.layers - first  # blocks whose outputs need grad
-    n_erasers = len(x.eraser_blocks)
-    energy = 4.0 * b * nv * n_erasers if x.capture_layers else 0.0
-    energy_copy = 4.0 * b * nv * d if x.capture_layers else 0.0  # saved by the energy's pow, per eraser
-    eraser_one = 4.0 * r2 * nv * d + 2 * 4.0 * r2 * nv * x.eraser_rank + energy_copy
-    final_norms = 2 * unit(r2, nv, d, e)  # norm_final and norm_out LayerNorm inputs
-    block_saved = 12 * u
-    grads = 10 * u
-    if x.checkpointing:
-        saved = graph_blocks * u + final_norms
-        note = f"checkpointing: block inputs {graph_blocks} x 1 U + final norms"
-        recompute = block_saved + eraser_one + grads
-        return [
-            Term("forward 2 saved activations", saved, F2, f"R2={r2} rows; " + note + f"; U={u / GIB:.3g} GB"),
-            Term("eraser energy records", energy, F2, f"[{b}, {nv}] fp32 x {n_erasers} blocks"),
-            Term("backward recompute + grads", recompute, F2, "one block's 12 U + its eraser tensors again, 10 U of grads"),
-        ]
-    saved = (5 * u + 12 * u * (graph_blocks - 1) + final_norms) if graph_blocks else 0.0
-    return [
-        Term("forward 2 saved activations", saved, F2,
-             f"R2={r2} rows; 12 U x {graph_blocks - 1} blocks + 5 U + final norms; U={u / GIB:.3g} GB"),
-        Term("eraser saved activations", eraser_one * n_erasers + energy, F2,
-             f"fp32 input copy [R2, Nv, D] + [B, Nv, D] energy copy per eraser x {n_erasers}"),
-        Term("backward grads in flight", grads, F2, "GELU grad-out + grad-in [R2, N, 4D] + residual grads: 10 U"),
-    ]
-
-
-def eval_terms(x: PlanInputs, ev: EvalShape, phase: str) -> list[Term]:
-    params = x.params_text_encoder + x.params_vae + (x.params_transformer if ev.with_transformer else 0)
-    parts = ("transformer + " if ev.with_transformer else "") + "T5 + VAE"
-    fwd = NO_GRAD_FORWARD_U * unit(2, ev.video_tokens + x.text_len, x.hidden, ev.act_bytes)  # CFG: 2 rows
+def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
+    wan = x.family.startswith("wan")
+    params = x.params_text_encoder + x.params_vae + (x.experts * x.params_transformer if ev.with_transformer else 0)
+    parts = ("transformer" + (f"s x {x.experts}" if x.experts > 1 else "") + " + " if ev.with_transformer else "") + (
+        "UMT5 + Wan VAE" if wan else "T5 + VAE")
+    fwd = blocks.no_grad_forward(x, 2, ev.video_tokens, ev.act_bytes)  # CFG: 2 rows
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
-    vae = 8.0 * x.vae_channels * 9 * th * tw * ev.act_bytes  # ~8 live maps of 9 frames at the tile size
+    # ~8 live maps at the tile size over the frames decoded at once: CogVideoX 9, Wan's causal decoder 4 per latent frame
+    vae = 8.0 * x.vae_channels * (4 if wan else 9) * th * tw * ev.act_bytes
     where = "one pipeline per freed GPU" if ev.with_transformer else "on the training transformer, erasers toggled"
     name = phase.split(" (")[0]
     return [
@@ -267,34 +245,34 @@ def eval_terms(x: PlanInputs, ev: EvalShape, phase: str) -> list[Term]:
 
 def plan_memory(x: PlanInputs) -> MemoryPlan:
     """All terms, the per-phase sums and the peak per GPU (see the module docstring)."""
-    n = x.video_tokens + x.text_len
-    e = x.act_bytes
-    terms = [Term("backbone weights", float(x.params_transformer + x.pos_embed_elems) * x.weight_bytes, PERSISTENT,
-                  f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B"
+    blocks = blocks_for(x.family)
+    n = blocks.tokens(x)  # tokens a block's activations span: CogVideoX Nv + Nt (joint), Wan Nv
+    experts = f" x {x.experts} experts (all resident)" if x.experts > 1 else ""
+    terms = [Term("backbone weights", float(x.experts * x.params_transformer + x.pos_embed_elems) * x.weight_bytes,
+                  PERSISTENT, f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B" + experts
                   + (f" + positional-embedding buffer {x.pos_embed_elems / 1e6:.1f}M" if x.pos_embed_elems else ""))]
-    n_er = eraser_parameters(x.hidden, x.eraser_rank, len(x.eraser_blocks))
+    n_er = x.experts * eraser_parameters(x.hidden, x.eraser_rank, len(x.eraser_blocks))  # one eraser set per expert
     terms += optimizer_terms(n_er, x.world_size, x.zero_stage, x.reduce_bucket)
     if x.device == "cuda":
         terms.append(Term("CUDA context", CUDA_CONTEXT_BYTES, PERSISTENT, "context + library workspaces (not allocated)"))
     r1 = x.concept_rows * (1 + x.references) + x.preserve_rows
-    u1 = unit(r1, n, x.hidden, e)
-    f1 = Term("forward 1 activations", NO_GRAD_FORWARD_U * u1, F1,
-              f"R1={r1} rows, no grad: {NO_GRAD_FORWARD_U} U; U={u1 / GIB:.3g} GB")
+    f1 = Term("forward 1 activations", blocks.no_grad_forward(x, r1, x.video_tokens, x.act_bytes), F1,
+              f"R1={r1} rows, no grad, one block's peak ({x.family.split('-')[0]} blocks)")
     terms.append(f1)
     probs = scratch = None
-    if x.capture_layers:
-        probs, scratch = capture_terms(x, n)
+    if x.capture_layers:  # the capture's keys: CogVideoX text + video, Wan (cross-attention) text only
+        probs, scratch = capture_terms(x, n if blocks.tokens(x) != x.video_tokens else x.text_len)
         terms += [probs, scratch]
-    f2 = forward2_terms(x, n)
+    f2 = [Term(name, b, F2, note) for name, b, note in blocks.forward2(x)]
     terms += f2
     kept = probs.bytes if probs else 0.0
     resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
-    phases = {F1: resident + kept + max(f1.bytes, 7 * u1 + (scratch.bytes if scratch else 0.0)),
+    phases = {F1: resident + kept + max(f1.bytes, blocks.attention_time(x, r1) + (scratch.bytes if scratch else 0.0)),
               F2: resident + kept + sum(t.bytes for t in f2)}
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size
-        fwd = NO_GRAD_FORWARD_U * unit(rows, n, x.hidden, e)
+        fwd = blocks.no_grad_forward(x, rows, x.video_tokens, x.act_bytes)
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
         terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
         phases[SAMPLING] = resident + fwd + states
@@ -302,11 +280,11 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
                           HOST, f"{tr.prompts} prompts x {tr.pool_size} x {tr.steps} states, model dtype (this rank)",
                           where="host"))
     if x.proxy_eval is not None:  # between steps: the capture results are still held
-        ev = eval_terms(x, x.proxy_eval, PROXY)
+        ev = eval_terms(x, x.proxy_eval, PROXY, blocks)
         terms += ev
         phases[PROXY] = resident + kept + sum(t.bytes for t in ev)
     if x.final_eval is not None:
-        ev = eval_terms(x, x.final_eval, FINAL)
+        ev = eval_terms(x, x.final_eval, FINAL, blocks)
         terms += ev
         phases[FINAL] = sum(t.bytes for t in ev) + (CUDA_CONTEXT_BYTES if x.device == "cuda" else 0.0)
     peak_phase = max(phases, key=phases.get)

@@ -147,3 +147,100 @@ def test_prediction_matches_a_measured_step(tmp_path):
     r = run_size(size, tmp_path)
     assert r["measured_gb"] > 0.25  # a step big enough for 15% to mean something
     assert abs(r["ratio"] - 1) <= 0.15, r
+
+
+# --- Wan -------------------------------------------------------------------------------------------
+
+WAN = {name: ROOT / "configs" / "wan" / f"{name}-nudity.yaml" for name in ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b")}
+
+
+@pytest.mark.parametrize("name,extra,gb", [
+    ("wan2.1-t2v-1.3b", [], 80), ("wan2.2-ti2v-5b", [], 80), ("wan2.1-t2v-14b", [], 141),
+    ("wan2.1-t2v-14b", ["--set", "model.architecture=wan2.2-t2v-a14b"], 141),
+])
+def test_wan_presets_plan_before_download(capsys, name, extra, gb):
+    from unlearn.models.architectures import PRESET_PARAMETERS
+
+    assert "/path/to/" in yaml.safe_load(WAN[name].read_text())["model"]["path"]
+    rc, s, _, _ = plan_cli(capsys, "--config", WAN[name], "--gpu-memory", gb, *extra)
+    preset = extra[-1].split("=")[-1] if extra else name
+    assert rc == 0 and s["fits"] is True and s["architecture"] == f"preset {preset}"
+    experts = 2 if preset == "wan2.2-t2v-a14b" else 1  # both A14B experts resident, one eraser set each
+    assert s["terms"]["backbone weights"] == pytest.approx(experts * PRESET_PARAMETERS[preset][0] * 2 / 2**30, abs=1e-3)
+    heads, layers = {"wan2.1-t2v-1.3b": (12, 30), "wan2.2-ti2v-5b": (24, 30)}.get(preset, (40, 40))
+    d = heads * 128
+    assert s["terms"]["eraser parameters"] == pytest.approx(experts * layers * (2 * d * 128 + 128 + d) * 4 / 2**30, abs=1e-3)
+    assert s["peak_gb_per_gpu"] == pytest.approx(max(s["phases"].values()), abs=1e-3)
+
+
+def test_wan_plan_refuses_what_cannot_fit_naming_the_fix(capsys):
+    # Wan2.1-14B in one process (4+4 rows) without checkpointing: the saved activations dominate.
+    rc, s, _, err = plan_cli(capsys, "--config", WAN["wan2.1-t2v-14b"], "--gpu-memory", 141, "--world-size", 1,
+                             "--set", "train.gradient_checkpointing=false")
+    assert rc == EXIT_WONT_FIT and s["dominant_term"] == "forward 2 saved activations"
+    assert "Fix: --set train.gradient_checkpointing=true" in err
+    # Wan2.2-TI2V-5B at 121x704x1280, 4+4 rows on a 24 GB card: checkpointing is on; fewer rows/frames fix it.
+    rc, s, _, err = plan_cli(capsys, "--config", WAN["wan2.2-ti2v-5b"], "--gpu-memory", 24, "--world-size", 1)
+    assert rc == EXIT_WONT_FIT and "Fix: --set" in err and s["fix"]["fits"] is True
+    # A family that contradicts the architecture is a config error naming both fields.
+    rc = main(["plan", "--config", str(WAN["wan2.1-t2v-1.3b"]), "--set", "model.architecture=cogvideox-2b"])
+    assert rc == 2 and "model.family" in capsys.readouterr().err
+
+
+def _wan_inputs(**kw):
+    from pipelines.memory_plan import PlanInputs
+
+    base = dict(hidden=32, heads=2, head_dim=16, layers=3, text_len=12, params_transformer=0, params_text_encoder=0,
+                params_vae=0, vae_channels=3, pos_embed_elems=0, video_tokens=48, latent_elems=0, concept_rows=1,
+                references=1, preserve_rows=1, eraser_rank=4, eraser_blocks=(0, 1, 2), capture_layers=0, attn_chunk=64,
+                weight_bytes=4, act_bytes=4, checkpointing=False, family="wan", ffn_dim=80)
+    return PlanInputs(**{**base, **kw})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("site", ["wan", "wan-attn1"])
+@pytest.mark.parametrize("expand", [False, True])
+def test_wan_block_accounting_is_what_autograd_saves(dtype, site, expand):
+    """The Wan formulas equal the bytes autograd's saved-tensor hooks see in a real diffusers Wan forward
+    with erasers attached (tensors deduplicated by storage, parameters excluded), for 1, 2 and 3 blocks."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from pipelines.memory_blocks import WanBlocks, _eraser_one
+    from unlearn.eraser import EraserSet, attach
+    from unlearn.models.wan import WanSelfAttnSpec, WanSpec
+
+    dt = getattr(torch, dtype)
+    for layers in (1, 2, 3):
+        torch.manual_seed(0)
+        tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                   out_channels=4, text_dim=32, freq_dim=32, ffn_dim=80, num_layers=layers,
+                                   cross_attn_norm=True, rope_max_seq_len=64).to(dt).requires_grad_(False)
+        keep = set(tr._keep_in_fp32_modules)  # as from_pretrained(dtype=bf16) loads it: these stay fp32
+        for name, mod in tr.named_modules():
+            if keep & set(name.split(".")):
+                mod.float()
+        for name, p in tr.named_parameters():
+            if keep & set(name.split(".")):
+                p.data = p.data.float()
+        spec = (WanSpec if site == "wan" else WanSelfAttnSpec)(tr, FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                                               text_len=12, expand_timesteps=expand)
+        erasers = EraserSet.for_spec(spec, 4)
+        handle = attach(tr, erasers)
+        params = {p.data_ptr() for m in (tr, erasers) for p in list(m.parameters()) + list(m.buffers())}
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x, t, e = torch.randn(2, 4, 3, 8, 8), torch.rand(2) * 1000, torch.randn(2, 12, 32)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), handle.recording(0):
+            spec.velocity(x, t, e)
+        inputs = _wan_inputs(layers=layers, eraser_blocks=tuple(range(layers)), act_bytes=dt.itemsize,
+                             eraser_site="attn1" if site == "wan-attn1" else "attn2", expand_timesteps=expand)
+        g = layers
+        predicted = (WanBlocks.saved_first(inputs, 2) + WanBlocks.saved_block(inputs, 2) * (g - 1)
+                     + WanBlocks.saved_model(inputs, 2, g) + _eraser_one(inputs, 2) * g)
+        assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (layers, sum(saved.values()), predicted)
