@@ -244,3 +244,35 @@ def test_wan_block_accounting_is_what_autograd_saves(dtype, site, expand):
         predicted = (WanBlocks.saved_first(inputs, 2) + WanBlocks.saved_block(inputs, 2) * (g - 1)
                      + WanBlocks.saved_model(inputs, 2, g) + _eraser_one(inputs, 2) * g)
         assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (layers, sum(saved.values()), predicted)
+
+
+def test_wan_prediction_matches_a_measured_step(tmp_path):
+    """One real fused training step of a Wan transformer on CPU (per-token timesteps, as Wan 2.2 TI2V): within 15%."""
+    from benchmarks.memory_plan_check import run_size
+
+    size = dict(name="test-wan", family="wan", heads=4, layers=4, ffn=2048, frames=17, height=256, width=448, batch=1,
+                preserve=1, ckpt=False, expand=True)
+    r = run_size(size, tmp_path)
+    assert r["measured_gb"] > 0.25
+    assert abs(r["ratio"] - 1) <= 0.15, r
+
+
+def test_wan_eval_terms_load_umt5_and_the_wan_vae():
+    """A trial's proxy eval loads UMT5-XXL + the Wan VAE (2.2 TI2V-5B: its 48-channel VAE); the final eval a
+    whole pipeline, both experts for A14B."""
+    from dataclasses import replace
+
+    from pipelines.memory_check import load_plan_config, plan_inputs
+    from pipelines.memory_plan import EvalShape, plan_memory
+    from unlearn.models.architectures import PRESET_PARAMETERS
+
+    for preset, experts in (("wan2.2-ti2v-5b", 1), ("wan2.2-t2v-a14b", 2)):
+        method, pipeline = load_plan_config(WAN["wan2.2-ti2v-5b"], [f"model.architecture={preset}"])
+        x, arch = plan_inputs(make_request(method, pipeline, mode="train", gpu_memory_gb=141))
+        nv = arch.token_counts(81, 704, 1280)[0]
+        ev = EvalShape(2, 2, nv, 81, 704, 1280, True, False)
+        plan = plan_memory(replace(x, proxy_eval=ev, final_eval=replace(ev, with_transformer=True)))
+        terms = {t.name: t for t in plan.terms}
+        t, umt5, vae = PRESET_PARAMETERS[preset]
+        assert terms["proxy eval weights"].bytes == (umt5 + vae) * 2 and "UMT5 + Wan VAE" in terms["proxy eval weights"].note
+        assert terms["final eval weights"].bytes == (experts * t + umt5 + vae) * 2
