@@ -106,6 +106,11 @@ def load_pipeline(model_dir: str | os.PathLike):
     return pipe
 
 
+def decode_for_training(vae, z: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstruction during its training: `vae.decode(z).sample`."""
+    return vae.decode(z).sample
+
+
 def latent_stats(z: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """VAE means [N,C,F,h,w] -> (scaled latents in the transformer's layout [N,F,C,h,w], VAE config).
 

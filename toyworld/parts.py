@@ -3,7 +3,7 @@
 Each module (`toyworld.components` for CogVideoX, `toyworld.components_wan` for Wan) has the
 same members: FAMILY, PIPELINE_CLASS, GENERATION, TEXT_LEN, BUILD_DEFAULTS (BuildConfig
 fields that differ for the family), make_text_side, make_vae, make_transformer,
-make_scheduler, make_pipeline, load_pipeline, latent_stats (VAE latents -> the
+make_scheduler, make_pipeline, load_pipeline, decode_for_training, latent_stats (VAE latents -> the
 transformer's training latents + the VAE config that undoes them) and noised (x_t, timestep
 and target of a training batch). Training, quality and build take the family and never
 name a class.

@@ -118,7 +118,8 @@ def reconstruction_agreement(vae, scenes: list[world.Scene], batch: int = 40) ->
 def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = parts_of(cfg.family).make_vae(cfg.vae_channels)
+    parts = parts_of(cfg.family)
+    vae = parts.make_vae(cfg.vae_channels)
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -137,7 +138,7 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
         x, m = _batch_videos(scenes, jit)
         post = vae.encode(x).latent_dist
         z = post.mean + cfg.vae_latent_noise * post.std * torch.randn_like(post.mean)
-        rec = vae.decode(z).sample
+        rec = parts.decode_for_training(vae, z)
         w = 1.0 + (cfg.vae_object_weight - 1.0) * m
         err = rec - x
         loss = (w * err.abs()).mean() + (w * err.square()).mean() + cfg.vae_kl_weight * post.kl().mean()
