@@ -56,16 +56,16 @@ SIZES = [
 # Wan sizes: heads x 128, layers, ffn_dim, geometry (VAE 4x / 8x, patches 1x2x2), rows, checkpointing,
 # per-token timesteps (Wan 2.2 TI2V), eraser site (family wan = after attn2, wan-attn1 = after attn1)
 WAN_SIZES = [
-    dict(name="wan-1.3b-width", family="wan", heads=12, layers=3, ffn=8960, frames=17, height=256, width=448, batch=1,
+    dict(name="wan-1.3b-width", family="wan", heads=12, layers=2, ffn=8960, frames=9, height=256, width=448, batch=1,
          preserve=1, ckpt=False, expand=False),
-    dict(name="wan-deep-ckpt", family="wan", heads=4, layers=16, ffn=2048, frames=17, height=256, width=448, batch=2,
+    dict(name="wan-deep-ckpt", family="wan", heads=4, layers=16, ffn=2048, frames=9, height=256, width=448, batch=2,
          preserve=2, ckpt=True, expand=False),
-    dict(name="wan-ti2v-attn1", family="wan-attn1", heads=6, layers=8, ffn=3584, frames=17, height=256, width=384,
+    dict(name="wan-ti2v-attn1", family="wan-attn1", heads=6, layers=6, ffn=3584, frames=13, height=256, width=384,
          batch=2, preserve=2, ckpt=False, expand=True),
-    dict(name="wan-mid-ckpt", family="wan-attn1", heads=8, layers=6, ffn=4096, frames=17, height=256, width=384,
+    dict(name="wan-mid-ckpt", family="wan-attn1", heads=8, layers=4, ffn=4096, frames=9, height=256, width=384,
          batch=2, preserve=2, ckpt=True, expand=True),
-    dict(name="wan-big", family="wan", heads=2, layers=40, ffn=1024, frames=9, height=256, width=448, batch=8,
-         preserve=8, ckpt=False, expand=False),
+    dict(name="wan-big", family="wan", heads=2, layers=40, ffn=1024, frames=9, height=256, width=448, batch=6,
+         preserve=6, ckpt=False, expand=False),
 ]
 TEXT_LEN, TEXT_DIM, RANK, CHUNK = 226, 64, 32, 1024
 WAN_TEXT_LEN = 512
