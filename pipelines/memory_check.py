@@ -102,11 +102,15 @@ def plan_inputs(req: PlanRequest):
     w = req.world_size
     b = per_worker_batch(m.train.batch_size, w, "train.batch_size")
     p = per_worker_batch(m.train.preserve_batch_size, w, "train.preserve_batch_size", allow_zero=True)
-    blocks = tuple(range(arch.layers)) if m.eraser.blocks is None else tuple(sorted(set(m.eraser.blocks)))
-    bad = [i for i in blocks if not 0 <= i < arch.layers]
+    sites = arch.layers * arch.experts  # Wan 2.2 A14B: the high expert's blocks, then the low expert's
+    blocks = tuple(range(sites)) if m.eraser.blocks is None else tuple(sorted(set(m.eraser.blocks)))
+    bad = [i for i in blocks if not 0 <= i < sites]
     if bad:
-        raise ConfigError(f"eraser.blocks {bad} out of range: the model has {arch.layers} blocks (0..{arch.layers - 1})")
-    capture = 0 if m.loss.w_localize == 0 else len(set(m.loss.mask_layers or range(arch.layers)))
+        raise ConfigError(f"eraser.blocks {bad} out of range: the model has {sites} blocks (0..{sites - 1})")
+    capture = 0 if m.loss.w_localize == 0 else len(set(m.loss.mask_layers or range(sites)))
+    # a row runs through one expert: its erasers and captured layers are one expert's share
+    n_sites, blocks = len(blocks), tuple(sorted({i % arch.layers for i in blocks}))
+    capture = -(-capture // arch.experts)
     wbytes = DTYPE_BYTES[m.model.dtype]
     abytes = 2 if wbytes == 2 or m.train.autocast == "bf16" else 4
     stage, bucket = (None, 50_000_000) if req.mode == "train" else zero_settings(req)
@@ -121,7 +125,7 @@ def plan_inputs(req: PlanRequest):
         world_size=w, zero_stage=stage, reduce_bucket=bucket, trajectory=trajectory_shape(m, req),
         device=req.device, capacity_bytes=req.capacity_bytes, family=arch.family, ffn_dim=arch.ffn_dim,
         eraser_site="attn1" if m.model.family == "wan-attn1" else "attn2", expand_timesteps=arch.expand_timesteps,
-        experts=arch.experts,
+        experts=arch.experts, eraser_sites=n_sites,
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)

@@ -119,6 +119,7 @@ class PlanInputs:
     eraser_site: str = "attn2"  # Wan: attn2 (family wan) or attn1 (wan-attn1)
     expand_timesteps: bool = False
     experts: int = 1  # transformers resident at once (Wan 2.2 A14B: 2, one eraser set each)
+    eraser_sites: int = 0  # erasers over all experts (0: len(eraser_blocks)); eraser_blocks: one expert's positions
 
 
 @dataclass
@@ -251,7 +252,7 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     terms = [Term("backbone weights", float(x.experts * x.params_transformer + x.pos_embed_elems) * x.weight_bytes,
                   PERSISTENT, f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B" + experts
                   + (f" + positional-embedding buffer {x.pos_embed_elems / 1e6:.1f}M" if x.pos_embed_elems else ""))]
-    n_er = x.experts * eraser_parameters(x.hidden, x.eraser_rank, len(x.eraser_blocks))  # one eraser set per expert
+    n_er = eraser_parameters(x.hidden, x.eraser_rank, x.eraser_sites or len(x.eraser_blocks))  # all experts' sets
     terms += optimizer_terms(n_er, x.world_size, x.zero_stage, x.reduce_bucket)
     if x.device == "cuda":
         terms.append(Term("CUDA context", CUDA_CONTEXT_BYTES, PERSISTENT, "context + library workspaces (not allocated)"))
