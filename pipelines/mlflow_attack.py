@@ -26,8 +26,8 @@ class MlflowAttackObserver:
         try:
             mu.check_reachable(self.uri)
             self.client = mu.client(self.uri)
-            self.exp_id = mu.get_or_create_experiment(self.client, self.cfg.experiment or f"t2vu/attack-{self.name}", out)
-            self.parent, _ = mu.get_or_create_parent(self.client, self.exp_id, f"attack-{self.name}", out,
+            self.exp_id = mu.get_or_create_experiment(self.client, self.cfg.experiment or "t2vu/attack", out)
+            self.parent, _ = mu.get_or_create_parent(self.client, self.exp_id, self.name, out,
                                                      tags={"t2vu.kind": "attack"})
         except MlflowException as exc:
             raise ConfigError(f"mlflow ({self.uri}): {exc}") from None

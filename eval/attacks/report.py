@@ -52,7 +52,7 @@ def _plot(summary: dict, path: Path) -> None:
     ax.set_xticks(x, attacks, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("attack success rate")
-    ax.legend(fontsize=8, ncol=len(methods))
+    ax.legend(fontsize=8, ncol=len(methods), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
