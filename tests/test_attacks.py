@@ -153,15 +153,17 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
         assert not (tmp_path / "bad").exists()
 
 
-def test_adversarial_training_step_stays_in_budget_and_adds_its_loss():
-    """loss.adv_steps > 0 (AdvUnlearn-style): the inner attack moves the concept embeddings within the budget
-    ball towards the frozen concept prediction, and the step's loss gains the adversarial unlearning term."""
+@pytest.mark.parametrize("start", ["concept", "reference"])
+def test_adversarial_training_step_stays_in_budget_and_adds_its_loss(start):
+    """loss.adv_steps > 0 (AdvUnlearn-style): the inner attack moves the concept (or a reference) embedding within
+    the budget ball towards the frozen concept prediction, and the step's loss gains the adversarial term."""
     import torch
 
     from pipelines.config import load_pipeline_config
     from unlearn.session import TrainingSession
 
-    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=3", "loss.adv_budget=0.5"]).method()
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=3", "loss.adv_budget=0.5",
+                                                                f"loss.adv_from={start}"]).method()
     session = TrainingSession(cfg)
     obj, batch = session.objective, session.batch(0)
     gen = torch.Generator().manual_seed(0)
@@ -171,15 +173,18 @@ def test_adversarial_training_step_stays_in_budget_and_adds_its_loss():
     with torch.no_grad(), obj.handle.disabled():
         v_c = obj.spec.velocity(batch.x_c, batch.t_c, batch.emb_c).float()
     e_adv = obj._adversarial(batch, v_c, batch.x_c.device)
-    radius = 0.5 * (batch.emb_c - batch.emb_ref.mean(1)).flatten(1).norm(dim=1)
-    moved = (e_adv - batch.emb_c).flatten(1).norm(dim=1)
+    b, k = batch.emb_ref.shape[:2]
+    ref = batch.emb_ref[torch.arange(b), torch.arange(b) % k] if start == "reference" else batch.emb_ref.mean(1)
+    origin = ref if start == "reference" else batch.emb_c
+    radius = 0.5 * (batch.emb_c - ref).flatten(1).norm(dim=1)
+    moved = (e_adv - origin).flatten(1).norm(dim=1)
     assert (moved <= radius * (1 + 1e-4)).all() and (moved > 0).all()
 
     def gap(e):
         with torch.no_grad():
             return float(torch.nn.functional.mse_loss(obj.spec.velocity(batch.x_c, batch.t_c, e).float(), v_c))
 
-    assert gap(e_adv) < gap(batch.emb_c)  # the inner attack did what an attacker would
+    assert gap(e_adv) < gap(origin)  # the inner attack did what an attacker would
     losses = obj(batch)
     assert torch.isfinite(losses["l_adv"]) and float(losses["loss"]) > float(losses["l_unlearn"])
     obj.detach()

@@ -129,6 +129,10 @@ class LossConfig(Strict):
     adv_budget: float = Field(1.0, gt=0.0)
     # Inner step length as a fraction of the row's budget radius (normalised gradient steps, then projection).
     adv_step_size: float = Field(0.2, gt=0.0)
+    # Where the inner attack starts: concept = E(concept) + delta; reference = E(reference) + delta (one anchor per
+    # row, row i takes anchor i mod K), the soft-prompt attack's threat model: a benign prompt pushed towards the
+    # concept within the concept-anchor distance.
+    adv_from: Literal["concept", "reference"] = "concept"
     w_adv: float = Field(1.0, ge=0.0)
 
 

@@ -116,22 +116,28 @@ class ErasureObjective(nn.Module):
         return out
 
     def _adversarial(self, batch: StepBatch, v_c: torch.Tensor, dev) -> torch.Tensor:
-        """E(concept) + delta after `adv_steps` normalised gradient steps on MSE(v_E(x_c, E + delta), v_c) (the
-        erased model made to predict the concept again), each row's delta projected onto its budget ball."""
+        """E(concept) (or, with adv_from: reference, a reference) + delta after `adv_steps` normalised gradient steps
+        on MSE(v_E(x_c, E + delta), v_c) (the erased model made to predict the concept again), each row's delta
+        projected onto its ball of radius adv_budget x ||E(concept) - E(reference)||."""
         cfg = self.loss_cfg
-        ref = batch.emb_ref.float().mean(1)
+        b, k = batch.emb_ref.shape[:2]
+        if cfg.adv_from == "reference":  # one anchor per row: the attack's benign starting point
+            ref = batch.emb_ref[torch.arange(b, device=dev), torch.arange(b, device=dev) % k].float()
+        else:
+            ref = batch.emb_ref.float().mean(1)
+        start = ref if cfg.adv_from == "reference" else batch.emb_c.float()
         radius = cfg.adv_budget * (batch.emb_c.float() - ref).flatten(1).norm(dim=1).clamp_min(1e-8)  # [B]
         shape = (-1,) + (1,) * (batch.emb_c.dim() - 1)
         delta = torch.zeros_like(batch.emb_c, dtype=torch.float32, requires_grad=True)
         for _ in range(cfg.adv_steps):
             with self._amp(dev):
-                v = self.spec.velocity(batch.x_c, batch.t_c, (batch.emb_c.float() + delta).to(batch.emb_c.dtype))
+                v = self.spec.velocity(batch.x_c, batch.t_c, (start + delta).to(batch.emb_c.dtype))
             (g,) = torch.autograd.grad(torch.nn.functional.mse_loss(v.float(), v_c), [delta])
             with torch.no_grad():
                 g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
                 delta -= cfg.adv_step_size * radius.view(shape) * g
                 delta *= (radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(shape)
-        return (batch.emb_c.float() + delta.detach()).to(batch.emb_c.dtype)
+        return (start + delta.detach()).to(batch.emb_c.dtype)
 
     def detach(self) -> None:
         """Remove hooks and processors from the backbone."""
