@@ -131,14 +131,15 @@ def _row_fingerprint(path: Path) -> str | None:
         return None
 
 
-def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None) -> dict:
+def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, plan: AttackPlan | None = None) -> dict:
     """Run (or resume) the benchmark; returns the summary (also `summary.json`). observer: told `started(out)`,
-    `cell(method, attack, summary, cell_dir)`, `finished(summary, out)`, `failed()`."""
+    `cell(method, attack, summary, cell_dir)`, `finished(summary, out)`, `failed()`. plan: `plan_attacks`'s result
+    when the caller already planned (checked its input) before making the output folder."""
     from eval.classifiers.base import build_classifier
 
     t0 = time.perf_counter()
     log = progress_file or sys.stderr
-    plan = plan_attacks(cfg, eval_cfg, output_dir)
+    plan = plan or plan_attacks(cfg, eval_cfg, output_dir)
     try:
         classifier = build_classifier(eval_cfg.classifier.name, **eval_cfg.classifier.factory_options())
     except (ValueError, TypeError, ImportError) as exc:

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from eval.attacks.runner import run_attacks
+    from eval.attacks.runner import plan_attacks, run_attacks
     from pipelines.attack_config import load_attack_config, load_harness_eval_config
     from pipelines.console import progress_stream
     from pipelines.mlflow_attack import MlflowAttackObserver
@@ -31,13 +31,11 @@ def run(args) -> int:
     cfg = load_attack_config(args.config, args.overrides)
     eval_cfg = load_harness_eval_config(cfg)
     out = output_dir(args, "attack")
-    from eval.attacks.runner import plan_attacks
-
-    plan_attacks(cfg, eval_cfg, out)  # every file/field error before the output folder exists
+    plan = plan_attacks(cfg, eval_cfg, out)  # every file/field error before the output folder exists
     out.mkdir(parents=True, exist_ok=True)
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
     observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
-    summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream())
+    summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
     print(json.dumps({k: summary[k] for k in ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds",
                                                "output", *(["mlflow"] if "mlflow" in summary else []))}))
     return 0
