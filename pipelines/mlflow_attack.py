@@ -56,3 +56,26 @@ class MlflowAttackObserver:
     def failed(self) -> None:
         if self.client is not None and self.parent is not None:
             mu.finish(self.client, self.parent, "FAILED")
+
+
+def write_attack_report(out: Path, log_to_mlflow: bool = True) -> list[Path]:
+    """`t2vu report DIR` on an attack folder: report.md and asr.png again from its summary.json, logged to the
+    benchmark's MLflow parent run when it has one."""
+    import json
+
+    from eval.attacks.report import write_report
+    from pipelines.config import MlflowConfig
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        pinned = json.loads((out / "attack_config.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{out} has no finished attack benchmark (summary.json); rerun `t2vu attack` into it") from None
+    write_report(summary, out)
+    files = [out / "report.md", out / "asr.png"]
+    id_file = out / mu.PARENT_ID_FILE
+    if log_to_mlflow and id_file.is_file():
+        c = mu.client(MlflowConfig.model_validate(pinned["attack"]["mlflow"]).resolve_uri(out))
+        for f in files:
+            mu.log_file(c, id_file.read_text().strip(), f)
+    return files

@@ -135,6 +135,9 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
     assert (out / "attacks" / "ringabell" / "all" / "embeds.safetensors").is_file()
     assert (out / "attacks" / "softprompt-1x" / "base" / "embeds.safetensors").is_file()
     assert "| none |" in (out / "report.md").read_text() and (out / "asr.png").stat().st_size > 1000
+    (out / "report.md").unlink()
+    rc, stdout, _ = _attack(["report", str(out)], capsys)  # t2vu report renders an attack folder too
+    assert rc == 0 and "report.md" in stdout and "| negprompt |" in (out / "report.md").read_text()
 
     # rerun: no work; an interrupted run (one row result lost) makes exactly that video again
     rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)
