@@ -74,6 +74,7 @@ from toyworld.training import (
     encode_prompts,
     encode_world,
     reconstruction_agreement,
+    reuse_vae,
     train_transformer,
     train_vae,
 )
@@ -97,7 +98,7 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     t_start, cpu_start = time.time(), time.process_time()
     tokenizer, text_encoder = parts.make_text_side(cfg.seed)
     log(f"{cfg.family} toy model; text side: vocab {len(tokenizer)}; training VAE (<= {cfg.vae_steps} steps)")
-    vae, vae_stats = train_vae(cfg, log)
+    vae, vae_stats = reuse_vae(cfg, log) if cfg.vae_from else train_vae(cfg, log)
     scenes, latents, vae_config = encode_world(vae, cfg.family)
     vae.register_to_config(**vae_config)
     log(f"VAE done in {vae_stats['time_s']:.0f}s ({vae_stats['steps']} steps); latent scaling {vae_config}")

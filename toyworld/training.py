@@ -8,9 +8,11 @@ The recipe and its measured costs are described in `toyworld.build`'s docstring.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -44,6 +46,9 @@ class BuildConfig:
     vae_check_every: int = 100
     vae_target: float = 0.99
     vae_check_limit: int | None = None  # scenes in each check (None: 80 single + 80 two-object)
+    # A finished build to take the VAE from instead of training it: the VAE stage depends only on the seed,
+    # the family and the vae_* fields, so a build with the same ones has bit for bit the VAE this one trains.
+    vae_from: str | None = None
     # transformer
     tf_steps: int = 6000
     tf_batch: int = 32
@@ -159,6 +164,30 @@ def train_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
     vae.eval()
     vae.requires_grad_(False)
     return vae, {"steps": steps_done, "time_s": time.time() - t0, "cpu_s": time.process_time() - c0, "history": history}
+
+
+def reuse_vae(cfg: BuildConfig, log: Callable[[str], None] = default_log):
+    """The VAE of the build in `cfg.vae_from` (refused unless its seed, family and vae_* settings match)."""
+    import diffusers
+
+    from toyworld.quality import QUALITY_FILE
+
+    src = Path(cfg.vae_from)
+    try:
+        old = json.loads((src / QUALITY_FILE).read_text())["build"]
+        cls = json.loads((src / "vae" / "config.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--vae-from {src}: not a finished toy build ({exc}); pass a `t2vu toy build` DIR") from None
+    mine = json.loads(json.dumps(asdict(cfg)))
+    keys = [k for k in mine if k in ("seed", "family") or (k.startswith("vae_") and k != "vae_from")]
+    differ = {k: (old["config"].get(k), mine[k]) for k in keys if old["config"].get(k) != mine[k]}
+    if differ:
+        raise ValueError(f"--vae-from {src}: its VAE was built with other settings {differ} (theirs, this build's); "
+                         "build the VAE here (drop --vae-from) or match them")
+    vae = getattr(diffusers, cls).from_pretrained(src / "vae").eval()
+    vae.requires_grad_(False)
+    log(f"VAE taken from {src} ({old['vae']['steps']} steps there)")
+    return vae, {**old["vae"], "reused_from": str(src.resolve())}
 
 
 def encode_world(vae, family: str = "cogvideox") -> tuple[list[world.Scene], torch.Tensor, dict]:

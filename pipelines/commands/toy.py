@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--tf-steps", type=int, default=None, help="transformer training steps")
     b.add_argument("--eval-n", type=int, default=None, help="prompt/seed pairs per quality set (default 128)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small CPUs)")
+    b.add_argument("--vae-from", default=None, metavar="BUILD_DIR",
+                   help="take the VAE of an earlier build with the same seed/family/VAE settings (bit-identical)")
     b.set_defaults(func=_build)
     register_benchmark(toy_sub)
 
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from toyworld.build import BuildConfig, build
 
-    cfg = BuildConfig.for_family(args.family, seed=args.seed, threads=args.threads)
+    cfg = BuildConfig.for_family(args.family, seed=args.seed, threads=args.threads, vae_from=args.vae_from)
     if args.vae_steps is not None:
         cfg.vae_steps = args.vae_steps
     if args.tf_steps is not None:
