@@ -7,7 +7,7 @@ processor records); `tests/test_family_contract.py` then runs the whole contract
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -60,9 +60,15 @@ class FamilyCase:
     text_dim: int  # width of the tiny model's text embeddings
     geometry: tuple[int, int, int]  # (frames, height, width) in pixels the tiny model accepts
     explicit_attention: Callable  # (capture module, its forward kwargs) -> (probs [B,Nv,Nt], video output)
+    tiny_kwargs: dict = field(default_factory=dict)  # for the family's tiny builder (experts=2: Wan 2.2 A14B)
+    name: str = ""
+
+    @property
+    def experts(self) -> int:
+        return int(self.tiny_kwargs.get("experts", 1))
 
     def __str__(self) -> str:
-        return self.family
+        return self.name or self.family
 
 
 CASES = [
@@ -70,6 +76,9 @@ CASES = [
     FamilyCase("wan", text_dim=32, geometry=(9, 32, 32), explicit_attention=wan_explicit_cross_attention),
     # the eraser after self-attention attn1 (a site variant of wan); the mask still comes from attn2
     FamilyCase("wan-attn1", text_dim=32, geometry=(9, 32, 32), explicit_attention=wan_explicit_cross_attention),
+    # Wan 2.2 A14B: two experts (transformer / transformer_2 by noise level), one eraser set per expert
+    FamilyCase("wan", text_dim=32, geometry=(9, 32, 32), explicit_attention=wan_explicit_cross_attention,
+               tiny_kwargs={"experts": 2}, name="wan-a14b"),
 ]
 
 

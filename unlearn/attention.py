@@ -80,8 +80,10 @@ class AttentionCapture:
                 p.capture_rows = 0
 
     def probs(self) -> list[torch.Tensor]:
-        out = [p.probs for p in self.processors.values()]
-        if any(p is None for p in out):
+        """The captured layers. A layer whose module did not run is left out: a denoiser of experts
+        (Wan 2.2 A14B) runs only the experts whose noise levels the batch holds."""
+        out = [p.probs for p in self.processors.values() if p.probs is not None]
+        if not out:
             raise RuntimeError("attention was not captured: run a forward inside `capturing(rows)`")
         return out
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from unlearn.fsutil import atomic_replace_dir
 from unlearn.models.families import base_family, family_of_transformer, spec_class
+from unlearn.models.spec import first_rows
 
 FORMAT_VERSION = 1
 # A trained eraser's weights stay O(1) (zero-init `up`, lr ~1e-4, a few hundred steps: |w| < ~10).
@@ -114,6 +115,12 @@ class EraserHandle:
         self.outputs: dict[int, torch.Tensor] = {}
         self._hooks = []
         modules = spec_cls.eraser_modules(transformer)
+        # A denoiser of experts (Wan 2.2 A14B) has one eraser set per expert; the loss sees one record per
+        # logical block (expert e's block i is key i), each row's from the expert that served it.
+        per_expert = len(modules) // len(getattr(transformer, "experts", (transformer,)))
+        self._key = {i: i % per_expert for i in eraser_set.meta.block_indices}
+        self._routed: dict[int, tuple[int, torch.Tensor]] = {}  # eraser -> its rows in this step's forward 2
+        self._parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # key -> (rows, energy) per expert
         for i in eraser_set.meta.block_indices:
             self._hooks.append(modules[i].register_forward_hook(self._make_hook(i)))
 
@@ -131,10 +138,19 @@ class EraserHandle:
                 # not the [B+P, Nv, D] output: autograd saves one fp32 copy of those rows (the copy
                 # below, so the full `delta` is not kept alive by a view), nothing else; under gradient
                 # checkpointing not even that (it is recomputed in backward).
-                e = delta[: self._record_rows].to(torch.float32, copy=True)
+                n = self._record_rows
+                c, pos = first_rows(n)  # a routed sub-batch (an expert's rows) holds c of the n rows
+                if pos is not None:
+                    self._routed[index] = (c, pos)
+                elif index in self._routed:  # checkpoint recompute in backward: the rows its forward saw
+                    c, pos = self._routed[index]
+                e = delta[:c].to(torch.float32, copy=True)
                 energy = e.pow(2).sum(-1) if self._reduction == "sum" else e.pow(2).mean(-1)
                 if self._sink is not None:
-                    self._sink[index] = energy
+                    if pos is None:
+                        self._sink[self._key[index]] = energy
+                    else:  # merged into the caller's row order when recording ends (outside any checkpoint)
+                        self._parts.setdefault(self._key[index], []).append((pos, energy))
             return spec.with_video(output, video + delta)
 
         return hook
@@ -156,12 +172,19 @@ class EraserHandle:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.outputs = {}
+        self._routed, self._parts = {}, {}
         self._record_rows, self._reduction = int(rows), reduction
         self._sink = self.outputs
         try:
             yield self.outputs
         finally:
             self._sink = None  # stays armed (rows, reduction) for checkpoint recomputation in backward
+            for key, parts in self._parts.items():  # experts' rows back in the caller's order
+                full = parts[0][1].new_zeros((self._record_rows, parts[0][1].shape[1]))
+                for pos, energy in parts:
+                    full = full.index_put((pos,), energy)
+                self.outputs[key] = full
+            self._parts = {}
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -287,9 +310,13 @@ def load_eraser(pipe_or_transformer, directory: str | Path) -> EraserHandle:
 
         pipe = CogVideoXPipeline.from_pretrained(path)
         handle = load_eraser(pipe, "runs/x/eraser")   # handle.disabled() / handle.remove()
+
+    A Wan 2.2 A14B pipeline gets both experts' eraser sets (its `transformer` and `transformer_2`).
     """
-    transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
     eraser_set = read_eraser(directory)
+    transformer = pipe_or_transformer
+    if hasattr(pipe_or_transformer, "transformer"):  # a pipeline: its family says what the denoiser is
+        transformer = spec_class(eraser_set.meta.model_family).denoiser_of(pipe_or_transformer)
     p = next(transformer.parameters())
     eraser_set.to(dtype=p.dtype)
     return attach(transformer, eraser_set)

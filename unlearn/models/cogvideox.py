@@ -133,6 +133,10 @@ class CogVideoXSpec:
     pipeline_kwargs = staticmethod(pipeline_kwargs)
 
     @staticmethod
+    def denoiser_of(pipe):
+        return pipe.transformer
+
+    @staticmethod
     def eraser_shape_of(path: str | Path) -> tuple[int, int]:
         """(eraser sites, hidden size) from transformer/config.json: an eraser's fit, checked before any load."""
         cfg = json.loads((Path(path) / "transformer" / "config.json").read_text())

@@ -18,6 +18,8 @@ Two kinds of answers:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -72,6 +74,9 @@ class ModelSpec(Protocol):
 
     @staticmethod
     def pipeline_kwargs(pipe, gen) -> dict: ...
+
+    @staticmethod
+    def denoiser_of(pipe) -> nn.Module: ...  # what erasers attach to: pipe.transformer (or both Wan 2.2 experts)
 
     # --- eraser site and attention capture (class-level, from a bare transformer) -------------
     @staticmethod
@@ -148,3 +153,34 @@ def load_parts(path: Path, dtype: str, components, loaders: dict[str, Callable[[
         if isinstance(part, nn.Module):
             part.requires_grad_(False).eval()
     return out
+
+
+# --- sub-batch forwards (a denoiser that routes rows, e.g. Wan 2.2 A14B's two experts) -------------
+# A module inside a routed forward sees a sub-batch: rows `routed()` of its caller's batch, in the
+# caller's order. Hooks that keep per-row results of the caller's first n rows (the eraser
+# recording, attention capture) use `first_rows` to find theirs and put them back in place.
+_ROUTED: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("t2vu_routed_rows", default=None)
+
+
+@contextlib.contextmanager
+def routed_rows(rows: torch.Tensor):
+    """Mark a forward on the caller's rows `rows` (ascending, 1-D indices)."""
+    token = _ROUTED.set(rows)
+    try:
+        yield
+    finally:
+        _ROUTED.reset(token)
+
+
+def first_rows(n: int) -> tuple[int, torch.Tensor | None]:
+    """(count, positions) of the caller's first n rows in the current forward's batch.
+
+    Unrouted: (n, None) -- they are the first n rows. Routed: the rows below n among those
+    routed here, which come first (routing keeps the caller's order), and their positions in
+    the caller's batch.
+    """
+    rows = _ROUTED.get()
+    if rows is None:
+        return n, None
+    pos = rows[rows < n]
+    return int(pos.numel()), pos

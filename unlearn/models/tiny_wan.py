@@ -7,6 +7,8 @@ shift 3) and loaded through the same `from_pretrained(path)` code as the real on
 Random weights, deterministic from a seed: 2 blocks x 2 heads x 12 (hidden 24), text
 width 32, 16 latent channels, VAE 4x temporal / 8x spatial, 16 text tokens (the
 tokenizer's model_max_length, which the spec reads as the text length).
+`experts=2` adds `transformer_2` (its own random weights) and `boundary_ratio` 0.875 to
+model_index.json, laid out and loaded as Wan-AI/Wan2.2-T2V-A14B-Diffusers is.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ SCHEDULER_KW = dict(  # Wan2.1-T2V-1.3B-Diffusers' scheduler_config.json
 )
 
 
-def build_tiny_wan_pipeline(seed: int = 0, words=TINY_WORDS, num_layers: int = 2, scheduler: str = "unipc"):
+A14B_BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B-Diffusers' model_index.json
+
+
+def build_tiny_wan_pipeline(seed: int = 0, words=TINY_WORDS, num_layers: int = 2, scheduler: str = "unipc",
+                            experts: int = 1):
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -47,25 +53,34 @@ def build_tiny_wan_pipeline(seed: int = 0, words=TINY_WORDS, num_layers: int = 2
             relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
         )
     ).eval()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=48, num_layers=num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
-    )
+    if experts not in (1, 2):
+        raise ValueError(f"experts={experts}: a Wan model has 1 transformer or 2 (Wan 2.2 A14B)")
+
+    def make_transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=48, num_layers=num_layers, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+        )
+
+    transformer = make_transformer()
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     # Fan-in-scaled weights: a random model with O(1) outputs and attention that varies over tokens
     # (as in unlearn.models.tiny), so tests can see learning and a non-trivial mask.
+    transformers = [transformer] + ([make_transformer()] if experts == 2 else [])
     with torch.no_grad():
-        for m in transformer.modules():
-            if isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, std=m.in_features**-0.5)
+        for t in transformers:
+            for m in t.modules():
+                if isinstance(m, torch.nn.Linear):
+                    torch.nn.init.normal_(m.weight, std=m.in_features**-0.5)
     if scheduler == "unipc":
         sched = UniPCMultistepScheduler(**SCHEDULER_KW)
     else:
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    extra = {"transformer_2": transformers[1], "boundary_ratio": A14B_BOUNDARY_RATIO} if experts == 2 else {}
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=sched)
+                       scheduler=sched, **extra)
 
 
 def make_tiny_wan(path: str | Path, seed: int = 0, overwrite: bool = False, **kw) -> Path:

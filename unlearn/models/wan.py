@@ -13,9 +13,11 @@ Eraser site: each block's cross-attention `attn2` output (video queries -> text;
 placement), before its residual add. `WanSelfAttnSpec` hooks the self-attention `attn1`
 output instead (before its AdaLN gate); the mask comes from `attn2` either way.
 
-Single-transformer Wan only (2.1 T2V 1.3B / 14B, 2.2 TI2V-5B): the two-expert
-Wan 2.2 A14B (`transformer_2`, `boundary_ratio`) and image-conditioned models
-(I2V: an image branch in `attn2`) are refused with a message.
+Wan 2.1 T2V 1.3B / 14B and 2.2 TI2V-5B (one transformer), and Wan 2.2 T2V-A14B: two experts
+(`transformer` for high noise, `transformer_2` for low noise, switched at `boundary_ratio`)
+run as one routed denoiser, `unlearn.models.wan_experts.WanExperts`, with one eraser set per
+expert in one eraser file. Image-conditioned models (I2V: an image branch in `attn2`) are
+refused with a message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from unlearn.models.spec import DTYPES, TokenLayout, load_parts
+from unlearn.models.wan_experts import WanExperts, experts_of_pipeline, is_experts
 
 LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 WAN_TEXT_LEN = 512  # WanPipeline's max_sequence_length (and the I2V processor's hard-coded text length)
@@ -55,14 +58,16 @@ def check_model_dir(path: str | Path, need: tuple[str, ...] = LAYOUT_DIRS) -> Pa
             f"model_index.json + {', '.join(LAYOUT_DIRS)}/"
         )
     index = _json(path / "model_index.json")
-    second = index.get("transformer_2")
-    if (isinstance(second, list) and any(second)) or index.get("boundary_ratio") is not None:
-        raise ConfigError(
-            f"model.path {path}: a two-expert Wan 2.2 (transformer + transformer_2, boundary_ratio) is not "
-            "supported yet; use a single-transformer Wan (Wan2.1-T2V-1.3B/14B, Wan2.2-TI2V-5B)"
-        )
-    tcfg = path / "transformer" / "config.json"
-    if tcfg.is_file():
+    if has_two_experts(path):
+        if index.get("boundary_ratio") is None:
+            raise ConfigError(f"{path / 'model_index.json'}: transformer_2 is set but boundary_ratio is not; a "
+                              "two-expert Wan 2.2 needs it (Wan2.2-T2V-A14B: 0.875)")
+        if "transformer" in need and not (path / "transformer_2" / "config.json").is_file():
+            raise FileNotFoundError(f"Model directory {path} names transformer_2 in model_index.json but lacks "
+                                    "transformer_2/config.json (a Wan 2.2 A14B download has both experts)")
+    for tcfg in (path / "transformer" / "config.json", path / "transformer_2" / "config.json"):
+        if not tcfg.is_file():
+            continue
         cfg = _json(tcfg)
         if cfg.get("image_dim") is not None or cfg.get("added_kv_proj_dim") is not None:
             raise ConfigError(
@@ -73,6 +78,12 @@ def check_model_dir(path: str | Path, need: tuple[str, ...] = LAYOUT_DIRS) -> Pa
     if "scheduler" in need and scfg.is_file() and _json(scfg).get("_class_name") not in FLOW_SCHEDULERS:
         raise ConfigError(f"{scfg}: Wan needs a flow-matching scheduler ({', '.join(FLOW_SCHEDULERS)})")
     return path
+
+
+def has_two_experts(path: str | Path) -> bool:
+    """Whether model_index.json names a second transformer (Wan 2.2 A14B)."""
+    second = _json(Path(path) / "model_index.json").get("transformer_2")
+    return isinstance(second, list) and any(second)
 
 
 def load_components(path: str | Path, dtype: str = "float32", components=("transformer", "scheduler")) -> dict:
@@ -88,6 +99,7 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
 
     loaders = {
         "transformer": lambda sub, dt: WanTransformer3DModel.from_pretrained(sub, dtype=dt),
+        "transformer_2": lambda sub, dt: WanTransformer3DModel.from_pretrained(sub, dtype=dt),
         "vae": lambda sub, dt: AutoencoderKLWan.from_pretrained(sub, dtype=dt),
         "text_encoder": lambda sub, dt: UMT5EncoderModel.from_pretrained(sub, dtype=dt),
         "tokenizer": lambda sub, dt: AutoTokenizer.from_pretrained(sub),
@@ -102,7 +114,12 @@ def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Modu
 
     from unlearn.models.tokenizer import check_tokenizer
 
-    extra = {"transformer": transformer} if transformer is not None else {}
+    if transformer is None:
+        extra = {}
+    elif is_experts(transformer):  # a two-expert training denoiser: the pipeline gets both experts back
+        extra = {"transformer": transformer.high, "transformer_2": transformer.low}
+    else:
+        extra = {"transformer": transformer}
     pipe = WanPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype], **extra)
     check_tokenizer(pipe.tokenizer)
     return pipe
@@ -182,12 +199,14 @@ class WanSpec:
     load_pipeline = staticmethod(load_pipeline)
     eval_scheduler = staticmethod(eval_scheduler)
     pipeline_kwargs = staticmethod(pipeline_kwargs)
+    denoiser_of = staticmethod(experts_of_pipeline)
 
     @staticmethod
     def eraser_shape_of(path: str | Path) -> tuple[int, int]:
-        """(eraser sites, hidden size) from transformer/config.json: one site per block."""
+        """(eraser sites, hidden size) from transformer/config.json: one site per block (per expert)."""
         cfg = _json(Path(path) / "transformer" / "config.json")
-        return int(cfg["num_layers"]), int(cfg["num_attention_heads"] * cfg["attention_head_dim"])
+        experts = 2 if has_two_experts(path) else 1
+        return experts * int(cfg["num_layers"]), int(cfg["num_attention_heads"] * cfg["attention_head_dim"])
 
     @staticmethod
     def load_tokenizer(path: str | Path):
@@ -199,7 +218,7 @@ class WanSpec:
 
     @staticmethod
     def matches(transformer: nn.Module) -> bool:
-        return type(transformer).__name__ == "WanTransformer3DModel"
+        return type(transformer).__name__ == "WanTransformer3DModel" or is_experts(transformer)
 
     @classmethod
     def eraser_modules(cls, transformer: nn.Module) -> list[nn.Module]:
@@ -241,18 +260,21 @@ class WanSpec:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> "WanSpec":
-        parts = load_components(path, dtype, ("transformer", "scheduler"))
+        two = has_two_experts(path)
+        parts = load_components(path, dtype, ("transformer", "scheduler") + (("transformer_2",) if two else ()))
         spatial, temporal = vae_factors(path)
         index = _json(Path(path) / "model_index.json")
-        return cls(parts["transformer"], parts["scheduler"], spatial, temporal, text_max_length(path),
+        transformer = parts["transformer"]
+        if two:  # WanPipeline's switch: transformer for t >= boundary_ratio * num_train_timesteps
+            boundary = float(index["boundary_ratio"]) * parts["scheduler"].config.num_train_timesteps
+            transformer = WanExperts(transformer, parts["transformer_2"], boundary)
+        return cls(transformer, parts["scheduler"], spatial, temporal, text_max_length(path),
                    bool(index.get("expand_timesteps")))
 
     @classmethod
     def from_pipeline(cls, pipe) -> "WanSpec":
         """The spec of an already loaded pipeline (shares its transformer: no second copy)."""
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
-            raise ValueError("a two-expert Wan 2.2 pipeline (transformer_2) is not supported yet")
-        return cls(pipe.transformer, pipe.scheduler, int(pipe.vae_scale_factor_spatial),
+        return cls(experts_of_pipeline(pipe), pipe.scheduler, int(pipe.vae_scale_factor_spatial),
                    int(pipe.vae_scale_factor_temporal), _text_len(pipe.tokenizer.model_max_length),
                    bool(pipe.config.get("expand_timesteps")))
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 import torch
 
 from unlearn.attention import full_text_probs_reference, text_column_probs
+from unlearn.models.spec import first_rows
 
 
 class CapturingWanAttnProcessor:
     """Drop-in for diffusers' `WanAttnProcessor` on a cross-attention that can also record probabilities.
 
     With `capture_rows = n`, the head-averaged probabilities of the first n batch rows are
-    stored in `self.probs` ([n, Nv, Nt], float32).
+    stored in `self.probs` ([n, Nv, Nt], float32). In one expert's sub-batch (Wan 2.2 A14B) the
+    rows the other expert served are 0: the mask averages layers and then min-max normalises each
+    frame, so a row's mask is that of its own expert's layers.
     """
 
     _attention_backend = None
@@ -58,14 +61,19 @@ class CapturingWanAttnProcessor:
 
         if self.capture_rows:
             n = self.capture_rows
+            c, pos = first_rows(n)  # inside one expert of Wan 2.2 A14B: c of the n rows, at `pos`
             with torch.no_grad():
-                qv = query[:n].detach().transpose(1, 2)  # [n, H, Nv, d]
-                kt = key[:n].detach().transpose(1, 2)  # [n, H, Nt, d]
+                qv = query[:c].detach().transpose(1, 2)  # [c, H, Nv, d]
+                kt = key[:c].detach().transpose(1, 2)  # [c, H, Nt, d]
                 text_len, scale = kt.shape[2], qv.shape[-1] ** -0.5  # SDPA's default scale
                 if self.full_matrix:
-                    self.probs = full_text_probs_reference(qv, kt, text_len, scale)
+                    probs = full_text_probs_reference(qv, kt, text_len, scale)
                 else:
-                    self.probs = text_column_probs(qv, kt, text_len, scale, self.chunk)
+                    probs = text_column_probs(qv, kt, text_len, scale, self.chunk)
+                if pos is None:
+                    self.probs = probs
+                else:  # the caller's row order; rows the other expert served stay 0 in this layer
+                    self.probs = probs.new_zeros((n, *probs.shape[1:])).index_put_((pos,), probs)
 
         hidden_states = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
