@@ -58,6 +58,18 @@ def check_eraser_fits(eraser_dir: Path, model_path: Path) -> None:
         raise ConfigError(f"eraser {eraser_dir} does not fit model.path {model_path}: {exc}") from None
 
 
+def check_scheduler(name: str, model_path: Path) -> None:
+    """A sampler the model's family does not have (CogVideoX's ddim/dpm on a Wan model) fails here, before
+    any output or model load, not when the pipeline is built."""
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    family = family_of_model_dir(model_path)
+    allowed = spec_class(family).eval_schedulers
+    if name not in allowed:
+        raise ConfigError(f"generation.scheduler {name!r} is not a sampler of {family} models ({model_path}); "
+                          f"set generation.scheduler to one of: {', '.join(allowed)}")
+
+
 @dataclass
 class EvalPlan:
     """Everything decided before any model loads."""
@@ -90,6 +102,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     eraser_path = eraser if eraser is not None else cfg.resolve_path(cfg.eraser)
     eraser_dir = resolve_eraser_dir(eraser_path) if eraser_path else None
     model_path = resolve_model(cfg)
+    check_scheduler(cfg.generation.scheduler, model_path)
     if eraser_dir is not None:
         check_eraser_fits(eraser_dir, model_path)
     method = plan_method(cfg, eraser_dir, rows)

@@ -1,4 +1,5 @@
-"""`t2vu make-tiny-model DIR [--family F]`: a tiny random model of a registered family in the real diffusers layout."""
+"""`t2vu make-tiny-model DIR [--family F] [--experts 2]`: a tiny random model of a registered family in the real
+diffusers layout (`--family wan --experts 2`: a two-expert Wan laid out as Wan2.2-T2V-A14B)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("dir")
     p.add_argument("--family", choices=families, default="cogvideox",
                    help="model family (registry: unlearn/models/families.py); default cogvideox")
+    p.add_argument("--experts", type=int, choices=(1, 2), default=1,
+                   help="wan only: 2 writes transformer + transformer_2 and boundary_ratio (as Wan2.2-T2V-A14B)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -19,8 +22,15 @@ def register(sub) -> None:
 def run(args) -> int:
     from unlearn.models.families import spec_class, tiny_builder
 
+    from unlearn.config import ConfigError
+
     family = getattr(args, "family", "cogvideox")
-    path = tiny_builder(family)(args.dir, seed=args.seed, overwrite=args.overwrite)
+    experts = getattr(args, "experts", 1)
+    if experts != 1 and family != "wan":
+        raise ConfigError(f"--experts {experts}: only the wan family has two-expert models (Wan 2.2 A14B); "
+                          "use --family wan or drop --experts")
+    extra = {"experts": experts} if experts != 1 else {}
+    path = tiny_builder(family)(args.dir, seed=args.seed, overwrite=args.overwrite, **extra)
     cls = spec_class(family).pipeline_class_name
     print(f"tiny {family} model written to {path} (load with {cls}.from_pretrained({str(path)!r}))")
     return 0

@@ -124,6 +124,7 @@ class CogVideoXSpec:
     family = "cogvideox"
     pipeline_class_name = "CogVideoXPipeline"
     prediction_type = "v_prediction"
+    eval_schedulers = ("model", "ddim", "dpm")
 
     check_model_dir = staticmethod(check_model_dir)
     text_len_of = staticmethod(text_max_length)

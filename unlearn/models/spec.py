@@ -69,6 +69,8 @@ class ModelSpec(Protocol):
     @staticmethod
     def load_pipeline(path: str | Path, dtype: str, transformer: nn.Module | None = None) -> Any: ...
 
+    eval_schedulers: ClassVar[tuple[str, ...]]  # generation.scheduler values the family accepts
+
     @staticmethod
     def eval_scheduler(name: str, scheduler_config) -> Any: ...
 

@@ -191,6 +191,7 @@ class WanSpec:
     family = "wan"
     pipeline_class_name = "WanPipeline"
     prediction_type = "flow"
+    eval_schedulers = ("model",)  # the directory's own flow scheduler (UniPC or flow-match Euler)
     eraser_site = "attn2"  # which attention of each block the eraser follows (WanSelfAttnSpec: attn1)
 
     check_model_dir = staticmethod(check_model_dir)
