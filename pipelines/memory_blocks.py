@@ -77,7 +77,7 @@ def _eraser_one(x, r2: int) -> float:
 
 def _f2_terms(x, saved: float, note: str, ckpt_saved: float, block: float, grads: float,
               grads_note: str) -> list[tuple[str, float, str]]:
-    b, r2, nv = x.concept_rows, x.concept_rows + x.preserve_rows, x.video_tokens
+    b, r2, nv = x.concept_rows, x.concept_rows + x.preserve_rows + x.extra_rows, x.video_tokens
     energy = _energy(x)[0]
     n_erasers = len(x.eraser_blocks)
     if x.checkpointing:
@@ -180,7 +180,7 @@ class WanBlocks:
 
     @classmethod
     def forward2(cls, x) -> list[tuple[str, float, str]]:
-        r2, nv, d, e = x.concept_rows + x.preserve_rows, x.video_tokens, x.hidden, x.act_bytes
+        r2, nv, d, e = x.concept_rows + x.preserve_rows + x.extra_rows, x.video_tokens, x.hidden, x.act_bytes
         g = x.layers - min(x.eraser_blocks)
         saved = (cls.saved_first(x, r2) + cls.saved_block(x, r2) * (g - 1) + cls.saved_model(x, r2, g)) if g else 0.0
         ue = float(e) * r2 * nv * d

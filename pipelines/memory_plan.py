@@ -120,6 +120,7 @@ class PlanInputs:
     expand_timesteps: bool = False
     experts: int = 1  # transformers resident at once (Wan 2.2 A14B: 2, one eraser set each)
     eraser_sites: int = 0  # erasers over all experts (0: len(eraser_blocks)); eraser_blocks: one expert's positions
+    extra_rows: int = 0  # A14B: when all rows go to one expert, the idle one runs a zero-weight row (forward 2 + backward)
 
 
 @dataclass
