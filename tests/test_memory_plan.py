@@ -151,12 +151,13 @@ def test_prediction_matches_a_measured_step(tmp_path):
 
 # --- Wan -------------------------------------------------------------------------------------------
 
-WAN = {name: ROOT / "configs" / "wan" / f"{name}-nudity.yaml" for name in ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b")}
+WAN = {name: ROOT / "configs" / "wan" / f"{name}-nudity.yaml"
+       for name in ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b", "wan2.2-t2v-a14b")}
 
 
 @pytest.mark.parametrize("name,extra,gb", [
     ("wan2.1-t2v-1.3b", [], 80), ("wan2.2-ti2v-5b", [], 80), ("wan2.1-t2v-14b", [], 141),
-    ("wan2.1-t2v-14b", ["--set", "model.architecture=wan2.2-t2v-a14b"], 141),
+    ("wan2.2-t2v-a14b", [], 141),
 ])
 def test_wan_presets_plan_before_download(capsys, name, extra, gb):
     from unlearn.models.architectures import PRESET_PARAMETERS
