@@ -48,13 +48,21 @@ SEARCH_CONFIG = ROOT / "configs" / "search" / "cogvideox-2b-nudity-gpu.yaml"
 EVAL_CONFIG = ROOT / "configs" / "eval" / "cogvideox-2b-nudity.yaml"
 PROMPTS = ROOT / "examples" / "prompts" / "nudity_example.csv"
 PRESERVE = ROOT / "examples" / "prompts" / "preserve_example.csv"
-GEOMETRY = {"cogvideox-2b": dict(frames=49, height=480, width=720), "tiny": dict(frames=9, height=32, width=32)}
-ERASER_RANK = {"cogvideox-2b": 128, "tiny": 8}
+WAN_TRAIN_CONFIG = ROOT / "configs" / "wan" / "wan2.1-t2v-1.3b-nudity.yaml"
+GEOMETRY = {"cogvideox-2b": dict(frames=49, height=480, width=720), "tiny": dict(frames=9, height=32, width=32),
+            "wan2.1-t2v-1.3b": dict(frames=81, height=480, width=832), "tiny-wan": dict(frames=9, height=32, width=32)}
+ERASER_RANK = {"cogvideox-2b": 128, "tiny": 8, "wan2.1-t2v-1.3b": 128, "tiny-wan": 8}
+FAMILY = {"cogvideox-2b": "cogvideox", "tiny": "cogvideox", "wan2.1-t2v-1.3b": "wan", "tiny-wan": "wan"}
 
 
-def model_flops(cfg: dict, video_tokens: int, rows_nograd: int, rows_grad: int) -> float:
+def model_flops(cfg: dict, video_tokens: int, rows_nograd: int, rows_grad: int, text_tokens: int | None = None) -> float:
     """Model FLOPs of one fused step (see the module docstring); `cfg` is transformer/config.json."""
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    if "ffn_dim" in cfg:  # Wan: self-attention over video, cross-attention video -> text, FFN of width ffn_dim
+        nv, nt, f = video_tokens, int(text_tokens), cfg["ffn_dim"]
+        linear = 2 * (nv * (4 * d * d + 2 * d * d + 2 * d * f) + nt * 2 * d * d)  # self qkvo, cross q/o + k/v, FFN
+        attention = 4 * nv * nv * d + 4 * nv * nt * d
+        return cfg["num_layers"] * (rows_nograd * (linear + attention) + rows_grad * (2 * linear + 3 * attention))
     n = video_tokens + cfg["max_text_seq_length"]
     linear = 2 * n * 12 * d * d  # qkv + out (4 D^2) + feed-forward D -> 4D -> D (8 D^2)
     attention = 4 * n * n * d  # q k^T and p v
@@ -64,7 +72,8 @@ def model_flops(cfg: dict, video_tokens: int, rows_nograd: int, rows_grad: int) 
 
 def video_tokens(cfg: dict, frames: int, height: int, width: int, vae_spatial: int, vae_temporal: int) -> int:
     p = cfg["patch_size"]
-    return ((frames - 1) // vae_temporal + 1) * (height // vae_spatial // p) * (width // vae_spatial // p)
+    pt, ph, pw = p if isinstance(p, (list, tuple)) else (1, p, p)  # Wan: (1, 2, 2)
+    return -(-((frames - 1) // vae_temporal + 1) // pt) * (height // vae_spatial // ph) * (width // vae_spatial // pw)
 
 
 class Stages:
@@ -101,7 +110,8 @@ def last_json(stdout: str) -> dict:
 
 def train_overrides(a, model_dir: Path, cache: Path) -> list[str]:
     g = GEOMETRY[a.preset]
-    sets = {
+    sets = {"model.family": FAMILY[a.preset]} if FAMILY[a.preset] != "cogvideox" else {}
+    sets |= {
         "model.path": str(model_dir), "model.dtype": "bfloat16",
         "model.num_frames": g["frames"], "model.height": g["height"], "model.width": g["width"],
         "eraser.rank": ERASER_RANK[a.preset],
@@ -142,7 +152,7 @@ def eval_settings(a, model_dir: Path) -> dict:
         "preserve.path": str(PRESERVE), "preserve.with_cli_prompts": True, "preserve.prompt_column": "prompt", "preserve.seed_column": "seed",
         "generation.num_inference_steps": a.eval_steps, "generation.num_frames": g["frames"],
         "generation.height": g["height"], "generation.width": g["width"],
-        "generation.scheduler": "ddim",
+        "generation.scheduler": "ddim" if FAMILY[a.preset] == "cogvideox" else "model",  # Wan: its flow scheduler
         "generation.vae_tiling": cuda,  # the real VAE's tiling assumes real frame sizes
         "classifier.nudenet.frames": 8,
         # random weights draw no pictures: the stage's degenerate-video verdict would fail the run
@@ -197,8 +207,11 @@ def sets(overrides: list[str]) -> list[str]:
     return [x for kv in overrides for x in ("--set", kv)]
 
 
-def vae_factors(model_dir: Path) -> tuple[int, int]:
-    from unlearn.models.cogvideox import vae_factors as read
+def vae_factors(model_dir: Path, family: str = "cogvideox") -> tuple[int, int]:
+    if family == "wan":
+        from unlearn.models.wan import vae_factors as read
+    else:
+        from unlearn.models.cogvideox import vae_factors as read
 
     return read(model_dir)
 
@@ -211,7 +224,8 @@ def count_gpus() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    ap.add_argument("--preset", choices=list(GEOMETRY), default="cogvideox-2b")
+    ap.add_argument("--preset", choices=list(GEOMETRY), default="cogvideox-2b",
+                    help="cogvideox-2b | wan2.1-t2v-1.3b (GPU, public shapes, random weights) | tiny | tiny-wan (CPU)")
     ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (train.device of both trainings)")
     ap.add_argument("--steps", type=int, default=4, help="training steps of each training (the first is warm-up)")
     ap.add_argument("--eval-steps", type=int, default=4, help="sampler steps per eval video")
@@ -242,22 +256,27 @@ def main() -> None:
     st.run("build", py + ["benchmarks/smoke_stages.py", "build", "--preset", a.preset, "--out", str(model_dir),
                           "--device", a.device])
     tcfg = json.loads((model_dir / "transformer" / "config.json").read_text())
+    family = FAMILY[a.preset]
+    train_config = TRAIN_CONFIG if family == "cogvideox" else WAN_TRAIN_CONFIG
+    from unlearn.models.families import spec_class
+
+    text_len = spec_class(family).text_len_of(model_dir)
 
     single = train_overrides(a, model_dir, workdir / "cache")
     gpu_mem = [] if cuda else ["--gpu-memory", "80"]  # a CPU has no GPU memory to detect: plan for an 80 GB card
-    plan = last_json(st.run("plan", t2vu + ["plan", "--config", str(TRAIN_CONFIG), "--mode", "train", *gpu_mem,
+    plan = last_json(st.run("plan", t2vu + ["plan", "--config", str(train_config), "--mode", "train", *gpu_mem,
                                             *sets(single)], ok_codes=(0, 3)))
     train_out = workdir / "train"
-    st.run("train", t2vu + ["train", "--config", str(TRAIN_CONFIG), "--output", str(train_out), "--no-resume",
+    st.run("train", t2vu + ["train", "--config", str(train_config), "--output", str(train_out), "--no-resume",
                             *sets(single)])
     summary = json.loads((train_out / "summary.json").read_text())
     g = GEOMETRY[a.preset]
-    nv = video_tokens(tcfg, g["frames"], g["height"], g["width"], *vae_factors(model_dir))
-    flops = model_flops(tcfg, nv, rows_nograd=3, rows_grad=2)  # B=1 concept + 1 reference + P=1; grad: B + P
+    nv = video_tokens(tcfg, g["frames"], g["height"], g["width"], *vae_factors(model_dir, family))
+    flops = model_flops(tcfg, nv, rows_nograd=3, rows_grad=2, text_tokens=text_len)  # B=1 concept + 1 reference + P=1; grad: B + P
     step_s = summary.get("step_s")
     result: dict = {
-        "preset": a.preset, "device": a.device, "gpus": gpus,
-        "video_tokens": nv, "text_tokens": tcfg["max_text_seq_length"],
+        "preset": a.preset, "family": family, "device": a.device, "gpus": gpus,
+        "video_tokens": nv, "text_tokens": text_len,
         "train": {
             "step_s": step_s, "peak_memory_gb": summary.get("peak_memory_gb"),
             "plan_allocated_peak_gb": plan.get("allocated_peak_gb"), "plan_peak_gb_per_gpu": plan.get("peak_gb_per_gpu"),
@@ -271,11 +290,11 @@ def main() -> None:
     run_dist = a.distributed == "on" or (a.distributed == "auto" and (gpus >= 2 or not cuda))
     if run_dist:
         dist = single + distributed_overrides(a, workdir / "dist")
-        dplan = last_json(st.run("plan_distributed", t2vu + ["plan", "--config", str(TRAIN_CONFIG), "--mode",
+        dplan = last_json(st.run("plan_distributed", t2vu + ["plan", "--config", str(train_config), "--mode",
                                                              "distributed", "--world-size", "2", *gpu_mem, *sets(dist)],
                                  ok_codes=(0, 3)))
         peaks = workdir / "dist" / "peaks"
-        st.run("distributed", py + ["benchmarks/smoke_stages.py", "distributed", "--config", str(TRAIN_CONFIG),
+        st.run("distributed", py + ["benchmarks/smoke_stages.py", "distributed", "--config", str(train_config),
                                     "--output", str(workdir / "dist"), "--peaks", str(peaks), *sets(dist)])
         dsum = json.loads((workdir / "dist" / "summary.json").read_text())
         per_rank = [json.loads(p.read_text()) for p in sorted(peaks.glob("rank*.json"))]
@@ -288,7 +307,8 @@ def main() -> None:
             "final": dsum.get("final"), "finite": _finite(dsum.get("final", {})), "wall_s": dsum.get("wall_s"),
         }
     else:
-        result["distributed"] = {"skipped": f"{gpus} GPU(s): the 2-worker run needs >= 2"}
+        result["distributed"] = {"skipped": "--distributed off" if a.distributed == "off"
+                                 else f"{gpus} GPU(s): the 2-worker run needs >= 2"}
 
     eval_out = workdir / "eval"
     st.run("eval", t2vu + ["eval", "--config", str(EVAL_CONFIG), "--output", str(eval_out), "--no-progress",
@@ -302,7 +322,9 @@ def main() -> None:
         "seconds_per_video": round(gen_total / videos, 3) if videos else None,
         "wall_s": es.get("wall_seconds"), "timing": es.get("timing"),
     }
-    if a.search:
+    if a.search and family != "cogvideox":
+        result["search"] = {"skipped": f"the shipped GPU search config is CogVideoX's; {a.preset} runs train and eval"}
+    elif a.search:
         sdir = workdir / "search"
         search = single + search_overrides(a, model_dir, sdir)
         splan = last_json(st.run("plan_search", t2vu + ["plan", "--config", str(SEARCH_CONFIG), "--mode", "tune",

@@ -11,6 +11,9 @@ encoder with T5-XXL's width (d_model 4096, d_ff 10240, 64 heads) so text embeddi
 real shape [226, 4096]: T5-XXL itself is 4.76B parameters (24 layers) and would only make
 the build and the embedding cache slower. `tiny` = `unlearn.models.tiny.make_tiny_model`.
 
+`wan2.1-t2v-1.3b` = the public Wan2.1-T2V-1.3B transformer and VAE configs in bf16 with a 1-layer UMT5 of
+UMT5-XXL's width (text embeddings [512, 4096]); `tiny-wan` = `unlearn.models.tiny_wan.make_tiny_wan`.
+
 `distributed` is `t2vu train --distributed` (the same `load_pipeline_config` +
 `run_distributed` calls `pipelines/commands/train.py` makes) plus a step hook,
 `record_peak`, that writes each rank's `torch.cuda.max_memory_allocated` after every step
@@ -39,10 +42,50 @@ T5_LAYERS = 1  # shallow on purpose (see the module docstring)
 
 def build(preset: str, out: Path, device: str, seed: int = 0) -> Path:
     from unlearn.models.tiny import make_tiny_model
+    from unlearn.models.tiny_wan import make_tiny_wan
 
     if preset == "tiny":
         return make_tiny_model(out, seed=seed)
+    if preset == "tiny-wan":
+        return make_tiny_wan(out, seed=seed)
+    if preset.startswith("wan"):
+        return build_wan_real_shape(preset, out, device, seed)
     return build_real_shape(preset, out, device, seed)
+
+
+def build_wan_real_shape(preset: str, out: Path, device: str, seed: int) -> Path:
+    """Wan at a public size (`unlearn.models.architectures.PRESETS`, random weights, bf16): the real transformer
+    and VAE configs, a 1-layer UMT5 of UMT5-XXL's width 4096 (512 text tokens), UniPC flow scheduler shift 3."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from unlearn.fsutil import atomic_replace_dir
+    from unlearn.models.architectures import PRESETS
+    from unlearn.models.tiny_wan import SCHEDULER_KW
+    from unlearn.models.tokenizer import build_t5_tokenizer
+
+    if (out / "model_index.json").exists():
+        return out
+    arch = PRESETS[preset]
+    torch.manual_seed(seed)
+    tokenizer = build_t5_tokenizer(SMOKE_WORDS)
+    tokenizer.model_max_length = 512
+    te_cfg = {k: v for k, v in arch["text_encoder"].items() if not k.startswith("_")}
+    te_cfg.update(num_layers=T5_LAYERS, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    def kwargs(cls, cfg):  # diffusers' Wan classes take their list arguments as lists
+        return {k: v for k, v in init_kwargs(cls, cfg).items() if not isinstance(v, tuple)} | {
+            k: v for k, v in cfg.items() if isinstance(v, list) and k in init_kwargs(cls, cfg)}
+
+    with torch.device(device):
+        transformer = WanTransformer3DModel(**kwargs(WanTransformer3DModel, arch["transformer"]))
+        vae = AutoencoderKLWan(**kwargs(AutoencoderKLWan, arch["vae"]))
+        text_encoder = UMT5EncoderModel(UMT5Config(**te_cfg))
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=UniPCMultistepScheduler(**SCHEDULER_KW))
+    pipe.to(dtype=torch.bfloat16)
+    pipe.to("cpu")
+    return atomic_replace_dir(out, lambda d: pipe.save_pretrained(str(d), safe_serialization=True))
 
 
 def init_kwargs(cls, cfg: dict) -> dict:
@@ -111,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="stage", required=True)
     b = sub.add_parser("build")
-    b.add_argument("--preset", choices=("cogvideox-2b", "cogvideox-5b", "tiny"), required=True)
+    b.add_argument("--preset", choices=("cogvideox-2b", "cogvideox-5b", "tiny", "wan2.1-t2v-1.3b", "tiny-wan"),
+                   required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--device", default="cpu")
     d = sub.add_parser("distributed")

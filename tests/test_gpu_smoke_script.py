@@ -57,3 +57,31 @@ def test_flop_model_at_the_real_geometry():
     # trained weights (the frozen backbone computes no weight gradients)
     assert 3 * fwd_row + 2 * 2 * fwd_row < flops < 3 * fwd_row + 2 * 3 * fwd_row
     assert 0.9e15 < flops < 1.1e15
+
+
+def test_gpu_smoke_wan_case_runs_on_cpu_tiny(tmp_path):
+    """The Wan case (Wan2.1-T2V-1.3B shape on a GPU): the same entry points on the tiny Wan."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny-wan", "--device", "cpu", "--steps", "2",
+                        "--eval-steps", "2", "--distributed", "off", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ok"] is True and out["family"] == "wan" and out["text_tokens"] == 16
+    assert out["train"]["finite"] and out["train"]["plan_fits"] is True
+    assert out["eval"]["videos"] == 4 and "skipped" in out["search"] and "skipped" in out["distributed"]
+    cfg = (tmp_path / "train" / "config.yaml").read_text()
+    assert "family: wan" in cfg and "xt_source: trajectory" in cfg
+    assert json.loads((tmp_path / "train" / "eraser" / "eraser_config.json").read_text())["model_family"] == "wan"
+
+
+def test_wan_flop_model_at_the_real_geometry():
+    """Wan2.1-T2V-1.3B at 81x480x832: 21 x 30 x 52 = 32,760 video tokens, 512 text tokens."""
+    cfg = PRESETS["wan2.1-t2v-1.3b"]["transformer"]
+    nv = video_tokens(cfg, 81, 480, 832, 8, 4)
+    assert nv == 32760
+    d, f, nt, layers = 1536, 8960, 512, 30
+    fwd_row = layers * (2 * (nv * (6 * d * d + 2 * d * f) + nt * 2 * d * d) + 4 * nv * nv * d + 4 * nv * nt * d)
+    assert model_flops(cfg, nv, 1, 0, text_tokens=nt) == fwd_row
+    # self-attention over 32,760 tokens dominates: 4 Nv^2 D x 30 = 2.0e14 of ~2.8e14 (linear layers 8.2e13)
+    assert 2.6e14 < fwd_row < 3.0e14
