@@ -176,3 +176,19 @@ def test_a_step_using_one_expert_still_gives_every_eraser_a_gradient(spec):
     assert all(g is not None for g in grads)
     assert all(g.abs().sum() > 0 for g in grads[:layers]) and all(not g.any() for g in grads[layers:])
     handle.remove()
+
+
+def test_ray_train_deepspeed_zero2_trains_both_experts(a14b_dir, tmp_path):
+    """2 Ray Train workers + DeepSpeed ZeRO-2 (gloo): ranks whose batches use different experts stay in step."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--distributed", "--config",
+           str(ROOT / "configs" / "wan" / "tiny.yaml"), "--output", str(out), "--set", f"model.path={a14b_dir}",
+           "--set", "train.steps=4", "--set", "distributed.num_workers=2", "--set", f"train.cache_dir={tmp_path / 'c'}",
+           "--set", f"distributed.storage_path={tmp_path / 'ray'}"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from unlearn.eraser import read_eraser
+
+    es = read_eraser(out / "eraser")
+    assert es.meta.num_blocks == 4
+    assert all(float(e.up.weight.detach().abs().sum()) > 0 for e in es.erasers.values()), "every expert's erasers moved"
