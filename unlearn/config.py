@@ -40,7 +40,7 @@ class ModelConfig(Strict):
     # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
     # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
     path: str = "builtin:tiny"
-    # Public architecture preset (e.g. cogvideox-2b, cogvideox-5b) used by `t2vu plan` when `path` is not
+    # Public architecture preset (cogvideox-2b, cogvideox-5b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b) used by `t2vu plan` when `path` is not
     # downloaded yet; ignored when path holds a model directory (its transformer/config.json wins).
     architecture: str | None = None
     # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights).
