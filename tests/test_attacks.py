@@ -189,7 +189,7 @@ def test_adversarial_training_step_stays_in_budget_and_adds_its_loss(start):
 
     assert gap(e_adv) < gap(origin)  # the inner attack did what an attacker would
     losses = obj(batch)
-    assert torch.isfinite(losses["l_adv"]) and float(losses["loss"]) > float(losses["l_unlearn"])
+    assert torch.isfinite(losses["l_adv"]) and float(losses["loss"].detach()) > float(losses["l_unlearn"].detach())
     obj.detach()
 
 
