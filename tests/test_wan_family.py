@@ -98,14 +98,20 @@ def test_attn1_site_variant_hooks_self_attention_and_runs_on_wan_dirs(wan_dir, t
     handle.remove()
 
 
-def test_two_expert_and_image_to_video_dirs_are_refused(wan_dir, tmp_path):
+def test_broken_two_expert_and_image_to_video_dirs_are_refused(wan_dir, tmp_path):
+    """Wan 2.2 A14B is supported (tests/test_wan_experts.py); a half-written two-expert directory is not."""
     import shutil
 
     a14b = Path(shutil.copytree(wan_dir, tmp_path / "a14b"))
     idx = json.loads((a14b / "model_index.json").read_text())
     idx.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
     (a14b / "model_index.json").write_text(json.dumps(idx))
-    with pytest.raises(ConfigError, match="two-expert Wan 2.2.*not supported"):
+    with pytest.raises(FileNotFoundError, match="lacks transformer_2/config.json"):
+        WanSpec.check_model_dir(a14b)
+    shutil.copytree(a14b / "transformer", a14b / "transformer_2")
+    assert WanSpec.check_model_dir(a14b) == a14b
+    (a14b / "model_index.json").write_text(json.dumps({**idx, "boundary_ratio": None}))
+    with pytest.raises(ConfigError, match="boundary_ratio is not"):
         WanSpec.check_model_dir(a14b)
     i2v = Path(shutil.copytree(wan_dir, tmp_path / "i2v"))
     cfg = json.loads((i2v / "transformer" / "config.json").read_text())
