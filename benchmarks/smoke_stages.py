@@ -48,77 +48,60 @@ def build(preset: str, out: Path, device: str, seed: int = 0) -> Path:
         return make_tiny_model(out, seed=seed)
     if preset == "tiny-wan":
         return make_tiny_wan(out, seed=seed)
-    if preset.startswith("wan"):
-        return build_wan_real_shape(preset, out, device, seed)
     return build_real_shape(preset, out, device, seed)
 
 
-def build_wan_real_shape(preset: str, out: Path, device: str, seed: int) -> Path:
-    """Wan at a public size (`unlearn.models.architectures.PRESETS`, random weights, bf16): the real transformer
-    and VAE configs, a 1-layer UMT5 of UMT5-XXL's width 4096 (512 text tokens), UniPC flow scheduler shift 3."""
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from unlearn.fsutil import atomic_replace_dir
-    from unlearn.models.architectures import PRESETS
-    from unlearn.models.tiny_wan import SCHEDULER_KW
-    from unlearn.models.tokenizer import build_t5_tokenizer
-
-    if (out / "model_index.json").exists():
-        return out
-    arch = PRESETS[preset]
-    torch.manual_seed(seed)
-    tokenizer = build_t5_tokenizer(SMOKE_WORDS)
-    tokenizer.model_max_length = 512
-    te_cfg = {k: v for k, v in arch["text_encoder"].items() if not k.startswith("_")}
-    te_cfg.update(num_layers=T5_LAYERS, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
-    def kwargs(cls, cfg):  # diffusers' Wan classes take their list arguments as lists
-        return {k: v for k, v in init_kwargs(cls, cfg).items() if not isinstance(v, tuple)} | {
-            k: v for k, v in cfg.items() if isinstance(v, list) and k in init_kwargs(cls, cfg)}
-
-    with torch.device(device):
-        transformer = WanTransformer3DModel(**kwargs(WanTransformer3DModel, arch["transformer"]))
-        vae = AutoencoderKLWan(**kwargs(AutoencoderKLWan, arch["vae"]))
-        text_encoder = UMT5EncoderModel(UMT5Config(**te_cfg))
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=UniPCMultistepScheduler(**SCHEDULER_KW))
-    pipe.to(dtype=torch.bfloat16)
-    pipe.to("cpu")
-    return atomic_replace_dir(out, lambda d: pipe.save_pretrained(str(d), safe_serialization=True))
-
-
-def init_kwargs(cls, cfg: dict) -> dict:
+def init_kwargs(cls, cfg: dict, lists_as_tuples: bool = True) -> dict:
+    """The entries of `cfg` that `cls.__init__` takes (CogVideoX's classes want tuples, Wan's lists)."""
     import inspect
 
     names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in names}
+    return {k: tuple(v) if lists_as_tuples and isinstance(v, list) else v for k, v in cfg.items() if k in names}
+
+
+def _family_parts(preset: str):
+    """(transformer, VAE, text-encoder config, text encoder, pipeline, scheduler, text length, lists as tuples)."""
+    import diffusers
+    import transformers
+
+    if preset.startswith("wan"):
+        from unlearn.models.tiny_wan import SCHEDULER_KW as WAN_SCHEDULER
+
+        return (diffusers.WanTransformer3DModel, diffusers.AutoencoderKLWan, transformers.UMT5Config,
+                transformers.UMT5EncoderModel, diffusers.WanPipeline,
+                diffusers.UniPCMultistepScheduler(**WAN_SCHEDULER), 512, False)
+    from unlearn.models.tiny import SCHEDULER_KW
+
+    return (diffusers.CogVideoXTransformer3DModel, diffusers.AutoencoderKLCogVideoX, transformers.T5Config,
+            transformers.T5EncoderModel, diffusers.CogVideoXPipeline,
+            diffusers.CogVideoXDDIMScheduler(**SCHEDULER_KW), None, True)
 
 
 def build_real_shape(preset: str, out: Path, device: str, seed: int) -> Path:
+    """A public size (`unlearn.models.architectures.PRESETS`) with random weights in bf16: the real transformer and
+    VAE configs, a shallow text encoder of the real width (T5-XXL / UMT5-XXL: 4096), the offline tokenizer."""
     import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
     from unlearn.fsutil import atomic_replace_dir
     from unlearn.models.architectures import PRESETS
-    from unlearn.models.tiny import SCHEDULER_KW
     from unlearn.models.tokenizer import build_t5_tokenizer
 
     if (out / "model_index.json").exists():
         return out
     arch = PRESETS[preset]
+    tcls, vcls, te_config, te_cls, pipe_cls, scheduler, text_len, tuples = _family_parts(preset)
     torch.manual_seed(seed)
     tokenizer = build_t5_tokenizer(SMOKE_WORDS)
+    if text_len:
+        tokenizer.model_max_length = text_len  # Wan reads its text length from the tokenizer (512)
     te_cfg = {k: v for k, v in arch["text_encoder"].items() if not k.startswith("_")}
     te_cfg.update(num_layers=T5_LAYERS, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
     # Random init on the target device (seconds on a GPU, ~a minute for 1.7B on a CPU), saved in bf16.
     with torch.device(device):
-        transformer = CogVideoXTransformer3DModel(**init_kwargs(CogVideoXTransformer3DModel, arch["transformer"]))
-        vae = AutoencoderKLCogVideoX(**init_kwargs(AutoencoderKLCogVideoX, arch["vae"]))
-        text_encoder = T5EncoderModel(T5Config(**te_cfg))
-    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                             scheduler=CogVideoXDDIMScheduler(**SCHEDULER_KW))
+        transformer = tcls(**init_kwargs(tcls, arch["transformer"], tuples))
+        vae = vcls(**init_kwargs(vcls, arch["vae"], tuples))
+        text_encoder = te_cls(te_config(**te_cfg))
+    pipe = pipe_cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
     pipe.to(dtype=torch.bfloat16)
     pipe.to("cpu")  # bf16 on the device first (half the copy), then saved from the host
     return atomic_replace_dir(out, lambda d: pipe.save_pretrained(str(d), safe_serialization=True))
