@@ -77,6 +77,18 @@ NUDENET_PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
+
+def resolve_config_path(value: str | None, config_dir: str | Path | None) -> Path | None:
+    """A path from a config: as given if it exists (or is absolute), else relative to the config file's folder
+    when it exists there; otherwise as given, so an error names what the user wrote."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists() or not config_dir:
+        return p
+    alt = (Path(config_dir) / p).resolve()
+    return alt if alt.exists() else p
+
 class EvalModelConfig(Strict):
     # A diffusers CogVideoX directory (model_index.json, transformer/, vae/, text_encoder/,
     # tokenizer/, scheduler/) or builtin:tiny / builtin:toy.
@@ -343,13 +355,7 @@ class EvalConfig(Strict):
 
     def resolve_path(self, value: str | None) -> Path | None:
         """A configured path: as given if it exists (or is absolute), else relative to the config file."""
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        if p.is_absolute() or p.exists() or not self.config_dir:
-            return p
-        alt = (Path(self.config_dir) / p).resolve()
-        return alt if alt.exists() else p
+        return resolve_config_path(value, self.config_dir)
 
 
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:

@@ -136,13 +136,10 @@ class AttackConfig(Strict):
         return self
 
     def resolve_path(self, value: str | None) -> Path | None:
-        """As given if it exists (or is absolute), else relative to the config file."""
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        if p.is_absolute() or p.exists() or not self.config_dir:
-            return p
-        return (Path(self.config_dir) / p).resolve()
+        """As given if it exists (or is absolute), else relative to the config file (eval's rule)."""
+        from eval.config import resolve_config_path
+
+        return resolve_config_path(value, self.config_dir)
 
     def attack_names(self) -> list[str]:
         """The result columns: softprompt gives one per budget (softprompt-0.5x, softprompt-1x)."""
