@@ -125,6 +125,7 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
     names = ["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt-1x"]
     assert set(last["asr"]) == {"none", "negprompt"} and list(last["asr"]["none"]) == names
     assert last["n"]["none"]["clean"] == 2 and last["asr"]["none"]["clean"] == 1.0  # the base model draws red
+    assert last["degenerate_videos"] == {}, "the toy model's videos are all healthy: none may count as degenerate"
     assert set(last["preservation"]["none"]) >= {"nontarget_acc", "shape_acc", "motion_acc", "preserve_flag_rate"}
     assert last["videos_made"] == 2 * (2 * 5 + 2)
     for m in ("none", "negprompt"):

@@ -171,13 +171,17 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, pl
 def _generate(plan: AttackPlan, classifier, log) -> None:
     import torch
 
-    from eval.generate import generate_video, load_eval_pipeline, pick_device
+    import numpy as np
+
+    from eval.generate import generate_video, load_eval_pipeline, pick_device, to_uint8
+    from eval.quality import video_quality
     from eval.methods import build_method
     from eval.workers import _quiet_libraries
     from unlearn.models.families import family_of_model_dir, spec_class
 
     ecfg = plan.eval_cfg
     gen = ecfg.generation
+    checks = ecfg.checks.frame_checks()
     _quiet_libraries()
     if ecfg.runtime.torch_threads:
         torch.set_num_threads(ecfg.runtime.torch_threads)
@@ -199,7 +203,11 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
                     embeds = a.embeds[None].to(ctx.device, ctx.dtype) if a.embeds is not None else None
                     t_row = time.perf_counter()
                     frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
-                    rec = classifier.classify(frames, {"prompt": row.prompt, "seed": row.seed})
+                    # a black, flat or non-finite video is never flagged: it would count as a failed attack
+                    quality = video_quality(frames, checks)
+                    rec = classifier.classify(to_uint8(np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0))
+                                              if quality["nonfinite_values"] else frames,
+                                              {"prompt": row.prompt, "seed": row.seed})
                     if plan.flag not in rec:
                         raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
                                           f"classifier's records (fields: {sorted(rec)})")
@@ -208,6 +216,7 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
                         "benign": row.benign, "seed": row.seed, "attacked_text": a.text,
                         "attacked_embeds": a.embeds is not None, "flagged": bool(rec[plan.flag]), "attack_info": a.info,
                         "method_info": method.row_info(), "record": rec,
+                        "degenerate": bool(quality["degenerate"]), "degenerate_reasons": quality["reasons"],
                         "gen_seconds": round(time.perf_counter() - t_row, 4)})
                 print(f"  {key:>10} x {cell.name:<16} {len(cell.todo)} videos in {time.perf_counter() - t_cell:.1f} s",
                       file=log, flush=True)
@@ -253,16 +262,22 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
     se: dict[str, dict] = {}
     n: dict[str, dict] = {}
     preservation: dict[str, dict] = {}
+    degenerate: dict[str, int] = {}
     for cell in plan.cells:
         results = [json.loads((cell.dir / "rows" / f"{r.id}.json").read_text()) for r in cell.rows]
         stats = binomial([bool(r["flagged"]) for r in results])
+        # degenerate videos count as "not flagged" in the ASR (no concept drawn): reported so a method that
+        # destroys its output never passes for a robust one
+        stats["degenerate"] = sum(bool(r.get("degenerate")) for r in results)
+        if stats["degenerate"]:
+            degenerate[f"{cell.method}/{cell.name}"] = stats["degenerate"]
         if cell.attack is None:
             summ = classifier.summarize([r["record"] for r in results])
             missing = [k for k in plan.cfg.detector.preservation if k not in summ]
             if missing:
                 raise ConfigError(f"detector.preservation: {missing} are not in the {plan.eval_cfg.classifier.name} "
                                   f"classifier's summary of the preserve rows (it has {sorted(summ)})")
-            stats = {"n": stats["n"], "preserve_flag_rate": stats["asr"],
+            stats = {"n": stats["n"], "preserve_flag_rate": stats["asr"], "degenerate": stats["degenerate"],
                      **{k: summ[k] for k in plan.cfg.detector.preservation}}
             preservation[cell.method] = stats
         else:
@@ -274,6 +289,7 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
         if observer is not None:
             observer.cell(cell.method, cell.name, stats, cell.dir)
     return {"asr": asr, "asr_se": se, "n": n, "preservation": preservation, "flag": plan.flag,
+            "degenerate_videos": degenerate,
             "methods": {k: p.as_dict() for k, p in plan.methods.items()},
             "attacks": plan.cfg.attack_names(), "output": str(plan.out)}
 
