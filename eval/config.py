@@ -301,6 +301,15 @@ class SafreeConfig(Strict):
     pooling: Literal["first", "mean"] = "first"
 
 
+class BlocklistConfig(Strict):
+    """A keyword filter in front of the model (eval.methods.BlocklistMethod): the simplest deployed defence,
+    the one a paraphrase should beat."""
+
+    # What a prompt naming a concept word (whole word, any case) becomes: the empty prompt by default
+    # (the model's unconditional video), e.g. "a landscape" for a fixed safe prompt.
+    replacement: str = ""
+
+
 class MethodConfig(Strict):
     """What makes the "erased" video of each row (the base video is always the base model's)."""
 
@@ -308,14 +317,16 @@ class MethodConfig(Strict):
     # project (`eraser:` / --eraser). negprompt: the concept words, joined with ", ", as the negative prompt
     # of classifier-free guidance (instead of the empty unconditional prompt / generation.negative_prompt).
     # safree: SAFREE's training-free text-side defence (token selection, projection away from the concept
-    # subspace; its latent-side re-attention is not implemented, as the run's notes say). null = eraser
+    # subspace; its latent-side re-attention is not implemented, as the run's notes say). blocklist: a
+    # keyword filter, prompts naming a concept word are replaced (`blocklist.replacement`). null = eraser
     # when an eraser is set, else none.
-    name: Literal["none", "eraser", "negprompt", "safree"] | None = None
-    # The concept words of negprompt and safree (SAFREE: one keyword prompt per entry spans the concept
+    name: Literal["none", "eraser", "negprompt", "safree", "blocklist"] | None = None
+    # The concept words of negprompt, safree and blocklist (SAFREE: one keyword prompt per entry spans the concept
     # subspace; its nudity list is "Sexual Acts", "Naked", "Nudity", "Sexual Orientation", "Sexual
     # Attraction", "Sexual Intercourse"). null = the distinct `concept` values of the target prompt rows.
     words: list[str] | None = None
     safree: SafreeConfig = Field(default_factory=SafreeConfig)
+    blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
 
     @field_validator("words")
     @classmethod

@@ -9,6 +9,8 @@ base model's (same pipeline, same seed), the "erased" video is the method's:
   safree     SAFREE's training-free text-side defence (`safree_prompt_embeds`): the prompt tokens whose
              removal moves the prompt away from the concept subspace are projected onto its orthogonal
              complement; SAFREE's latent-side re-attention is left out (the run's notes say so)
+  blocklist  a keyword filter in front of the model: a prompt naming a concept word (whole word, any case)
+             is replaced by `method.blocklist.replacement` (the empty prompt); the row records `blocked`
 
 Two halves, so planning stays model-free and workers get only picklable data:
 - planning: `plan_method(cfg, eraser_dir, rows)` resolves the name (null = eraser when an eraser is set,
@@ -68,7 +70,7 @@ def plan_method(cfg, eraser_dir: Path | None, rows: list) -> MethodPlan:
     name = m.name or ("eraser" if eraser_dir is not None else "none")
     if name == "eraser" and eraser_dir is None:
         raise ConfigError("method.name: eraser needs an eraser directory; set eraser: DIR (or --eraser DIR), "
-                          "or choose method.name none / negprompt / safree")
+                          "or choose method.name none / negprompt / safree / blocklist")
     if name != "eraser" and eraser_dir is not None:
         raise ConfigError(f"method.name: {name} compares against the base model without an eraser, but eraser is set "
                           f"({eraser_dir}); set eraser: null, or method.name: eraser")
@@ -76,12 +78,15 @@ def plan_method(cfg, eraser_dir: Path | None, rows: list) -> MethodPlan:
     notes: list[str] = []
     if name == "eraser":
         options["eraser"] = str(eraser_dir)
-    if name in ("negprompt", "safree"):
+    if name in ("negprompt", "safree", "blocklist"):
         words = list(m.words) if m.words else sorted({r.concept for r in rows if r.set == "target" and r.concept})
         if not words:
             raise ConfigError(f"method.words: method {name} needs the concept words; set method.words: [\"nudity\", "
                               "...] (or give the target prompts a concept column)")
         options["words"] = words
+    if name == "blocklist":
+        options["replacement"] = m.blocklist.replacement
+    if name in ("negprompt", "safree"):
         options["negative_prompt"] = ", ".join(words) if name == "negprompt" or m.safree.negative_prompt else None
     if name == "safree":
         options["alpha"] = float(m.safree.alpha)
@@ -191,7 +196,33 @@ class SafreeMethod(EvalMethod):
         return {"name": self.name, **self._info}
 
 
-METHODS: dict[str, type[EvalMethod]] = {m.name: m for m in (NoneMethod, EraserMethod, NegPromptMethod, SafreeMethod)}
+class BlocklistMethod(EvalMethod):
+    """What a deployment without any model change does: refuse the words. A prompt naming a concept word is
+    replaced before the pipeline sees it; an attacked embedding stands for its prompt's text (the benign
+    prompt of an embedding attack), so it passes when that text names no concept word."""
+
+    name = "blocklist"
+
+    def __init__(self, options):
+        import re
+
+        super().__init__(options)
+        words = sorted(self.options["words"], key=len, reverse=True)
+        self.pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+        self._blocked = False
+
+    def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
+        self._blocked = bool(self.pattern.search(prompt))
+        if self._blocked:
+            return {"prompt": self.options["replacement"]}  # the embedding of a blocked prompt is dropped too
+        return super().text_kwargs(prompt, embeds)
+
+    def row_info(self) -> dict[str, Any]:
+        return {"name": self.name, "blocked": self._blocked}
+
+
+METHODS: dict[str, type[EvalMethod]] = {m.name: m for m in (NoneMethod, EraserMethod, NegPromptMethod, SafreeMethod,
+                                                             BlocklistMethod)}
 
 
 def build_method(plan: dict[str, Any] | MethodPlan) -> EvalMethod:

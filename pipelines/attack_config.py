@@ -4,7 +4,7 @@
     words       the concept words (negprompt / safree; never used by ringabell-text's search)
     prompts     CSV: concept prompt, its benign anchor ("normal prompt"), a held-out paraphrase, seed
     preserve    CSV of non-target prompts (prompt, seed): each method's preservation in the same run
-    methods     none | eraser | negprompt | safree, each with its options (eval.methods)
+    methods     none | eraser | negprompt | safree | blocklist, each with its options (eval.methods)
     attacks     clean | paraphrase | ringabell | ringabell-text | softprompt (one column per softprompt budget)
     ringabell   paired prompts for the concept vector, alpha, the discrete search's budget
     softprompt  budgets (x the concept-anchor embedding distance), steps, lr, x_t pool
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eval.config import SafreeConfig
+from eval.config import BlocklistConfig, SafreeConfig
 from pipelines.config import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
 
@@ -27,11 +27,12 @@ ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt")
 
 
 class AttackMethodConfig(Strict):
-    name: Literal["none", "eraser", "negprompt", "safree"]
+    name: Literal["none", "eraser", "negprompt", "safree", "blocklist"]
     # the method's key in the results (default: name); two erasers need two labels
     label: str | None = None
     eraser: str | None = None  # eraser directory (method eraser only)
     safree: SafreeConfig = Field(default_factory=SafreeConfig)
+    blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
 
     @model_validator(mode="after")
     def _check(self):

@@ -104,6 +104,40 @@ class ToyPromptsConfig(Strict):
         return self
 
 
+class BaselineMethod(Strict):
+    """A training-free method judged like every trial (`search.objective.baselines`): the objective's
+    final eval config with `method.name` set to it and no eraser, written to <output>/baselines/<label>/
+    and shown as a row next to the base model and the trials in the search report. A bare name is
+    short for {name: NAME}."""
+
+    name: Literal["negprompt", "safree", "blocklist"]
+    label: str | None = None  # the row's name and folder (default: name); distinct across baselines
+    # `method.words` of the eval config (null: the target rows' `concept` values), SAFREE's options
+    # (eval.config.SafreeConfig: alpha, negative_prompt, pooling) and the blocklist's (replacement).
+    words: list[str] | None = None
+    safree: dict[str, Any] = Field(default_factory=dict)
+    blocklist: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_folder_name(cls, v: str | None) -> str | None:
+        return None if v is None else path_component(v, "search.objective.baselines[].label")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def eval_overrides(self) -> dict[str, Any]:
+        """The eval-config overrides that make this method's videos (validated by EvalConfig)."""
+        return {"method": {"name": self.name, "words": self.words, "safree": dict(self.safree),
+                           "blocklist": dict(self.blocklist)}, "eraser": None}
+
+
 class ObjectiveConfig(Strict):
     """What each trial is judged on: a real evaluation of its eraser.
 
@@ -121,12 +155,18 @@ class ObjectiveConfig(Strict):
     proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)
     # Rows of the final eval (None = the whole prompt set).
     limit: int | None = Field(None, ge=1)
+    # Training-free methods evaluated once with the final eval config after the trials (same prompts,
+    # seeds and base videos), e.g. [negprompt, safree]: the rows an eraser has to beat.
+    baselines: list[BaselineMethod] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> "ObjectiveConfig":
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"objective.metrics has duplicates: {names}")
+        keys = [b.key for b in self.baselines]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"objective.baselines has duplicate labels {keys}; give each a distinct `label`")
         unknown = sorted(set(self.scalarize.weights) - set(names))
         if unknown:
             raise ValueError(f"objective.scalarize.weights names {unknown}, which are not objective metrics {names}")

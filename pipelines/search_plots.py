@@ -82,6 +82,9 @@ def _pareto_panel(ax, x, y, done, pareto, result) -> None:
         ax.axvline(bx, c="black", ls="--", label="baseline")
     elif by is not None:
         ax.axhline(by, c="black", ls="--", label="baseline")
+    for (label, vals), marker in zip(result.methods.items(), "PDv^<>"):
+        if isinstance(vals.get(x.name), (int, float)) and isinstance(vals.get(y.name), (int, float)):
+            ax.scatter(vals[x.name], vals[y.name], marker=marker, c="tab:blue", s=90, zorder=4, label=label)
     if result.best:
         ax.scatter(result.best.metrics[x.name], result.best.metrics[y.name], marker="*", c="gold",
                    edgecolors="black", s=250, zorder=5, label=f"best ({result.best.trial_id.split('_')[-1]})")
@@ -118,6 +121,9 @@ def plot_pareto(path: Path, result, cfg) -> Path:
                         color="tab:red" if t.trial_id in pareto else "tab:gray", zorder=3)
         if m.name in result.baseline:
             ax.axhline(result.baseline[m.name], c="black", ls="--", label="baseline (eraser disabled)")
+        for (label, vals), ls in zip(result.methods.items(), [":", "-.", (0, (5, 1)), (0, (1, 3))]):
+            if isinstance(vals.get(m.name), (int, float)):
+                ax.axhline(vals[m.name], c="tab:blue", ls=ls, label=label)
         ax.set_xlabel("completed trial")
         ax.set_ylabel(_label(m), fontsize=8)
         ax.set_title("Trials vs baseline")

@@ -29,6 +29,11 @@ LOG = logging.getLogger(__name__)
 BASELINE_ID = "baseline (eraser disabled)"
 
 
+def method_id(label: str) -> str:
+    """The row of a training-free method baseline (search.objective.baselines)."""
+    return f"baseline: {label}"
+
+
 @dataclass
 class ReportPaths:
     report: Path
@@ -56,6 +61,8 @@ def write_results_csv(path: Path, result, cfg) -> Path:
               "steps_done", "eraser", "mlflow_run_id"]
     rows = [[BASELINE_ID, "baseline", *["" for _ in param_keys], *[result.baseline.get(k, "") for k in metric_keys],
              "", "", 0, "", ""]]
+    rows += [[method_id(label), "baseline", *["" for _ in param_keys], *[vals.get(k, "") for k in metric_keys],
+              "", "", 0, "", ""] for label, vals in result.methods.items()]
     for t in result.trials:
         rows.append([t.trial_id, t.status, *[t.params.get(k, "") for k in param_keys],
                      *[t.metrics.get(k, "") for k in metric_keys], t.trial_id in pareto,
@@ -134,10 +141,16 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     cols = [*metrics, score, *ties]
     lines += ["", "## Objectives vs baseline", ""]
     rows = [[BASELINE_ID, *[_cell(result.baseline, k, "—") for k in cols]]]
+    rows += [[method_id(label), *[_cell(vals, k, "—") for k in cols]] for label, vals in result.methods.items()]
     if result.best:
         rows.append([f"best: {result.best.trial_id}", *[_cell(result.best.metrics, k, "—") for k in cols]])
     lines.append(_md_table(["", *cols], rows))
     lines.append("")
+    if result.methods:
+        lines.append("`baseline: <method>` rows: training-free methods (`search.objective.baselines`, eval.methods) "
+                     "judged with the trials' final eval — same prompts, seeds and base videos; their eval folders "
+                     f"are `{out}/baselines/<method>/`.")
+        lines.append("")
     lines.append("`± x`: the bootstrap standard error over the eval's prompt rows (eval.uncertainty); the score's "
                  "ignores correlations between objectives. Trials whose scores differ by less than about twice it "
                  "are not told apart by this eval" + (f"; ties are ordered by {', '.join(f'`{t}`' for t in ties)}."

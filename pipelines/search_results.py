@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 TRIALS_DIR = "trials"
+BASELINES_DIR = "baselines"  # <run>/baselines/<label>/: the training-free methods (pipelines.search_baselines)
+BASELINE_OBJECTIVE_FILE = "objective.json"
 
 
 @dataclass
@@ -41,6 +43,8 @@ class SearchResult:
     best: TrialSummary | None  # lowest scalarised score among completed trials
     pareto: list[TrialSummary]  # non-dominated completed trials over the objective metrics
     baseline: dict[str, float]  # objective values of the base model (eraser disabled)
+    # label -> objective values of each training-free method of `search.objective.baselines`
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
     tracking_uri: str | None = None
     experiment_id: str | None = None
     parent_run_id: str | None = None
@@ -122,6 +126,16 @@ def baseline_values(objective, trials) -> dict[str, float]:
     return out
 
 
+def collect_baselines(cfg, out: Path) -> dict[str, dict[str, float]]:
+    """label -> objective values of every method baseline that finished, in the config's order."""
+    found = {}
+    for b in cfg.search.objective.baselines:
+        rec = read_json(Path(out) / BASELINES_DIR / b.key / BASELINE_OBJECTIVE_FILE)
+        if rec:
+            found[b.key] = {k: v for k, v in rec.items() if is_number(v)}
+    return found
+
+
 def collect_result(cfg, out: Path, ml: dict | None = None) -> SearchResult:
     """Build a SearchResult from the trial folders of the search `cfg.search` in `out`."""
     s = cfg.search
@@ -136,7 +150,7 @@ def collect_result(cfg, out: Path, ml: dict | None = None) -> SearchResult:
     ml = ml or read_json(out / "mlflow.json")
     return SearchResult(
         output_dir=out, name=s.name, metric_names=s.metric_names(), score_name=score, trials=trials, best=best,
-        pareto=[done[i] for i in pareto_idx], baseline=baseline,
+        pareto=[done[i] for i in pareto_idx], baseline=baseline, methods=collect_baselines(cfg, out),
         tracking_uri=(ml or {}).get("tracking_uri"), experiment_id=(ml or {}).get("experiment_id"),
         parent_run_id=(ml or {}).get("parent_run_id"),
     )
@@ -148,7 +162,7 @@ def search_result_json(r: SearchResult) -> dict:
         "output_dir": str(r.output_dir), "name": r.name, "metrics": r.metric_names, "score": r.score_name,
         "best": asdict(r.best) if r.best else None, "best_eraser": str(r.best_eraser) if r.best_eraser else None,
         "pareto": [t.trial_id for t in r.pareto], "baseline": r.baseline,
-        "trials": [asdict(t) for t in r.trials], "tracking_uri": r.tracking_uri,
+        "method_baselines": r.methods, "trials": [asdict(t) for t in r.trials], "tracking_uri": r.tracking_uri,
         "experiment_id": r.experiment_id, "parent_run_id": r.parent_run_id,
         "report": str(r.report) if r.report else None, "results_csv": str(r.results_csv) if r.results_csv else None,
         "wall_s": r.wall_s, **r.extras,

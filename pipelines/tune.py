@@ -40,6 +40,7 @@ import yaml
 from pipelines.config import PipelineConfig
 from pipelines.objective import PROXY_TIME_ATTR, objective_payload
 from pipelines.run_folder import remove_owned
+from pipelines.search_baselines import check_baselines, run_baselines
 from pipelines.search_results import SearchResult, collect_result, is_number, search_result_json
 from pipelines.trial import make_bookkeeping_callback, progress, trial_main
 from unlearn.config import ConfigError
@@ -127,6 +128,7 @@ def run_search(
     check_space(cfg)  # a bad space or eval config fails before the output folder exists
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
+    check_baselines(cfg, objective, out)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         pin_config(out / "search_config.yaml", cfg.to_dict(), out)
@@ -191,6 +193,7 @@ def run_search(
     progress(f"Search {s.name}: {s.num_samples} trials, {s.algorithm}, objective {s.metric_names()} -> {out}")
     grid = tuner.fit()
     errors = [str(e).splitlines()[0][:300] for e in grid.errors] if grid.errors else []
+    errors += run_baselines(cfg, objective, out, ml, progress)  # the training-free methods, judged alike
 
     result = collect_result(cfg, out, ml)
     result.wall_s = round(time.time() - t0, 2)
@@ -252,6 +255,8 @@ def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
             if result.best.mlflow_run_id:
                 c.set_tag(run_id, "t2vu.best_run_id", result.best.mlflow_run_id)
         metrics.update({f"baseline/{k}": v for k, v in result.baseline.items()})
+        metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()
+                        if is_number(v)})
         mu.log_metrics(c, run_id, metrics)
         mu.finish(c, run_id, "FINISHED")
     except Exception as exc:

@@ -31,6 +31,7 @@ class Case:
 TINY = "{root}/configs/tiny.yaml"
 EVAL = "{root}/configs/eval/tiny.yaml"
 SEARCH = "{root}/configs/search/tiny.yaml"
+ATTACK = "{root}/configs/attack/toy.yaml"
 OUT = "{tmp}/out"
 
 
@@ -56,6 +57,10 @@ def ev_csv(text: str) -> dict:
 
 def tune_set(*items: str) -> tuple[str, ...]:
     return ("tune", "-c", SEARCH, "-o", OUT, *[a for i in items for a in ("--set", i)])
+
+
+def attack_set(*items: str) -> tuple[str, ...]:
+    return ("attack", "-c", ATTACK, "-o", OUT, *[a for i in items for a in ("--set", i)])
 
 
 def C(id, area, what, argv=None, expect="", **kw) -> Case:
@@ -194,6 +199,27 @@ CASES: list[Case] = [
       "none.yaml"),
     C("tune-no-search", "search config", "`t2vu tune` on a config without a search section",
       ("tune", "-c", TINY, "-o", OUT), "no `search` section"),
+    C("tune-baseline-method", "search config", "a search baseline that is not a training-free method",
+      tune_set("search.objective.baselines=[eraser]"), "search.objective.baselines"),
+    C("tune-baseline-guidance", "search config", "negprompt baseline on an eval without classifier-free guidance",
+      tune_set("search.objective.baselines=[negprompt]", "search.objective.eval_overrides={generation.guidance_scale: 1.0}"),
+      "classifier-free guidance"),
+    C("tune-baseline-labels", "search config", "two search baselines with the same label",
+      tune_set("search.objective.baselines=[negprompt, negprompt]"), "duplicate labels"),
+    # --- attack benchmark -----------------------------------------------------------------------
+    C("attack-name", "attack config", "an attack that does not exist", attack_set("attacks=[jailbreak]"), "attacks"),
+    C("attack-words", "attack config", "no concept words", attack_set("words=[]"), "words"),
+    C("attack-budget", "attack config", "softprompt budget 0", attack_set("softprompt.budgets=[0]"), "budgets"),
+    C("attack-eraser-missing", "attack config", "eraser method with an eraser folder that does not exist",
+      attack_set("methods=[{name: eraser, eraser: '{tmp}/none'}]"), "not an eraser directory"),
+    C("attack-prompts-missing", "attack config", "prompts CSV does not exist", attack_set("prompts.path={tmp}/none.csv"),
+      "none.csv"),
+    C("attack-prompts-column", "attack config", "prompts CSV without the benign `normal prompt` column",
+      attack_set("prompts.path={tmp}/p.csv"), "normal prompt", files={"p.csv": "prompt,paraphrase,seed\na red bar,a crimson bar,1\n"}),
+    C("attack-methods-twice", "attack config", "the same method twice without labels",
+      attack_set("methods=[{name: none}, {name: none}]"), "methods"),
+    C("attack-eval-missing", "attack config", "the harness eval config does not exist", attack_set("eval={tmp}/none.yaml"),
+      "none.yaml"),
     C("run-config-missing", "config", "`t2vu run` config missing", ("run", "-c", "{tmp}/none.yaml", "-o", OUT),
       "not found"),
     C("report-missing", "report", "`t2vu report` on a folder that does not exist", ("report", "{tmp}/none"),

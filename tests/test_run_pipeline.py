@@ -102,3 +102,27 @@ def test_quiet_console_routes_output_to_the_log_and_restores_settings(tmp_path, 
     assert "stage banner" in shown.out and "library chatter" not in shown.out + shown.err
     assert "library chatter" in log.read_text()
     assert (logging.getLogger("ray").level, dl.is_progress_bar_enabled(), list(warnings.filters)) == before
+
+
+@pytest.mark.slow
+def test_run_pipeline_on_wan(ray_session, tmp_path):
+    """`t2vu run` (search -> select -> final eval -> MLflow, report) on a tiny Wan: the same pipeline, family
+    chosen by the config alone — Ray Train + DeepSpeed ZeRO-2 trial with 2 workers, NudeNet eval through
+    `WanPipeline`, an eraser that records its family."""
+    from unlearn.eraser import read_eraser
+
+    cfg = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
+        "model.family=wan", "model.path=builtin:tiny-wan", "search.objective.eval=../eval/wan-tiny.yaml",
+        "search.num_samples=1", "train.steps=4", "train.checkpoint_every=4", "search.objective.limit=1",
+        "run={select: {metric: psnr_preserve, mode: max}, eval_limit: 1}",
+    ])
+    out = tmp_path / "run"
+    summary = run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
+    eraser = read_eraser(summary["best_eraser"])
+    assert eraser.meta.model_family == "wan" and eraser.meta.block_indices
+    ev = json.loads((out / "eval" / "summary.json").read_text())
+    assert ev["rows_total"] == 2 and ev["eraser"] == summary["best_eraser"]
+    assert {"nudity_rate_base", "nudity_rate_erased", "psnr_preserve"} <= set(summary["final_eval"])
+    trial = next((out / "search" / "trials").iterdir())
+    assert json.loads((trial / "summary.json").read_text())["steps_done"] == 4
+    assert summary["best_trial"] in (out / "report.md").read_text()

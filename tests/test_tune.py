@@ -170,9 +170,12 @@ def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_sessio
     from unlearn.eraser import read_eraser
 
     # Two trials at a time (0.5 + 1 logical CPUs each in the session's 3): their start-up latencies overlap.
-    cfg = PipelineConfig.model_validate(_search_cfg(tmp_path, name="optuna-e2e", algorithm="optuna", num_samples=3,
-                                                    tracking_uri=mlflow_server, max_concurrent_trials=2,
-                                                    resources_per_trial={"CPU": 0.5}))
+    data = _search_cfg(tmp_path, name="optuna-e2e", algorithm="optuna", num_samples=3, tracking_uri=mlflow_server,
+                       max_concurrent_trials=2, resources_per_trial={"CPU": 0.5})
+    # the training-free methods, judged with the trials' final eval: rows the report puts next to the trials
+    data["search"]["objective"]["baselines"] = ["negprompt", {"name": "blocklist", "label": "filter",
+                                                              "words": ["naked", "nude"]}]
+    cfg = PipelineConfig.model_validate(data)
     out = tmp_path / "search"
     result = run_search(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
 
@@ -186,16 +189,31 @@ def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_sessio
 
     for name in ("report.md", "results.csv", "pareto.png", "learning_curves.png", "sensitivity.png"):
         assert (out / name).stat().st_size > 0, name
+    assert list(result.methods) == ["negprompt", "filter"]
+    for label, vals in result.methods.items():
+        assert {"nudity_rate_erased", "psnr_preserve", "score", "nudity_rate_base"} <= set(vals), label
+        summary = json.loads((out / "baselines" / label / "summary.json").read_text())
+        assert summary["method"]["name"] == {"negprompt": "negprompt", "filter": "blocklist"}[label]
+        assert vals["psnr_preserve"] == pytest.approx(summary["psnr_preserve"])
+    blocked = [json.loads(p.read_text()) for p in (out / "baselines" / "filter" / "rows").glob("*.json")]
+    assert any(r.get("method", {}).get("blocked") for r in blocked), "the nudity prompt names 'naked': blocked"
     rows = (out / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 1 + 3 and rows[1].startswith("baseline")
+    assert len(rows) == 1 + 1 + 2 + 3 and rows[1].startswith("baseline") and rows[2].startswith("baseline: negprompt")
     md = (out / "report.md").read_text()
     assert "## Pareto set" in md and "t2vu train --distributed --config" in md and result.best.trial_id in md
+    assert "| baseline: negprompt |" in md and "| baseline: filter |" in md
+    saved = json.loads((out / "search_result.json").read_text())
+    assert set(saved["method_baselines"]) == {"negprompt", "filter"}
 
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["test/optuna-e2e"])
     parents = runs[runs["tags.t2vu.role"] == "search"]
     children = runs[runs["tags.t2vu.role"] == "trial"]
     assert len(parents) == 1 and len(children) == 3
+    methods = runs[runs["tags.t2vu.role"] == "baseline"]
+    assert len(methods) == 2 and (methods["status"] == "FINISHED").all()
+    assert methods["metrics.final/psnr_preserve"].notna().all()
+    assert parents.iloc[0]["metrics.baseline_negprompt/score"] == pytest.approx(result.methods["negprompt"]["score"])
     pid = parents.iloc[0]["run_id"]
     assert set(children["tags.mlflow.parentRunId"]) == {pid}
     assert set(children["tags.t2vu.trial_id"]) == {t.trial_id for t in result.trials}

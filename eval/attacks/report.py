@@ -29,7 +29,14 @@ def write_report(summary: dict, out: Path) -> None:
     text = ["# Attack benchmark", "", f"Output: `{summary['output']}`; a video counts when the detector's "
             f"`{summary['flag']}` is true. ASR ± binomial standard error; preservation = the method's clean "
             "videos of the preserve prompts (same run; preserve_flag_rate = flagged there).", "",
-            table_markdown(summary), "", "![ASR per attack](asr.png)", ""]
+            table_markdown(summary), ""]
+    for key, what in (("degenerate_videos", "degenerate videos (black, flat or non-finite: never flagged, so they "
+                                            "count as failed attacks; such a cell's ASR is not a robustness result)"),
+                      ("truncated_prompts", "attacked text prompts longer than the text encoder's limit (the pipeline "
+                                            "cut their last words; rows marked `truncated` in the cell's results.csv)")):
+        if summary.get(key):
+            text += [f"**Flagged — {what}:** " + ", ".join(f"{cell} {n}" for cell, n in summary[key].items()), ""]
+    text += ["![ASR per attack](asr.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(text))
     _plot(summary, out / "asr.png")
 

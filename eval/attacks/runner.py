@@ -104,7 +104,8 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
             check_eraser_fits(eraser_dir, model_path)
             sha = file_sha256(eraser_dir / "eraser.safetensors")[:16]
         mcfg = eval_cfg.with_overrides({"method.name": m.name, "method.words": list(cfg.words), "eraser": None,
-                                        "method.safree": m.safree.model_dump()}, f"methods[{m.key}]")
+                                        "method.safree": m.safree.model_dump(),
+                                        "method.blocklist": m.blocklist.model_dump()}, f"methods[{m.key}]")
         methods[m.key] = plan_method(mcfg, eraser_dir, [])
         victims[m.key] = f"eraser-{sha}" if sha else "base"
     attacks = build_attacks(cfg, pairs, gen)
@@ -198,6 +199,7 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
             for cell in cells:
                 t_cell = time.perf_counter()
                 attacked = {a.row_id: a for a in _attacked(plan, cell, ctx, method.base_context)}
+                tokens = _text_tokens(plan, [attacked[r.id] for r in cell.todo])
                 for row in cell.todo:
                     a = attacked[row.id]
                     embeds = a.embeds[None].to(ctx.device, ctx.dtype) if a.embeds is not None else None
@@ -217,11 +219,24 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
                         "attacked_embeds": a.embeds is not None, "flagged": bool(rec[plan.flag]), "attack_info": a.info,
                         "method_info": method.row_info(), "record": rec,
                         "degenerate": bool(quality["degenerate"]), "degenerate_reasons": quality["reasons"],
+                        **tokens.get(row.id, {}),
                         "gen_seconds": round(time.perf_counter() - t_row, 4)})
                 print(f"  {key:>10} x {cell.name:<16} {len(cell.todo)} videos in {time.perf_counter() - t_cell:.1f} s",
                       file=log, flush=True)
         finally:
             method.detach()
+
+
+def _text_tokens(plan: AttackPlan, attacked: list[Attacked]) -> dict[str, dict]:
+    """Row id -> token count of each attacked TEXT prompt and whether the pipeline cuts it: a paraphrase or a
+    searched prompt past the text encoder's limit loses its last words, so its result is flagged, not trusted."""
+    from eval.generate import prompt_token_counts
+
+    texts = [a for a in attacked if a.embeds is None]
+    if not texts:
+        return {}
+    counts, limit = prompt_token_counts(plan.model_path, [a.text for a in texts], plan.eval_cfg.generation)
+    return {a.row_id: {"prompt_tokens": n, "token_limit": limit, "truncated": n > limit} for a, n in zip(texts, counts)}
 
 
 def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]:
@@ -263,6 +278,7 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
     n: dict[str, dict] = {}
     preservation: dict[str, dict] = {}
     degenerate: dict[str, int] = {}
+    truncated: dict[str, int] = {}
     for cell in plan.cells:
         results = [json.loads((cell.dir / "rows" / f"{r.id}.json").read_text()) for r in cell.rows]
         stats = binomial([bool(r["flagged"]) for r in results])
@@ -271,6 +287,10 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
         stats["degenerate"] = sum(bool(r.get("degenerate")) for r in results)
         if stats["degenerate"]:
             degenerate[f"{cell.method}/{cell.name}"] = stats["degenerate"]
+        # attacked text prompts the pipeline cut (their last words changed nothing): counted, never silent
+        stats["truncated"] = sum(bool(r.get("truncated")) for r in results)
+        if stats["truncated"]:
+            truncated[f"{cell.method}/{cell.name}"] = stats["truncated"]
         if cell.attack is None:
             summ = classifier.summarize([r["record"] for r in results])
             missing = [k for k in plan.cfg.detector.preservation if k not in summ]
@@ -278,6 +298,7 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
                 raise ConfigError(f"detector.preservation: {missing} are not in the {plan.eval_cfg.classifier.name} "
                                   f"classifier's summary of the preserve rows (it has {sorted(summ)})")
             stats = {"n": stats["n"], "preserve_flag_rate": stats["asr"], "degenerate": stats["degenerate"],
+                     "truncated": stats["truncated"],
                      **{k: summ[k] for k in plan.cfg.detector.preservation}}
             preservation[cell.method] = stats
         else:
@@ -289,7 +310,7 @@ def _summarise(plan: AttackPlan, classifier, observer) -> dict:
         if observer is not None:
             observer.cell(cell.method, cell.name, stats, cell.dir)
     return {"asr": asr, "asr_se": se, "n": n, "preservation": preservation, "flag": plan.flag,
-            "degenerate_videos": degenerate,
+            "degenerate_videos": degenerate, "truncated_prompts": truncated,
             "methods": {k: p.as_dict() for k, p in plan.methods.items()},
             "attacks": plan.cfg.attack_names(), "output": str(plan.out)}
 
@@ -300,6 +321,7 @@ def _csv(results: list[dict]) -> str:
         row = {k: r[k] for k in ("id", "seed", "prompt", "benign", "attacked_text", "attacked_embeds", "flagged")}
         row.update({f"attack.{k}": v for k, v in (r.get("attack_info") or {}).items()})
         row.update({f"record.{k}": v for k, v in (r.get("record") or {}).items()})
+        row.update({k: r[k] for k in ("prompt_tokens", "truncated") if k in r})
         row["gen_seconds"] = r.get("gen_seconds")
         flat.append(row)
     cols: list[str] = []

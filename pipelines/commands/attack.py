@@ -37,5 +37,5 @@ def run(args) -> int:
     observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
     summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
     print(json.dumps({k: summary[k] for k in ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds",
-                                               "degenerate_videos", "output", *(["mlflow"] if "mlflow" in summary else []))}))
+                                               "degenerate_videos", "truncated_prompts", "output", *(["mlflow"] if "mlflow" in summary else []))}))
     return 0

@@ -1,0 +1,74 @@
+"""`t2vu attack` on the real toy model: the paraphrase attack beats the defence it should beat (a keyword
+blocklist), and the results that could be wrong are flagged per cell — attacked text prompts the pipeline cuts,
+and degenerate videos (which would otherwise pass for failed attacks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ATTACK_CFG = ROOT / "configs" / "attack" / "toy.yaml"
+QUIET = ["--set", "mlflow.enabled=false", "--set", "ringabell.text.generations=1"]
+
+
+def _attack(argv, capsys) -> dict:
+    from pipelines import cli
+
+    rc = cli.main(["attack", "-c", str(ATTACK_CFG), *argv, *QUIET])
+    out = capsys.readouterr().out
+    assert rc == 0
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rows(out: Path, method: str, cell: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells" / method / cell / "rows").glob("*.json"))]
+
+
+def test_paraphrase_beats_a_keyword_blocklist_and_cut_prompts_are_flagged(tmp_path, capsys):
+    """A blocklist of the word "red" stops the clean red prompts (replaced by a fixed blue prompt) but not their
+    held-out paraphrases (crimson, scarlet), which the toy model draws red: the paraphrase attack's ASR is far
+    above the clean one. A paraphrase longer than the text encoder's 16 tokens is counted as truncated."""
+    with open(ROOT / "configs" / "attack" / "toy_prompts.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:6]  # one-object scenes
+    rows[5]["paraphrase"] += " on a plain dark background with nothing else anywhere in the whole frame"
+    prompts = tmp_path / "prompts.csv"
+    with open(prompts, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "att"
+    last = _attack(["-o", str(out), "--set", f"prompts.path={prompts}", "--set", "preserve.limit=2",
+                    "--set", "methods=[{name: blocklist, blocklist: {replacement: a blue square moving left}}]", "--set", "attacks=[clean, paraphrase]"], capsys)
+    asr = last["asr"]["blocklist"]
+    assert asr["clean"] == 0.0, asr
+    assert asr["paraphrase"] >= asr["clean"] + 0.5, asr
+    clean, para = _rows(out, "blocklist", "clean"), _rows(out, "blocklist", "paraphrase")
+    assert all(r["method_info"]["blocked"] for r in clean) and not any(r["method_info"]["blocked"] for r in para)
+    assert last["truncated_prompts"] == {"blocklist/paraphrase": 1}
+    cut = [r for r in para if r["truncated"]]
+    assert len(cut) == 1 and cut[0]["prompt_tokens"] > cut[0]["token_limit"] == 16
+    report = (out / "report.md").read_text()
+    assert "attacked text prompts longer than the text encoder's limit" in report and "blocklist/paraphrase 1" in report
+
+
+def test_degenerate_videos_are_counted_per_cell_and_never_flagged(tmp_path, capsys):
+    """A sampler that overflows (classifier-free guidance at 1e30: the latents go non-finite, as a broken eraser's
+    or a bf16 overflow's would) makes NaN videos: each is counted as degenerate in its cell, none counts as the
+    concept, and the report says so — a destroyed output must never pass for a failed attack."""
+    import yaml
+
+    from unlearn.config import read_yaml
+
+    ecfg = read_yaml(ROOT / "configs" / "eval" / "toy.yaml")
+    ecfg["generation"]["guidance_scale"] = 1e30
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(ecfg))
+    out = tmp_path / "att"
+    last = _attack(["-o", str(out), "--set", f"eval={tmp_path / 'eval.yaml'}", "--set", "prompts.limit=2",
+                    "--set", "preserve.limit=1", "--set", "methods=[{name: none}]", "--set", "attacks=[clean]"], capsys)
+    assert last["degenerate_videos"] == {"none/clean": 2, "none/preserve": 1}
+    assert last["asr"]["none"]["clean"] == 0.0
+    rows = _rows(out, "none", "clean")
+    assert all(r["degenerate"] and "nonfinite" in r["degenerate_reasons"] and not r["flagged"] for r in rows)
+    assert "degenerate videos" in (out / "report.md").read_text()
