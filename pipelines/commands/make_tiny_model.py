@@ -20,15 +20,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from unlearn.models.families import spec_class, tiny_builder
+    from unlearn.models.families import FAMILIES, expert_counts, spec_class, tiny_builder
 
     from unlearn.config import ConfigError
 
     family = getattr(args, "family", "cogvideox")
     experts = getattr(args, "experts", 1)
-    if experts != 1 and family != "wan":
-        raise ConfigError(f"--experts {experts}: only the wan family has two-expert models (Wan 2.2 A14B); "
-                          "use --family wan or drop --experts")
+    if experts not in expert_counts(family):
+        able = [f"{n} ({', '.join(map(str, e.experts))})" for n, e in FAMILIES.items() if len(e.experts) > 1]
+        raise ConfigError(f"--experts {experts}: a {family} model has {' or '.join(map(str, expert_counts(family)))} "
+                          f"expert(s); families with several: {', '.join(able)}. Choose one of those or drop --experts")
     extra = {"experts": experts} if experts != 1 else {}
     path = tiny_builder(family)(args.dir, seed=args.seed, overwrite=args.overwrite, **extra)
     cls = spec_class(family).pipeline_class_name

@@ -21,11 +21,13 @@ class Family:
     # The same models as another family with the eraser at another site (wan-attn1 of wan): accepts that
     # family's directories and transformers; its eraser files record the variant, so they attach there.
     variant_of: str | None = None
+    # Expert counts its tiny builder can make (`experts=N`): Wan 2.2 A14B's high/low-noise pair is 2.
+    experts: tuple[int, ...] = (1,)
 
 
 FAMILIES: dict[str, Family] = {
     "cogvideox": Family(spec="unlearn.models.cogvideox:CogVideoXSpec", tiny="unlearn.models.tiny:make_tiny_model"),
-    "wan": Family(spec="unlearn.models.wan:WanSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan"),
+    "wan": Family(spec="unlearn.models.wan:WanSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan", experts=(1, 2)),
     "wan-attn1": Family(spec="unlearn.models.wan:WanSelfAttnSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan",
                         variant_of="wan"),
 }
@@ -59,6 +61,11 @@ def spec_class(name: str):
 
 def tiny_builder(name: str):
     return _load(_entry(name).tiny)
+
+
+def expert_counts(name: str) -> tuple[int, ...]:
+    """How many transformers (experts) a model of family `name` may have."""
+    return _entry(name).experts
 
 
 def family_of_transformer(transformer) -> str:
