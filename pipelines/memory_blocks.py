@@ -43,6 +43,8 @@ grad-out and grad-in ([R, Nv, F] each) and the residual stream's fp32 and act-dt
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 GIB = 2**30
 NO_GRAD_FORWARD_U = 12  # CogVideoX: peak of a no-grad forward in U (11 counted from the code, 12 measured on CPU)
 
@@ -60,6 +62,12 @@ def blocks_for(family: str):
     if base not in FAMILY_BLOCKS:
         raise ValueError(f"the memory plan has no block accounting for family {family!r}; known: {', '.join(FAMILY_BLOCKS)}")
     return FAMILY_BLOCKS[base]
+
+
+def _inner(x):
+    """The adversarial inner attack's pass (loss.adv_steps): the B concept rows alone, with grad w.r.t. their text
+    embedding (so every block saves, the first included), no energy record; its graph is freed after each pass."""
+    return replace(x, preserve_rows=0, extra_rows=0, capture_layers=0)
 
 
 def _energy(x) -> tuple[float, float]:
@@ -90,7 +98,7 @@ def _f2_terms(x, saved: float, note: str, ckpt_saved: float, block: float, grads
     return [
         ("forward 2 saved activations", saved, f"R2={r2} rows; " + note),
         ("eraser saved activations", _eraser_one(x, r2) * n_erasers + energy,
-         f"fp32 input copy [R2, Nv, D] + [B, Nv, D] energy copy per eraser x {n_erasers}"),
+         f"fp32 input copy [R2, Nv, D]{' + [B, Nv, D] energy copy' if x.capture_layers else ''} per eraser x {n_erasers}"),
         ("backward grads in flight", grads, grads_note),
     ]
 
@@ -113,12 +121,20 @@ class CogVideoXBlocks:
 
     @classmethod
     def forward2(cls, x) -> list[tuple[str, float, str]]:
-        r2 = x.concept_rows + x.preserve_rows
+        return cls._grad_pass(x, x.concept_rows + x.preserve_rows, x.layers - min(x.eraser_blocks), False)
+
+    @classmethod
+    def inner_attack(cls, x) -> list[tuple[str, float, str]]:
+        return cls._grad_pass(_inner(x), x.concept_rows, x.layers, True)
+
+    @classmethod
+    def _grad_pass(cls, x, r2: int, g: int, first_full: bool) -> list[tuple[str, float, str]]:
+        """g blocks whose outputs need grad; the first saves 5 U (after its eraser) or, first_full, all 12 U."""
         u = unit(r2, cls.tokens(x), x.hidden, x.act_bytes)
-        g = x.layers - min(x.eraser_blocks)  # blocks whose outputs need grad
         final_norms = 2 * unit(r2, x.video_tokens, x.hidden, x.act_bytes)  # norm_final and norm_out inputs
-        saved = (5 * u + 12 * u * (g - 1) + final_norms) if g else 0.0
-        return _f2_terms(x, saved, f"12 U x {g - 1} blocks + 5 U + final norms; U={u / GIB:.3g} GB",
+        first = 12 if first_full else 5
+        saved = (first * u + 12 * u * (g - 1) + final_norms) if g else 0.0
+        return _f2_terms(x, saved, f"12 U x {g - 1} blocks + {first} U + final norms; U={u / GIB:.3g} GB",
                          g * u + final_norms, 12 * u, 10 * u,
                          "GELU grad-out + grad-in [R2, N, 4D] + residual grads: 10 U")
 
@@ -180,9 +196,17 @@ class WanBlocks:
 
     @classmethod
     def forward2(cls, x) -> list[tuple[str, float, str]]:
-        r2, nv, d, e = x.concept_rows + x.preserve_rows + x.extra_rows, x.video_tokens, x.hidden, x.act_bytes
-        g = x.layers - min(x.eraser_blocks)
-        saved = (cls.saved_first(x, r2) + cls.saved_block(x, r2) * (g - 1) + cls.saved_model(x, r2, g)) if g else 0.0
+        return cls._grad_pass(x, x.concept_rows + x.preserve_rows + x.extra_rows, x.layers - min(x.eraser_blocks), False)
+
+    @classmethod
+    def inner_attack(cls, x) -> list[tuple[str, float, str]]:
+        return cls._grad_pass(_inner(x), x.concept_rows, x.layers, True)
+
+    @classmethod
+    def _grad_pass(cls, x, r2: int, g: int, first_full: bool) -> list[tuple[str, float, str]]:
+        nv, d, e = x.video_tokens, x.hidden, x.act_bytes
+        first = cls.saved_block(x, r2) if first_full else cls.saved_first(x, r2)
+        saved = (first + cls.saved_block(x, r2) * (g - 1) + cls.saved_model(x, r2, g)) if g else 0.0
         ue = float(e) * r2 * nv * d
         text = e * r2 * x.text_len * d + (6.0 * ue if x.expand_timesteps else 0.0)  # text states, timestep proj
         ckpt = g * ue + text + cls.saved_model(x, r2, g) if g else 0.0

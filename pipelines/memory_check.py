@@ -126,6 +126,7 @@ def plan_inputs(req: PlanRequest):
         device=req.device, capacity_bytes=req.capacity_bytes, family=arch.family, ffn_dim=arch.ffn_dim,
         eraser_site="attn1" if m.model.family == "wan-attn1" else "attn2", expand_timesteps=arch.expand_timesteps,
         experts=arch.experts, eraser_sites=n_sites, extra_rows=1 if arch.experts > 1 else 0,
+        adv_steps=m.loss.adv_steps, anchor_preserve=m.loss.w_anchor_preserve > 0,
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)

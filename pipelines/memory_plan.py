@@ -29,6 +29,10 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   block keeps only its inputs (1 U) and backward recomputes one block at a time (its 12 U and
   eraser tensors again). Backward adds the gradients in flight at the widest op, the GELU:
   grad-out and grad-in of [R2, N, 4D] plus the residual's gradients: 10 U(R2).
+- adversarial training (loss.adv_steps > 0): forward 2 runs the B adversarial rows too (and, with
+  loss.w_anchor_preserve, B anchor rows: R2 = 2B + P or 3B + P); before it, each of the adv_steps
+  inner passes runs the B concept rows with grad w.r.t. their text embedding (every block saves,
+  the first one whole; no energy record) and frees its graph: its own phase, one pass at a time.
 - trajectory sampling (xt_source trajectory): a no-grad forward of 2 x pool rows (CFG).
 - trial evaluations (tune/run): a proxy eval in rank 0 loads T5 + VAE next to training and generates
   on the training transformer (CFG forward of 2 rows, VAE decoding: estimates); the final eval
@@ -41,7 +45,7 @@ Calibrated on CPU by `benchmarks/memory_plan_check.py` (`--family wan`: the Wan 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipelines.memory_blocks import GIB, NO_GRAD_FORWARD_U, blocks_for, unit  # noqa: F401 (re-exported)
 
@@ -51,6 +55,10 @@ PERSISTENT = "all"
 F1, F2 = "forward 1", "forward 2 + backward"
 STEP = "forward 1 to backward"  # kept through both forwards and the backward
 SAMPLING, HOST = "trajectory sampling", "host"
+ADV = "adversarial inner pass"  # loss.adv_steps: between forward 1 and forward 2
+ADV_NAMES = {"forward 2 saved activations": "adv pass saved activations", "eraser saved activations":
+             "adv pass eraser activations", "backward recompute + grads": "adv pass recompute + grads",
+             "backward grads in flight": "adv pass grads in flight", "eraser energy records": "adv pass energy records"}
 PROXY, FINAL = "proxy eval (rank 0)", "final eval (eval actor)"  # FINAL: its own process, nothing of training
 
 
@@ -121,6 +129,8 @@ class PlanInputs:
     experts: int = 1  # transformers resident at once (Wan 2.2 A14B: 2, one eraser set each)
     eraser_sites: int = 0  # erasers over all experts (0: len(eraser_blocks)); eraser_blocks: one expert's positions
     extra_rows: int = 0  # A14B: when all rows go to one expert, the idle one runs a zero-weight row (forward 2 + backward)
+    adv_steps: int = 0  # loss.adv_steps: inner attack passes a step (B adversarial rows join forward 2)
+    anchor_preserve: bool = False  # loss.w_anchor_preserve > 0: B anchor rows join forward 2
 
 
 @dataclass
@@ -161,7 +171,7 @@ class MemoryPlan:
         """The GPU terms alive at the peak, largest first."""
         if self.peak_phase == FINAL:
             return sorted((t for t in self.terms if t.phase == FINAL or t.name == "CUDA context"), key=lambda t: -t.bytes)
-        live = (PERSISTENT, self.peak_phase) + ((STEP,) if self.peak_phase in (F1, F2, PROXY) else ())
+        live = (PERSISTENT, self.peak_phase) + ((STEP,) if self.peak_phase in (F1, F2, ADV, PROXY) else ())
         return sorted((t for t in self.terms if t.where == "gpu" and t.phase in live), key=lambda t: -t.bytes)
 
     def host_bytes(self) -> float:
@@ -265,12 +275,18 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     if x.capture_layers:  # the capture's keys: CogVideoX text + video, Wan (cross-attention) text only
         probs, scratch = capture_terms(x, n if blocks.tokens(x) != x.video_tokens else x.text_len)
         terms += [probs, scratch]
-    f2 = [Term(name, b, F2, note) for name, b, note in blocks.forward2(x)]
+    extra = x.concept_rows * (int(x.adv_steps > 0) + int(x.anchor_preserve))  # adversarial / anchor rows in forward 2
+    f2 = [Term(name, b, F2, note) for name, b, note in blocks.forward2(replace(x, preserve_rows=x.preserve_rows + extra))]
     terms += f2
     kept = probs.bytes if probs else 0.0
     resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
     phases = {F1: resident + kept + max(f1.bytes, blocks.attention_time(x, r1) + (scratch.bytes if scratch else 0.0)),
               F2: resident + kept + sum(t.bytes for t in f2)}
+    if x.adv_steps:
+        adv = [Term(ADV_NAMES[name], b, ADV, f"{note}; {x.adv_steps} passes a step, one at a time")
+               for name, b, note in blocks.inner_attack(x) if b]  # (no energy record in the inner pass)
+        terms += adv
+        phases[ADV] = resident + kept + sum(t.bytes for t in adv)
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size

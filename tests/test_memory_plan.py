@@ -277,3 +277,49 @@ def test_wan_eval_terms_load_umt5_and_the_wan_vae():
         t, umt5, vae = PRESET_PARAMETERS[preset]
         assert terms["proxy eval weights"].bytes == (umt5 + vae) * 2 and "UMT5 + Wan VAE" in terms["proxy eval weights"].note
         assert terms["final eval weights"].bytes == (experts * t + umt5 + vae) * 2
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_adversarial_training_is_planned(batch):
+    """loss.adv_steps: the B adversarial rows (and, with loss.w_anchor_preserve, B anchor rows) join forward 2, and
+    the inner attack's pass is its own phase; one pass of the real inner attack (tiny CogVideoX, grad w.r.t. the
+    concept rows' text embedding, erasers on) saves what the plan counts for it, within 15%."""
+    from dataclasses import replace
+
+    import torch
+
+    from pipelines.config import load_pipeline_config
+    from pipelines.memory_check import plan_inputs
+    from pipelines.memory_plan import ADV, F2, plan_memory
+    from unlearn.session import TrainingSession
+
+    method = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=2", f"train.batch_size={batch}"]).method()
+    x, _ = plan_inputs(make_request(method, None, mode="train", gpu_memory_gb=80))
+    assert x.adv_steps == 2 and not x.anchor_preserve and x.concept_rows == batch
+    plain = plan_memory(replace(x, adv_steps=0))
+    assert ADV not in plain.phases and not any(t.phase == ADV for t in plain.terms)
+    f2 = lambda p: {t.name: t.bytes for t in p.terms if t.phase == F2}  # noqa: E731
+    for anchors, extra in ((False, 1), (True, 2)):  # forward 2 = the plain step with B (2B) more rows
+        plan = plan_memory(replace(x, anchor_preserve=anchors))
+        assert f2(plan) == f2(plan_memory(replace(x, adv_steps=0, preserve_rows=x.preserve_rows + extra * batch)))
+    plan = plan_memory(x)
+    assert plan.phases[ADV] > plain.phases[F2] - sum(f2(plain).values())  # the resident terms + the pass
+    assert plan_memory(replace(x, adv_steps=7)).phases[ADV] == plan.phases[ADV]  # one pass at a time
+    predicted = sum(t.bytes for t in plan.terms if t.name in ("adv pass saved activations", "adv pass eraser activations"))
+
+    session = TrainingSession(method)
+    obj, b = session.objective, session.batch(0)
+    params = {p.untyped_storage().data_ptr() for m in (obj.spec.transformer, obj.erasers)
+              for p in list(m.parameters()) + list(m.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    delta = torch.zeros_like(b.emb_c, requires_grad=True)  # what ErasureObjective._adversarial differentiates
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        obj.spec.velocity(b.x_c, b.t_c, b.emb_c + delta)
+    obj.detach()
+    assert sum(saved.values()) == pytest.approx(predicted, rel=0.15), (sum(saved.values()), predicted)

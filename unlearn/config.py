@@ -134,6 +134,17 @@ class LossConfig(Strict):
     # concept within the concept-anchor distance.
     adv_from: Literal["concept", "reference"] = "concept"
     w_adv: float = Field(1.0, ge=0.0)
+    # What the perturbed rows are trained towards, with v_s the frozen prediction of the reference the attack started
+    # from (adv_from: reference -> the row's own anchor; concept -> the references' mean v_ref), all at the concept
+    # rows' x_t: negative = the unlearning target v_ref - eta (v_c - v_ref) (AdvUnlearn; with adv_from: reference
+    # every anchor's neighbourhood is pulled to the anchors' mean); own-negative = v_s - eta (v_c - v_s): away from
+    # the concept, towards the anchor the attack started from; reference = v_s (at x_t of concept videos the frozen
+    # anchor prediction keeps much of the concept: measured weaker, benchmarks/robustness.md).
+    adv_target: Literal["negative", "own-negative", "reference"] = "negative"
+    # Preservation on the anchors' UNPERTURBED embeddings at the concept rows' x_t (row i takes anchor i mod K):
+    # w_anchor_preserve x MSE(v_E(x_c, E(anchor)), v(x_c, E(anchor))); 0 = off (no extra rows). Adds B rows to the
+    # erased forward (with reference: empty the anchor is "").
+    w_anchor_preserve: float = Field(0.0, ge=0.0)
 
 
 class TrajectoryConfig(Strict):

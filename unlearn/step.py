@@ -7,6 +7,9 @@ Per step, two transformer forwards instead of one per quantity:
 2. with grad, erasers on, batched over [concept | preserved]:
    the erased predictions and each block's eraser output.
 Then  L = w_u * MSE(v_E(c), v_ref - eta (v_c - v_ref)) + w_p * MSE(v_E(p), v(p)) + w_l * L_loc.
+Optional rows of forward 2 (off by default; the batch is then exactly the above): adversarial concept rows
+(loss.adv_steps; + w_adv * MSE(v_E(E + delta), a target set by loss.adv_target)) and the anchors' unperturbed
+rows at the concept x_t (loss.w_anchor_preserve; + w * MSE(v_E(x_c, E(anchor)), v(x_c, E(anchor)))).
 The naive alternative (a second model copy, one forward per quantity, the full
 attention matrix) is `unlearn.naive`; the benchmark compares them.
 """
@@ -78,29 +81,43 @@ class ErasureObjective(nn.Module):
         cap = self.capture.capturing(b) if self.capture is not None else contextlib.nullcontext()
         with torch.no_grad(), self.handle.disabled(), cap, self._amp(dev):
             v = spec.velocity(x, t, e).float()
-        v_c, v_ref, v_p0 = v.split([b, b * k, p])
-        v_ref = v_ref.view(b, k, *v_ref.shape[1:]).mean(1)
+        v_c, v_ref_k, v_p0 = v.split([b, b * k, p])
+        v_ref_k = v_ref_k.view(b, k, *v_ref_k.shape[1:])
+        v_ref = v_ref_k.mean(1)
         target = negative_guided_target(v_c, v_ref, cfg.eta)
+        row_anchor = torch.arange(b, device=dev) % k  # row i's own reference: anchor i mod K
 
         # adversarial concept rows (loss.adv_steps > 0): the inner attack on the concept embeddings
         adv = cfg.adv_steps > 0
         x_adv, t_adv, e_adv = (batch.x_c, batch.t_c, self._adversarial(batch, v_c, dev)) if adv else (
             batch.x_c[:0], batch.t_c[:0], batch.emb_c[:0])
         a = x_adv.shape[0]
+        # the anchors' unperturbed rows at the concept x_t (loss.w_anchor_preserve > 0)
+        anc = cfg.w_anchor_preserve > 0
+        e_anc = batch.emb_ref[torch.arange(b, device=dev), row_anchor] if anc else batch.emb_c[:0]
+        n_anc = e_anc.shape[0]
 
         # 2) erased predictions (one batched forward, with grad into the erasers only); the hooks
         # record only the per-token eraser energy of the b concept rows, and only if L_loc needs it
         rows = b if self.capture is not None else 0
+        xs, ts, es = [batch.x_c, x_adv, batch.x_p], [batch.t_c, t_adv, batch.t_p], [batch.emb_c, e_adv, batch.emb_p]
+        if anc:  # appended after the preserved rows: without it the batch is exactly the plain step's
+            xs, ts, es = xs + [batch.x_c], ts + [batch.t_c], es + [e_anc]
         with self.handle.recording(rows, cfg.localize_reduction) as eraser_out, self._amp(dev):
-            v_e = spec.velocity(torch.cat([batch.x_c, x_adv, batch.x_p]), torch.cat([batch.t_c, t_adv, batch.t_p]),
-                                torch.cat([batch.emb_c, e_adv, batch.emb_p])).float()
-        v_e_c, v_e_a, v_e_p = v_e.split([b, a, p])
+            v_e = spec.velocity(torch.cat(xs), torch.cat(ts), torch.cat(es)).float()
+        v_e_c, v_e_a, v_e_p, v_e_anc = v_e.split([b, a, p, n_anc])
 
         l_u = unlearn_loss(v_e_c, target)
         l_p = preserve_loss(v_e_p, v_p0) if p else v_e.new_zeros(())
         out = {"l_unlearn": l_u, "l_preserve": l_p}
         if adv:
-            out["l_adv"] = unlearn_loss(v_e_a, target)
+            # v_s: the frozen prediction of the reference the inner attack started from
+            v_s = v_ref_k[torch.arange(b, device=dev), row_anchor] if cfg.adv_from == "reference" else v_ref
+            adv_goal = {"negative": target, "reference": v_s,
+                        "own-negative": negative_guided_target(v_c, v_s, cfg.eta)}[cfg.adv_target]
+            out["l_adv"] = unlearn_loss(v_e_a, adv_goal)
+        if anc:
+            out["l_anchor_preserve"] = preserve_loss(v_e_anc, v_ref_k[torch.arange(b, device=dev), row_anchor])
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
             mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
@@ -113,6 +130,8 @@ class ErasureObjective(nn.Module):
         out["loss"] = cfg.w_unlearn * l_u + cfg.w_preserve * l_p + cfg.w_localize * l_l
         if adv:
             out["loss"] = out["loss"] + cfg.w_adv * out["l_adv"]
+        if anc:
+            out["loss"] = out["loss"] + cfg.w_anchor_preserve * out["l_anchor_preserve"]
         return out
 
     def _adversarial(self, batch: StepBatch, v_c: torch.Tensor, dev) -> torch.Tensor:
