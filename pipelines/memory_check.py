@@ -87,6 +87,7 @@ def plan_inputs(req: PlanRequest):
     """(PlanInputs, Architecture) for a request; ConfigError names the field when the config cannot run."""
     from pipelines.distributed_config import per_worker_batch
     from unlearn.models.architectures import resolve_architecture
+    from unlearn.models.families import spec_class
 
     m = req.method
     try:
@@ -124,7 +125,7 @@ def plan_inputs(req: PlanRequest):
         weight_bytes=wbytes, act_bytes=abytes, checkpointing=m.train.gradient_checkpointing,
         world_size=w, zero_stage=stage, reduce_bucket=bucket, trajectory=trajectory_shape(m, req),
         device=req.device, capacity_bytes=req.capacity_bytes, family=arch.family, ffn_dim=arch.ffn_dim,
-        eraser_site="attn1" if m.model.family == "wan-attn1" else "attn2", expand_timesteps=arch.expand_timesteps,
+        eraser_site=getattr(spec_class(m.model.family), "eraser_site", "attn1"), expand_timesteps=arch.expand_timesteps,
         experts=arch.experts, eraser_sites=n_sites, extra_rows=1 if arch.experts > 1 else 0,
         adv_steps=m.loss.adv_steps, anchor_preserve=m.loss.w_anchor_preserve > 0,
     )

@@ -4,7 +4,7 @@
 (`pipelines.memory_check.plan_inputs`) come from the config and the architecture's configs.
 
 What is counted, and why each term has its size (the fused step is `unlearn/step.py`). The
-activation terms depend on the family's block and are counted in `pipelines.memory_blocks`
+activation terms depend on the family's block and are counted in `unlearn/models/<family>_memory.py`
 (CogVideoX as below; Wan: self-attention over the video tokens, cross-attention to 512 text keys,
 an ffn_dim-wide FFN, fp32 norms, per-token AdaLN on Wan 2.2 TI2V -- see that module); Wan 2.2
 A14B keeps both experts resident and one eraser set (with its optimizer state) per expert, while
@@ -47,7 +47,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from pipelines.memory_blocks import GIB, NO_GRAD_FORWARD_U, blocks_for, unit  # noqa: F401 (re-exported)
+from unlearn.models.cogvideox_memory import NO_GRAD_FORWARD_U  # noqa: F401 (re-exported)
+from unlearn.models.families import memory_blocks as blocks_for
+from unlearn.models.memory_terms import GIB, unit
 
 USABLE_FRACTION = 0.95  # headroom for the caching allocator's fragmentation
 CUDA_CONTEXT_BYTES = 1.0 * GIB  # CUDA context, cuBLAS/NCCL workspaces: outside torch's allocator
@@ -121,7 +123,7 @@ class PlanInputs:
     final_eval: EvalShape | None = None
     device: str = "cuda"
     capacity_bytes: int | None = None
-    # family (pipelines.memory_blocks): block structure, eraser site, Wan 2.2's per-token timesteps and experts
+    # family (unlearn/models/<family>_memory.py): block structure, eraser site, Wan 2.2's per-token timesteps and experts
     family: str = "cogvideox"
     ffn_dim: int = 0  # FFN width (CogVideoX: 4 x hidden)
     eraser_site: str = "attn2"  # Wan: attn2 (family wan) or attn1 (wan-attn1)
@@ -237,14 +239,13 @@ def capture_terms(x: PlanInputs, n_tokens: int) -> tuple[Term, Term]:
 
 
 def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
-    wan = x.family.startswith("wan")
     params = x.params_text_encoder + x.params_vae + (x.experts * x.params_transformer if ev.with_transformer else 0)
     parts = ("transformer" + (f"s x {x.experts}" if x.experts > 1 else "") + " + " if ev.with_transformer else "") + (
-        "UMT5 + Wan VAE" if wan else "T5 + VAE")
+        blocks.encoders)
     fwd = blocks.no_grad_forward(x, 2, ev.video_tokens, ev.act_bytes)  # CFG: 2 rows
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
     # ~8 live maps at the tile size over the frames decoded at once: CogVideoX 9, Wan's causal decoder 4 per latent frame
-    vae = 8.0 * x.vae_channels * (4 if wan else 9) * th * tw * ev.act_bytes
+    vae = 8.0 * x.vae_channels * blocks.vae_live_frames * th * tw * ev.act_bytes
     where = "one pipeline per freed GPU" if ev.with_transformer else "on the training transformer, erasers toggled"
     name = phase.split(" (")[0]
     return [

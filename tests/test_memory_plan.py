@@ -207,7 +207,8 @@ def test_wan_block_accounting_is_what_autograd_saves(dtype, site, expand):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-    from pipelines.memory_blocks import WanBlocks, _eraser_one
+    from unlearn.models.memory_terms import eraser_one
+    from unlearn.models.wan_memory import WanBlocks
     from unlearn.eraser import EraserSet, attach
     from unlearn.models.wan import WanSelfAttnSpec, WanSpec
 
@@ -243,7 +244,7 @@ def test_wan_block_accounting_is_what_autograd_saves(dtype, site, expand):
                              eraser_site="attn1" if site == "wan-attn1" else "attn2", expand_timesteps=expand)
         g = layers
         predicted = (WanBlocks.saved_first(inputs, 2) + WanBlocks.saved_block(inputs, 2) * (g - 1)
-                     + WanBlocks.saved_model(inputs, 2, g) + _eraser_one(inputs, 2) * g)
+                     + WanBlocks.saved_model(inputs, 2, g) + eraser_one(inputs, 2) * g)
         assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (layers, sum(saved.values()), predicted)
 
 

@@ -23,11 +23,16 @@ class Family:
     variant_of: str | None = None
     # Expert counts its tiny builder can make (`experts=N`): Wan 2.2 A14B's high/low-noise pair is 2.
     experts: tuple[int, ...] = (1,)
+    # "module:Class": the memory plan's block accounting (`t2vu plan`; unlearn.models.memory_terms);
+    # a site variant uses its base family's (the class reads the eraser site from the plan's inputs).
+    memory: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "cogvideox": Family(spec="unlearn.models.cogvideox:CogVideoXSpec", tiny="unlearn.models.tiny:make_tiny_model"),
-    "wan": Family(spec="unlearn.models.wan:WanSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan", experts=(1, 2)),
+    "cogvideox": Family(spec="unlearn.models.cogvideox:CogVideoXSpec", tiny="unlearn.models.tiny:make_tiny_model",
+                        memory="unlearn.models.cogvideox_memory:CogVideoXBlocks"),
+    "wan": Family(spec="unlearn.models.wan:WanSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan", experts=(1, 2),
+                  memory="unlearn.models.wan_memory:WanBlocks"),
     "wan-attn1": Family(spec="unlearn.models.wan:WanSelfAttnSpec", tiny="unlearn.models.tiny_wan:make_tiny_wan",
                         variant_of="wan"),
 }
@@ -61,6 +66,15 @@ def spec_class(name: str):
 
 def tiny_builder(name: str):
     return _load(_entry(name).tiny)
+
+
+def memory_blocks(name: str):
+    """The memory plan's block accounting of family `name` (a site variant: its base family's)."""
+    ref = _entry(base_family(name)).memory
+    if ref is None:
+        raise ValueError(f"the memory plan has no block accounting for family {name!r}; known: "
+                         f"{', '.join(n for n, f in FAMILIES.items() if f.memory)}")
+    return _load(ref)
 
 
 def expert_counts(name: str) -> tuple[int, ...]:
