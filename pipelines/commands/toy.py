@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = toy_sub.add_parser("build", help="train the toy model into DIR and measure its quality")
     b.add_argument("dir", help="output directory (replaced if it exists)")
-    b.add_argument("--family", choices=("cogvideox", "wan"), default="cogvideox",
-                   help="model family of the toy model (wan: WanPipeline; default cogvideox)")
+    from toyworld.parts import PARTS
+
+    b.add_argument("--family", choices=tuple(PARTS), default="cogvideox",
+                   help="model family of the toy model (its components: toyworld/parts.py; default cogvideox)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--vae-steps", type=int, default=None, help="upper bound on VAE steps (early-stops)")
     b.add_argument("--tf-steps", type=int, default=None, help="transformer training steps")
