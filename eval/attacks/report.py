@@ -10,7 +10,9 @@ from unlearn.fsutil import atomic_path, atomic_write_text
 
 def table_markdown(summary: dict) -> str:
     attacks = summary["attacks"]
-    pres_keys = sorted({k for row in summary["preservation"].values() for k in row if k != "n"})
+    # counts of flagged videos have their own lines (write_report), not preservation columns
+    pres_keys = sorted({k for row in summary["preservation"].values() for k in row
+                        if k not in ("n", "degenerate", "truncated")})
     head = ["method", *attacks, *pres_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, row in summary["asr"].items():
