@@ -68,18 +68,14 @@ def _single_object(prompt: str) -> bool:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("default", "anchors, red alone and next to another object, trajectory x_t, eta 3, "
-                           "localization on, preservation on"),
-        Variant("empty", "reference: empty prompt (instead of anchors)", {"concept.reference": "empty"}),
+        Variant("default", "the family's shipped recipe (configs/toy/recipe.yaml; Wan: recipe-wan.yaml)"),
+        Variant("empty", "reference: empty prompt (the paper's)", {"concept.reference": "empty"}),
         Variant("noise", "x_t source: noise (instead of trajectory)", {"train.xt_source": "noise"}),
         Variant("eta1", "eta = 1", {"loss.eta": 1.0}),
         Variant("eta2", "eta = 2", {"loss.eta": 2.0}),
         Variant("eta7", "eta = 7", {"loss.eta": 7.0}),
-        Variant("single", "concept prompts: single red objects only (no two-object scenes)",
-                keep_prompt=_single_object),
-        # One anchor per prompt instead of the mean of four: the anchored mean of four colours
-        # is a colour the model never drew, and for some prompts the erased object comes out
-        # faint and broken; a single anchor keeps it whole but costs more collateral.
+        Variant("single", "concept prompts: single red objects only (no 2-object scenes)", keep_prompt=_single_object),
+        # One anchor per prompt: the mean of four colours is a colour the model never drew (faint, broken objects).
         Variant("paired", "reference: one other colour per prompt (configs/toy/paired_anchors.csv)",
                 {"concept.reference": "paired", "concept.prompts_file": "paired_anchors.csv",
                  "concept.prompts": []}),
@@ -88,6 +84,11 @@ VARIANTS: dict[str, Variant] = {
                 {"loss.w_preserve": 0.0, "train.preserve_batch_size": 0}),
         Variant("attn1", "placement: eraser after self-attention attn1 (instead of cross-attention attn2)",
                 {"model.family": "wan-attn1"}, families=("wan",)),
+        Variant("anchors", "reference: mean of the four other colours (instead of one per prompt)",
+                {"concept.reference": "anchors", "concept.prompts_file": None}, families=("wan",)),
+        Variant("cogrecipe", "the CogVideoX recipe unchanged: anchors' mean, eta 3, lr 1e-3, 200 steps",
+                {"concept.reference": "anchors", "concept.prompts_file": None, "loss.eta": 3.0, "train.lr": 1e-3,
+                 "train.steps": 200, "loss.w_preserve": 1.0}, families=("wan",)),
     ]
 }
 

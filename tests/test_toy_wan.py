@@ -138,10 +138,14 @@ def test_benchmark_picks_the_wan_recipe_and_placement_variant():
 
     assert model_family("builtin:toy-wan") == "wan" and model_family(None) == "cogvideox"
     recipe, _ = RECIPES["wan"]
-    cfgs = {v: method_config(VARIANTS[v], recipe=recipe) for v in ("default", "attn1", "empty")}
+    cfgs = {v: method_config(VARIANTS[v], recipe=recipe) for v in ("default", "attn1", "empty", "anchors", "cogrecipe")}
     assert cfgs["default"].model.family == "wan" and cfgs["attn1"].model.family == "wan-attn1"
-    assert cfgs["empty"].concept.reference == "empty" and cfgs["default"].concept.reference == "anchors"
-    assert VARIANTS["attn1"].families == ("wan",)
+    # the Wan recipe: one other colour per prompt at eta 0 (the anchors' mean decodes to no object on this VAE)
+    assert cfgs["default"].concept.reference == "paired" and cfgs["default"].loss.eta == 0.0
+    assert cfgs["empty"].concept.reference == "empty" and cfgs["anchors"].concept.reference == "anchors"
+    assert cfgs["anchors"].concept.prompts_file is None and len(cfgs["anchors"].concept.prompts) == 24
+    assert cfgs["cogrecipe"].loss.eta == 3.0 and cfgs["cogrecipe"].train.steps == 200
+    assert all(VARIANTS[v].families == ("wan",) for v in ("attn1", "anchors", "cogrecipe"))
 
 
 def test_benchmark_refuses_the_placement_variant_on_cogvideox(tmp_path):
