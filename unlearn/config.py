@@ -143,7 +143,8 @@ class LossConfig(Strict):
     adv_target: Literal["negative", "own-negative", "reference"] = "negative"
     # Preservation on the anchors' UNPERTURBED embeddings at the concept rows' x_t (row i takes anchor i mod K):
     # w_anchor_preserve x MSE(v_E(x_c, E(anchor)), v(x_c, E(anchor))); 0 = off (no extra rows). Adds B rows to the
-    # erased forward (with reference: empty the anchor is "").
+    # erased forward (with reference: empty the anchor is ""). Measured on the toy world (benchmarks/robustness.md):
+    # it keeps the anchors, but at concept x_t the frozen anchor prediction keeps part of the concept too.
     w_anchor_preserve: float = Field(0.0, ge=0.0)
 
 
