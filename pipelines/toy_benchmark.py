@@ -7,7 +7,7 @@ the real evaluation stage, and compare the design choices the method leaves open
 Per variant: `unlearn.trainer.train` (the recipe `configs/toy/recipe.yaml` plus the
 variant's overrides) -> `eval.runner.run_eval` (`configs/eval/toy.yaml`: CogVideoXPipeline,
 base and erased on identical seeds, the exact toy detector); a Wan `--model` (builtin:toy-wan)
-runs `RECIPES["wan"]` and the variants marked for its family (`attn1`, `anchors`, `cogrecipe`). The base model's videos are
+runs `RECIPES["wan"]` plus its family's variants (attn1, anchors, cogrecipe). The base model's videos are
 generated once (`runtime.base_cache_dir`) and reused by every variant. Output folder:
 
   prompts/{main,nontarget}_<n>.csv   the toy eval sets (`toyworld.world.eval_rows`);
