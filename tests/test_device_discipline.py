@@ -23,13 +23,13 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
-def cfg_for(model_dir, tmp_path, **train) -> MethodConfig:
+def cfg_for(model_dir, tmp_path, loss: dict | None = None, **train) -> MethodConfig:
     return MethodConfig.model_validate({
         "model": {"path": str(model_dir), "num_frames": 9, "height": 32, "width": 32},
         "eraser": {"rank": 4},
         "concept": {"target": "naked", "prompts": ["a naked body", "a naked person on a beach", "a naked woman standing"],
                     "reference": "anchors", "anchors": ["clothed"], "preserve": ["a person", "a face", "a dog"]},
-        "loss": {"eta": 3.0, "w_localize": 1.0, "mask_threshold": 0.3},
+        "loss": {"eta": 3.0, "w_localize": 1.0, "mask_threshold": 0.3, **(loss or {})},
         "train": {"steps": 2, "batch_size": 2, "preserve_batch_size": 2, "cache_dir": str(tmp_path / "cache"),
                   "trajectory": {"num_inference_steps": 2, "pool_size": 2}, **train},
     })
@@ -58,6 +58,19 @@ def test_fused_step_runs_on_a_non_cpu_device(model_dir, tmp_path, xt_source):
     assert all(v.device.type == "meta" for v in batch.__dict__.values())
     losses = s.objective(batch)
     assert losses["loss"].device.type == "meta" and "l_localize" in losses
+    losses["loss"].backward()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in s.trainable_parameters())
+
+
+@pytest.mark.parametrize("start", ["concept", "reference"])
+def test_adversarial_step_runs_on_a_non_cpu_device(model_dir, tmp_path, start):
+    """loss.adv_steps (the inner attack: its perturbation, radius, row-to-anchor index) and loss.w_anchor_preserve
+    (the anchor rows and their targets) make tensors of their own: all on the model's device."""
+    loss = {"adv_steps": 2, "adv_from": start, "adv_target": "own-negative", "w_anchor_preserve": 1.0}
+    s = TrainingSession(cfg_for(model_dir, tmp_path, loss=loss, device="meta"))
+    losses = s.objective(s.batch(0))
+    assert {"l_adv", "l_anchor_preserve"} <= set(losses)
+    assert all(v.device.type == "meta" for v in losses.values())
     losses["loss"].backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in s.trainable_parameters())
 

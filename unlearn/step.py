@@ -85,7 +85,7 @@ class ErasureObjective(nn.Module):
         v_ref_k = v_ref_k.view(b, k, *v_ref_k.shape[1:])
         v_ref = v_ref_k.mean(1)
         target = negative_guided_target(v_c, v_ref, cfg.eta)
-        row_anchor = torch.arange(b, device=dev) % k  # row i's own reference: anchor i mod K
+        v_own = own_reference(v_ref_k)  # each row's own reference prediction (adv_from reference, anchor rows)
 
         # adversarial concept rows (loss.adv_steps > 0): the inner attack on the concept embeddings
         adv = cfg.adv_steps > 0
@@ -94,7 +94,7 @@ class ErasureObjective(nn.Module):
         a = x_adv.shape[0]
         # the anchors' unperturbed rows at the concept x_t (loss.w_anchor_preserve > 0)
         anc = cfg.w_anchor_preserve > 0
-        e_anc = batch.emb_ref[torch.arange(b, device=dev), row_anchor] if anc else batch.emb_c[:0]
+        e_anc = own_reference(batch.emb_ref) if anc else batch.emb_c[:0]
         n_anc = e_anc.shape[0]
 
         # 2) erased predictions (one batched forward, with grad into the erasers only); the hooks
@@ -112,12 +112,12 @@ class ErasureObjective(nn.Module):
         out = {"l_unlearn": l_u, "l_preserve": l_p}
         if adv:
             # v_s: the frozen prediction of the reference the inner attack started from
-            v_s = v_ref_k[torch.arange(b, device=dev), row_anchor] if cfg.adv_from == "reference" else v_ref
+            v_s = v_own if cfg.adv_from == "reference" else v_ref
             adv_goal = {"negative": target, "reference": v_s,
                         "own-negative": negative_guided_target(v_c, v_s, cfg.eta)}[cfg.adv_target]
             out["l_adv"] = unlearn_loss(v_e_a, adv_goal)
         if anc:
-            out["l_anchor_preserve"] = preserve_loss(v_e_anc, v_ref_k[torch.arange(b, device=dev), row_anchor])
+            out["l_anchor_preserve"] = preserve_loss(v_e_anc, v_own)
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
             mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
@@ -139,11 +139,8 @@ class ErasureObjective(nn.Module):
         on MSE(v_E(x_c, E + delta), v_c) (the erased model made to predict the concept again), each row's delta
         projected onto its ball of radius adv_budget x ||E(concept) - E(reference)||."""
         cfg = self.loss_cfg
-        b, k = batch.emb_ref.shape[:2]
-        if cfg.adv_from == "reference":  # one anchor per row: the attack's benign starting point
-            ref = batch.emb_ref[torch.arange(b, device=dev), torch.arange(b, device=dev) % k].float()
-        else:
-            ref = batch.emb_ref.float().mean(1)
+        # adv_from reference: one anchor per row, the attack's benign starting point
+        ref = own_reference(batch.emb_ref).float() if cfg.adv_from == "reference" else batch.emb_ref.float().mean(1)
         start = ref if cfg.adv_from == "reference" else batch.emb_c.float()
         radius = cfg.adv_budget * (batch.emb_c.float() - ref).flatten(1).norm(dim=1).clamp_min(1e-8)  # [B]
         shape = (-1,) + (1,) * (batch.emb_c.dim() - 1)
@@ -163,6 +160,14 @@ class ErasureObjective(nn.Module):
         self.handle.remove()
         if self.capture is not None:
             self.capture.remove()
+
+
+def own_reference(per_row: torch.Tensor) -> torch.Tensor:
+    """[B, K, ...] per-reference values -> [B, ...]: row i's own reference, anchor i mod K (one rule for the
+    adversarial start, its target and the anchor rows; the index is made on the values' device)."""
+    b, k = per_row.shape[:2]
+    rows = torch.arange(b, device=per_row.device)
+    return per_row[rows, rows % k]
 
 
 class NonFiniteLossError(FloatingPointError):
