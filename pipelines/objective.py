@@ -167,6 +167,47 @@ def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     return out
 
 
+OBJECTIVE_FILE = "objective.json"  # the values of one judged eval, next to it in its run folder
+
+
+def final_eval_config(obj: dict):
+    """The objective's eval config as a final eval runs it: on `final_runtime` (Ray eval actors on GPU
+    clusters, one pipeline per GPU the trials freed). Trials' final evals and the method baselines
+    (pipelines.search_baselines) both start here."""
+    from eval.config import EvalConfig
+
+    ecfg = EvalConfig.model_validate(obj["eval"])
+    return ecfg.with_overrides(obj["final_runtime"], "final eval runtime") if obj.get("final_runtime") else ecfg
+
+
+def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd: str | None, what: str,
+          eraser: Path | None = None, mlflow_run_id: str | None = None, transformer=None,
+          record: dict | None = None) -> dict[str, float]:
+    """Run one eval into `run_dir` and turn its summary into objective values (+ `eval_s`), written to
+    <run_dir>/objective.json with `record`. Degenerate videos beyond the eval's limit make the worst
+    values (`worst_objective`), not an error: erasure by destruction ranks last."""
+    from eval.checks import DegenerateVideosError
+    from pipelines.mlflow_eval import run_eval
+    from unlearn.fsutil import atomic_write_json
+
+    t0 = time.time()
+    with contextlib.chdir(cwd or os.getcwd()):
+        try:
+            if ecfg.runtime.num_actors:
+                from pipelines.ray_session import start_eval_ray
+
+                start_eval_ray(ecfg.runtime)  # inside a trial or a search Ray is already up: this only checks it
+            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
+                               transformer=transformer)
+        except DegenerateVideosError as exc:
+            LOG.warning("%s: %s", what, exc)
+            summary = exc.summary
+    values = objective_metrics(spec, summary)
+    values["eval_s"] = round(time.time() - t0, 3)
+    atomic_write_json(run_dir / OBJECTIVE_FILE, {**(record or {}), **values})
+    return values
+
+
 def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool,
                        transformer=None) -> dict[str, float]:
     """Evaluate one eraser with the evaluation stage.
@@ -176,13 +217,10 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N, in the rank-0
     worker on `transformer` (the training backbone, its training erasers switched off by the caller).
     """
-    from eval.checks import DegenerateVideosError
     from eval.config import EvalConfig
-    from pipelines.mlflow_eval import run_eval
-    from unlearn.fsutil import atomic_copy_dir, atomic_write_json
+    from unlearn.fsutil import atomic_copy_dir
 
     spec = ObjectiveConfig.model_validate(obj["spec"])
-    ecfg = EvalConfig.model_validate(obj["eval"])
     out_dir = Path(obj["out_dir"])
     eraser = Path(eraser_dir)
     mlflow_run_id = None
@@ -190,30 +228,17 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
         if eraser.resolve() != (out_dir / "eraser").resolve():
             eraser = atomic_copy_dir(eraser, out_dir / "eraser")
         run_dir, limit = out_dir / "eval", spec.limit
-        if obj.get("final_runtime"):
-            ecfg = ecfg.with_overrides(obj["final_runtime"], "final eval runtime")
+        ecfg = final_eval_config(obj)
         if obj.get("mlflow"):
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
             mlflow_run_id = obj["mlflow"]["run_id"]
     else:
-        ecfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
+        ecfg = EvalConfig.model_validate(obj["eval"]).with_overrides(
+            {**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
-    t0 = time.time()
-    with contextlib.chdir(obj.get("cwd") or os.getcwd()):
-        try:
-            if final and ecfg.runtime.num_actors:
-                from pipelines.ray_session import start_eval_ray
-
-                start_eval_ray(ecfg.runtime)  # inside a trial Ray is already up: this only checks it
-            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
-                               transformer=transformer)
-        except DegenerateVideosError as exc:  # a trial that ranks last (worst_objective), not a failed one
-            LOG.warning("objective eval at step %d: %s", step, exc)
-            summary = exc.summary
-    values = objective_metrics(spec, summary)
-    values["eval_s"] = round(time.time() - t0, 3)
-    atomic_write_json(run_dir / "objective.json", {"step": step, "final": final, **values})
-    return values
+    return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.get("cwd"), what=f"objective eval at step {step}",
+                 eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
+                 record={"step": step, "final": final})
 
 
 def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:

@@ -19,21 +19,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from pathlib import Path
 
-from pipelines.search_results import BASELINES_DIR, BASELINE_OBJECTIVE_FILE
+from pipelines.search_results import BASELINES_DIR
 
 LOG = logging.getLogger(__name__)
 
 
 def baseline_eval_configs(cfg, objective: dict) -> dict:
-    """label -> the EvalConfig of that baseline: the objective's final eval with the method set."""
-    from eval.config import EvalConfig
+    """label -> the EvalConfig of that baseline: the trials' final eval config with the method set."""
+    from pipelines.objective import final_eval_config
 
-    ecfg = EvalConfig.model_validate(objective["eval"])
-    if objective.get("final_runtime"):
-        ecfg = ecfg.with_overrides(objective["final_runtime"], "final eval runtime")
+    ecfg = final_eval_config(objective)
     return {b.key: ecfg.with_overrides(b.eval_overrides(), f"search.objective.baselines ({b.key})")
             for b in cfg.search.objective.baselines}
 
@@ -63,31 +60,18 @@ def run_baselines(cfg, objective: dict, out: Path, ml: dict | None, progress=LOG
 
 
 def _run_one(cfg, objective: dict, out: Path, ml: dict | None, key: str, ecfg) -> None:
-    from eval.checks import DegenerateVideosError
     from pipelines import mlflow_utils as mu
-    from pipelines.mlflow_eval import run_eval
-    from pipelines.objective import objective_metrics
-    from unlearn.fsutil import atomic_write_json
+    from pipelines.objective import judge
 
-    spec = cfg.search.objective
-    run_dir = out / BASELINES_DIR / key
     c = run_id = None
     if ml:
         c = mu.client(ml["tracking_uri"])
         run_id = mu.get_or_create_child(c, ml["experiment_id"], ml["parent_run_id"], f"baseline-{key}",
                                         tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": ml["tracking_uri"]})
-    t0 = time.time()
-    with contextlib.chdir(objective.get("cwd") or os.getcwd()):
-        try:
-            summary = run_eval(ecfg, run_dir, limit=spec.limit, mlflow_run_id=run_id, progress=False)
-        except DegenerateVideosError as exc:  # ranks last (worst_objective), as a destroyed trial does
-            LOG.warning("baseline %s: %s", key, exc)
-            summary = exc.summary
-    values = objective_metrics(spec, summary)
-    values["eval_s"] = round(time.time() - t0, 3)
-    atomic_write_json(run_dir / BASELINE_OBJECTIVE_FILE, {"method": ecfg.method.name, **values})
+    values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
+                   cwd=objective.get("cwd"), what=f"baseline {key}", mlflow_run_id=run_id,
+                   record={"method": ecfg.method.name})
     if c is not None:
         mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in values.items()})
         mu.finish(c, run_id, "FINISHED")
-

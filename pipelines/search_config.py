@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from eval.config import MethodConfig
 from unlearn.config import Strict, path_component
 
 
@@ -104,19 +105,15 @@ class ToyPromptsConfig(Strict):
         return self
 
 
-class BaselineMethod(Strict):
+class BaselineMethod(MethodConfig):
     """A training-free method judged like every trial (`search.objective.baselines`): the objective's
-    final eval config with `method.name` set to it and no eraser, written to <output>/baselines/<label>/
-    and shown as a row next to the base model and the trials in the search report. A bare name is
-    short for {name: NAME}."""
+    final eval config with this as its `method` section (eval.config.MethodConfig: words, safree,
+    blocklist options) and no eraser, written to <output>/baselines/<label>/ and shown as a row next
+    to the base model and the trials in the search report. A bare name is short for {name: NAME}."""
 
+    # The training-free methods of the eval stage (eval.methods): negprompt, safree or blocklist.
     name: Literal["negprompt", "safree", "blocklist"]
     label: str | None = None  # the row's name and folder (default: name); distinct across baselines
-    # `method.words` of the eval config (null: the target rows' `concept` values), SAFREE's options
-    # (eval.config.SafreeConfig: alpha, negative_prompt, pooling) and the blocklist's (replacement).
-    words: list[str] | None = None
-    safree: dict[str, Any] = Field(default_factory=dict)
-    blocklist: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -133,9 +130,8 @@ class BaselineMethod(Strict):
         return self.label or self.name
 
     def eval_overrides(self) -> dict[str, Any]:
-        """The eval-config overrides that make this method's videos (validated by EvalConfig)."""
-        return {"method": {"name": self.name, "words": self.words, "safree": dict(self.safree),
-                           "blocklist": dict(self.blocklist)}, "eraser": None}
+        """The eval-config overrides that make this method's videos."""
+        return {"method": self.model_dump(mode="json", exclude={"label"}), "eraser": None}
 
 
 class ObjectiveConfig(Strict):

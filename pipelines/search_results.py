@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.objective import OBJECTIVE_FILE
+
 TRIALS_DIR = "trials"
 BASELINES_DIR = "baselines"  # <run>/baselines/<label>/: the training-free methods (pipelines.search_baselines)
-BASELINE_OBJECTIVE_FILE = "objective.json"
 
 
 @dataclass
@@ -130,7 +131,7 @@ def collect_baselines(cfg, out: Path) -> dict[str, dict[str, float]]:
     """label -> objective values of every method baseline that finished, in the config's order."""
     found = {}
     for b in cfg.search.objective.baselines:
-        rec = read_json(Path(out) / BASELINES_DIR / b.key / BASELINE_OBJECTIVE_FILE)
+        rec = read_json(Path(out) / BASELINES_DIR / b.key / OBJECTIVE_FILE)
         if rec:
             found[b.key] = {k: v for k, v in rec.items() if is_number(v)}
     return found
