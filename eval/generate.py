@@ -105,8 +105,9 @@ def generate_video(pipe, prompt: str, seed: int, gen, guidance_scale: float | No
     return frames
 
 
-def prompt_token_counts(model_path: str | Path, prompts: list[str], gen) -> tuple[list[int], int]:
-    """(tokens per prompt, the limit) with the pipeline's own tokenizer, before any model loads.
+def prompt_token_counts(model_path: str | Path, prompts: list[str], gen, tokenizer=None) -> tuple[list[int], int]:
+    """(tokens per prompt, the limit) with the pipeline's own tokenizer, before any model loads
+    (`tokenizer`: a loaded pipeline's, so a caller that has one does not read it from disk again).
 
     The count is what the pipeline's tokenizer makes of the prompt with its special tokens
     (T5: the words plus </s>); the pipeline pads or cuts to the limit: generation's
@@ -118,7 +119,7 @@ def prompt_token_counts(model_path: str | Path, prompts: list[str], gen) -> tupl
 
     spec = spec_class(family_of_model_dir(model_path))
     limit = int(gen.max_sequence_length or spec.text_len_of(model_path))
-    tokenizer = spec.load_tokenizer(model_path)
+    tokenizer = tokenizer if tokenizer is not None else spec.load_tokenizer(model_path)
     counts = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True).input_ids] if prompts else []
     return counts, limit
 

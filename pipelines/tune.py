@@ -255,8 +255,7 @@ def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
             if result.best.mlflow_run_id:
                 c.set_tag(run_id, "t2vu.best_run_id", result.best.mlflow_run_id)
         metrics.update({f"baseline/{k}": v for k, v in result.baseline.items()})
-        metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()
-                        if is_number(v)})
+        metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()})
         mu.log_metrics(c, run_id, metrics)
         mu.finish(c, run_id, "FINISHED")
     except Exception as exc:

@@ -199,7 +199,7 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
             for cell in cells:
                 t_cell = time.perf_counter()
                 attacked = {a.row_id: a for a in _attacked(plan, cell, ctx, method.base_context)}
-                tokens = _text_tokens(plan, [attacked[r.id] for r in cell.todo])
+                tokens = _text_tokens(plan, [attacked[r.id] for r in cell.todo], pipe.tokenizer)
                 for row in cell.todo:
                     a = attacked[row.id]
                     embeds = a.embeds[None].to(ctx.device, ctx.dtype) if a.embeds is not None else None
@@ -227,7 +227,7 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
             method.detach()
 
 
-def _text_tokens(plan: AttackPlan, attacked: list[Attacked]) -> dict[str, dict]:
+def _text_tokens(plan: AttackPlan, attacked: list[Attacked], tokenizer) -> dict[str, dict]:
     """Row id -> token count of each attacked TEXT prompt and whether the pipeline cuts it: a paraphrase or a
     searched prompt past the text encoder's limit loses its last words, so its result is flagged, not trusted."""
     from eval.generate import prompt_token_counts
@@ -235,7 +235,7 @@ def _text_tokens(plan: AttackPlan, attacked: list[Attacked]) -> dict[str, dict]:
     texts = [a for a in attacked if a.embeds is None]
     if not texts:
         return {}
-    counts, limit = prompt_token_counts(plan.model_path, [a.text for a in texts], plan.eval_cfg.generation)
+    counts, limit = prompt_token_counts(plan.model_path, [a.text for a in texts], plan.eval_cfg.generation, tokenizer)
     return {a.row_id: {"prompt_tokens": n, "token_limit": limit, "truncated": n > limit} for a, n in zip(texts, counts)}
 
 

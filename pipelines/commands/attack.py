@@ -36,6 +36,7 @@ def run(args) -> int:
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
     observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
     summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
-    print(json.dumps({k: summary[k] for k in ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds",
-                                               "degenerate_videos", "truncated_prompts", "output", *(["mlflow"] if "mlflow" in summary else []))}))
+    keys = ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds", "degenerate_videos",
+            "truncated_prompts", "output", "mlflow")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0

@@ -13,13 +13,13 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from toyworld.parts import PARTS  # the toy families (a plain table: no torch at CLI start-up)
+
     p = sub.add_parser("toy", help="toy world: build the tiny trained CogVideoX used by CPU demos and tests")
     toy_sub = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
 
     b = toy_sub.add_parser("build", help="train the toy model into DIR and measure its quality")
     b.add_argument("dir", help="output directory (replaced if it exists)")
-    from toyworld.parts import PARTS
-
     b.add_argument("--family", choices=tuple(PARTS), default="cogvideox",
                    help="model family of the toy model (its components: toyworld/parts.py; default cogvideox)")
     b.add_argument("--seed", type=int, default=0)
