@@ -19,20 +19,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eval.config import BlocklistConfig, SafreeConfig
+from eval.config import MethodConfig
 from pipelines.config import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
 
 ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt")
 
 
-class AttackMethodConfig(Strict):
+class AttackMethodConfig(MethodConfig):
+    """One compared method: eval's `method` section (its options: safree, blocklist; `words` default to the
+    config's top-level words) plus the result key and, for an eraser, its directory."""
+
+    # none | eraser | negprompt | safree | blocklist (eval.methods)
     name: Literal["none", "eraser", "negprompt", "safree", "blocklist"]
     # the method's key in the results (default: name); two erasers need two labels
     label: str | None = None
     eraser: str | None = None  # eraser directory (method eraser only)
-    safree: SafreeConfig = Field(default_factory=SafreeConfig)
-    blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
 
     @model_validator(mode="after")
     def _check(self):
@@ -45,6 +47,10 @@ class AttackMethodConfig(Strict):
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def method_section(self, words: list[str]) -> dict[str, Any]:
+        """The eval config's `method` section for this method (its own words, else `words`)."""
+        return {**self.model_dump(mode="json", exclude={"label", "eraser"}), "words": self.words or list(words)}
 
 
 class AttackPromptsConfig(Strict):

@@ -103,9 +103,7 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
             eraser_dir = resolve_eraser_dir(cfg.resolve_path(m.eraser))
             check_eraser_fits(eraser_dir, model_path)
             sha = file_sha256(eraser_dir / "eraser.safetensors")[:16]
-        mcfg = eval_cfg.with_overrides({"method.name": m.name, "method.words": list(cfg.words), "eraser": None,
-                                        "method.safree": m.safree.model_dump(),
-                                        "method.blocklist": m.blocklist.model_dump()}, f"methods[{m.key}]")
+        mcfg = eval_cfg.with_overrides({"method": m.method_section(cfg.words), "eraser": None}, f"methods[{m.key}]")
         methods[m.key] = plan_method(mcfg, eraser_dir, [])
         victims[m.key] = f"eraser-{sha}" if sha else "base"
     attacks = build_attacks(cfg, pairs, gen)
