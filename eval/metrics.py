@@ -174,12 +174,16 @@ def _side(out: dict[str, Any], classifier, records: list, prefix: str, which: st
     out[f"{prefix}metrics_{which}_valid"] = valid
 
 
+def is_number(v) -> bool:
+    """An int or float that is not a bool (JSON numbers, as summaries and trial metrics hold them)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_finite_number(v) -> bool:
+    """A number that can be ranked, logged as a metric and printed (no NaN/inf)."""
+    return is_number(v) and math.isfinite(v)
+
+
 def numeric_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The finite numeric entries of a summary (what goes to MLflow / Tune)."""
-    out = {}
-    for k, v in summary.items():
-        if isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[k] = float(v)
-    return out
+    """The finite numeric entries of a summary (what goes to MLflow / Tune); flags count as 0/1."""
+    return {k: float(v) for k, v in summary.items() if isinstance(v, bool) or is_finite_number(v)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipelines import mlflow_utils as mu
-from pipelines.search_results import is_number
+from eval.metrics import is_number
 
 LOG = logging.getLogger(__name__)
 

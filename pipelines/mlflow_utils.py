@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.search_results import is_finite_number
+from eval.metrics import is_finite_number
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipelines.console import quiet_console, say, terminal
 from pipelines.run_folder import pin_config
-from pipelines.search_results import is_finite_number
+from eval.metrics import is_finite_number
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 

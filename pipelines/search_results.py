@@ -8,11 +8,11 @@ what `run_search` returns, what `t2vu report` renders, and what `t2vu run` selec
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.metrics import is_number
 from pipelines.objective import OBJECTIVE_FILE
 
 TRIALS_DIR = "trials"
@@ -57,15 +57,6 @@ class SearchResult:
     @property
     def best_eraser(self) -> Path | None:
         return Path(self.best.eraser) if self.best and self.best.eraser else None
-
-
-def is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def is_finite_number(v) -> bool:
-    """A number that can be ranked, logged as a metric and printed (no NaN/inf)."""
-    return is_number(v) and math.isfinite(v)
 
 
 def read_json(p: Path) -> dict | None:

@@ -25,7 +25,7 @@ from pipelines import checkpoints as ck
 from pipelines.config import PipelineConfig
 from pipelines.distributed_config import per_worker_batch
 from pipelines.live_logging import MlflowLive
-from pipelines.search_results import is_number
+from eval.metrics import is_number
 
 LOG = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from pipelines.config import PipelineConfig
-from pipelines.search_results import TRIALS_DIR, is_number
+from eval.metrics import is_number
+from pipelines.search_results import TRIALS_DIR
 from pipelines.search_space import plain_params
 from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 

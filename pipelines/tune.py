@@ -41,7 +41,8 @@ from pipelines.config import PipelineConfig
 from pipelines.objective import PROXY_TIME_ATTR, objective_payload
 from pipelines.run_folder import remove_owned
 from pipelines.search_baselines import check_baselines, run_baselines
-from pipelines.search_results import SearchResult, collect_result, is_number, search_result_json
+from eval.metrics import is_number
+from pipelines.search_results import SearchResult, collect_result, search_result_json
 from pipelines.trial import make_bookkeeping_callback, progress, trial_main
 from unlearn.config import ConfigError
 
