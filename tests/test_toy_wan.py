@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from toyworld import world
-from toyworld.build import GENERATION, QUALITY_BARS, generate
+from toyworld.build import QUALITY_BARS, generate
+from toyworld.components_wan import GENERATION
 from unlearn.models.registry import resolve_model_path
 
 TOY_WAN = resolve_model_path("builtin:toy-wan")
@@ -40,11 +41,9 @@ def test_artifact_is_a_small_wan_with_recorded_quality():
     assert (TOY_WAN / "BUILD.md").is_file()
     q = json.loads((TOY_WAN / "toy_quality.json").read_text())
     s = q["summary"]
-    assert s["meets_bars"] == all(s[k] >= bar for k, bar in QUALITY_BARS.items())
-    # The committed build meets the shape and two-object bars; colour (0.945) and motion (0.826) fall
-    # short of 0.95 / 0.90 (BUILD.md): these floors guard what it has against regressions.
-    assert s["shape_acc"] >= QUALITY_BARS["shape_acc"] and s["two_object_both_present"] >= 0.95
-    assert s["colour_acc"] >= 0.94 and s["motion_acc"] >= 0.82
+    assert s["meets_bars"] and all(s[k] >= bar for k, bar in QUALITY_BARS.items())
+    # Measured at the toy Wan's own guidance (2.0, components_wan.GENERATION), not the CogVideoX toy's 5.0
+    assert q["generation"]["guidance_scale"] == 2.0
     assert q["summary"]["n_single"] >= 3 * 128 and q["summary"]["n_two_object"] >= 2 * 128
     assert all(q["generation"][k] == v for k, v in GENERATION.items())
     assert q["build"]["config"]["family"] == "wan"

@@ -35,8 +35,16 @@ def family_of_dir(model_dir: str | os.PathLike) -> str:
     index = Path(model_dir) / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{index} missing: {model_dir} is not a toy model directory (t2vu toy build DIR)")
-    cls_name = json.loads(index.read_text()).get("_class_name")
+    return _family_of_class(json.loads(index.read_text()).get("_class_name"), str(index))
+
+
+def family_of_pipeline(pipe) -> str:
+    """The toy family of a loaded pipeline (its class: CogVideoXPipeline or WanPipeline)."""
+    return _family_of_class(type(pipe).__name__, "pipeline")
+
+
+def _family_of_class(cls_name: str | None, where: str) -> str:
     for family in PARTS:
         if parts_of(family).PIPELINE_CLASS == cls_name:
             return family
-    raise ValueError(f"{index}: pipeline class {cls_name!r} has no toy family ({', '.join(PARTS)})")
+    raise ValueError(f"{where}: pipeline class {cls_name!r} has no toy family ({', '.join(PARTS)})")

@@ -17,8 +17,7 @@ import torch
 
 from unlearn.fsutil import atomic_write_text
 from toyworld import detector, world
-from toyworld.components import GENERATION
-from toyworld.parts import family_of_dir, parts_of
+from toyworld.parts import family_of_dir, family_of_pipeline, parts_of
 
 #: The base-quality bars of issue 3 (single-object colour/shape/motion, two-object both colours).
 QUALITY_BARS = {"colour_acc": 0.95, "shape_acc": 0.90, "motion_acc": 0.90, "two_object_both_present": 0.90}
@@ -27,12 +26,17 @@ QUALITY_BARS = {"colour_acc": 0.95, "shape_acc": 0.90, "motion_acc": 0.90, "two_
 QUALITY_FILE = "toy_quality.json"
 
 
+def generation_of(pipe) -> dict:
+    """The sampler settings the pipeline's toy family was validated with (its components' GENERATION)."""
+    return parts_of(family_of_pipeline(pipe)).GENERATION
+
+
 def generate(pipe, rows: list[dict], batch_size: int = 32, **settings) -> np.ndarray:
     """Videos for prompt rows through the toy pipeline (CogVideoX or Wan), one seeded generator per row.
 
-    Returns float32 [N, F, H, W, 3] in [0, 1]. `settings` override `GENERATION`.
+    Returns float32 [N, F, H, W, 3] in [0, 1]. `settings` override the family's `GENERATION`.
     """
-    kw = {**GENERATION, **settings}
+    kw = {**generation_of(pipe), **settings}
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -93,7 +97,7 @@ def measure_quality(pipe, n: int = world.FULL_SET_SIZE, batch_size: int = 32, se
     frames = generate(pipe, rows, batch_size, **settings)
     gen_s = time.time() - t0  # wall time, shared CPU included
     q = score_videos(rows, frames)
-    q["generation"] = {**GENERATION, **settings, "n_videos": len(rows), "seconds": round(gen_s, 1), "row_seed": seed}
+    q["generation"] = {**generation_of(pipe), **settings, "n_videos": len(rows), "seconds": round(gen_s, 1), "row_seed": seed}
     return q
 
 
