@@ -86,6 +86,9 @@ VARIANTS: dict[str, Variant] = {
                 {"model.family": "wan-attn1"}, families=("wan",)),
         Variant("anchors", "reference: mean of the four other colours (instead of one per prompt)",
                 {"concept.reference": "anchors", "concept.prompts_file": None}, families=("wan",)),
+        # paired_anchors.csv's anchor follows the motion (left green, right blue, up yellow, down purple)
+        Variant("balanced", "reference: one other colour per prompt, balanced over shape x motion",
+                {"concept.prompts_file": "paired_anchors_balanced.csv"}, families=("wan",)),
         Variant("cogrecipe", "the CogVideoX recipe unchanged: anchors' mean, eta 3, lr 1e-3, 200 steps",
                 {"concept.reference": "anchors", "concept.prompts_file": None, "loss.eta": 3.0, "train.lr": 1e-3,
                  "train.steps": 200, "loss.w_preserve": 1.0}, families=("wan",)),

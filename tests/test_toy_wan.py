@@ -134,6 +134,7 @@ def test_wan_vae_training_decode_is_the_pipeline_decode_without_its_clamp():
 
 def test_benchmark_picks_the_wan_recipe_and_placement_variant():
     from pipelines.toy_benchmark import RECIPES, VARIANTS, method_config, model_family
+    from unlearn.data import read_prompt_csv
 
     assert model_family("builtin:toy-wan") == "wan" and model_family(None) == "cogvideox"
     recipe, _ = RECIPES["wan"]
@@ -144,7 +145,23 @@ def test_benchmark_picks_the_wan_recipe_and_placement_variant():
     assert cfgs["empty"].concept.reference == "empty" and cfgs["anchors"].concept.reference == "anchors"
     assert cfgs["anchors"].concept.prompts_file is None and len(cfgs["anchors"].concept.prompts) == 24
     assert cfgs["cogrecipe"].loss.eta == 3.0 and cfgs["cogrecipe"].train.steps == 200
-    assert all(VARIANTS[v].families == ("wan",) for v in ("attn1", "anchors", "cogrecipe"))
+    assert all(VARIANTS[v].families == ("wan",) for v in ("attn1", "anchors", "balanced", "cogrecipe"))
+    # preservation covers every non-target single-object prompt of the world, synonyms included (emerald...),
+    # and never a word for the target
+    preserve = set(cfgs["default"].concept.preserve)
+    others = [(w, s, m) for c in world.COLOUR_NAMES if c != "red" for w in world.SYNONYMS[c]
+              for s in world.SHAPES for m in world.MOTIONS]
+    assert {f"a {w} {s} moving {m}" for w, s, m in others} <= preserve
+    assert not any(w in p.split() for p in preserve for w in world.SYNONYMS["red"])
+    # the balanced pairing: the same red prompts, each motion and each shape paired with all four colours
+    bal = method_config(VARIANTS["balanced"], recipe=recipe).concept
+    rows = read_prompt_csv(bal.prompts_file, [bal.prompts_column, bal.paired_column])
+    assert sorted(r[bal.prompts_column] for r in rows) == sorted(cfgs["default"].concept.prompts)
+    single = [world.parse_prompt(r[bal.paired_column]) for r in rows if " and " not in r[bal.prompts_column]]
+    for m in world.MOTIONS:
+        assert sorted(sc.objects[0].colour for sc in single if sc.motion == m) == sorted(["green", "blue", "yellow", "purple"])
+    for sh in world.SHAPES:
+        assert len({sc.objects[0].colour for sc in single if sc.objects[0].shape == sh}) == 4
 
 
 def test_benchmark_refuses_the_placement_variant_on_cogvideox(tmp_path):
