@@ -289,3 +289,21 @@ def test_benchmark_rejects_a_recipe_with_prompts_outside_the_world(tmp_path):
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="not in the toy world"):
         method_config(VARIANTS["default"], recipe=bad)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+def test_benchmark_configs_sample_as_the_toy_model_was_validated(family):
+    """The toy benchmark's eval config and its recipe's trajectory sampler use the sampler settings the toy
+    model's quality bars were measured at (its family's GENERATION): the toy Wan meets them at CFG 2, not at
+    the CogVideoX toy's 5, so a config left at another guidance would score erasure on a model that does not
+    draw what its prompts say."""
+    from eval.config import load_eval_config
+    from pipelines.toy_benchmark import RECIPES, VARIANTS, method_config
+    from toyworld.parts import parts_of
+
+    gen = parts_of(family).GENERATION
+    recipe, eval_path = RECIPES[family]
+    ecfg = load_eval_config(eval_path, ["prompts.path=p.csv"])
+    assert {k: getattr(ecfg.generation, k) for k in gen} == gen
+    traj = method_config(VARIANTS["default"], recipe=recipe).train.trajectory
+    assert (traj.num_inference_steps, traj.guidance_scale) == (gen["num_inference_steps"], gen["guidance_scale"])
