@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--keep", default=None, help="keep outputs in this folder")
     args = ap.parse_args()
 
-    import pipelines.env as env
+    import pipelines.runtime.env as env
 
     env.apply_offline_env()
     import diffusers.utils.logging as dlog

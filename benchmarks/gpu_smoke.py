@@ -251,7 +251,7 @@ def main() -> None:
     if not cuda:
         env.setdefault("DS_ACCELERATOR", "cpu")
     st = Stages(workdir, env, a.stage_timeout)
-    py, t2vu = [sys.executable], [sys.executable, "-m", "pipelines.cli"]
+    py, t2vu = [sys.executable], [sys.executable, "-m", "pipelines.cli.entry"]
     model_dir = workdir / "model"
     st.run("build", py + ["benchmarks/smoke_stages.py", "build", "--preset", a.preset, "--out", str(model_dir),
                           "--device", a.device])

@@ -276,7 +276,7 @@ def no_grad_forward_u(rope: bool) -> float:
 
 
 def predict(size: dict, model_dir: str, cache_dir: str):
-    from pipelines.memory_check import PlanRequest, plan_request
+    from pipelines.plan.memory_check import PlanRequest, plan_request
 
     plan, _ = plan_request(PlanRequest(method_config(size, model_dir, cache_dir), mode="train", device="cpu"))
     return plan
@@ -315,7 +315,7 @@ def main() -> int:
     if args.probe_forward:
         print(json.dumps({"u": no_grad_forward_u(args.probe_forward == "rope")}))
         return 0
-    from pipelines.memory_plan import NO_GRAD_FORWARD_U
+    from pipelines.plan.memory_plan import NO_GRAD_FORWARD_U
 
     probes = {}
     for kind in ("norope", "rope") if args.family == "cogvideox" else ():

@@ -46,12 +46,12 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None, help="keep the runs here (default: a temp dir)")
     args = ap.parse_args(argv)
 
-    from pipelines.env import apply_offline_env
+    from pipelines.runtime.env import apply_offline_env
 
     apply_offline_env()
-    from pipelines.config import load_pipeline_config
-    from pipelines.distributed import run_distributed
-    from pipelines.ray_session import ensure_ray
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.driver import run_distributed
+    from pipelines.runtime.ray_session import ensure_ray
 
     load_before = os.getloadavg()
     t0 = time.time()

@@ -15,7 +15,7 @@ the build and the embedding cache slower. `tiny` = `unlearn.models.tiny.make_tin
 UMT5-XXL's width (text embeddings [512, 4096]); `tiny-wan` = `unlearn.models.tiny_wan.make_tiny_wan`.
 
 `distributed` is `t2vu train --distributed` (the same `load_pipeline_config` +
-`run_distributed` calls `pipelines/commands/train.py` makes) plus a step hook,
+`run_distributed` calls `pipelines/cli/commands/train.py` makes) plus a step hook,
 `record_peak`, that writes each rank's `torch.cuda.max_memory_allocated` after every step
 (the worker summary only comes from rank 0 and has no memory figure).
 """
@@ -124,8 +124,8 @@ def record_peak(step: int, rank: int, *, out_dir: str) -> None:
 
 
 def distributed(config: str, output: str, peaks: str, overrides: list[str]) -> dict:
-    from pipelines.config import load_pipeline_config
-    from pipelines.distributed import run_distributed
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.driver import run_distributed
 
     cfg = load_pipeline_config(config, overrides)
     Path(peaks).mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--peaks", required=True)
     d.add_argument("--set", dest="overrides", action="append", default=[])
     a = ap.parse_args(argv)
-    from pipelines.env import apply_offline_env
+    from pipelines.runtime.env import apply_offline_env
 
     apply_offline_env()
     if a.stage == "build":

@@ -1,7 +1,7 @@
 """Where eval workers run: one in this process, or N Ray actors (one pipeline each).
 
 Why the caller owns Ray: starting or joining a cluster (address, dashboard, the workers'
-environment) is orchestration, done once by `pipelines.ray_session.ensure_ray`. RayBackend
+environment) is orchestration, done once by `pipelines.runtime.ray_session.ensure_ray`. RayBackend
 only places actors on the Ray this process is already connected to; the actors inherit
 that Ray job's runtime environment (offline/telemetry variables included).
 
@@ -19,7 +19,7 @@ from eval.workers import EvalWorker, WorkerSpec
 
 RAY_NOT_STARTED = (
     "runtime.num_actors: {n} runs the eval on Ray actors, but Ray is not initialised in this process; "
-    "start it first (pipelines.ray_session.ensure_ray(), as `t2vu eval` does) or set runtime.num_actors: 0"
+    "start it first (pipelines.runtime.ray_session.ensure_ray(), as `t2vu eval` does) or set runtime.num_actors: 0"
 )
 
 

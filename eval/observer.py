@@ -1,7 +1,7 @@
 """What `run_eval` tells whoever watches it: the seam that keeps tracking out of the eval layer.
 
 The eval stage never talks to a tracking server itself; a caller that wants one (the
-orchestration layer: `pipelines.mlflow_eval.MlflowEvalObserver`) passes an `EvalObserver`
+orchestration layer: `pipelines.tracking.mlflow_eval.MlflowEvalObserver`) passes an `EvalObserver`
 to `eval.runner.run_eval`. Calls come from the driver thread, in this order:
 
     started(output_dir)        once the rows are planned and eval_config.json is written

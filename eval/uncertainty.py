@@ -8,7 +8,7 @@ seed), so a rerun reports the same numbers. Cost: BOOTSTRAP_SAMPLES calls of `su
 python dicts, ~0.1 s for 1,000 rows with the toy or NudeNet classifier.
 
 Paired metrics (`summarize_paired`, base vs erased on the same rows) resample the pairs together.
-A search uses these to say whether two trials differ at all (`pipelines.objective`).
+A search uses these to say whether two trials differ at all (`pipelines.search.objective`).
 """
 
 from __future__ import annotations

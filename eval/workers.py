@@ -3,7 +3,7 @@
 Why a module of its own: `EvalWorker` is the unit that runs either in the driver process
 (`runtime.num_actors: 0`) or as a Ray actor (eval.backends); it needs only a picklable
 `WorkerSpec`. The process environment (offline/telemetry variables) is inherited from
-whoever started it: the driver, or the Ray runtime env of `pipelines.ray_session.ensure_ray`.
+whoever started it: the driver, or the Ray runtime env of `pipelines.runtime.ray_session.ensure_ray`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Orchestration: Ray Train + DeepSpeed trainers, Ray Tune searches, Ray Jobs submission, the `t2vu` CLI."""
 
-import pipelines.env as _env
+import pipelines.runtime.env as _env
 
 _env.apply_offline_env()

@@ -5,10 +5,10 @@ or MLflow (they read it at import or at init):
   OMP_NUM_THREADS=1   OpenMP spin barriers collapse on a shared 2-core box (20x slower)
   DS_ACCELERATOR=cpu  DeepSpeed's CPU accelerator (gloo), no autodetect warning
   T2VU_CACHE          a session temp dir: tiny models and text embeddings built once per session
-  offline vars        pipelines.env.apply_offline_env(): no hub lookups, no telemetry
+  offline vars        pipelines.runtime.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
-  ray_session    pipelines.ray_session.ensure_ray(num_cpus=3): dashboard on 127.0.0.1, worker env;
+  ray_session    pipelines.runtime.ray_session.ensure_ray(num_cpus=3): dashboard on 127.0.0.1, worker env;
                  at least 3 LOGICAL CPUs (the machine's count if more), on 2 cores:
                  a Tune trial driver (1) + two Train workers (1 each); the dashboard's State
                  API is what cleans up the placement group of a trial Tune stopped.
@@ -36,7 +36,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["DS_ACCELERATOR"] = "cpu"
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
 
-from pipelines.env import apply_offline_env  # noqa: E402
+from pipelines.runtime.env import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 
@@ -52,7 +52,7 @@ def ray_session():
     this fixture started it."""
     import ray
 
-    from pipelines.ray_session import ensure_ray
+    from pipelines.runtime.ray_session import ensure_ray
 
     started = ensure_ray(num_cpus=3)
     try:

@@ -1,5 +1,5 @@
 """Step hooks the distributed tests install into the training loop (`step_hook` of
-`pipelines.distributed.run_distributed`). Imported by the Ray Train workers (the driver's cwd,
+`pipelines.train.driver.run_distributed`). Imported by the Ray Train workers (the driver's cwd,
 the repo root, is on their sys.path), so it stays free of pytest and test fixtures."""
 
 from __future__ import annotations

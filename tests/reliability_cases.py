@@ -1,6 +1,6 @@
 """Bad inputs and faults a user meets, as data: each case is one `t2vu` command line.
 
-`tests/test_reliability.py` runs every case through the real CLI (`pipelines.cli.main`, in process),
+`tests/test_reliability.py` runs every case through the real CLI (`pipelines.cli.entry.main`, in process),
 checks the project's rules — the expected exit code, the message names what it says, one `error:`
 line (a list of problems gets one line per problem), no traceback, the output folder not created —
 and renders `docs/reliability.md` from what actually happened, so the table cannot drift.

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _session(*sets):
-    from pipelines.config import load_pipeline_config
+    from pipelines.config.pipeline import load_pipeline_config
     from unlearn.session import TrainingSession
 
     session = TrainingSession(load_pipeline_config(ROOT / "configs" / "tiny.yaml", list(sets)).method())

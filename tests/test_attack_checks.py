@@ -14,8 +14,7 @@ QUIET = ["--set", "mlflow.enabled=false", "--set", "ringabell.text.generations=1
 
 
 def _attack(argv, capsys) -> dict:
-    from pipelines import cli
-
+    from pipelines.cli import entry as cli
     rc = cli.main(["attack", "-c", str(ATTACK_CFG), *argv, *QUIET])
     out = capsys.readouterr().out
     assert rc == 0

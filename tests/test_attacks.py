@@ -23,7 +23,7 @@ def toy():
     from eval.config import load_eval_config
     from eval.generate import load_eval_pipeline
     from eval.planning import resolve_model
-    from pipelines.attack_config import load_attack_config
+    from pipelines.config.attack import load_attack_config
     from unlearn.models.families import family_of_model_dir, spec_class
 
     torch.set_num_threads(1)
@@ -81,7 +81,7 @@ def test_softprompt_brings_red_back_through_a_weak_eraser(toy, tmp_path):
     from eval.attacks.softprompt import SoftPromptAttack
     from eval.attacks.text import CleanAttack
     from eval.methods import build_method
-    from pipelines.config import load_pipeline_config
+    from pipelines.config.pipeline import load_pipeline_config
     from unlearn.trainer import train
 
     mcfg = load_pipeline_config(ROOT / "configs" / "toy" / "recipe.yaml",
@@ -107,8 +107,7 @@ def test_softprompt_brings_red_back_through_a_weak_eraser(toy, tmp_path):
 
 
 def _attack(argv, capsys):
-    from pipelines import cli
-
+    from pipelines.cli import entry as cli
     rc = cli.main(argv)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
@@ -163,7 +162,7 @@ def test_adversarial_training_step_stays_in_budget_and_adds_its_loss(start):
     the budget ball towards the frozen concept prediction, and the step's loss gains the adversarial term."""
     import torch
 
-    from pipelines.config import load_pipeline_config
+    from pipelines.config.pipeline import load_pipeline_config
     from unlearn.session import TrainingSession
 
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=3", "loss.adv_budget=0.5",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.checkpoints import CheckpointIntegrityError, verify_manifest, write_manifest
+from pipelines.train.checkpoints import CheckpointIntegrityError, verify_manifest, write_manifest
 
 
 def make_ranks(root):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import cli
+from pipelines.cli import entry as cli
 from unlearn.eraser import EraserSet, EraserMeta, save_eraser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_damaged_eraser_files_name_the_file(tmp_path, capsys, damage):
 
 
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
-    from pipelines.commands import report
+    from pipelines.cli.commands import report
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -24,11 +24,11 @@ def schema_for(path: Path):
 
         return load_eval_config
     if top == "attack":
-        from pipelines.attack_config import load_attack_config, load_harness_eval_config
+        from pipelines.config.attack import load_attack_config, load_harness_eval_config
 
         return lambda p: load_harness_eval_config(load_attack_config(p))
     if top in ("", "search", "toy", "wan"):
-        from pipelines.config import load_pipeline_config
+        from pipelines.config.pipeline import load_pipeline_config
 
         return load_pipeline_config
     if top == "deepspeed":
@@ -91,8 +91,8 @@ def test_referenced_eval_configs_exist():
 
 @pytest.mark.parametrize("record", ["search_config.yaml", "variant.json"])
 def test_an_output_folder_refuses_another_config(tmp_path, record):
-    from pipelines.config import load_pipeline_config
-    from pipelines.run_folder import pin_config
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.runtime.run_folder import pin_config
     from unlearn.config import ConfigError
 
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml")

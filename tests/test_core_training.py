@@ -163,7 +163,7 @@ def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path):
     import os
 
     env = {**os.environ, **env_cache}
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "-c", str(cfg), "-o", str(tmp_path / "run"),
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "train", "-c", str(cfg), "-o", str(tmp_path / "run"),
            "--set", "train.steps=6", "--set", "train.checkpoint_every=3"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.config import PipelineConfig, load_pipeline_config
-from pipelines.distributed_config import check_distributed, deepspeed_config
+from pipelines.config.pipeline import PipelineConfig, load_pipeline_config
+from pipelines.config.distributed import check_distributed, deepspeed_config
 from unlearn.config import ConfigError, config_digest, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def test_global_batch_must_split_evenly(tmp_path):
 
 
 def test_worker_share_of_the_batch_keeps_the_method_digest(tmp_path):
-    from pipelines.train_worker import worker_method_config
+    from pipelines.train.worker import worker_method_config
 
     cfg = tiny_pipeline_cfg(tmp_path)
     w = worker_method_config(cfg, 2)
@@ -87,7 +87,7 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
     """
     from diffusers import CogVideoXPipeline
 
-    from pipelines.distributed import run_distributed
+    from pipelines.train.driver import run_distributed
     from unlearn.eraser import load_eraser, read_eraser
     from unlearn.models.registry import resolve_model_path
 
@@ -127,7 +127,7 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
     handle.remove()
 
     # A finished output is not trained again (CLI path); another config into it is refused.
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     out2 = tmp_path / "zero2"
     assert main(["train", "--distributed", "--config", str(out2 / "config.yaml"), "--output", str(out2)]) == 0
@@ -140,8 +140,7 @@ def test_ensure_ray_inside_a_ray_job_adds_only_missing_env_vars(monkeypatch):
     """Ray refuses a driver runtime env that repeats env var keys of the job's (t2vu submit)."""
     import ray
 
-    from pipelines import ray_session
-
+    from pipelines.runtime import ray_session
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))

@@ -144,7 +144,7 @@ def test_broken_eraser_fails_the_run_and_is_never_a_perfect_eraser(tiny_model, b
     """CLI: exit 2 and one line; the outputs stay; the erased rate leaves the black videos out."""
     import yaml
 
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     cfg = cfg_for(tiny_model, broken_eraser)
     cfg_path = tmp_path / "eval.yaml"
@@ -185,9 +185,9 @@ def test_sound_eraser_rows_carry_clean_flags(tiny_model, sound_eraser, tmp_path)
 # --- the search objective ----------------------------------------------------------------------------
 
 def test_objective_ranks_a_degenerate_trial_last(tiny_model, broken_eraser, sound_eraser, tmp_path):
-    from pipelines.objective import evaluate_objective, objective_metrics
-    from pipelines.search_config import ObjectiveConfig
-    from pipelines.search_results import pareto_indices
+    from pipelines.search.objective import evaluate_objective, objective_metrics
+    from pipelines.config.search import ObjectiveConfig
+    from pipelines.search.results import pareto_indices
 
     spec = ObjectiveConfig.model_validate({
         "metrics": [{"name": "nudity_rate_erased", "mode": "min"}, {"name": "preserve_nudity_rate_erased", "mode": "max"}],

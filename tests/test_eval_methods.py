@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from pipelines import cli
-
+from pipelines.cli import entry as cli
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "prompts"
 TINY_CFG = REPO / "configs" / "eval" / "tiny.yaml"

@@ -34,7 +34,7 @@ def alive(pid: int) -> bool:
 
 
 def test_killing_eval_takes_its_scorer_and_tracker_along(tmp_path):
-    cmd = [sys.executable, "-m", "pipelines.cli", "eval", "-c", str(ROOT / "configs" / "eval" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "eval", "-c", str(ROOT / "configs" / "eval" / "tiny.yaml"),
            "-o", str(tmp_path / "ev"), "--set", "runtime.scorer=process", "--set", "generation.num_inference_steps=30",
            "--set", "runtime.progress=false"]
     env = {**os.environ, "T2VU_CACHE": str(tmp_path / "cache")}

@@ -148,7 +148,7 @@ def test_cli_reads_a_public_schema_as_it_comes(tmp_path, capsys):
     guidance cell, a prompt-only preserve file: one run, every finding in the outputs."""
     import yaml
 
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
     from unlearn.models.registry import resolve_model_path
 
     target = write(tmp_path, ",prompt,evaluation_seed,evaluation_guidance,categories\n"

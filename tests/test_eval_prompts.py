@@ -168,7 +168,7 @@ def test_bad_csv_fails_before_any_model_loads(tmp_path):
 
 
 def test_cli_reports_csv_errors_with_exit_code_2(tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     p = write(tmp_path, "prompt,seed\n,1\n")
     rc = main(["eval", "--config", str(REPO / "configs/eval/tiny.yaml"), "--output", str(tmp_path / "o"),

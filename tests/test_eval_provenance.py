@@ -19,7 +19,7 @@ def sha256(path: Path) -> str:
 
 
 def test_outputs_record_what_was_evaluated(tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
     from unlearn.eraser import EraserMeta, EraserSet, save_eraser
     from unlearn.models.registry import resolve_model_path
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from pipelines.mlflow_eval import run_eval
+from pipelines.tracking.mlflow_eval import run_eval
 from unlearn.fsutil import finished_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
     cfg_path.write_text(yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "config_dir"}))
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "eval", "--config", str(cfg_path), "--output",
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli.entry", "eval", "--config", str(cfg_path), "--output",
                              str(out), "--no-progress"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -263,7 +263,7 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
 # --- Ray ---------------------------------------------------------------------------------------------
 
 def test_ray_actors_need_ray_started_by_the_caller(tiny_model, eraser_dir, tmp_path, monkeypatch):
-    """eval never starts Ray (that is `pipelines.ray_session.ensure_ray`'s job): a clear error, no model load."""
+    """eval never starts Ray (that is `pipelines.runtime.ray_session.ensure_ray`'s job): a clear error, no model load."""
     import ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -356,7 +356,7 @@ def test_no_eraser_means_baseline_only(tiny_model, tmp_path):
 
 
 def test_cli_eval_contract(tiny_model, eraser_dir, tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt,evaluation_seed\na naked person,11\na naked body,12\na nude man,13\n")
@@ -439,9 +439,9 @@ def test_bad_eraser_and_model_paths_are_config_errors(tiny_model, tmp_path):
 
 def test_cli_starts_ray_sized_for_the_eval_actors(monkeypatch):
     """`t2vu eval` with Ray actors starts/joins Ray itself (eval does not): CPUs for every actor, ray_address."""
-    import pipelines.ray_session as rs
+    import pipelines.runtime.ray_session as rs
     from eval.config import RuntimeConfig
-    from pipelines.commands.eval import start_eval_ray
+    from pipelines.cli.commands.eval import start_eval_ray
 
     calls = []
     monkeypatch.setattr(rs, "ensure_ray", lambda **kw: calls.append(kw) or True)

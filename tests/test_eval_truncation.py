@@ -91,7 +91,7 @@ def test_truncated_rows_are_counted_everywhere(tiny_model, tmp_path, caplog):
 def test_on_truncation_error_refuses_before_anything_is_written(tiny_model, tmp_path, capsys):
     import yaml
 
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     csv_path = prompts_csv(tmp_path, [SHORT, LONG_A, LONG_B])
     cfg = cfg_for(tiny_model, csv_path, on_truncation="error")

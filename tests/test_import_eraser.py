@@ -141,7 +141,7 @@ class NotATensor:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.cli.entry", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.memory_check import EXIT_WONT_FIT, make_request, plan_request
+from pipelines.cli.entry import main
+from pipelines.plan.memory_check import EXIT_WONT_FIT, make_request, plan_request
 from unlearn.config import MethodConfig, load_method_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def test_a_model_directory_wins_over_the_preset(tmp_path, capsys):
     rc, s, _, _ = plan_cli(capsys, "--config", path, "--gpu-memory", 80)
     assert rc == 0 and s["architecture"] == f"directory {model}"
     # the tiny transformer's 57,360 parameters in bf16, not 42 blocks x hidden 3072
-    from pipelines.memory_check import load_plan_config
+    from pipelines.plan.memory_check import load_plan_config
 
     method, pipeline = load_plan_config(path)
     plan, _ = plan_request(make_request(method, pipeline, mode="train", gpu_memory_gb=80))
@@ -123,7 +123,7 @@ def test_trajectory_pool_term_is_what_the_source_stores(tmp_path):
 def test_preflight_checks_only_cuda_runs_and_refuses_before_loading():
     import io
 
-    from pipelines.memory_check import load_plan_config, preflight
+    from pipelines.plan.memory_check import load_plan_config, preflight
 
     cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
     assert cfg.train.device == "auto"
@@ -189,7 +189,7 @@ def test_wan_plan_refuses_what_cannot_fit_naming_the_fix(capsys):
 
 
 def _wan_inputs(**kw):
-    from pipelines.memory_plan import PlanInputs
+    from pipelines.plan.memory_plan import PlanInputs
 
     base = dict(hidden=32, heads=2, head_dim=16, layers=3, text_len=12, params_transformer=0, params_text_encoder=0,
                 params_vae=0, vae_channels=3, pos_embed_elems=0, video_tokens=48, latent_elems=0, concept_rows=1,
@@ -264,8 +264,8 @@ def test_wan_eval_terms_load_umt5_and_the_wan_vae():
     whole pipeline, both experts for A14B."""
     from dataclasses import replace
 
-    from pipelines.memory_check import load_plan_config, plan_inputs
-    from pipelines.memory_plan import EvalShape, plan_memory
+    from pipelines.plan.memory_check import load_plan_config, plan_inputs
+    from pipelines.plan.memory_plan import EvalShape, plan_memory
     from unlearn.models.architectures import PRESET_PARAMETERS
 
     for preset, experts in (("wan2.2-ti2v-5b", 1), ("wan2.2-t2v-a14b", 2)):
@@ -289,9 +289,9 @@ def test_adversarial_training_is_planned(batch):
 
     import torch
 
-    from pipelines.config import load_pipeline_config
-    from pipelines.memory_check import plan_inputs
-    from pipelines.memory_plan import ADV, F2, plan_memory
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.plan.memory_check import plan_inputs
+    from pipelines.plan.memory_plan import ADV, F2, plan_memory
     from unlearn.session import TrainingSession
 
     method = load_pipeline_config(ROOT / "configs" / "tiny.yaml", ["loss.adv_steps=2", f"train.batch_size={batch}"]).method()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import mlflow_utils as mu
-from pipelines.config import MlflowConfig, PipelineConfig
+from pipelines.tracking import mlflow_utils as mu
+from pipelines.config.pipeline import MlflowConfig, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_parent_and_child_runs_are_found_again_not_duplicated(mlflow_server, tmp
 @pytest.mark.slow
 def test_worker_curve_logging_skips_steps_an_earlier_attempt_logged(mlflow_server, tmp_path):
     """After a worker restart, rank 0 replays the curve from the checkpoint: no duplicate points."""
-    from pipelines.live_logging import MlflowLive
+    from pipelines.tracking.live_logging import MlflowLive
 
     c = mu.client(mlflow_server)
     exp = mu.get_or_create_experiment(c, "test/curve", tmp_path)

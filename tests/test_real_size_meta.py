@@ -18,7 +18,7 @@ What meta cannot do, and what is done instead (none of it changes what is checke
   of the timestep (a GPU reads the device value implicitly); the transformer still gets the
   device timesteps;
 - values: only devices, shapes, dtypes, hooks run and gradients exist can be asserted.
-The proxy evaluation of a Tune trial (`pipelines.objective.evaluate_objective`) goes through
+The proxy evaluation of a Tune trial (`pipelines.search.objective.evaluate_objective`) goes through
 `run_eval`, which loads its own pipeline from the model directory: it does not reuse the
 training transformer, so there is no in-process proxy path to run here yet.
 """

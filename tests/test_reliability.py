@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 import torch
 
-from pipelines import cli
+from pipelines.cli import entry as cli
 from tests.reliability_cases import CASES, Case
 from unlearn.eraser import EraserMeta, EraserSet, save_eraser
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import SelectConfig, load_pipeline_config
-from pipelines.run import run_pipeline, select_best
-from pipelines.search_config import Constraint
-from pipelines.search_results import SearchResult, TrialSummary
+from pipelines.config.pipeline import SelectConfig, load_pipeline_config
+from pipelines.run.pipeline import run_pipeline, select_best
+from pipelines.config.search import Constraint
+from pipelines.search.results import SearchResult, TrialSummary
 from unlearn.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_quiet_console_routes_output_to_the_log_and_restores_settings(tmp_path, 
 
     import diffusers.utils.logging as dl
 
-    from pipelines.console import quiet_console, say
+    from pipelines.runtime.console import quiet_console, say
 
     before = (logging.getLogger("ray").level, dl.is_progress_bar_enabled(), list(warnings.filters))
     log = tmp_path / "run.log"

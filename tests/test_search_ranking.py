@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from eval.uncertainty import bootstrap_se, paired_se
-from pipelines.config import PipelineConfig, SelectConfig
-from pipelines.objective import objective_metrics
-from pipelines.run import select_best
-from pipelines.search_results import SearchResult, TrialSummary
+from pipelines.config.pipeline import PipelineConfig, SelectConfig
+from pipelines.search.objective import objective_metrics
+from pipelines.run.pipeline import select_best
+from pipelines.search.results import SearchResult, TrialSummary
 
 OBJECTIVE = {
     "metrics": [{"name": "target_rate_erased", "mode": "min"}, {"name": "preserve_nontarget_acc_erased", "mode": "max"},
@@ -107,8 +107,8 @@ def _trial(tid, **m):
 
 
 def test_tied_scores_are_ordered_by_the_tie_break_everywhere(tmp_path):
-    from pipelines.search_report import render_markdown
-    from pipelines.search_results import collect_result  # noqa: F401 - the same ranking_key orders it
+    from pipelines.search.report import render_markdown
+    from pipelines.search.results import collect_result  # noqa: F401 - the same ranking_key orders it
 
     cfg = _cfg()
     rank = cfg.search.objective.scalarize.ranking_key
@@ -133,7 +133,7 @@ def test_tied_scores_are_ordered_by_the_tie_break_everywhere(tmp_path):
 def test_pareto_plot_has_a_panel_for_every_pair_of_objectives(tmp_path):
     from PIL import Image
 
-    from pipelines.search_plots import plot_pareto
+    from pipelines.search.plots import plot_pareto
 
     cfg = _cfg()
     trials = [_trial(i, target_rate_erased=0.1 * i, preserve_nontarget_acc_erased=1 - 0.05 * i,

@@ -78,7 +78,7 @@ def test_submit_follow_status_and_outputs(head_cluster, tmp_path):
     out = tmp_path / "job-out"
     env = {**os.environ, "T2VU_CACHE": str(tmp_path / "cache")}
     env.pop("RAY_AUTH_MODE", None)
-    cmd = [sys.executable, "-m", "pipelines.cli", "submit", "--address", address, "--auth-token-file", token,
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "submit", "--address", address, "--auth-token-file", token,
            "--follow", "--timeout", "400", "--job-id", "t2vu-test-job", "--",
            "train", "--config", "configs/tiny.yaml", "--output", str(out), "--set", "train.steps=4"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=500)
@@ -86,7 +86,7 @@ def test_submit_follow_status_and_outputs(head_cluster, tmp_path):
     assert "submitted job t2vu-test-job" in r.stdout and "SUCCEEDED" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and (out / "eraser" / "eraser.safetensors").exists()
-    st = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--address", address, "--auth-token-file", token,
+    st = subprocess.run([sys.executable, "-m", "pipelines.cli.entry", "submit", "--address", address, "--auth-token-file", token,
                          "--status", "t2vu-test-job"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert json.loads(st.stdout)["status"] == "SUCCEEDED"
 
@@ -95,16 +95,16 @@ def test_submit_follow_status_and_outputs(head_cluster, tmp_path):
 def test_submit_without_token_is_refused_clearly(head_cluster, tmp_path):
     address, _ = head_cluster
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong-token", "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--address", address, "--", "make-tiny-model", "x"],
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli.entry", "submit", "--address", address, "--", "make-tiny-model", "x"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode != 0
     assert "token" in (r.stdout + r.stderr).lower()
 
 
 def test_entrypoint_and_runtime_env(monkeypatch):
-    from pipelines.submit import build_runtime_env, entrypoint_for
+    from pipelines.runtime.submit import build_runtime_env, entrypoint_for
 
-    assert entrypoint_for(["t2vu", "tune", "--config", "a b.yaml"]) == "python -m pipelines.cli tune --config 'a b.yaml'"
+    assert entrypoint_for(["t2vu", "tune", "--config", "a b.yaml"]) == "python -m pipelines.cli.entry tune --config 'a b.yaml'"
     with pytest.raises(ValueError, match="nothing to submit"):
         entrypoint_for([])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
@@ -115,7 +115,7 @@ def test_entrypoint_and_runtime_env(monkeypatch):
 
 
 def test_secrets_are_forwarded_only_when_asked(monkeypatch):
-    from pipelines.submit import EXCLUDES, build_runtime_env, parse_env, secret_env
+    from pipelines.runtime.submit import EXCLUDES, build_runtime_env, parse_env, secret_env
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
     assert "MLFLOW_TRACKING_PASSWORD" not in build_runtime_env()["env_vars"]
@@ -134,7 +134,7 @@ def test_credential_files_are_not_uploaded(tmp_path):
     """The excludes are applied by Ray's own packaging code (what a job actually uploads)."""
     from ray._private.runtime_env.packaging import _get_excludes, _dir_travel
 
-    from pipelines.submit import EXCLUDES
+    from pipelines.runtime.submit import EXCLUDES
 
     for name in (".env", "auth_token", "deploy.pem", "ok.py", "unlearn/models/tokenizer.py", "conf/prod.env"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

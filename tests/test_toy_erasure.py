@@ -60,7 +60,7 @@ def test_short_training_erases_red_and_keeps_other_colours(tmp_path):
 
     from eval.config import load_eval_config
     from eval.runner import run_eval
-    from pipelines.toy_benchmark import EVAL_CONFIG
+    from pipelines.toy.benchmark import EVAL_CONFIG
     from unlearn.trainer import train
 
     model = _toy_model()

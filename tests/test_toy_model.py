@@ -109,7 +109,7 @@ def test_generation_is_seeded(pipe):
 
 
 def test_cli_registers_toy_build():
-    from pipelines.cli import build_parser
+    from pipelines.cli.entry import build_parser
 
     args = build_parser().parse_args(["toy", "build", "/tmp/x", "--seed", "3", "--vae-steps", "10", "--tf-steps", "20"])
     assert args.dir == "/tmp/x" and args.seed == 3 and args.vae_steps == 10 and args.tf_steps == 20

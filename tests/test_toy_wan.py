@@ -93,7 +93,7 @@ def test_wan_build_smoke_end_to_end(tmp_path):
     """`t2vu toy build --family wan` at toy sizes: trains, saves, reloads through WanPipeline, scores."""
     from diffusers import WanPipeline
 
-    from pipelines.cli import build_parser
+    from pipelines.cli.entry import build_parser
     from toyworld.build import BuildConfig, build
     from toyworld.parts import family_of_dir
 
@@ -133,7 +133,7 @@ def test_wan_vae_training_decode_is_the_pipeline_decode_without_its_clamp():
 
 
 def test_benchmark_picks_the_wan_recipe_and_placement_variant():
-    from pipelines.toy_benchmark import RECIPES, VARIANTS, method_config, model_family
+    from pipelines.toy.benchmark import RECIPES, VARIANTS, method_config, model_family
     from unlearn.data import read_prompt_csv
 
     assert model_family("builtin:toy-wan") == "wan" and model_family(None) == "cogvideox"
@@ -165,7 +165,7 @@ def test_benchmark_picks_the_wan_recipe_and_placement_variant():
 
 
 def test_benchmark_refuses_the_placement_variant_on_cogvideox(tmp_path):
-    from pipelines.toy_benchmark import run_benchmark
+    from pipelines.toy.benchmark import run_benchmark
 
     with pytest.raises(ValueError, match="unknown variants \\['attn1'\\] for a cogvideox model"):
         run_benchmark(tmp_path / "b", ["attn1"])

@@ -261,7 +261,7 @@ def test_classifier_summaries_on_hand_built_records():
 def test_benchmark_variants_are_valid_recipes_in_the_world():
     """Every `t2vu toy benchmark` variant validates, changes what it says, and names only world prompts."""
     from unlearn.data import read_prompt_csv
-    from pipelines.toy_benchmark import VARIANTS, method_config
+    from pipelines.toy.benchmark import VARIANTS, method_config
 
     default = method_config(VARIANTS["default"])
     assert any(" and " in p for p in default.concept.prompts)  # red next to another object is trained on
@@ -279,7 +279,7 @@ def test_benchmark_variants_are_valid_recipes_in_the_world():
 
 def test_benchmark_rejects_a_recipe_with_prompts_outside_the_world(tmp_path):
     from unlearn.config import read_yaml
-    from pipelines.toy_benchmark import RECIPE, VARIANTS, method_config
+    from pipelines.toy.benchmark import RECIPE, VARIANTS, method_config
 
     import yaml
 
@@ -298,7 +298,7 @@ def test_benchmark_configs_sample_as_the_toy_model_was_validated(family):
     the CogVideoX toy's 5, so a config left at another guidance would score erasure on a model that does not
     draw what its prompts say."""
     from eval.config import load_eval_config
-    from pipelines.toy_benchmark import RECIPES, VARIANTS, method_config
+    from pipelines.toy.benchmark import RECIPES, VARIANTS, method_config
     from toyworld.parts import parts_of
 
     gen = parts_of(family).GENERATION

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import PipelineConfig, load_pipeline_config
-from pipelines.search_config import ObjectiveConfig
-from pipelines.search_space import apply_sample, check_param, check_space, to_tune
+from pipelines.config.pipeline import PipelineConfig, load_pipeline_config
+from pipelines.config.search import ObjectiveConfig
+from pipelines.search.space import apply_sample, check_param, check_space, to_tune
 from unlearn.config import ConfigError, validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_objective_scalarisation_and_constraints():
 
 
 def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp_path):
-    from pipelines.objective import evaluate_or_report, objective_metrics
+    from pipelines.search.objective import evaluate_or_report, objective_metrics
 
     spec = ObjectiveConfig.model_validate({"metrics": [{"name": "nudity_rate_erased", "mode": "min"},
                                                        {"name": "psnr_preserve", "mode": "max"}]})
@@ -122,7 +122,7 @@ def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp
 
 
 def test_pareto_indices():
-    from pipelines.search_results import pareto_indices
+    from pipelines.search.results import pareto_indices
 
     pts = [[0.1, 30.0], [0.2, 40.0], [0.3, 35.0], [0.1, 25.0], [0.05, 20.0]]
     assert pareto_indices(pts, ["min", "max"]) == [0, 1, 4]
@@ -135,7 +135,7 @@ def test_trials_need_resources_so_tune_accepts_them():
 
 @pytest.mark.parametrize("path", SEARCH_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_search_config_parses_and_converts(path):
-    from pipelines.objective import resolve_eval_config
+    from pipelines.search.objective import resolve_eval_config
 
     cfg = load_pipeline_config(path)
     assert cfg.search is not None
@@ -166,7 +166,7 @@ def _search_cfg(tmp_path: Path, *, name: str, algorithm: str, num_samples: int, 
 def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_session, mlflow_server, tmp_path):
     import mlflow
 
-    from pipelines.tune import run_search
+    from pipelines.search.tune import run_search
     from unlearn.eraser import read_eraser
 
     # Two trials at a time (0.5 + 1 logical CPUs each in the session's 3): their start-up latencies overlap.
@@ -232,7 +232,7 @@ def test_optuna_search_logs_parent_and_child_runs_and_writes_a_report(ray_sessio
     assert parents.iloc[0]["tags.t2vu.git_sha"] and "tags.version.ray" in parents.columns
 
     # `t2vu report RUN` rebuilds the report from the run folder alone (no Ray needed).
-    from pipelines.cli import main
+    from pipelines.cli.entry import main
 
     for name in ("report.md", "results.csv", "pareto.png"):
         (out / name).unlink()
@@ -264,7 +264,7 @@ def test_killed_tune_driver_resumes_without_redoing_trials_or_duplicating_runs(r
     data["search"]["objective"]["proxy"] = {"every": 4, "limit": 1}
     cfg_path.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "tune", "--config", str(cfg_path), "--output", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "tune", "--config", str(cfg_path), "--output", str(out)]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     log1 = open(tmp_path / "first.log", "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_pipeline_config
-from pipelines.run_folder import remove_owned
+from pipelines.config.pipeline import load_pipeline_config
+from pipelines.runtime.run_folder import remove_owned
 from unlearn.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -126,7 +126,7 @@ def test_cli_trains_both_experts_and_the_eraser_loads_into_wan_pipeline(a14b_dir
     from diffusers import WanPipeline
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(ROOT / "configs" / "wan" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "train", "--config", str(ROOT / "configs" / "wan" / "tiny.yaml"),
            "--output", str(out), "--set", f"model.path={a14b_dir}", "--set", "train.steps=6",
            "--set", "train.xt_source=trajectory", "--set", f"train.cache_dir={tmp_path / 'cache'}"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -181,7 +181,7 @@ def test_a_step_using_one_expert_still_gives_every_eraser_a_gradient(spec):
 def test_ray_train_deepspeed_zero2_trains_both_experts(a14b_dir, tmp_path):
     """2 Ray Train workers + DeepSpeed ZeRO-2 (gloo): ranks whose batches use different experts stay in step."""
     out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--distributed", "--config",
+    cmd = [sys.executable, "-m", "pipelines.cli.entry", "train", "--distributed", "--config",
            str(ROOT / "configs" / "wan" / "tiny.yaml"), "--output", str(out), "--set", f"model.path={a14b_dir}",
            "--set", "train.steps=4", "--set", "distributed.num_workers=2", "--set", f"train.cache_dir={tmp_path / 'c'}",
            "--set", f"distributed.storage_path={tmp_path / 'ray'}"]

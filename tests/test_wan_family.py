@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import cli
+from pipelines.cli import entry as cli
 from unlearn.config import ConfigError
 from unlearn.models.families import check_family, family_of_model_dir, spec_class
 from unlearn.models.tiny_wan import make_tiny_wan

@@ -2,7 +2,7 @@
 
 One schema, validated before any model loads: unknown keys and bad values fail
 with the key path named (pydantic `extra="forbid"`). Pipeline-level sections
-(distributed, search, eval, mlflow) extend this in `pipelines.config`.
+(distributed, search, eval, mlflow) extend this in `pipelines.config.pipeline`.
 """
 
 from __future__ import annotations

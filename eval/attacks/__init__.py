@@ -25,7 +25,7 @@ FLAG_FIELDS = {"toy": "target_present", "nudenet": "positive"}
 
 
 def build_attacks(cfg, pairs: list[tuple[str, str]], gen) -> list[Attack]:
-    """The attack variants of a config (`pipelines.attack_config.AttackConfig`), in its order.
+    """The attack variants of a config (`pipelines.config.attack.AttackConfig`), in its order.
 
     pairs: the Ring-A-Bell concept-vector pairs; gen: the generation settings (softprompt samples its x_t
     pool with the generation sampler's steps and guidance unless told otherwise)."""

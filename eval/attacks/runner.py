@@ -15,7 +15,7 @@ Output folder:
   summary.json                                                         asr[method][attack], SE, preservation
   report.md, asr.png                                                   the table and the bar plot
 Resume: a row whose JSON holds the same fingerprint is not redone; attacked inputs are made once; a rerun of a
-finished run loads no model. Tracking is the caller's (`observer`: `pipelines.mlflow_attack`).
+finished run loads no model. Tracking is the caller's (`observer`: `pipelines.tracking.mlflow_attack`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""What every family's block accounting of the memory plan shares (`t2vu plan`, pipelines.memory_plan).
+"""What every family's block accounting of the memory plan shares (`t2vu plan`, pipelines.plan.memory_plan).
 
-`pipelines.memory_plan` sums the family-independent terms (weights, erasers, optimizer, capture
+`pipelines.plan.memory_plan` sums the family-independent terms (weights, erasers, optimizer, capture
 results, trajectory pool, evals); the activation terms depend on how a family's block is built,
 so each family counts them in its own file next to its spec (`unlearn/models/<family>_memory.py`),
 registered with the family (`families.memory_blocks(family)`); this module holds what they share.
@@ -24,7 +24,7 @@ def unit(rows: int, tokens: int, hidden: int, nbytes: int) -> float:
     return float(rows) * tokens * hidden * nbytes
 
 
-# The functions below take `pipelines.memory_plan.PlanInputs` (`x`, duck-typed: this module imports
+# The functions below take `pipelines.plan.memory_plan.PlanInputs` (`x`, duck-typed: this module imports
 # nothing of the plan's) and return activation terms as (name, bytes, note) for forward 2 + backward.
 
 

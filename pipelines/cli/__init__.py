@@ -1,0 +1,1 @@
+"""The `t2vu` command line: the entry point (`entry.main`) and one module per subcommand (`commands/`)."""

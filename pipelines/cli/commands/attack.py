@@ -1,0 +1,42 @@
+"""`t2vu attack --config configs/attack/toy.yaml --output DIR [--set key=value ...]`.
+
+Every method of the config (none, negprompt, safree, eraser) under every attack (clean, paraphrase, ringabell,
+ringabell-text, softprompt at each budget) on the same prompts, seeds and detector, plus each method's
+preservation on the preserve prompts (`eval.attacks.runner`). Rerunning into the same DIR does no finished
+work; DIR refuses another config. The last stdout line is one JSON object: asr[method][attack], asr_se, n,
+preservation[method].
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.cli.commands.common import add_common, output_dir
+
+
+def register(sub) -> None:
+    p = sub.add_parser("attack", help="attack every method (none, negprompt, safree, eraser) with clean, paraphrase, "
+                                      "Ring-A-Bell and soft-prompt inputs; ASR and preservation per method")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from eval.attacks.runner import plan_attacks, run_attacks
+    from pipelines.config.attack import load_attack_config, load_harness_eval_config
+    from pipelines.runtime.console import progress_stream
+    from pipelines.tracking.mlflow_attack import MlflowAttackObserver
+    from pipelines.runtime.run_folder import pin_config
+
+    cfg = load_attack_config(args.config, args.overrides)
+    eval_cfg = load_harness_eval_config(cfg)
+    out = output_dir(args, "attack")
+    plan = plan_attacks(cfg, eval_cfg, out)  # every file/field error before the output folder exists
+    out.mkdir(parents=True, exist_ok=True)
+    pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
+    observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
+    summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
+    keys = ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds", "degenerate_videos",
+            "truncated_prompts", "output", "mlflow")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    return 0

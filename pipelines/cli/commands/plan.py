@@ -1,0 +1,56 @@
+"""`t2vu plan --config C [--gpu-memory GB] [--world-size N] [--mode M] [--set key=value ...]`.
+
+Predicts per-GPU memory of the training a config describes, before any model loads (the
+architecture comes from the model directory's configs or `model.architecture`). Prints a
+table and, as the last line, one JSON object. Exit 3 when it will not fit (the error names
+the dominant term and the setting that fixes it), 2 on a config error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="will it fit? predict per-GPU memory of a training config before launching it",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", "-c", required=True, help="a method, run (train --distributed) or search config YAML")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                   help="GPU memory in GB (2^30 bytes); default: the visible GPU's, else none")
+    p.add_argument("--world-size", type=int, default=None, metavar="N",
+                   help="GPU workers (default: distributed.num_workers when the config declares it, else 1)")
+    p.add_argument("--mode", choices=("train", "distributed", "tune"), default=None,
+                   help="plan `t2vu train` (one process), `train --distributed`, or `tune`/`run` trials "
+                        "(default: tune for a search config, distributed when the config declares distributed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.batch_size=2")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pipelines.plan.memory_check import (
+        EXIT_WONT_FIT, find_fix, load_plan_config, make_request, plan_request, refusal, render,
+    )
+    from unlearn.config import ConfigError
+
+    if args.world_size is not None and args.world_size < 1:
+        raise ConfigError(f"--world-size {args.world_size}: must be >= 1")
+    if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):
+        raise ConfigError(f"--gpu-memory {args.gpu_memory}: must be a positive number of GB, e.g. --gpu-memory 80")
+    method, pipeline = load_plan_config(args.config, args.overrides)
+    req = make_request(method, pipeline, config_dir=Path(args.config).parent, mode=args.mode,
+                       world_size=args.world_size, gpu_memory_gb=args.gpu_memory)
+    plan, arch = plan_request(req)
+    print(render(plan, req, arch, args.config))
+    summary = plan.summary()
+    rc = 0
+    if plan.fits is False:
+        fix = find_fix(req, plan)
+        summary["fix"] = fix
+        print(f"error: {refusal(plan, fix)}", file=sys.stderr)
+        rc = EXIT_WONT_FIT
+    sys.stdout.flush()
+    print(json.dumps(summary))
+    return rc

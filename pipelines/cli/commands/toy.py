@@ -1,0 +1,83 @@
+"""`t2vu toy ...`: the toy world (a tiny CogVideoX trained on procedural videos).
+
+`t2vu toy build DIR` trains the toy model from scratch (~15 min on one CPU thread) and
+writes it to DIR with its measured quality (`toy_quality.json`). The project ships a
+built copy at `unlearn/assets/toy-model/` (`builtin:toy`), so this is only needed to
+reproduce or change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from toyworld.parts import PARTS  # the toy families (a plain table: no torch at CLI start-up)
+
+    p = sub.add_parser("toy", help="toy world: build the tiny trained CogVideoX used by CPU demos and tests")
+    toy_sub = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
+
+    b = toy_sub.add_parser("build", help="train the toy model into DIR and measure its quality")
+    b.add_argument("dir", help="output directory (replaced if it exists)")
+    b.add_argument("--family", choices=tuple(PARTS), default="cogvideox",
+                   help="model family of the toy model (its components: toyworld/parts.py; default cogvideox)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--vae-steps", type=int, default=None, help="upper bound on VAE steps (early-stops)")
+    b.add_argument("--tf-steps", type=int, default=None, help="transformer training steps")
+    b.add_argument("--eval-n", type=int, default=None, help="prompt/seed pairs per quality set (default 128)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small CPUs)")
+    b.add_argument("--vae-from", default=None, metavar="BUILD_DIR",
+                   help="take the VAE of an earlier build with the same seed/family/VAE settings (bit-identical)")
+    b.set_defaults(func=_build)
+    register_benchmark(toy_sub)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from toyworld.build import BuildConfig, build
+
+    cfg = BuildConfig.for_family(args.family, seed=args.seed, threads=args.threads, vae_from=args.vae_from)
+    if args.vae_steps is not None:
+        cfg.vae_steps = args.vae_steps
+    if args.tf_steps is not None:
+        cfg.tf_steps = args.tf_steps
+    if args.eval_n is not None:
+        cfg.eval_n = args.eval_n
+    quality = build(args.dir, cfg)
+    print(json.dumps(quality["summary"]))
+    return 0 if quality["summary"]["meets_bars"] else 1
+
+
+# ----------------------------------------------------------------------------- benchmark
+def register_benchmark(toy_sub) -> None:
+    from pipelines.toy.benchmark import VARIANTS
+
+    bm = toy_sub.add_parser(
+        "benchmark",
+        help="train erasers for 'red' on the toy model (real trainer) and score them (real eval stage)",
+        description="Train one eraser per variant (configs/toy/recipe.yaml + one changed factor), evaluate "
+        "base and erased on the same seeds with the toy detector, write table.md/table.csv/results.json in "
+        "--output and print the default recipe's headline metrics as the last line (JSON). Reruns skip "
+        "finished variants. Variants: " + ", ".join(f"{k} ({v.description})" for k, v in VARIANTS.items()),
+    )
+    bm.add_argument("--output", required=True, help="benchmark folder (resumable)")
+    bm.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
+    bm.add_argument("--n", type=int, default=64, help="videos per set for the comparison variants (default 64)")
+    bm.add_argument("--n-default", type=int, default=128, help="videos per set for the default recipe (default 128)")
+    bm.add_argument("--model", default=None, help="model directory instead of the recipe's builtin:toy; a Wan "
+                    "model (builtin:toy-wan) runs configs/toy/recipe-wan.yaml + configs/eval/toy-wan.yaml")
+    bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
+    bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
+    bm.add_argument("--progress", action="store_true", help="progress bars")
+    bm.set_defaults(func=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from pipelines.toy.benchmark import headline, run_benchmark
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    res = run_benchmark(args.output, variants, n=args.n, n_default=args.n_default, model=args.model,
+                        steps=args.steps, table_steps=args.table_steps, progress=args.progress)
+    line = headline(res["default"]) if res["default"] else {"variants": [r["variant"] for r in res["variants"]]}
+    print(json.dumps(line))
+    return 0

@@ -1,0 +1,60 @@
+"""`t2vu train --config C [--output DIR] [--distributed] [--set key=value ...]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.cli.commands.common import add_common, output_dir
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an eraser (one process, or Ray Train + DeepSpeed with --distributed)")
+    add_common(p)
+    p.add_argument("--distributed", action="store_true", help="run under Ray Train + DeepSpeed (pipelines.train.driver)")
+    p.add_argument("--no-resume", action="store_true", help="start from step 0 even if a checkpoint exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.distributed:
+        return _run_distributed(args)
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.plan.memory_check import preflight
+    from pipelines.runtime.run_folder import check_pinned
+    from unlearn.trainer import train
+
+    # The whole file is validated (a misspelt section is an error, not ignored); training reads its method part.
+    cfg = load_pipeline_config(args.config, args.overrides).method()
+
+    if (rc := preflight(cfg, mode="train", config_dir=Path(args.config).parent)) is not None:
+        return rc  # will not fit on this GPU (t2vu plan); nothing loaded or written
+    out = output_dir(args, "train")
+    # A folder made with another config is refused before anything is written or loaded (as run/tune do):
+    # otherwise a finished folder would report its old summary and keep its old eraser. The trainer writes
+    # config.yaml itself once the model, prompts and geometry have loaded, so bad input leaves no folder behind.
+    check_pinned(out / "config.yaml", cfg.model_dump(mode="json"), out)
+    summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
+    print(json.dumps({"output": str(out), **summary}, indent=2))
+    return 0
+
+
+def _run_distributed(args) -> int:
+    import sys
+
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.driver import run_distributed
+
+    from pipelines.plan.memory_check import preflight
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    if (rc := preflight(cfg.method(), cfg, mode="distributed", config_dir=Path(args.config).parent)) is not None:
+        return rc
+    out = output_dir(args, "train")
+    d = cfg.distributed
+    print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "
+          f"DeepSpeed ZeRO-{d.zero_stage} -> {out} (worker logs: t2vu -v train ...)", file=sys.stderr, flush=True)
+    summary = run_distributed(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
+    print(json.dumps({"output": str(out), **summary}, indent=2))
+    return 0
+

@@ -1,0 +1,93 @@
+"""`t2vu` — the single command-line entry point.
+
+Each subcommand lives in `pipelines/cli/commands/<name>.py` and exposes
+`register(subparsers)`, which adds its parser and sets `func`. Keeping
+commands in separate modules keeps `t2vu --help` fast (heavy imports happen
+inside each command's function) and lets commands evolve independently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import pipelines.runtime.env as env
+from pipelines.cli.commands import eval as eval_cmd
+from pipelines.cli.commands import attack, import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
+
+COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, plan, import_eraser, attack]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2vu",
+        description="Erase concepts from text-to-video diffusion models (CogVideoX) with eraser adapters.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show library/Ray logs")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: T2VU_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    env.apply_offline_env()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("diffusers", "transformers", "ray", "deepspeed", "mlflow", "urllib3", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    debug = args.debug or os.environ.get("T2VU_DEBUG", "") not in ("", "0")
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"interrupted: finished steps, rows and trials are kept in place; rerun the same command to resume "
+              f"({args.command})", file=sys.stderr)
+        return 130
+    except expected_errors() as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}  (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix from the message alone: one line, exit 2, no traceback.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    from eval.checks import DegenerateVideosError
+    from pipelines.train.checkpoints import CheckpointIntegrityError
+    from unlearn.config import ConfigError
+    from unlearn.eraser import BrokenEraserError, EraserFileError, EraserMismatchError
+    from unlearn.masks import ConceptNotInPromptError
+    from unlearn.step import NonFiniteLossError
+
+    return (ConfigError, OSError, EraserFileError, EraserMismatchError, BrokenEraserError, ConceptNotInPromptError,
+            NonFiniteLossError, CheckpointIntegrityError, DegenerateVideosError, OverflowError)
+
+
+def one_line(exc: BaseException) -> str:
+    from unlearn.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return str(exc)  # already written for the user (a validation report may list several keys)
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
+        msg = f"{msg}: {exc.filename}"
+    return msg if not isinstance(exc, (OSError, OverflowError)) else f"{type(exc).__name__}: {msg}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The `distributed` section (Ray Train + DeepSpeed) and what it derives: the DeepSpeed config
+each worker passes to `deepspeed.initialize`, the per-worker batch share, and the checks that
+would otherwise fail minutes later inside a worker. Functions take the whole
+`pipelines.config.pipeline.PipelineConfig` (they read `distributed` and `train`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from unlearn.config import ConfigError, Strict, path_component
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEEPSPEED_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
+
+
+class DistributedConfig(Strict):
+    """Ray Train + DeepSpeed. The same code runs on CPU (gloo) and GPUs (NCCL).
+
+    `train.batch_size` / `train.preserve_batch_size` are the GLOBAL batch: each worker
+    takes 1/num_workers of it, so a distributed run follows the same optimisation as a
+    single-process run with the same config (and their erasers are interchangeable).
+    """
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    # Ray resources of ONE worker, e.g. {"CPU": 1} or {"CPU": 8, "GPU": 1}. Default: 1 CPU (+1 GPU).
+    resources_per_worker: dict[str, float] | None = None
+    # torch threads per worker. 1 on a shared CPU box: OpenMP spin barriers collapse under contention.
+    threads_per_worker: int = Field(1, ge=1)
+    # "auto" = nccl with GPUs, gloo on CPU.
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # ZeRO-2 is the default. ZeRO-3 is opt-in: with a frozen backbone plus gradient
+    # checkpointing it hits an open DeepSpeed bug on GPUs (recompute metadata mismatch,
+    # DeepSpeed PR #8130), and the eraser is small enough that sharding it buys little.
+    zero_stage: Literal[2, 3] = 2
+    # A DeepSpeed JSON file; default configs/deepspeed/zero{stage}.json. Batch sizes and
+    # gradient clipping are always filled in from `train` (one source of truth).
+    deepspeed_config: str | None = None
+    # Merged over the JSON file (nested dicts merge), e.g. {"zero_optimization": {...}}.
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
+    # Where Ray Train persists checkpoints. Default: <output>/ray. On a multi-node cluster this
+    # MUST be shared storage (NFS path or s3://...): every worker writes its own shard there.
+    storage_path: str | None = None
+    # Ray Train run name (stable: rerunning the same name resumes from its last checkpoint).
+    name: str | None = None
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, v: str | None) -> str | None:
+        return None if v is None else path_component(v, "distributed.name")
+
+    # Worker-group restarts after a worker dies; training resumes from the last checkpoint.
+    max_failures: int = Field(1, ge=-1)
+    # Steps between checkpoints; default train.checkpoint_every. Every rank saves (collective).
+    checkpoint_every: int | None = Field(None, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+
+    def worker_resources(self) -> dict[str, float]:
+        if self.resources_per_worker:
+            return dict(self.resources_per_worker)
+        return {"CPU": 1.0, "GPU": 1.0} if self.use_gpu else {"CPU": 1.0}
+
+    def torch_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "nccl" if self.use_gpu else "gloo"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
+    """The DeepSpeed config a worker passes to `deepspeed.initialize`.
+
+    Batch sizes and clipping come from `train` and `distributed.num_workers` (never from the
+    JSON), so the JSON files only choose the ZeRO stage and its tuning knobs.
+    """
+    d = cfg.distributed
+    if d.deepspeed_config:
+        path = Path(d.deepspeed_config)
+        if not path.is_absolute() and config_dir is not None and not path.exists():
+            path = Path(config_dir) / path
+        if not path.exists() and (REPO_ROOT / d.deepspeed_config).exists():
+            path = REPO_ROOT / d.deepspeed_config
+    else:
+        path = DEEPSPEED_CONFIG_DIR / f"zero{d.zero_stage}.json"
+    if not path.is_file():
+        raise ConfigError(f"distributed.deepspeed_config: {path} not found")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    ds = {k: v for k, v in ds.items() if not k.startswith("_")}  # "_comment" keys
+    ds = deep_merge(ds, d.deepspeed_overrides)
+    if d.deepspeed_config is None:
+        ds.setdefault("zero_optimization", {})["stage"] = d.zero_stage
+    micro = per_worker_batch(cfg.train.batch_size, d.num_workers, "train.batch_size")
+    ds["train_micro_batch_size_per_gpu"] = micro
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = micro * d.num_workers
+    if cfg.train.grad_clip:
+        ds["gradient_clipping"] = float(cfg.train.grad_clip)
+    else:
+        ds.pop("gradient_clipping", None)
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(
+                f"{path}: '{key}' is set, but the trainer passes a client torch.optim.AdamW "
+                "(DeepSpeed's CPU Adam JIT-compiles for ~50 s). Remove it; use train.lr/weight_decay."
+            )
+    return ds
+
+
+def per_worker_batch(global_batch: int, workers: int, key: str, allow_zero: bool = False) -> int:
+    if global_batch == 0 and allow_zero:
+        return 0
+    if global_batch % workers:
+        raise ConfigError(
+            f"{key}={global_batch} is the global batch and must be divisible by distributed.num_workers={workers} "
+            f"(each worker takes an equal share); use e.g. {key}={workers * max(1, round(global_batch / workers))}"
+        )
+    return global_batch // workers
+
+
+def check_distributed(cfg) -> None:
+    """Errors that would otherwise surface minutes later inside a worker."""
+    d = cfg.distributed
+    per_worker_batch(cfg.train.batch_size, d.num_workers, "train.batch_size")
+    per_worker_batch(cfg.train.preserve_batch_size, d.num_workers, "train.preserve_batch_size", allow_zero=True)
+    if not d.use_gpu and d.torch_backend() == "nccl":
+        raise ConfigError("distributed.backend is 'nccl' but use_gpu is false: NCCL needs GPUs; use gloo/auto")
+    if d.zero_stage == 3 and cfg.train.gradient_checkpointing and d.use_gpu:
+        logging.getLogger(__name__).warning(
+            "ZeRO-3 with train.gradient_checkpointing and a frozen backbone hits an open DeepSpeed bug on GPUs "
+            "('Recomputed values ... have different metadata', DeepSpeed PR #8130); use distributed.zero_stage: 2"
+        )
+

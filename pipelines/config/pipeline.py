@@ -1,0 +1,102 @@
+"""Pipeline-level configuration: the method sections plus how to run them.
+
+One YAML file, one typed schema (`PipelineConfig`): the method sections of
+`unlearn.config.MethodConfig` (model, eraser, concept, loss, train) plus
+
+  distributed  Ray Train + DeepSpeed: workers, GPUs, ZeRO stage, storage, failures
+  search       Ray Tune: the search space (a small YAML DSL), algorithm, objective
+  mlflow       tracking URI (default: SQLite file in the run folder) and experiment
+  eval         the evaluation stage's own section (`eval.config.EvalConfig`)
+
+Everything is validated before Ray starts or a model loads; unknown keys fail
+with the key path named. Sampled search configs are re-validated against the
+same schema inside each trial (`PipelineConfig.with_overrides`).
+
+The sections live next to what they configure: `pipelines.config.distributed` (and the
+DeepSpeed config it derives), `pipelines.config.search` (space, algorithm, objective).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from eval.config import EvalConfig
+from pipelines.config.distributed import DistributedConfig
+from pipelines.config.search import Constraint, SearchConfig, ToyPromptsConfig
+from unlearn.config import MethodConfig, Strict, apply_overrides, read_yaml, validate
+
+METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train")
+
+
+class MlflowConfig(Strict):
+    enabled: bool = True
+    # Default: sqlite:///<output>/mlflow.db (MLflow >= 3.13 refuses plain file stores).
+    # Any http(s):// tracking server works the same.
+    tracking_uri: str | None = None
+    # Default: "t2vu/<search.name>" (one experiment per study).
+    experiment: str | None = None
+    log_artifacts: bool = True
+
+    def resolve_uri(self, output_dir: str | Path) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db')}"
+
+
+# --- t2vu run -------------------------------------------------------------------------------------
+
+class SelectConfig(Strict):
+    """How `t2vu run` picks the trial that gets the full evaluation.
+
+    Default (metric None): the search's scalarised score, lowest wins. Otherwise the best
+    `metric` in `mode` among trials meeting every constraint, e.g. lowest
+    `target_rate_erased` subject to `nontarget_acc_erased >= 0.95` (a preservation floor).
+    """
+
+    metric: str | None = None
+    mode: Literal["min", "max"] = "min"
+    constraints: list[Constraint] = Field(default_factory=list)
+
+
+class PipelineRunConfig(Strict):
+    """The `run:` section (`t2vu run` only): selection rule and final-eval settings."""
+
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    # Rows of each prompt set in the final eval (None = all rows).
+    eval_limit: int | None = Field(None, ge=1)
+    # Final-eval prompt CSVs drawn from the toy world (written into <output>/eval_prompts/).
+    toy_prompts: ToyPromptsConfig | None = None
+    # Dotted overrides of the final eval config, e.g. {"output.grid_rows": 8}.
+    eval_overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(MethodConfig):
+    """Method sections + distributed + search + mlflow + eval, one schema."""
+
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    search: SearchConfig | None = None
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    eval: EvalConfig | None = None
+    run: PipelineRunConfig | None = None  # `t2vu run` only
+
+    def method(self) -> MethodConfig:
+        """The method sections alone (what a training session / eraser digest sees)."""
+        return MethodConfig.model_validate(self.model_dump(include=set(METHOD_SECTIONS), mode="json"))
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "PipelineConfig":
+        """A copy with dotted keys set, re-validated by the full schema (raises ConfigError)."""
+        data = apply_overrides(copy.deepcopy(self.to_dict()), overrides)
+        return validate(PipelineConfig, data, source)
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML file, apply `--set key=value` overrides, validate."""
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate(PipelineConfig, data, str(path))

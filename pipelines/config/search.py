@@ -1,0 +1,264 @@
+"""The `search` section (Ray Tune): the search space DSL, the algorithm, and the objective each
+trial is judged on (an eval config, the summary keys to optimise, a scalarisation for ASHA).
+`Constraint` is shared with `run.select` (pipelines.config.pipeline)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from eval.config import MethodConfig
+from unlearn.config import Strict, path_component
+
+
+class MetricSpec(Strict):
+    """One objective: a key of the evaluation summary (e.g. `target_rate_erased`)."""
+
+    name: str
+    mode: Literal["min", "max"]
+    # Key of the same quantity for the base model (eraser disabled), for the baseline row.
+    # Default: `name` with a trailing `_erased` replaced by `_base`; paired metrics have none.
+    baseline: str | None = None
+
+    def baseline_key(self) -> str | None:
+        if self.baseline:
+            return self.baseline
+        if self.name.endswith("_erased"):
+            return self.name[: -len("_erased")] + "_base"
+        return None
+
+
+class Constraint(Strict):
+    """A floor/ceiling folded into the scalar objective as a linear penalty."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    penalty: float = Field(10.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "Constraint":
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraint on {self.metric!r} needs `min` or `max`")
+        return self
+
+
+class ScalarizeConfig(Strict):
+    """Single number for ASHA / single-objective searches, always minimised:
+
+        score = sum_i w_i * (+m_i if mode_i == min else -m_i) + sum_c penalty_c * violation_c
+
+    Weights default to 1 for every objective metric.
+    """
+
+    name: str = "score"
+    weights: dict[str, float] = Field(default_factory=dict)
+    constraints: list[Constraint] = Field(default_factory=list)
+    # Finer eval-summary keys that order trials whose scores tie (a rate over a few videos often
+    # ties: 7/8 = 7/8), in order, e.g. [{name: target_target_pixels_erased, mode: min}] (toy) or
+    # [{name: positive_frame_fraction_erased, mode: min}] (NudeNet). Used for the best trial and the
+    # report's ranking; ASHA and Optuna see the score itself.
+    tie_break: list[MetricSpec] = Field(default_factory=list)
+
+    def ranking_key(self, metrics: dict[str, float]) -> tuple[float, ...]:
+        """Sort key (ascending = better): the score, then each tie-break (missing = last)."""
+        key = [float(metrics.get(self.name, math.inf))]
+        for m in self.tie_break:
+            v = metrics.get(m.name)
+            v = math.inf if not isinstance(v, (int, float)) or not math.isfinite(float(v)) else float(v)
+            key.append(v if m.mode == "min" or v == math.inf else -v)
+        return tuple(key)
+
+
+class ProxyEvalConfig(Strict):
+    """A cheap evaluation at intermediate reports (what ASHA prunes on)."""
+
+    # Evaluate every N training steps (None: no intermediate eval; only the final one).
+    every: int | None = Field(None, ge=1)
+    # First N rows of the eval prompt set.
+    limit: int = Field(4, ge=1)
+    # Overrides applied to the eval config for the proxy only (dotted keys), e.g.
+    # {"generation.num_inference_steps": 4}.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToyPromptsConfig(Strict):
+    """Eval prompt CSVs drawn from the toy world (`toyworld.world.eval_rows`), written into
+    <output>/eval_prompts/ and set as the eval's `prompts.path` / `preserve.path`."""
+
+    target: str = "red"
+    # Sets in the prompts CSV (the target's own sets) and in the preserve CSV (paired metrics).
+    sets: list[str] = Field(default_factory=lambda: ["target", "synonym", "two_target", "two_nontarget"])
+    preserve_sets: list[str] = Field(default_factory=lambda: ["nontarget"])
+    n: int = Field(16, ge=1)  # rows per set
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ToyPromptsConfig":
+        from toyworld.world import EVAL_SETS
+
+        bad = [s for s in [*self.sets, *self.preserve_sets] if s not in EVAL_SETS]
+        if bad:
+            raise ValueError(f"unknown toy eval sets {bad}; known: {list(EVAL_SETS)}")
+        return self
+
+
+class BaselineMethod(MethodConfig):
+    """A training-free method judged like every trial (`search.objective.baselines`): the objective's
+    final eval config with this as its `method` section (eval.config.MethodConfig: words, safree,
+    blocklist options) and no eraser, written to <output>/baselines/<label>/ and shown as a row next
+    to the base model and the trials in the search report. A bare name is short for {name: NAME}."""
+
+    # The training-free methods of the eval stage (eval.methods): negprompt, safree or blocklist.
+    name: Literal["negprompt", "safree", "blocklist"]
+    label: str | None = None  # the row's name and folder (default: name); distinct across baselines
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_folder_name(cls, v: str | None) -> str | None:
+        return None if v is None else path_component(v, "search.objective.baselines[].label")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def eval_overrides(self) -> dict[str, Any]:
+        """The eval-config overrides that make this method's videos."""
+        return {"method": self.model_dump(mode="json", exclude={"label"}), "eraser": None}
+
+
+class ObjectiveConfig(Strict):
+    """What each trial is judged on: a real evaluation of its eraser.
+
+    eval: a path to an eval config YAML (relative to the search config), an inline eval
+          section, or null to use the top-level `eval` section.
+    toy_prompts: draw the eval prompts from the toy world instead of CSV files.
+    """
+
+    eval: str | dict[str, Any] | None = None
+    # Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}.
+    eval_overrides: dict[str, Any] = Field(default_factory=dict)
+    toy_prompts: ToyPromptsConfig | None = None
+    metrics: list[MetricSpec] = Field(min_length=1)
+    scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig)
+    proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)
+    # Rows of the final eval (None = the whole prompt set).
+    limit: int | None = Field(None, ge=1)
+    # Training-free methods evaluated once with the final eval config after the trials (same prompts,
+    # seeds and base videos), e.g. [negprompt, safree]: the rows an eraser has to beat.
+    baselines: list[BaselineMethod] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ObjectiveConfig":
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective.metrics has duplicates: {names}")
+        keys = [b.key for b in self.baselines]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"objective.baselines has duplicate labels {keys}; give each a distinct `label`")
+        unknown = sorted(set(self.scalarize.weights) - set(names))
+        if unknown:
+            raise ValueError(f"objective.scalarize.weights names {unknown}, which are not objective metrics {names}")
+        return self
+
+    def scalar(self, metrics: dict[str, float]) -> float:
+        """The scalarised objective (lower is better); NaN if a metric is missing."""
+        total = 0.0
+        for m in self.metrics:
+            v = metrics.get(m.name)
+            if v is None or not _finite(v):
+                return float("nan")
+            w = self.scalarize.weights.get(m.name, 1.0)
+            total += w * (float(v) if m.mode == "min" else -float(v))
+        for c in self.scalarize.constraints:
+            v = metrics.get(c.metric)
+            if v is None or not _finite(v):
+                return float("nan")
+            v = float(v)
+            if c.min is not None and v < c.min:
+                total += c.penalty * (c.min - v)
+            if c.max is not None and v > c.max:
+                total += c.penalty * (v - c.max)
+        return total
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+class AshaConfig(Strict):
+    grace_period: int = Field(1, ge=1)  # in training steps (time_attr = train_step)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    brackets: int = Field(1, ge=1)
+
+
+class SearchConfig(Strict):
+    """Ray Tune search over the method config.
+
+    space: dotted config keys -> one DSL mapping each:
+        loss.w_unlearn:  {loguniform: [0.1, 10]}
+        loss.eta:        {uniform: [1, 7]}
+        loss.mask_threshold: {quniform: [0.05, 0.3, 0.05]}
+        eraser.rank:     {choice: [4, 8, 16]}
+        train.steps:     {int: [20, 60]}          # inclusive bounds
+    """
+
+    name: str = "search"  # stable: the Tune experiment, MLflow parent run and restore key
+    algorithm: Literal["optuna", "asha", "random"] = "optuna"
+    # optuna: multi-objective over every objective metric (Pareto search, FIFO scheduler);
+    # set false for single-objective TPE on the scalarised score.
+    multi_objective: bool = True
+    space: dict[str, dict[str, Any]] = Field(min_length=1)
+    objective: ObjectiveConfig
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    # Ray resources held by each trial's driver (it only waits on its TorchTrainer).
+    # Must not be empty/zero: Tune rejects a trial with an empty head bundle.
+    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    seed: int = 0
+    # Trial-level retries (a dead trial driver); worker-level retries are distributed.max_failures.
+    max_failures: int = Field(1, ge=0)
+    # Trials ranked in the report's learning-curve plot.
+    top_k: int = Field(3, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, v: str) -> str:
+        return path_component(v, "search.name")
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pipelines.search.space import check_param
+
+        for key, spec in space.items():
+            check_param(key, spec)
+        return space
+
+    @field_validator("resources_per_trial")
+    @classmethod
+    def _check_resources(cls, res: dict[str, float]) -> dict[str, float]:
+        if not res or not any(v > 0 for v in res.values()):
+            raise ValueError(
+                "resources_per_trial must reserve something (e.g. {CPU: 1}): Ray Tune rejects an empty "
+                "head bundle. On a 2-core machine start Ray with num_cpus=3 (1 trial driver + 2 workers)."
+            )
+        return res
+
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.objective.metrics]
+
+    def is_multi_objective(self) -> bool:
+        return self.algorithm == "optuna" and self.multi_objective and len(self.objective.metrics) > 1
+

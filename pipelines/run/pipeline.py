@@ -1,0 +1,310 @@
+"""`t2vu run`: the whole pipeline, one command, laptop to cluster.
+
+  1. text embeddings   fill the cache once (T5 never loads in trainers)
+  2. search            Ray Tune over Ray Train + DeepSpeed trials, each judged by a real eval
+  3. select            the best trial by the configured rule (`run.select`)
+  4. final eval        the best eraser vs the base model on the full eval set, same seeds
+  5. report            report.md + summary.json in the run folder; all of it in MLflow:
+                       the search's parent run, a child per trial, a child for the final eval
+
+Each stage is also a command of its own (`t2vu tune`, `t2vu eval`, `t2vu report`). A stage
+whose outputs are complete is skipped, so rerunning a finished pipeline does no work and
+an interrupted one continues (the search resumes through `Tuner.restore`, the eval skips
+finished rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from pipelines.runtime.console import quiet_console, say, terminal
+from pipelines.runtime.run_folder import pin_config
+from eval.metrics import is_finite_number
+from unlearn.config import ConfigError
+from unlearn.fsutil import atomic_write_text
+
+LOG = logging.getLogger(__name__)
+STATE_FILE = "pipeline_state.json"
+
+
+class Console:
+    """Stage banners on stdout; everything else (Ray, libraries) stays in logs unless --verbose."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.time()
+
+    def stage(self, n: int, total: int, title: str, note: str = "") -> None:
+        if not self.quiet:
+            el = time.time() - self.t0
+            say(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{el:.0f}s)")
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            say(f"   {msg}")
+
+
+def _load_state(out: Path) -> dict:
+    p = out / STATE_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _save_state(out: Path, state: dict) -> None:
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2))
+
+
+def select_best(result, rule, rank=None) -> object:
+    """Pick the trial for the final eval. `rule` is `cfg.run.select` (None = lowest scalar score).
+
+    rank: the search's ordering (`scalarize.ranking_key`: score, then its tie-breaks), which
+    orders trials tied on the selection metric (0/24 red in two trials is no reason to pick either)."""
+    done = [t for t in result.trials if t.status == "completed" and t.eraser]
+    if not done:
+        raise RuntimeError(f"no completed trial with an eraser in {result.output_dir}; see its report.md")
+    metric = rule.metric if rule and rule.metric else result.score_name
+    mode = rule.mode if rule and rule.metric else "min"
+    eligible = []
+    for t in done:
+        ok = is_finite_number(t.metrics.get(metric))
+        for c in (rule.constraints if rule else []):
+            v = t.metrics.get(c.metric)
+            ok = ok and is_finite_number(v) and (c.min is None or v >= c.min) and (c.max is None or v <= c.max)
+        if ok:
+            eligible.append(t)
+    if not eligible:
+        LOG.warning("no trial meets run.select.constraints; falling back to the best by %s", metric)
+        eligible = [t for t in done if is_finite_number(t.metrics.get(metric))] or done
+    sign = 1.0 if mode == "min" else -1.0
+    ties = rank or (lambda m: ())
+    return min(eligible, key=lambda t: (sign * t.metrics.get(metric, sign * math.inf), *ties(t.metrics)))
+
+
+def final_eval_config(cfg, config_dir: Path):
+    """The full eval: the `eval` section if present, else the search objective's eval config."""
+    from pipelines.search.objective import load_eval_spec
+
+    spec = cfg.search.objective.eval if cfg.search else None
+    if cfg.eval is not None:
+        ecfg = load_eval_spec(cfg.eval, config_dir, "eval")
+    elif spec is not None:
+        ecfg = load_eval_spec(spec, config_dir, "search.objective.eval")
+    else:
+        raise ConfigError("t2vu run needs an `eval` section or search.objective.eval for the final evaluation")
+    return ecfg.with_overrides({"model.path": cfg.model.path}, "final eval")
+
+
+def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None = None, verbose: bool = False,
+                 quiet: bool = False) -> dict:
+    """Run (or continue) the pipeline into `output_dir`; library output goes to <out>/logs/run.log unless verbose."""
+    out = Path(output_dir).resolve()
+    log = out / "logs" / "run.log"
+    with quiet_console(log, enabled=not verbose):
+        if not verbose and not quiet:
+            say(f"t2vu run -> {out}   (library logs: {log}; --verbose shows them here)")
+        return _run_pipeline(cfg, out, config_path=config_path, verbose=verbose, quiet=quiet)
+
+
+def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: bool) -> dict:
+    from pipelines.tracking import mlflow_utils as mu
+    from pipelines.search.results import collect_result
+    from pipelines.search.tune import run_search
+    from unlearn.session import prepare_embeddings
+
+    if cfg.search is None:
+        raise ConfigError("t2vu run needs a `search` section (see configs/toy.yaml)")
+    out = output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
+    con = Console(quiet)
+    # One record of the config per run folder: the search stage's (it refuses another config
+    # too); checked here first because a finished run returns before the search stage.
+    search_dir = out / "search"
+    pin_config(search_dir / "search_config.yaml", cfg.to_dict(), out)
+    state = _load_state(out)
+    summary_path = out / "summary.json"
+    if state.get("done") and summary_path.exists():
+        con.say(f"pipeline already complete in {out}; nothing to do")
+        summary = json.loads(summary_path.read_text())
+        print_summary(summary, quiet)
+        return summary  # noqa: RET504
+    run_cfg = cfg.run
+    ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
+    if run_cfg is not None:
+        sets: dict = dict(run_cfg.eval_overrides)
+        if run_cfg.toy_prompts is not None:
+            from pipelines.search.objective import toy_prompt_overrides
+
+            sets.update(toy_prompt_overrides(run_cfg.toy_prompts, ecfg, out / "eval_prompts"))
+        if sets:
+            ecfg = ecfg.with_overrides(sets, "run.eval_overrides / run.toy_prompts")
+
+    con.stage(1, 4, "text embeddings")
+    t = time.time()
+    cache = prepare_embeddings(cfg.method(), config_dir)
+    con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
+
+    con.stage(2, 4, "search", f"{cfg.search.num_samples} trials x {cfg.distributed.num_workers} workers, "
+                               f"{cfg.search.algorithm}, objective {cfg.search.metric_names()}")
+    if state.get("search_done") and (search_dir / "search_result.json").exists():
+        con.say("search already complete; reusing its results")
+        result = collect_result(cfg, search_dir)
+    else:
+        result = run_search(cfg, search_dir, config_path=config_path, verbose=verbose)
+        state["search_done"] = True
+        _save_state(out, state)
+    n_ok = sum(t.status == "completed" for t in result.trials)
+    con.say(f"{n_ok}/{len(result.trials)} trials completed; report {search_dir / 'report.md'}")
+
+    con.stage(3, 4, "select")
+    best = select_best(result, run_cfg.select if run_cfg else None, cfg.search.objective.scalarize.ranking_key)
+    con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.params.items()))
+
+    con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
+    eval_run_id = None
+    if result.tracking_uri and result.parent_run_id:
+        c = mu.client(result.tracking_uri)
+        eval_run_id = mu.get_or_create_child(c, result.experiment_id, result.parent_run_id, "final-eval",
+                                             params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
+                                             tags={"t2vu.role": "final-eval"})
+        ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
+    limit = run_cfg.eval_limit if run_cfg else None
+    try:
+        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
+    except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED
+        if eval_run_id:
+            mu.finish(c, eval_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if eval_run_id:
+        mu.finish(c, eval_run_id, "FINISHED")
+
+    summary = {
+        "output": str(out),
+        "best_trial": best.trial_id,
+        "best_params": best.params,
+        "best_eraser": best.eraser,
+        "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
+        "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")},
+        "search_report": str(search_dir / "report.md"),
+        "eval_dir": str(out / "eval"),
+        "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,
+                   "parent_run_id": result.parent_run_id, "final_eval_run_id": eval_run_id},
+        "wall_s": round(time.time() - con.t0, 1),
+    }
+    write_pipeline_report(out, summary, ev, result)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
+    if result.tracking_uri and result.parent_run_id:
+        c = mu.client(result.tracking_uri)
+        for f in (out / "report.md", summary_path):
+            mu.log_file(c, result.parent_run_id, f, "pipeline")
+    state["done"] = True
+    _save_state(out, state)
+    print_summary(summary, quiet)
+    return summary
+
+
+def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
+    from pipelines.tracking.mlflow_eval import run_eval
+    from pipelines.runtime.console import progress_stream
+    from pipelines.runtime.ray_session import start_eval_ray
+
+    done = out / "summary.json"
+    if done.exists():
+        prev = json.loads(done.read_text())
+        if prev.get("eraser") == str(eraser) and prev.get("rows_total"):
+            return prev
+    if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
+        start_eval_ray(ecfg.runtime)
+    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet,
+                    progress_file=progress_stream())
+
+
+def _pairs(ev: dict) -> list[tuple[str, object, object]]:
+    rows = []
+    for k, v in ev.items():
+        if k.endswith("_base") and is_finite_number(v):
+            stem = k[: -len("_base")]
+            rows.append((stem, v, ev.get(stem + "_erased")))
+    return rows
+
+
+def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
+    lines = [f"# t2vu run — {out.name}", "",
+             f"Best trial **{summary['best_trial']}** of {len(result.trials)} "
+             f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`.", "",
+             "## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in summary["best_params"].items()]
+    lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
+              "| metric | base | erased |", "|---|---|---|"]
+    lines += [f"| {k} | {_f(b)} | {_f(e)} |" for k, b, e in _pairs(ev)]
+    paired = {k: v for k, v in ev.items() if is_finite_number(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
+    if paired:
+        lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in paired.items()]
+    grid = sorted((out / "eval").glob("grid*.gif"))
+    if grid:
+        lines += ["", f"![base vs erased](eval/{grid[0].name})"]
+    ml = summary["mlflow"]
+    if ml.get("tracking_uri"):
+        lines += ["", "## MLflow", "", f"- tracking URI: `{ml['tracking_uri']}`",
+                  f"- parent run: `{ml['parent_run_id']}` (one child per trial, plus `final-eval` `{ml['final_eval_run_id']}`)",
+                  f"- open: `{mlflow_ui_command(ml['tracking_uri'])}`"]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _f(v) -> str:
+    return f"{v:.4g}" if is_finite_number(v) else "—"
+
+
+def mlflow_ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def mlflow_ui_url(exp_id, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table. `workflowType=machine_learning`: MLflow 3.17's UI otherwise opens
+    in its GenAI mode (traces overview) whatever the experiment's kind tag says (checked with
+    benchmarks/mlflow_ui_screenshot.sh)."""
+    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
+# What the console summary shows (report.md has every metric): erasure and preservation headlines.
+HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shape_acc", "motion_acc",
+            "target_content_kept", "second_object_kept", "psnr", "ssim", "clip")
+
+
+def _headline(key: str) -> bool:
+    k = key[len("preserve_"):] if key.startswith("preserve_") else key
+    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k and not k.endswith("_se")
+
+
+def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
+    if quiet:
+        return
+    w = (out or terminal()).write
+    ev = summary.get("final_eval", {})
+    w("\n== summary\n")
+    w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")
+    for stem, b, e in _pairs(ev):
+        if _headline(stem):
+            se = ev.get(f"{stem}_erased_se")
+            w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}" + (f" ± {se:.2g}" if is_finite_number(se) else "") + "\n")
+    paired_stems = {stem for stem, _, _ in _pairs(ev)}
+    for k, v in ev.items():
+        if is_finite_number(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
+            w(f"   {k:<26} {_f(v)}\n")
+    lines = [f"report       {Path(summary['output']) / 'report.md'}", f"search       {summary['search_report']}",
+             f"videos       {summary['eval_dir']}"]
+    uri = summary.get("mlflow", {}).get("tracking_uri")
+    if uri:
+        lines += [f"mlflow       {uri}", f"open it:     {mlflow_ui_command(uri)}"]
+        exp = summary.get("mlflow", {}).get("experiment_id")
+        if exp is not None and uri.startswith("sqlite:"):
+            lines.append(f"then:        {mlflow_ui_url(exp)}  (expand the search run: one child per trial)")
+    lines.append(f"wall time    {summary['wall_s']:.0f} s")
+    w("".join(f"   {line}\n" for line in lines))
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,78 @@
+"""The one way this project starts or joins Ray (trainers, searches, eval actors, benchmarks).
+
+`ensure_ray` connects to RAY_ADDRESS / an explicit address or starts a local Ray with the
+dashboard, and hands every worker the offline/telemetry environment (`pipelines.runtime.env`):
+Ray workers do not inherit the driver's environment on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+from pipelines.runtime.env import apply_offline_env, runtime_env_vars
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment every Ray worker needs (their env is not the driver's)."""
+    apply_offline_env()
+    env = runtime_env_vars()
+    for key in ("T2VU_CACHE", "TORCH_EXTENSIONS_DIR", "TUNE_DISABLE_STRICT_METRIC_CHECKING"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
+    """Connect to (RAY_ADDRESS / `address`) or start a local Ray; returns True if started here.
+
+    Local Ray always runs with the dashboard: without the State API, a trial stopped by Tune
+    leaks its Train placement group and the next trial hangs (stack-probe §6).
+    `num_cpus` is LOGICAL CPUs: on a 2-core box 3 are needed (1 trial driver + 2 workers).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = worker_env_vars()
+    address = address or os.environ.get("RAY_ADDRESS")
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        # Inside a Ray Job (`t2vu submit`): the job's runtime env already carries env vars, and Ray
+        # refuses to merge a driver runtime env that sets the same keys. Add only what is missing.
+        try:
+            have = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            have = {}
+        env = {k: v for k, v in env.items() if k not in have}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None,
+                 log_to_driver=logging.getLogger().isEnabledFor(logging.INFO))
+        return True
+    ray.init(
+        num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        runtime_env={"env_vars": env},
+        # Worker output reaches the console only with `t2vu -v` (root logger at INFO).
+        log_to_driver=logging.getLogger().isEnabledFor(logging.INFO),
+    )
+    return True
+
+
+def start_eval_ray(runtime) -> bool:
+    """Start or join the Ray the eval actors run on (eval itself never starts Ray).
+
+    A local Ray gets enough logical CPUs for every actor (they mostly wait on each other);
+    `runtime.ray_address` (else RAY_ADDRESS) joins a cluster instead. True if started here.
+    runtime: `eval.config.RuntimeConfig`.
+    """
+    return ensure_ray(num_cpus=math.ceil(runtime.num_actors * runtime.cpus_per_actor), address=runtime.ray_address)
+
+
+def cpus_needed(cfg, trial_cpus: float = 0.0) -> int:
+    per = cfg.distributed.worker_resources().get("CPU", 0.0)
+    return int(math.ceil(trial_cpus + per * cfg.distributed.num_workers))

@@ -1,0 +1,77 @@
+"""The search's method baselines: training-free methods judged exactly as a trial is.
+
+`search.objective.baselines: [negprompt, safree]` names methods of the eval stage (eval.methods) that
+need no training. After the trials, each runs the objective's final eval config (same prompts, seeds,
+row limit and cached base videos) with `method.name` set and no eraser, into <output>/baselines/<label>/.
+Its objective values (`pipelines.search.objective.objective_metrics`: the method's video stands where a trial's
+erased video stands) go to baselines/<label>/objective.json, and from there to the search report's rows,
+results.csv, the Pareto plot, search_result.json and an MLflow child run of the search's parent run
+(tag t2vu.role=baseline).
+
+Why after the trials and in the driver: the trials hold the workers' devices while they run; once
+`Tuner.fit()` returns they are free, and on a GPU cluster `final_runtime` puts the baseline evals on
+Ray eval actors, as a trial's final eval. Cost: one eval per baseline (the base videos are shared with
+the trials), paid once, and nothing on a rerun: the eval stage resumes row by row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from pipelines.search.results import BASELINES_DIR
+
+LOG = logging.getLogger(__name__)
+
+
+def baseline_eval_configs(cfg, objective: dict) -> dict:
+    """label -> the EvalConfig of that baseline: the trials' final eval config with the method set."""
+    from pipelines.search.objective import final_eval_config
+
+    ecfg = final_eval_config(objective)
+    return {b.key: ecfg.with_overrides(b.eval_overrides(), f"search.objective.baselines ({b.key})")
+            for b in cfg.search.objective.baselines}
+
+
+def check_baselines(cfg, objective: dict, out: Path) -> None:
+    """Plan every baseline's eval before Ray starts (prompts, model, concept words, guidance): a bad
+    baseline fails as a one-line ConfigError now, not after hours of trials. Planning writes nothing."""
+    from eval.planning import plan_eval
+
+    with contextlib.chdir(objective.get("cwd") or os.getcwd()):
+        for key, ecfg in baseline_eval_configs(cfg, objective).items():
+            plan_eval(ecfg, out / BASELINES_DIR / key, limit=cfg.search.objective.limit)
+
+
+def run_baselines(cfg, objective: dict, out: Path, ml: dict | None, progress=LOG.info) -> list[str]:
+    """Evaluate every baseline (resuming finished rows); returns one error line per failed baseline.
+    A failure is reported, not raised: the trials already ran and their results must not be lost."""
+    errors = []
+    for key, ecfg in baseline_eval_configs(cfg, objective).items():
+        try:
+            progress(f"Baseline {key}: method {ecfg.method.name}, the objective's eval -> {out / BASELINES_DIR / key}")
+            _run_one(cfg, objective, out, ml, key, ecfg)
+        except Exception as exc:  # noqa: BLE001 - one line in the report and search_result.json
+            LOG.exception("baseline %s failed", key)
+            errors.append(f"baseline {key}: {type(exc).__name__}: {exc}"[:300])
+    return errors
+
+
+def _run_one(cfg, objective: dict, out: Path, ml: dict | None, key: str, ecfg) -> None:
+    from pipelines.tracking import mlflow_utils as mu
+    from pipelines.search.objective import judge
+
+    c = run_id = None
+    if ml:
+        c = mu.client(ml["tracking_uri"])
+        run_id = mu.get_or_create_child(c, ml["experiment_id"], ml["parent_run_id"], f"baseline-{key}",
+                                        tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name})
+        ecfg = ecfg.with_overrides({"mlflow.tracking_uri": ml["tracking_uri"]})
+    values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
+                   cwd=objective.get("cwd"), what=f"baseline {key}", mlflow_run_id=run_id,
+                   record={"method": ecfg.method.name})
+    if c is not None:
+        mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in values.items()})
+        mu.finish(c, run_id, "FINISHED")

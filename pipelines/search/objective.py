@@ -1,0 +1,252 @@
+"""The search objective: a real evaluation of one trial's eraser.
+
+Runs in the rank-0 training worker (in-process: it already holds the trial's GPU; Ray eval
+actors would wait forever for resources the Train workers hold). The driver resolves and
+validates the eval config once (`objective_payload`) and ships it to the worker as plain data;
+the worker calls `evaluate_or_report` at proxy and final reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from pipelines.config.pipeline import PipelineConfig
+from pipelines.config.search import ObjectiveConfig
+from unlearn.config import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+PROXY_TIME_ATTR = "proxy_step"  # present only in results that carry a proxy eval (what ASHA acts on)
+# Where a trial is judged. Proxy evals (ASHA rungs) run in the rank-0 training worker, in-process, on
+# the training transformer itself (erasers toggled; no second copy of the backbone). The final eval runs
+# in the trial driver after `fit()` returns: on GPU clusters on Ray eval actors, one pipeline per GPU the
+# trainer just freed (`final_runtime`), so no GPU sits idle in `ray.train.report` while a trial is judged.
+TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "runtime.progress": False}
+# The proxy eval only needs numbers.
+PROXY_EVAL_OVERRIDES = {"output.save_videos": False, "output.save_gifs": False, "output.grid_rows": 0}
+
+
+def load_eval_spec(spec, base_dir: Path, source: str):
+    """An eval config as a pipeline config names it: a YAML path (relative to the config's
+    folder unless it exists as given), an inline mapping, or the `eval` section (EvalConfig);
+    relative paths inside it resolve against `base_dir` unless it says otherwise."""
+    from eval.config import EvalConfig, load_eval_config
+    from unlearn.config import validate
+
+    if isinstance(spec, str):
+        path = Path(spec)
+        return load_eval_config(path if path.is_absolute() or path.exists() else base_dir / path)
+    data = spec.model_dump(mode="json") if isinstance(spec, EvalConfig) else dict(spec)
+    data["config_dir"] = data.get("config_dir") or str(base_dir)
+    return validate(EvalConfig, data, source)
+
+
+def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
+    """The `EvalConfig` a trial is judged with (`search.objective.eval`, else the `eval` section).
+
+    The model is always the one the eraser was trained on (`model.path`); the eraser is bound
+    per trial. Validated here, in the driver, before Ray starts.
+    """
+    spec = cfg.search.objective.eval
+    base_dir = Path(config_dir).resolve() if config_dir else Path.cwd()
+    if spec is not None:
+        ecfg = load_eval_spec(spec, base_dir, "search.objective.eval")
+    elif cfg.eval is not None:
+        ecfg = load_eval_spec(cfg.eval, base_dir, "eval")
+    else:
+        raise ConfigError("search.objective.eval is not set and the config has no `eval` section: "
+                          "name an eval config (e.g. eval: ../eval/tiny.yaml) or add an eval section")
+    if ecfg.model.path != cfg.model.path:
+        LOG.info("objective eval: model.path %s -> %s (the model the erasers are trained on)", ecfg.model.path, cfg.model.path)
+    overrides = {**cfg.search.objective.eval_overrides, "model.path": cfg.model.path, "eraser": None, **TRIAL_EVAL_OVERRIDES}
+    return ecfg.with_overrides(overrides, "search.objective.eval (+ eval_overrides)")
+
+
+def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output_dir: str | Path | None = None) -> dict:
+    """Plain data for the worker: the objective spec + the resolved eval config."""
+    ecfg = resolve_eval_config(cfg, config_dir)
+    toy = cfg.search.objective.toy_prompts
+    if toy is not None:
+        if output_dir is None:
+            raise ConfigError("search.objective.toy_prompts needs an output folder to write the prompt CSVs into")
+        ecfg = ecfg.with_overrides(toy_prompt_overrides(toy, ecfg, Path(output_dir) / "eval_prompts"),
+                                   "search.objective.toy_prompts")
+    if output_dir is not None and ecfg.runtime.base_cache_dir is None:
+        # Every trial evaluates on the same prompts and seeds: generate the base videos once.
+        ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
+    obj = cfg.search.objective
+    proxy_every = obj.proxy.every
+    if proxy_every is None and cfg.search.algorithm == "asha":
+        proxy_every = cfg.search.asha.grace_period  # ASHA needs a score at its rungs
+    d = cfg.distributed
+    final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
+                     if d.use_gpu else {})
+    return {
+        "spec": obj.model_dump(mode="json"),
+        "eval": ecfg.to_dict(),
+        "final_runtime": final_runtime,
+        "proxy_every": proxy_every,
+        "cwd": os.getcwd(),
+    }
+
+
+def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
+    """Eval-config overrides for prompts drawn from the toy world (`toy_prompts` in a search
+    objective or in `run`): the deterministic eval rows are written as two prompt CSVs (target
+    sets, preserve sets) into `directory`, and the toy classifier is told the target."""
+    from toyworld import world
+
+    paths = {}
+    for key, sets in (("prompts", toy.sets), ("preserve", toy.preserve_sets)):
+        rows = [r for s in sets for r in world.eval_rows(s, toy.n, seed=toy.seed, target=toy.target)]
+        paths[key] = directory / f"{key}.csv"
+        world.write_csv(rows, paths[key], with_set=True)
+    sets: dict = {"prompts.path": str(paths["prompts"]), "preserve.path": str(paths["preserve"])}
+    if ecfg.classifier.name == "toy":
+        sets["classifier.options"] = {**ecfg.classifier.options, "target": toy.target}
+    return sets
+
+
+def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """Objective values (+ their baselines and the scalarised score) from an eval summary."""
+    if summary.get("degenerate_ok") is False:
+        return worst_objective(spec, summary)
+    out: dict[str, float] = {}
+    for m in spec.metrics:
+        if m.name not in summary:
+            numeric = sorted(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise KeyError(f"objective metric {m.name!r} is not in the eval summary; available: {numeric}")
+        out[m.name] = float(summary[m.name])
+        b = m.baseline_key()
+        if b and b in summary:
+            out[b] = float(summary[b])
+    for c in spec.scalarize.constraints:
+        if c.metric in summary:
+            out.setdefault(c.metric, float(summary[c.metric]))
+    for t in spec.scalarize.tie_break:
+        if isinstance(summary.get(t.name), (int, float)):
+            out.setdefault(t.name, float(summary[t.name]))
+    out[spec.scalarize.name] = spec.scalar(out)
+    out.update(objective_standard_errors(spec, summary))
+    out["eval_rows"] = float(summary.get("rows_total", 0))
+    return out
+
+
+def objective_standard_errors(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """`<metric>_se` for each objective with a standard error in the summary (eval.uncertainty),
+    and `<score>_se` = sqrt(sum_i w_i^2 se_i^2) when every objective has one. The score's ignores
+    the correlation between objectives measured on the same videos and the constraint penalties:
+    read it as the scale below which two scores are not told apart, not as an exact error."""
+    out = {f"{m.name}_se": float(summary[f"{m.name}_se"]) for m in spec.metrics
+           if isinstance(summary.get(f"{m.name}_se"), (int, float))}
+    if len(out) == len(spec.metrics):
+        w = spec.scalarize.weights
+        out[f"{spec.scalarize.name}_se"] = math.sqrt(sum((w.get(m.name, 1.0) * out[f"{m.name}_se"]) ** 2
+                                                         for m in spec.metrics))
+    return out
+
+
+def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
+    """The values of a trial whose eval has more degenerate videos than allowed (eval.checks): the
+    worst possible on every objective and the score, so it ranks last in every ordering (best
+    trial, Pareto front, ASHA, Optuna). NaN or black videos score "nothing detected": erasure by
+    destruction must never look like the best eraser."""
+    out: dict[str, float] = {m.name: math.inf if m.mode == "min" else -math.inf for m in spec.metrics}
+    for m in spec.metrics:
+        b = m.baseline_key()
+        if b and isinstance(summary.get(b), (int, float)):
+            out[b] = float(summary[b])
+    out[spec.scalarize.name] = math.inf
+    out["eval_rows"] = float(summary.get("rows_total", 0))
+    out["degenerate_fraction"] = float(summary.get("degenerate_fraction", 1.0))
+    return out
+
+
+OBJECTIVE_FILE = "objective.json"  # the values of one judged eval, next to it in its run folder
+
+
+def final_eval_config(obj: dict):
+    """The objective's eval config as a final eval runs it: on `final_runtime` (Ray eval actors on GPU
+    clusters, one pipeline per GPU the trials freed). Trials' final evals and the method baselines
+    (pipelines.search.baselines) both start here."""
+    from eval.config import EvalConfig
+
+    ecfg = EvalConfig.model_validate(obj["eval"])
+    return ecfg.with_overrides(obj["final_runtime"], "final eval runtime") if obj.get("final_runtime") else ecfg
+
+
+def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd: str | None, what: str,
+          eraser: Path | None = None, mlflow_run_id: str | None = None, transformer=None,
+          record: dict | None = None) -> dict[str, float]:
+    """Run one eval into `run_dir` and turn its summary into objective values (+ `eval_s`), written to
+    <run_dir>/objective.json with `record`. Degenerate videos beyond the eval's limit make the worst
+    values (`worst_objective`), not an error: erasure by destruction ranks last."""
+    from eval.checks import DegenerateVideosError
+    from pipelines.tracking.mlflow_eval import run_eval
+    from unlearn.fsutil import atomic_write_json
+
+    t0 = time.time()
+    with contextlib.chdir(cwd or os.getcwd()):
+        try:
+            if ecfg.runtime.num_actors:
+                from pipelines.runtime.ray_session import start_eval_ray
+
+                start_eval_ray(ecfg.runtime)  # inside a trial or a search Ray is already up: this only checks it
+            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
+                               transformer=transformer)
+        except DegenerateVideosError as exc:
+            LOG.warning("%s: %s", what, exc)
+            summary = exc.summary
+    values = objective_metrics(spec, summary)
+    values["eval_s"] = round(time.time() - t0, 3)
+    atomic_write_json(run_dir / OBJECTIVE_FILE, {**(record or {}), **values})
+    return values
+
+
+def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool,
+                       transformer=None) -> dict[str, float]:
+    """Evaluate one eraser with the evaluation stage.
+
+    final (the trial driver, after fit): the full eval (objective.limit rows) into <trial>/eval,
+    logged to the trial's MLflow run, on `final_runtime` (Ray eval actors on GPU clusters);
+    otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N, in the rank-0
+    worker on `transformer` (the training backbone, its training erasers switched off by the caller).
+    """
+    from eval.config import EvalConfig
+    from unlearn.fsutil import atomic_copy_dir
+
+    spec = ObjectiveConfig.model_validate(obj["spec"])
+    out_dir = Path(obj["out_dir"])
+    eraser = Path(eraser_dir)
+    mlflow_run_id = None
+    if final:
+        if eraser.resolve() != (out_dir / "eraser").resolve():
+            eraser = atomic_copy_dir(eraser, out_dir / "eraser")
+        run_dir, limit = out_dir / "eval", spec.limit
+        ecfg = final_eval_config(obj)
+        if obj.get("mlflow"):
+            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
+            mlflow_run_id = obj["mlflow"]["run_id"]
+    else:
+        ecfg = EvalConfig.model_validate(obj["eval"]).with_overrides(
+            {**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
+        run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
+    return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.get("cwd"), what=f"objective eval at step {step}",
+                 eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
+                 record={"step": step, "final": final})
+
+
+def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
+    """The trial's evaluation. A failure is reported, not raised: retrying the worker group
+    would retrain from the previous checkpoint only to hit the same (usually config) error;
+    the trial driver turns `objective_error` into a failed trial instead."""
+    try:
+        return evaluate_objective(obj, eraser_dir, step=step, final=final, transformer=transformer)
+    except Exception as exc:  # noqa: BLE001 - reported to the trial driver
+        LOG.exception("objective evaluation failed at step %d", step)
+        return {"objective_error": f"{type(exc).__name__}: {exc}"[:2000]}

@@ -1,0 +1,248 @@
+"""The search report: `t2vu report RUN` (also written at the end of every `t2vu tune`).
+
+Reads only the run folder (works without Ray, after the fact):
+  <run>/search_config.yaml            the resolved search config
+  <run>/trials/<id>/params.json       sampled hyperparameters
+  <run>/trials/<id>/summary.json      completed trials: final objectives, eraser path, MLflow run
+  <run>/trials/<id>/tune.json         status (completed / stopped_early / error) + last result
+  <run>/trials/<id>/metrics.jsonl     training curve;  proxy/step_*/objective.json  proxy evals
+Writes into <run>/ and logs to the search's MLflow parent run (under report/):
+  report.md, results.csv, pareto.png, learning_curves.png, sensitivity.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.search.plots import plot_learning_curves, plot_pareto, plot_sensitivity
+from pipelines.search.results import collect_result, read_json
+from unlearn.fsutil import atomic_path, atomic_write_text
+
+LOG = logging.getLogger(__name__)
+
+BASELINE_ID = "baseline (eraser disabled)"
+
+
+def method_id(label: str) -> str:
+    """The row of a training-free method baseline (search.objective.baselines)."""
+    return f"baseline: {label}"
+
+
+@dataclass
+class ReportPaths:
+    report: Path
+    results_csv: Path
+    plots: list[Path]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_results_csv(path: Path, result, cfg) -> Path:
+    s = cfg.search
+    score = s.objective.scalarize.name
+    param_keys = list(s.space)
+    ties = [t.name for t in s.objective.scalarize.tie_break]
+    base_keys = [*s.metric_names(), score]
+    metric_keys = [*base_keys, *[f"{k}_se" for k in base_keys], *ties]
+    pareto = {t.trial_id for t in result.pareto}
+    header = ["trial_id", "status", *[f"param:{k}" for k in param_keys], *metric_keys, "pareto", "best",
+              "steps_done", "eraser", "mlflow_run_id"]
+    rows = [[BASELINE_ID, "baseline", *["" for _ in param_keys], *[result.baseline.get(k, "") for k in metric_keys],
+             "", "", 0, "", ""]]
+    rows += [[method_id(label), "baseline", *["" for _ in param_keys], *[vals.get(k, "") for k in metric_keys],
+              "", "", 0, "", ""] for label, vals in result.methods.items()]
+    for t in result.trials:
+        rows.append([t.trial_id, t.status, *[t.params.get(k, "") for k in param_keys],
+                     *[t.metrics.get(k, "") for k in metric_keys], t.trial_id in pareto,
+                     bool(result.best and t.trial_id == result.best.trial_id), t.steps_done, t.eraser or "",
+                     t.mlflow_run_id or ""])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+
+def _cell(metrics: dict, key: str, missing: str = "") -> str:
+    """`value ± standard error` when the objective carries one (pipelines.search.objective), else the value."""
+    v = metrics.get(key)
+    if v is None:
+        return missing
+    se = metrics.get(f"{key}_se")
+    return f"{_fmt(v)} ± {se:.2g}" if isinstance(se, (int, float)) and isinstance(v, (int, float)) else _fmt(v)
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
+    from pipelines.tracking import mlflow_utils as mu
+    s = cfg.search
+    score = s.objective.scalarize.name
+    metrics = s.metric_names()
+    counts: dict[str, int] = {}
+    for t in result.trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    mlflow_meta = read_json(out / "mlflow.json") or {}
+    uri = result.tracking_uri or mlflow_meta.get("tracking_uri")
+    exp_id = result.experiment_id or mlflow_meta.get("experiment_id")
+
+    def link(t):
+        if not t.mlflow_run_id:
+            return ""
+        return mu.run_link(uri, exp_id, t.mlflow_run_id) if uri else t.mlflow_run_id
+
+    cmd = (out / "command.txt").read_text().strip() if (out / "command.txt").exists() else f"t2vu tune --output {out}"
+    lines = [f"# Search report: {s.name}", ""]
+    lines += [
+        f"- Run folder: `{out}`",
+        f"- Command: `{cmd}`",
+        f"- Algorithm: {s.algorithm}" + (" (multi-objective TPE, Pareto search)" if s.is_multi_objective() else
+                                         f" on the scalarised `{score}` (lower is better)"),
+        "- Objectives: " + ", ".join(f"`{m.name}` ({m.mode})" for m in s.objective.metrics)
+        + f"; scalarised `{score}` = " + " + ".join(
+            f"{s.objective.scalarize.weights.get(m.name, 1.0):g}·{'' if m.mode == 'min' else '−'}{m.name}" for m in s.objective.metrics)
+        + "".join(f" + {c.penalty:g}·violation({c.metric} {'≥ ' + _fmt(c.min) if c.min is not None else ''}"
+                  f"{'≤ ' + _fmt(c.max) if c.max is not None else ''})" for c in s.objective.scalarize.constraints),
+        f"- Trials: {len(result.trials)} (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")",
+        f"- Wall time: {result.wall_s:.0f} s" if result.wall_s else "- Wall time: (see search_result.json)",
+        f"- Git: `{mu.git_sha()}`; versions: " + ", ".join(f"{k} {v}" for k, v in mu.library_versions().items()),
+        f"- Cluster: {json.dumps(result.extras.get('cluster') or mu.cluster_shape())}; "
+        f"{cfg.distributed.num_workers} worker(s)/trial, ZeRO-{cfg.distributed.zero_stage}, "
+        f"{'GPU' if cfg.distributed.use_gpu else 'CPU'}",
+    ]
+    if uri:
+        lines.append(f"- MLflow: `{uri}`, experiment {exp_id}, parent run `{result.parent_run_id or mlflow_meta.get('parent_run_id')}`"
+                     + (f" (open with `mlflow ui --backend-store-uri {uri}`, then "
+                        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning)"
+                        if uri.startswith("sqlite:") else ""))
+    errors = result.extras.get("errors") or [f"{t.trial_id}: {t.error}" for t in result.trials if t.error]
+    if errors:
+        lines += ["", "Errors:", *[f"- `{e}`" for e in errors[:5]]]
+
+    ties = [t.name for t in s.objective.scalarize.tie_break]
+    cols = [*metrics, score, *ties]
+    lines += ["", "## Objectives vs baseline", ""]
+    rows = [[BASELINE_ID, *[_cell(result.baseline, k, "—") for k in cols]]]
+    rows += [[method_id(label), *[_cell(vals, k, "—") for k in cols]] for label, vals in result.methods.items()]
+    if result.best:
+        rows.append([f"best: {result.best.trial_id}", *[_cell(result.best.metrics, k, "—") for k in cols]])
+    lines.append(_md_table(["", *cols], rows))
+    lines.append("")
+    if result.methods:
+        lines.append("`baseline: <method>` rows: training-free methods (`search.objective.baselines`, eval.methods) "
+                     "judged with the trials' final eval — same prompts, seeds and base videos; their eval folders "
+                     f"are `{out}/baselines/<method>/`.")
+        lines.append("")
+    lines.append("`± x`: the bootstrap standard error over the eval's prompt rows (eval.uncertainty); the score's "
+                 "ignores correlations between objectives. Trials whose scores differ by less than about twice it "
+                 "are not told apart by this eval" + (f"; ties are ordered by {', '.join(f'`{t}`' for t in ties)}."
+                                                      if ties else "; set search.objective.scalarize.tie_break to order ties."))
+
+    lines += ["", "## Pareto set", ""]
+    keys = list(s.space)
+    rank = s.objective.scalarize.ranking_key
+    prow = []
+    for t in sorted(result.pareto, key=lambda t: rank(t.metrics)):
+        prow.append([t.trial_id, *[t.params.get(k, "") for k in keys], *[_cell(t.metrics, m) for m in cols],
+                     t.steps_done, link(t), f"`{t.eraser}`" if t.eraser else ""])
+    lines.append(_md_table(["trial", *keys, *cols, "steps", "MLflow run", "eraser"], prow) if prow
+                 else "_No completed trial with every objective._")
+
+    lines += ["", "## All trials", ""]
+    arow = [[t.trial_id, t.status, *[t.params.get(k, "") for k in keys], *[_cell(t.metrics, m) for m in cols],
+             t.steps_done] for t in result.trials]
+    lines.append(_md_table(["trial", "status", *keys, *cols, "steps"], arow))
+    lines.append("")
+    lines.append("Stopped-early trials show their last proxy evaluation (fewer prompts), not a full one.")
+
+    lines += ["", "## Plots", ""]
+    for p in plots:
+        lines.append(f"![{p.stem}]({p.name})")
+        lines.append("")
+
+    lines += ["## Reproduce the best trial", ""]
+    if result.best:
+        b = result.best
+        tdir = Path(b.trial_dir)
+        cfg_path = ""
+        if (out / "command.txt").exists():
+            parts = (out / "command.txt").read_text().split()
+            cfg_path = parts[parts.index("--config") + 1] if "--config" in parts else ""
+        sets = " ".join(f"--set {k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in b.params.items())
+        lines += [
+            "Train the same eraser again (the trial's resolved config; `t2vu train` without `--distributed` "
+            "gives an interchangeable single-process eraser):",
+            "",
+            "```sh",
+            f"t2vu train --distributed --config {tdir / 'config.yaml'} --output {out.parent / (out.name + '-best')}",
+            "```",
+        ]
+        if cfg_path:
+            lines += ["", "or from the search config with the sampled values:", "", "```sh",
+                      f"t2vu train --distributed --config {cfg_path} {sets} --output {out.parent / (out.name + '-best')}",
+                      "```"]
+        lines += ["", f"Its eraser: `{b.eraser}` — load it with `unlearn.eraser.load_eraser(pipe, \"{b.eraser}\")`."]
+    else:
+        lines.append("_No completed trial._")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(out: str | Path, cfg=None, result=None, *, log_to_mlflow: bool = True) -> ReportPaths:
+    """Write report.md, results.csv and the PNG plots into `out`; log them to the parent run."""
+    from pipelines.config.pipeline import load_pipeline_config
+
+    out = Path(out).resolve()
+    if cfg is None:
+        if not (out / "search_config.yaml").exists():
+            raise FileNotFoundError(f"{out} is not a search run folder (no search_config.yaml)")
+        cfg = load_pipeline_config(out / "search_config.yaml")
+    if result is None:
+        result = collect_result(cfg, out)
+        saved = read_json(out / "search_result.json") or {}
+        result.wall_s = float(saved.get("wall_s") or 0.0)
+        result.extras.update({k: saved[k] for k in ("errors", "cluster") if k in saved})
+    csv_path = write_results_csv(out / "results.csv", result, cfg)
+    plots = []
+    for name, fn in (("pareto.png", plot_pareto), ("learning_curves.png", plot_learning_curves),
+                     ("sensitivity.png", plot_sensitivity)):
+        try:
+            plots.append(fn(out / name, result, cfg))
+        except Exception as exc:  # a plot must not lose the report
+            LOG.warning("plot %s failed: %s", name, exc)
+    md = render_markdown(result, cfg, out, plots)
+    atomic_write_text(out / "report.md", md)
+    paths = ReportPaths(out / "report.md", csv_path, plots)
+    if log_to_mlflow:
+        _log_report(out, paths)
+    return paths
+
+
+def _log_report(out: Path, paths: ReportPaths) -> None:
+    meta = read_json(out / "mlflow.json")
+    if not meta:
+        return
+    from pipelines.tracking import mlflow_utils as mu
+    try:
+        c = mu.client(meta["tracking_uri"])
+        for p in [paths.report, paths.results_csv, *paths.plots]:
+            mu.log_file(c, meta["parent_run_id"], p, "report")
+    except Exception as exc:
+        LOG.warning("Could not log the report to MLflow: %s", exc)

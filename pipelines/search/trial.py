@@ -1,0 +1,200 @@
+"""One Tune trial: a function trainable that drives one Ray Train run, and its bookkeeping.
+
+`trial_main` (in the Tune trial actor): sample -> validated config -> <output>/trials/<id>/
+(params.json, config.yaml) -> MLflow child run -> TorchTrainer(...).fit() with the objective
+evaluated by rank 0 -> eraser/, metrics.jsonl, summary.json. A trial that already finished
+(the driver died after it ended but before Tune saved its state) reports its recorded result.
+
+`make_bookkeeping_callback` (in the Tune driver) closes the books on trials the trial
+function could not close itself: stopped by ASHA, or errored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from pipelines.config.pipeline import PipelineConfig
+from eval.metrics import is_number
+from pipelines.search.results import TRIALS_DIR
+from pipelines.search.space import plain_params
+from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+LOG = logging.getLogger(__name__)
+
+
+def progress(msg: str) -> None:
+    """A search progress line: on the terminal even while library output is redirected."""
+    from pipelines.runtime.console import progress_stream
+
+    print(msg, file=progress_stream(), flush=True)
+
+
+def trial_main(config: dict, ctx: dict) -> None:
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.tracking import mlflow_utils as mu
+    from pipelines.train.checkpoints import export_result
+    from pipelines.train.driver import make_trainer
+    from pipelines.search.space import apply_sample
+    from unlearn.session import prepare_embeddings
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    base = PipelineConfig.model_validate(ctx["base"])
+    cfg = apply_sample(base, config, trial_id)  # re-validated before anything loads
+    params = plain_params({k: config[k] for k in base.search.space if k in config})
+    trial_dir = Path(ctx["output_dir"]) / TRIALS_DIR / trial_id
+    ml = ctx.get("mlflow")
+    done = finished_trial(trial_dir, params)
+    if done is not None:
+        # Finished before the driver died but after Tune last saved its experiment state:
+        # finish the books and report the recorded result instead of training and evaluating again.
+        if ml and done.get("mlflow_run_id"):
+            c = mu.client(ml["tracking_uri"])
+            if c.get_run(done["mlflow_run_id"]).info.status != "FINISHED":
+                log_trial_artifacts(c, done["mlflow_run_id"], trial_dir, done["metrics"])
+                mu.finish(c, done["mlflow_run_id"], "FINISHED")
+        ray.tune.report({**done["metrics"], "eval_kind": "final"})
+        return
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    if not (trial_dir / "params.json").exists():  # written once: its mtime orders trials in the report
+        atomic_write_text(trial_dir / "params.json", json.dumps(params, indent=2))
+    standalone = cfg.to_dict()
+    standalone.pop("search", None)
+    atomic_write_text(trial_dir / "config.yaml", yaml.safe_dump(standalone, sort_keys=False))
+
+    prepare_embeddings(cfg.method(), ctx["config_dir"])  # on the trial driver, never in the workers
+
+    run_id = None
+    if ml:
+        c = mu.client(ml["tracking_uri"])
+        run_id = mu.get_or_create_child(
+            c, ml["experiment_id"], ml["parent_run_id"], trial_id, params=mu.method_params(cfg),
+            tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir)},
+        )
+        atomic_write_text(trial_dir / "mlflow_run_id.txt", run_id + "\n")
+        mu.log_file(c, run_id, trial_dir / "config.yaml")
+    mlflow_spec = {"tracking_uri": ml["tracking_uri"], "run_id": run_id} if run_id else None
+    objective = {**ctx["objective"], "out_dir": str(trial_dir), "mlflow": mlflow_spec}
+
+    def fail(message: str) -> None:
+        if run_id:
+            with contextlib.suppress(Exception):
+                c.set_tag(run_id, "t2vu.error", message[:4000])
+                mu.finish(c, run_id, "FAILED")
+
+    trainer = make_trainer(
+        cfg, name=trial_id, storage_path=ctx["train_storage"], config_dir=ctx["config_dir"],
+        callbacks=[TuneReportCallback()], objective=objective, mlflow_run=mlflow_spec,
+    )
+    try:
+        result = trainer.fit()
+        state = export_result(result, trial_dir)
+    except BaseException as exc:
+        fail(str(exc))
+        raise
+    err = (result.metrics or {}).get("objective_error")  # a proxy eval's failure
+    final = {} if err else _final_eval(objective, trial_dir, state["step"])
+    err = err or final.get("objective_error")
+    if err:
+        fail(err)
+        raise RuntimeError(f"trial {trial_id}: the objective evaluation failed: {err}")
+    metrics = {k: v for k, v in {**(result.metrics or {}), **final}.items() if is_number(v)}
+    ray.tune.report({**metrics, "eval_kind": "final"})
+    summary = {
+        "trial_id": trial_id, "status": "completed", "params": params, "metrics": metrics,
+        "eraser": str(trial_dir / "eraser"), "steps_done": state["step"], "attempts": state["attempts"],
+        "checkpoint": str(result.checkpoint.path), "mlflow_run_id": run_id,
+    }
+    atomic_write_text(trial_dir / "summary.json", json.dumps(summary, indent=2))
+    if run_id:
+        log_trial_artifacts(c, run_id, trial_dir, metrics)
+        mu.finish(c, run_id, "FINISHED")
+
+
+def _final_eval(objective: dict, trial_dir: Path, step: int) -> dict:
+    """The trial's final evaluation, after fit() returned (the worker group's GPUs are free again)."""
+    from pipelines.search.objective import evaluate_or_report
+
+    values = evaluate_or_report(objective, trial_dir / "eraser", step, final=True)
+    return {**values, "train_step": step}
+
+
+def finished_trial(trial_dir: Path, params: dict) -> dict | None:
+    """The recorded summary of this trial if it already finished with these exact parameters."""
+    path = trial_dir / "summary.json"
+    if not path.exists() or not (trial_dir / "eraser" / "eraser.safetensors").exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("params") == json.loads(json.dumps(params)) else None
+
+
+def log_trial_artifacts(c, run_id: str, trial_dir: Path, metrics: dict) -> None:
+    from pipelines.tracking import mlflow_utils as mu
+    mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in metrics.items()}, step=int(metrics.get("train_step", 0)))
+    mu.log_dir(c, run_id, trial_dir / "eraser", "eraser")
+    for name in ("metrics.jsonl", "summary.json", "params.json"):
+        if (trial_dir / name).exists():
+            mu.log_file(c, run_id, trial_dir / name)
+
+
+def make_bookkeeping_callback(output_dir: str, mlflow: dict | None, metric_names: list[str], score_name: str):
+    from ray.tune import Callback
+
+    class TrialBookkeeping(Callback):
+        """Closes the books on trials the trial function could not close itself.
+
+        A trial stopped by ASHA (or one that errored) never reaches the end of `trial_main`:
+        record its last result in <trial>/tune.json and terminate its MLflow child run.
+        Stateless (Tune restores only stateless callbacks).
+        """
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("eval_kind"):
+                vals = ", ".join(f"{k}={result[k]:.4g}" for k in [*metric_names, score_name] if is_number(result.get(k)))
+                progress(f"  trial {trial.trial_id} step {result.get('train_step')}: {result['eval_kind']} eval {vals}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._close(trial, error=None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._close(trial, error=str(getattr(trial, "error_file", None) or "error"))
+
+        def _close(self, trial, error):
+            tdir = Path(output_dir) / TRIALS_DIR / trial.trial_id
+            tdir.mkdir(parents=True, exist_ok=True)
+            last = {k: v for k, v in (trial.last_result or {}).items() if is_number(v) or k in ("eval_kind", "checkpoint_path")}
+            completed = (tdir / "summary.json").exists()
+            status = "error" if error else ("completed" if completed else "stopped_early")
+            atomic_write_json(tdir / "tune.json", {"trial_id": trial.trial_id, "status": status, "error": error,
+                                                   "last_result": last, "config": plain_params(trial.config)})
+            ckpt = last.get("checkpoint_path")
+            if not (tdir / "metrics.jsonl").exists() and ckpt and Path(ckpt, "metrics.jsonl").exists():
+                atomic_write_bytes(tdir / "metrics.jsonl", Path(ckpt, "metrics.jsonl").read_bytes())
+            progress(f"  trial {trial.trial_id}: {status}")
+            if not mlflow or completed:
+                return
+            from pipelines.tracking import mlflow_utils as mu
+            try:
+                c = mu.client(mlflow["tracking_uri"])
+                run_id = mu.find_child(c, mlflow["experiment_id"], mlflow["parent_run_id"], trial.trial_id)
+                if run_id is None:
+                    return
+                c.set_tag(run_id, "t2vu.trial_status", status)
+                if error:
+                    c.set_tag(run_id, "t2vu.error", error[:4000])
+                mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in last.items() if is_number(v)},
+                               step=int(last.get("train_step", 0) or 0))
+                mu.finish(c, run_id, "FAILED" if error else "KILLED")
+            except Exception as exc:  # bookkeeping must not fail the search
+                LOG.warning("MLflow bookkeeping for trial %s failed: %s", trial.trial_id, exc)
+
+    return TrialBookkeeping()

@@ -1,0 +1,81 @@
+"""MLflow tracking of an attack benchmark (`t2vu attack`), through `pipelines.tracking.mlflow_utils`:
+one parent run per benchmark output folder (reused when the run resumes), one child per method x attack
+(`t2vu.trial_id` = "<method>/<attack>"; the preserve rows are the child "<method>/preserve"), with metrics
+`asr`, `asr_se`, `n`, `flagged` (preservation entries for preserve children), the cell's results.csv and
+summary.json; the parent gets `asr/<method>/<attack>` and the benchmark's summary.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.tracking import mlflow_utils as mu
+from unlearn.config import ConfigError
+
+
+class MlflowAttackObserver:
+    """cfg: the attack config's `mlflow` section (pipelines.config.pipeline.MlflowConfig)."""
+
+    def __init__(self, cfg, output_dir: str | Path, name: str):
+        self.cfg, self.name = cfg, name
+        self.uri = cfg.resolve_uri(output_dir)
+        self.client = self.exp_id = self.parent = None
+
+    def started(self, out: Path) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mu.check_reachable(self.uri)
+            self.client = mu.client(self.uri)
+            self.exp_id = mu.get_or_create_experiment(self.client, self.cfg.experiment or "t2vu/attack", out)
+            self.parent, _ = mu.get_or_create_parent(self.client, self.exp_id, self.name, out,
+                                                     tags={"t2vu.kind": "attack"})
+        except MlflowException as exc:
+            raise ConfigError(f"mlflow ({self.uri}): {exc}") from None
+
+    def cell(self, method: str, attack: str, stats: dict, cell_dir: Path) -> None:
+        child = mu.get_or_create_child(self.client, self.exp_id, self.parent, f"{method}/{attack}",
+                                       params={"method": method, "attack": attack},
+                                       tags={"t2vu.kind": "attack-cell"})
+        mu.log_metrics(self.client, child, {k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        if self.cfg.log_artifacts:
+            for name in ("results.csv", "summary.json"):
+                mu.log_file(self.client, child, cell_dir / name)
+        mu.finish(self.client, child)
+
+    def finished(self, summary: dict, out: Path) -> None:
+        metrics = {f"asr/{m}/{a}": v for m, row in summary["asr"].items() for a, v in row.items()}
+        metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
+        mu.log_metrics(self.client, self.parent, metrics)
+        if self.cfg.log_artifacts:
+            for name in ("summary.json", "report.md", "asr.png"):
+                if (out / name).is_file():
+                    mu.log_file(self.client, self.parent, out / name)
+        mu.finish(self.client, self.parent)
+        summary["mlflow"] = {"tracking_uri": self.uri, "experiment_id": self.exp_id, "parent_run_id": self.parent}
+
+    def failed(self) -> None:
+        if self.client is not None and self.parent is not None:
+            mu.finish(self.client, self.parent, "FAILED")
+
+
+def write_attack_report(out: Path, log_to_mlflow: bool = True) -> list[Path]:
+    """`t2vu report DIR` on an attack folder: report.md and asr.png again from its summary.json, logged to the
+    benchmark's MLflow parent run when it has one."""
+    import json
+
+    from eval.attacks.report import write_report
+    from pipelines.config.pipeline import MlflowConfig
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        pinned = json.loads((out / "attack_config.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{out} has no finished attack benchmark (summary.json); rerun `t2vu attack` into it") from None
+    write_report(summary, out)
+    files = [out / "report.md", out / "asr.png"]
+    id_file = out / mu.PARENT_ID_FILE
+    if log_to_mlflow and id_file.is_file():
+        c = mu.client(MlflowConfig.model_validate(pinned["attack"]["mlflow"]).resolve_uri(out))
+        for f in files:
+            mu.log_file(c, id_file.read_text().strip(), f)
+    return files

@@ -1,0 +1,273 @@
+"""MLflow bookkeeping for searches: one parent run per search, one child run per trial.
+
+Everything goes through `MlflowClient` with explicit run ids: the fluent API keeps a
+per-process run stack, and a search spans the Tune driver, one process per trial
+driver and the rank-0 training workers. Runs are found again by tags, so a killed
+and restored search reuses its parent run and never duplicates a child run:
+
+  parent  tags t2vu.role=search, t2vu.search=<name>, t2vu.output=<abs output dir>
+  child   tags t2vu.role=trial, t2vu.trial_id=<Tune trial id>, mlflow.parentRunId=<parent>
+
+Default tracking URI: `sqlite:///<output>/mlflow.db` with artifacts under
+`<output>/mlartifacts` (MLflow >= 3.13 refuses plain file stores); an `http://`
+tracking server works the same (artifacts then go through its proxy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from eval.metrics import is_finite_number
+from unlearn.fsutil import atomic_write_text
+
+LOG = logging.getLogger(__name__)
+
+PARENT_ID_FILE = "mlflow_parent_run_id.txt"
+MAX_PARAM_LEN = 6000
+#: Metrics per `log_batch` request: MLflow takes at most 1000 entities (metrics + params + tags) per call.
+METRICS_PER_BATCH = 500
+
+
+_REACHABLE: set[str] = set()
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the URI, when an HTTP tracking server does not answer.
+
+    MLflow's own client retries for minutes (measured: 265 s) before giving up. Checked once
+    per URI and process; file/SQLite URIs need no server.
+    """
+    if not tracking_uri.startswith(("http://", "https://")) or tracking_uri in _REACHABLE:
+        return
+    import requests
+
+    from unlearn.config import ConfigError
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        requests.get(url, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise ConfigError(
+            f"mlflow.tracking_uri {tracking_uri} does not answer ({type(exc).__name__} within {timeout_s:g} s): "
+            "start the server, fix the URI, or set mlflow.tracking_uri: null to log locally only"
+        ) from None
+    _REACHABLE.add(tracking_uri)
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(tracking_uri)
+    return MlflowClient(tracking_uri)
+
+
+#: MLflow 3's UI opens an experiment by its kind: untagged ones land on the GenAI overview (traces,
+#: token usage); this kind opens the runs table, where trials compare side by side.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def get_or_create_experiment(c, name: str, output_dir: str | Path | None = None) -> str:
+    """The experiment `name` (restored if deleted, created if missing), tagged as model training."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        if exp.tags.get("mlflow.experimentKind") is None:  # experiments made by earlier versions
+            for k, v in EXPERIMENT_KIND.items():
+                c.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
+    artifact_location = None
+    if output_dir is not None and c.tracking_uri.startswith("sqlite:"):
+        # Without this, a SQLite-backed experiment puts artifacts in ./mlruns of whatever cwd.
+        artifact_location = (Path(output_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+    except Exception:  # created concurrently
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+def git_sha(repo: str | Path | None = None) -> str:
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "deepspeed", "ray", "diffusers", "transformers", "mlflow", "optuna", "nudenet", "t2v-unlearn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def cluster_shape() -> dict[str, Any]:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            res = ray.cluster_resources()
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            return {"nodes": len(nodes), "CPU": res.get("CPU", 0), "GPU": res.get("GPU", 0),
+                    "memory_gb": round(res.get("memory", 0) / 2**30, 1)}
+    except Exception:  # provenance must not fail a search
+        pass
+    return {"nodes": 1, "CPU": os.cpu_count() or 0, "GPU": 0}
+
+
+# --- params ----------------------------------------------------------------------------------------
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{'loss': {'w_unlearn': 1}} -> {'loss.w_unlearn': 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def param_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
+
+
+def method_params(cfg) -> dict[str, str]:
+    """Stable, flat param names of the method sections: `loss.w_unlearn`, `eraser.rank`, ..."""
+    from pipelines.config.pipeline import METHOD_SECTIONS
+
+    data = cfg.model_dump(mode="json", include=set(METHOD_SECTIONS))
+    return {k: param_value(v) for k, v in flatten(data).items()}
+
+
+def log_params(c, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    existing = c.get_run(run_id).data.params
+    todo = [Param(k, v) for k, v in params.items() if existing.get(k) != v]
+    for i in range(0, len(todo), 90):  # MLflow caps params per batch at 100
+        c.log_batch(run_id, params=todo[i : i + 90])
+
+
+def log_batch(c, run_id: str, metrics: Iterable[tuple[str, float, int]] = (), tags: dict[str, str] | None = None) -> None:
+    """The one way metrics reach MLflow: (name, value, step) triples at one timestamp, plus run
+    tags (sent with the first request), in as few requests as MLflow's per-call cap allows."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics]
+    run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(ms), 1 if run_tags else 0), METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=ms[i : i + METRICS_PER_BATCH], tags=run_tags if i == 0 else [])
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    """Numeric, finite entries of `metrics` at `step`; anything else is skipped."""
+    log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_finite_number(v)])
+
+
+# --- parent / child runs ---------------------------------------------------------------------------
+
+def _find_runs(c, exp_id: str, filter_string: str):
+    return c.search_runs([exp_id], filter_string=filter_string, max_results=50, order_by=["attributes.start_time ASC"])
+
+
+def get_or_create_parent(c, exp_id: str, name: str, output_dir: str | Path, *, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """The search's parent run (reused after a restore). Returns (run_id, created)."""
+    out = Path(output_dir).resolve()
+    id_file = out / PARENT_ID_FILE
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        try:
+            run = c.get_run(run_id)
+            if run.info.experiment_id == exp_id:
+                if run.info.status != "RUNNING":
+                    c.update_run(run_id, status="RUNNING")
+                return run_id, False
+        except Exception:
+            LOG.warning("Parent run %s from %s not found on %s; creating a new one", run_id, id_file, c.tracking_uri)
+    found = _find_runs(c, exp_id, f"tags.`t2vu.role` = 'search' and tags.`t2vu.output` = '{out}'")
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+    else:
+        all_tags = {"t2vu.role": "search", "t2vu.search": name, "t2vu.output": str(out), "mlflow.runName": name}
+        all_tags.update(tags or {})
+        run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(id_file, run_id + "\n")
+    return run_id, not found
+
+
+def get_or_create_child(c, exp_id: str, parent_id: str, trial_id: str, *, params: dict[str, str] | None = None,
+                        tags: dict[str, str] | None = None) -> str:
+    """The trial's child run: one per Tune trial id, even when the trial restarts."""
+    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            c.update_run(run_id, status="RUNNING")
+    else:
+        all_tags = {"mlflow.parentRunId": parent_id, "t2vu.role": "trial", "t2vu.trial_id": trial_id,
+                    "mlflow.runName": trial_id}
+        all_tags.update(tags or {})
+        run_id = c.create_run(exp_id, tags=all_tags, run_name=trial_id).info.run_id
+    if params:
+        log_params(c, run_id, params)
+    return run_id
+
+
+def find_child(c, exp_id: str, parent_id: str, trial_id: str) -> str | None:
+    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
+    return found[0].info.run_id if found else None
+
+
+def children(c, exp_id: str, parent_id: str):
+    return c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+
+
+def log_dir(c, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    try:
+        c.log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+    except Exception as exc:  # an unreachable artifact store must not lose the search
+        LOG.warning("Could not log artifacts %s to run %s: %s", local_dir, run_id, exc)
+
+
+def log_file(c, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    try:
+        c.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    except Exception as exc:
+        LOG.warning("Could not log artifact %s to run %s: %s", path, run_id, exc)
+
+
+def finish(c, run_id: str, status: str = "FINISHED") -> None:
+    c.set_terminated(run_id, status=status)
+
+
+def run_link(tracking_uri: str, exp_id: str, run_id: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+    return f"run {run_id}"

@@ -1,0 +1,149 @@
+"""Eraser training under Ray Train (V2) + DeepSpeed ZeRO, the driver side: `t2vu train --distributed`.
+
+This module builds the `TorchTrainer` (also used by each Tune trial) and runs it; the
+per-worker loop is `pipelines.train.worker`, checkpoints and the export of the final one are
+`pipelines.train.checkpoints`. The same code runs on CPU with gloo (`DS_ACCELERATOR=cpu`) and on
+GPUs with NCCL.
+
+    driver                          worker r (of W)
+    ------                          ---------------
+    prepare_embeddings()            TrainingSession(batch = global / W, rank r)
+    TorchTrainer.fit() ───────────► deepspeed.initialize(objective, eraser params, AdamW)
+                                    resume: ray.train.get_checkpoint() -> engine.load_checkpoint
+                                    loop: engine(batch) -> backward -> step
+                                    every checkpoint_every: EVERY rank saves (collective),
+                                      rank 0 adds eraser/ (gathered under ZeRO-3), state,
+                                      metrics -> ray.train.report(checkpoint=...)
+    export eraser/ + metrics ◄───── final report
+      from the final checkpoint
+
+Output folder (same layout as the single-process trainer, so erasers are interchangeable):
+  config.yaml, metrics.jsonl, eraser/ (eraser.safetensors + eraser_config.json), summary.json,
+  ray/ (Ray Train storage: checkpoints; must be shared storage on a multi-node cluster).
+
+Fault tolerance: `FailureConfig(max_failures)` restarts a dead worker group and the
+workers resume from the last reported checkpoint; rerunning the same command after
+the driver died resumes too (stable run name + storage path).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from pipelines.train.checkpoints import ERASER_DIR, export_result
+from pipelines.config.pipeline import PipelineConfig
+from pipelines.config.distributed import check_distributed, deepspeed_config
+from pipelines.runtime.ray_session import cpus_needed, ensure_ray
+from pipelines.runtime.run_folder import remove_owned
+from pipelines.train.worker import train_loop_per_worker
+from unlearn.config import ConfigError
+
+
+def make_trainer(
+    cfg: PipelineConfig,
+    *,
+    name: str,
+    storage_path: str | Path,
+    config_dir: str | Path | None = None,
+    callbacks: list | None = None,
+    objective: dict | None = None,
+    mlflow_run: dict | None = None,
+    step_hook: dict | None = None,
+):
+    """A `TorchTrainer` for one eraser training (used by `run_distributed` and by each Tune trial).
+
+    `name` + `storage_path` identify the run: reusing them resumes from its last checkpoint.
+    `step_hook`: {"function": "module:function", "kwargs": {...}}, called in every worker after
+    every step (`pipelines.train.worker.load_step_hook`); for tests (fault injection).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    check_distributed(cfg)
+    d = cfg.distributed
+    loop_config = {
+        "config": cfg.to_dict(),
+        "config_dir": str(Path(config_dir).resolve()) if config_dir else None,
+        "ds_config": deepspeed_config(cfg, config_dir),
+        "threads": d.threads_per_worker,
+        "checkpoint_every": d.checkpoint_every or cfg.train.checkpoint_every,
+        "objective": objective,
+        "mlflow": mlflow_run,
+        "step_hook": step_hook,
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=d.worker_resources()),
+        torch_config=TorchConfig(backend=d.torch_backend()),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=d.num_to_keep),
+            callbacks=list(callbacks or []),
+        ),
+    )
+
+
+def run_distributed(
+    cfg: PipelineConfig,
+    output: str | Path,
+    *,
+    config_dir: str | Path | None = None,
+    resume: bool = True,
+    step_hook: dict | None = None,
+) -> dict:
+    """Train one eraser with Ray Train + DeepSpeed; returns the summary (also in summary.json)."""
+    from unlearn.config import config_digest
+    from unlearn.session import prepare_embeddings
+    from unlearn.fsutil import atomic_write_text
+
+    out = Path(output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+    if resume and (out / "config.yaml").exists():
+        saved = PipelineConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+        if config_digest(saved.method()) != config_digest(cfg.method()):
+            raise ConfigError(f"{out} holds a run of a different method config; use a new --output, "
+                              "or --no-resume to start it again from step 0")
+        if summary_path.exists() and (out / ERASER_DIR / "eraser_config.json").exists():
+            return json.loads(summary_path.read_text())  # finished: nothing to redo
+    check_distributed(cfg)
+    d = cfg.distributed
+    storage = Path(d.storage_path) if d.storage_path else out / "ray"
+    name = d.name or "train"
+    if not resume and (storage / name).exists():
+        remove_owned(storage / name, storage)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    t0 = time.time()
+    cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
+    ensure_ray(num_cpus=cpus_needed(cfg))
+    trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook)
+    result = trainer.fit()
+    state = export_result(result, out)
+    rv = result.return_value or {}
+    summary = {
+        "steps": cfg.train.steps,
+        "resumed_from": rv.get("resumed_from", state["attempts"][-1]),
+        "attempts": state["attempts"],
+        "global_steps": state["global_steps"],
+        "world_size": state["world_size"],
+        "zero_stage": state["zero_stage"],
+        "final": rv.get("final", {}),
+        "steps_per_s": rv.get("steps_per_s"),
+        "params_partitioned": rv.get("params_partitioned"),
+        "steps_per_s_steady": rv.get("steps_per_s_steady"),
+        "ms_per_step": rv.get("ms_per_step"),
+        "wall_s": round(time.time() - t0, 3),
+        "eraser": str(out / ERASER_DIR),
+        "checkpoint": str(result.checkpoint.path),
+        "embedding_cache": str(cache.dir),
+    }
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    return summary
