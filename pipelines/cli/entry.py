@@ -25,13 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="t2vu",
         description="Erase concepts from text-to-video diffusion models (CogVideoX) with eraser adapters.",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="show library/Ray logs")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of an error (also: T2VU_DEBUG=1)")
+    add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    for subparser in sub.choices.values():
+        # Also after the command (`t2vu run --verbose`, which `bash scripts/run.sh --verbose` passes on);
+        # SUPPRESS: a subcommand that is not given the flag leaves the top-level value alone.
+        add_global_flags(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def add_global_flags(parser: argparse.ArgumentParser, default=False) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true", default=default, help="show library/Ray logs")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the Python traceback of an error (also: T2VU_DEBUG=1)")
 
 
 def main(argv: list[str] | None = None) -> int:
