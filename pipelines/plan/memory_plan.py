@@ -39,7 +39,7 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   runs after fit() on eval actors, one whole pipeline per freed GPU (its own phase).
 - host memory: the trajectory pool (prompts x pool x steps latents in the model dtype).
 
-Calibrated on CPU by `benchmarks/memory_plan_check.py` (`--family wan`: the Wan sizes; README: "Will it fit?").
+Calibrated on CPU by `benchmarks/memory_plan_check.py` (`--family wan`: the Wan sizes; docs/memory-plan.md).
 """
 
 from __future__ import annotations
