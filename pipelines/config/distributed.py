@@ -13,10 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from pipelines.runtime.paths import config_path, project_root
 from unlearn.config import ConfigError, Strict, path_component
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEEPSPEED_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
 
 
 class DistributedConfig(Strict):
@@ -92,10 +90,10 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
         path = Path(d.deepspeed_config)
         if not path.is_absolute() and config_dir is not None and not path.exists():
             path = Path(config_dir) / path
-        if not path.exists() and (REPO_ROOT / d.deepspeed_config).exists():
-            path = REPO_ROOT / d.deepspeed_config
-    else:
-        path = DEEPSPEED_CONFIG_DIR / f"zero{d.zero_stage}.json"
+        if not path.exists() and (project_root() / d.deepspeed_config).exists():
+            path = project_root() / d.deepspeed_config
+    else:  # the checkout's configs/, or $T2VU_HOME/configs in the image (pipelines.runtime.paths)
+        path = config_path("deepspeed", f"zero{d.zero_stage}.json")
     if not path.is_file():
         raise ConfigError(f"distributed.deepspeed_config: {path} not found")
     try:

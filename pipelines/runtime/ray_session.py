@@ -19,7 +19,7 @@ def worker_env_vars() -> dict[str, str]:
     """Environment every Ray worker needs (their env is not the driver's)."""
     apply_offline_env()
     env = runtime_env_vars()
-    for key in ("T2VU_CACHE", "TORCH_EXTENSIONS_DIR", "TUNE_DISABLE_STRICT_METRIC_CHECKING"):
+    for key in ("T2VU_CACHE", "T2VU_HOME", "TORCH_EXTENSIONS_DIR", "TUNE_DISABLE_STRICT_METRIC_CHECKING"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.setdefault("OMP_NUM_THREADS", "1")

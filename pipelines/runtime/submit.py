@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from pipelines.runtime.env import runtime_env_vars
+from pipelines.runtime.paths import project_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The checkout (or $T2VU_HOME in the image: configs/, benchmarks/, examples/; the packages are installed there).
+PROJECT_ROOT = project_root()
 # gitignore-style patterns, relative to working_dir. Keep uploads small: Ray caps a
 # working_dir package at 500 MiB and every job re-uploads it when it changes.
 EXCLUDES = [

@@ -41,8 +41,9 @@ from pathlib import Path
 
 from unlearn.fsutil import atomic_write_text, finished_files
 from toyworld import world
+from pipelines.runtime.paths import project_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # the checkout, or $T2VU_HOME in the image (pipelines.runtime.paths)
 RECIPE = REPO / "configs" / "toy" / "recipe.yaml"
 EVAL_CONFIG = REPO / "configs" / "eval" / "toy.yaml"
 RECIPES = {"cogvideox": (RECIPE, EVAL_CONFIG),  # (recipe, eval config) per family of the benchmarked model

@@ -100,7 +100,9 @@ def get_or_create_experiment(c, name: str, output_dir: str | Path | None = None)
 # --- provenance ------------------------------------------------------------------------------------
 
 def git_sha(repo: str | Path | None = None) -> str:
-    repo = Path(repo or Path(__file__).resolve().parents[2])
+    from pipelines.runtime.paths import project_root
+
+    repo = Path(repo or project_root())
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
