@@ -116,6 +116,8 @@ CASES: list[Case] = [
     C("frames-geometry", "model", "model.num_frames not 1 + 4k", train_set("model.num_frames=10"), "model.num_frames"),
     C("height-geometry", "model", "model.height not a multiple of 8", train_set("model.height=30"), "model.height"),
     C("dtype-unknown", "model", "model.dtype float8", train_set("model.dtype=float8"), "model.dtype"),
+    C("dtype-float16-train", "model", "model.dtype float16 for training (no loss scaling: gradients underflow)",
+      train_set("model.dtype=float16"), "use model.dtype: bfloat16"),
     C("xt-source-unknown", "config", "train.xt_source not a known source", train_set("train.xt_source=bogus"),
       "train.xt_source"),
     C("device-unknown", "device", "train.device tpu", train_set("train.device=tpu"), "train.device"),

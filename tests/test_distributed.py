@@ -43,6 +43,20 @@ def test_deepspeed_config_takes_batch_and_clipping_from_train(tmp_path):
     assert ds3["zero_optimization"]["reduce_bucket_size"] == 1000  # overrides merge into the file
 
 
+def test_fp16_is_refused_in_model_dtype_and_deepspeed_config(tmp_path):
+    """fp16 training needs loss scaling, which no trainer path here has (issue 22): one line naming the fix."""
+    from pydantic import ValidationError
+
+    from unlearn.config import ModelConfig
+
+    with pytest.raises(ValidationError, match=r"float16 trains without loss scaling.*model.dtype: bfloat16"):
+        ModelConfig(dtype="float16")
+    cfg = tiny_pipeline_cfg(tmp_path, deepspeed_overrides={"fp16": {"enabled": True}})
+    with pytest.raises(ConfigError, match=r"'fp16' is enabled.*model.dtype: bfloat16"):
+        deepspeed_config(cfg)
+    assert "fp16" in deepspeed_config(tiny_pipeline_cfg(tmp_path, deepspeed_overrides={"fp16": {"enabled": False}}))
+
+
 def test_shipped_deepspeed_files_are_valid_json_without_optimizer():
     for name in ("zero2.json", "zero3.json"):
         ds = json.loads((ROOT / "configs" / "deepspeed" / name).read_text())

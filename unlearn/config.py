@@ -43,12 +43,25 @@ class ModelConfig(Strict):
     # Public architecture preset (cogvideox-2b, cogvideox-5b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b) used by `t2vu plan` when `path` is not
     # downloaded yet; ignored when path holds a model directory (its transformer/config.json wins).
     architecture: str | None = None
-    # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights).
+    # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights). float16 is
+    # refused for training (no loss scaling); eval configs may use it (inference only).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Training video geometry in pixels (latents: (F-1)/4+1 frames, H/8 x W/8 for real CogVideoX).
     num_frames: int = Field(9, ge=1)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
+
+    @field_validator("dtype")
+    @classmethod
+    def _no_float16_training(cls, v: str) -> str:
+        # fp16 training needs loss scaling (gradients through the frozen fp16 backbone underflow to 0 and the
+        # eraser stops learning without an error); neither the trainer nor the DeepSpeed config (no `fp16`
+        # section, client optimizer) scales. bf16 has fp32's range and the same memory. Eval configs
+        # (eval.config.EvalModelConfig: inference only) keep float16.
+        if v == "float16":
+            raise ValueError("float16 trains without loss scaling (small gradients underflow to zero): "
+                             "use model.dtype: bfloat16 (same memory, no scaling needed) or float32")
+        return v
 
     @field_validator("family")
     @classmethod
@@ -90,6 +103,24 @@ class ConceptConfig(Strict):
     preserve: list[str] = Field(default_factory=lambda: ["a person", "a face", "clothing", "a background"])
     # Erasers also run in the unconditional branch of CFG; keep "" unchanged too.
     preserve_empty: bool = True
+
+    @field_validator("prompts", "anchors", "preserve")
+    @classmethod
+    def _no_blank_entries(cls, v: list[str], info) -> list[str]:
+        """A blank or whitespace-only entry trains on a prompt nobody wrote (whitespace encodes like "",
+        the unconditional prompt): refused, naming the index."""
+        for i, p in enumerate(v):
+            if p.strip():
+                continue
+            hint = {
+                "preserve": "the empty prompt (CFG's unconditional branch) is kept by concept.preserve_empty: true, "
+                            "not by a list entry",
+                "anchors": "an anchor is the word that replaces concept.target, e.g. 'clothed'",
+                "prompts": "every concept prompt must contain concept.target",
+            }[info.field_name]
+            raise ValueError(f"concept.{info.field_name}[{i}] is {'empty' if not p else 'whitespace only'} ({p!r}): "
+                             f"remove it; {hint}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ConceptConfig":

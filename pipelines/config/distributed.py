@@ -118,6 +118,11 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
                 f"{path}: '{key}' is set, but the trainer passes a client torch.optim.AdamW "
                 "(DeepSpeed's CPU Adam JIT-compiles for ~50 s). Remove it; use train.lr/weight_decay."
             )
+    if (ds.get("fp16") or {}).get("enabled") not in (None, False):
+        # DeepSpeed's fp16 would cast the fp32 eraser to half under a loss scaler the trainer never
+        # exercised, while the single-process trainer has no scaler at all (model.dtype float16 is refused).
+        raise ConfigError(f"{path} / distributed.deepspeed_overrides: 'fp16' is enabled, but training here has no "
+                          "fp16 loss scaling: remove it and use model.dtype: bfloat16 (the eraser stays fp32)")
     return ds
 
 
