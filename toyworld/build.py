@@ -48,7 +48,6 @@ order and saves. Their public names stay importable from here.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -92,6 +91,9 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     cfg = cfg or BuildConfig()
     parts = parts_of(cfg.family)
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never deleted: its files may not be ours
+        raise FileExistsError(f"{out} already exists and is not an empty folder; build into a new one "
+                              "(`t2vu toy build DIR` replaces only what an earlier build wrote there)")
     torch.set_num_threads(cfg.threads)
     # Wall time depends on whatever else shares the CPU; process CPU time does not (much),
     # so both are recorded.
@@ -105,8 +107,6 @@ def build(out_dir: str | os.PathLike, cfg: BuildConfig | None = None, log: Calla
     pipe = parts.make_pipeline(tokenizer, text_encoder, vae, parts.make_transformer())
     tf, tf_stats = train_transformer(cfg, pipe, scenes, latents, log)
     pipe = parts.make_pipeline(tokenizer, text_encoder, vae, tf)
-    if out.exists():
-        shutil.rmtree(out)
     pipe.save_pretrained(out)
     train_s = time.time() - t_start
     log(f"saved to {out} after {train_s:.0f}s; measuring quality through {parts.PIPELINE_CLASS}.from_pretrained")

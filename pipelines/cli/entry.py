@@ -14,6 +14,7 @@ import os
 import sys
 
 import pipelines.runtime.env as env
+from pipelines.cli.commands.common import claim_output
 from pipelines.cli.commands import eval as eval_cmd
 from pipelines.cli.commands import attack, import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     debug = args.debug or os.environ.get("T2VU_DEBUG", "") not in ("", "0")
     try:
-        rc = args.func(args)
+        with claim_output(args):  # the folder the command writes: one writer, and only the command that made it
+            rc = args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -17,7 +17,7 @@ from pipelines.cli.commands.common import add_common, output_dir
 def register(sub) -> None:
     p = sub.add_parser("attack", help="attack every method (none, negprompt, safree, eraser) with clean, paraphrase, "
                                       "Ring-A-Bell and soft-prompt inputs; ASR and preservation per method")
-    add_common(p)
+    add_common(p, command="attack")
     p.set_defaults(func=run)
 
 
@@ -26,12 +26,14 @@ def run(args) -> int:
     from pipelines.config.attack import load_attack_config, load_harness_eval_config
     from pipelines.runtime.console import progress_stream
     from pipelines.tracking.mlflow_attack import MlflowAttackObserver
-    from pipelines.runtime.run_folder import pin_config
+    from pipelines.runtime.run_folder import check_tracking_store, pin_config
 
     cfg = load_attack_config(args.config, args.overrides)
     eval_cfg = load_harness_eval_config(cfg)
     out = output_dir(args, "attack")
     plan = plan_attacks(cfg, eval_cfg, out)  # every file/field error before the output folder exists
+    if cfg.mlflow.enabled:
+        check_tracking_store(cfg.mlflow.resolve_uri(out), out)
     out.mkdir(parents=True, exist_ok=True)
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
     observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None

@@ -1,20 +1,37 @@
-"""Argparse helpers every `t2vu` command shares: the --config / --output / --set trio and
-the default output folder (`runs/<command>-<config stem>-<time>`)."""
+"""Argparse helpers every `t2vu` command shares: the --config / --output / --set trio, the default
+output folder (`runs/<command>-<config stem>-<time>`), and the folder a command writes (`Writes`), which
+`pipelines.cli.entry` holds for the command's whole run (`claim_output`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def add_common(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+@dataclass(frozen=True)
+class Writes:
+    """The folder a command writes: `claim_output` locks it and checks it is this command's (run_folder.claim).
+
+    dest: the argparse attribute naming it; flag: how messages name it; tool_outputs: it holds a tool's
+    product (a model, an eraser) whose --overwrite replaces only the tool's own files (replace_outputs).
+    """
+    command: str
+    dest: str = "output"
+    flag: str = "--output"
+    tool_outputs: bool = False
+
+
+def add_common(p: argparse.ArgumentParser, default_config: str | None = None, *, command: str) -> None:
     p.add_argument("--config", "-c", required=default_config is None, default=default_config, help="YAML config")
     p.add_argument("--output", "-o", default=None, help="output folder (default: a new folder under runs/)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.steps=10 (YAML-parsed value)",
     )
+    p.set_defaults(writes=Writes(command))
 
 
 def default_output(kind: str, config: str) -> Path:
@@ -30,3 +47,20 @@ def output_dir(args: argparse.Namespace, kind: str) -> Path:
         if p.exists() and not p.is_dir():
             raise ConfigError(f"--output {out}: {p} is a file, not a folder; pass a folder path (new or existing)")
     return out
+
+
+def claim_output(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Hold the folder the command declares (`Writes`) for its whole run; nothing for commands that write none.
+
+    Taken by the CLI process only: Ray Train / Tune workers and the stages a command runs in its own folder
+    write under it without claiming anything.
+    """
+    spec: Writes | None = getattr(args, "writes", None)
+    if spec is None:
+        return contextlib.nullcontext()
+    from pipelines.runtime.run_folder import claim
+
+    if spec.dest == "output" and getattr(args, "output", None) is None:
+        args.output = str(default_output(spec.command, args.config))  # the folder output_dir() then returns
+    return claim(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag,
+                 tool_outputs=spec.tool_outputs)

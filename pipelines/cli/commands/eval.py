@@ -19,7 +19,7 @@ def register(sub) -> None:
         "eval",
         help="evaluate a model (and eraser): videos from a prompt CSV, NudeNet/toy scores, preservation metrics",
     )
-    add_common(p)
+    add_common(p, command="eval")
     p.add_argument("--prompts", default=None, metavar="CSV", help="prompt CSV to evaluate (replaces prompts.path; the config's preserve set is added only with preserve.with_cli_prompts: true)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows of each prompt set")
     p.add_argument("--eraser", default=None, metavar="DIR", help="eraser directory (overrides eraser)")
@@ -34,6 +34,7 @@ def run(args) -> int:
     from eval.config import load_eval_config
     from pipelines.tracking.mlflow_eval import run_eval
     from pipelines.runtime.console import progress_stream
+    from pipelines.runtime.run_folder import check_tracking_store
     from unlearn.config import ConfigError
 
     if args.limit is not None and args.limit < 1:
@@ -44,6 +45,7 @@ def run(args) -> int:
     if args.skip_bad_rows:
         cfg = cfg.with_overrides({"prompts.on_bad_row": "skip", "preserve.on_bad_row": "skip"}, "--skip-bad-rows")
     out = output_dir(args, "eval")
+    check_tracking_store(cfg.mlflow.tracking_uri, out)
     if cfg.runtime.num_actors:
         start_eval_ray(cfg.runtime)
     summary = run_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from pipelines.cli.commands.common import Writes
+
 FORMATS = ("t2vunlearning",)  # unlearn.eraser_import.FORMATS (not imported here: keeps `t2vu --help` fast)
 
 
@@ -22,22 +24,20 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="the model directory (or builtin:tiny) the eraser is for: checks the "
                                                   "hidden size and takes the block count from it")
     p.add_argument("--concept", default="", help="the erased concept, recorded in the eraser's metadata")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it already holds files")
-    p.set_defaults(func=run)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the eraser an earlier import-eraser wrote to OUT (only its files; OUT holding "
+                        "anything else is refused)")
+    p.set_defaults(func=run, writes=Writes("import-eraser", dest="out", flag="OUT", tool_outputs=True))
 
 
 def run(args) -> int:
     from pathlib import Path
 
+    from pipelines.runtime.run_folder import replace_outputs
     from unlearn.config import ConfigError
     from unlearn.eraser_import import import_eraser
 
-    out = Path(args.out)
-    for p in (out, *out.parents):
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"OUT {out}: {p} is a file, not a folder; pass a folder path for the eraser directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"OUT {out} already holds files; pass --overwrite to replace it, or another folder")
+    out = Path(args.out)  # held by the CLI for this command (run_folder.claim): a folder, ours, one writer
     model_dir = None
     if args.model:
         from unlearn.models.families import check_any_model_dir
@@ -47,7 +47,11 @@ def run(args) -> int:
             model_dir = check_any_model_dir(resolve_model_path(args.model))[1]
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"--model: {exc}") from None
-    path, eraser_set = import_eraser(args.format, args.file, out, model_dir=model_dir, target_concept=args.concept)
+    # The input (and the eraser_config.json read next to it) may not lie inside OUT, whose old files
+    # --overwrite deletes and whose eraser_config.json this writes.
+    with replace_outputs(out, "import-eraser", overwrite=args.overwrite, inputs=(args.file,)) as new:
+        _, eraser_set = import_eraser(args.format, args.file, new, model_dir=model_dir, target_concept=args.concept)
+    path = out
     m = eraser_set.meta
     print(json.dumps({"eraser": str(path), "format": args.format, "model_family": m.model_family,
                       "blocks": len(m.block_indices), "num_blocks": m.num_blocks, "rank": m.rank,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.cli.commands.common import Writes
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from toyworld.parts import PARTS  # the toy families (a plain table: no torch at CLI start-up)
@@ -19,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     toy_sub = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
 
     b = toy_sub.add_parser("build", help="train the toy model into DIR and measure its quality")
-    b.add_argument("dir", help="output directory (replaced if it exists)")
+    b.add_argument("dir", help="output directory (a rerun replaces the files an earlier toy build wrote there; a "
+                               "folder holding anything else is refused)")
     b.add_argument("--family", choices=tuple(PARTS), default="cogvideox",
                    help="model family of the toy model (its components: toyworld/parts.py; default cogvideox)")
     b.add_argument("--seed", type=int, default=0)
@@ -29,11 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small CPUs)")
     b.add_argument("--vae-from", default=None, metavar="BUILD_DIR",
                    help="take the VAE of an earlier build with the same seed/family/VAE settings (bit-identical)")
-    b.set_defaults(func=_build)
+    b.set_defaults(func=_build, writes=Writes("toy build", dest="dir", flag="DIR", tool_outputs=True))
     register_benchmark(toy_sub)
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pipelines.runtime.run_folder import replace_outputs
     from toyworld.build import BuildConfig, build
 
     cfg = BuildConfig.for_family(args.family, seed=args.seed, threads=args.threads, vae_from=args.vae_from)
@@ -43,7 +47,8 @@ def _build(args: argparse.Namespace) -> int:
         cfg.tf_steps = args.tf_steps
     if args.eval_n is not None:
         cfg.eval_n = args.eval_n
-    quality = build(args.dir, cfg)
+    with replace_outputs(args.dir, "toy build", overwrite=True, flag="DIR") as new:  # checked before the build
+        quality = build(new, cfg)
     print(json.dumps(quality["summary"]))
     return 0 if quality["summary"]["meets_bars"] else 1
 
@@ -69,7 +74,7 @@ def register_benchmark(toy_sub) -> None:
     bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
     bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
     bm.add_argument("--progress", action="store_true", help="progress bars")
-    bm.set_defaults(func=_benchmark)
+    bm.set_defaults(func=_benchmark, writes=Writes("toy benchmark"))
 
 
 def _benchmark(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pipelines.cli.commands.common import add_common, output_dir
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an eraser (one process, or Ray Train + DeepSpeed with --distributed)")
-    add_common(p)
+    add_common(p, command="train")
     p.add_argument("--distributed", action="store_true", help="run under Ray Train + DeepSpeed (pipelines.train.driver)")
     p.add_argument("--no-resume", action="store_true", help="start from step 0 even if a checkpoint exists")
     p.set_defaults(func=run)

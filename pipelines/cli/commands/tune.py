@@ -15,7 +15,7 @@ def register(sub) -> None:
         "the same --output resumes an interrupted search (Tuner.restore) without redoing finished trials. "
         "Leaves report.md, results.csv, PNG plots and (default tracking URI) mlflow.db in the output folder.",
     )
-    add_common(p)
+    add_common(p, command="tune")
     p.add_argument("--no-resume", action="store_true", help="start the search afresh even if the output holds one")
     p.set_defaults(func=run)
 
@@ -25,12 +25,15 @@ def run(args) -> int:
 
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.plan.memory_check import preflight
+    from pipelines.runtime.run_folder import check_tracking_store
     from pipelines.search.tune import run_search
 
     cfg = load_pipeline_config(args.config, args.overrides)
     if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
         return rc
     out = output_dir(args, "tune")
+    if cfg.mlflow.enabled:
+        check_tracking_store(cfg.mlflow.resolve_uri(out), out)
     result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
     best = result.best
     print(json.dumps({
