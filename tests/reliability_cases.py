@@ -33,6 +33,7 @@ EVAL = "{root}/configs/eval/tiny.yaml"
 SEARCH = "{root}/configs/search/tiny.yaml"
 ATTACK = "{root}/configs/attack/toy.yaml"
 OUT = "{tmp}/out"
+TRAIN_MARKER = '{"command": "train"}\n'  # the record `t2vu train` leaves in its folder (run_folder.MARKER)
 
 
 def train(*extra: str) -> tuple[str, ...]:
@@ -248,4 +249,37 @@ CASES: list[Case] = [
       "Failed to connect", files={"tok": "x"}, output=None),
     C("tiny-model-on-file", "output", "`t2vu make-tiny-model` onto an existing file", ("make-tiny-model", "{tmp}/taken"),
       "is a file", files={"taken": "x"}, output=None),
+    # --- run folders: one command per folder; --overwrite deletes only the tool's own files -------------------
+    # (two processes on one folder: tests/test_run_folder_ownership.py)
+    C("eval-into-train-run", "run folders", "`t2vu eval -o` a `t2vu train` run (it overwrote the training summary)",
+      ("eval", "-c", EVAL, "-o", "{tmp}/run"), "made by `t2vu train`",
+      files={"run/t2vu_run.json": TRAIN_MARKER, "run/summary.json": "{}"}, output=None),
+    C("eval-into-old-train-run", "run folders", "`t2vu eval -o` a train run made before folders were marked",
+      ("eval", "-c", EVAL, "-o", "{tmp}/run"), "made by `t2vu train`",
+      files={"run/config.yaml": "eraser:\n  rank: 8\n", "run/summary.json": "{}"}, output=None),
+    C("train-into-eval-run", "run folders", "`t2vu train -o` a `t2vu eval` run", ("train", "-c", TINY, "-o", "{tmp}/run"),
+      "made by `t2vu eval`", files={"run/eval_config.json": "{}"}, output=None),
+    C("output-inside-run", "run folders", "--output inside another command's run folder",
+      ("eval", "-c", EVAL, "-o", "{tmp}/run/eval"), "lies inside", files={"run/t2vu_run.json": TRAIN_MARKER},
+      output="{tmp}/run/eval"),
+    C("attack-mlflow-other-run", "run folders", "attack logging to the MLflow SQLite of another run (it wrote 13 "
+      "artifact folders into it)", attack_set("methods=[{name: none}]", "mlflow.tracking_uri=sqlite:///{tmp}/run/mlflow.db"),
+      "mlflow.tracking_uri", files={"run/t2vu_run.json": TRAIN_MARKER}),
+    C("eval-mlflow-other-run", "run folders", "eval logging to the MLflow SQLite of another run",
+      ev_set("mlflow.tracking_uri=sqlite:///{tmp}/run/mlflow.db"), "mlflow.tracking_uri",
+      files={"run/t2vu_run.json": TRAIN_MARKER}),
+    C("import-eraser-input-inside", "run folders", "`import-eraser FILE DIR --overwrite` with FILE inside DIR (it "
+      "deleted FILE)", ("import-eraser", "--format", "t2vunlearning", "{tmp}/out/eraser_weights.pt", "{tmp}/out",
+                        "--overwrite"), "lies inside OUT", files={"out/eraser_weights.pt": "x"}, output=None),
+    C("import-eraser-overwrite-foreign", "run folders", "`import-eraser --overwrite` into a folder holding other files "
+      "(it deleted them)", ("import-eraser", "--format", "t2vunlearning", "{tmp}/src/eraser_weights.pt", "{tmp}/out",
+                           "--overwrite"), "did not write (notes.txt)",
+      files={"src/eraser_weights.pt": "x", "out/notes.txt": "x"}, output=None),
+    C("tiny-model-into-files", "run folders", "`t2vu make-tiny-model` into a folder holding other files (it replaced "
+      "the folder)", ("make-tiny-model", "{tmp}/m"), "already holds files", files={"m/notes.txt": "x"}, output=None),
+    C("tiny-model-overwrite-foreign", "run folders", "`make-tiny-model --overwrite` into a folder holding other files",
+      ("make-tiny-model", "{tmp}/m", "--overwrite"), "did not write (notes.txt)", files={"m/notes.txt": "x"},
+      output=None),
+    C("toy-build-foreign", "run folders", "`t2vu toy build` into a folder holding other files (it deleted the folder)",
+      ("toy", "build", "{tmp}/m"), "did not write (notes.txt)", files={"m/notes.txt": "x"}, output=None),
 ]

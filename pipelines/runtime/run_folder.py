@@ -307,8 +307,8 @@ def replace_outputs(folder: str | Path, command: str, *, overwrite: bool, flag: 
     foreign = sorted(present - listed)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"{flag} {folder} holds files `t2vu {command}` did not write ({shown}); --overwrite replaces "
-                          f"only its own outputs: move them away or choose another folder")
+        raise ConfigError(f"{flag} {folder} holds files `t2vu {command}` did not write ({shown}); it replaces only "
+                          f"its own earlier outputs: move them away or choose another folder")
     stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=folder))
     try:
         yield stage / "new"
