@@ -253,6 +253,10 @@ class RuntimeConfig(Strict):
     # torch threads of each generator process (None = leave as is).
     torch_threads: int | None = Field(None, ge=1)
     progress: bool = True
+    # Deadline in seconds of each wait on Ray (num_actors >= 1): the actors getting their resources (CPU/GPU),
+    # their pipelines loading, the next row finishing. Past it the eval ends with one line naming what never
+    # came, instead of waiting forever. The actors are first capped at what the Ray cluster holds.
+    ray_timeout_s: float = Field(1800.0, gt=0)
 
 
 class ChecksConfig(Strict):

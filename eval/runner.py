@@ -161,7 +161,8 @@ def _generate(plan: EvalPlan, todo: list, n_done: int, on_result, timing: dict, 
 
     try:
         t_backend = time.perf_counter()
-        backend = make_backend(worker_spec(plan), cfg.runtime, len(todo), transformer)
+        backend = make_backend(worker_spec(plan), cfg.runtime, len(todo), transformer,
+                               say=lambda line: print(line, file=progress_file, flush=True))
         timing["worker_start_seconds"] = round(time.perf_counter() - t_backend, 3)
         payloads = [row_payload(r, cfg.metrics.paired_on, plan.method.makes_video) for r in todo]
         try:

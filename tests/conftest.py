@@ -8,10 +8,12 @@ or MLflow (they read it at import or at init):
   offline vars        pipelines.runtime.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
-  ray_session    pipelines.runtime.ray_session.ensure_ray(num_cpus=3): dashboard on 127.0.0.1, worker env;
+  ray_session    pipelines.runtime.ray_session.ensure_ray(num_cpus=3, num_gpus=1): dashboard on 127.0.0.1, worker env;
                  at least 3 LOGICAL CPUs (the machine's count if more), on 2 cores:
                  a Tune trial driver (1) + two Train workers (1 each); the dashboard's State
-                 API is what cleans up the placement group of a trial Tune stopped.
+                 API is what cleans up the placement group of a trial Tune stopped. One LOGICAL GPU
+                 (no device behind it; nothing here asks for one unless a test does): a cluster with
+                 fewer GPUs than an eval asks for (tests/test_eval_ray_waits.py).
   mlflow_server  `mlflow server` on a free 127.0.0.1 port with a SQLite backend; yields its
                  http:// tracking URI.
 """
@@ -54,7 +56,7 @@ def ray_session():
 
     from pipelines.runtime.ray_session import ensure_ray
 
-    started = ensure_ray(num_cpus=3)
+    started = ensure_ray(num_cpus=3, num_gpus=1)
     try:
         yield ray
     finally:

@@ -26,12 +26,13 @@ def worker_env_vars() -> dict[str, str]:
     return env
 
 
-def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
+def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus: int | None = None) -> bool:
     """Connect to (RAY_ADDRESS / `address`) or start a local Ray; returns True if started here.
 
     Local Ray always runs with the dashboard: without the State API, a trial stopped by Tune
     leaks its Train placement group and the next trial hangs (stack-probe §6).
     `num_cpus` is LOGICAL CPUs: on a 2-core box 3 are needed (1 trial driver + 2 workers).
+    `num_gpus`: a local Ray's GPUs (None = the ones it detects; tests give a CPU box logical ones).
     """
     import ray
 
@@ -54,6 +55,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
         return True
     ray.init(
         num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
+        num_gpus=num_gpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},

@@ -1,0 +1,111 @@
+"""Eval actors on a Ray cluster with fewer GPUs than the config asks for (issue 22): capped with one line, and
+every wait on Ray ends by `runtime.ray_timeout_s` with one line naming what never came.
+
+The shared test Ray (tests/conftest.py `ray_session`) has ONE logical GPU and no device behind it: the actors
+ask for it like real GPU actors (`runtime.use_gpu: true`) and generate on the CPU (`model.device: cpu`).
+Before the fix `runtime.num_actors: 2` with one GPU each waited for ever on this cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval.config import EvalConfig
+from eval.ray_waits import RayWaitTimeout, actors_that_fit, wait_any
+
+pytestmark = pytest.mark.timeout(300)  # before the fix: these waits never ended
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "prompts"
+
+
+def eval_data(out_runtime: dict) -> dict:
+    """2 rows (1 target, 1 preserve) of the tiny model, 2 sampler steps, base videos only (no eraser)."""
+    return {
+        "model": {"path": "builtin:tiny", "dtype": "float32", "device": "cpu"},
+        "prompts": {"path": str(EXAMPLES / "nudity_example.csv"), "limit": 1},
+        "preserve": {"path": str(EXAMPLES / "preserve_example.csv"), "limit": 1},
+        "generation": {"num_inference_steps": 2, "num_frames": 9, "height": 32, "width": 32, "scheduler": "ddim",
+                       "vae_tiling": False, "vae_slicing": False},
+        "classifier": {"name": "nudenet", "nudenet": {"frames": 1, "threshold": 0.5}},
+        "output": {"grid_rows": 2, "gif_height": 32, "grid_height": 32},
+        "runtime": {"scorer": "thread", "progress": False, "use_gpu": True, **out_runtime},
+    }
+
+
+@pytest.mark.timeout(300)  # before the fix: a hang
+def test_eval_asking_more_gpus_than_the_cluster_has_runs_capped(ray_session, tmp_path):
+    from eval.runner import run_eval
+
+    assert ray_session.cluster_resources().get("GPU") == 1
+    cfg = EvalConfig.model_validate(eval_data({"num_actors": 2, "ray_timeout_s": 240}))
+    console = io.StringIO()
+    s = run_eval(cfg, tmp_path / "capped", progress_file=console)
+    assert s["rows_evaluated"] == 2 and len(s["workers"]) == 1
+    lines = [ln for ln in console.getvalue().splitlines() if "runtime.num_actors" in ln]
+    assert lines == ["runtime.num_actors=2 asks for 2 GPUs but the Ray cluster has 1; running 1 eval actor "
+                     "(GPU 1, CPU 1 each)"]
+
+
+def test_a_gpu_that_never_comes_ends_the_eval_in_one_line(ray_session, tmp_path, capsys):
+    """Another job holds the one GPU: the eval actor is never placed; `t2vu eval` ends at the deadline, exit 2."""
+    from pipelines.cli.entry import main
+
+    @ray_session.remote(num_gpus=1, num_cpus=0)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray_session.get(holder.ready.remote(), timeout=60)
+    try:
+        config = tmp_path / "eval.yaml"
+        config.write_text(yaml.safe_dump(eval_data({"num_actors": 1, "ray_timeout_s": 3})))
+        t0 = time.perf_counter()
+        rc = main(["eval", "-c", str(config), "-o", str(tmp_path / "out")])
+        waited = time.perf_counter() - t0
+    finally:
+        ray_session.kill(holder)
+    err = capsys.readouterr().err
+    error_lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(error_lines) == 1 and "Traceback" not in err, err
+    line = error_lines[0]
+    assert "1 of 1 eval actors never got their Ray resources (GPU 1, CPU 1 each) within 3 s" in line, line
+    assert re.search(r"\(runtime.ray_timeout_s\): the Ray cluster has GPU 1, CPU \d+ in all and GPU 0, CPU \d+ free "
+                     r"now \(other jobs or trials hold the rest\)", line), line
+    assert waited < 60
+
+
+def test_no_room_for_one_actor_is_refused_before_any_actor_starts(ray_session, tmp_path):
+    from eval.runner import run_eval
+    from unlearn.config import ConfigError
+
+    fit, totals = actors_that_fit({"CPU": 1000.0, "GPU": 1.0})
+    assert fit == 0 and totals["GPU"] == 1
+    cfg = EvalConfig.model_validate(eval_data({"num_actors": 2, "cpus_per_actor": 1000}))
+    with pytest.raises(ConfigError, match=r"runtime.num_actors=2 asks for 1000 CPUs but the Ray cluster has \d+ "
+                                          r"per eval actor: no eval actor can start; set runtime.use_gpu"):
+        run_eval(cfg, tmp_path / "none")
+
+
+def test_a_row_that_never_finishes_ends_at_the_deadline(ray_session):
+    """The rows' wait (eval.backends.RayBackend.run) goes through the same helper: a task that does not finish."""
+
+    @ray_session.remote(num_cpus=0)
+    def stuck():
+        time.sleep(120)
+
+    ref = stuck.remote()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RayWaitTimeout, match="no row finished"):
+            wait_any([ref], 1.0, lambda: "no row finished")
+    finally:
+        ray_session.cancel(ref, force=True)
+    assert time.perf_counter() - t0 < 30
