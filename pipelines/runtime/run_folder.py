@@ -276,8 +276,12 @@ def check_tracking_store(uri: str | None, output: str | Path) -> None:
 
 # ----------------------------------------------------------------------------- a tool's own outputs
 def _files(folder: Path) -> set[str]:
+    """Every file under `folder` (a symbolic link counts as a file: it is never followed), relative."""
+    def leaf(p: Path) -> bool:
+        return p.is_symlink() or not p.is_dir()
+
     return {p.relative_to(folder).as_posix() for q in _content(folder)
-            for p in ([q] if not q.is_dir() else q.rglob("*")) if not p.is_dir()}
+            for p in ([q] if leaf(q) else q.rglob("*")) if leaf(p)}
 
 
 @contextlib.contextmanager
