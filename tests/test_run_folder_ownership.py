@@ -148,6 +148,19 @@ def test_a_command_refuses_a_folder_inside_another_run(tmp_path, capsys):
     assert not (run / "eval").exists()
 
 
+def test_report_waits_for_the_run_it_adds_to(tmp_path, capsys):
+    """`t2vu report` writes report.md and plots into a search folder: not while the search (or the `t2vu run`
+    whose search/ it is) still writes there."""
+    run = tmp_path / "pipeline"
+    with claim(run, "run", argv=["t2vu", "run", "-o", str(run)]):
+        (run / "search").mkdir()
+        rc, err = _main(["report", str(run / "search"), "--no-mlflow"], capsys)
+        assert rc == 2 and len(err) == 1 and "`t2vu run -o" in err[0] and str(run) in err[0], err
+    rc, err = _main(["report", str(run / "search"), "--no-mlflow"], capsys)  # free now: its own check speaks
+    assert rc == 2 and "not a search run folder" in err[0] and "in use" not in err[0], err
+    assert not (run / "search" / LOCK).exists()
+
+
 # ----------------------------------------------------------------------------- --overwrite
 def _their_file(folder: Path) -> Path:
     from tests.test_import_eraser import save_their_file, their_adapters

@@ -215,6 +215,22 @@ def _refuse_foreign(folder: Path, command: str, flag: str) -> None:
 
 
 @contextlib.contextmanager
+def join(folder: str | Path, command: str, *, argv: list[str] | None = None, flag: str = "RUN") -> Iterator[Path]:
+    """Hold an existing run folder for a command that adds to it (`t2vu report`): the lock of the run it belongs
+    to (the nearest marked folder: `t2vu run`'s for its search/), no marker, nothing created."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        yield folder  # the command says what is wrong with it
+        return
+    root = next((p for p in (folder.resolve(), *folder.resolve().parents) if read_marker(p)), folder)
+    fd = _lock(root, command, argv, flag)
+    try:
+        yield folder
+    finally:
+        _unlock(fd)
+
+
+@contextlib.contextmanager
 def claim(folder: str | Path, command: str, *, argv: list[str] | None = None, flag: str = "--output",
           tool_outputs: bool = False) -> Iterator[Path]:
     """Hold `folder` for `command` while the block runs: exclusive, and only for the command that made it.

@@ -16,12 +16,14 @@ class Writes:
     """The folder a command writes: `claim_output` locks it and checks it is this command's (run_folder.claim).
 
     dest: the argparse attribute naming it; flag: how messages name it; tool_outputs: it holds a tool's
-    product (a model, an eraser) whose --overwrite replaces only the tool's own files (replace_outputs).
+    product (a model, an eraser) whose --overwrite replaces only the tool's own files (replace_outputs);
+    adds_to: it is another command's run the command adds files to (`t2vu report`): only its lock is taken.
     """
     command: str
     dest: str = "output"
     flag: str = "--output"
     tool_outputs: bool = False
+    adds_to: bool = False
 
 
 def add_common(p: argparse.ArgumentParser, default_config: str | None = None, *, command: str) -> None:
@@ -58,8 +60,10 @@ def claim_output(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     spec: Writes | None = getattr(args, "writes", None)
     if spec is None:
         return contextlib.nullcontext()
-    from pipelines.runtime.run_folder import claim
+    from pipelines.runtime.run_folder import claim, join
 
+    if spec.adds_to:
+        return join(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag)
     if spec.dest == "output" and getattr(args, "output", None) is None:
         args.output = str(default_output(spec.command, args.config))  # the folder output_dir() then returns
     return claim(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag,

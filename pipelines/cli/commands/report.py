@@ -3,6 +3,8 @@ asr.png) of a `t2vu attack` folder."""
 
 from __future__ import annotations
 
+from pipelines.cli.commands.common import Writes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -11,7 +13,7 @@ def register(sub) -> None:
     )
     p.add_argument("run", help="the --output folder of a `t2vu tune` or `t2vu attack` run")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the MLflow parent run")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, writes=Writes("report", dest="run", flag="RUN", adds_to=True))  # not while it runs
 
 
 def run(args) -> int:
