@@ -31,8 +31,8 @@ def cogvideox_explicit_attention(attn, kwargs):
     q, k = attn.norm_q(q), attn.norm_k(k)
     q = torch.cat([q[:, :, :nt], apply_rotary_emb(q[:, :, nt:], rope)], 2)
     k = torch.cat([k[:, :, :nt], apply_rotary_emb(k[:, :, nt:], rope)], 2)
-    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
-    out = (p @ v).transpose(1, 2).reshape(b, n, -1)
+    p = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, -1)  # full, explicit, fp32
+    out = (p.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, -1)
     out = attn.to_out[0](out)
     return p[:, :, nt:, :nt].mean(1), out[:, nt:]
 
@@ -49,8 +49,8 @@ def wan_explicit_cross_attention(attn, kwargs):
     q = attn.norm_q(attn.to_q(x)).view(b, nv, h, -1).transpose(1, 2)
     k = attn.norm_k(attn.to_k(ctx)).view(b, nt, h, -1).transpose(1, 2)
     v = attn.to_v(ctx).view(b, nt, h, -1).transpose(1, 2)
-    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
-    out = attn.to_out[0]((p @ v).transpose(1, 2).reshape(b, nv, -1))
+    p = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, -1)  # full, explicit, fp32
+    out = attn.to_out[0]((p.to(v.dtype) @ v).transpose(1, 2).reshape(b, nv, -1))
     return p.mean(1), out
 
 

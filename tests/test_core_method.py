@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.family_cases import perturb
-from unlearn.attention import text_column_probs
+from unlearn.attention import attention_with_lse, streaming_logsumexp, text_column_probs
 from unlearn.config import LossConfig
 from unlearn.eraser import BrokenEraserError, EraserSet, load_eraser, read_eraser, save_eraser
 from unlearn.masks import ConceptNotInPromptError, concept_token_positions, localization_mask, selector
@@ -69,13 +69,62 @@ def test_corrupt_eraser_file_errors_clearly(tmp_path, spec):
         read_eraser(tmp_path / "er")
 
 
-def test_chunked_probs_match_naive_on_random_tensors():
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(2, 3, 50, 8, generator=g) * 3
-    k = torch.randn(2, 3, 60, 8, generator=g) * 3
-    full = torch.softmax(q @ k.transpose(-1, -2) * 0.35, -1)[..., :10].mean(1)
+def _qkv(seed=0, b=2, h=3, nq=50, nk=60, d=8):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, h, nq, d, generator=g) * 3, torch.randn(b, h, nk, d, generator=g) * 3,
+            torch.randn(b, h, nk, d, generator=g))
+
+
+def explicit_text_probs(q, k, text_len):
+    """The full attention matrix by hand, fp32: softmax over all keys, text columns, head mean."""
+    p = torch.softmax(q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+    return p[..., :text_len].mean(1)
+
+
+def test_text_probs_from_the_kernels_lse_equal_an_explicit_fp32_softmax():
+    """Joint attention (10 text keys first, then 50 video keys): the log-sum-exp over all keys comes from the SDPA
+    kernel (whose output is SDPA's, bit for bit), the 10 text columns are computed on top, at any chunk size."""
+    q, k, v = _qkv()
+    out, lse = attention_with_lse(q, k, v)
+    assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert lse.shape == (2, 3, 50) and lse.dtype == torch.float32
+    full = explicit_text_probs(q[:, :, 10:], k, 10)
     for chunk in (1, 13, 64):
-        assert torch.allclose(text_column_probs(q, k, 10, 0.35, chunk), full, atol=1e-6)
+        got = text_column_probs(q[:, :, 10:], k[:, :, :10], 8**-0.5, lse[:, :, 10:], chunk)
+        assert torch.allclose(got, full, atol=1e-5), (got - full).abs().max()
+    # where no fused kernel applies: the streaming log-sum-exp (chunk x chunk scores), the same numbers
+    assert torch.allclose(streaming_logsumexp(q, k, 8**-0.5, 7), lse, atol=2e-5)
+    # cross attention (the keys are the text): no lse, each row normalised over its text keys
+    for chunk in (1, 13, 64):
+        assert torch.allclose(text_column_probs(q, k[:, :, :10], 8**-0.5, None, chunk),
+                              explicit_text_probs(q, k[:, :, :10], 10), atol=1e-6)
+
+
+def test_capture_under_autocast_is_fp32_arithmetic():
+    """Under bf16 autocast the attention runs on bf16 q, k (SDPA's autocast rule) and the capture takes those same
+    q, k, in fp32 with autocast off: the explicit fp32 softmax of the bf16-rounded q, k within 1e-4 (the capture
+    that matmul'd under autocast was bf16 arithmetic: 3.5e-2 off here)."""
+    q, k, v = _qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, lse = attention_with_lse(q, k, v)
+        assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+        qb, kb = q.bfloat16(), k.bfloat16()
+        joint = text_column_probs(qb[:, :, 10:], kb[:, :, :10], 8**-0.5, lse[:, :, 10:], 13)
+        cross = text_column_probs(qb, kb[:, :, :10], 8**-0.5, None, 13)
+    assert joint.dtype == cross.dtype == torch.float32
+    assert torch.allclose(joint, explicit_text_probs(qb[:, :, 10:], kb, 10), atol=1e-4)
+    assert torch.allclose(cross, explicit_text_probs(qb, kb[:, :, :10], 10), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_capture_kernels_run_on_meta(dtype):
+    """`meta` stands in for CUDA: the fused kernel with its lse (flash for bf16, memory-efficient for fp32) and the
+    text columns have meta implementations."""
+    q, k, v = (t.to("meta", dtype) for t in _qkv())
+    out, lse = attention_with_lse(q, k, v)
+    assert out.device.type == "meta" and out.dtype == dtype and lse.shape == (2, 3, 50)
+    got = text_column_probs(q[:, :, 10:], k[:, :, :10], 8**-0.5, lse[:, :, 10:], 16)
+    assert got.device.type == "meta" and got.shape == (2, 40, 10) and got.dtype == torch.float32
 
 
 def test_concept_token_positions(tokenizer):

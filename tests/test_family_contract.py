@@ -154,6 +154,20 @@ def test_eraser_of_another_family_is_refused_naming_both(case, spec, tmp_path):
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
 def test_captured_attention_equals_explicit_softmax(case, spec, chunk):
+    check_capture_against_explicit_softmax(case, spec, chunk)
+
+
+def test_captured_attention_without_a_fused_kernel_lse_equals_explicit_softmax(case, spec, monkeypatch):
+    """Where no fused SDPA kernel gives the log-sum-exp (another device, the math backend), the capture streams
+    it (chunk x chunk scores): the same probabilities. Cross attention (Wan) never needs one."""
+    import unlearn.models.cogvideox_attention as cog
+
+    monkeypatch.setattr(cog, "attention_with_lse",
+                        lambda q, k, v: (torch.nn.functional.scaled_dot_product_attention(q, k, v), None))
+    check_capture_against_explicit_softmax(case, spec, 7)
+
+
+def check_capture_against_explicit_softmax(case, spec, chunk):
     mods = spec.capture_modules(spec.transformer)
     seen = {}
     # the call's arguments by name (Wan's blocks call attn2 positionally, CogVideoX's by keyword)

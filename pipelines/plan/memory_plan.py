@@ -17,8 +17,10 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   block input (the caller still holds it), the new residual, the FF input and its 4D-wide
   projection and GELU output: 11 U counted, 12 U(R1) measured on CPU (NO_GRAD_FORWARD_U).
   Attention capture of the B concept rows keeps [B, Nv, Nt] fp32 per captured layer until the
-  next step and, per query chunk, scores [B, H, c, c] fp32 twice (scores, logsumexp's shifted
-  copy) next to the block's 7 U(R1) of attention-time tensors (input, norms, joint input, q, k, v).
+  next step; its scratch is the SDPA kernel's log-sum-exp [R1, H, N] fp32 (the joint softmax's
+  normaliser, which the block's attention computes anyway) and, per query chunk, the text scores
+  [B, H, c, Nt] fp32 (worked in place) and the fp32 q chunk, next to the block's 7 U(R1) of
+  attention-time tensors (input, norms, joint input, q, k, v).
 - forward 2 + backward (R2 = B + P rows, grad into the erasers only): a frozen Linear saves no
   input (its weight needs no grad), so a block saves its GELU input (4 U), SDPA's q, k, v, out
   (4 U; flash/efficient kernels, CUDA and CPU alike, save no probabilities), the q/k LayerNorm
@@ -222,19 +224,31 @@ def optimizer_terms(n: int, world: int, stage: int | None, bucket: int) -> list[
 
 
 def capture_terms(x: PlanInputs, n_tokens: int) -> tuple[Term, Term]:
-    """Attention capture of the concept rows: results kept per layer, and one chunk's scratch."""
+    """Attention capture of the concept rows (`unlearn/attention.py`): results kept per layer, and its scratch.
+
+    n_tokens: the keys the capture's queries attend to (joint attention: Nt + Nv; cross attention: Nt).
+    Joint attention takes each query's log-sum-exp from the SDPA kernel the block runs anyway ([R1, H, N] fp32,
+    held while the text columns are computed); cross attention needs none. Then per chunk of c video queries:
+    the fp32 q chunk (plus its `.float()` copy from a bf16 q) and the [B, H, c, Nt] fp32 text scores, worked in
+    place, with the fp32 text keys [B, H, Nt, dh] (a copy from bf16) and the [B, c, Nt] head mean.
+    """
     b, h, dh, nv, nt = x.concept_rows, x.heads, x.head_dim, x.video_tokens, x.text_len
     probs = 4.0 * b * nv * nt * x.capture_layers
-    cq, ck = min(x.attn_chunk, nv), min(x.attn_chunk, n_tokens)
-    copy = 4.0 * b * h * ck * dh if x.act_bytes != 4 else 0.0  # .float() of a bf16 key chunk
-    scores = 2 * 4.0 * b * h * cq * ck + copy
-    text = 3 * 4.0 * b * h * cq * nt  # q k_text^T, minus lse, exp
-    scratch = max(scores, text) + 4.0 * b * h * (cq + (nt if x.act_bytes != 4 else 0)) * dh
+    cq, up = min(x.attn_chunk, nv), x.act_bytes != 4
+    joint = n_tokens != nt
+    r1 = x.concept_rows * (1 + x.references) + x.preserve_rows
+    lse = 4.0 * r1 * h * n_tokens if joint else 0.0
+    text_keys = 4.0 * b * h * nt * dh if up else 0.0
+    q_chunk = 4.0 * b * h * cq * dh * (2 if up else 1)
+    scores = 4.0 * b * h * cq * nt
+    reductions = 4.0 * b * cq * nt + (0.0 if joint else 2 * 4.0 * b * h * cq)  # head mean; row max and sum (cross)
+    scratch = lse + text_keys + q_chunk + scores + reductions
+    what = f"kernel lse [{r1}, {h}, {n_tokens}] fp32 + " if joint else ""
     return (
         Term("attention-capture results", probs, STEP,
              f"[{b}, {nv}, {nt}] fp32 x {x.capture_layers} layers, held until the next step's forward 1"),
         Term("attention-capture scratch", scratch, F1,
-             f"chunk {x.attn_chunk}: [{b}, {h}, {cq}, {ck}] fp32 scores x2 (transient)"),
+             f"{what}chunk {x.attn_chunk}: [{b}, {h}, {cq}, {nt}] fp32 text scores + q chunk (transient)"),
     )
 
 

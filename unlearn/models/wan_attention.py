@@ -4,9 +4,10 @@ Each Wan block has a self-attention `attn1` (video tokens, 3D RoPE) and a
 cross-attention `attn2` (video queries -> text keys, no RoPE). The localization
 mask wants P(video query -> text key) as the model computes it: after `attn2`'s
 q/k RMSNorm (taken across all heads, before the head split). With text keys only,
-the softmax runs over the Nt text keys, so `unlearn.attention.text_column_probs`
-with no video keys gives it chunk by chunk over video queries (never the full
-[B, H, Nv, Nt] tensor).
+the softmax runs over the Nt text keys, so each chunk of video queries' scores is a whole
+softmax row: `unlearn.attention.text_column_probs` with no lse normalises it in place, one
+q k^T matmul per chunk in fp32 (never the full [B, H, Nv, Nt] tensor). This is small next to
+the block (Nt = 512 keys against the self-attention's Nv), so no kernel lse is needed here.
 
 This processor computes the module output exactly as diffusers' `WanAttnProcessor`
 does (same projections, same `dispatch_attention_fn` call). The image branch of
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from unlearn.attention import full_text_probs_reference, text_column_probs
+from unlearn.attention import full_text_probs_reference, kernel_inputs, text_column_probs
 from unlearn.models.spec import first_rows
 
 
@@ -63,13 +64,13 @@ class CapturingWanAttnProcessor:
             n = self.capture_rows
             c, pos = first_rows(n)  # inside one expert of Wan 2.2 A14B: c of the n rows, at `pos`
             with torch.no_grad():
-                qv = query[:c].detach().transpose(1, 2)  # [c, H, Nv, d]
-                kt = key[:c].detach().transpose(1, 2)  # [c, H, Nt, d]
+                # [c, H, Nv, d], [c, H, Nt, d], as the attention computes with them (autocast: its dtype)
+                qv, kt = kernel_inputs(query[:c].detach().transpose(1, 2), key[:c].detach().transpose(1, 2))
                 text_len, scale = kt.shape[2], qv.shape[-1] ** -0.5  # SDPA's default scale
                 if self.full_matrix:
                     probs = full_text_probs_reference(qv, kt, text_len, scale)
                 else:
-                    probs = text_column_probs(qv, kt, text_len, scale, self.chunk)
+                    probs = text_column_probs(qv, kt, scale, None, self.chunk)
                 if pos is None:
                     self.probs = probs
                 else:  # the caller's row order; rows the other expert served stay 0 in this layer
