@@ -125,14 +125,14 @@ class RayBackend:
     def _capped(self, runtime, num_rows: int | None, say: Callable[[str], None]) -> int:
         """Never more actors than rows to do, nor than the cluster holds; none at all is one line and exit 2."""
         want = runtime.num_actors if num_rows is None else max(1, min(runtime.num_actors, num_rows))
-        fit, totals = actors_that_fit(self.need)
+        fit, totals, grows = actors_that_fit(self.need)
         asked = f"runtime.num_actors={runtime.num_actors}" + (f" ({want} for {num_rows} rows)" if want < runtime.num_actors else "")
         if fit < 1:
-            raise ConfigError(f"{asked} asks for {short_of(1, self.need, totals)} per eval actor: no eval actor can "
-                              "start; set runtime.use_gpu: false (CPU actors) or runtime.num_actors: 0 (in-process), "
-                              "or bring the cluster's GPU nodes up first")
+            raise ConfigError(f"{asked} asks for {short_of(1, self.need, totals, grows)} per eval actor: no eval actor "
+                              "can start; set runtime.use_gpu: false (CPU actors) or runtime.num_actors: 0 "
+                              "(in-process), or bring GPU nodes up first (an autoscaler Ray cannot see: min_workers)")
         if fit < want:
-            say(f"{asked} asks for {short_of(want, self.need, totals)}; running {fit} eval actor"
+            say(f"{asked} asks for {short_of(want, self.need, totals, grows)}; running {fit} eval actor"
                 f"{'s' if fit > 1 else ''} ({resources_text(self.need)} each)")
         return min(want, fit)
 

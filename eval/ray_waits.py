@@ -3,7 +3,7 @@
 A Ray actor that asks for a resource the cluster lacks is never placed, and `ray.get` on it waits
 forever: `runtime.num_actors: 8` with one GPU each hung `t2vu eval` on a 1-GPU machine (issue 22). So:
   actors_that_fit(need)        how many actors of `need` ({"GPU": 1, "CPU": 4}) the cluster's live nodes hold
-                               now (each actor on one node), and the total of each resource
+                               now (each actor on one node), or an autoscaling cluster can grow to hold
   wait_all / wait_any          ray.wait with a deadline; on expiry RayWaitTimeout with one line from the caller
                                that names what never came (a resource, a model load, a row)
 RayWaitTimeout is a TimeoutError (an OSError): `t2vu` prints it as one `error:` line, exit 2.
@@ -39,21 +39,40 @@ def cluster_totals() -> tuple[list[dict[str, float]], dict[str, float]]:
     return nodes, totals
 
 
-def actors_that_fit(need: dict[str, float]) -> tuple[int, dict[str, float]]:
-    """(how many actors asking for `need` the live nodes can hold at once, the cluster's totals)."""
+def max_cluster_resources() -> dict[str, float] | None:
+    """What an autoscaling cluster can grow to (its autoscaler's node groups x max counts, as Ray Train reads
+    it before placing a worker group); None when Ray knows of no such config (a local Ray, a fixed cluster)."""
+    try:
+        from ray._private.state import state
+
+        grows = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, the live nodes are the limit
+        return None
+    return {k: float(v) for k, v in grows.items()} if grows else None
+
+
+def actors_that_fit(need: dict[str, float]) -> tuple[int, dict[str, float], bool]:
+    """(how many actors asking for `need` the cluster holds at once, the totals that limit them, whether those
+    are what an autoscaler can grow the cluster to rather than the live nodes' resources)."""
     nodes, totals = cluster_totals()
     need = {k: v for k, v in need.items() if v > 0}
     if not need:
-        return math.inf, totals
+        return math.inf, totals, False
     fit = sum(min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in nodes)
-    return fit, totals
+    grows = max_cluster_resources()
+    if grows:
+        fit_max = min(math.floor(grows.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+        if fit_max > fit:
+            return fit_max, grows, True
+    return fit, totals, False
 
 
-def short_of(n: int, need: dict[str, float], totals: dict[str, float]) -> str:
+def short_of(n: int, need: dict[str, float], totals: dict[str, float], grows: bool = False) -> str:
     """What `n` actors of `need` ask for that the cluster has less of, e.g. '8 GPUs but the Ray cluster has 1'."""
+    has = "can grow to" if grows else "has"
     for k in sorted(need, key=lambda k: (k != "GPU", k)):
         if need[k] > 0 and n * need[k] > totals.get(k, 0.0) + 1e-9:
-            return f"{amount(n * need[k], k)} but the Ray cluster has {totals.get(k, 0.0):g}"
+            return f"{amount(n * need[k], k)} but the Ray cluster {has} {totals.get(k, 0.0):g}"
     return f"{resources_text(need)} each on one node, and the Ray cluster's nodes hold fewer of them at once"
 
 

@@ -86,8 +86,8 @@ def test_no_room_for_one_actor_is_refused_before_any_actor_starts(ray_session, t
     from eval.runner import run_eval
     from unlearn.config import ConfigError
 
-    fit, totals = actors_that_fit({"CPU": 1000.0, "GPU": 1.0})
-    assert fit == 0 and totals["GPU"] == 1
+    fit, totals, grows = actors_that_fit({"CPU": 1000.0, "GPU": 1.0})
+    assert fit == 0 and totals["GPU"] == 1 and grows is False  # a local Ray: no autoscaler to grow it
     cfg = EvalConfig.model_validate(eval_data({"num_actors": 2, "cpus_per_actor": 1000}))
     with pytest.raises(ConfigError, match=r"runtime.num_actors=2 asks for 1000 CPUs but the Ray cluster has \d+ "
                                           r"per eval actor: no eval actor can start; set runtime.use_gpu"):
@@ -109,3 +109,18 @@ def test_a_row_that_never_finishes_ends_at_the_deadline(ray_session):
     finally:
         ray_session.cancel(ref, force=True)
     assert time.perf_counter() - t0 < 30
+
+
+def test_a_training_worker_group_larger_than_the_cluster_is_refused(ray_session, tmp_path):
+    """The same kind of wait in pipelines/: Ray Train retries a worker group that cannot start for ever (`t2vu train
+    --distributed` and every search trial); 2 one-GPU workers on this 1-GPU Ray end in one line instead."""
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.driver import run_distributed
+    from unlearn.config import ConfigError
+
+    cfg = load_pipeline_config(REPO / "configs" / "tiny.yaml", [
+        "distributed.num_workers=2", "distributed.backend=gloo", "train.steps=2",
+        "distributed.use_gpu=true", f"train.cache_dir={tmp_path / 'emb'}"])
+    with pytest.raises(ConfigError, match=r"distributed.num_workers=2 asks for 2 GPUs but the Ray cluster has 1 "
+                                          r"\(GPU 1, CPU 1 per worker\): Ray Train would wait for them for ever"):
+        run_distributed(cfg, tmp_path / "train")

@@ -75,6 +75,24 @@ def start_eval_ray(runtime) -> bool:
     return ensure_ray(num_cpus=math.ceil(runtime.num_actors * runtime.cpus_per_actor), address=runtime.ray_address)
 
 
+def check_worker_group_fits(cfg) -> None:
+    """Refuse a Ray Train worker group the cluster can never hold, in one line, before Ray Train waits for it:
+    it retries a worker group that does not start every 60 s for ever (FailureConfig.controller_failure_limit
+    -1), so `distributed.num_workers: 2` with a GPU each hung on a 1-GPU machine. Call after Ray is up.
+    cfg: `pipelines.config.pipeline.PipelineConfig`."""
+    from eval.ray_waits import actors_that_fit, resources_text, short_of
+    from unlearn.config import ConfigError
+
+    d = cfg.distributed
+    need = d.worker_resources()
+    fit, totals, grows = actors_that_fit(need)
+    if fit < d.num_workers:
+        raise ConfigError(f"distributed.num_workers={d.num_workers} asks for {short_of(d.num_workers, need, totals, grows)} "
+                          f"({resources_text(need)} per worker): Ray Train would wait for them for ever; lower "
+                          "distributed.num_workers (train.batch_size stays the global batch) or "
+                          "distributed.resources_per_worker")
+
+
 def cpus_needed(cfg, trial_cpus: float = 0.0) -> int:
     per = cfg.distributed.worker_resources().get("CPU", 0.0)
     return int(math.ceil(trial_cpus + per * cfg.distributed.num_workers))

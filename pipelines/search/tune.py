@@ -114,7 +114,7 @@ def run_search(
     from pipelines.tracking import mlflow_utils as mu
     from pipelines.search import report as search_report
     from pipelines.config.distributed import check_distributed
-    from pipelines.runtime.ray_session import ensure_ray
+    from pipelines.runtime.ray_session import check_worker_group_fits, ensure_ray
     from pipelines.search.space import check_space, to_tune
     from pipelines.runtime.run_folder import pin_config
     from unlearn.fsutil import atomic_write_text
@@ -149,6 +149,7 @@ def run_search(
     trial_cpus = s.resources_per_trial.get("CPU", 0.0)
     per_trial = trial_cpus + cfg.distributed.worker_resources().get("CPU", 0.0) * cfg.distributed.num_workers
     ensure_ray(num_cpus=int(-(-per_trial * s.max_concurrent_trials // 1)))
+    check_worker_group_fits(cfg)  # each trial's Ray Train worker group; else its trials wait for ever
 
     ml = None
     if cfg.mlflow.enabled:

@@ -37,7 +37,7 @@ import yaml
 from pipelines.train.checkpoints import ERASER_DIR, export_result
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.config.distributed import check_distributed, deepspeed_config
-from pipelines.runtime.ray_session import cpus_needed, ensure_ray
+from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray
 from pipelines.runtime.run_folder import remove_owned
 from pipelines.train.worker import train_loop_per_worker
 from unlearn.config import ConfigError
@@ -122,8 +122,9 @@ def run_distributed(
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     t0 = time.time()
-    cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
     ensure_ray(num_cpus=cpus_needed(cfg))
+    check_worker_group_fits(cfg)  # else Ray Train waits for ever for workers the cluster cannot hold
+    cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
     trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook)
     result = trainer.fit()
     state = export_result(result, out)
