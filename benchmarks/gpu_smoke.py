@@ -176,6 +176,9 @@ def search_overrides(a, model_dir: Path, out: Path) -> list[str]:
         "distributed.resources_per_worker": json.dumps({"CPU": 2, "GPU": 1} if cuda else {"CPU": 1}),
         "distributed.storage_path": str(out / "ray"), "distributed.max_failures": 0,
         "train.device": "cuda" if cuda else "cpu",
+        # ASHA: the one scheduler that reads proxy evals (the shipped multi-objective Optuna skips them), so
+        # the smoke still runs the proxy path in the training worker that an ASHA search depends on.
+        "search.algorithm": "asha",
         "search.num_samples": 1, "search.max_concurrent_trials": 1, "search.resources_per_trial": json.dumps({"CPU": 1}),
         "search.space": json.dumps({"train.lr": {"loguniform": [1e-4, 2e-4]}}),
         "search.objective.eval_overrides": json.dumps(ev),

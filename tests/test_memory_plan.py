@@ -41,9 +41,11 @@ def test_shipped_configs_plan_before_download(capsys, config, gb):
     assert s["phases"]["forward 2 + backward"] == pytest.approx(resident + sum(s["terms"][k] for k in steps), abs=0.01)
     assert s["peak_gb_per_gpu"] == pytest.approx(max(s["phases"].values()), abs=1e-3)
     assert "term" in out and "peak per GPU" in out
-    if config == SEARCH_2B:  # proxy evals load T5-XXL + VAE on rank 0; the final eval a whole pipeline per GPU
-        assert s["mode"] == "tune"
-        assert s["terms"]["proxy eval weights"] == pytest.approx((4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
+    if config == SEARCH_2B:  # the final eval loads a whole pipeline per GPU; no proxy (multi-objective Optuna)
+        assert s["mode"] == "tune" and "proxy eval weights" not in s["terms"]
+        # under ASHA (which reads proxies) a proxy eval loads T5-XXL + VAE on rank 0
+        _, a, _, _ = plan_cli(capsys, "--config", config, "--gpu-memory", gb, "--set", "search.algorithm=asha")
+        assert a["terms"]["proxy eval weights"] == pytest.approx((4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
         assert s["terms"]["final eval weights"] == pytest.approx(
             (1_693_783_872 + 4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
 

@@ -262,3 +262,23 @@ class SearchConfig(Strict):
     def is_multi_objective(self) -> bool:
         return self.algorithm == "optuna" and self.multi_objective and len(self.objective.metrics) > 1
 
+    def proxy_every(self) -> int | None:
+        """Training steps between proxy evals, or None: proxies run only where a scheduler reads them.
+
+        ASHA (single scalarised objective) stops trials on them. Optuna and random run under a FIFO
+        scheduler that never acts on intermediate results (Ray's OptunaSearch drops them outright for a
+        list of metrics), so a proxy there would only cost its eval (T5 + VAE loaded on rank 0, a few
+        videos, every other rank waiting): the trial is judged by its final eval alone."""
+        if self.algorithm != "asha":
+            return None
+        return self.objective.proxy.every or self.asha.grace_period  # ASHA needs a score at its rungs
+
+    def proxy_skip_note(self) -> str | None:
+        """The search banner's line when configured proxy evals are skipped (None when nothing is)."""
+        every = self.objective.proxy.every
+        if not every or self.proxy_every():
+            return None
+        sched = "multi-objective Optuna" if self.is_multi_objective() else self.algorithm
+        return (f"proxy evals skipped: search.objective.proxy.every={every} is read only by ASHA; {sched} with a FIFO "
+                f"scheduler never acts on intermediate results, so each trial is judged by its final eval alone")
+

@@ -198,7 +198,7 @@ def eval_shapes(req: PlanRequest, arch, train_bytes: int, train_act: int) -> tup
                          g.width, bool(tiling), whole)
 
     proxy = None
-    if obj.proxy.every or cfg.search.algorithm == "asha":  # ASHA evaluates at its rungs
+    if cfg.search.proxy_every():  # only where a scheduler reads them (ASHA rungs)
         pcfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **obj.proxy.overrides}, "search.objective.proxy.overrides")
         proxy = shape(pcfg, train_bytes, train_act, False)  # loaded in the training transformer's dtype
     final = None

@@ -22,8 +22,8 @@ from unlearn.config import ConfigError
 LOG = logging.getLogger(__name__)
 
 PROXY_TIME_ATTR = "proxy_step"  # present only in results that carry a proxy eval (what ASHA acts on)
-# Where a trial is judged. Proxy evals (ASHA rungs) run in the rank-0 training worker, in-process, on
-# the training transformer itself (erasers toggled; no second copy of the backbone). The final eval runs
+# Where a trial is judged. Proxy evals (ASHA rungs only: SearchConfig.proxy_every) run in the rank-0
+# training worker, in-process, on the training transformer itself (erasers toggled; no second copy of the backbone). The final eval runs
 # in the trial driver after `fit()` returns: on GPU clusters on Ray eval actors, one pipeline per GPU the
 # trainer just freed (`final_runtime`), so no GPU sits idle in `ray.train.report` while a trial is judged.
 TRIAL_EVAL_OVERRIDES = {"runtime.num_actors": 0, "runtime.scorer": "thread", "runtime.progress": False}
@@ -80,9 +80,7 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
         # Every trial evaluates on the same prompts and seeds: generate the base videos once.
         ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
     obj = cfg.search.objective
-    proxy_every = obj.proxy.every
-    if proxy_every is None and cfg.search.algorithm == "asha":
-        proxy_every = cfg.search.asha.grace_period  # ASHA needs a score at its rungs
+    proxy_every = cfg.search.proxy_every()  # None unless a scheduler reads proxies (ASHA)
     d = cfg.distributed
     final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
                      if d.use_gpu else {})

@@ -7,7 +7,7 @@
           cfg = base + sample, re-validated (PipelineConfig) before any model loads
           MLflow child run (tag mlflow.parentRunId), found again by trial id after a restore
           TorchTrainer(DeepSpeed workers, TuneReportCallback) .fit()
-            rank 0 at checkpoint steps: proxy eval (few prompts) -> score   (ASHA prunes on it)
+            rank 0 at checkpoint steps: proxy eval (few prompts) -> score   (ASHA only: it prunes on it)
             rank 0 at the last step:    full eval (eval.runner.run_eval)    -> every objective
           eraser/, metrics.jsonl, summary.json -> <output>/trials/<trial_id>/
       report.md, results.csv, plots -> <output>/ (and the MLflow parent run)
@@ -193,6 +193,8 @@ def run_search(
                                       callbacks=[callback], verbose=1 if verbose else 0),
         )
     progress(f"Search {s.name}: {s.num_samples} trials, {s.algorithm}, objective {s.metric_names()} -> {out}")
+    if s.proxy_skip_note():
+        progress(f"  {s.proxy_skip_note()}")
     grid = tuner.fit()
     errors = [str(e).splitlines()[0][:300] for e in grid.errors] if grid.errors else []
     errors += run_baselines(cfg, objective, out, ml, progress)  # the training-free methods, judged alike
