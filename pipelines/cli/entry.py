@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply_offline_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = ["t2vu", *(sys.argv[1:] if argv is None else argv)]  # as typed: results files record it
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",

@@ -3,6 +3,8 @@ the real evaluation stage, and compare the design choices the method leaves open
 
     t2vu toy benchmark --output runs/toy-bench                      # every variant
     t2vu toy benchmark --output runs/toy-bench --variants default   # the shipped recipe only
+    t2vu toy benchmark --output runs/toy-bench --variants default \
+        --results-file benchmarks/results/toy_benchmark.json        # + the figures the docs render
 
 Per variant: `unlearn.trainer.train` (the recipe `configs/toy/recipe.yaml` plus the
 variant's overrides) -> `eval.runner.run_eval` (`configs/eval/toy.yaml`: CogVideoXPipeline,
@@ -17,6 +19,8 @@ generated once (`runtime.base_cache_dir`) and reused by every variant. Output fo
   variants/<name>/train/             trainer output (eraser/, metrics.jsonl, summary.json)
   variants/<name>/eval/              eval output (rows/, results.csv, summary.json)
   results.json, table.md, table.csv  the comparison
+  (--results-file PATH)              the figures with their provenance (`pipelines.runtime.results_file`),
+                                     e.g. benchmarks/results/toy_benchmark.json, the docs' tables' source
 
 Resumable: a variant whose eraser and eval summary exist is not redone; an interrupted one
 continues (the trainer resumes from its checkpoint, the eval skips finished rows).
@@ -236,15 +240,18 @@ def model_family(model: str | None) -> str:
 
 
 def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None, steps: int | None = None,
-                save_media: bool = False, progress: bool = False, family: str = "cogvideox") -> dict:
-    """Train + evaluate one variant (skipped when its eraser and eval summary exist)."""
+                save_media: bool = False, progress: bool = False, family: str = "cogvideox",
+                overrides: dict | None = None) -> dict:
+    """Train + evaluate one variant (skipped when its eraser and eval summary exist).
+
+    overrides: dotted MethodConfig keys set on top of the recipe and the variant (`--set`)."""
     from pipelines.tracking.mlflow_eval import run_eval
     from pipelines.runtime.run_folder import pin_config
     from unlearn.trainer import train
 
     vdir = out / "variants" / variant.name
     recipe, eval_path = RECIPES[family]
-    cfg = method_config(variant, model=model, steps=steps, recipe=recipe)
+    cfg = method_config(variant, model=model, steps=steps, recipe=recipe, extra=overrides)
     ident = {"variant": variant.name, "overrides": variant.overrides, "n": n, "config": cfg.model_dump(mode="json")}
     pin_config(vdir / "variant.json", ident, vdir)  # steps, size or recipe changed: refused
     eval_summary = vdir / "eval" / "summary.json"
@@ -347,11 +354,12 @@ def write_table(out: Path, results: list[dict]) -> str:
 
 def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: int = 64,
                   n_default: int = world.FULL_SET_SIZE, model: str | None = None, steps: int | None = None,
-                  table_steps: int | None = None, progress: bool = False) -> dict:
+                  table_steps: int | None = None, progress: bool = False, overrides: dict | None = None) -> dict:
     """Run the variants (default first); returns {"default": metrics | None, "variants": [...]}.
 
     n: videos per set for the comparison variants; n_default: for the default recipe.
     steps / table_steps: override train.steps of the default / of the other variants.
+    overrides: dotted MethodConfig keys set on every variant's training config (`--set`).
     """
     import torch
 
@@ -373,7 +381,7 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
         results.append(run_variant(
             out, v, n=n_default if is_default else n, model=model,
             steps=steps if is_default else (table_steps or steps), save_media=is_default, progress=progress,
-            family=family,
+            family=family, overrides=overrides,
         ))
     done = {r["variant"] for r in results}
     for r in collect_finished(out):  # variants finished by earlier invocations
@@ -396,6 +404,35 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
     if md:
         print(md)
     return payload
+
+
+# The figures of a results file (`--results-file`): every metric of `extract_metrics`, no timings.
+FIGURE_KEYS = (*HEADLINE, "target_content_acc_base", "target_content_acc_erased", "synonym_content_kept",
+               "two_target_other_present_base", "two_target_other_present_erased", "ssim_nontarget")
+
+
+def results_figures(payload: dict) -> dict:
+    """What `run_benchmark` measured, for `pipelines.runtime.results_file`: the default recipe's
+    metrics, targets and final training losses, and one row per other variant (timings: `results_timings`)."""
+    def row(r: dict) -> dict:
+        return {"variant": r["variant"], "n_per_set": r["n"], "steps": r["steps"]} | {k: r.get(k) for k in FIGURE_KEYS}
+
+    default = payload["default"]
+    figures: dict = {"default": None, "variants": []}
+    if default is not None:
+        met = default.get("targets_met") or {}
+        figures["default"] = row(default) | {
+            "targets_met": met, "targets_met_count": sum(bool(v) for v in met.values()), "targets_total": len(met),
+            "final_losses": default.get("final_losses")}
+    figures["variants"] = [row(r) | {"description": r.get("description")}
+                           for r in payload["variants"] if r is not default]
+    return figures
+
+
+def results_timings(payload: dict) -> dict:
+    return {"wall_s": payload.get("wall_s"),
+            "variants": [{"variant": r["variant"], "n_per_set": r["n"], "train_s": r.get("train_s"),
+                          "eval_s": r.get("eval_s")} for r in payload["variants"]]}
 
 
 def headline(default: dict) -> dict:

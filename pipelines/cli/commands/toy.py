@@ -73,16 +73,42 @@ def register_benchmark(toy_sub) -> None:
                     "model (builtin:toy-wan) runs configs/toy/recipe-wan.yaml + configs/eval/toy-wan.yaml")
     bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
     bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
+    bm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a training-config value of every variant, e.g. --set "
+                    "train.trajectory.pool_size=2 (YAML-parsed value; the benchmark folder pins it)")
     bm.add_argument("--progress", action="store_true", help="progress bars")
+    bm.add_argument("--results-file", default=None, metavar="PATH",
+                    help="also write the figures with this command line, git sha, date and machine to PATH "
+                    "(benchmarks/results/<name>.json: the docs' tables are rendered from these files by "
+                    "benchmarks/render_results.py)")
     bm.set_defaults(func=_benchmark, writes=Writes("toy benchmark"))
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     from pipelines.toy.benchmark import headline, run_benchmark
+    from unlearn.config import parse_override
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    overrides = dict(parse_override(i) for i in args.overrides)
     res = run_benchmark(args.output, variants, n=args.n, n_default=args.n_default, model=args.model,
-                        steps=args.steps, table_steps=args.table_steps, progress=args.progress)
+                        steps=args.steps, table_steps=args.table_steps, progress=args.progress,
+                        overrides=overrides or None)
+    if args.results_file:
+        _write_results_file(args, res, variants)
     line = headline(res["default"]) if res["default"] else {"variants": [r["variant"] for r in res["variants"]]}
     print(json.dumps(line))
     return 0
+
+
+def _write_results_file(args: argparse.Namespace, res: dict, variants: list[str] | None) -> None:
+    from pipelines.runtime.results_file import REPO, write_results
+    from unlearn.config import parse_override
+    from pipelines.toy.benchmark import RECIPES, model_family, results_figures, results_timings
+
+    recipe, eval_config = (p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
+                           for p in RECIPES[model_family(args.model)])
+    settings = {"model": args.model or "builtin:toy", "recipe": recipe, "eval_config": eval_config,
+                "variants": variants or "all", "n": args.n, "n_default": args.n_default, "steps": args.steps,
+                "table_steps": args.table_steps, "overrides": dict(parse_override(i) for i in args.overrides)}
+    write_results(args.results_file, results_figures(res), argv=getattr(args, "argv", None), settings=settings,
+                  timings=results_timings(res))

@@ -1,0 +1,275 @@
+"""Render the docs' benchmark tables from the results files (`benchmarks/results/<name>.json`).
+
+    python benchmarks/render_results.py            # rewrite every marked block in place
+    python benchmarks/render_results.py --check    # change nothing; exit 1 and show what differs
+
+A marked block in README.md, docs/*.md or benchmarks/*.md:
+
+    <!-- results:toy_headline -->
+    (generated: everything between the markers is replaced)
+    <!-- /results -->
+
+The name after `results:` is a view below (`VIEWS`: the results file it reads and how it draws it)
+or, for any other name, the results file of that name drawn as a plain figure/value table.
+Each rendered block ends with the file's provenance (date, command, git sha, machine) and a link to
+it. The results files are written by the commands that measured them (`t2vu toy benchmark
+--results-file ...`; the format: `pipelines/runtime/results_file.py`). `tests/test_results_docs.py`
+runs `--check`'s logic in CI: a table that disagrees with its file, or a block whose file is
+missing, fails it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/render_results.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from pipelines.runtime.results_file import RESULTS_DIR, read_results  # noqa: E402
+
+BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9_.-]+) -->\n(?P<body>.*?)<!-- /results -->", re.S)
+OPEN = re.compile(r"<!-- results:([A-Za-z0-9_.-]*) -->")
+CLOSE = "<!-- /results -->"
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """The Markdown files that may hold marked blocks."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md")),
+                        *sorted((root / "benchmarks").glob("*.md"))] if p.exists()]
+
+
+# ----------------------------------------------------------------------------- formatting
+def _num(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(head: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def provenance(rec: dict, source: Path, doc: Path) -> str:
+    """One line: when, by what, on which code and machine; a link to the file (relative to `doc`)."""
+    m = rec.get("machine") or {}
+    sha = str(rec.get("git_sha") or "unknown")
+    code = f"git `{sha[:10]}`" + (" + uncommitted changes" if rec.get("git_dirty") else "")
+    host = ", ".join(x for x in (f"{m['cpu_count']} CPUs" if m.get("cpu_count") else "",
+                                 f"torch {m['torch']}" if m.get("torch") else "",
+                                 f"{m['torch_threads']} torch thread{'s' * (m['torch_threads'] != 1)}"
+                                 if m.get("torch_threads") else "",
+                                 str(m.get("platform") or "")) if x)
+    link = Path(os.path.relpath(source, doc.parent)).as_posix()
+    date = str(rec.get("date", "?")).replace("T", " ").replace("Z", " UTC")
+    return (f"Measured {date} by `{rec.get('command', '?')}` ({code}; {host}). "
+            f"Source: [{_shown(source)}]({link}).")
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
+
+
+# ----------------------------------------------------------------------------- toy views
+def _toy():
+    from pipelines.toy import benchmark
+
+    return benchmark
+
+
+TOY_TARGET_LABELS = {  # key of pipelines.toy.benchmark.TARGETS -> what a reader is told
+    "target_rate_base": "base model draws red when asked",
+    "target_rate_erased": "red on prompts naming red",
+    "synonym_rate_erased": "red on synonyms never trained on (crimson, scarlet)",
+    "nontarget_acc_erased": "colour accuracy, prompts without red",
+    "shape_acc_erased": "shape accuracy, prompts without red",
+    "target_content_kept": "target content kept (right shape and motion, relative to base)",
+    "second_object_kept": "second object kept (other colour present, relative to base)",
+}
+TOY_EXTRA_ROWS = (  # reported, no target
+    ("motion_acc", "motion accuracy, prompts without red"),
+    ("two_target_rate", "red in two-object scenes"),
+    ("two_object_both_present", "both objects drawn, two-object scenes without red"),
+)
+
+
+def _base_key(key: str) -> str | None:
+    return key[: -len("_erased")] + "_base" if key.endswith("_erased") else None
+
+
+def _target_rows(d: dict) -> list[list[str]]:
+    targets = _toy().TARGETS
+    met = d.get("targets_met") or {}
+    rows = []
+    for key, label in TOY_TARGET_LABELS.items():
+        op, bar, rel = targets[key]
+        sym = "≤" if op == "<=" else "≥"
+        if key.endswith("_base"):
+            base, erased, what = d.get(key), None, f"base {sym} {bar:g}"
+        else:
+            bk = _base_key(key)
+            base, erased = (d.get(bk) if bk else None), d.get(key)
+            what = f"{sym} {bar:g}"
+            if rel and d.get(rel) is not None:
+                what = f"{sym} {bar:g} × base ({bar * d[rel]:.3f})"
+        ok = met.get(key)
+        rows.append([label, _num(base), _num(erased), what, "—" if ok is None else ("yes" if ok else "**no**")])
+    return rows
+
+
+def _met_line(d: dict) -> str:
+    met = d.get("targets_met") or {}
+    missed = [TOY_TARGET_LABELS.get(k, k).split(" (")[0] for k, v in met.items() if not v]
+    line = f"**{sum(bool(v) for v in met.values())} of {len(met)} targets met**"
+    return line + (f" (missed: {'; '.join(missed)})." if missed else ".")
+
+
+def toy_headline(rec: dict) -> str:
+    """The short table: each target of the default recipe, base, erased, threshold, met."""
+    d = rec["figures"]["default"]
+    head = ["target", "base", "erased", "threshold", "met"]
+    return (f"Toy world, erase \"red\" with the shipped recipe, {d['n_per_set']} videos per set: "
+            f"{_met_line(d)}\n\n" + _table(head, _target_rows(d)))
+
+
+def toy_benchmark(rec: dict) -> str:
+    """The default recipe's full metric table (targets and the reported extras), then the variants."""
+    d = rec["figures"]["default"]
+    head = ["metric", "base", "erased", "threshold", "met"]
+    rows = _target_rows(d)
+    rows += [[label, _num(d.get(f"{k}_base")), _num(d.get(f"{k}_erased")), "", ""] for k, label in TOY_EXTRA_ROWS]
+    psnr = d.get("psnr_nontarget")
+    rows.append(["PSNR base vs erased, prompts without red", "", "—" if psnr is None else f"{psnr:.1f} dB", "", ""])
+    s = rec.get("settings") or {}
+    changed = "".join(f", `{k}={v}`" for k, v in (s.get("overrides") or {}).items())
+    out = (f"Default recipe (`{s.get('recipe', 'configs/toy/recipe.yaml')}`, {d['steps']} steps{changed}), "
+           f"{d['n_per_set']} videos per set: {_met_line(d)}\n\n" + _table(head, rows))
+    variants = rec["figures"].get("variants") or []
+    if variants:
+        cols = _toy().TABLE_COLUMNS
+        vhead = ["variant", "n/set", "steps"] + [h for _, h in cols]
+        vrows = [[f"{v['variant']} ({v.get('description', '')})", str(v["n_per_set"]), str(v["steps"])]
+                 + [_num(v.get(k), 1 if k.startswith("psnr") else 3) for k, _ in cols] for v in variants]
+        out += "\n\nOther variants:\n\n" + _table(vhead, vrows)
+    return out
+
+
+def generic(rec: dict) -> str:
+    """Any results file: its figures, flattened, one per row."""
+    def flat(prefix: str, v) -> Iterable[tuple[str, object]]:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                yield from flat(f"{prefix}.{k}" if prefix else str(k), x)
+        elif isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v):
+            for i, x in enumerate(v):
+                yield from flat(f"{prefix}[{i}]", x)
+        else:
+            yield prefix, v
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, list):
+            return ", ".join(cell(x) for x in v)
+        return _num(v)
+
+    return _table(["figure", "value"], ([f"`{k}`", cell(v)] for k, v in flat("", rec["figures"])))
+
+
+# name -> (results file stem, renderer)
+VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "toy_headline": ("toy_benchmark", toy_headline),
+    "toy_benchmark": ("toy_benchmark", toy_benchmark),
+    "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
+}
+
+
+def render_block(name: str, doc: Path, results_dir: Path = RESULTS_DIR) -> str:
+    """The body of block `name` in `doc` (raises FileNotFoundError when its results file is missing)."""
+    stem, fn = VIEWS.get(name, (name, generic))
+    source = results_dir / f"{stem}.json"
+    if not source.exists():
+        raise FileNotFoundError(f"results file {_shown(source)} is missing")
+    rec = read_results(source)
+    return "\n" + fn(rec) + "\n\n" + provenance(rec, source, doc) + "\n"
+
+
+def render_text(text: str, doc: Path, results_dir: Path = RESULTS_DIR) -> tuple[str, list[str]]:
+    """`text` with every marked block re-rendered, and the problems found (missing files, bad markers)."""
+    problems: list[str] = []
+    rel = _shown(doc)
+    if len(OPEN.findall(text)) != text.count(CLOSE) or len(OPEN.findall(text)) != len(BLOCK.findall(text)):
+        problems.append(f"{rel}: unbalanced results markers (each `<!-- results:NAME -->` needs its own "
+                        f"`{CLOSE}` on a later line)")
+        return text, problems
+
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        try:
+            body = render_block(name, doc, results_dir)
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{rel}: block {name}: {exc!s}".rstrip())
+            return m.group(0)
+        return f"<!-- results:{name} -->\n{body}{CLOSE}"
+
+    return BLOCK.sub(sub, text), problems
+
+
+def check(files: Iterable[Path] | None = None, results_dir: Path = RESULTS_DIR) -> list[str]:
+    """Every disagreement between a marked block and its results file, as readable lines (empty: all agree)."""
+    out = []
+    for doc in files if files is not None else doc_files():
+        text = doc.read_text()
+        new, problems = render_text(text, doc, results_dir)
+        out += problems
+        if new != text:
+            rel = _shown(doc)
+            diff = "".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True), f"{rel} (committed)",
+                                                f"{rel} (rendered from {results_dir.name}/)", n=1))
+            out.append(f"{rel}: a marked table differs from its results file; run "
+                       f"`python benchmarks/render_results.py`\n{diff}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is stale or broken")
+    ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md, docs/*.md, benchmarks/*.md)")
+    args = ap.parse_args(argv)
+    files = [f.resolve() for f in args.files] or doc_files()
+    if args.check:
+        problems = check(files)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    rc = 0
+    for doc in files:
+        text = doc.read_text()
+        new, problems = render_text(text, doc)
+        for p in problems:
+            print(p, file=sys.stderr)
+            rc = 1
+        if new != text:
+            from unlearn.fsutil import atomic_write_text
+
+            atomic_write_text(doc, new)
+            print(f"rendered {_shown(doc)}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
