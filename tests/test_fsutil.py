@@ -23,6 +23,16 @@ def test_a_write_in_progress_is_not_a_finished_file(tmp_path):
     assert [p.name for p in finished_files(tmp_path, "*.json")] == ["t00000.json", "t00001.json"]
 
 
+def test_only_atomic_temporaries_count_as_temp_files(tmp_path):
+    """A rerun of `t2vu eval` deletes the temp files of its --output: a user's own dot-files there (it deleted
+    `.env` and `.gitignore` of a project folder named as --output) are not temporaries."""
+    for name in (".env", ".gitignore", ".tmp", ".notes.tmp.txt.bak"):
+        (tmp_path / name).write_text("mine")
+    with atomic_path(tmp_path / "summary.json") as tmp, atomic_path(tmp_path / "video") as tmp2:
+        tmp.write_text("{"), tmp2.write_text("x")
+        assert temp_files(tmp_path) == sorted([tmp, tmp2])
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "a.json"
     atomic_write_text(target, "old")

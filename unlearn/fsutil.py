@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -110,10 +111,19 @@ def finished_files(folder: str | Path, pattern: str = "*") -> list[Path]:
     return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and not _is_temp(p))
 
 
+_ATOMIC_TEMP = re.compile(r"\..+\.tmp(\.[^.]+)?")  # atomic_path's `.<stem>.<random>.tmp<suffix>`
+
+
 def temp_files(folder: str | Path) -> list[Path]:
-    """Temporary files directly in `folder`: a write in progress, or one a killed process left behind."""
+    """Temporary files directly in `folder`: a write in progress, or one a killed process left behind.
+
+    Only names atomic_path makes: a rerun deletes these, and the folder may hold a user's own dot-files
+    (`t2vu eval -o .` in a project: `.env`, `.gitignore`), which are not ours to delete.
+    """
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and _is_temp(p)) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and _ATOMIC_TEMP.fullmatch(p.name))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
