@@ -1,7 +1,8 @@
 """`t2vu plan --config C [--gpu-memory GB] [--world-size N] [--mode M] [--set key=value ...]`.
 
 Predicts per-GPU memory of the training a config describes, before any model loads (the
-architecture comes from the model directory's configs or `model.architecture`). Prints a
+architecture comes from the model directory's configs or `model.architecture`); for a search
+(`--mode tune`) also its modelled cost in GPU-hours and wall time (`pipelines.plan.search_cost`). Prints a
 table and, as the last line, one JSON object. Exit 3 when it will not fit (the error names
 the dominant term and the setting that fixes it), 2 on a config error.
 """
@@ -24,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("train", "distributed", "tune"), default=None,
                    help="plan `t2vu train` (one process), `train --distributed`, or `tune`/`run` trials "
                         "(default: tune for a search config, distributed when the config declares distributed)")
+    p.add_argument("--mfu", type=float, default=None, metavar="F",
+                   help="tune mode: the utilisation the search cost assumes, of --gpu-tflops (default 0.4)")
+    p.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
+                   help="tune mode: the GPU's bf16 dense peak in TFLOP/s for the search cost (default 989, H100)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=2")
     p.set_defaults(func=run)
@@ -45,6 +50,13 @@ def run(args) -> int:
     plan, arch = plan_request(req)
     print(render(plan, req, arch, args.config))
     summary = plan.summary()
+    if req.mode == "tune" and pipeline is not None and pipeline.search is not None:
+        from pipelines.plan.search_cost import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, render_cost, search_cost
+
+        cost = search_cost(req, arch, mfu=DEFAULT_MFU if args.mfu is None else args.mfu,
+                           peak_tflops=DEFAULT_PEAK_TFLOPS if args.gpu_tflops is None else args.gpu_tflops)
+        print(render_cost(cost))
+        summary["search_cost"] = cost
     rc = 0
     if plan.fits is False:
         fix = find_fix(req, plan)
