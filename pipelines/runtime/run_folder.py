@@ -165,7 +165,7 @@ def _owner_text(fd: int) -> str:
     return (f"pid {rec.get('pid')} on {rec.get('host')} (`{rec.get('command')}`, since {rec.get('since')})")
 
 
-def _lock(folder: Path, command: str, argv: list[str] | None, flag: str) -> int:
+def _lock(folder: Path, command: str, argv: list[str] | None, fix: str) -> int:
     """flock(LOCK_EX) on folder/LOCK, refused at once if held; the kernel drops it when this process dies.
 
     The file is removed on release, so a process may have opened a file that is gone by the time it
@@ -180,8 +180,7 @@ def _lock(folder: Path, command: str, argv: list[str] | None, flag: str) -> int:
             owner = _owner_text(fd)
             os.close(fd)
             raise ConfigError(
-                f"{folder} is in use by {owner}: one folder takes one writer at a time. Wait for it to finish "
-                f"(then rerun to continue), or pass another {flag}") from None
+                f"{folder} is in use by {owner}: one folder takes one writer at a time. {fix}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -215,7 +214,7 @@ def _refuse_foreign(folder: Path, command: str, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def join(folder: str | Path, command: str, *, argv: list[str] | None = None, flag: str = "RUN") -> Iterator[Path]:
+def join(folder: str | Path, command: str, *, argv: list[str] | None = None) -> Iterator[Path]:
     """Hold an existing run folder for a command that adds to it (`t2vu report`): the lock of the run it belongs
     to (the nearest marked folder: `t2vu run`'s for its search/), no marker, nothing created."""
     folder = Path(folder)
@@ -223,7 +222,7 @@ def join(folder: str | Path, command: str, *, argv: list[str] | None = None, fla
         yield folder  # the command says what is wrong with it
         return
     root = next((p for p in (folder.resolve(), *folder.resolve().parents) if read_marker(p)), folder)
-    fd = _lock(root, command, argv, flag)
+    fd = _lock(root, command, argv, "Wait for it to finish, then rerun")
     try:
         yield folder
     finally:
@@ -252,7 +251,7 @@ def claim(folder: str | Path, command: str, *, argv: list[str] | None = None, fl
     folder.mkdir(parents=True, exist_ok=True)
     fd = None
     try:
-        fd = _lock(folder, command, argv, flag)
+        fd = _lock(folder, command, argv, f"Wait for it to finish (then rerun to continue), or pass another {flag}")
         owner = made_by(folder) if _content(folder) or read_marker(folder) else None
         if owner is not None and owner != command:
             raise ConfigError(

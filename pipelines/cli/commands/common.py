@@ -63,7 +63,7 @@ def claim_output(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     from pipelines.runtime.run_folder import claim, join
 
     if spec.adds_to:
-        return join(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag)
+        return join(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None))
     if spec.dest == "output" and getattr(args, "output", None) is None:
         args.output = str(default_output(spec.command, args.config))  # the folder output_dir() then returns
     return claim(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag,
