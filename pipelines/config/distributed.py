@@ -95,7 +95,9 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
     else:  # the checkout's configs/, or $T2VU_HOME/configs in the image (pipelines.runtime.paths)
         path = config_path("deepspeed", f"zero{d.zero_stage}.json")
     if not path.is_file():
-        raise ConfigError(f"distributed.deepspeed_config: {path} not found")
+        where = "" if d.deepspeed_config else (" (an installed package reads configs/ from $T2VU_HOME: set it to the "
+                                               "folder holding configs/)")
+        raise ConfigError(f"distributed.deepspeed_config: {path} not found{where}")
     try:
         ds = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
