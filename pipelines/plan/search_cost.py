@@ -15,7 +15,8 @@ to every FLOP executed, gradient-checkpointing recompute included. The parts:
 - base videos: the final eval's base model videos, generated once per search (`runtime.base_cache_dir`).
 A video = sampler steps x (2 rows with CFG) transformer forwards + the prompts' text encoding + a VAE decode
 (estimate). Not modelled: model loads (~10-13 GB read per eval pipeline), checkpoint writes, NudeNet
-scoring (CPU), Ray start-up; wall time assumes `max_concurrent_trials` trials in waves.
+scoring (CPU), Ray start-up, ASHA's early stops (every trial is counted to its last step: an upper
+bound for ASHA); wall time assumes `max_concurrent_trials` trials in waves.
 """
 
 from __future__ import annotations
