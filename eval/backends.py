@@ -126,7 +126,9 @@ class RayBackend:
         """Never more actors than rows to do, nor than the cluster holds; none at all is one line and exit 2."""
         want = runtime.num_actors if num_rows is None else max(1, min(runtime.num_actors, num_rows))
         fit, totals, grows = actors_that_fit(self.need)
-        asked = f"runtime.num_actors={runtime.num_actors}" + (f" ({want} for {num_rows} rows)" if want < runtime.num_actors else "")
+        asked = f"runtime.num_actors={runtime.num_actors}"
+        if want < runtime.num_actors:
+            asked += f" ({want} for {num_rows} rows)"
         if fit < 1:
             raise ConfigError(f"{asked} asks for {short_of(1, self.need, totals, grows)} per eval actor: no eval actor "
                               "can start; set runtime.use_gpu: false (CPU actors) or runtime.num_actors: 0 "
