@@ -122,3 +122,15 @@ def test_bad_assumptions_are_one_line_errors(capsys):
 
     assert main(["plan", "--config", str(SEARCH_2B), "--gpu-memory", "80", "--mfu", "1.5"]) == 2
     assert "--mfu 1.5: must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_search_the_cost_cannot_count_still_plans(capsys):
+    from pipelines.cli.entry import main
+
+    assert main(["plan", "--config", str(ROOT / "configs" / "search" / "toy.yaml")]) == 0  # a CPU search: no GPU-hours
+    out = capsys.readouterr().out
+    assert "Search cost: not modelled (distributed.use_gpu is false" in out
+    assert json.loads(out.strip().splitlines()[-1])["search_cost"]["gpu_hours"] is None
+    # the shipped search without a row limit: its prompt CSVs are placeholders, so nothing to count (says which field)
+    assert main(["plan", "--config", str(SEARCH_2B), "--gpu-memory", "80", "--set", "search.objective.limit=null"]) == 0
+    assert "set search.objective.limit: N" in capsys.readouterr().out

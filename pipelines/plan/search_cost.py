@@ -69,13 +69,21 @@ def step_flops(req, arch) -> dict[str, float]:
     return out
 
 
-def _rows(ecfg, limit: int | None, field: str) -> int:
-    """Videos one eval makes: `limit` rows of each prompt set (prompts, and preserve when it has a path)."""
+def _rows(ecfg, limit: int | None, toy) -> int | None:
+    """Videos one eval makes: `limit` rows of each prompt set (prompts, and preserve when it has one); without
+    a limit, the sets' sizes (toy prompts: n per set; a CSV: its rows); None when they cannot be known."""
+    if toy is not None:
+        return sum(min(limit or toy.n, toy.n) for _ in [*toy.sets, *toy.preserve_sets])
     sets = 1 + int(bool(ecfg.preserve.path))
-    if limit is None:
-        raise ConfigError(f"{field} is not set: the search cost needs the rows each eval makes; set {field}: N "
-                          "(rows per prompt set)")
-    return sets * int(limit)
+    if limit is not None:
+        return sets * int(limit)
+    try:
+        from unlearn.data import read_prompt_csv
+
+        return sum(len(read_prompt_csv(ecfg.resolve_path(sec.path), [sec.prompt_column]))
+                   for sec in (ecfg.prompts, ecfg.preserve) if sec.path)
+    except Exception:  # noqa: BLE001 - a placeholder path: the cost says it cannot count, the plan goes on
+        return None
 
 
 def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK_TFLOPS,
@@ -91,6 +99,8 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
         raise ConfigError(f"--gpu-tflops {peak_tflops}: must be > 0, e.g. --gpu-tflops 989 (H100 bf16 dense)")
     cfg = req.pipeline
     s, m = cfg.search, req.method
+    if not cfg.distributed.use_gpu:
+        return {"gpu_hours": None, "not_modelled": "distributed.use_gpu is false: a CPU search"}
     rate = mfu * peak_tflops * 1e12  # FLOP/s per GPU
     workers = req.world_size
     params_te = arch.parameter_counts()["text_encoder"]
@@ -107,14 +117,18 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
     train_wall += traj
 
     ecfg = resolve_eval_config(cfg, req.config_dir)
-    final_rows = _rows(ecfg, s.objective.limit, "search.objective.limit")
+    toy = s.objective.toy_prompts
+    final_rows = _rows(ecfg, s.objective.limit, toy)
+    if final_rows is None:
+        return {"gpu_hours": None, "not_modelled": "the eval's prompt files cannot be read to count their rows: set "
+                                                   "search.objective.limit: N (rows per prompt set)"}
     final_video = sum(video_flops(arch, params_te, ecfg.generation).values()) / rate
     every = s.proxy_every() if proxy_every is True else proxy_every
     proxies = len([k for k in range(every, m.train.steps, every)]) if every else 0  # none on the last step
     proxy_video = proxy_rows = 0
     if proxies:
         pcfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **s.objective.proxy.overrides}, "search.objective.proxy.overrides")
-        proxy_rows = _rows(pcfg, s.objective.proxy.limit, "search.objective.proxy.limit")
+        proxy_rows = _rows(pcfg, s.objective.proxy.limit, toy)
         proxy_video = sum(video_flops(arch, params_te, pcfg.generation).values()) / rate
 
     n, conc = s.num_samples, s.max_concurrent_trials
@@ -155,6 +169,8 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
 
 
 def render_cost(c: dict) -> str:
+    if c.get("gpu_hours") is None:
+        return f"Search cost: not modelled ({c['not_modelled']})"
     a, cl, t = c["assumptions"], c["cluster"], c["per_trial"]
     lines = [f"Search cost (modelled): {c['gpu_hours']:.1f} GPU-hours, {c['wall_hours']:.1f} h wall on {cl['gpus']} GPUs "
              f"({cl['trials']} trials, {cl['concurrent_trials']} at a time x {cl['workers_per_trial']} workers); "
