@@ -160,7 +160,7 @@ def toy_benchmark(rec: dict) -> str:
            f"{d['n_per_set']} videos per set: {_met_line(d)}\n\n" + _table(head, rows))
     variants = rec["figures"].get("variants") or []
     if variants:
-        cols = _toy().TABLE_COLUMNS
+        from pipelines.toy.tables import TABLE_COLUMNS as cols
         vhead = ["variant", "n/set", "steps"] + [h for _, h in cols]
         vrows = [[f"{v['variant']} ({v.get('description', '')})", str(v["n_per_set"]), str(v["steps"])]
                  + [_num(v.get(k), 1 if k.startswith("psnr") else 3) for k, _ in cols] for v in variants]

@@ -85,7 +85,8 @@ def register_benchmark(toy_sub) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from pipelines.toy.benchmark import headline, run_benchmark
+    from pipelines.toy.benchmark import run_benchmark
+    from pipelines.toy.tables import headline
     from unlearn.config import parse_override
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
@@ -103,7 +104,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _write_results_file(args: argparse.Namespace, res: dict, variants: list[str] | None) -> None:
     from pipelines.runtime.results_file import REPO, write_results
     from unlearn.config import parse_override
-    from pipelines.toy.benchmark import RECIPES, model_family, results_figures, results_timings
+    from pipelines.toy.benchmark import RECIPES, model_family
+    from pipelines.toy.tables import results_figures, results_timings
 
     recipe, eval_config = (p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
                            for p in RECIPES[model_family(args.model)])
