@@ -98,4 +98,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds():
 
 
 def test_a_live_tracking_server_passes_the_check(mlflow_server):
+    mu._REACHABLE.discard(mlflow_server)  # check it for real, not from an earlier test's memory
     mu.check_reachable(mlflow_server)
+    assert mlflow_server in mu._REACHABLE  # remembered: later calls in this process cost nothing
+    assert mu.client(mlflow_server).search_experiments(max_results=1) is not None  # and it really answers
