@@ -24,13 +24,16 @@ COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, pl
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2vu",
-        description="Erase concepts from text-to-video diffusion models (CogVideoX) with eraser adapters.",
+        description="Erase concepts from text-to-video diffusion models (CogVideoX and Wan) with eraser adapters.",
     )
     add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
-    for subparser in sub.choices.values():
+    helps = {a.dest: a.help for a in sub._choices_actions}  # the one-liners `t2vu --help` lists
+    for name, subparser in sub.choices.items():
+        if subparser.description is None:  # `t2vu CMD --help` opens with the same line, not with nothing
+            subparser.description = helps.get(name)
         # Also after the command (`t2vu run --verbose`, which `bash scripts/run.sh --verbose` passes on);
         # SUPPRESS: a subcommand that is not given the flag leaves the top-level value alone.
         add_global_flags(subparser, default=argparse.SUPPRESS)

@@ -15,10 +15,29 @@ from pipelines.cli.commands.common import add_common, output_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("attack", help="attack every method (none, negprompt, safree, eraser) with clean, paraphrase, "
-                                      "Ring-A-Bell and soft-prompt inputs; ASR and preservation per method")
+    methods, attacks = accepted()
+    p = sub.add_parser("attack", help="attack every method of the config with every attack; ASR and preservation "
+                                      "per method",
+                       description=f"Attack every method of the config ({', '.join(methods)}) with every attack "
+                                   f"({', '.join(attacks)}) on the same prompts and seeds; attack success rate and "
+                                   "preservation per method. The last stdout line is one JSON object.")
     add_common(p, command="attack")
     p.set_defaults(func=run)
+
+
+def accepted() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The method names and attacks an attack config accepts, read from its schema (what the help lists is
+    what the config validates: a method or attack added there shows up here)."""
+    from typing import get_args
+
+    from pipelines.config.attack import AttackConfig, AttackMethodConfig
+
+    def literal(annotation) -> tuple[str, ...]:  # Literal[...] or list[Literal[...]]
+        args = get_args(annotation)
+        return args if all(isinstance(a, str) for a in args) else literal(args[0])
+
+    return (literal(AttackMethodConfig.model_fields["name"].annotation),
+            literal(AttackConfig.model_fields["attacks"].annotation))
 
 
 def run(args) -> int:
