@@ -125,7 +125,8 @@ def test_trajectory_pool_term_is_what_the_source_stores(tmp_path):
 def test_preflight_checks_only_cuda_runs_and_refuses_before_loading():
     import io
 
-    from pipelines.plan.memory_check import load_plan_config, preflight
+    from pipelines.plan.memory_check import load_plan_config
+    from pipelines.plan.preflight import preflight
 
     cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
     assert cfg.train.device == "auto"
@@ -326,3 +327,22 @@ def test_adversarial_training_is_planned(batch):
         obj.spec.velocity(b.x_c, b.t_c, b.emb_c + delta)
     obj.detach()
     assert sum(saved.values()) == pytest.approx(predicted, rel=0.15), (sum(saved.values()), predicted)
+
+
+def test_the_fix_names_the_term_it_shrinks_and_what_it_costs(capsys):
+    """The refusal says which term the fix shrinks (before -> after) and what the run gives up for it."""
+    rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 16, "--world-size", 1)
+    fix = s["fix"]
+    assert rc == EXIT_WONT_FIT and fix["fits"] is True and "--set model.num_frames=" in fix["setting"]
+    frames = int(fix["setting"].split("model.num_frames=")[1].split()[0])
+    assert fix["shrinks"] == "forward 2 saved activations" and fix["term_gb_after"] < fix["term_gb"]
+    assert (f'shrinks "forward 2 saved activations" {fix["term_gb"]:.1f} -> {fix["term_gb_after"]:.1f} GB, '
+            f'peak -> {fix["peak_gb"]} GB; costs: ') in err
+    assert f"trains on videos of {frames} frames instead of 49" in err and "rows per step instead of 4 + 4" in err
+    assert fix["costs"] == [c for c in fix["costs"] if c in err] and len(fix["costs"]) == 2
+
+    # checkpointing costs time, not videos
+    _, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 80, "--world-size", 1,
+                            "--set", "train.gradient_checkpointing=false")
+    assert s["fix"]["costs"] == ["each block's forward runs again in backward (slower steps)"]
+    assert "costs: each block's forward runs again in backward" in err

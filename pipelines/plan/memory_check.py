@@ -3,15 +3,13 @@
 `PlanRequest` says what is planned (method config, optional pipeline config, mode, world
 size, device, GPU memory); `plan_inputs` turns it into the numbers `pipelines.plan.memory_plan`
 needs (architecture from the model directory or `model.architecture`, per-GPU rows, ZeRO
-stage, eval geometry); `find_fix` re-plans with the settings that shrink the dominant term
-and names the first that fits; `preflight` is the start-of-run check (CUDA only).
+stage, eval geometry); the start-of-run check: `pipelines.plan.preflight`. The fix a refusal names
+(the settings that shrink the dominant term, what they cost): `pipelines.plan.fixes`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -215,115 +213,6 @@ def plan_request(req: PlanRequest) -> tuple[MemoryPlan, object]:
     return plan, arch
 
 
-# --- fixes -------------------------------------------------------------------------------------
-
-ACTIVATION_TERMS = {"forward 2 saved activations", "eraser saved activations", "backward grads in flight",
-                    "backward recompute + grads", "eraser energy records"}
-FORWARD1_TERMS = {"forward 1 activations", "attention-capture scratch", "attention-capture results"}
-ERASER_TERMS = {"eraser parameters", "eraser gradients", "optimizer state"}
-
-
-def _with(req: PlanRequest, overrides: dict) -> PlanRequest:
-    method = validate(MethodConfig, apply_overrides(req.method.model_dump(mode="json"), overrides), "--set")
-    return replace(req, method=method)
-
-
-def _set(overrides: dict):
-    return lambda base: _with(base, overrides)
-
-
-def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
-    """Groups of (setting, base -> request) that shrink term `dominant`, cheapest group first; within
-    a group, mildest first. `find_fix` carries a group's strongest setting into the next group."""
-    m, w = req.method, req.world_size
-    out: list[list[tuple[str, object]]] = []
-    if dominant in ("eraser energy records", "eraser saved activations"):
-        dominant = "forward 2 saved activations"  # one set of settings shrinks them all
-    if dominant in ACTIVATION_TERMS and not m.train.gradient_checkpointing:
-        out.append([("--set train.gradient_checkpointing=true", _set({"train.gradient_checkpointing": True}))])
-    if dominant == "attention-capture scratch" and m.loss.attn_chunk > 256:
-        out.append([(f"--set loss.attn_chunk={c}", _set({"loss.attn_chunk": c}))
-                    for c in sorted({m.loss.attn_chunk // 2, m.loss.attn_chunk // 4, 256}, reverse=True)])
-    if dominant in ACTIVATION_TERMS | FORWARD1_TERMS:
-        rows, b, p = [], m.train.batch_size, m.train.preserve_batch_size
-        while p > w or b > w:
-            p, b = (max(w, p // 2 // w * w), b) if p > w else (p, max(w, b // 2 // w * w))
-            rows.append((f"--set train.batch_size={b} --set train.preserve_batch_size={p}",
-                         _set({"train.batch_size": b, "train.preserve_batch_size": p})))
-        out.append(rows)
-        if req.mode != "train":
-            out.append([(f"--set distributed.num_workers={n}", lambda base, n=n: replace(base, world_size=n))
-                        for n in (2 * w, 4 * w)])
-        f = m.model.num_frames
-        out.append([(f"--set model.num_frames={x}", _set({"model.num_frames": x})) for x in range(f - 4, 0, -4)])
-        out.append([(f"--set model.height={int(m.model.height * k) // 16 * 16} --set model.width={int(m.model.width * k) // 16 * 16}",
-                     _set({"model.height": int(m.model.height * k) // 16 * 16, "model.width": int(m.model.width * k) // 16 * 16}))
-                    for k in (0.75, 0.5)])
-    if dominant == "backbone weights" and m.model.dtype == "float32":
-        out.append([("--set model.dtype=bfloat16", _set({"model.dtype": "bfloat16"}))])
-    if dominant in ERASER_TERMS:
-        if req.mode != "train" and (req.pipeline is None or req.pipeline.distributed.zero_stage == 2):
-            out.append([("--set distributed.zero_stage=3",
-                         lambda base: replace(base, pipeline=_pipeline(base, {"distributed.zero_stage": 3})))])
-        out.append([(f"--set eraser.rank={r}", _set({"eraser.rank": r})) for r in (m.eraser.rank // 2, m.eraser.rank // 4) if r])
-    if dominant == "trajectory sampling" and m.train.trajectory.pool_size > 1:
-        out.append([(f"--set train.trajectory.pool_size={n}", _set({"train.trajectory.pool_size": n}))
-                    for n in (m.train.trajectory.pool_size // 2, 1)])
-    return [g for g in out if g]
-
-
-def find_fix(req: PlanRequest, plan: MemoryPlan) -> dict:
-    """The settings that make the plan fit, with the new peak, or why none do.
-
-    Terms are tried largest first (a fixed-size dominant term such as the backbone leaves the next
-    one to shrink); per term, `stages` groups are applied until one setting fits."""
-    seen: set[str] = set()
-    tried: list[dict] = []
-    for term in plan.live_terms():
-        groups = stages(req, term.name)
-        key = repr([[label for label, _ in g] for g in groups])
-        if not groups or key in seen:
-            continue
-        seen.add(key)
-        fix = _fix_along(req, groups)
-        if fix["fits"]:
-            return {**fix, "shrinks": term.name}
-        tried.append(fix)
-    dominant = plan.dominant.name
-    hint = {
-        "backbone weights": "the frozen backbone is replicated on every GPU: use a GPU with more memory",
-        "proxy eval weights": "the proxy eval loads T5 + VAE next to training on rank 0: set search.objective.proxy.every: "
-                              "null (final evals only) or use a bigger GPU",
-        "final eval weights": "the final eval loads a whole pipeline per GPU: use bigger GPUs for evaluation",
-        "proxy eval activations": "lower generation.num_frames/height/width or set generation.vae_tiling: true "
-                                  "in search.objective.proxy.overrides",
-        "final eval activations": "lower generation.num_frames/height/width or set generation.vae_tiling: true "
-                                  "in search.objective.eval_overrides",
-    }.get(dominant, "no setting the plan knows makes it fit: use a GPU with more memory")
-    best = min(tried, key=lambda f: f["tried_peak_gb"] or 1e18, default={})
-    return {"setting": None, "fits": False, "tried": best.get("tried"), "tried_peak_gb": best.get("tried_peak_gb"),
-            "hint": hint}
-
-
-def _fix_along(req: PlanRequest, groups) -> dict:
-    base, applied, last_peak = req, [], None
-    for group in groups:
-        strongest = None
-        for label, make in group:
-            try:
-                cand = make(base)
-                p, _ = plan_request(cand)
-            except ConfigError:
-                continue
-            if p.fits:
-                return {"setting": " ".join(applied + [label]), "peak_gb": round(p.peak_bytes / GIB, 2), "fits": True}
-            strongest = (label, cand, p)
-        if strongest is not None:
-            applied.append(strongest[0])
-            base, last_peak = strongest[1], round(strongest[2].peak_bytes / GIB, 2)
-    return {"setting": None, "fits": False, "tried": " ".join(applied) or None, "tried_peak_gb": last_peak}
-
-
 # --- output ------------------------------------------------------------------------------------
 
 def render(plan: MemoryPlan, req: PlanRequest, arch, source: str) -> str:
@@ -349,43 +238,3 @@ def render(plan: MemoryPlan, req: PlanRequest, arch, source: str) -> str:
                  f"({USABLE_FRACTION:.0%} usable): {verdict}; dominant term: {plan.dominant.name} "
                  f"({plan.dominant.gb:.2f} GB); host: {plan.host_bytes() / GIB:.2f} GB  (GB = 2^30 bytes)")
     return "\n".join(lines)
-
-
-def refusal(plan: MemoryPlan, fix: dict) -> str:
-    head = (f"will not fit: peak {plan.peak_bytes / GIB:.1f} GB per GPU > {USABLE_FRACTION:.0%} of "
-            f"{plan.capacity_bytes / GIB:.1f} GB; dominant term: {plan.dominant.name} ({plan.dominant.gb:.1f} GB)")
-    if fix.get("setting"):
-        also = "" if fix["shrinks"] == plan.dominant.name else f", shrinks {fix['shrinks']}"
-        return f"{head}. Fix: {fix['setting']} (peak -> {fix['peak_gb']} GB{also})"
-    tried = f" (tried {fix['tried']}: peak {fix['tried_peak_gb']} GB)" if fix.get("tried") else ""
-    return f"{head}. {fix['hint']}{tried}"
-
-
-def preflight(method: MethodConfig, pipeline=None, *, mode: str, config_dir=None, stream=None,
-              gpu_memory_gb: float | None = None) -> int | None:
-    """Start-of-run check on CUDA: None to go on, EXIT_WONT_FIT after printing why not.
-    `gpu_memory_gb`: the card's memory (default: the visible GPU's).
-
-    Silent when the run fits (logged at INFO: `t2vu -v`), and when the plan cannot be made (a config
-    error the run itself reports in its own words next, or no GPU visible to compare against)."""
-    stream = stream or sys.stderr
-    if mode == "train" and method.train.device in ("cpu", "meta"):
-        return None
-    if mode != "train" and not (pipeline is not None and pipeline.distributed.use_gpu and method.train.device not in ("cpu", "meta")):
-        return None
-    world = None if mode == "train" else pipeline.distributed.num_workers
-    try:
-        req = make_request(method, pipeline, config_dir=config_dir, mode=mode, world_size=world,
-                           gpu_memory_gb=gpu_memory_gb)
-        if req.capacity_bytes is None:  # e.g. a Ray driver without a GPU: nothing to compare against
-            return None
-        plan, arch = plan_request(req)
-    except ConfigError:
-        return None
-    if plan.fits:
-        logging.getLogger(__name__).info("memory plan: peak %.1f GB per GPU of %.1f GB (dominant: %s); details: t2vu plan",
-                                         plan.peak_bytes / GIB, req.capacity_bytes / GIB, plan.dominant.name)
-        return None
-    print(render(plan, req, arch, "this run"), file=stream)
-    print(f"error: {refusal(plan, find_fix(req, plan))}", file=stream, flush=True)
-    return EXIT_WONT_FIT

@@ -35,9 +35,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pipelines.plan.memory_check import (
-        EXIT_WONT_FIT, find_fix, load_plan_config, make_request, plan_request, refusal, render,
-    )
+    from pipelines.plan.fixes import find_fix, refusal
+    from pipelines.plan.memory_check import EXIT_WONT_FIT, load_plan_config, make_request, plan_request, render
     from unlearn.config import ConfigError
 
     if args.world_size is not None and args.world_size < 1:

@@ -17,7 +17,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.plan.memory_check import preflight
+    from pipelines.plan.preflight import preflight
     from pipelines.run.pipeline import run_pipeline
     from pipelines.runtime.run_folder import check_tracking_store
 

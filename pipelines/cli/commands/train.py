@@ -20,7 +20,7 @@ def run(args) -> int:
     if args.distributed:
         return _run_distributed(args)
     from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.plan.memory_check import preflight
+    from pipelines.plan.preflight import preflight
     from pipelines.runtime.run_folder import check_pinned
     from unlearn.trainer import train
 
@@ -45,7 +45,7 @@ def _run_distributed(args) -> int:
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.train.driver import run_distributed
 
-    from pipelines.plan.memory_check import preflight
+    from pipelines.plan.preflight import preflight
 
     cfg = load_pipeline_config(args.config, args.overrides)
     if (rc := preflight(cfg.method(), cfg, mode="distributed", config_dir=Path(args.config).parent)) is not None:

@@ -24,7 +24,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.plan.memory_check import preflight
+    from pipelines.plan.preflight import preflight
     from pipelines.runtime.run_folder import check_tracking_store
     from pipelines.search.tune import run_search
 
