@@ -175,7 +175,7 @@ def test_cli_reads_a_public_schema_as_it_comes(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["eval", "--config", str(cfg_path), "--output", str(out)]) == 2
     assert "row 7 (line 8): empty prompt" in capsys.readouterr().err and not out.exists()
-    assert main(["eval", "--config", str(cfg_path), "--output", str(out), "--skip-bad-rows"]) == 0
+    assert main(["eval", "--config", str(cfg_path), "--output", str(out), "--skip-bad-rows", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["rows_skipped"] == 1 and printed["rows_duplicate"] == 1 and printed["rows_filtered_out"] == 1
 

@@ -372,7 +372,7 @@ def test_cli_eval_contract(tiny_model, eraser_dir, tmp_path, capsys):
     )
     out = tmp_path / "cli"
     rc = main(["eval", "--config", str(cfg), "--output", str(out), "--prompts", str(prompts), "--limit", "2",
-               "--no-progress", "--set", "output.grid_rows=1"])
+               "--no-progress", "--set", "output.grid_rows=1", "--json"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["rows_total"] == 2 and "nudity_rate_erased" in printed
