@@ -21,7 +21,7 @@ import math
 import time
 from pathlib import Path
 
-from pipelines.runtime.console import quiet_console, say, terminal
+from pipelines.runtime.console import display, quiet_console, say, terminal
 from pipelines.runtime.run_folder import pin_config
 from eval.metrics import is_finite_number
 from unlearn.config import ConfigError
@@ -129,7 +129,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     if state.get("done") and summary_path.exists():
         con.say(f"pipeline already complete in {out}; nothing to do")
         summary = json.loads(summary_path.read_text())
-        print_summary(summary, quiet)
+        print_summary(summary, quiet, earlier=True)
         return summary  # noqa: RET504
     run_cfg = cfg.run
     ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
@@ -147,8 +147,8 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     cache = prepare_embeddings(cfg.method(), config_dir)
     con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
 
-    con.stage(2, 4, "search", f"{cfg.search.num_samples} trials x {cfg.distributed.num_workers} workers, "
-                               f"{cfg.search.algorithm}, objective {cfg.search.metric_names()}")
+    # the trials, algorithm and objective: the search's own first line (run_search) says them
+    con.stage(2, 4, "search", f"{cfg.distributed.num_workers} workers per trial")
     if state.get("search_done") and (search_dir / "search_result.json").exists():
         con.say("search already complete; reusing its results")
         result = collect_result(cfg, search_dir)
@@ -157,11 +157,11 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         state["search_done"] = True
         _save_state(out, state)
     n_ok = sum(t.status == "completed" for t in result.trials)
-    con.say(f"{n_ok}/{len(result.trials)} trials completed; report {search_dir / 'report.md'}")
+    con.say(f"{n_ok}/{len(result.trials)} trials completed")  # the report: run_search's last line, the summary
 
     con.stage(3, 4, "select")
     best = select_best(result, run_cfg.select if run_cfg else None, cfg.search.objective.scalarize.ranking_key)
-    con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.params.items()))
+    con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={display(v)}" for k, v in best.params.items()))
 
     con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
     eval_run_id = None
@@ -279,7 +279,8 @@ def _headline(key: str) -> bool:
     return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k and not k.endswith("_se")
 
 
-def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
+def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = False) -> None:
+    """The end of `t2vu run`; earlier: the run had finished before this command (its wall time is not this one's)."""
     if quiet:
         return
     w = (out or terminal()).write
@@ -302,9 +303,9 @@ def print_summary(summary: dict, quiet: bool = False, out=None) -> None:
         exp = summary.get("mlflow", {}).get("experiment_id")
         if exp is not None and uri.startswith("sqlite:"):
             lines.append(f"then:        {mlflow_ui_url(exp)}  (expand the search run: one child per trial)")
-    lines.append(f"wall time    {summary['wall_s']:.0f} s")
+    lines.append(f"finished earlier (wall time {summary['wall_s']:.0f} s)" if earlier else f"wall time    {summary['wall_s']:.0f} s")
     w("".join(f"   {line}\n" for line in lines))
 
 
 def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return display(v)  # the console's rounding (pipelines.runtime.console)

@@ -29,6 +29,24 @@ def progress_stream():
     return _TERMINAL or sys.stderr
 
 
+def display(v) -> str:
+    """A value as the console shows it: floats to 3 significant digits (`loss.eta=4.29`, not
+    4.2928810235639485); summary.json and the other files keep full precision."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def rounded(obj, digits: int = 4):
+    """`obj` (JSON-like) with every float to `digits` significant digits: the JSON a command prints for a
+    person to read; the same numbers at full precision are in the files it names."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def say(msg: str) -> None:
     t = terminal()
     t.write(msg + "\n")

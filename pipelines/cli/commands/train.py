@@ -1,4 +1,8 @@
-"""`t2vu train --config C [--output DIR] [--distributed] [--set key=value ...]`."""
+"""`t2vu train --config C [--output DIR] [--distributed] [--set key=value ...]`.
+
+Prints the training summary as JSON (floats to 4 significant digits; DIR/summary.json has them in full). A
+rerun of a finished DIR does nothing and says so: its wall time is the earlier run's.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +38,9 @@ def run(args) -> int:
     # otherwise a finished folder would report its old summary and keep its old eraser. The trainer writes
     # config.yaml itself once the model, prompts and geometry have loaded, so bad input leaves no folder behind.
     check_pinned(out / "config.yaml", cfg.model_dump(mode="json"), out)
+    earlier = finished(out, resume=not args.no_resume)
     summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
-    print(json.dumps({"output": str(out), **summary}, indent=2))
+    show(out, summary, earlier)
     return 0
 
 
@@ -54,7 +59,26 @@ def _run_distributed(args) -> int:
     d = cfg.distributed
     print(f"Training {cfg.train.steps} steps on {d.num_workers} {'GPU' if d.use_gpu else 'CPU'} worker(s), "
           f"DeepSpeed ZeRO-{d.zero_stage} -> {out} (worker logs: t2vu -v train ...)", file=sys.stderr, flush=True)
+    earlier = finished(out, resume=not args.no_resume)
     summary = run_distributed(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
-    print(json.dumps({"output": str(out), **summary}, indent=2))
+    show(out, summary, earlier)
     return 0
+
+
+def finished(out: Path, *, resume: bool) -> bool:
+    """The trainers' own test for a finished run (unlearn.trainer.train, pipelines.train.driver): they then
+    return the saved summary without training."""
+    return resume and (out / "summary.json").is_file() and (out / "eraser" / "eraser_config.json").is_file()
+
+
+def show(out: Path, summary: dict, earlier: bool) -> None:
+    import sys
+
+    from pipelines.runtime.console import rounded
+
+    if earlier:  # the summary is the earlier run's: its wall time is not this command's
+        print(f"finished earlier (wall time {summary.get('wall_s', 0):.0f} s): nothing to redo in {out} "
+              "(--no-resume trains again from step 0)", file=sys.stderr)
+    print(json.dumps({"output": str(out), **rounded(summary), **({"finished_earlier": True} if earlier else {})},
+                     indent=2))
 
