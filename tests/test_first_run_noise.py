@@ -72,3 +72,27 @@ def test_train_rerun_says_finished_earlier_and_prints_rounded_floats(tmp_path, c
     again = capsys.readouterr()
     assert f"finished earlier (wall time {full['wall_s']:.0f} s): nothing to redo" in again.err
     assert json.loads(again.out)["finished_earlier"] is True
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_start_up_lines_only_with_verbose(monkeypatch, verbose):
+    """ray.init sets its driver logger's level itself ("Started a local Ray instance", the token notice):
+    ensure_ray asks for ERROR unless `t2vu -v` put the root logger at INFO."""
+    import logging
+
+    import ray
+
+    from pipelines.runtime import ray_session
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    root, before = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.INFO if verbose else logging.WARNING)  # setLevel: isEnabledFor caches per level
+    try:
+        assert ray_session.ensure_ray(num_cpus=1) is True
+    finally:
+        root.setLevel(before)
+    assert seen["logging_level"] == (logging.INFO if verbose else logging.ERROR)
+    assert seen["log_to_driver"] is verbose

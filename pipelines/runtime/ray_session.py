@@ -49,9 +49,13 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
         except (ValueError, AttributeError):
             have = {}
         env = {k: v for k, v in env.items() if k not in have}
+    # Worker output and Ray's own start-up lines ("Started a local Ray instance", the token-authentication
+    # notice) reach the console only with `t2vu -v` (root logger at INFO): ray.init sets its driver logger's
+    # level itself, so the CLI's setting of the "ray" logger does not hold.
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None,
-                 log_to_driver=logging.getLogger().isEnabledFor(logging.INFO))
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **quiet)
         return True
     ray.init(
         num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
@@ -59,8 +63,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},
-        # Worker output reaches the console only with `t2vu -v` (root logger at INFO).
-        log_to_driver=logging.getLogger().isEnabledFor(logging.INFO),
+        **quiet,
     )
     return True
 
