@@ -96,3 +96,16 @@ def test_ray_start_up_lines_only_with_verbose(monkeypatch, verbose):
         root.setLevel(before)
     assert seen["logging_level"] == (logging.INFO if verbose else logging.ERROR)
     assert seen["log_to_driver"] is verbose
+
+
+def test_progress_bars_draw_on_terminals_only(tmp_path):
+    from pipelines.runtime.console import on_terminal
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    closed = open(tmp_path / "log", "w")
+    closed.close()
+    assert on_terminal(Terminal()) and not on_terminal(io.StringIO()) and not on_terminal(closed)
+    assert not on_terminal(object())

@@ -208,7 +208,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
     from pipelines.tracking.mlflow_eval import run_eval
-    from pipelines.runtime.console import progress_stream
+    from pipelines.runtime.console import on_terminal, progress_stream
     from pipelines.runtime.ray_session import start_eval_ray
 
     done = out / "summary.json"
@@ -218,8 +218,8 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
             return prev
     if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
         start_eval_ray(ecfg.runtime)
-    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit, progress=not quiet,
-                    progress_file=progress_stream())
+    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
+                    progress=not quiet and on_terminal(progress_stream()), progress_file=progress_stream())
 
 
 def _pairs(ev: dict) -> list[tuple[str, object, object]]:

@@ -47,6 +47,15 @@ def rounded(obj, digits: int = 4):
     return obj
 
 
+def on_terminal(stream) -> bool:
+    """Whether a progress bar should draw on `stream`: it redraws in place on a terminal, while in a log or a
+    pipe each redraw would be a line of its own."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or file-less stream
+        return False
+
+
 def say(msg: str) -> None:
     t = terminal()
     t.write(msg + "\n")

@@ -38,7 +38,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from eval.config import load_eval_config
     from pipelines.tracking.mlflow_eval import run_eval
-    from pipelines.runtime.console import progress_stream
+    from pipelines.runtime.console import on_terminal, progress_stream
     from pipelines.runtime.run_folder import check_tracking_store
     from unlearn.config import ConfigError
 
@@ -54,19 +54,11 @@ def run(args) -> int:
     if cfg.runtime.num_actors:
         start_eval_ray(cfg.runtime)
     stream = progress_stream()
-    # The bar redraws in place on a terminal; in a log or a pipe each redraw would be a line of its own.
-    progress = False if args.no_progress or not _is_terminal(stream) else None
+    progress = False if args.no_progress or not on_terminal(stream) else None
     summary = run_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,
                        progress=progress, progress_file=stream)
     print(json.dumps(_short(summary)) if args.json else console_summary(summary))
     return 0
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a closed or file-less stream
-        return False
 
 
 def console_summary(summary: dict) -> str:
