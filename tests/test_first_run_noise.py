@@ -109,3 +109,23 @@ def test_progress_bars_draw_on_terminals_only(tmp_path):
     closed.close()
     assert on_terminal(Terminal()) and not on_terminal(io.StringIO()) and not on_terminal(closed)
     assert not on_terminal(object())
+
+
+def test_tune_prints_rounded_metrics(tmp_path, capsys, monkeypatch):
+    """`t2vu tune`'s JSON is for reading too: the best trial's metrics to 4 significant digits (the search's
+    files keep them whole)."""
+    from types import SimpleNamespace
+
+    import pipelines.search.tune as search_tune
+    from pipelines.cli.entry import main
+
+    best = SimpleNamespace(trial_id="57ed5ecf", metrics={"target_rate_erased": 0.041666666666666664, "score": -1.4375})
+    fake = SimpleNamespace(output_dir=tmp_path / "s", trials=[best], best=best, metric_names=["target_rate_erased"],
+                           score_name="score", best_eraser=None, baseline={"target_rate_base": 0.9583333333333334},
+                           report=None, tracking_uri=None)
+    monkeypatch.setattr(search_tune, "run_search", lambda *a, **k: fake)
+    assert main(["tune", "-c", str(ROOT / "configs" / "toy.yaml"), "-o", str(tmp_path / "s"),
+                 "--set", "mlflow.enabled=false"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best_metrics"] == {"target_rate_erased": 0.04167, "score": -1.438}
+    assert out["baseline"] == {"target_rate_base": 0.9583}

@@ -25,6 +25,7 @@ def run(args) -> int:
 
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.plan.preflight import preflight
+    from pipelines.runtime.console import rounded
     from pipelines.runtime.run_folder import check_tracking_store
     from pipelines.search.tune import run_search
 
@@ -36,7 +37,8 @@ def run(args) -> int:
         check_tracking_store(cfg.mlflow.resolve_uri(out), out)
     result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
     best = result.best
-    print(json.dumps({
+    # floats for reading (4 significant digits); search_result.json and the trial folders keep them whole
+    print(json.dumps(rounded({
         "output": str(result.output_dir),
         "trials": len(result.trials),
         "best_trial": best.trial_id if best else None,
@@ -45,5 +47,5 @@ def run(args) -> int:
         "baseline": result.baseline,
         "report": str(result.report) if result.report else None,
         "tracking_uri": result.tracking_uri,
-    }, indent=2))
+    }), indent=2))
     return 0 if best else 1
