@@ -25,17 +25,19 @@ def test_summary_table_leads_with_collateral_and_counts_flags():
          "unasked_concept_rate_base": 0.0, "unasked_concept_rate_erased": 0.125, "unasked_concept_rows": 8,
          "unasked_concept_videos_base": 0, "unasked_concept_videos_erased": 1, "preserve_nontarget_acc_base": 1.0,
          "preserve_nontarget_acc_erased": 0.875, "target_target_pixels_base": 41.5, "psnr_preserve": 24.1534,
+         "target_content_kept_base": 1.0, "target_content_kept_erased": 0.75, "target_content_kept": 0.75,
          "rows_total": 32, "degenerate_rows": 2, "rows_truncated": 3, "rows_skipped": 1, "rows_resumed": 30,
          "eraser": "/e", "report": "/o/report.md", "results_csv": "/o/results.csv", "wall_seconds": 12.4}
     lines = console_summary(s).strip().splitlines()
-    table = [ln.split()[0] for ln in lines[1:5]]
-    assert lines[0] == "== eval summary"
-    assert table == ["unasked_concept_rate", "target_rate", "preserve_nontarget_acc", "psnr_preserve"]
+    table = [ln.split()[0] for ln in lines[1:6]]
+    assert lines[0] == "== eval summary"  # each metric once (target_content_kept is also a bare key)
+    assert table == ["unasked_concept_rate", "target_rate", "preserve_nontarget_acc", "target_content_kept",
+                     "psnr_preserve"]
     assert "base 0.125" not in lines[1] and lines[1].split()[-1] == "0.125" and "->  erased" in lines[1]
-    assert "24.15" in lines[4] and "target_target_pixels" not in console_summary(s)  # headline only, 4 digits
+    assert "24.15" in lines[5] and "target_target_pixels" not in console_summary(s)  # headline only, 4 digits
     flagged = next(ln for ln in lines if ln.split()[0] == "flagged")
     assert "degenerate 2 of 32 rows" in flagged and "truncated prompts 3 of 32" in flagged
-    assert "concept where not asked for (erased) 1 of 8" in flagged and "bad rows skipped 1" in flagged
+    assert "concept where not asked for 0 -> 1 of 8 videos" in flagged and "bad rows skipped 1" in flagged
     assert any(ln.split()[:2] == ["report", "/o/report.md"] for ln in lines)
     assert "30 from an earlier run" in console_summary(s) and "wall time    12 s" in console_summary(s)
 

@@ -73,15 +73,17 @@ def console_summary(summary: dict) -> str:
     lines = ["", "== eval summary"]
     erased = any(e is not None for _, _, e in pairs)  # base-only runs (no eraser, no method) show one column
     lines += [f"   {k:<{width}} base {_f(b):>8}" + (f"  ->  erased {_f(e):>8}" if erased else "") for k, b, e in pairs]
-    lines += [f"   {k:<{width}} {_f(v)}" for k, v in summary.items()
-              if _headline(k) and not k.endswith(("_base", "_erased", "_valid")) and is_finite_number(v)]
+    stems = {k for k, _, _ in pairs}
+    lines += [f"   {k:<{width}} {_f(v)}" for k, v in summary.items()  # paired metrics (PSNR/SSIM of base vs erased)
+              if _headline(k) and k not in stems and not k.endswith(("_base", "_erased", "_valid"))
+              and is_finite_number(v)]
     n = summary.get("rows_total", 0)
     flags = [f"degenerate {summary.get('degenerate_rows', 0)} of {n} rows",
              f"truncated prompts {summary.get('rows_truncated', 0)} of {n}"]
-    for side in ("base", "erased"):
-        if summary.get(f"unasked_concept_videos_{side}") is not None:
-            flags.append(f"concept where not asked for ({side}) {summary[f'unasked_concept_videos_{side}']} of "
-                         f"{summary.get('unasked_concept_rows')}")
+    unasked = [str(summary[f"unasked_concept_videos_{side}"]) for side in ("base", "erased")
+               if summary.get(f"unasked_concept_videos_{side}") is not None]
+    if unasked:
+        flags.append(f"concept where not asked for {' -> '.join(unasked)} of {summary.get('unasked_concept_rows')} videos")
     if summary.get("rows_skipped"):
         flags.append(f"bad rows skipped {summary['rows_skipped']}")
     lines.append(f"   {'flagged':<12} " + "; ".join(flags))
