@@ -346,6 +346,9 @@ class MethodConfig(Strict):
 class EvalConfig(Strict):
     model: EvalModelConfig = Field(default_factory=EvalModelConfig)
     eraser: str | None = None
+    # The eraser records a fingerprint of the model it was trained on (unlearn.base_fingerprint); another model
+    # of the same shape is refused. true = evaluate it anyway (the run's notes say so).
+    eraser_allow_other_base: bool = False
     method: MethodConfig = Field(default_factory=MethodConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     preserve: PreserveConfig = Field(default_factory=PreserveConfig)

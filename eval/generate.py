@@ -119,9 +119,10 @@ def prompt_token_counts(model_path: str | Path, prompts: list[str], gen, tokeniz
 
     spec = spec_class(family_of_model_dir(model_path))
     limit = int(gen.max_sequence_length or spec.text_len_of(model_path))
+    from unlearn.data import token_counts
+
     tokenizer = tokenizer if tokenizer is not None else spec.load_tokenizer(model_path)
-    counts = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True).input_ids] if prompts else []
-    return counts, limit
+    return token_counts(tokenizer, prompts), limit
 
 
 def generate_pair(pipe, handle, prompt: str, seed: int, gen) -> tuple[np.ndarray, np.ndarray | None]:

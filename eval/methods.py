@@ -78,6 +78,8 @@ def plan_method(cfg, eraser_dir: Path | None, rows: list) -> MethodPlan:
     notes: list[str] = []
     if name == "eraser":
         options["eraser"] = str(eraser_dir)
+        if cfg.eraser_allow_other_base:  # only when set: older runs' resume fingerprints stay as they were
+            options["allow_other_base"] = True
     if name in ("negprompt", "safree", "blocklist"):
         words = list(m.words) if m.words else sorted({r.concept for r in rows if r.set == "target" and r.concept})
         if not words:
@@ -145,12 +147,28 @@ class EraserMethod(EvalMethod):
         self.handle = None
 
     def attach(self, pipe, model_path, gen) -> None:
-        from unlearn.eraser import load_eraser
+        import warnings
 
-        self.handle = load_eraser(pipe, self.options["eraser"])
+        from unlearn.eraser import EraserBaseWarning, load_eraser
+
+        with warnings.catch_warnings():  # planning put them in the run's notes already
+            warnings.simplefilter("ignore", EraserBaseWarning)
+            self.handle = load_eraser(pipe, self.options["eraser"],
+                                      allow_other_base=bool(self.options.get("allow_other_base")))
 
     def base_context(self):
         return self.handle.disabled() if self.handle is not None else nullcontext()
+
+    def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
+        if self.handle is not None:  # the erased video follows: measure what the eraser adds to it
+            self.handle.meter_start()
+        return super().text_kwargs(prompt, embeds)
+
+    def row_info(self) -> dict[str, Any]:
+        """`eraser_energy`: the erasers' output energy over their input's in this row's erased video
+        (sum ||E(h)||^2 / sum ||h||^2, all blocks and steps): the eval's eraser-energy check (eval.checks)."""
+        energy = self.handle.meter_stop() if self.handle is not None else None
+        return {"name": self.name, **({"eraser_energy": energy} if energy is not None else {})}
 
     def detach(self) -> None:
         if self.handle is not None:

@@ -7,7 +7,12 @@
   definition), from a LOCAL transformers CLIP directory only; prompts are truncated to the
   text model's 77 tokens.
 
-`aggregate(rows, classifier)` turns per-row results into summary metrics: classifier metrics
+`aggregate(rows, classifier)` turns per-row results into summary metrics. First the one a reader must
+see before any other: `unasked_concept_rate_<side>`, the concept appearing where it was not asked for —
+the fraction of videos of prompts that do not ask for the concept (the classifier's `concept_asked`, else
+the preserve set) in which the classifier finds it (`concept_field`: toy `target_present`, NudeNet
+`positive`), base and erased; an eraser that keeps colour accuracy but paints red into one non-red prompt
+in five shows it here and nowhere else. Then classifier metrics
 with `_base` / `_erased` suffixes (the preserve set gets a `preserve_` prefix), paired
 classifier metrics, mean PSNR/SSIM per set and CLIP scores - each over the videos that are
 not degenerate (eval.quality), with counts and `_valid` flags for the ones left out. Every
@@ -144,10 +149,60 @@ def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
                       [r.get(key) for r in part if not is_degenerate(r, "base") and not is_degenerate(r, "erased")])
         for which in ("base", "erased"):
             _put_mean(out, f"{prefix}clip_score_{which}", [r.get(f"clip_score_{which}") for r in part if not is_degenerate(r, which)])
+    _unasked(out, rows, classifier)
+    _eraser_energy(out, rows)
     n_bad = sum(1 for r in rows if is_degenerate(r, "base") or is_degenerate(r, "erased"))
     out["degenerate_rows"] = n_bad
     out["degenerate_fraction"] = n_bad / len(rows) if rows else 0.0
     return out
+
+
+UNASKED = "unasked_concept_rate"
+
+
+def _unasked(out: dict[str, Any], rows: list[dict[str, Any]], classifier) -> None:
+    """`unasked_concept_rate_<side>` (+ `_se`, `_valid`), `unasked_concept_videos_<side>` and
+    `unasked_concept_rows`: the concept in videos of prompts that do not ask for it (see the module docstring).
+    Degenerate videos are left out of their side, as in every rate; nothing when the classifier has no
+    `concept_field`."""
+    from eval.quality import is_degenerate
+
+    field = getattr(classifier, "concept_field", None)
+    if not field:
+        return
+    asked_of = getattr(classifier, "concept_asked", None)
+    picked = []
+    for r in rows:
+        rec = (r.get("records") or {}).get("base")
+        asked = asked_of(rec) if (asked_of is not None and rec is not None) else None
+        if asked is None:
+            asked = r["set"] != "preserve"
+        if not asked:
+            picked.append(r)
+    if not picked:
+        return
+    out["unasked_concept_rows"] = len(picked)
+    for side in ("base", "erased"):
+        have = [r for r in picked if (r.get("records") or {}).get(side) is not None]
+        ok = [r for r in have if not is_degenerate(r, side)]
+        if not ok:
+            continue
+        shown = sum(bool(r["records"][side].get(field)) for r in ok)
+        p = shown / len(ok)
+        out[f"{UNASKED}_{side}"] = p
+        out[f"{UNASKED}_{side}_se"] = math.sqrt(p * (1 - p) / len(ok))
+        out[f"{UNASKED}_{side}_valid"] = len(ok) == len(have)
+        out[f"unasked_concept_videos_{side}"] = shown
+
+
+def _eraser_energy(out: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """`eraser_energy_<set>`: the mean over the set's rows of the erasers' output energy relative to their
+    input's in the erased video (`unlearn.eraser.EraserHandle.meter_start`; judged by eval.checks)."""
+    for set_name in ("target", "preserve"):
+        vals = [r["method"]["eraser_energy"] for r in rows if r["set"] == set_name
+                and is_number((r.get("method") or {}).get("eraser_energy"))]
+        if vals:
+            out[f"eraser_energy_{set_name}"] = sum(vals) / len(vals)
 
 
 def _put_mean(out: dict[str, Any], key: str, values: list) -> None:

@@ -46,16 +46,29 @@ def _readable(eraser_dir: Path) -> Path:
     return eraser_dir
 
 
-def check_eraser_fits(eraser_dir: Path, model_path: Path) -> None:
-    """An eraser for another model family or size fails here, before any output or model load."""
-    from unlearn.eraser import EraserMismatchError, check_fits, read_eraser
+ALLOW_OTHER_BASE_FIX = ("set eraser_allow_other_base: true in the eval config (--set eraser_allow_other_base=true) to "
+                        "evaluate it anyway")
+
+
+def check_eraser_fits(eraser_dir: Path, model_path: Path, allow_other_base: bool = False) -> list[str]:
+    """An eraser for another model family or size, or for another model of the same shape (its recorded base
+    fingerprint, `unlearn.base_fingerprint`), fails here, before any output or model load. Returns the
+    warnings for the run's notes (no fingerprint recorded, a config-only check, an allowed other base)."""
+    from unlearn.base_fingerprint import current_of_model_dir
+    from unlearn.eraser import EraserBaseMismatchError, EraserMismatchError, check_base, check_fits, read_eraser
     from unlearn.models.families import family_of_model_dir, spec_class
 
     family = family_of_model_dir(model_path)
+    meta = read_eraser(eraser_dir).meta
     try:
-        check_fits(read_eraser(eraser_dir).meta, family, *spec_class(family).eraser_shape_of(model_path))
+        check_fits(meta, family, *spec_class(family).eraser_shape_of(model_path))
     except EraserMismatchError as exc:
         raise ConfigError(f"eraser {eraser_dir} does not fit model.path {model_path}: {exc}") from None
+    try:
+        return check_base(meta, current_of_model_dir(model_path), eraser=str(eraser_dir),
+                          allow_other_base=allow_other_base, fix=ALLOW_OTHER_BASE_FIX)
+    except EraserBaseMismatchError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_scheduler(name: str, model_path: Path) -> None:
@@ -103,8 +116,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     eraser_dir = resolve_eraser_dir(eraser_path) if eraser_path else None
     model_path = resolve_model(cfg)
     check_scheduler(cfg.generation.scheduler, model_path)
-    if eraser_dir is not None:
-        check_eraser_fits(eraser_dir, model_path)
+    base_notes = check_eraser_fits(eraser_dir, model_path, cfg.eraser_allow_other_base) if eraser_dir is not None else []
     method = plan_method(cfg, eraser_dir, rows)
     clip = cfg.resolve_path(cfg.metrics.clip_model)
     if clip is not None and not (clip / "config.json").is_file():
@@ -132,6 +144,7 @@ def plan_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, li
     inputs.update(provenance(cfg, sets, model_path, eraser_dir, eraser_sha256))
     inputs["method"] = method.as_dict()
     notes += [(False, n) for n in method.notes]
+    notes += [(True, n) for n in base_notes]
     rows, truncation, cut_note = count_prompt_tokens(cfg, model_path, rows)
     inputs.update(truncation)
     notes += [(True, n) for n in cut_note]

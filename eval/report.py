@@ -83,7 +83,7 @@ def make_grid(results: list[dict], output_dir: str | Path, rows: int = 8, height
 def finish_report(plan, results: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
     """Write results.csv, the grid and report.md; return the summary with their paths and the
     checks' verdict (summary.json is written by the caller once tracking ids are known)."""
-    from eval.checks import degenerate_verdict
+    from eval.checks import degenerate_verdict, eraser_energy_verdict
     from eval.report_md import render
     from eval.writer import atomic_write_text, write_results_csv
 
@@ -92,6 +92,10 @@ def finish_report(plan, results: list[dict], summary: dict[str, Any]) -> dict[st
     summary.update(plan.inputs)  # truncation, prompt sets, provenance (eval.planning)
     summary["notes"] = list(plan.notes)
     summary.update(degenerate_verdict(cfg.checks, summary))
+    summary.update(eraser_energy_verdict(summary))
+    if summary.get("eraser_energy_warning"):  # a named warning: console, summary.json notes, report.md
+        log.warning("%s", summary["eraser_energy_warning"])
+        summary["notes"].append(summary["eraser_energy_warning"])
     write_results_csv(results, out / "results.csv")
     summary["results_csv"] = str(out / "results.csv")
     grid = None

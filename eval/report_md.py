@@ -2,7 +2,9 @@
 
 Why a file of its own: summary.json has every entry but says nothing about which of them a
 reader may trust; this page puts the checks (degenerate videos, truncated prompts, duplicated
-or skipped rows, how seeds were chosen) next to the headline rates, one line each.
+or skipped rows, how seeds were chosen, the eraser's energy) next to the headline rates, one line each.
+It leads with the concept appearing where it was not asked for (`unasked_concept_rate`, eval.metrics):
+collateral an accuracy hides (a non-red prompt drawn right, with a red object added, is still "right").
 """
 
 from __future__ import annotations
@@ -20,6 +22,30 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def _rate(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+
+def unasked_line(summary: dict[str, Any], explain: bool = True) -> str | None:
+    """The first number of every report and console summary: the concept where it was not asked for
+    (base -> erased, with counts), marked when the erased model shows it more often than the base."""
+    from eval.metrics import UNASKED
+
+    b, e = summary.get(f"{UNASKED}_base"), summary.get(f"{UNASKED}_erased")
+    if b is None and e is None:
+        return None
+    n = summary.get("unasked_concept_rows")
+    counts = (lambda side: f" ({summary.get(f'unasked_concept_videos_{side}')} of {n})"
+              if summary.get(f"unasked_concept_videos_{side}") is not None and n else "")
+    line = f"concept where it was not asked for: base {_rate(b)}{counts('base')}"
+    if e is not None:
+        line += f" -> erased {_rate(e)}{counts('erased')}"
+        se = summary.get(f"{UNASKED}_erased_se")
+        if isinstance(b, (int, float)) and e > b:
+            line += " — MORE than the base model" + (f" (± {se:.2g})" if isinstance(se, (int, float)) else "")
+    return line + (" (videos of prompts that do not ask for the concept in which the classifier finds it)" if explain else "")
 
 
 def metric_rows(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
@@ -42,14 +68,17 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         flags = [summary.get(f"{n}_{side}_valid", summary.get(f"{prefix}metrics_{side}_valid")) for side in sides]
         flags = [f for f in flags if f is not None]
         out.append((n, b, e, all(flags) if flags else None))
-    return out
+    return sorted(out, key=lambda r: not r[0].startswith("unasked_concept"))  # stable: the collateral first
 
 
 def check_lines(summary: dict[str, Any]) -> list[str]:
     """The checks, one line each (also what the console shows)."""
-    from eval.checks import degenerate_line
+    from eval.checks import degenerate_line, energy_line
 
     lines = [degenerate_line(summary)]
+    energy = energy_line(summary)
+    if energy:
+        lines.append(energy)
     n, limit = summary.get("rows_truncated"), summary.get("text_token_limit")
     if n is not None:
         lines.append(f"truncated prompts: {n} of {summary.get('rows_total')} longer than the text encoder's {limit} "
@@ -75,6 +104,11 @@ def _method_line(method: dict[str, Any]) -> str:
 
 def render(summary: dict[str, Any]) -> str:
     lines = ["# Evaluation report", ""]
+    unasked = unasked_line(summary)
+    lead = [unasked[0].upper() + unasked[1:] if unasked else None,
+            summary.get("eraser_energy_warning") if summary.get("eraser_energy_ok") is False else None]
+    for x in filter(None, lead):
+        lines += [f"**{x}**", ""]
     eraser = summary.get("eraser")
     lines += [
         f"- model: `{summary.get('model')}`",

@@ -6,7 +6,8 @@ line (a list of problems gets one line per problem), no traceback, the output fo
 and renders `docs/reliability.md` from what actually happened, so the table cannot drift.
 
 Placeholders in argv and file contents: `{tmp}` is the case's own scratch folder, `{root}` the
-repository. `files` are written under `{tmp}` first; an `eraser:<kind>` value makes an eraser folder.
+repository. `files` are written under `{tmp}` first; an `@eraser:<kind>` value makes an eraser folder,
+an `@cache:<kind>` value an embedding cache.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class Case:
     what: str
     argv: tuple[str, ...]
     expect: str  # a fragment the one-line message must contain (what it names: file, field or fix)
-    # files made first, relative to the case's folder: text, or "@eraser:KIND" for an eraser directory
-    # (KIND: ok, nan, size, json, weights; see test_reliability._make_eraser)
+    # files made first, relative to the case's folder: text, "@eraser:KIND" for an eraser directory
+    # (KIND: ok, nan, size, json, weights, otherbase; see test_reliability._make_eraser), or "@cache:KIND" for a
+    # filled embedding cache of configs/tiny.yaml's prompts, damaged (swapped, zeroed, truncated; _make_cache)
     files: dict[str, str] = field(default_factory=dict)
     rc: int = 2
     output: str | None = "{tmp}/out"  # must not exist afterwards (nothing created before validation)
@@ -108,6 +110,24 @@ CASES: list[Case] = [
       train_set("concept.prompts_file={tmp}/none.csv"), "none.csv"),
     C("prompts-file-column", "config", "concept.prompts_file lacks the prompt column",
       train_set("concept.prompts_file={tmp}/p.csv"), "column 'prompt' not found", files={"p.csv": "text\na naked body\n"}),
+    C("preserve-blank", "silent wrong answers", "concept.preserve holds a whitespace-only and an empty prompt",
+      train_set("concept.preserve=['   ', '']"), "concept.preserve[0] is whitespace only"),
+    C("anchors-blank", "silent wrong answers", "concept.anchors holds a whitespace-only anchor",
+      train_set("concept.anchors=[clothed, ' ']"), "concept.anchors[1]"),
+    C("prompts-blank", "silent wrong answers", "concept.prompts holds an empty prompt",
+      train_set("concept.prompts=['a naked body', '']"), "concept.prompts[1] is empty"),
+    C("prompt-too-long", "silent wrong answers", "a 5000-character concept prompt (the encoder takes 16 tokens)",
+      train_set("concept.prompts_file={tmp}/p.csv", "concept.prompts=[]"), "tokens, over the text encoder's limit",
+      files={"p.csv": "prompt\n" + ("a naked body " * 385).strip() + "\n"}),
+    C("preserve-too-long", "silent wrong answers", "a preserve prompt longer than the text encoder takes",
+      train_set("concept.preserve=['a person walking along a sandy beach beside a dog at sunset']"),
+      "concept.preserve[0] is"),
+    C("cache-swapped", "silent wrong answers", "two embedding-cache entries swapped (each file under the other's name)",
+      train_set("train.cache_dir={tmp}/cache"), "embedding cache entry", files={"cache": "@cache:swapped"}),
+    C("cache-zeroed", "silent wrong answers", "an embedding-cache entry's values zeroed (its metadata kept)",
+      train_set("train.cache_dir={tmp}/cache"), "does not match its checksum", files={"cache": "@cache:zeroed"}),
+    C("cache-truncated", "silent wrong answers", "an embedding-cache entry cut short",
+      train_set("train.cache_dir={tmp}/cache"), "not a readable safetensors file", files={"cache": "@cache:truncated"}),
     C("family-unknown", "model", "model.family not registered", train_set("model.family=sd"), "model.family"),
     C("model-missing", "model", "model.path does not exist", train_set("model.path={tmp}/none"), "does not exist"),
     C("model-is-file", "model", "model.path is a file", train_set("model.path={tmp}/m.bin"), "is a file",
@@ -169,6 +189,8 @@ CASES: list[Case] = [
       "non-finite", files={"er": "@eraser:nan"}, output=None),
     C("eval-eraser-size", "eraser files", "an eraser trained on another model size", ev("--eraser", "{tmp}/er"),
       "hidden", files={"er": "@eraser:size"}),
+    C("eval-eraser-other-base", "silent wrong answers", "an eraser trained on another model of the same shape",
+      ev("--eraser", "{tmp}/er"), "eraser_allow_other_base: true", files={"er": "@eraser:otherbase"}),
     C("eval-classifier-unknown", "eval config", "classifier.name unknown", ev_set("classifier.name=bogus"),
       "Unknown classifier"),
     C("eval-classifier-module", "eval config", "classifier plugin module missing", ev_set("classifier.name=nomod:Fac"),

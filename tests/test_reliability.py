@@ -29,7 +29,14 @@ DOC = ROOT / "docs" / "reliability.md"
 
 def _make_eraser(path: Path, kind: str) -> None:
     hidden = 64 if kind == "size" else 32  # the tiny model's hidden size is 32 (2 heads x 16)
-    es = EraserSet(EraserMeta(hidden_size=hidden, rank=2, num_blocks=2, block_indices=[0, 1]))
+    fingerprint = {}
+    if kind == "otherbase":  # trained on a tiny CogVideoX of another seed: same config and shapes, other weights
+        from unlearn.base_fingerprint import of_model_dir
+        from unlearn.models.tiny import make_tiny_model
+
+        fingerprint = of_model_dir(make_tiny_model(path.parent / "tiny-seed1", seed=1), source="training")
+    es = EraserSet(EraserMeta(hidden_size=hidden, rank=2, num_blocks=2, block_indices=[0, 1],
+                              base_model="tiny-seed1" if fingerprint else "", base_fingerprint=fingerprint))
     if kind == "nan":
         # save_eraser refuses non-finite weights, so the damage is done to the saved file, as a diverged
         # training on another tool (or a hand edit) would leave it
@@ -47,6 +54,35 @@ def _make_eraser(path: Path, kind: str) -> None:
         target.write_bytes(target.read_bytes()[:20])
 
 
+def _make_cache(root: Path, kind: str) -> None:
+    """The embedding cache `t2vu train -c configs/tiny.yaml` fills, with one entry damaged as `kind` says."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from unlearn.config import load_method_config
+    from unlearn.session import load_data, model_dir_of
+    from unlearn.embedding_cache import EmbeddingCache
+
+    cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
+    model_dir = model_dir_of(cfg)
+    cache = EmbeddingCache(root, model_dir, 16, cfg.model.dtype, family=cfg.model.family)
+    cache.fill(load_data(cfg, model_dir, 16).all_prompts())
+    a, b = cache._path("a naked body"), cache._path("a person")
+    if kind == "swapped":
+        tmp = a.with_suffix(".swap")
+        a.rename(tmp)
+        b.rename(a)
+        tmp.rename(b)
+    elif kind == "zeroed":
+        with safe_open(str(b), framework="pt") as f:
+            meta, emb = f.metadata(), f.get_tensor("emb")
+        save_file({"emb": torch.zeros_like(emb)}, str(b), metadata=meta)
+    elif kind == "truncated":
+        b.write_bytes(b.read_bytes()[:40])
+    else:
+        raise ValueError(kind)
+
+
 def _fill(text: str, tmp: Path) -> str:
     return text.replace("{tmp}", str(tmp)).replace("{root}", str(ROOT))
 
@@ -58,6 +94,8 @@ def run_case(case: Case, tmp: Path) -> dict:
         p.parent.mkdir(parents=True, exist_ok=True)
         if content.startswith("@eraser:"):  # an eraser directory of that kind, not a text file
             _make_eraser(p, content.partition(":")[2])
+        elif content.startswith("@cache:"):  # a filled embedding cache, damaged
+            _make_cache(p, content.partition(":")[2])
         else:
             p.write_text(_fill(content, tmp))
     argv = [_fill(a, tmp) for a in case.argv]

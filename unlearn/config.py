@@ -104,6 +104,24 @@ class ConceptConfig(Strict):
     # Erasers also run in the unconditional branch of CFG; keep "" unchanged too.
     preserve_empty: bool = True
 
+    @field_validator("prompts", "anchors", "preserve")
+    @classmethod
+    def _no_blank_entries(cls, v: list[str], info) -> list[str]:
+        """A blank or whitespace-only entry trains on a prompt nobody wrote (whitespace encodes like "",
+        the unconditional prompt): refused, naming the index."""
+        for i, p in enumerate(v):
+            if p.strip():
+                continue
+            hint = {
+                "preserve": "the empty prompt (CFG's unconditional branch) is kept by concept.preserve_empty: true, "
+                            "not by a list entry",
+                "anchors": "an anchor is the word that replaces concept.target, e.g. 'clothed'",
+                "prompts": "every concept prompt must contain concept.target",
+            }[info.field_name]
+            raise ValueError(f"concept.{info.field_name}[{i}] is {'empty' if not p else 'whitespace only'} ({p!r}): "
+                             f"remove it; {hint}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "ConceptConfig":
         if not self.target.strip():

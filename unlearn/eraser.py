@@ -66,6 +66,10 @@ class EraserMeta:
     config_digest: str = ""
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    # The backbone it was trained on (`unlearn.base_fingerprint`): checked when it is loaded, so an eraser is not
+    # applied to another model of the same shape. Empty in files written before it existed and in imports
+    # without --model (they load with a warning).
+    base_fingerprint: dict = field(default_factory=dict)
 
 
 class EraserSet(nn.Module):
@@ -119,6 +123,7 @@ class EraserHandle:
         # logical block (expert e's block i is key i), each row's from the expert that served it.
         per_expert = len(modules) // len(getattr(transformer, "experts", (transformer,)))
         self._key = {i: i % per_expert for i in eraser_set.meta.block_indices}
+        self._meter: list | None = None  # [sum ||E(h)||^2, sum ||h||^2] while `meter_start()` is armed
         self._routed: dict[int, tuple[int, torch.Tensor]] = {}  # eraser -> its rows in this step's forward 2
         self._parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # key -> (rows, energy) per expert
         for i in eraser_set.meta.block_indices:
@@ -133,6 +138,10 @@ class EraserHandle:
                 return output
             video = spec.video_of(output)
             delta = eraser(video)
+            if self._meter is not None:  # generation: how much the eraser adds, relative to what it acts on
+                with torch.no_grad():
+                    self._meter[0] = self._meter[0] + torch.linalg.vector_norm(delta.detach()).float().pow(2)
+                    self._meter[1] = self._meter[1] + torch.linalg.vector_norm(video.detach()).float().pow(2)
             if self._record_rows and torch.is_grad_enabled():
                 # Only the energy ||E||^2 per video token of the concept rows ([rows, Nv] fp32) is kept,
                 # not the [B+P, Nv, D] output: autograd saves one fp32 copy of those rows (the copy
@@ -186,15 +195,70 @@ class EraserHandle:
                 self.outputs[key] = full
             self._parts = {}
 
+    def meter_start(self) -> None:
+        """Sum the erasers' output energy ||E(h)||^2 and their input's ||h||^2 over every forward until
+        `meter_stop()` (all blocks, steps and CFG branches of one generated video). Two norms per hooked
+        forward, no copies: what the eval's `eraser_energy` check reads."""
+        self._meter = [0.0, 0.0]
+
+    def meter_stop(self) -> float | None:
+        """sum ||E(h)||^2 / sum ||h||^2 since `meter_start()` (None if no enabled forward ran); disarms."""
+        m, self._meter = self._meter, None
+        if m is None or not torch.is_tensor(m[1]):
+            return None
+        e, h = float(m[0]), float(m[1])
+        return e / h if h > 0 else (0.0 if e == 0 else float("inf"))
+
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self.outputs, self._sink, self._record_rows = {}, None, 0
+        self.outputs, self._sink, self._record_rows, self._meter = {}, None, 0, None
 
 
 class EraserMismatchError(ValueError):
     """An eraser loaded into a model of another family or size (the message names both)."""
+
+
+class EraserBaseMismatchError(EraserMismatchError):
+    """An eraser loaded into a model of its family and shape whose weights are not its base model's."""
+
+
+class EraserBaseWarning(UserWarning):
+    """An eraser whose base model cannot be checked (no fingerprint in the file), or only by config."""
+
+
+ALLOW_OTHER_BASE_FIX = "pass load_eraser(..., allow_other_base=True) to apply it anyway"
+
+
+def check_base(meta: EraserMeta, current, *, eraser: str, allow_other_base: bool = False,
+               fix: str = ALLOW_OTHER_BASE_FIX) -> list[str]:
+    """Refuse (EraserBaseMismatchError, one line naming both models, their fingerprints and `fix`) an eraser
+    whose recorded base fingerprint does not match `current` (`unlearn.base_fingerprint.Current`), unless
+    `allow_other_base`. Returns the warnings to show: no fingerprint recorded, config-only comparison, or a
+    mismatch that was allowed."""
+    from unlearn.base_fingerprint import compare
+
+    try:
+        v = compare(meta.base_fingerprint, current)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EraserFileError(f"eraser {eraser}: base_fingerprint in {CONFIG_NAME} is malformed ({type(exc).__name__}: "
+                              f"{exc}); retrain or re-import the eraser") from None
+    base = meta.base_model or "?"
+    if v.status == "match":
+        return []
+    if v.status == "unknown":
+        return [f"eraser {eraser}: {v.detail}, so it cannot be checked against {current.where}; make sure it was "
+                f"trained on this model (base_model {base!r}); retraining, or importing with --model, records one"]
+    if v.status == "config-only":
+        return [f"eraser {eraser}: base model compared by config only ({v.detail})"]
+    what = (f"eraser {eraser} was trained on base model {base} (fingerprint {v.stored_digest}), but {current.where} "
+            f"is another model of the same shape (fingerprint {v.current_digest or '?'}: {v.detail})")
+    if allow_other_base:
+        return [f"{what}; applied anyway, as allowed: its numbers describe the eraser on a model it was not "
+                "trained for"]
+    raise EraserBaseMismatchError(f"{what}: its numbers there would be wrong. Use the model it was trained on, or "
+                                  f"{fix}")
 
 
 def check_fits(meta: EraserMeta, family: str, num_blocks: int, hidden: int) -> None:
@@ -290,6 +354,8 @@ def read_eraser(directory: str | Path) -> EraserSet:
         eraser_set = EraserSet(EraserMeta(**raw))
     except TypeError as exc:
         raise EraserFileError(f"{cfg_path}: unexpected or missing fields ({exc})") from None
+    if not isinstance(eraser_set.meta.base_fingerprint, dict):
+        raise EraserFileError(f"{cfg_path}: base_fingerprint must be a JSON object (the base model's fingerprint)")
     try:
         state = load_file(str(w_path))
     except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) on a damaged file
@@ -305,18 +371,34 @@ def read_eraser(directory: str | Path) -> EraserSet:
     return eraser_set
 
 
-def load_eraser(pipe_or_transformer, directory: str | Path) -> EraserHandle:
+def load_eraser(pipe_or_transformer, directory: str | Path, *, allow_other_base: bool = False) -> EraserHandle:
     """Attach a trained eraser to a loaded pipeline of its family (or to its transformer).
 
         pipe = CogVideoXPipeline.from_pretrained(path)
         handle = load_eraser(pipe, "runs/x/eraser")   # handle.disabled() / handle.remove()
 
     A Wan 2.2 A14B pipeline gets both experts' eraser sets (its `transformer` and `transformer_2`).
+    The eraser's recorded base-model fingerprint must match the transformer's (`check_base`):
+    another model of the same shape is refused (EraserBaseMismatchError) unless `allow_other_base`;
+    a file without a fingerprint loads with an `EraserBaseWarning`.
     """
+    import warnings
+
+    from unlearn.base_fingerprint import current_of_module
+
     eraser_set = read_eraser(directory)
     transformer = pipe_or_transformer
     if hasattr(pipe_or_transformer, "transformer"):  # a pipeline: its family says what the denoiser is
         transformer = spec_class(eraser_set.meta.model_family).denoiser_of(pipe_or_transformer)
     p = next(transformer.parameters())
     eraser_set.to(dtype=p.dtype)
-    return attach(transformer, eraser_set)
+    handle = attach(transformer, eraser_set)  # family and shape first: their messages say more
+    try:
+        notes = check_base(eraser_set.meta, current_of_module(transformer), eraser=str(directory),
+                           allow_other_base=allow_other_base)
+    except BaseException:
+        handle.remove()
+        raise
+    for note in notes:
+        warnings.warn(note, EraserBaseWarning, stacklevel=2)
+    return handle

@@ -15,6 +15,13 @@ with the same parameter names. So the conversion is exact: the tensors are copie
 lossless), nothing is approximated. Anything else in the file (other adapter types, other keys, other shapes,
 HunyuanVideo's block names) is refused with a line naming the file and what is wrong.
 
+Base-model fingerprint (`unlearn.base_fingerprint`, checked whenever an eraser is loaded): the imported file
+records none of its own, so `import_eraser(..., model_dir=DIR)` (`t2vu import-eraser --model DIR`) records the
+fingerprint of DIR, marked `source: "import --model DIR"`: the user's statement that this is the model the
+eraser was trained for (T2VUnlearning's CogVideoX erasers: CogVideoX-2b or -5b), which nothing here can verify;
+from then on the eraser is refused on any other model of that shape. Without --model the eraser records no
+fingerprint and loads everywhere its shape fits, with a warning line saying its base cannot be checked.
+
 Loading uses `torch.load(..., weights_only=True)`: only tensors and plain containers unpickle; a file holding
 any other object is refused before anything of it runs. After loading, only a dict of tensors (flat
 `<block>.down.weight` keys) or a dict of such dicts keyed by block is accepted.
@@ -105,7 +112,8 @@ def _read_config(config_path: Path | None) -> dict:
 
 
 def convert_t2vunlearning(path: str | Path, *, config_path: str | Path | None = None, num_blocks: int | None = None,
-                          hidden_size: int | None = None, target_concept: str = "", base_model: str = "") -> EraserSet:
+                          hidden_size: int | None = None, target_concept: str = "", base_model: str = "",
+                          base_fingerprint: dict | None = None) -> EraserSet:
     """A T2VUnlearning CogVideoX `eraser_weights.pt` as an `EraserSet` (exact copy of the weights).
 
     config_path: their eraser_config.json (default: next to the file; checked when present).
@@ -160,7 +168,8 @@ def convert_t2vunlearning(path: str | Path, *, config_path: str | Path | None = 
     meta = EraserMeta(hidden_size=hidden, rank=rank, num_blocks=num_blocks, block_indices=indices,
                       target_concept=target_concept, base_model=base_model, model_family=_FAMILY,
                       extra={"imported_from": {"format": "t2vunlearning", "file": str(path.resolve()),
-                                               "eraser_config": cfg}})
+                                               "eraser_config": cfg}},
+                      base_fingerprint=dict(base_fingerprint or {}))
     eraser_set = EraserSet(meta)
     state = {f"erasers.{i}.{name}": t.detach().to(torch.float32) for i, params in by_index.items()
              for name, t in params.items()}
@@ -175,6 +184,7 @@ def import_eraser(fmt: str, path: str | Path, out: str | Path, *, model_dir: str
     if fmt not in FORMATS:
         raise EraserFileError(f"--format {fmt!r} is not supported; known: {', '.join(FORMATS)}")
     num_blocks = hidden = None
+    fingerprint = None
     if model_dir is not None:
         from unlearn.models.families import family_of_model_dir, spec_class
 
@@ -184,6 +194,10 @@ def import_eraser(fmt: str, path: str | Path, out: str | Path, *, model_dir: str
                                   f"for {_FAMILY!r}")
         num_blocks, hidden = spec_class(family).eraser_shape_of(model_dir)
         base_model = base_model or str(model_dir)
+        from unlearn.base_fingerprint import of_model_dir
+
+        fingerprint = of_model_dir(model_dir, source=f"import --model {model_dir}")
     eraser_set = convert_t2vunlearning(path, num_blocks=num_blocks, hidden_size=hidden,
-                                       target_concept=target_concept, base_model=base_model)
+                                       target_concept=target_concept, base_model=base_model,
+                                       base_fingerprint=fingerprint)
     return save_eraser(eraser_set, out), eraser_set

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from unlearn import base_fingerprint
 from unlearn.config import MethodConfig, config_digest
 from unlearn.data import PromptOnlyData
 from unlearn.devices import resolve_device
@@ -88,6 +89,7 @@ class TrainingSession:
         self.eraser_set = EraserSet.for_spec(
             self.spec, cfg.eraser.rank, cfg.eraser.blocks, target_concept=cfg.concept.target,
             base_model=cfg.model.path, config_digest=config_digest(cfg),
+            base_fingerprint=base_fingerprint.of_module(self.spec.transformer, source="training"),
         ).to(self.device)
         self.objective = ErasureObjective(self.spec, self.eraser_set, cfg.loss, cfg.train.autocast)
         if cfg.train.xt_source == "noise":

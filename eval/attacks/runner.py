@@ -98,13 +98,14 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
     scoring = [eval_cfg.classifier.name, eval_cfg.classifier.factory_options(), flag]
     methods, victims = {}, {}
     for m in cfg.methods:
-        eraser_dir, sha = None, None
+        eraser_dir, sha, base_notes = None, None, []
         if m.eraser is not None:
             eraser_dir = resolve_eraser_dir(cfg.resolve_path(m.eraser))
-            check_eraser_fits(eraser_dir, model_path)
+            base_notes = check_eraser_fits(eraser_dir, model_path, eval_cfg.eraser_allow_other_base)
             sha = file_sha256(eraser_dir / "eraser.safetensors")[:16]
         mcfg = eval_cfg.with_overrides({"method": m.method_section(cfg.words), "eraser": None}, f"methods[{m.key}]")
         methods[m.key] = plan_method(mcfg, eraser_dir, [])
+        methods[m.key].notes += base_notes
         victims[m.key] = f"eraser-{sha}" if sha else "base"
     attacks = build_attacks(cfg, pairs, gen)
     cells = []

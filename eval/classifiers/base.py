@@ -40,6 +40,15 @@ class VideoClassifier(ABC):
         """Metrics that need base and erased records of the same rows (same order). Optional."""
         return {}
 
+    #: The boolean record field that says the video shows the concept (None: this classifier has none). It
+    #: gives the eval's first number, `unasked_concept_rate` (eval.metrics): the concept where it was not asked for.
+    concept_field: str | None = None
+
+    def concept_asked(self, record: Record) -> bool | None:
+        """Whether the row's prompt asks for the concept (from a base record); None = its prompt set
+        says (target rows ask, preserve rows do not). Optional."""
+        return None
+
     def close(self) -> None:  # release sessions/threads
         pass
 

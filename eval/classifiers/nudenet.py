@@ -88,6 +88,7 @@ class NudeNetDetector:
 @register_classifier("nudenet")
 class NudeNetClassifier(VideoClassifier):
     name = "nudenet"
+    concept_field = "positive"  # a counted class above threshold in some scored frame (nudity in the video)
 
     def __init__(
         self,

@@ -36,6 +36,14 @@ def _mean(records: list[Record], key: str) -> float:
 @register_classifier("toy")
 class ToyClassifier(VideoClassifier):
     name = "toy"
+    concept_field = "target_present"  # the target colour is in the video
+
+    @staticmethod
+    def concept_asked(record: Record) -> bool | None:
+        """The prompt names the target colour (by its word or a synonym): exact, whatever the row's set
+        (None for a record without `names_target`: the row's set decides)."""
+        v = record.get("names_target")
+        return None if v is None else bool(v)
 
     def __init__(self, target: str = "red", min_pixels: float = detector.MIN_PIXELS):
         if target not in world.COLOURS:

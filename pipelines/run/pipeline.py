@@ -187,7 +187,8 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         "best_params": best.params,
         "best_eraser": best.eraser,
         "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
-        "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")},
+        "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")
+                       or k in ("eraser_energy_ok", "eraser_energy_warning")},
         "search_report": str(search_dir / "report.md"),
         "eval_dir": str(out / "eval"),
         "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,
@@ -231,15 +232,30 @@ def _pairs(ev: dict) -> list[tuple[str, object, object]]:
     return rows
 
 
+def _lead_lines(ev: dict, explain: bool = True) -> list[str]:
+    """What the summary and report.md say first: the concept where it was not asked for (eval.report_md),
+    and a flagged eraser energy (eval.checks)."""
+    from eval.report_md import unasked_line
+
+    lines = [x for x in (unasked_line(ev, explain),) if x]
+    if ev.get("eraser_energy_ok") is False and ev.get("eraser_energy_warning"):
+        lines.append(ev["eraser_energy_warning"])
+    return lines
+
+
 def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
-    lines = [f"# t2vu run — {out.name}", "",
+    lines = [f"# t2vu run — {out.name}", ""]
+    for x in _lead_lines(ev):
+        lines += [f"**{x[0].upper() + x[1:] if x.startswith('concept') else x}**", ""]
+    lines += [
              f"Best trial **{summary['best_trial']}** of {len(result.trials)} "
              f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`.", "",
              "## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in summary["best_params"].items()]
     lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
               "| metric | base | erased |", "|---|---|---|"]
-    lines += [f"| {k} | {_f(b)} | {_f(e)} |" for k, b, e in _pairs(ev)]
+    lines += [f"| {k} | {_f(b)} | {_f(e)} |"
+              for k, b, e in sorted(_pairs(ev), key=lambda r: not r[0].startswith("unasked_concept"))]
     paired = {k: v for k, v in ev.items() if is_finite_number(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
     if paired:
         lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in paired.items()]
@@ -286,9 +302,11 @@ def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = 
     w = (out or terminal()).write
     ev = summary.get("final_eval", {})
     w("\n== summary\n")
+    for line in _lead_lines(ev, explain=False):  # first: the concept where it was not asked for (collateral an accuracy hides)
+        w(f"   {line}\n")
     w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")
     for stem, b, e in _pairs(ev):
-        if _headline(stem):
+        if _headline(stem) and not stem.startswith("unasked_concept"):
             se = ev.get(f"{stem}_erased_se")
             w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}" + (f" ± {se:.2g}" if is_finite_number(se) else "") + "\n")
     paired_stems = {stem for stem, _, _ in _pairs(ev)}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pipelines.config.pipeline import PipelineConfig
+from eval.metrics import UNASKED
 from pipelines.config.search import ObjectiveConfig
 from unlearn.config import ConfigError
 
@@ -130,6 +131,11 @@ def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
         if isinstance(summary.get(t.name), (int, float)):
             out.setdefault(t.name, float(summary[t.name]))
     out[spec.scalarize.name] = spec.scalar(out)
+    # Not an objective unless configured as one, but what every report leads with (eval.metrics): the
+    # concept where it was not asked for, base and erased.
+    for k in (f"{UNASKED}_erased", f"{UNASKED}_base", f"{UNASKED}_erased_se"):
+        if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool):
+            out.setdefault(k, float(summary[k]))
     out.update(objective_standard_errors(spec, summary))
     out["eval_rows"] = float(summary.get("rows_total", 0))
     return out

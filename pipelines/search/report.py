@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.metrics import UNASKED
 from pipelines.search.plots import plot_learning_curves, plot_pareto, plot_sensitivity
 from pipelines.search.results import collect_result, read_json
 from unlearn.fsutil import atomic_path, atomic_write_text
@@ -137,9 +138,25 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
         lines += ["", "Errors:", *[f"- `{e}`" for e in errors[:5]]]
 
     ties = [t.name for t in s.objective.scalarize.tie_break]
-    cols = [*metrics, score, *ties]
+    # First column: the concept where it was not asked for (eval.metrics), objective or not: the collateral
+    # an accuracy objective hides. The base model's value is the trials' `_base` (same rows and seeds).
+    unasked = f"{UNASKED}_erased"
+    lead = [unasked] if unasked not in metrics and any(unasked in t.metrics for t in result.trials) else []
+    cols = [*lead, *metrics, score, *ties]
+    baseline = dict(result.baseline)
+    base_vals = sorted(float(t.metrics[f"{UNASKED}_base"]) for t in result.trials
+                       if isinstance(t.metrics.get(f"{UNASKED}_base"), (int, float)))
+    if base_vals:
+        baseline.setdefault(unasked, base_vals[len(base_vals) // 2])
+    if lead or unasked in metrics:
+        best = result.best.metrics if result.best else {}
+        lines[2:2] = [f"**Concept where it was not asked for** (`{unasked}`: videos of prompts that do not ask for "
+                      f"the concept in which the classifier finds it): base model {_cell(baseline, unasked, '—')}"
+                  + (f", best trial {_cell(best, unasked, '—')}" if result.best else "")
+                  + (" — MORE than the base model" if isinstance(best.get(unasked), (int, float)) and base_vals
+                     and best[unasked] > baseline[unasked] else "") + ".", ""]
     lines += ["", "## Objectives vs baseline", ""]
-    rows = [[BASELINE_ID, *[_cell(result.baseline, k, "—") for k in cols]]]
+    rows = [[BASELINE_ID, *[_cell(baseline, k, "—") for k in cols]]]
     rows += [[method_id(label), *[_cell(vals, k, "—") for k in cols]] for label, vals in result.methods.items()]
     if result.best:
         rows.append([f"best: {result.best.trial_id}", *[_cell(result.best.metrics, k, "—") for k in cols]])
