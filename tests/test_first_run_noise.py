@@ -64,6 +64,7 @@ def test_train_rerun_says_finished_earlier_and_prints_rounded_floats(tmp_path, c
     first = capsys.readouterr()
     printed = json.loads(first.out)
     assert "finished earlier" not in first.err and "finished_earlier" not in printed
+    assert "step/s" not in first.err and "train:" not in first.err  # stderr is no terminal here: no step bar
     full = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert any(len(repr(v)) > 12 for v in full["final"].values())  # the file keeps full precision
     assert all(len(f"{v:g}".lstrip("-0.").replace(".", "").split("e")[0]) <= 4 for v in printed["final"].values())

@@ -24,7 +24,10 @@ def run(args) -> int:
     if args.distributed:
         return _run_distributed(args)
     from pipelines.config.pipeline import load_pipeline_config
+    import sys
+
     from pipelines.plan.preflight import preflight
+    from pipelines.runtime.console import on_terminal
     from pipelines.runtime.run_folder import check_pinned
     from unlearn.trainer import train
 
@@ -39,7 +42,9 @@ def run(args) -> int:
     # config.yaml itself once the model, prompts and geometry have loaded, so bad input leaves no folder behind.
     check_pinned(out / "config.yaml", cfg.model_dump(mode="json"), out)
     earlier = finished(out, resume=not args.no_resume)
-    summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume)
+    # the step bar (tqdm, on stderr) only on a terminal: in a log every redraw would be a line
+    summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume,
+                    progress=on_terminal(sys.stderr))
     show(out, summary, earlier)
     return 0
 
