@@ -11,15 +11,13 @@ from the row files at the end of every run.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from eval.csv_out import csv_text
 from unlearn.fsutil import atomic_write_json, atomic_write_text, json_default
 
 log = logging.getLogger(__name__)
@@ -114,12 +112,7 @@ def results_csv_text(results: list[dict]) -> str:
         for k in f:
             if k not in cols:
                 cols.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for f in flats:
-        w.writerow({k: _cell(f.get(k, "")) for k in cols})
-    return buf.getvalue()
+    return csv_text(cols, ({k: _cell(f.get(k, "")) for k in cols} for f in flats))
 
 
 def _cell(v):

@@ -20,8 +20,6 @@ finished run loads no model. Tracking is the caller's (`observer`: `pipelines.tr
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -32,6 +30,7 @@ from typing import Any
 
 from eval.attacks.base import Attacked, AttackContext
 from eval.attacks.report import write_report
+from eval.csv_out import csv_text
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_path, atomic_write_json, atomic_write_text
 
@@ -326,8 +325,4 @@ def _csv(results: list[dict]) -> str:
     cols: list[str] = []
     for f in flat:
         cols += [k for k in f if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows(flat)
-    return buf.getvalue()
+    return csv_text(cols, flat)

@@ -12,7 +12,6 @@ Writes into <run>/ and logs to the search's MLflow parent run (under report/):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.csv_out import csv_text
 from eval.metrics import UNASKED
 from pipelines.search.plots import plot_learning_curves, plot_pareto, plot_sensitivity
 from pipelines.search.results import collect_result, read_json
-from unlearn.fsutil import atomic_path, atomic_write_text
+from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 
@@ -69,10 +69,7 @@ def write_results_csv(path: Path, result, cfg) -> Path:
                      *[t.metrics.get(k, "") for k in metric_keys], t.trial_id in pareto,
                      bool(result.best and t.trial_id == result.best.trial_id), t.steps_done, t.eraser or "",
                      t.mlflow_run_id or ""])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    atomic_write_text(path, csv_text(header, rows))
     return path
 
 

@@ -7,11 +7,10 @@ pure functions of the metrics dicts that `benchmark.extract_metrics` / `collect_
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
+from eval.csv_out import csv_text
 from unlearn.fsutil import atomic_write_text
 
 # What the final JSON line and the table report (key in our metrics dict).
@@ -66,11 +65,7 @@ def write_table(out: Path, results: list[dict]) -> str:
             cells += [_fmt(r.get(k)) for k, _ in TABLE_COLUMNS]
             cells += [_fmt(r.get("train_s")), _fmt(r.get("eval_s"))]
             lines.append("| " + " | ".join(cells) + " |")
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(cols)
-    w.writerows(csv_rows)
-    atomic_write_text(out / "table.csv", buf.getvalue())
+    atomic_write_text(out / "table.csv", csv_text(cols, csv_rows))
     md = "\n".join(lines) + "\n"
     atomic_write_text(out / "table.md", md)
     return md
