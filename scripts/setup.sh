@@ -15,8 +15,11 @@ fi
 echo "[setup] installing into $VENV (first run takes ~2-3 minutes)" >&2
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/pip" install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)" 2>&1 | grep -v "^WARNING: Location" || true
-DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, diffusers, ray, deepspeed, mlflow, nudenet, unlearn" \
-  || { echo "[setup] install failed" >&2; exit 1; }
+# pip's and setuptools' chatter (the editable-install banner, index warnings) goes to a log, shown on failure.
+LOG=$VENV/install.log
+{ "$VENV/bin/pip" install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)" \
+  && DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c constraints.txt -e ".[test]"; } >"$LOG" 2>&1 \
+  || { tail -n 40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
+DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$VENV/bin/python" -c "import torch, diffusers, ray, deepspeed, mlflow, nudenet, unlearn" >>"$LOG" 2>&1 \
+  || { tail -n 40 "$LOG" >&2; echo "[setup] install failed: the packages do not import (full log: $LOG)" >&2; exit 1; }
 echo "$WANT" > "$STAMP"
