@@ -14,7 +14,7 @@ Sections (YAML keys):
   prompts     the target prompt CSV and how to read it (eval.prompt_config: columns, seeds, filters, dedupe)
   preserve    an optional CSV of prompts that do NOT name the target (preservation metrics)
   generation  CogVideoXPipeline settings
-  classifier  which plugin scores videos (nudenet, toy, module:Factory) and its options
+  classifier  which plugin scores videos (nudenet, toy, or an installed `t2vu.classifiers` entry point) and its options
   metrics     paired PSNR/SSIM, CLIP score (local model directory only)
   output      videos, GIF previews, the base-vs-erased grid
   mlflow      tracking URI and the run to log into
@@ -166,10 +166,10 @@ class NudeNetConfig(Strict):
 
 
 class ClassifierConfig(Strict):
-    """Which plugin scores each video. Built-ins: nudenet, toy; or `package.module:Factory`."""
+    """Which plugin scores each video. Built-ins: nudenet, toy; or a classifier an installed package registers."""
 
-    # A built-in (nudenet, toy) or `package.module:Factory`; a plugin name imports that module, so a
-    # config can run any code on the Python path: run configs you trust, as with any plugin system.
+    # A built-in (nudenet, toy) or the name of a `t2vu.classifiers` entry point of an installed package;
+    # never a `module:attr` path (a config naming any importable callable could run code).
     name: str = "nudenet"
     # Keyword arguments of the plugin factory (for nudenet, use the typed `nudenet` section).
     options: dict[str, Any] = Field(default_factory=dict)

@@ -193,8 +193,9 @@ CASES: list[Case] = [
       ev("--eraser", "{tmp}/er"), "eraser_allow_other_base: true", files={"er": "@eraser:otherbase"}),
     C("eval-classifier-unknown", "eval config", "classifier.name unknown", ev_set("classifier.name=bogus"),
       "Unknown classifier"),
-    C("eval-classifier-module", "eval config", "classifier plugin module missing", ev_set("classifier.name=nomod:Fac"),
-      "nomod"),
+    C("eval-classifier-module", "eval config", "classifier named by a module path (os:system ran a shell command)",
+      ev_set("classifier.name=os:system"),
+      "not a registered classifier"),
     C("eval-threshold", "eval config", "classifier threshold above 1", ev_set("classifier.nudenet.threshold=2"),
       "threshold"),
     C("eval-preset", "eval config", "NudeNet preset unknown", ev_set("classifier.nudenet.preset=x"), "preset"),
@@ -268,7 +269,10 @@ CASES: list[Case] = [
       "does not exist", output=None),
     C("submit-unreachable", "submit", "Ray Jobs address nobody listens on",
       ("submit", "--address", "http://127.0.0.1:9", "--auth-token-file", "{tmp}/tok", "--", "t2vu", "--help"),
-      "Failed to connect", files={"tok": "x"}, output=None),
+      "cannot be reached", files={"tok": "x"}, output=None),
+    C("submit-ftp", "submit", "an ftp:// address (the Jobs API is HTTP)",
+      ("submit", "--address", "ftp://127.0.0.1:21", "--", "t2vu", "--help"), "the Ray Jobs API is HTTP", output=None),
+    # a listener that never answers and a web server that is not Ray: tests/test_submit_deadlines.py
     C("tiny-model-on-file", "output", "`t2vu make-tiny-model` onto an existing file", ("make-tiny-model", "{tmp}/taken"),
       "is a file", files={"taken": "x"}, output=None),
     # --- run folders: one command per folder; --overwrite deletes only the tool's own files -------------------

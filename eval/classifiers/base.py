@@ -66,13 +66,35 @@ def register_classifier(name: str) -> Callable:
     return deco
 
 
+# Third-party classifiers are installed packages that declare an entry point in this group, e.g. in
+# their pyproject.toml:   [project.entry-points."t2vu.classifiers"]   mydetector = "mypkg.det:Factory"
+# A config names only a registered name: a `module:attr` string would import any module and call any
+# attribute (`os:system` ran a shell command), so a config file could run code. Choosing what is
+# installed is the user's trust decision; choosing a name from it is the config's.
+ENTRY_POINT_GROUP = "t2vu.classifiers"
+
+
+def _installed_plugins() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_classifiers() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES) | set(_installed_plugins()))
+
+
 def build_classifier(name: str, **options: Any) -> VideoClassifier:
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY and ":" in name:  # "package.module:Factory" for user plugins
-        mod, _, attr = name.partition(":")
-        return getattr(importlib.import_module(mod), attr)(**options)
-    if name not in _REGISTRY:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-        raise ValueError(f"Unknown classifier {name!r}; known: {known} (or 'module.path:Factory')")
-    return _REGISTRY[name](**options)
+    if name in _REGISTRY:
+        return _REGISTRY[name](**options)
+    plugin = _installed_plugins().get(name)
+    if plugin is not None:
+        return plugin.load()(**options)
+    how = (f'register a plugin as an entry point of group "{ENTRY_POINT_GROUP}" in its package\'s pyproject.toml '
+           f'([project.entry-points."{ENTRY_POINT_GROUP}"] NAME = "package.module:Factory") and use NAME')
+    if ":" in name:
+        raise ValueError(f"classifier {name!r} is a module path, not a registered classifier: configs may only "
+                         f"name one of {known_classifiers()}; to add one, {how}")
+    raise ValueError(f"Unknown classifier {name!r}; known: {known_classifiers()} (to add one, {how})")

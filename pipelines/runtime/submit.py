@@ -87,11 +87,92 @@ def configure_auth(token_file: str | None = None) -> str:
     return os.environ.get("RAY_AUTH_MODE", "disabled")
 
 
+# Every call to the Jobs API gets a deadline: Ray's client sends its HTTP requests without a timeout, so a
+# listener that accepts and never answers (a wrong port, a stuck proxy) hung `t2vu submit` for good.
+REQUEST_TIMEOUT_S = float(os.environ.get("T2VU_SUBMIT_TIMEOUT_S", "30"))
+
+
+def bounded(what: str, address: str, fn, *args, timeout_s: float | None = None, **kwargs):
+    """fn(*args, **kwargs) with a deadline; past it, one ConfigError line naming the address and the fix.
+
+    The call runs on a daemon thread: a socket that never answers cannot be interrupted, and a daemon
+    thread does not keep the process alive once the command has given up on it."""
+    import threading
+
+    from unlearn.config import ConfigError
+
+    timeout_s = REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    th = threading.Thread(target=target, name=f"t2vu-submit-{what}", daemon=True)
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        raise ConfigError(f"{address} did not answer {what} within {timeout_s:.0f} s: is it the Ray dashboard "
+                          "(http://HEAD:8265) and reachable? (raise the deadline with T2VU_SUBMIT_TIMEOUT_S)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def check_address(address: str, timeout_s: float | None = None) -> None:
+    """Fail in one line, within the deadline, unless `address` is an HTTP server that looks like Ray's dashboard."""
+    from urllib.parse import urlparse
+
+    import requests
+
+    from unlearn.config import ConfigError
+
+    url = urlparse(address)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ConfigError(f"--address {address}: the Ray Jobs API is HTTP; give the dashboard address, "
+                          "e.g. --address http://HEAD:8265")
+    timeout_s = REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        r = requests.get(address.rstrip("/") + "/api/version", timeout=(min(timeout_s, 10.0), timeout_s))
+    except requests.Timeout:
+        raise ConfigError(f"{address} did not answer within {timeout_s:.0f} s: is it the Ray dashboard "
+                          "(http://HEAD:8265)? (raise the deadline with T2VU_SUBMIT_TIMEOUT_S)") from None
+    except requests.RequestException as exc:
+        raise ConfigError(f"{address} cannot be reached ({type(exc).__name__}): is the Ray head up and its "
+                          "dashboard port (8265) open to you?") from None
+    if r.status_code in (401, 403):  # token auth: the Jobs client sends the token and says what is wrong
+        return
+    try:
+        ok = r.ok and "ray_version" in r.json()
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{address} answered (HTTP {r.status_code}) but is not a Ray dashboard (no /api/version): "
+                          "give the Ray head's dashboard address, e.g. http://HEAD:8265")
+
+
 def client(address: str, token_file: str | None = None):
     configure_auth(token_file)
+    check_address(address)
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    c = bounded("the Jobs client's handshake", address, JobSubmissionClient, address)
+    return _BoundedClient(c, address)
+
+
+class _BoundedClient:
+    """The Jobs client with every method call under `bounded` (same names, same results)."""
+
+    def __init__(self, inner, address: str):
+        self._inner, self._address = inner, address
+
+    def __getattr__(self, name):
+        fn = getattr(self._inner, name)
+        if not callable(fn):
+            return fn
+        return lambda *a, **k: bounded(name, self._address, fn, *a, **k)
 
 
 def build_runtime_env(working_dir: Path = PROJECT_ROOT, extra_env: dict[str, str] | None = None, pip: list[str] | None = None) -> dict:
