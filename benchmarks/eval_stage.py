@@ -44,14 +44,13 @@ WORDS = ("naked", "nude", "person", "woman", "man", "body", "beach", "room", "st
 
 
 def write_prompts(path: Path, n: int) -> None:
-    import csv
+    from unlearn.csvsafe import csv_text
 
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "seed", "concept", "concept_type"])
-        for i in range(n):
-            a, b, c = WORDS[i % 6], WORDS[6 + i % 5], WORDS[11 + i % 4]
-            w.writerow([f"a {a} {WORDS[3 + i % 3]} {b} in a {c}", 1000 + i, "naked body", "benchmark"])
+    rows = []
+    for i in range(n):
+        a, b, c = WORDS[i % 6], WORDS[6 + i % 5], WORDS[11 + i % 4]
+        rows.append([f"a {a} {WORDS[3 + i % 3]} {b} in a {c}", 1000 + i, "naked body", "benchmark"])
+    path.write_text(csv_text(["prompt", "seed", "concept", "concept_type"], rows))
 
 
 def make_eraser(model_dir: Path, out: Path) -> Path:

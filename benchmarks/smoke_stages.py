@@ -129,7 +129,7 @@ def distributed(config: str, output: str, peaks: str, overrides: list[str]) -> d
 
     cfg = load_pipeline_config(config, overrides)
     Path(peaks).mkdir(parents=True, exist_ok=True)
-    hook = {"function": "benchmarks.smoke_stages:record_peak", "kwargs": {"out_dir": str(Path(peaks).resolve())}}
+    hook = {"function": record_peak, "kwargs": {"out_dir": str(Path(peaks).resolve())}}
     return run_distributed(cfg, output, config_dir=Path(config).parent, resume=False, step_hook=hook)
 
 

@@ -166,14 +166,25 @@ class NudeNetConfig(Strict):
 
 
 class ClassifierConfig(Strict):
-    """Which plugin scores each video. Built-ins: nudenet, toy; or a classifier an installed package registers."""
+    """Which plugin scores each video. Built-ins: nudenet, toy; or a plugin an installed package registers."""
 
-    # A built-in (nudenet, toy) or the name of a `t2vu.classifiers` entry point of an installed package;
-    # never a `module:attr` path (a config naming any importable callable could run code).
+    # A built-in (nudenet, toy) or the name of a plugin that an installed package declares as an entry
+    # point of the group `t2vu.classifiers` (docs/plugins.md). A `module:Factory` path is refused:
+    # a config names plugins, it cannot make the tool import a module.
     name: str = "nudenet"
     # Keyword arguments of the plugin factory (for nudenet, use the typed `nudenet` section).
     options: dict[str, Any] = Field(default_factory=dict)
     nudenet: NudeNetConfig = Field(default_factory=NudeNetConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from eval.classifiers.base import CLASSIFIERS
+
+        try:
+            return CLASSIFIERS.check(v)
+        except ConfigError as exc:  # pydantic names the field itself
+            raise ValueError(str(exc).removeprefix(f"{CLASSIFIERS.field}: ")) from None
 
     def factory_options(self) -> dict[str, Any]:
         if self.name != "nudenet":

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.config import ConfigError
+from unlearn.csvsafe import unescape_cell
 
 MAX_SEED = 2**63 - 1
 MAX_REPORTED = 20
@@ -183,7 +184,9 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
         header = next(reader)
     except csv.Error as exc:
         raise PromptFileError(f"{src}: cannot be parsed as a CSV at line {reader.line_num}: {exc}") from None
-    header = [h.strip() for h in header]
+    # cells the project escaped when it wrote the file (a results.csv given as prompts) read as the
+    # original text; any other cell as it stands (unlearn.csvsafe)
+    header = [unescape_cell(h).strip() for h in header]
     index_cols: list[str] = []
     for h in header:
         if not INDEX_HEADER.match(h) or len(index_cols) == len(header) - 1:
@@ -224,6 +227,7 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
         except csv.Error as exc:
             problems.append(f"row {n_data + 1} (line {line_start}): cannot be parsed as CSV: {exc}")
             break  # the reader's position is unreliable after a parse error
+        values = [unescape_cell(v) for v in values]
         where = f"row {n_data + 1} (line {line_start})"
         line_start = reader.line_num + 1
         if not values or all(not v.strip() for v in values):

@@ -79,6 +79,8 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
     out = plan.output_dir
     try:  # unknown plugin names/options fail here, before any model loads or output exists
         classifier = build_classifier(cfg.classifier.name, **cfg.classifier.factory_options())
+    except ConfigError:  # an unknown name: the message names field, name and choices
+        raise
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"classifier {cfg.classifier.name!r}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ fingerprint of everything that produced it (model, eraser weights, generation se
 classifier, metrics, prompt, seed); a rerun skips rows whose file exists with the same
 fingerprint and recomputes the rest. Row ids are stable (`t00003`, `p00000`), so there is
 exactly one result per row however often a run is interrupted. `results.csv` is rebuilt
-from the row files at the end of every run.
+from the row files at the end of every run (never read back: resuming reads the row files), its
+cells escaped by `unlearn.csvsafe` (a prompt starting with `=` is written `'=...`; `unescape_cell`
+or `read_rows` there gives the original back).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eval.csv_out import csv_text
+from unlearn.csvsafe import csv_text
 from unlearn.fsutil import atomic_write_json, atomic_write_text, json_default
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ def results_csv_text(results: list[dict]) -> str:
         for k in f:
             if k not in cols:
                 cols.append(k)
+    # formula-leading text and control characters escaped, numbers kept (unlearn.csvsafe)
     return csv_text(cols, ({k: _cell(f.get(k, "")) for k in cols} for f in flats))
 
 

@@ -23,8 +23,11 @@ class Case:
     argv: tuple[str, ...]
     expect: str  # a fragment the one-line message must contain (what it names: file, field or fix)
     # files made first, relative to the case's folder: text, "@eraser:KIND" for an eraser directory
-    # (KIND: ok, nan, size, json, weights, otherbase; see test_reliability._make_eraser), or "@cache:KIND" for a
-    # filled embedding cache of configs/tiny.yaml's prompts, damaged (swapped, zeroed, truncated; _make_cache)
+    # (KIND: ok, nan, size, json, weights, otherbase; see test_reliability._make_eraser), "@cache:KIND" for a
+    # filled embedding cache of configs/tiny.yaml's prompts, damaged (swapped, zeroed, truncated; _make_cache),
+    # "@model:KIND" for a damaged copy of the tiny model (index-truncated, no-layers, nan; _make_model),
+    # "@sqlite:readonly" for a read-only SQLite database, "@utf16:TEXT" for TEXT saved as UTF-16.
+    # `{web}` in argv: a web server on 127.0.0.1 that is not a Ray dashboard.
     files: dict[str, str] = field(default_factory=dict)
     rc: int = 2
     output: str | None = "{tmp}/out"  # must not exist afterwards (nothing created before validation)
@@ -80,6 +83,8 @@ CASES: list[Case] = [
       "is empty", files={"c.yaml": ""}),
     C("config-list", "config", "YAML whose top level is a list", ("train", "-c", "{tmp}/c.yaml", "-o", OUT),
       "must be a mapping", files={"c.yaml": "- a\n- b\n"}),
+    C("config-utf16", "config", "config file saved as UTF-16", ("train", "-c", "{tmp}/c.yaml", "-o", OUT),
+      "is UTF-16 text; save it as UTF-8", files={"c.yaml": "@utf16:model:\n  path: builtin:tiny\n"}),
     C("config-syntax", "config", "YAML syntax error", ("train", "-c", "{tmp}/c.yaml", "-o", OUT), "line 2",
       files={"c.yaml": "model: [\n"}),
     C("config-unknown-section", "config", "misspelt top-level section (`modle`)", train_set("modle.path=x"), "modle: unknown key"),
@@ -134,6 +139,13 @@ CASES: list[Case] = [
       files={"m.bin": "x"}),
     C("model-not-diffusers", "model", "model.path is a folder without model_index.json",
       train_set("model.path={tmp}/m"), "model_index.json", files={"m/readme.txt": "x"}),
+    C("model-index-truncated", "model", "a truncated model_index.json in the model folder",
+      train_set("model.path={tmp}/m"), "model_index.json is not valid JSON", files={"m": "@model:index-truncated"}),
+    C("model-no-layers", "model", "num_layers: 0 in the model's transformer/config.json", train_set("model.path={tmp}/m"),
+      "num_layers: 0", files={"m": "@model:no-layers"}),
+    C("model-nan-weights", "model", "NaN in the model's weights (it was blamed on train.lr)",
+      train_set("model.path={tmp}/m", "train.steps=2"), "weight tensor(s) of the transformer hold NaN",
+      files={"m": "@model:nan"}),
     C("frames-geometry", "model", "model.num_frames not 1 + 4k", train_set("model.num_frames=10"), "model.num_frames"),
     C("height-geometry", "model", "model.height not a multiple of 8", train_set("model.height=30"), "model.height"),
     C("dtype-unknown", "model", "model.dtype float8", train_set("model.dtype=float8"), "model.dtype"),
@@ -192,10 +204,15 @@ CASES: list[Case] = [
     C("eval-eraser-other-base", "silent wrong answers", "an eraser trained on another model of the same shape",
       ev("--eraser", "{tmp}/er"), "eraser_allow_other_base: true", files={"er": "@eraser:otherbase"}),
     C("eval-classifier-unknown", "eval config", "classifier.name unknown", ev_set("classifier.name=bogus"),
-      "Unknown classifier"),
-    C("eval-classifier-module", "eval config", "classifier named by a module path (os:system ran a shell command)",
-      ev_set("classifier.name=os:system"),
-      "not a registered classifier"),
+      "classifier.name: Value error, 'bogus' is not a registered classifier; registered: nudenet, toy"),
+    C("eval-classifier-module", "eval config", "classifier.name a module:attribute path (never imported)",
+      ev_set("classifier.name=nomod:Fac"), "'nomod:Fac' is not a registered classifier; registered: nudenet, toy"),
+    C("eval-classifier-os-system", "security", "classifier named by a module path, with options (os:system ran a shell "
+      "command)", ev_set("classifier.name=os:system", "classifier.options={command: 'touch {tmp}/ran'}"),
+      "classifier.name: Value error, 'os:system' is not a registered classifier; registered: nudenet, toy",
+      output="{tmp}/ran"),
+    C("mlflow-sqlite-readonly", "mlflow", "mlflow.tracking_uri a read-only SQLite database (failed after 105 s)",
+      ev_set("mlflow.tracking_uri=sqlite:///{tmp}/ro.db"), "is read-only", files={"ro.db": "@sqlite:readonly"}),
     C("eval-threshold", "eval config", "classifier threshold above 1", ev_set("classifier.nudenet.threshold=2"),
       "threshold"),
     C("eval-preset", "eval config", "NudeNet preset unknown", ev_set("classifier.nudenet.preset=x"), "preset"),
@@ -270,9 +287,13 @@ CASES: list[Case] = [
     C("submit-unreachable", "submit", "Ray Jobs address nobody listens on",
       ("submit", "--address", "http://127.0.0.1:9", "--auth-token-file", "{tmp}/tok", "--", "t2vu", "--help"),
       "cannot be reached", files={"tok": "x"}, output=None),
-    C("submit-ftp", "submit", "an ftp:// address (the Jobs API is HTTP)",
-      ("submit", "--address", "ftp://127.0.0.1:21", "--", "t2vu", "--help"), "the Ray Jobs API is HTTP", output=None),
-    # a listener that never answers and a web server that is not Ray: tests/test_submit_deadlines.py
+    C("submit-not-ray", "submit", "--address a web server that is not a Ray dashboard",
+      ("submit", "--request-timeout", "10", "--address", "{web}", "--", "t2vu", "--help"), "is not a Ray dashboard",
+      output=None),
+    C("submit-ftp", "submit", "an ftp:// address (the Jobs API is HTTP; Ray's SDK imported a module named after the "
+      "scheme)", ("submit", "--address", "ftp://127.0.0.1:21", "--", "t2vu", "--help"), "the Ray Jobs API is HTTP",
+      output=None),
+    # a listener that never answers or closes at once: tests/test_submit.py, tests/test_submit_deadlines.py
     C("tiny-model-on-file", "output", "`t2vu make-tiny-model` onto an existing file", ("make-tiny-model", "{tmp}/taken"),
       "is a file", files={"taken": "x"}, output=None),
     # --- run folders: one command per folder; --overwrite deletes only the tool's own files -------------------

@@ -111,7 +111,9 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
 
     cfg3 = tiny_pipeline_cfg(tmp_path, stage=3)
     marker = tmp_path / "killed.txt"
-    kill = {"function": "tests.fault_hooks:kill_worker_once", "kwargs": {"at_rank": 1, "at_step": 6, "marker": str(marker)}}
+    from tests.fault_hooks import kill_worker_once
+
+    kill = {"function": kill_worker_once, "kwargs": {"at_rank": 1, "at_step": 6, "marker": str(marker)}}
     s3 = run_distributed(cfg3, tmp_path / "zero3", step_hook=kill)
     assert marker.exists(), "the fault was never injected"
     assert s3["attempts"] == [0, 4], s3  # resumed from the step-4 checkpoint, not from 0

@@ -143,10 +143,15 @@ class FrameMean(VideoClassifier):
         return {"mean_level": float(np.mean([r["mean"] for r in records]))} if records else {}
 
 
-def test_cli_reads_a_public_schema_as_it_comes(tmp_path, capsys):
+def test_cli_reads_a_public_schema_as_it_comes(tmp_path, capsys, monkeypatch):
     """An UnlearnDiffAtk-style file with a BOM, an index column, a duplicate, a bad row and an empty
     guidance cell, a prompt-only preserve file: one run, every finding in the outputs."""
     import yaml
+
+    from tests.plugin_dist import entry_point_site
+
+    # FrameMean installed as a plugin the way a user's package registers one (an entry point)
+    monkeypatch.syspath_prepend(str(entry_point_site(tmp_path, {"frame_mean": f"{__name__}:FrameMean"})))
 
     from pipelines.cli.entry import main
     from unlearn.models.registry import resolve_model_path
@@ -166,7 +171,7 @@ def test_cli_reads_a_public_schema_as_it_comes(tmp_path, capsys):
         "preserve": {"path": str(preserve)},
         "generation": {"num_inference_steps": 2, "num_frames": 9, "height": 32, "width": 32, "scheduler": "ddim",
                        "guidance_scale": 6.0, "vae_tiling": False, "vae_slicing": False},
-        "classifier": {"name": f"{__name__}:FrameMean"},
+        "classifier": {"name": "frame_mean"},
         "output": {"grid_rows": 0, "save_videos": False, "save_gifs": False},
         "runtime": {"num_actors": 0, "scorer": "inline", "progress": False},
     }

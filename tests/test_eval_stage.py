@@ -291,7 +291,7 @@ from eval.classifiers.base import VideoClassifier  # noqa: E402
 
 
 class MeanColour(VideoClassifier):
-    """A user plugin loaded by `module:Factory` from config (no registration needed)."""
+    """A user plugin, registered as an entry point of `t2vu.classifiers` (fixture `mean_colour`)."""
 
     name = "mean_colour"
 
@@ -308,8 +308,17 @@ class MeanColour(VideoClassifier):
         return {"mean_shift": float(np.mean([e["mean"] - b["mean"] for b, e in zip(base, erased)]))}
 
 
-def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path):
-    cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": f"{__name__}:MeanColour", "options": {"channel": 1}},
+@pytest.fixture
+def mean_colour(tmp_path, monkeypatch):
+    """MeanColour installed as a plugin the way a user's package registers one (an entry point)."""
+    from tests.plugin_dist import entry_point_site
+
+    monkeypatch.syspath_prepend(str(entry_point_site(tmp_path, {"mean_colour": f"{__name__}:MeanColour"})))
+    return "mean_colour"
+
+
+def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path, mean_colour):
+    cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": mean_colour, "options": {"channel": 1}},
                    preserve={"path": None})
     s = run_eval(cfg, tmp_path / "plugin")
     assert {"mean_level_base", "mean_level_erased", "mean_shift"} <= set(s)
@@ -317,11 +326,11 @@ def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path):
     assert "mean_erased" in read_results(tmp_path / "plugin")[0]
 
 
-def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_path):
+def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_path, mean_colour):
     """A search evaluates many erasers on the same rows: base videos are generated once."""
     cache = tmp_path / "base-cache"
     # the zeroed cache entry below is a black video: allowed here, and flagged (eval.quality)
-    cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": f"{__name__}:MeanColour"}, preserve={"path": None},
+    cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": mean_colour}, preserve={"path": None},
                    prompts={"limit": 2}, runtime={"base_cache_dir": str(cache)}, checks={"max_degenerate_fraction": 1.0})
     s1 = run_eval(cfg, tmp_path / "a")
     files = sorted(cache.glob("*.npy"))
@@ -433,8 +442,8 @@ def test_bad_eraser_and_model_paths_are_config_errors(tiny_model, tmp_path):
         run_eval(make_cfg(tiny_model, tmp_path), tmp_path / "o")
     with pytest.raises(ConfigError, match="model.path"):
         run_eval(make_cfg(tmp_path / "missing-model", None), tmp_path / "o")
-    with pytest.raises(ConfigError, match="Unknown classifier"):
-        run_eval(make_cfg(tiny_model, None, classifier={"name": "nope"}), tmp_path / "o")
+    with pytest.raises(ValueError, match="'nope' is not a registered classifier; registered: nudenet, toy"):
+        make_cfg(tiny_model, None, classifier={"name": "nope"})  # refused as the config is read
 
 
 def test_cli_starts_ray_sized_for_the_eval_actors(monkeypatch):

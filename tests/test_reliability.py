@@ -83,7 +83,82 @@ def _make_cache(root: Path, kind: str) -> None:
         raise ValueError(kind)
 
 
+def _make_model(path: Path, kind: str) -> None:
+    """A copy of the built-in tiny model, damaged: KIND index-truncated (model_index.json cut short),
+    no-layers (transformer/config.json num_layers: 0), nan (a NaN transformer weight)."""
+    import json
+    import shutil
+
+    from unlearn.models.registry import resolve_model_path
+
+    shutil.copytree(resolve_model_path("builtin:tiny"), path)
+    if kind == "index-truncated":
+        index = path / "model_index.json"
+        index.write_bytes(index.read_bytes()[:40])
+    elif kind == "no-layers":
+        cfg = path / "transformer" / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_layers": 0}))
+    elif kind == "nan":
+        from safetensors.torch import load_file, save_file
+
+        weights = path / "transformer" / "diffusion_pytorch_model.safetensors"
+        state = load_file(weights)
+        first = sorted(state)[0]
+        state[first] = torch.full_like(state[first], float("nan"))
+        save_file(state, weights)
+    else:
+        raise ValueError(kind)
+
+
+def _make_sqlite(path: Path, kind: str) -> None:
+    """KIND readonly: a SQLite database SQLite itself opens read-only (header write version 3), as it does a
+    database on a read-only mount or without write permission, whoever runs the test (root included)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE experiments (name TEXT)")
+    con.commit()
+    con.close()
+    if kind == "readonly":
+        raw = bytearray(path.read_bytes())
+        raw[18] = 3  # file format write version > 2: "the database file must be treated as read-only"
+        path.write_bytes(bytes(raw))
+    elif kind != "ok":
+        raise ValueError(kind)
+
+
+_WEB: list[str] = []
+
+
+def _web_address() -> str:
+    """`{web}`: a web server on 127.0.0.1 that answers every request with an HTML page (not a Ray Jobs API)."""
+    if not _WEB:
+        import http.server
+        import threading
+
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<html>a web page, not the Ray Jobs API</html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _WEB.append(f"http://127.0.0.1:{server.server_address[1]}")
+    return _WEB[0]
+
+
 def _fill(text: str, tmp: Path) -> str:
+    if "{web}" in text:
+        text = text.replace("{web}", _web_address())
     return text.replace("{tmp}", str(tmp)).replace("{root}", str(ROOT))
 
 
@@ -96,6 +171,12 @@ def run_case(case: Case, tmp: Path) -> dict:
             _make_eraser(p, content.partition(":")[2])
         elif content.startswith("@cache:"):  # a filled embedding cache, damaged
             _make_cache(p, content.partition(":")[2])
+        elif content.startswith("@model:"):  # a damaged copy of the tiny model
+            _make_model(p, content.partition(":")[2])
+        elif content.startswith("@sqlite:"):
+            _make_sqlite(p, content.partition(":")[2])
+        elif content.startswith("@utf16:"):  # the text, saved as UTF-16 (with its byte-order mark)
+            p.write_text(_fill(content.partition(":")[2], tmp), encoding="utf-16")
         else:
             p.write_text(_fill(content, tmp))
     argv = [_fill(a, tmp) for a in case.argv]
@@ -114,6 +195,8 @@ def _show(text: str, tmp: Path) -> str:
     from unlearn.models.registry import cache_root
 
     text = text.replace(str(tmp), "$TMP").replace(str(cache_root()), "$T2VU_CACHE")
+    if _WEB:
+        text = text.replace(_WEB[0], "http://127.0.0.1:$PORT")
     text = text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
     text = re.sub(r"\s+\(--debug shows the traceback\)$", "", text)
     return text.replace("|", "\\|")

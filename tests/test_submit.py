@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -144,3 +148,109 @@ def test_credential_files_are_not_uploaded(tmp_path):
                 include_gitignore=False)
     files = {s for s in seen if (tmp_path / s).is_file()}
     assert files == {"ok.py", "unlearn/models/tokenizer.py"}
+
+
+# --- deadlines and one-line errors against listeners that are not a Ray cluster ------------------------
+
+@contextlib.contextmanager
+def listener(mode: str):
+    """A real TCP listener on 127.0.0.1. silent: accepts and never answers; close: closes each connection
+    at once; web: answers every request with an HTML page (a web server that is not a Ray Jobs API)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    stop, held = threading.Event(), []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except (socket.timeout, OSError):
+                continue
+            if mode == "silent":
+                held.append(conn)
+                continue
+            if mode == "web":
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 26\r\n"
+                                 b"Connection: close\r\n\r\n<html>not ray here</html>\n")
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        for conn in held:
+            conn.close()
+
+
+def run_cli(argv: list[str], limit_s: float = 90) -> tuple[int | None, str, float]:
+    """`t2vu ARGV` in-process, in a thread given at most limit_s (a hang fails the test, not the suite)."""
+    from unittest import mock
+
+    from pipelines.cli.entry import main
+
+    out: dict = {}
+    err = io.StringIO()
+
+    def target():
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            out["rc"] = main(argv)
+
+    with mock.patch.dict(os.environ):
+        for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+            os.environ.pop(k, None)
+        t0 = time.monotonic()
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(limit_s)
+        took = time.monotonic() - t0
+    return out.get("rc"), err.getvalue(), took
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [["--", "train", "--help"], ["--status", "some-job"], ["--logs", "some-job"]])
+def test_a_listener_that_never_answers_ends_within_the_deadline(args):
+    import ray.job_submission  # noqa: F401  (imported before the clock starts: the import is not the deadline)
+
+    with listener("silent") as address:
+        rc, err, took = run_cli(["submit", "--request-timeout", "2", "--address", address, *args])
+    assert rc == 2, f"no exit within 90 s (before: hung for good): {err[-500:]}"
+    line = one_error_line(err)
+    assert address in line and "did not answer within 2 s" in line and "--request-timeout" in line
+    assert 2 <= took < 30, took
+
+
+@pytest.mark.parametrize("mode,expect", [("close", "cannot be reached (the server closed the connection"),
+                                         ("web", "is not a Ray dashboard")])
+def test_a_server_that_is_not_ray_is_one_line(mode, expect):
+    with listener(mode) as address:
+        rc, err, _ = run_cli(["submit", "--request-timeout", "5", "--address", address, "--", "train", "--help"])
+    assert rc == 2
+    line = one_error_line(err)
+    assert address in line and expect in line and "--address" in line
+
+
+@pytest.mark.parametrize("address", ["ftp://127.0.0.1:21", "ray://127.0.0.1:10001", "os://x"])
+def test_an_address_that_is_not_http_is_refused_before_any_connection(address):
+    rc, err, _ = run_cli(["submit", "--address", address, "--", "train", "--help"])
+    assert rc == 2
+    line = one_error_line(err)
+    assert address in line and "http:// or https://" in line
+
+
+def test_request_timeout_must_be_positive():
+    rc, err, _ = run_cli(["submit", "--request-timeout", "0", "--address", "http://127.0.0.1:9", "--", "train"])
+    assert rc == 2 and "--request-timeout" in one_error_line(err)

@@ -349,14 +349,8 @@ def all_eval_rows(n: int = FULL_SET_SIZE, seed: int = 0, target: str = "red") ->
 def write_csv(rows: list[dict], path, with_set: bool = False) -> None:
     """Write rows in the prompt-CSV schema `prompt, seed, concept, concept_type` (+ `set`),
     atomically (an interrupted write never leaves a truncated CSV that a rerun would trust)."""
-    import csv
-    import io
-
+    from unlearn.csvsafe import csv_text
     from unlearn.fsutil import atomic_write_text
 
     cols = ["prompt", "seed", "concept", "concept_type"] + (["set"] if with_set else [])
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, csv_text(cols, rows))  # escaped like every CSV the project writes

@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
+
 
 class Strict(BaseModel):
     # unknown keys are errors (a misspelt key must not train on a default); inf/nan are refused
@@ -229,8 +231,6 @@ class MethodConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class ConfigError(ValueError):
-    """A config file failed validation; the message names file, key and fix."""
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -251,8 +251,16 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and (raw[0] == 0) != (raw[1] == 0)):
+        raise ConfigError(f"Config {path} is UTF-16 text; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -22,6 +22,7 @@ from unlearn.eraser import EraserSet
 from unlearn.masks import selector
 from unlearn.models.families import check_family, spec_class
 from unlearn.models.registry import cache_root, resolve_model_path
+from unlearn.models.spec import check_backbone
 from unlearn.step import ErasureObjective, StepBatch
 from unlearn.xt_sources import NoiseSource, TrajectorySource, shard_prompts
 
@@ -77,6 +78,8 @@ class TrainingSession:
         self.device = resolve_device(cfg.train.device) if device is None else torch.device(device)
         self.model_dir = model_dir_of(cfg)
         self.spec = spec_class(cfg.model.family).from_pretrained(self.model_dir, cfg.model.dtype)
+        # no blocks or NaN weights: name the model now, not an empty optimizer or train.lr later
+        check_backbone(self.spec.transformer, self.spec.blocks(), cfg.model.path)
         self.spec.transformer.to(self.device)
         if cfg.train.gradient_checkpointing:
             self.spec.transformer.enable_gradient_checkpointing()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eval.attacks.base import AttackRow
 from unlearn.config import ConfigError
+from unlearn.csvsafe import unescape_cell
 
 
 def _frame(path: Path, field: str, columns: list[str]):
@@ -19,6 +20,9 @@ def _frame(path: Path, field: str, columns: list[str]):
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises several parser error types
         raise ConfigError(f"{field}: {path} cannot be parsed as CSV: {' '.join(str(exc).split())}") from None
+    # cells the project escaped when it wrote a CSV read as the original text (unlearn.csvsafe)
+    df = df.map(unescape_cell)
+    df.columns = [unescape_cell(c) for c in df.columns]
     for c in columns:
         if c not in df.columns:
             raise ConfigError(f"{field}: {path} has no column {c!r} (columns: {list(df.columns)}); rename it or set "

@@ -30,8 +30,8 @@ from typing import Any
 
 from eval.attacks.base import Attacked, AttackContext
 from eval.attacks.report import write_report
-from eval.csv_out import csv_text
 from unlearn.config import ConfigError
+from unlearn.csvsafe import csv_text
 from unlearn.fsutil import atomic_path, atomic_write_json, atomic_write_text
 
 PRESERVE = "preserve"
@@ -141,6 +141,8 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, pl
     plan = plan or plan_attacks(cfg, eval_cfg, output_dir)
     try:
         classifier = build_classifier(eval_cfg.classifier.name, **eval_cfg.classifier.factory_options())
+    except ConfigError:  # an unknown name: the message names field, name and choices
+        raise
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"classifier {eval_cfg.classifier.name!r}: {exc}") from None
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -325,4 +327,4 @@ def _csv(results: list[dict]) -> str:
     cols: list[str] = []
     for f in flat:
         cols += [k for k in f if k not in cols]
-    return csv_text(cols, flat)
+    return csv_text(cols, flat)  # escaped like every results CSV (unlearn.csvsafe)

@@ -4,17 +4,19 @@ A classifier looks at one generated video (and the CSV row that produced it)
 and returns a flat record; `summarize` turns a list of records into set-level
 metrics; `summarize_paired` compares base and erased records made from the
 same rows and seeds. Plugins register a factory under a name that configs use
-(`eval.classifier.name`), with options passed as keyword arguments.
+(`eval.classifier.name`), with options passed as keyword arguments: built in here, or declared
+by an installed package as an entry point of the group `t2vu.classifiers` (docs/plugins.md).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from unlearn.plugins import PluginKind
 
 Record = dict[str, Any]
 
@@ -53,48 +55,36 @@ class VideoClassifier(ABC):
         pass
 
 
-_REGISTRY: dict[str, Callable[..., VideoClassifier]] = {}
-# Built-in plugins are imported lazily so that importing the interface stays cheap.
-_BUILTIN_MODULES = {"nudenet": "eval.classifiers.nudenet", "toy": "eval.classifiers.toy"}
+# Which classifiers a config may name (`eval.classifier.name`): the built-ins below, factories
+# registered in-process by code, and the entry points of installed packages in the group
+# `t2vu.classifiers` (docs/plugins.md). A `module:Factory` string is never imported.
+CLASSIFIERS = PluginKind(
+    field="classifier.name",
+    group="t2vu.classifiers",
+    builtins={"nudenet": "eval.classifiers.nudenet:NudeNetClassifier", "toy": "eval.classifiers.toy:ToyClassifier"},
+    noun="classifier",
+)
+ENTRY_POINT_GROUP = CLASSIFIERS.group
 
 
 def register_classifier(name: str) -> Callable:
+    """Register a factory under `name` in this process (code, not config: a config can only name it)."""
+
     def deco(factory: Callable[..., VideoClassifier]):
-        _REGISTRY[name] = factory
+        CLASSIFIERS.register(name, factory)
         return factory
 
     return deco
 
 
-# Third-party classifiers are installed packages that declare an entry point in this group, e.g. in
-# their pyproject.toml:   [project.entry-points."t2vu.classifiers"]   mydetector = "mypkg.det:Factory"
-# A config names only a registered name: a `module:attr` string would import any module and call any
-# attribute (`os:system` ran a shell command), so a config file could run code. Choosing what is
-# installed is the user's trust decision; choosing a name from it is the config's.
-ENTRY_POINT_GROUP = "t2vu.classifiers"
+def classifier_names() -> list[str]:
+    return CLASSIFIERS.choices()
 
 
-def _installed_plugins() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_classifiers() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES) | set(_installed_plugins()))
+known_classifiers = classifier_names
 
 
 def build_classifier(name: str, **options: Any) -> VideoClassifier:
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name in _REGISTRY:
-        return _REGISTRY[name](**options)
-    plugin = _installed_plugins().get(name)
-    if plugin is not None:
-        return plugin.load()(**options)
-    how = (f'register a plugin as an entry point of group "{ENTRY_POINT_GROUP}" in its package\'s pyproject.toml '
-           f'([project.entry-points."{ENTRY_POINT_GROUP}"] NAME = "package.module:Factory") and use NAME')
-    if ":" in name:
-        raise ValueError(f"classifier {name!r} is a module path, not a registered classifier: configs may only "
-                         f"name one of {known_classifiers()}; to add one, {how}")
-    raise ValueError(f"Unknown classifier {name!r}; known: {known_classifiers()} (to add one, {how})")
+    """The classifier `name` (built-in, registered in-process, or an installed entry point) made with `options`;
+    an unknown name is `unlearn.plugins.UnknownPluginError` naming the field, the name and the choices."""
+    return CLASSIFIERS.load(name)(**options)

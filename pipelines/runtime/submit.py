@@ -10,10 +10,18 @@ Auth: Ray 2.60 clusters enable token auth by default. The client must send
 the cluster's token: we turn on `RAY_AUTH_MODE=token` when a token is
 available (`--auth-token-file`, `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, or
 `~/.ray/auth_token`), which is what `ray job submit` needs too.
+
+Deadlines: every request to the Jobs API waits at most `timeout_s` (`t2vu submit --request-timeout`,
+default $T2VU_SUBMIT_TIMEOUT_S or 30 s) to connect and between bytes of the answer (an upload that keeps
+moving is not cut off, however long the package); the Ray SDK itself has no timeout, so a
+listener that accepts and never answers used to hang the command for good. Every network failure
+(no answer, refused, not a Ray Jobs API, an unsupported scheme such as ftp://, a refused token) is
+a `SubmitError`: one line naming the address, the timeout where it applies, and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -22,6 +30,7 @@ from pathlib import Path
 
 from pipelines.runtime.env import runtime_env_vars
 from pipelines.runtime.paths import project_root
+from unlearn.config import ConfigError
 
 # The checkout (or $T2VU_HOME in the image: configs/, benchmarks/, examples/; the packages are installed there).
 PROJECT_ROOT = project_root()
@@ -87,92 +96,123 @@ def configure_auth(token_file: str | None = None) -> str:
     return os.environ.get("RAY_AUTH_MODE", "disabled")
 
 
-# Every call to the Jobs API gets a deadline: Ray's client sends its HTTP requests without a timeout, so a
-# listener that accepts and never answers (a wrong port, a stuck proxy) hung `t2vu submit` for good.
-REQUEST_TIMEOUT_S = float(os.environ.get("T2VU_SUBMIT_TIMEOUT_S", "30"))
+# T2VU_SUBMIT_TIMEOUT_S sets the default (the command's --request-timeout wins).
+DEFAULT_TIMEOUT_S = float(os.environ.get("T2VU_SUBMIT_TIMEOUT_S", "30"))
+SCHEMES = ("http", "https")
 
 
-def bounded(what: str, address: str, fn, *args, timeout_s: float | None = None, **kwargs):
-    """fn(*args, **kwargs) with a deadline; past it, one ConfigError line naming the address and the fix.
-
-    The call runs on a daemon thread: a socket that never answers cannot be interrupted, and a daemon
-    thread does not keep the process alive once the command has given up on it."""
-    import threading
-
-    from unlearn.config import ConfigError
-
-    timeout_s = REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    th = threading.Thread(target=target, name=f"t2vu-submit-{what}", daemon=True)
-    th.start()
-    th.join(timeout_s)
-    if th.is_alive():
-        raise ConfigError(f"{address} did not answer {what} within {timeout_s:.0f} s: is it the Ray dashboard "
-                          "(http://HEAD:8265) and reachable? (raise the deadline with T2VU_SUBMIT_TIMEOUT_S)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+class SubmitError(ConfigError):
+    """The Jobs API could not be reached or refused the request (one line: address, timeout, fix)."""
 
 
-def check_address(address: str, timeout_s: float | None = None) -> None:
-    """Fail in one line, within the deadline, unless `address` is an HTTP server that looks like Ray's dashboard."""
-    from urllib.parse import urlparse
+def check_address(address: str) -> str:
+    """The Jobs API URL of `address` (http:// added when it has no scheme); an unsupported scheme
+    (ftp://, ray://, or any other: Ray's SDK would import a module of that name) is refused."""
+    if not address or not address.strip():
+        raise SubmitError("--address is empty; give the Ray dashboard address, e.g. http://HEAD:8265")
+    address = address.strip().rstrip("/")
+    scheme = address.split("://", 1)[0].lower() if "://" in address else "http"
+    if scheme not in SCHEMES:
+        raise SubmitError(f"--address {address}: the Ray Jobs API is HTTP (http:// or https://), not {scheme}://; "
+                          "give the head's dashboard address, e.g. http://HEAD:8265")
+    return address if "://" in address else f"http://{address}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The few words of a requests/urllib3 connection error that say what happened."""
+    import re
+
+    text = str(exc)
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "the server closed the connection without answering"
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return m.group(1).strip().lower() if m else type(exc).__name__
+
+
+def _fix(address: str) -> str:
+    return (f"check that --address {address} is the Ray dashboard of a running cluster (`ray start --head` "
+            "prints it; default port 8265) and reachable from here")
+
+
+@contextlib.contextmanager
+def network(address: str, timeout_s: float, what: str = "Ray Jobs API", *, first_contact: bool = False):
+    """Turn the Jobs SDK's network failures into one-line `SubmitError`s naming the address and the fix.
+    first_contact: the client's version check, where an answer that is not the Jobs API's JSON
+    (a web page, another service) shows up as a JSON or key error."""
+    import json
 
     import requests
+    from ray.exceptions import AuthenticationError
 
-    from unlearn.config import ConfigError
+    def no_answer() -> SubmitError:
+        return SubmitError(f"{what} at {address} did not answer within {timeout_s:g} s; {_fix(address)}, or allow "
+                           "longer with --request-timeout SECONDS (or T2VU_SUBMIT_TIMEOUT_S)")
 
-    url = urlparse(address)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ConfigError(f"--address {address}: the Ray Jobs API is HTTP; give the dashboard address, "
-                          "e.g. --address http://HEAD:8265")
-    timeout_s = REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        r = requests.get(address.rstrip("/") + "/api/version", timeout=(min(timeout_s, 10.0), timeout_s))
-    except requests.Timeout:
-        raise ConfigError(f"{address} did not answer within {timeout_s:.0f} s: is it the Ray dashboard "
-                          "(http://HEAD:8265)? (raise the deadline with T2VU_SUBMIT_TIMEOUT_S)") from None
-    except requests.RequestException as exc:
-        raise ConfigError(f"{address} cannot be reached ({type(exc).__name__}): is the Ray head up and its "
-                          "dashboard port (8265) open to you?") from None
-    if r.status_code in (401, 403):  # token auth: the Jobs client sends the token and says what is wrong
-        return
+        yield
+    except SubmitError:
+        raise
+    except requests.exceptions.Timeout:
+        raise no_answer() from None
+    except AuthenticationError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise SubmitError(f"{what} at {address} refused the request: {detail}; pass the cluster's token with "
+                          "--auth-token-file (`ray get-auth-token` on the head)") from None
+    except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+        cause = exc.__context__ or exc  # the SDK re-raises requests' error as a bare ConnectionError
+        if isinstance(cause, requests.exceptions.Timeout):
+            raise no_answer() from None
+        raise SubmitError(f"{what} at {address} cannot be reached ({_reason(cause)}); {_fix(address)}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:  # requests' JSONDecodeError is a json one
+        if not first_contact and not isinstance(exc, json.JSONDecodeError):
+            raise
+        raise SubmitError(f"{what} at {address} answered, but is not a Ray dashboard (its answer is not the Jobs "
+                          f"API's JSON: {type(exc).__name__}); {_fix(address)}") from None
+    except requests.exceptions.RequestException as exc:
+        raise SubmitError(f"{what} at {address}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
+                          f"{_fix(address)}") from None
+    except RuntimeError as exc:  # the SDK's own errors: an HTTP status, a job not found, the version check
+        msg = " ".join(str(exc).split())
+        if "Version check returned 404" in msg:
+            raise SubmitError(f"{what} at {address} answered, but is not a Ray dashboard (no /api/version); "
+                              f"{_fix(address)}") from None
+        raise SubmitError(f"{what} at {address}: {msg[:300]}") from None
+
+
+@contextlib.contextmanager
+def _only_this_address():
+    """Ray's SDK silently prefers $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS over the address it is given:
+    hide them while the client is made, so --address (checked, and named in errors) is the one used."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
     try:
-        ok = r.ok and "ray_version" in r.json()
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{address} answered (HTTP {r.status_code}) but is not a Ray dashboard (no /api/version): "
-                          "give the Ray head's dashboard address, e.g. http://HEAD:8265")
+        yield
+    finally:
+        os.environ.update(saved)
 
 
-def client(address: str, token_file: str | None = None):
+def client(address: str, token_file: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """A Jobs API client whose every request has a deadline (connect, and each wait for bytes: `timeout_s`)."""
+    if not timeout_s > 0 or timeout_s == float("inf"):
+        raise SubmitError(f"--request-timeout must be a positive number of seconds, got {timeout_s}")
+    url = check_address(address)
     configure_auth(token_file)
-    check_address(address)
     from ray.job_submission import JobSubmissionClient
 
-    c = bounded("the Jobs client's handshake", address, JobSubmissionClient, address)
-    return _BoundedClient(c, address)
+    class _Client(JobSubmissionClient):
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", (timeout_s, timeout_s))
+            return super()._do_request(method, endpoint, **kwargs)
+
+    with network(url, timeout_s, first_contact=True), _only_this_address():
+        c = _Client(url)  # checks the connection and the server's Ray version (two requests)
+    c.t2vu_address, c.t2vu_timeout_s = url, timeout_s
+    return c
 
 
-class _BoundedClient:
-    """The Jobs client with every method call under `bounded` (same names, same results)."""
-
-    def __init__(self, inner, address: str):
-        self._inner, self._address = inner, address
-
-    def __getattr__(self, name):
-        fn = getattr(self._inner, name)
-        if not callable(fn):
-            return fn
-        return lambda *a, **k: bounded(name, self._address, fn, *a, **k)
+def call(c, method: str, *args, **kwargs):
+    """`c.method(*args)` with its network failures as one-line `SubmitError`s."""
+    with network(c.t2vu_address, c.t2vu_timeout_s):
+        return getattr(c, method)(*args, **kwargs)
 
 
 def build_runtime_env(working_dir: Path = PROJECT_ROOT, extra_env: dict[str, str] | None = None, pip: list[str] | None = None) -> dict:
@@ -195,37 +235,42 @@ def entrypoint_for(t2vu_args: list[str]) -> str:
 
 
 def submit(address: str, t2vu_args: list[str], *, token_file=None, extra_env=None, job_id=None,
-           working_dir: Path = PROJECT_ROOT, pip=None, agent_wait_s: float = 180) -> str:
-    c = client(address, token_file)
-    kwargs = dict(entrypoint=entrypoint_for(t2vu_args), runtime_env=build_runtime_env(working_dir, extra_env, pip),
+           working_dir: Path = PROJECT_ROOT, pip=None, agent_wait_s: float = 180,
+           timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    entrypoint = entrypoint_for(t2vu_args)  # argument errors before any network call
+    c = client(address, token_file, timeout_s)
+    kwargs = dict(entrypoint=entrypoint, runtime_env=build_runtime_env(working_dir, extra_env, pip),
                   submission_id=job_id)
     # A freshly started head answers HTTP before its job agent is up ("No available agent");
     # that is transient, so retry for a while instead of failing the submission.
     deadline = time.time() + agent_wait_s
     while True:
-        try:
-            return c.submit_job(**kwargs)
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
-            time.sleep(2)
+        with network(c.t2vu_address, timeout_s):
+            try:
+                return c.submit_job(**kwargs)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.time() > deadline:
+                    raise
+        time.sleep(2)
 
 
-def follow(address: str, job_id: str, *, token_file=None, out=sys.stdout, poll_s: float = 1.0, timeout_s: float | None = None) -> str:
-    """Stream the job's logs until it ends; returns the final status name."""
-    c = client(address, token_file)
+def follow(address: str, job_id: str, *, token_file=None, out=sys.stdout, poll_s: float = 1.0,
+           timeout_s: float | None = None, request_timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    """Stream the job's logs until it ends; returns the final status name. timeout_s: give up on the
+    job after this long (None: wait for it); request_timeout_s: each request's deadline."""
+    c = client(address, token_file, request_timeout_s)
     printed = 0
     start = time.time()
     while True:
-        logs = c.get_job_logs(job_id)
+        logs = call(c, "get_job_logs", job_id)
         if len(logs) > printed:
             out.write(logs[printed:])
             out.flush()
             printed = len(logs)
-        st = c.get_job_status(job_id)
+        st = call(c, "get_job_status", job_id)
         status = str(getattr(st, "value", st))
         if status in TERMINAL:
-            logs = c.get_job_logs(job_id)
+            logs = call(c, "get_job_logs", job_id)
             out.write(logs[printed:])
             return status
         if timeout_s is not None and time.time() - start > timeout_s:
@@ -233,12 +278,16 @@ def follow(address: str, job_id: str, *, token_file=None, out=sys.stdout, poll_s
         time.sleep(poll_s)
 
 
-def status(address: str, job_id: str, token_file=None) -> dict:
-    c = client(address, token_file)
-    info = c.get_job_info(job_id)
+def status(address: str, job_id: str, token_file=None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+    c = client(address, token_file, timeout_s)
+    info = call(c, "get_job_info", job_id)
     return {"job_id": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
             "message": info.message, "entrypoint": info.entrypoint}
 
 
-def stop(address: str, job_id: str, token_file=None) -> bool:
-    return client(address, token_file).stop_job(job_id)
+def stop(address: str, job_id: str, token_file=None, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    return call(client(address, token_file, timeout_s), "stop_job", job_id)
+
+
+def logs(address: str, job_id: str, token_file=None, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    return call(client(address, token_file, timeout_s), "get_job_logs", job_id)

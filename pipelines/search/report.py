@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.csv_out import csv_text
 from eval.metrics import UNASKED
 from pipelines.search.plots import plot_learning_curves, plot_pareto, plot_sensitivity
 from pipelines.search.results import collect_result, read_json
+from unlearn.csvsafe import csv_text
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def write_results_csv(path: Path, result, cfg) -> Path:
                      *[t.metrics.get(k, "") for k in metric_keys], t.trial_id in pareto,
                      bool(result.best and t.trial_id == result.best.trial_id), t.steps_done, t.eraser or "",
                      t.mlflow_run_id or ""])
-    atomic_write_text(path, csv_text(header, rows))
+    atomic_write_text(path, csv_text(header, rows))  # escaped like every results CSV (unlearn.csvsafe)
     return path
 
 

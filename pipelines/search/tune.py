@@ -130,6 +130,8 @@ def run_search(
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
     check_baselines(cfg, objective, out)
+    if cfg.mlflow.enabled:  # a read-only SQLite file or a silent server: one line now, not minutes later
+        mu.check_reachable(cfg.mlflow.resolve_uri(out))
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         pin_config(out / "search_config.yaml", cfg.to_dict(), out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from eval.csv_out import csv_text
+from unlearn.csvsafe import csv_text
 from unlearn.fsutil import atomic_write_text
 
 # What the final JSON line and the table report (key in our metrics dict).

@@ -18,6 +18,7 @@ class MlflowAttackObserver:
     def __init__(self, cfg, output_dir: str | Path, name: str):
         self.cfg, self.name = cfg, name
         self.uri = cfg.resolve_uri(output_dir)
+        mu.check_reachable(self.uri)  # a read-only SQLite file or a silent server: one line, in seconds
         self.client = self.exp_id = self.parent = None
 
     def started(self, out: Path) -> None:
@@ -30,7 +31,7 @@ class MlflowAttackObserver:
             self.parent, _ = mu.get_or_create_parent(self.client, self.exp_id, self.name, out,
                                                      tags={"t2vu.kind": "attack"})
         except MlflowException as exc:
-            raise ConfigError(f"mlflow ({self.uri}): {exc}") from None
+            raise ConfigError(f"mlflow ({self.uri}): {' '.join(str(exc).split())}") from None
 
     def cell(self, method: str, attack: str, stats: dict, cell_dir: Path) -> None:
         child = mu.get_or_create_child(self.client, self.exp_id, self.parent, f"{method}/{attack}",

@@ -48,6 +48,7 @@ class MlflowEvalObserver:
     """cfg: `eval.config.EvalMlflowConfig`; run_id: the run to log into (None: create one)."""
 
     def __init__(self, cfg, run_id: str | None):
+        mu.check_reachable(cfg.tracking_uri)  # before the eval makes its folder: one line, in seconds
         self.cfg = cfg
         self.run_id = run_id
         self.created = False
@@ -74,7 +75,7 @@ class MlflowEvalObserver:
                 self.run_id = self.client.create_run(exp_id, run_name=f"eval-{self.output_dir.name}").info.run_id
                 self.created = True
         except MlflowException as exc:
-            raise ConfigError(f"mlflow ({self.cfg.tracking_uri}): {exc}") from None
+            raise ConfigError(f"mlflow ({self.cfg.tracking_uri}): {' '.join(str(exc).split())}") from None
         self._thread.start()
         return {"mlflow_run_id": self.run_id}
 

@@ -39,13 +39,83 @@ METRICS_PER_BATCH = 500
 _REACHABLE: set[str] = set()
 
 
-def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, naming the URI, when an HTTP tracking server does not answer.
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` tracking URI (None for any other URI or an in-memory one)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    rest = tracking_uri[len("sqlite:"):]
+    if not rest.startswith("///"):
+        return None  # sqlite:// (in memory) or a form SQLAlchemy does not take as a file
+    path = rest[3:].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
-    MLflow's own client retries for minutes (measured: 265 s) before giving up. Checked once
-    per URI and process; file/SQLite URIs need no server.
+
+def check_sqlite_writable(tracking_uri: str) -> None:
+    """Fail in a moment, naming the file, when a SQLite tracking store cannot be written.
+
+    MLflow retries a write to a read-only database for minutes (measured: 105 s) and then ends in
+    a traceback whose last line never says "read-only". Checked: the file (opened, and a write tried
+    inside a transaction that is rolled back, so nothing changes) or, for a file still to be made,
+    the nearest existing folder.
     """
-    if not tracking_uri.startswith(("http://", "https://")) or tracking_uri in _REACHABLE:
+    import sqlite3
+
+    from unlearn.config import ConfigError
+
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    fix = "make it writable, or set mlflow.tracking_uri to another sqlite:///FILE (or an http:// server)"
+    if path.is_dir():
+        raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: {path} is a folder, not a SQLite file; "
+                          "name a file, e.g. sqlite:///runs/mlflow.db")
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: cannot create {path}: {parent} is read-only "
+                              f"or not a folder; {fix}")
+        return
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: {path} cannot be read (permissions); {fix}")
+    try:
+        con = sqlite3.connect(str(path), timeout=2.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: {path} cannot be opened ({exc}); {fix}") from None
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("CREATE TABLE t2vu_write_probe (x INTEGER)")  # rolled back below: nothing changes
+        con.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        msg = str(exc)
+        if "locked" in msg or "busy" in msg:  # another writer holds it: writable, just busy now
+            return
+        if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+            raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: the SQLite database {path} is read-only "
+                              f"({msg}); {fix}") from None
+        raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: {path} cannot be written ({msg}); {fix}") from None
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        raise ConfigError(f"mlflow.tracking_uri {tracking_uri}: {path} is not a SQLite database ({exc}); "
+                          "point mlflow.tracking_uri at an MLflow SQLite file or a new path") from None
+    finally:
+        con.close()
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the URI, when the tracking store cannot be used: an HTTP tracking
+    server that does not answer, or a SQLite file that cannot be written (`check_sqlite_writable`).
+
+    MLflow's own client retries for minutes (measured: 265 s for a silent server, 105 s for a
+    read-only SQLite file) before giving up. Checked once per URI and process.
+    """
+    if tracking_uri in _REACHABLE:
+        return
+    if tracking_uri.startswith("sqlite:"):
+        check_sqlite_writable(tracking_uri)
+        _REACHABLE.add(tracking_uri)
+        return
+    if not tracking_uri.startswith(("http://", "https://")):
         return
     import requests
 

@@ -57,7 +57,7 @@ def make_trainer(
     """A `TorchTrainer` for one eraser training (used by `run_distributed` and by each Tune trial).
 
     `name` + `storage_path` identify the run: reusing them resumes from its last checkpoint.
-    `step_hook`: {"function": "module:function", "kwargs": {...}}, called in every worker after
+    `step_hook`: {"function": <callable>, "kwargs": {...}}, called in every worker after
     every step (`pipelines.train.worker.load_step_hook`); for tests (fault injection).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

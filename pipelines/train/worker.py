@@ -6,14 +6,13 @@ reported checkpoint, then step / log / checkpoint. The step is the plain-PyTorch
 with a client `torch.optim.AdamW` (DeepSpeed's CPU Adam JIT-compiles for ~50 s).
 
 `lc` (the loop config, built by `pipelines.train.driver.make_trainer`) is plain data. Its
-`step_hook` ({"function": "module:function", "kwargs": {...}}) is called as
+`step_hook` ({"function": <callable>, "kwargs": {...}}) is called as
 `function(step, rank, **kwargs)` after every optimizer step; the tests install one that kills a
 worker, production runs have none.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import tempfile
 import time
@@ -41,13 +40,17 @@ def worker_method_config(cfg: PipelineConfig, world: int):
 
 
 def load_step_hook(spec: dict | None) -> Callable[[int, int], None] | None:
-    """`{"function": "module:function", "kwargs": {...}}` -> `hook(step, rank)`; None -> None."""
+    """`{"function": <callable>, "kwargs": {...}}` -> `hook(step, rank)`; None -> None.
+
+    The function travels to the workers as an object (pickled by reference, so its module must be
+    importable there); a "module:function" string is refused, never imported (unlearn.plugins)."""
     if not spec:
         return None
-    module, _, name = spec["function"].partition(":")
-    if not name:
-        raise ValueError(f"step_hook.function must be 'module:function', got {spec['function']!r}")
-    return partial(getattr(importlib.import_module(module), name), **spec.get("kwargs", {}))
+    fn = spec["function"]
+    if not callable(fn):
+        raise TypeError(f"step_hook.function must be a callable (a function object), got {fn!r}; "
+                        "module:function strings are not imported")
+    return partial(fn, **spec.get("kwargs", {}))
 
 
 def build_session(cfg: PipelineConfig, lc: dict, world: int, rank: int, device):

@@ -277,8 +277,10 @@ def _count(blob: str) -> tuple[int, int, int]:
 
 
 def _read(path: Path, part: str) -> dict | None:
+    from unlearn.models.spec import read_model_json
+
     f = path / part / "config.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_model_json(f) if f.is_file() else None
 
 
 def resolve_architecture(model_path: str, preset: str | None) -> Architecture:
@@ -301,7 +303,13 @@ def resolve_architecture(model_path: str, preset: str | None) -> Architecture:
             raise ValueError(f"model.path {path} lacks {', '.join(f'{m}/config.json' for m in missing)}; "
                              f"add them or set model.architecture ({', '.join(PRESETS)}) to fill them in")
         filled = {p: v if v is not None else PRESETS[preset][p] for p, v in parts.items()}
-        index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+        layers = filled["transformer"].get("num_layers")
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+            raise ValueError(f"model.path {path}: transformer/config.json num_layers is {layers!r}; a transformer "
+                             "needs at least one block: the config is damaged or was edited (use the model's own)")
+        from unlearn.models.spec import read_model_json
+
+        index = read_model_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
         tokens = None
         if filled["transformer"].get("_class_name") == "WanTransformer3DModel":
             from unlearn.models.wan import text_max_length

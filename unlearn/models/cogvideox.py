@@ -9,13 +9,12 @@ joint-attention layout (text tokens first, then video tokens frame-major).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from unlearn.models.spec import DTYPES, TokenLayout, load_parts
+from unlearn.models.spec import DTYPES, TokenLayout, load_parts, read_model_json
 
 LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -70,13 +69,13 @@ def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Modu
 
 def vae_factors(path: str | Path) -> tuple[int, int]:
     """(spatial, temporal) compression read from vae/config.json, without loading the VAE."""
-    cfg = json.loads((Path(path) / "vae" / "config.json").read_text())
+    cfg = read_model_json(Path(path) / "vae" / "config.json")
     spatial = 2 ** (len(cfg["block_out_channels"]) - 1)
     return spatial, int(cfg.get("temporal_compression_ratio", 4))
 
 
 def text_max_length(path: str | Path) -> int:
-    cfg = json.loads((Path(path) / "transformer" / "config.json").read_text())
+    cfg = read_model_json(Path(path) / "transformer" / "config.json")
     return int(cfg["max_text_seq_length"])
 
 
@@ -140,7 +139,7 @@ class CogVideoXSpec:
     @staticmethod
     def eraser_shape_of(path: str | Path) -> tuple[int, int]:
         """(eraser sites, hidden size) from transformer/config.json: an eraser's fit, checked before any load."""
-        cfg = json.loads((Path(path) / "transformer" / "config.json").read_text())
+        cfg = read_model_json(Path(path) / "transformer" / "config.json")
         return int(cfg["num_layers"]), int(cfg["num_attention_heads"] * cfg["attention_head_dim"])
 
     @staticmethod

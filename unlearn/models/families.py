@@ -8,10 +8,10 @@ method and in evaluation reaches the family only through `spec_class(...)`.
 
 from __future__ import annotations
 
-import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from unlearn.plugins import load_reference
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+#: The libraries a model_index.json component may name (diffusers imports the one named).
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+
+
 def _load(ref: str):
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    # the table above is code, not config; load_reference still refuses a module outside the project
+    return load_reference(ref)
 
 
 def family_names() -> list[str]:
@@ -94,10 +98,20 @@ def family_of_transformer(transformer) -> str:
 
 def family_of_model_dir(path: str | Path) -> str:
     """The family of a diffusers model directory, from model_index.json's pipeline class name."""
+    from unlearn.errors import ConfigError
+    from unlearn.models.spec import read_model_json
+
     index = Path(path) / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{index} missing: {path} is not a diffusers model directory")
-    cls_name = json.loads(index.read_text()).get("_class_name", "")
+    data = read_model_json(index)
+    # diffusers imports the library a component names: a model directory may name only these two
+    for key, value in data.items():
+        if (isinstance(value, list) and len(value) == 2 and value[0] is not None
+                and value[0] not in COMPONENT_LIBRARIES):
+            raise ConfigError(f"{index}: component {key!r} names library {value[0]!r}; a model directory loads only "
+                              f"{' and '.join(COMPONENT_LIBRARIES)} components (it cannot bring code of its own)")
+    cls_name = data.get("_class_name", "")
     for name in family_names():
         if base_family(name) == name and spec_class(name).pipeline_class_name == cls_name:
             return name

@@ -138,6 +138,50 @@ class ModelSpec(Protocol):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def read_model_json(path: str | Path) -> dict:
+    """A model directory's JSON file (model_index.json, <part>/config.json) as a dict; a truncated,
+    non-UTF-8 or non-object file is a one-line ConfigError naming it (a damaged download), not a
+    JSONDecodeError traceback."""
+    import json
+
+    from unlearn.errors import ConfigError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 JSON: the model directory is damaged; download or convert it "
+                          "again") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; "
+                          "truncated?): the model directory is damaged or incomplete; download or convert it "
+                          "again") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, not {type(data).__name__}: the model directory is "
+                          "damaged; download or convert it again")
+    return data
+
+
+def check_backbone(transformer: nn.Module, blocks: list, model: str | Path) -> None:
+    """Refuse a loaded transformer that cannot be trained on, naming the model (not a training setting):
+    no blocks (`num_layers: 0`: no eraser site, an empty optimizer), or NaN/inf in its frozen weights
+    (every loss would be NaN and the message would blame train.lr). One pass over the weights: about
+    a second per few GB on a CPU, little next to loading them."""
+    from unlearn.errors import ConfigError
+
+    if not blocks:
+        n = getattr(getattr(transformer, "config", None), "num_layers", None)
+        raise ConfigError(f"model.path {model}: the transformer has no blocks (transformer/config.json num_layers: "
+                          f"{n}), so there is nothing to attach an eraser to; the model directory is damaged or "
+                          "its config was edited: use the model's own config.json")
+    bad = [name for name, t in [*transformer.named_parameters(), *transformer.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ConfigError(f"model.path {model}: {len(bad)} weight tensor(s) of the transformer hold NaN or inf "
+                          f"(first: {bad[0]}); the model files are damaged (or were saved from a diverged run), "
+                          "not a training setting: download or convert the model again")
+
+
 def load_parts(path: Path, dtype: str, components, loaders: dict[str, Callable[[str, torch.dtype], Any]],
                family: str) -> dict:
     """Load only the named parts of a model directory (a trainer never loads a multi-GB text encoder

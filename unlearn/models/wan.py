@@ -22,13 +22,12 @@ refused with a message.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from unlearn.models.spec import DTYPES, TokenLayout, load_parts
+from unlearn.models.spec import DTYPES, TokenLayout, load_parts, read_model_json
 from unlearn.models.wan_experts import WanExperts, experts_of_pipeline, is_experts
 
 LAYOUT_DIRS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -37,7 +36,7 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return read_model_json(path)  # a damaged file: one line naming it
 
 
 def check_model_dir(path: str | Path, need: tuple[str, ...] = LAYOUT_DIRS) -> Path:
@@ -95,7 +94,14 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     path = check_model_dir(path, tuple(components))
 
     def scheduler(sub, dt):  # the directory names its flow scheduler (FlowMatchEuler or UniPC)
-        return getattr(diffusers, _json(Path(sub) / "scheduler_config.json")["_class_name"]).from_pretrained(sub)
+        from unlearn.config import ConfigError
+
+        name = _json(Path(sub) / "scheduler_config.json").get("_class_name")
+        cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):  # a class, not any attribute
+            raise ConfigError(f"{Path(sub) / 'scheduler_config.json'}: _class_name {name!r} is not a diffusers "
+                              "scheduler class")
+        return cls.from_pretrained(sub)
 
     loaders = {
         "transformer": lambda sub, dt: WanTransformer3DModel.from_pretrained(sub, dtype=dt),

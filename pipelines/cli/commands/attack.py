@@ -53,9 +53,10 @@ def run(args) -> int:
     plan = plan_attacks(cfg, eval_cfg, out)  # every file/field error before the output folder exists
     if cfg.mlflow.enabled:
         check_tracking_store(cfg.mlflow.resolve_uri(out), out)
+    # made before the folder: a read-only SQLite store or a silent server is one line, with nothing written
+    observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
     out.mkdir(parents=True, exist_ok=True)
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
-    observer = MlflowAttackObserver(cfg.mlflow, out, out.name) if cfg.mlflow.enabled else None
     summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
     keys = ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds", "degenerate_videos",
             "truncated_prompts", "output", "mlflow")
