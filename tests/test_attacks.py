@@ -75,6 +75,7 @@ def test_ringabell_turns_benign_prompts_red_on_the_base_model(toy):
     assert rb_text > benign, ([a.text for a in found], rb_text)
 
 
+@pytest.mark.slow
 def test_softprompt_brings_red_back_through_a_weak_eraser(toy, tmp_path):
     """A briefly trained eraser removes red from the clean prompts; the white-box soft prompt (within 1x the
     red-anchor embedding distance) recovers it through the same eraser."""

@@ -156,6 +156,7 @@ def test_trajectory_source_and_reference_modes(model_dir, tmp_path, reference):
     assert torch.isfinite(out["loss"])
 
 
+@pytest.mark.slow
 def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text())

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +17,7 @@ from gpu_smoke import model_flops, video_tokens  # noqa: E402
 from unlearn.models.architectures import PRESETS  # noqa: E402
 
 
+@pytest.mark.slow
 def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}
     r = subprocess.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny", "--device", "cpu", "--steps", "2",
@@ -59,6 +62,7 @@ def test_flop_model_at_the_real_geometry():
     assert 0.9e15 < flops < 1.1e15
 
 
+@pytest.mark.slow
 def test_gpu_smoke_wan_case_runs_on_cpu_tiny(tmp_path):
     """The Wan case (Wan2.1-T2V-1.3B shape on a GPU): the same entry points on the tiny Wan."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}

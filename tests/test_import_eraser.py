@@ -145,6 +145,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_imports_and_refuses_non_tensor_files(spec, tiny, tmp_path):
     hidden, rank = spec.hidden_size(), 4
     src = save_their_file(tmp_path / "paper", their_adapters(len(spec.blocks()), hidden, rank), rank)

@@ -141,6 +141,7 @@ def test_preflight_checks_only_cuda_runs_and_refuses_before_loading():
     assert preflight(method, pipeline, mode="distributed", gpu_memory_gb=80, stream=err) is None  # 4 GPUs x 80 GB: fits
 
 
+@pytest.mark.slow
 def test_prediction_matches_a_measured_step(tmp_path):
     """One real fused training step on CPU (the benchmark's method, small size): the plan's peak within 15%."""
     from benchmarks.memory_plan_check import run_size
@@ -251,6 +252,7 @@ def test_wan_block_accounting_is_what_autograd_saves(dtype, site, expand):
         assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (layers, sum(saved.values()), predicted)
 
 
+@pytest.mark.slow
 def test_wan_prediction_matches_a_measured_step(tmp_path):
     """One real fused training step of a Wan transformer on CPU (per-token timesteps, as Wan 2.2 TI2V): within 15%."""
     from benchmarks.memory_plan_check import run_size

@@ -89,6 +89,7 @@ def test_generates_what_the_prompts_say(pipe):
     np.testing.assert_allclose(again[0], frames[0], atol=1e-4)  # seeded per row (batch size: float noise only)
 
 
+@pytest.mark.slow
 def test_wan_build_smoke_end_to_end(tmp_path):
     """`t2vu toy build --family wan` at toy sizes: trains, saves, reloads through WanPipeline, scores."""
     from diffusers import WanPipeline

@@ -122,6 +122,7 @@ def test_each_expert_eraser_learns_only_from_its_timesteps(spec):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_cli_trains_both_experts_and_the_eraser_loads_into_wan_pipeline(a14b_dir, tmp_path):
     from diffusers import WanPipeline
 
@@ -178,6 +179,7 @@ def test_a_step_using_one_expert_still_gives_every_eraser_a_gradient(spec):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_ray_train_deepspeed_zero2_trains_both_experts(a14b_dir, tmp_path):
     """2 Ray Train workers + DeepSpeed ZeRO-2 (gloo): ranks whose batches use different experts stay in step."""
     out = tmp_path / "dist"
