@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from pipelines.cli.entry import main
 from pipelines.runtime.results_file import RESULTS_DIR, read_results
 
@@ -47,6 +49,7 @@ def _differences(committed, measured, where: str = "figures") -> list[str]:
     return [] if committed == measured else [f"{where}: committed {committed!r}, measured now {measured!r}"]
 
 
+@pytest.mark.slow  # ~1 min on one core: the full tier (CI) runs it
 def test_the_committed_small_toy_benchmark_is_what_the_code_measures_today(tmp_path):
     committed = read_results(RESULTS_DIR / "toy_benchmark_small.json")
     argv = committed["argv"]

@@ -17,6 +17,8 @@ import math
 import os
 from pathlib import Path
 
+import pytest
+
 from unlearn.models.registry import TOY_MODEL_DIR
 from toyworld import world
 
@@ -55,6 +57,18 @@ def _method_cfg(model: str, tmp: Path, eta: float = 3.0):
     })
 
 
+def test_the_training_setup_asks_for_red_and_keeps_every_other_colour():
+    """The setup the slow erasure test trains on: every concept prompt names red, no preserve prompt names
+    red or a synonym of it, and every other colour is preserved (else 'keeps other colours' would be vacuous)."""
+    cfg = _method_cfg(_toy_model(), Path("/nonexistent"))
+    red_words = set(world.SYNONYMS["red"])
+    assert cfg.concept.target == "red" and all("red" in p.split() for p in cfg.concept.prompts)
+    assert not any(red_words & set(p.split()) for p in cfg.concept.preserve)
+    others = set(world.anchor_words("red"))
+    assert others and others <= {w for p in cfg.concept.preserve for w in p.split()}
+
+
+@pytest.mark.slow  # ~40 s: the full tier (CI) runs it
 def test_short_training_erases_red_and_keeps_other_colours(tmp_path):
     import torch
 
