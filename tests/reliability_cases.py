@@ -227,6 +227,8 @@ CASES: list[Case] = [
     C("eval-output-file", "output", "eval --output is a file", ("eval", "-c", EVAL, "-o", "{tmp}/taken"), "is a file",
       files={"taken": "x"}, output=None),
     # --- search and pipeline --------------------------------------------------------------------
+    C("tune-name-long", "search config", "a 300-character search.name (left an MLflow parent run RUNNING when it failed late)",
+      tune_set("search.name=" + "x" * 300), "at most 100"),
     C("tune-name-path", "unsafe paths", "search.name is a path (`../x`)", tune_set("search.name=../x"),
       "must be a plain name"),
     C("tune-algorithm", "search config", "search.algorithm unknown", tune_set("search.algorithm=grid"),

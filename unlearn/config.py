@@ -31,7 +31,13 @@ def path_component(value: str, field: str) -> str:
     """
     if not value or value in (".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
         raise ValueError(f"{field} {value!r} must be a plain name (letters, digits, - _ .), not a path")
+    if len(value) > MAX_NAME_CHARS:  # a folder name (255 bytes at most, plus Ray's suffixes) and an MLflow run name
+        raise ValueError(f"{field} is {len(value)} characters long: at most {MAX_NAME_CHARS} (it names folders and "
+                         "MLflow runs)")
     return value
+
+
+MAX_NAME_CHARS = 100
 
 
 class ModelConfig(Strict):
