@@ -246,7 +246,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; see the configuration reference in README.md)"
+            msg = "unknown key (check spelling; every key: docs/config-reference.md)"
         problems.append(f"{loc}: {msg}")
     if len(problems) == 1:
         return f"Invalid config {source}: {problems[0]}"
