@@ -68,3 +68,20 @@ def claim_output(args: argparse.Namespace) -> contextlib.AbstractContextManager:
         args.output = str(default_output(spec.command, args.config))  # the folder output_dir() then returns
     return claim(getattr(args, spec.dest), spec.command, argv=getattr(args, "argv", None), flag=spec.flag,
                  tool_outputs=spec.tool_outputs)
+
+
+def start_search(args: argparse.Namespace, kind: str, store: str = ""):
+    """The shared start of `t2vu tune` and `t2vu run`: the pipeline config, the memory preflight (mode tune),
+    the output folder, and a check that its MLflow store (under `out/store`) lies in no other run's folder.
+    Returns (cfg, out), or (None, rc) when the preflight stops the run with exit code rc."""
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.plan.preflight import preflight
+    from pipelines.runtime.run_folder import check_tracking_store
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
+        return None, rc
+    out = output_dir(args, kind)
+    if cfg.mlflow.enabled:
+        check_tracking_store(cfg.mlflow.resolve_uri(out / store if store else out), out)
+    return cfg, out

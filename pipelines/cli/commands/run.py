@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.cli.commands.common import add_common, output_dir
+from pipelines.cli.commands.common import add_common, start_search
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
@@ -14,18 +14,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.plan.preflight import preflight
     from pipelines.run.pipeline import run_pipeline
-    from pipelines.runtime.run_folder import check_tracking_store
 
-    cfg = load_pipeline_config(args.config, args.overrides)
-    if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
-        return rc
-    out = output_dir(args, "run")
-    if cfg.mlflow.enabled:
-        check_tracking_store(cfg.mlflow.resolve_uri(out / "search"), out)  # the search stage's store
+    cfg, out = start_search(args, "run", store="search")  # the search stage's store
+    if cfg is None:
+        return out  # the preflight's exit code
     run_pipeline(cfg, out, config_path=args.config, verbose=args.verbose)
     return 0

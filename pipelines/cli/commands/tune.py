@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.cli.commands.common import add_common, output_dir
+from pipelines.cli.commands.common import add_common, start_search
 
 
 def register(sub) -> None:
@@ -21,20 +21,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.plan.preflight import preflight
     from pipelines.runtime.console import rounded
-    from pipelines.runtime.run_folder import check_tracking_store
     from pipelines.search.tune import run_search
 
-    cfg = load_pipeline_config(args.config, args.overrides)
-    if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
-        return rc
-    out = output_dir(args, "tune")
-    if cfg.mlflow.enabled:
-        check_tracking_store(cfg.mlflow.resolve_uri(out), out)
+    cfg, out = start_search(args, "tune")
+    if cfg is None:
+        return out  # the preflight's exit code
     result = run_search(cfg, out, config_path=args.config, resume=not args.no_resume, verbose=args.verbose)
     best = result.best
     # floats for reading (4 significant digits); search_result.json and the trial folders keep them whole
