@@ -16,11 +16,11 @@ from unlearn.config import Strict, path_component
 class MetricSpec(Strict):
     """One objective: a key of the evaluation summary (e.g. `target_rate_erased`)."""
 
-    name: str
-    mode: Literal["min", "max"]
-    # Key of the same quantity for the base model (eraser disabled), for the baseline row.
-    # Default: `name` with a trailing `_erased` replaced by `_base`; paired metrics have none.
-    baseline: str | None = None
+    name: str = Field(description="A key of the evaluation summary, e.g. target_rate_erased.")
+    mode: Literal["min", "max"] = Field(description="Whether lower (min) or higher (max) is better.")
+    baseline: str | None = Field(None, description=(
+        "Key of the same quantity for the base model (eraser disabled), for the baseline row. Default: `name` with a "
+        "trailing `_erased` replaced by `_base`; paired metrics have none."))
 
     def baseline_key(self) -> str | None:
         if self.baseline:
@@ -33,10 +33,10 @@ class MetricSpec(Strict):
 class Constraint(Strict):
     """A floor/ceiling folded into the scalar objective as a linear penalty."""
 
-    metric: str
-    min: float | None = None
-    max: float | None = None
-    penalty: float = Field(10.0, ge=0.0)
+    metric: str = Field(description="The eval-summary key the bound applies to.")
+    min: float | None = Field(None, description="Floor: values below it are penalised.")
+    max: float | None = Field(None, description="Ceiling: values above it are penalised.")
+    penalty: float = Field(10.0, ge=0.0, description="Score added per unit of violation.")
 
     @model_validator(mode="after")
     def _one_bound(self) -> "Constraint":
@@ -53,14 +53,17 @@ class ScalarizeConfig(Strict):
     Weights default to 1 for every objective metric.
     """
 
-    name: str = "score"
-    weights: dict[str, float] = Field(default_factory=dict)
-    constraints: list[Constraint] = Field(default_factory=list)
-    # Finer eval-summary keys that order trials whose scores tie (a rate over a few videos often
-    # ties: 7/8 = 7/8), in order, e.g. [{name: target_target_pixels_erased, mode: min}] (toy) or
-    # [{name: positive_frame_fraction_erased, mode: min}] (NudeNet). Used for the best trial and the
-    # report's ranking; ASHA and Optuna see the score itself.
-    tie_break: list[MetricSpec] = Field(default_factory=list)
+    name: str = Field("score", description=(
+        "Name of the scalar score (the metric ASHA and single-objective searches see)."))
+    weights: dict[str, float] = Field(default_factory=dict, description=(
+        "Weight of each objective metric in the score (default 1 each)."))
+    constraints: list[Constraint] = Field(default_factory=list, description=(
+        "Floors and ceilings folded into the score as linear penalties."))
+    tie_break: list[MetricSpec] = Field(default_factory=list, description=(
+        "Finer eval-summary keys that order trials whose scores tie (a rate over a few videos often ties: 7/8 = "
+        "7/8), in order, e.g. [{name: target_target_pixels_erased, mode: min}] (toy) or [{name: "
+        "positive_frame_fraction_erased, mode: min}] (NudeNet). Used for the best trial and the report's ranking; "
+        "ASHA and Optuna see the score itself."))
 
     def ranking_key(self, metrics: dict[str, float]) -> tuple[float, ...]:
         """Sort key (ascending = better): the score, then each tie-break (missing = last)."""
@@ -75,25 +78,27 @@ class ScalarizeConfig(Strict):
 class ProxyEvalConfig(Strict):
     """A cheap evaluation at intermediate reports (what ASHA prunes on)."""
 
-    # Evaluate every N training steps (None: no intermediate eval; only the final one).
-    every: int | None = Field(None, ge=1)
-    # First N rows of the eval prompt set.
-    limit: int = Field(4, ge=1)
-    # Overrides applied to the eval config for the proxy only (dotted keys), e.g.
-    # {"generation.num_inference_steps": 4}.
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    every: int | None = Field(None, ge=1, description=(
+        "Evaluate every N training steps (None: no intermediate eval; only the final one)."))
+    limit: int = Field(4, ge=1, description="First N rows of the eval prompt set.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Overrides applied to the eval config for the proxy only (dotted keys), e.g. "
+        "{\"generation.num_inference_steps\": 4}."))
 
 
 class ToyPromptsConfig(Strict):
     """Eval prompt CSVs drawn from the toy world (`toyworld.world.eval_rows`), written into
     <output>/eval_prompts/ and set as the eval's `prompts.path` / `preserve.path`."""
 
-    target: str = "red"
-    # Sets in the prompts CSV (the target's own sets) and in the preserve CSV (paired metrics).
-    sets: list[str] = Field(default_factory=lambda: ["target", "synonym", "two_target", "two_nontarget"])
-    preserve_sets: list[str] = Field(default_factory=lambda: ["nontarget"])
-    n: int = Field(16, ge=1)  # rows per set
-    seed: int = 0
+    target: str = Field("red", description="The toy colour to erase (the toy classifier is told it).")
+    sets: list[str] = Field(
+        default_factory=lambda: ["target", "synonym", "two_target", "two_nontarget"],
+        description=(
+            "Toy eval sets written into the prompts CSV (the target's own sets)."))
+    preserve_sets: list[str] = Field(default_factory=lambda: ["nontarget"], description=(
+        "Toy eval sets written into the preserve CSV (paired metrics)."))
+    n: int = Field(16, ge=1, description="Rows per set.")
+    seed: int = Field(0, description="Seed of the drawn rows.")
 
     @model_validator(mode="after")
     def _check(self) -> "ToyPromptsConfig":
@@ -111,9 +116,10 @@ class BaselineMethod(MethodConfig):
     blocklist options) and no eraser, written to <output>/baselines/<label>/ and shown as a row next
     to the base model and the trials in the search report. A bare name is short for {name: NAME}."""
 
-    # The training-free methods of the eval stage (eval.methods): negprompt, safree or blocklist.
-    name: Literal["negprompt", "safree", "blocklist"]
-    label: str | None = None  # the row's name and folder (default: name); distinct across baselines
+    name: Literal["negprompt", "safree", "blocklist"] = Field(description=(
+        "The training-free methods of the eval stage (eval.methods): negprompt, safree or blocklist."))
+    label: str | None = Field(None, description=(
+        "The row's name and folder (default: name); distinct across baselines."))
 
     @model_validator(mode="before")
     @classmethod
@@ -142,18 +148,23 @@ class ObjectiveConfig(Strict):
     toy_prompts: draw the eval prompts from the toy world instead of CSV files.
     """
 
-    eval: str | dict[str, Any] | None = None
-    # Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}.
-    eval_overrides: dict[str, Any] = Field(default_factory=dict)
-    toy_prompts: ToyPromptsConfig | None = None
-    metrics: list[MetricSpec] = Field(min_length=1)
-    scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig)
-    proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig)
-    # Rows of the final eval (None = the whole prompt set).
-    limit: int | None = Field(None, ge=1)
-    # Training-free methods evaluated once with the final eval config after the trials (same prompts,
-    # seeds and base videos), e.g. [negprompt, safree]: the rows an eraser has to beat.
-    baselines: list[BaselineMethod] = Field(default_factory=list)
+    eval: str | dict[str, Any] | None = Field(None, description=(
+        "The eval config judging each trial: a YAML path (relative to this config), an inline section, or null = the "
+        "top-level `eval` section."))
+    eval_overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}."))
+    toy_prompts: ToyPromptsConfig | None = Field(None, description=(
+        "Draw the eval prompts from the toy world instead of CSV files."))
+    metrics: list[MetricSpec] = Field(min_length=1, description=(
+        "The objectives: eval-summary keys, each minimised or maximised."))
+    scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig, description=(
+        "How the objectives fold into one score (ASHA, single-objective searches, ranking)."))
+    proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig, description=(
+        "A cheap intermediate eval (what ASHA prunes on)."))
+    limit: int | None = Field(None, ge=1, description="Rows of the final eval (None = the whole prompt set).")
+    baselines: list[BaselineMethod] = Field(default_factory=list, description=(
+        "Training-free methods evaluated once with the final eval config after the trials (same prompts, seeds and "
+        "base videos), e.g. [negprompt, safree]: the rows an eraser has to beat."))
 
     @model_validator(mode="after")
     def _check(self) -> "ObjectiveConfig":
@@ -197,9 +208,28 @@ def _finite(v) -> bool:
 
 
 class AshaConfig(Strict):
-    grace_period: int = Field(1, ge=1)  # in training steps (time_attr = train_step)
-    reduction_factor: float = Field(2.0, gt=1.0)
-    brackets: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, description=(
+        "Training steps before ASHA may stop a trial (time_attr = train_step)."))
+    reduction_factor: float = Field(2.0, gt=1.0, description=(
+        "ASHA keeps 1/reduction_factor of the trials at each rung."))
+    brackets: int = Field(1, ge=1, description="ASHA brackets.")
+
+
+class ScreeningConfig(Strict):
+    """Multi-fidelity search (`pipelines.search.screening`): every trial trains and is judged at this reduced
+    video size (training steps and eval videos), then only the best `top_k` (by the screened ranking) are
+    re-run at the configured size; the search's result ranks those full-size re-runs alone."""
+
+    frames: int = Field(ge=1, description="e.g. 13 (of 49): fewer latent frames per training row and per eval video")
+    height: int = Field(ge=8, description="e.g. 256 (of 480)")
+    width: int = Field(ge=8, description="e.g. 384 (of 720)")
+    top_k: int = Field(ge=1, description="screened trials re-run at full size (<= search.num_samples)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScreeningConfig":
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"search.screening height/width must be multiples of 8 (the VAE's), got {self.height}x{self.width}")
+        return self
 
 
 class SearchConfig(Strict):
@@ -213,24 +243,35 @@ class SearchConfig(Strict):
         train.steps:     {int: [20, 60]}          # inclusive bounds
     """
 
-    name: str = "search"  # stable: the Tune experiment, MLflow parent run and restore key
-    algorithm: Literal["optuna", "asha", "random"] = "optuna"
-    # optuna: multi-objective over every objective metric (Pareto search, FIFO scheduler);
-    # set false for single-objective TPE on the scalarised score.
-    multi_objective: bool = True
-    space: dict[str, dict[str, Any]] = Field(min_length=1)
-    objective: ObjectiveConfig
-    num_samples: int = Field(4, ge=1)
-    max_concurrent_trials: int = Field(1, ge=1)
-    # Ray resources held by each trial's driver (it only waits on its TorchTrainer).
-    # Must not be empty/zero: Tune rejects a trial with an empty head bundle.
-    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
-    asha: AshaConfig = Field(default_factory=AshaConfig)
-    seed: int = 0
-    # Trial-level retries (a dead trial driver); worker-level retries are distributed.max_failures.
-    max_failures: int = Field(1, ge=0)
-    # Trials ranked in the report's learning-curve plot.
-    top_k: int = Field(3, ge=1)
+    name: str = Field("search", description=(
+        "Search name, stable: the Tune experiment, MLflow parent run and restore key."))
+    algorithm: Literal["optuna", "asha", "random"] = Field("optuna", description=(
+        "Search algorithm: optuna (TPE), asha (random samples, early stopping) or random."))
+    multi_objective: bool = Field(True, description=(
+        "optuna: multi-objective over every objective metric (Pareto search, FIFO scheduler); set false for "
+        "single-objective TPE on the scalarised score."))
+    space: dict[str, dict[str, Any]] = Field(min_length=1, description=(
+        "Dotted config keys -> one sampling rule each: uniform, loguniform, quniform, choice, int."))
+    objective: ObjectiveConfig = Field(description="What each trial is judged on: a real evaluation of its eraser.")
+    num_samples: int = Field(4, ge=1, description="Trials sampled.")
+    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
+    resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description=(
+        "Ray resources held by each trial's driver (it only waits on its TorchTrainer). Must not be empty/zero: Tune "
+        "rejects a trial with an empty head bundle."))
+    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA's settings (algorithm: asha).")
+    seed: int = Field(0, description="Seed of the search algorithm's sampler.")
+    max_failures: int = Field(1, ge=0, description=(
+        "Trial-level retries (a dead trial driver); worker-level retries are distributed.max_failures."))
+    top_k: int = Field(3, ge=1, description="Trials ranked in the report's learning-curve plot.")
+    screening: ScreeningConfig | None = Field(None, description=(
+        "Screen every trial at reduced frames/resolution, re-run the best k at full size (None: off)."))
+
+    @model_validator(mode="after")
+    def _screening_fits(self) -> "SearchConfig":
+        if self.screening and self.screening.top_k > self.num_samples:
+            raise ValueError(f"search.screening.top_k {self.screening.top_k} > search.num_samples {self.num_samples}: "
+                             f"at most every screened trial can be re-run")
+        return self
 
     @field_validator("name")
     @classmethod
