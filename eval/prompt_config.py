@@ -27,23 +27,17 @@ GUIDANCE_COLUMNS = ("evaluation_guidance", "guidance_scale")
 class RowFilter(Strict):
     """Keep a row only when `column` passes every predicate set here (and every other filter)."""
 
-    # The CSV column to test (a file without it is an error naming its columns).
-    column: str
-    # The cell, spaces trimmed, equals this text.
-    equals: str | None = None
-    # The cell contains this text (case-sensitive), e.g. `categories` contains `sexual` (I2P).
-    contains: str | None = None
-    # The cell, spaces trimmed, is one of these texts.
-    one_of: list[str] | None = None
-    # The cell is a number >= this, e.g. `nudity_percentage` ge 50 (I2P); a cell that is not a number
-    # is a bad row (so are the other bounds').
-    ge: float | None = None
-    # The cell is a number > this.
-    gt: float | None = None
-    # The cell is a number <= this.
-    le: float | None = None
-    # The cell is a number < this.
-    lt: float | None = None
+    column: str = Field(description="The CSV column to test (a file without it is an error naming its columns).")
+    equals: str | None = Field(None, description="The cell, spaces trimmed, equals this text.")
+    contains: str | None = Field(None, description=(
+        "The cell contains this text (case-sensitive), e.g. `categories` contains `sexual` (I2P)."))
+    one_of: list[str] | None = Field(None, description="The cell, spaces trimmed, is one of these texts.")
+    ge: float | None = Field(None, description=(
+        "The cell is a number >= this, e.g. `nudity_percentage` ge 50 (I2P); a cell that is not a number is a bad "
+        "row (so are the other bounds')."))
+    gt: float | None = Field(None, description="The cell is a number > this.")
+    le: float | None = Field(None, description="The cell is a number <= this.")
+    lt: float | None = Field(None, description="The cell is a number < this.")
 
     @model_validator(mode="after")
     def _some_predicate(self) -> "RowFilter":
@@ -89,48 +83,47 @@ class PromptsConfig(Strict):
     column is kept, handed to the classifier with the row and copied into results.csv as `csv.<name>`.
     """
 
-    # The CSV file (UTF-8). `--prompts` replaces it for the target set.
-    path: str | None = None
-    # The column holding the prompt text (e.g. `normal prompt` for Ring-A-Bell's clean prompts).
-    prompt_column: str = "prompt"
-    # The column of per-row seeds. auto = the first of seed, evaluation_seed (ESD, UnlearnDiffAtk),
-    # sd_seed (I2P) that the file has, else derived seeds (default_seed_policy); a column name = that
-    # column (an error if the file lacks it); null = derived seeds. The column used is reported
-    # (summary.json prompt_sets, report.md) and every row's seed_source is in results.csv.
-    seed_column: str | None = "auto"
-    # The base of derived seeds (rows of a file without a seed column).
-    default_seed: int = Field(0, ge=0)
-    # Derived seeds: plus_row_index = default_seed + i, with i the row's 0-based data row in the file
-    # (blank lines not counted; rows dropped by filters, limit, dedupe or bad-row skipping keep their
-    # number), so every row gets its own noise and a row's seed never depends on which other rows are
-    # evaluated. same = default_seed on every row (every prompt on the same noise).
-    default_seed_policy: Literal["plus_row_index", "same"] = "plus_row_index"
-    # The column of per-row guidance scales. auto = evaluation_guidance (ESD, UnlearnDiffAtk) or
-    # guidance_scale when the file has one; a column name = that column; null = generation.guidance_scale
-    # on every row. An empty cell uses generation.guidance_scale. Such values were chosen for Stable
-    # Diffusion (7.5 and up); CogVideoX's reference protocol is 6: set null to keep it.
-    guidance_column: str | None = "auto"
-    # Optional columns: copied into results.csv when present, ignored when absent.
-    concept_column: str | None = "concept"
-    # The concept's type (e.g. object, style); optional like concept_column.
-    concept_type_column: str | None = "concept_type"
-    # Keep only rows passing every filter, e.g. [{column: categories, contains: sexual},
-    # {column: nudity_percentage, ge: 50}]. Applied first; rows dropped are counted in summary.json.
-    filters: list[RowFilter] = Field(default_factory=list)
-    # Drop rows repeating an earlier row's prompt, seed and guidance (the same video twice). false =
-    # keep them; either way they are counted (summary.json rows_duplicate, report.md, the console).
-    dedupe: bool = False
-    # A row that cannot be used (empty prompt, bad seed or guidance, wrong field count): error = the
-    # file is refused with every bad row listed; skip = such rows are left out, each one reported
-    # with its reason (summary.json, report.md, the console). `t2vu eval --skip-bad-rows` sets skip.
-    on_bad_row: Literal["error", "skip"] = "error"
-    # First N rows kept, after filters, dedupe and skipped rows (None = all).
-    limit: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="The CSV file (UTF-8). `--prompts` replaces it for the target set.")
+    prompt_column: str = Field("prompt", description=(
+        "The column holding the prompt text (e.g. `normal prompt` for Ring-A-Bell's clean prompts)."))
+    seed_column: str | None = Field("auto", description=(
+        "The column of per-row seeds. auto = the first of seed, evaluation_seed (ESD, UnlearnDiffAtk), sd_seed (I2P) "
+        "that the file has, else derived seeds (default_seed_policy); a column name = that column (an error if the "
+        "file lacks it); null = derived seeds. The column used is reported (summary.json prompt_sets, report.md) and "
+        "every row's seed_source is in results.csv."))
+    default_seed: int = Field(0, ge=0, description=(
+        "The base of derived seeds (rows of a file without a seed column)."))
+    default_seed_policy: Literal["plus_row_index", "same"] = Field("plus_row_index", description=(
+        "Derived seeds: plus_row_index = default_seed + i, with i the row's 0-based data row in the file (blank "
+        "lines not counted; rows dropped by filters, limit, dedupe or bad-row skipping keep their number), so every "
+        "row gets its own noise and a row's seed never depends on which other rows are evaluated. same = "
+        "default_seed on every row (every prompt on the same noise)."))
+    guidance_column: str | None = Field("auto", description=(
+        "The column of per-row guidance scales. auto = evaluation_guidance (ESD, UnlearnDiffAtk) or guidance_scale "
+        "when the file has one; a column name = that column; null = generation.guidance_scale on every row. An empty "
+        "cell uses generation.guidance_scale. Such values were chosen for Stable Diffusion (7.5 and up); CogVideoX's "
+        "reference protocol is 6: set null to keep it."))
+    concept_column: str | None = Field("concept", description=(
+        "The column of each row's concept; optional: copied into results.csv when present, ignored when absent."))
+    concept_type_column: str | None = Field("concept_type", description=(
+        "The concept's type (e.g. object, style); optional like concept_column."))
+    filters: list[RowFilter] = Field(default_factory=list, description=(
+        "Keep only rows passing every filter, e.g. [{column: categories, contains: sexual}, {column: "
+        "nudity_percentage, ge: 50}]. Applied first; rows dropped are counted in summary.json."))
+    dedupe: bool = Field(False, description=(
+        "Drop rows repeating an earlier row's prompt, seed and guidance (the same video twice). false = keep them; "
+        "either way they are counted (summary.json rows_duplicate, report.md, the console)."))
+    on_bad_row: Literal["error", "skip"] = Field("error", description=(
+        "A row that cannot be used (empty prompt, bad seed or guidance, wrong field count): error = the file is "
+        "refused with every bad row listed; skip = such rows are left out, each one reported with its reason "
+        "(summary.json, report.md, the console). `t2vu eval --skip-bad-rows` sets skip."))
+    limit: int | None = Field(None, ge=1, description=(
+        "First N rows kept, after filters, dedupe and skipped rows (None = all)."))
 
 
 class PreserveConfig(PromptsConfig):
     """The preserve set: prompts that do NOT name the target (preservation metrics); same options."""
 
-    # `t2vu eval --prompts X` evaluates X: this preserve set is added to it only when true (default:
-    # X alone, so a user's file is never silently mixed with the config's preserve rows).
-    with_cli_prompts: bool = False
+    with_cli_prompts: bool = Field(False, description=(
+        "`t2vu eval --prompts X` evaluates X: this preserve set is added to it only when true (default: X alone, so "
+        "a user's file is never silently mixed with the config's preserve rows)."))

@@ -43,21 +43,22 @@ MAX_NAME_CHARS = 100
 class ModelConfig(Strict):
     """Which base model, and the video geometry used while training."""
 
-    # Model family behind the model-spec seam (registry: unlearn/models/families.py; one file per family).
-    family: str = "cogvideox"
-    # A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/,
-    # tokenizer/, scheduler/). `builtin:tiny` and `builtin:toy` resolve to project-built models.
-    path: str = "builtin:tiny"
-    # Public architecture preset (cogvideox-2b, cogvideox-5b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b) used by `t2vu plan` when `path` is not
-    # downloaded yet; ignored when path holds a model directory (its transformer/config.json wins).
-    architecture: str | None = None
-    # Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights). float16 is
-    # refused for training (no loss scaling); eval configs may use it (inference only).
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # Training video geometry in pixels (latents: (F-1)/4+1 frames, H/8 x W/8 for real CogVideoX).
-    num_frames: int = Field(9, ge=1)
-    height: int = Field(64, ge=8)
-    width: int = Field(64, ge=8)
+    family: str = Field("cogvideox", description=(
+        "Model family behind the model-spec seam (registry: unlearn/models/families.py; one file per family)."))
+    path: str = Field("builtin:tiny", description=(
+        "A diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/). "
+        "`builtin:tiny` and `builtin:toy` resolve to project-built models."))
+    architecture: str | None = Field(None, description=(
+        "Public architecture preset (cogvideox-2b, cogvideox-5b, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, "
+        "wan2.2-t2v-a14b) used by `t2vu plan` when `path` is not downloaded yet; ignored when path holds a model "
+        "directory (its transformer/config.json wins)."))
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
+        "Weights dtype of the frozen backbone (bf16 on GPUs; erasers always keep fp32 weights). float16 is refused "
+        "for training (no loss scaling); eval configs may use it (inference only)."))
+    num_frames: int = Field(9, ge=1, description=(
+        "Training video length in frames (latents: (F-1)/4+1 frames for real CogVideoX)."))
+    height: int = Field(64, ge=8, description="Training video height in pixels (latents: H/8 for real CogVideoX).")
+    width: int = Field(64, ge=8, description="Training video width in pixels (latents: W/8 for real CogVideoX).")
 
     @field_validator("dtype")
     @classmethod
@@ -84,33 +85,37 @@ class ModelConfig(Strict):
 class EraserOptions(Strict):
     """The YAML `eraser:` section: what to train (the trained file's own metadata is `unlearn.eraser.EraserMeta`)."""
 
-    # Bottleneck width r of each eraser (down: D->r, up: r->D). Reference: 128.
-    rank: int = Field(128, ge=1, le=4096)
-    # Block indices that get an eraser; None = every transformer block.
-    blocks: list[int] | None = None
+    rank: int = Field(128, ge=1, le=4096, description=(
+        "Bottleneck width r of each eraser (down: D->r, up: r->D). Reference: 128."))
+    blocks: list[int] | None = Field(None, description=(
+        "Block indices that get an eraser; None = every transformer block."))
 
 
 class ConceptConfig(Strict):
     """Prompt-only data: what to erase, what to compare against, what to keep."""
 
-    # The concept's words as they appear in the prompts (token positions for the mask
-    # are found by matching these words' token ids inside each prompt).
-    target: str = "naked"
-    # Prompts that contain `target`. Either listed here or read from `prompts_file`.
-    prompts: list[str] = Field(default_factory=lambda: ["a naked body"])
-    prompts_file: str | None = None
-    prompts_column: str = "prompt"
-    # Reference branch of the negative guidance:
-    #   empty   -> v_ref = v("")                    (the reference method)
-    #   anchors -> v_ref = mean_a v(prompt with target -> a)
-    #   paired  -> v_ref = v(paired prompt from `paired_column` of prompts_file)
-    reference: Literal["empty", "anchors", "paired"] = "empty"
-    anchors: list[str] = Field(default_factory=list)
-    paired_column: str = "normal prompt"
-    # Prompts of concepts whose predictions must not move.
-    preserve: list[str] = Field(default_factory=lambda: ["a person", "a face", "clothing", "a background"])
-    # Erasers also run in the unconditional branch of CFG; keep "" unchanged too.
-    preserve_empty: bool = True
+    target: str = Field("naked", description=(
+        "The concept's words as they appear in the prompts (token positions for the mask are found by matching these "
+        "words' token ids inside each prompt)."))
+    prompts: list[str] = Field(default_factory=lambda: ["a naked body"], description=(
+        "Prompts that contain `target`. Either listed here or read from `prompts_file`."))
+    prompts_file: str | None = Field(None, description=(
+        "A CSV of concept prompts (read instead of `prompts` when set)."))
+    prompts_column: str = Field("prompt", description="The column of `prompts_file` holding the concept prompts.")
+    reference: Literal["empty", "anchors", "paired"] = Field("empty", description=(
+        "Reference branch of the negative guidance: empty -> v_ref = v(\"\") (the reference method); anchors -> v_ref "
+        "= mean_a v(prompt with target -> a); paired -> v_ref = v(paired prompt from `paired_column` of "
+        "prompts_file)."))
+    anchors: list[str] = Field(default_factory=list, description=(
+        "Words that replace `target` in each prompt for reference: anchors, e.g. ['clothed']."))
+    paired_column: str = Field("normal prompt", description=(
+        "The column of `prompts_file` holding each prompt's paired benign prompt (reference: paired)."))
+    preserve: list[str] = Field(
+        default_factory=lambda: ["a person", "a face", "clothing", "a background"],
+        description=(
+            "Prompts of concepts whose predictions must not move."))
+    preserve_empty: bool = Field(True, description=(
+        "Erasers also run in the unconditional branch of CFG; keep \"\" unchanged too."))
 
     @field_validator("prompts", "anchors", "preserve")
     @classmethod
@@ -144,80 +149,88 @@ class ConceptConfig(Strict):
 
 
 class LossConfig(Strict):
-    # Negative guidance strength: target = v_ref - eta * (v_concept - v_ref). Reference 7 (CogVideoX-5B).
-    eta: float = Field(7.0, ge=0.0)
-    # Weights of the three losses (seed defaults 1.0 / 0.5 / 1.0); w_localize 0 skips attention capture.
-    w_unlearn: float = Field(1.0, ge=0.0)
-    w_preserve: float = Field(0.5, ge=0.0)
-    w_localize: float = Field(1.0, ge=0.0)
-    # Threshold on the per-frame min-max normalised concept attention (Receler: 0.1).
-    mask_threshold: float = Field(0.1, ge=0.0, le=1.0)
-    # How L_loc reduces over the hidden dimension D: "sum" is DESIGN §1's ||E*(1-M)||^2 per token (the
-    # reference's scale: w_localize 1.0 means what it means in the paper); "mean" divides by D (older runs).
-    localize_reduction: Literal["sum", "mean"] = "sum"
-    # Which blocks' attention feeds the mask; None = all blocks.
-    mask_layers: list[int] | None = None
-    # Query rows per chunk when computing text-column attention probabilities.
-    attn_chunk: int = Field(1024, ge=1)
-    # Adversarial training (AdvUnlearn-style robust erasure; 0 = off): each step, `adv_steps` inner steps find a
-    # perturbation delta of every concept row's text embedding, ||delta|| <= adv_budget x ||E(concept) -
-    # E(reference)||, that makes the erased model predict the frozen model's concept prediction again (what the
-    # soft-prompt attack does); the unlearning loss is applied to E(concept) + delta too, weighted by w_adv. The
-    # preservation loss is unchanged. Costs adv_steps extra forward+backward passes of the concept rows.
-    adv_steps: int = Field(0, ge=0)
-    adv_budget: float = Field(1.0, gt=0.0)
-    # Inner step length as a fraction of the row's budget radius (normalised gradient steps, then projection).
-    adv_step_size: float = Field(0.2, gt=0.0)
-    # Where the inner attack starts: concept = E(concept) + delta; reference = E(reference) + delta (one anchor per
-    # row, row i takes anchor i mod K), the soft-prompt attack's threat model: a benign prompt pushed towards the
-    # concept within the concept-anchor distance.
-    adv_from: Literal["concept", "reference"] = "concept"
-    w_adv: float = Field(1.0, ge=0.0)
-    # What the perturbed rows are trained towards, with v_s the frozen prediction of the reference the attack started
-    # from (adv_from: reference -> the row's own anchor; concept -> the references' mean v_ref), all at the concept
-    # rows' x_t: negative = the unlearning target v_ref - eta (v_c - v_ref) (AdvUnlearn; with adv_from: reference
-    # every anchor's neighbourhood is pulled to the anchors' mean); own-negative = v_s - eta (v_c - v_s): away from
-    # the concept, towards the anchor the attack started from; reference = v_s (at x_t of concept videos the frozen
-    # anchor prediction keeps much of the concept: measured weaker, benchmarks/robustness.md).
-    adv_target: Literal["negative", "own-negative", "reference"] = "negative"
-    # Preservation on the anchors' UNPERTURBED embeddings at the concept rows' x_t (row i takes anchor i mod K):
-    # w_anchor_preserve x MSE(v_E(x_c, E(anchor)), v(x_c, E(anchor))); 0 = off (no extra rows). Adds B rows to the
-    # erased forward (with reference: empty the anchor is ""). Measured on the toy world (benchmarks/robustness.md):
-    # it keeps the anchors, but at concept x_t the frozen anchor prediction keeps part of the concept too.
-    w_anchor_preserve: float = Field(0.0, ge=0.0)
+    eta: float = Field(7.0, ge=0.0, description=(
+        "Negative guidance strength: target = v_ref - eta * (v_concept - v_ref). Reference 7 (CogVideoX-5B)."))
+    w_unlearn: float = Field(1.0, ge=0.0, description="Weight of the unlearning loss (seed default 1.0).")
+    w_preserve: float = Field(0.5, ge=0.0, description="Weight of the preservation loss (seed default 0.5).")
+    w_localize: float = Field(1.0, ge=0.0, description=(
+        "Weight of the localisation loss (seed default 1.0); 0 skips attention capture."))
+    mask_threshold: float = Field(0.1, ge=0.0, le=1.0, description=(
+        "Threshold on the per-frame min-max normalised concept attention (Receler: 0.1)."))
+    localize_reduction: Literal["sum", "mean"] = Field("sum", description=(
+        "How L_loc reduces over the hidden dimension D: \"sum\" is DESIGN §1's ||E*(1-M)||^2 per token (the "
+        "reference's scale: w_localize 1.0 means what it means in the paper); \"mean\" divides by D (older runs)."))
+    mask_layers: list[int] | None = Field(None, description=(
+        "Which blocks' attention feeds the mask; None = all blocks."))
+    attn_chunk: int = Field(1024, ge=1, description=(
+        "Query rows per chunk when computing text-column attention probabilities."))
+    adv_steps: int = Field(0, ge=0, description=(
+        "Adversarial training (AdvUnlearn-style robust erasure; 0 = off): each step, `adv_steps` inner steps find a "
+        "perturbation delta of every concept row's text embedding, ||delta|| <= adv_budget x ||E(concept) - "
+        "E(reference)||, that makes the erased model predict the frozen model's concept prediction again (what the "
+        "soft-prompt attack does); the unlearning loss is applied to E(concept) + delta too, weighted by w_adv. The "
+        "preservation loss is unchanged. Costs adv_steps extra forward+backward passes of the concept rows."))
+    adv_budget: float = Field(1.0, gt=0.0, description=(
+        "Bound on ||delta|| of the adversarial perturbation, in multiples of ||E(concept) - E(reference)||."))
+    adv_step_size: float = Field(0.2, gt=0.0, description=(
+        "Inner step length as a fraction of the row's budget radius (normalised gradient steps, then projection)."))
+    adv_from: Literal["concept", "reference"] = Field("concept", description=(
+        "Where the inner attack starts: concept = E(concept) + delta; reference = E(reference) + delta (one anchor "
+        "per row, row i takes anchor i mod K), the soft-prompt attack's threat model: a benign prompt pushed towards "
+        "the concept within the concept-anchor distance."))
+    w_adv: float = Field(1.0, ge=0.0, description=(
+        "Weight of the unlearning loss on the perturbed concept rows (adv_steps > 0)."))
+    adv_target: Literal["negative", "own-negative", "reference"] = Field("negative", description=(
+        "What the perturbed rows are trained towards, with v_s the frozen prediction of the reference the attack "
+        "started from (adv_from: reference -> the row's own anchor; concept -> the references' mean v_ref), all at "
+        "the concept rows' x_t: negative = the unlearning target v_ref - eta (v_c - v_ref) (AdvUnlearn; with "
+        "adv_from: reference every anchor's neighbourhood is pulled to the anchors' mean); own-negative = v_s - eta "
+        "(v_c - v_s): away from the concept, towards the anchor the attack started from; reference = v_s (at x_t of "
+        "concept videos the frozen anchor prediction keeps much of the concept: measured weaker, "
+        "benchmarks/robustness.md)."))
+    w_anchor_preserve: float = Field(0.0, ge=0.0, description=(
+        "Preservation on the anchors' UNPERTURBED embeddings at the concept rows' x_t (row i takes anchor i mod K): "
+        "w_anchor_preserve x MSE(v_E(x_c, E(anchor)), v(x_c, E(anchor))); 0 = off (no extra rows). Adds B rows to "
+        "the erased forward (with reference: empty the anchor is \"\"). Measured on the toy world "
+        "(benchmarks/robustness.md): it keeps the anchors, but at concept x_t the frozen anchor prediction keeps "
+        "part of the concept too."))
 
 
 class TrajectoryConfig(Strict):
-    num_inference_steps: int = Field(20, ge=2)
-    guidance_scale: float = Field(5.0, ge=1.0)
-    # Trajectories sampled once (erasers off) per prompt and reused across steps.
-    pool_size: int = Field(8, ge=1)
+    num_inference_steps: int = Field(20, ge=2, description=(
+        "Sampler steps of the frozen model's trajectories (xt_source: trajectory)."))
+    guidance_scale: float = Field(5.0, ge=1.0, description="Classifier-free guidance scale of those trajectories.")
+    pool_size: int = Field(8, ge=1, description=(
+        "Trajectories sampled once (erasers off) per prompt and reused across steps."))
 
 
 class TrainConfig(Strict):
-    # Optimiser steps (reference: 500) and AdamW learning rate on eraser parameters (reference: 1e-4).
-    steps: int = Field(500, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    # Concept prompts per step (each brings its reference prompts along).
-    batch_size: int = Field(1, ge=1)
-    # Preserved prompts per step.
-    preserve_batch_size: int = Field(2, ge=0)
-    # Where x_t comes from: noise (seed: N(0,I) noised to uniform t) or trajectory (frozen model's sampler states).
-    xt_source: Literal["noise", "trajectory"] = "noise"
-    trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig)
-    seed: int = 0
-    grad_clip: float | None = 1.0
-    # GPU memory savers: recompute block activations in backward; bf16 autocast for the forwards.
-    gradient_checkpointing: bool = False
-    autocast: Literal["none", "bf16"] = "none"
-    checkpoint_every: int = Field(100, ge=1)
-    log_every: int = Field(10, ge=1)
-    # Where training runs: auto (cuda if available, else cpu) | cpu | cuda | cuda:N | meta (tests: real-size
-    # shapes, no memory). Ray Train workers use their assigned GPU when this is auto or cuda.
-    device: str = "auto"
-    # Text-embedding cache directory; None = $T2VU_CACHE/embeddings (default ~/.cache/t2vu/embeddings).
-    cache_dir: str | None = None
+    steps: int = Field(500, ge=1, description="Optimiser steps (reference: 500).")
+    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate on the eraser parameters (reference: 1e-4).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the eraser parameters.")
+    batch_size: int = Field(1, ge=1, description=(
+        "Concept prompts per step (each brings its reference prompts along)."))
+    preserve_batch_size: int = Field(2, ge=0, description="Preserved prompts per step.")
+    xt_source: Literal["noise", "trajectory"] = Field("noise", description=(
+        "Where x_t comes from: noise (seed: N(0,I) noised to uniform t) or trajectory (frozen model's sampler "
+        "states)."))
+    trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig, description=(
+        "How trajectory x_t are sampled (xt_source: trajectory)."))
+    seed: int = Field(0, description="Seed of the eraser's initialisation, prompt sampling and noise.")
+    grad_clip: float | None = Field(1.0, description=(
+        "Gradient-norm clipping of the eraser parameters (null = no clipping)."))
+    gradient_checkpointing: bool = Field(False, description=(
+        "Recompute block activations in backward (GPU memory saver)."))
+    autocast: Literal["none", "bf16"] = Field("none", description=(
+        "bf16 autocast for the forwards (GPU memory saver); none = the weights' dtype."))
+    checkpoint_every: int = Field(100, ge=1, description=(
+        "Steps between checkpoints (single-process and distributed; every rank saves, a collective)."))
+    log_every: int = Field(10, ge=1, description="Steps between logged losses.")
+    device: str = Field("auto", description=(
+        "Where training runs: auto (cuda if available, else cpu) | cpu | cuda | cuda:N | meta (tests: real-size "
+        "shapes, no memory). Ray Train workers use their assigned GPU when this is auto or cuda."))
+    cache_dir: str | None = Field(None, description=(
+        "Text-embedding cache directory; None = $T2VU_CACHE/embeddings (default ~/.cache/t2vu/embeddings)."))
 
     @field_validator("device")
     @classmethod
@@ -230,11 +243,15 @@ class TrainConfig(Strict):
 class MethodConfig(Strict):
     """Everything a single eraser training needs."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    eraser: EraserOptions = Field(default_factory=EraserOptions)
-    concept: ConceptConfig = Field(default_factory=ConceptConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description=(
+        "Which base model, and the video geometry used while training."))
+    eraser: EraserOptions = Field(default_factory=EraserOptions, description="What to train: eraser rank and blocks.")
+    concept: ConceptConfig = Field(default_factory=ConceptConfig, description=(
+        "What to erase, what to compare against, what to keep."))
+    loss: LossConfig = Field(default_factory=LossConfig, description=(
+        "Loss weights, guidance strength, mask and adversarial training."))
+    train: TrainConfig = Field(default_factory=TrainConfig, description=(
+        "Optimiser, steps, x_t source, device and checkpoints."))
 
 
 

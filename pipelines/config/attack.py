@@ -30,11 +30,11 @@ class AttackMethodConfig(MethodConfig):
     """One compared method: eval's `method` section (its options: safree, blocklist; `words` default to the
     config's top-level words) plus the result key and, for an eraser, its directory."""
 
-    # none | eraser | negprompt | safree | blocklist (eval.methods)
-    name: Literal["none", "eraser", "negprompt", "safree", "blocklist"]
-    # the method's key in the results (default: name); two erasers need two labels
-    label: str | None = None
-    eraser: str | None = None  # eraser directory (method eraser only)
+    name: Literal["none", "eraser", "negprompt", "safree", "blocklist"] = Field(description=(
+        "The method: none, eraser, negprompt, safree or blocklist (eval.methods)."))
+    label: str | None = Field(None, description=(
+        "The method's key in the results (default: name); two erasers need two labels."))
+    eraser: str | None = Field(None, description="Eraser directory (name: eraser only).")
 
     @model_validator(mode="after")
     def _check(self):
@@ -54,46 +54,52 @@ class AttackMethodConfig(MethodConfig):
 
 
 class AttackPromptsConfig(Strict):
-    path: str  # relative to the current directory, else to the config file
-    prompt_column: str = "prompt"
-    normal_column: str = "normal prompt"
-    paraphrase_column: str | None = "paraphrase"
-    seed_column: str | None = "seed"
-    limit: int | None = Field(None, ge=1)  # first N rows
+    path: str = Field(description="The CSV file, relative to the current directory, else to the config file.")
+    prompt_column: str = Field("prompt", description="The column of the concept prompts.")
+    normal_column: str = Field("normal prompt", description=(
+        "The column of each prompt's benign anchor (the concept swapped for a neutral word)."))
+    paraphrase_column: str | None = Field("paraphrase", description=(
+        "The column of held-out paraphrases (attack: paraphrase); null = none."))
+    seed_column: str | None = Field("seed", description="The column of per-row seeds; null = derived seeds.")
+    limit: int | None = Field(None, ge=1, description="First N rows (null = all).")
 
 
 class PreservePromptsConfig(Strict):
-    path: str | None = None
-    prompt_column: str = "prompt"
-    seed_column: str | None = "seed"
-    limit: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="The CSV of non-target prompts; null = no preservation figures.")
+    prompt_column: str = Field("prompt", description="The column of the prompts.")
+    seed_column: str | None = Field("seed", description="The column of per-row seeds; null = derived seeds.")
+    limit: int | None = Field(None, ge=1, description="First N rows (null = all).")
 
 
 class RingABellTextConfig(Strict):
-    population: int = Field(32, ge=4)
-    generations: int = Field(20, ge=0)
-    mutation: float = Field(0.15, ge=0.0, le=1.0)
-    elite: int = Field(2, ge=1)
-    length: int | None = Field(None, ge=1)  # words; null = the benign prompt's word count
-    seed: int = 0
+    population: int = Field(32, ge=4, description="Candidate prompts per generation of the genetic search.")
+    generations: int = Field(20, ge=0, description="Generations of the genetic search.")
+    mutation: float = Field(0.15, ge=0.0, le=1.0, description="Probability that a word of a child prompt is mutated.")
+    elite: int = Field(2, ge=1, description="Best candidates carried unchanged into the next generation.")
+    length: int | None = Field(None, ge=1, description=(
+        "Words per candidate prompt; null = the benign prompt's word count."))
+    seed: int = Field(0, description="Seed of the genetic search.")
 
 
 class RingABellConfig(Strict):
-    pairs: str | None = None  # CSV with prompt / normal prompt columns; null = the prompts file's pairs
-    # Strength of the concept vector added to the benign embedding (and the discrete search's target).
-    alpha: float = 1.0
-    text: RingABellTextConfig = Field(default_factory=RingABellTextConfig)
+    pairs: str | None = Field(None, description=(
+        "CSV with prompt / normal prompt columns; null = the prompts file's pairs."))
+    alpha: float = Field(1.0, description=(
+        "Strength of the concept vector added to the benign embedding (and the discrete search's target)."))
+    text: RingABellTextConfig = Field(default_factory=RingABellTextConfig, description=(
+        "The discrete (text) search of ringabell-text."))
 
 
 class SoftPromptConfig(Strict):
-    # Bounds on ||delta||, in multiples of ||E(concept prompt) - E(benign prompt)||: one result column each.
-    budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0])
-    steps: int = Field(100, ge=1)  # Adam steps per prompt pair
-    lr: float = Field(0.05, gt=0.0)
-    pool_size: int = Field(2, ge=1)  # base-model concept trajectories per prompt (x_t source)
-    batch: int = Field(4, ge=1)
-    trajectory_steps: int | None = Field(None, ge=1)  # null = generation.num_inference_steps
-    seed: int = 0
+    budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0], description=(
+        "Bounds on ||delta||, in multiples of ||E(concept prompt) - E(benign prompt)||: one result column each."))
+    steps: int = Field(100, ge=1, description="Adam steps per prompt pair.")
+    lr: float = Field(0.05, gt=0.0, description="Adam learning rate of the perturbation.")
+    pool_size: int = Field(2, ge=1, description="Base-model concept trajectories per prompt (the x_t source).")
+    batch: int = Field(4, ge=1, description="x_t samples per optimisation step.")
+    trajectory_steps: int | None = Field(None, ge=1, description=(
+        "Sampler steps of those trajectories; null = generation.num_inference_steps."))
+    seed: int = Field(0, description="Seed of the trajectories and the perturbation's start.")
 
     @field_validator("budgets")
     @classmethod
@@ -104,30 +110,40 @@ class SoftPromptConfig(Strict):
 
 
 class DetectorConfig(Strict):
-    flag: str | None = None  # classifier record field (bool); null = by classifier (toy: target_present, nudenet: positive)
-    preservation: list[str] = Field(default_factory=list)  # classifier summary entries on the preserve set
+    flag: str | None = Field(None, description=(
+        "Classifier record field (bool) that flags the concept; null = by classifier (toy: target_present, nudenet: "
+        "positive)."))
+    preservation: list[str] = Field(default_factory=list, description=(
+        "Classifier summary entries reported on the preserve set."))
 
 
 class AttackConfig(Strict):
-    # The eval config (path, relative to this file first) whose model, generation, classifier and runtime are used.
-    eval: str
-    # The concept's words: negprompt's negative prompt, SAFREE's concept subspace; ringabell-text never uses them.
-    words: list[str]
-    # CSV of attacked rows: the concept prompt, its benign anchor (the concept swapped for a neutral word), a
-    # held-out paraphrase, a seed.
-    prompts: AttackPromptsConfig
-    # CSV of non-target prompts (prompt, seed), generated clean by every method: its preservation figures.
-    preserve: PreservePromptsConfig = Field(default_factory=PreservePromptsConfig)
-    # The methods compared (eval.methods), each attacked by every attack.
-    methods: list[AttackMethodConfig]
-    # clean / paraphrase: text; ringabell: concept vector on the benign embedding; ringabell-text: genetic search
-    # for a text prompt; softprompt: white-box embedding perturbation, one result column per budget.
-    attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt"]]
-    ringabell: RingABellConfig = Field(default_factory=RingABellConfig)
-    softprompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)
-    detector: DetectorConfig = Field(default_factory=DetectorConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    config_dir: str | None = None
+    eval: str = Field(description=(
+        "The eval config (path, relative to this file first) whose model, generation, classifier and runtime are "
+        "used."))
+    words: list[str] = Field(description=(
+        "The concept's words: negprompt's negative prompt, SAFREE's concept subspace; ringabell-text never uses "
+        "them."))
+    prompts: AttackPromptsConfig = Field(description=(
+        "CSV of attacked rows: the concept prompt, its benign anchor (the concept swapped for a neutral word), a "
+        "held-out paraphrase, a seed."))
+    preserve: PreservePromptsConfig = Field(default_factory=PreservePromptsConfig, description=(
+        "CSV of non-target prompts (prompt, seed), generated clean by every method: its preservation figures."))
+    methods: list[AttackMethodConfig] = Field(description=(
+        "The methods compared (eval.methods), each attacked by every attack."))
+    attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt"]] = Field(description=(
+        "clean / paraphrase: text; ringabell: concept vector on the benign embedding; ringabell-text: genetic search "
+        "for a text prompt; softprompt: white-box embedding perturbation, one result column per budget."))
+    ringabell: RingABellConfig = Field(default_factory=RingABellConfig, description=(
+        "Ring-A-Bell: paired prompts for the concept vector, alpha, the discrete search's budget."))
+    softprompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig, description=(
+        "Soft-prompt attack: budgets, steps, lr, x_t pool."))
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description=(
+        "Which classifier record field flags the concept, which summary entries are preservation."))
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description=(
+        "One parent run per benchmark, a child per method x attack."))
+    config_dir: str | None = Field(None, description=(
+        "Directory of the YAML file this came from (for relative paths); set by load_attack_config."))
 
     @model_validator(mode="after")
     def _check(self):

@@ -25,38 +25,37 @@ class DistributedConfig(Strict):
     single-process run with the same config (and their erasers are interchangeable).
     """
 
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
-    # Ray resources of ONE worker, e.g. {"CPU": 1} or {"CPU": 8, "GPU": 1}. Default: 1 CPU (+1 GPU).
-    resources_per_worker: dict[str, float] | None = None
-    # torch threads per worker. 1 on a shared CPU box: OpenMP spin barriers collapse under contention.
-    threads_per_worker: int = Field(1, ge=1)
-    # "auto" = nccl with GPUs, gloo on CPU.
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    # ZeRO-2 is the default. ZeRO-3 is opt-in: with a frozen backbone plus gradient
-    # checkpointing it hits an open DeepSpeed bug on GPUs (recompute metadata mismatch,
-    # DeepSpeed PR #8130), and the eraser is small enough that sharding it buys little.
-    zero_stage: Literal[2, 3] = 2
-    # A DeepSpeed JSON file; default configs/deepspeed/zero{stage}.json. Batch sizes and
-    # gradient clipping are always filled in from `train` (one source of truth).
-    deepspeed_config: str | None = None
-    # Merged over the JSON file (nested dicts merge), e.g. {"zero_optimization": {...}}.
-    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    # Where Ray Train persists checkpoints. Default: <output>/ray. On a multi-node cluster this
-    # MUST be shared storage (NFS path or s3://...): every worker writes its own shard there.
-    storage_path: str | None = None
-    # Ray Train run name (stable: rerunning the same name resumes from its last checkpoint).
-    name: str | None = None
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (each takes 1/num_workers of the global batch).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); false = CPU workers (gloo).")
+    resources_per_worker: dict[str, float] | None = Field(None, description=(
+        "Ray resources of ONE worker, e.g. {\"CPU\": 1} or {\"CPU\": 8, \"GPU\": 1}. Default: 1 CPU (+1 GPU)."))
+    threads_per_worker: int = Field(1, ge=1, description=(
+        "torch threads per worker. 1 on a shared CPU box: OpenMP spin barriers collapse under contention."))
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="\"auto\" = nccl with GPUs, gloo on CPU.")
+    zero_stage: Literal[2, 3] = Field(2, description=(
+        "ZeRO-2 is the default. ZeRO-3 is opt-in: with a frozen backbone plus gradient checkpointing it hits an open "
+        "DeepSpeed bug on GPUs (recompute metadata mismatch, DeepSpeed PR #8130), and the eraser is small enough "
+        "that sharding it buys little."))
+    deepspeed_config: str | None = Field(None, description=(
+        "A DeepSpeed JSON file; default configs/deepspeed/zero{stage}.json. Batch sizes and gradient clipping are "
+        "always filled in from `train` (one source of truth)."))
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Merged over the JSON file (nested dicts merge), e.g. {\"zero_optimization\": {...}}."))
+    storage_path: str | None = Field(None, description=(
+        "Where Ray Train persists checkpoints. Default: <output>/ray. On a multi-node cluster this MUST be shared "
+        "storage (NFS path or s3://...): every worker writes its own shard there."))
+    name: str | None = Field(None, description=(
+        "Ray Train run name (stable: rerunning the same name resumes from its last checkpoint)."))
     @field_validator("name")
     @classmethod
     def _name_is_not_a_path(cls, v: str | None) -> str | None:
         return None if v is None else path_component(v, "distributed.name")
 
-    # Worker-group restarts after a worker dies; training resumes from the last checkpoint.
-    max_failures: int = Field(1, ge=-1)
-    # Steps between checkpoints; default train.checkpoint_every. Every rank saves (collective).
-    checkpoint_every: int | None = Field(None, ge=1)
-    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1, description=(
+        "Worker-group restarts after a worker dies; training resumes from the last checkpoint."))
+    checkpoint_every: int | None = Field(None, ge=1, description=(
+        "Steps between checkpoints; default train.checkpoint_every. Every rank saves (collective)."))
+    num_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept per run (older ones are deleted).")
 
     def worker_resources(self) -> dict[str, float]:
         if self.resources_per_worker:

@@ -33,13 +33,12 @@ METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train")
 
 
 class MlflowConfig(Strict):
-    enabled: bool = True
-    # Default: sqlite:///<output>/mlflow.db (MLflow >= 3.13 refuses plain file stores).
-    # Any http(s):// tracking server works the same.
-    tracking_uri: str | None = None
-    # Default: "t2vu/<search.name>" (one experiment per study).
-    experiment: str | None = None
-    log_artifacts: bool = True
+    enabled: bool = Field(True, description="Log to MLflow.")
+    tracking_uri: str | None = Field(None, description=(
+        "Default: sqlite:///<output>/mlflow.db (MLflow >= 3.13 refuses plain file stores). Any http(s):// tracking "
+        "server works the same."))
+    experiment: str | None = Field(None, description="Default: \"t2vu/<search.name>\" (one experiment per study).")
+    log_artifacts: bool = Field(True, description="Log run files (reports, plots, erasers' configs) as artifacts.")
 
     def resolve_uri(self, output_dir: str | Path) -> str:
         if self.tracking_uri:
@@ -57,31 +56,37 @@ class SelectConfig(Strict):
     `target_rate_erased` subject to `nontarget_acc_erased >= 0.95` (a preservation floor).
     """
 
-    metric: str | None = None
-    mode: Literal["min", "max"] = "min"
-    constraints: list[Constraint] = Field(default_factory=list)
+    metric: str | None = Field(None, description=(
+        "Eval-summary key that picks the best trial; null = the search's scalar score (lowest wins)."))
+    mode: Literal["min", "max"] = Field("min", description="Whether the lowest (min) or highest (max) metric wins.")
+    constraints: list[Constraint] = Field(default_factory=list, description=(
+        "Floors/ceilings a trial must meet to be picked, e.g. nontarget_acc_erased >= 0.95."))
 
 
 class PipelineRunConfig(Strict):
     """The `run:` section (`t2vu run` only): selection rule and final-eval settings."""
 
-    select: SelectConfig = Field(default_factory=SelectConfig)
-    # Rows of each prompt set in the final eval (None = all rows).
-    eval_limit: int | None = Field(None, ge=1)
-    # Final-eval prompt CSVs drawn from the toy world (written into <output>/eval_prompts/).
-    toy_prompts: ToyPromptsConfig | None = None
-    # Dotted overrides of the final eval config, e.g. {"output.grid_rows": 8}.
-    eval_overrides: dict[str, Any] = Field(default_factory=dict)
+    select: SelectConfig = Field(default_factory=SelectConfig, description=(
+        "How the trial that gets the full evaluation is picked."))
+    eval_limit: int | None = Field(None, ge=1, description=(
+        "Rows of each prompt set in the final eval (None = all rows)."))
+    toy_prompts: ToyPromptsConfig | None = Field(None, description=(
+        "Final-eval prompt CSVs drawn from the toy world (written into <output>/eval_prompts/)."))
+    eval_overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dotted overrides of the final eval config, e.g. {\"output.grid_rows\": 8}."))
 
 
 class PipelineConfig(MethodConfig):
     """Method sections + distributed + search + mlflow + eval, one schema."""
 
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    search: SearchConfig | None = None
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    eval: EvalConfig | None = None
-    run: PipelineRunConfig | None = None  # `t2vu run` only
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description=(
+        "Ray Train + DeepSpeed: workers, GPUs, ZeRO stage, storage, failures."))
+    search: SearchConfig | None = Field(None, description=(
+        "Ray Tune: the search space, algorithm and objective (t2vu tune, t2vu run)."))
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking URI and experiment.")
+    eval: EvalConfig | None = Field(None, description="The evaluation stage's own section (an eval config).")
+    run: PipelineRunConfig | None = Field(None, description=(
+        "The `t2vu run` section: selection rule and final-eval settings."))
 
     def method(self) -> MethodConfig:
         """The method sections alone (what a training session / eraser digest sees)."""

@@ -49,47 +49,27 @@ def _default(field) -> str:
     return f"`{field.default!r}`"
 
 
-def _field_comments(model: type[BaseModel]) -> dict[str, str]:
-    """The `# ...` lines written right above (or after) each field in the class body: the schema's docs."""
-    import inspect
-    import re
-
-    notes: dict[str, str] = {}
-    for cls in reversed(model.__mro__):
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
-            continue
-        try:
-            lines = inspect.getsource(cls).splitlines()
-        except (OSError, TypeError):
-            continue
-        pending: list[str] = []
-        for line in lines:
-            st = line.strip()
-            if st.startswith("#"):
-                pending.append(st.lstrip("# ").strip())
-                continue
-            m = re.match(r"^\s{4}(\w+)\s*:", line)
-            if m and not st.startswith("def "):
-                trailing = line.split("#", 1)[1].strip() if "#" in line and "'#" not in line and '"#' not in line else ""
-                text = " ".join(pending + ([trailing] if trailing else []))
-                if text:
-                    notes[m.group(1)] = text
-            pending = [] if st else pending
-    return notes
+def description(field, sub: type[BaseModel] | None = None) -> str:
+    """A key's one-line description: its `Field(description=...)`; a section without one falls back to the
+    first line of its class docstring. The reference and `t2vu config show` both read it here."""
+    text = field.description or ((sub.__doc__ or "").strip().split("\n")[0] if sub is not None else "")
+    return " ".join(text.split())
 
 
 def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) of every key, sections first then their keys; the items of
+    a list of sections are written `key[].field`."""
     out = []
-    notes = _field_comments(model)
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         sub = _model_of(field.annotation)
-        doc = (field.description or notes.get(name, "")).replace("\n", " ").replace("|", "\\|")
         if sub is not None:
-            out.append((key, sub.__name__, _default(field), (sub.__doc__ or "").strip().split("\n")[0]))
-            out.extend(rows(sub, key + "."))
+            listed = get_origin(field.annotation) is list
+            out.append((key, f"list[{sub.__name__}]" if listed else sub.__name__, _default(field),
+                        description(field, sub)))
+            out.extend(rows(sub, key + ("[]." if listed else ".")))
         else:
-            out.append((key, _type_name(field.annotation), _default(field), doc))
+            out.append((key, _type_name(field.annotation), _default(field), description(field)))
     return out
 
 
@@ -108,7 +88,7 @@ def render() -> str:
         for key, typ, default, doc in rows(model):
             if key == "eval" and model is PipelineConfig:
                 typ = "EvalConfig (below)"
-            parts.append(f"| `{key}` | {typ} | {default} | {doc} |")
+            parts.append(f"| `{key}` | {typ} | {default} | {doc.replace('|', chr(92) + '|')} |")
         parts.append("")
     return "\n".join(parts)
 
