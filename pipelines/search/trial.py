@@ -42,6 +42,7 @@ def trial_main(config: dict, ctx: dict) -> None:
     from pipelines.train.checkpoints import export_result
     from pipelines.train.driver import make_trainer
     from pipelines.search.space import apply_sample
+    from pipelines.search.screening import fidelity_label
     from unlearn.session import prepare_embeddings
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -75,7 +76,8 @@ def trial_main(config: dict, ctx: dict) -> None:
         c = mu.client(ml["tracking_uri"])
         run_id = mu.get_or_create_child(
             c, ml["experiment_id"], ml["parent_run_id"], trial_id, params=mu.method_params(cfg),
-            tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir)},
+            tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir),
+                  "t2vu.fidelity": fidelity_label(cfg, ctx["objective"])},  # search.screening: small, then full
         )
         atomic_write_text(trial_dir / "mlflow_run_id.txt", run_id + "\n")
         mu.log_file(c, run_id, trial_dir / "config.yaml")

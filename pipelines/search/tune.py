@@ -51,11 +51,13 @@ LOG = logging.getLogger(__name__)
 
 # --- searcher / scheduler ----------------------------------------------------------------------------
 
-def _searcher_and_scheduler(cfg: PipelineConfig):
+def _searcher_and_scheduler(cfg: PipelineConfig, points: list[dict] | None = None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     s = cfg.search
+    if points:  # search.screening's full-size stage: the best screened samples as fixed points, run to their end
+        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=s.max_concurrent_trials), FIFOScheduler()
     score = s.objective.scalarize.name
     if s.algorithm == "optuna":
         import optuna
@@ -107,8 +109,15 @@ def run_search(
     resume: bool = True,
     verbose: bool = False,
     write_report: bool = True,
+    points: list[dict] | None = None,
 ) -> SearchResult:
-    """Run (or resume) a Tune search; returns the trials, the best one, the Pareto set and the report."""
+    """Run (or resume) a Tune search; returns the trials, the best one, the Pareto set and the report.
+    `points`: evaluate these samples instead of searching (search.screening's full-size stage)."""
+    if cfg.search is not None and cfg.search.screening is not None and points is None:
+        from pipelines.search.screening import run_screened  # screen all trials small, re-run the best k full size
+
+        return run_screened(cfg, Path(output_dir), run_search, config_path=config_path, resume=resume,
+                            verbose=verbose, write_report=write_report)
     from ray import tune
 
     from pipelines.tracking import mlflow_utils as mu
@@ -184,17 +193,17 @@ def run_search(
     else:
         if exp_path.exists():
             remove_owned(exp_path, out)
-        searcher, scheduler = _searcher_and_scheduler(cfg)
+        searcher, scheduler = _searcher_and_scheduler(cfg, points)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(points or []) or s.num_samples,
                                         max_concurrent_trials=s.max_concurrent_trials if s.algorithm == "optuna" else None),
             run_config=tune.RunConfig(name=s.name, storage_path=str(out / "ray"),
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       callbacks=[callback], verbose=1 if verbose else 0),
         )
-    progress(f"Search {s.name}: {s.num_samples} trials, {s.algorithm}, objective {s.metric_names()} -> {out}")
+    progress(f"Search {s.name}: {len(points or []) or s.num_samples} trials, {'fixed points' if points else s.algorithm}, objective {s.metric_names()} -> {out}")
     if s.proxy_skip_note():
         progress(f"  {s.proxy_skip_note()}")
     grid = tuner.fit()
@@ -234,7 +243,9 @@ def _log_parent_start(c, run_id: str, cfg: PipelineConfig, out: Path, config_pat
         "distributed.num_workers": str(cfg.distributed.num_workers), "distributed.zero_stage": str(cfg.distributed.zero_stage),
         "distributed.use_gpu": str(cfg.distributed.use_gpu),
     }
-    mu.log_params(c, run_id, params)
+    from pipelines.search.screening import parent_params
+
+    mu.log_params(c, run_id, {**params, **parent_params(s)})
     for k, v in versions.items():
         c.set_tag(run_id, f"version.{k}", v)
     c.set_tag(run_id, "t2vu.cluster", json.dumps(cluster))
