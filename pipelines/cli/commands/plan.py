@@ -29,6 +29,9 @@ def register(sub) -> None:
                    help="tune mode: the utilisation the search cost assumes, of --gpu-tflops (default 0.4)")
     p.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
                    help="tune mode: the GPU's bf16 dense peak in TFLOP/s for the search cost (default 989, H100)")
+    p.add_argument("--results-file", default=None, metavar="PATH",
+                   help="tune mode: also write the search's modelled cost as a results file (benchmarks/results/<name>.json) "
+                        "for the docs' tables")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=2")
     p.set_defaults(func=run)
@@ -56,12 +59,24 @@ def run(args) -> int:
                            peak_tflops=DEFAULT_PEAK_TFLOPS if args.gpu_tflops is None else args.gpu_tflops)
         print(render_cost(cost))
         summary["search_cost"] = cost
+        from pipelines.search.screening import render_screened_cost, screened_cost
+
+        screened = screened_cost(req, arch, mfu=cost.get("assumptions", {}).get("mfu", DEFAULT_MFU),
+                                 peak_tflops=cost.get("assumptions", {}).get("gpu_peak_tflops", DEFAULT_PEAK_TFLOPS))
+        if screened is not None:  # search.screening: the two-stage search's cost next to the full one
+            print(render_screened_cost(screened, cost, pipeline))
+            summary["screened_search_cost"] = screened
     rc = 0
     if plan.fits is False:
         fix = find_fix(req, plan)
         summary["fix"] = fix
         print(f"error: {refusal(plan, fix)}", file=sys.stderr)
         rc = EXIT_WONT_FIT
+    if args.results_file and "search_cost" in summary:  # the docs render modelled costs from these files
+        from pipelines.runtime.results_file import write_results
+
+        write_results(args.results_file, {k: summary[k] for k in ("search_cost", "screened_search_cost") if k in summary},
+                      settings={"config": str(args.config), "overrides": list(args.overrides)})
     sys.stdout.flush()
     print(json.dumps(summary))
     return rc
