@@ -16,9 +16,9 @@ import sys
 import pipelines.runtime.env as env
 from pipelines.cli.commands.common import claim_output
 from pipelines.cli.commands import eval as eval_cmd
-from pipelines.cli.commands import attack, import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
+from pipelines.cli.commands import attack, config, import_eraser, make_tiny_model, plan, report, run, submit, toy, train, tune
 
-COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, plan, import_eraser, attack]
+COMMANDS = [make_tiny_model, train, toy, eval_cmd, tune, report, run, submit, plan, import_eraser, attack, config]
 
 
 def build_parser() -> argparse.ArgumentParser:

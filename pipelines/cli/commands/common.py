@@ -29,11 +29,14 @@ class Writes:
 def add_common(p: argparse.ArgumentParser, default_config: str | None = None, *, command: str) -> None:
     p.add_argument("--config", "-c", required=default_config is None, default=default_config, help="YAML config")
     p.add_argument("--output", "-o", default=None, help="output folder (default: a new folder under runs/)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.steps=10 (YAML-parsed value)",
-    )
+    add_set(p)
     p.set_defaults(writes=Writes(command))
+
+
+def add_set(p: argparse.ArgumentParser, help: str = "override a config value, e.g. --set train.steps=10 "
+            "(YAML-parsed value)") -> None:
+    """The one `--set KEY=VALUE` flag (repeatable): unlearn.config.apply_overrides reads what it collects."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def default_output(kind: str, config: str) -> Path:

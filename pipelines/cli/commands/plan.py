@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines.cli.commands.common import add_set
+
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="will it fit? predict per-GPU memory of a training config before launching it",
@@ -32,8 +34,7 @@ def register(sub) -> None:
     p.add_argument("--results-file", default=None, metavar="PATH",
                    help="tune mode: also write the search's modelled cost as a results file (benchmarks/results/<name>.json) "
                         "for the docs' tables")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.batch_size=2")
+    add_set(p, help="override a config value, e.g. --set train.batch_size=2")
     p.set_defaults(func=run)
 
 

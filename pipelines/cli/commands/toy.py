@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.cli.commands.common import Writes
+from pipelines.cli.commands.common import Writes, add_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +73,8 @@ def register_benchmark(toy_sub) -> None:
                     "model (builtin:toy-wan) runs configs/toy/recipe-wan.yaml + configs/eval/toy-wan.yaml")
     bm.add_argument("--steps", type=int, default=None, help="train.steps of the default recipe (default: recipe)")
     bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
-    bm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a training-config value of every variant, e.g. --set "
-                    "train.trajectory.pool_size=2 (YAML-parsed value; the benchmark folder pins it)")
+    add_set(bm, help="override a training-config value of every variant, e.g. --set "
+            "train.trajectory.pool_size=2 (YAML-parsed value; the benchmark folder pins it)")
     bm.add_argument("--progress", action="store_true", help="progress bars")
     bm.add_argument("--results-file", default=None, metavar="PATH",
                     help="also write the figures with this command line, git sha, date and machine to PATH "
