@@ -7,6 +7,7 @@ with the key path named (pydantic `extra="forbid"`). Pipeline-level sections
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -346,3 +347,45 @@ def set_by_path(data: dict, dotted: str, value) -> None:
         if not isinstance(cur, dict):
             raise ConfigError(f"Cannot set {dotted}: {k} is not a section")
     cur[keys[-1]] = value
+
+
+def read_renamed_keys(data, renamed: dict[str, str], warn, overriding: tuple[str, ...] = ()) -> object:
+    """Read keys renamed in this release under their new names (dotted paths, old -> new), calling
+    `warn(message)` once per old key found with a one-line message naming the new key.
+
+    Why read them at all: configs pinned in run folders and shared YAML files keep the old names for a while;
+    refusing them would stop a resume. Why only for one release: two names for one knob is what the rename
+    removes. A file setting both names to different values is refused (which one it means cannot be known),
+    except for an old key in `overriding`: it was a more specific override of the new key (it won where it
+    applied), so its value wins and the warning says what it replaced.
+    """
+    if not isinstance(data, dict):
+        return data
+    for old, new in renamed.items():
+        *old_parents, old_leaf = old.split(".")
+        section = data
+        for k in old_parents:
+            section = section.get(k) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        data = copy.deepcopy(data)  # never edit the caller's dict (a --set mapping, a sampled trial config)
+        section = data
+        for k in old_parents:
+            section = section[k]
+        value = section.pop(old_leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = data
+        for k in new_parents:
+            target = target.setdefault(k, {})
+            if not isinstance(target, dict):
+                return data  # the schema reports the bad section
+        replaced = target.get(new_leaf)
+        if new_leaf in target and replaced != value and value is not None and old not in overriding:
+            raise ValueError(f"{old} ({value!r}) and {new} ({replaced!r}) are both set: {old} is the old "
+                             f"name of {new}; remove {old}")
+        if value is not None:
+            target[new_leaf] = value
+        was = f", replacing {new}: {replaced!r}" if value is not None and replaced not in (None, value) else ""
+        warn(f"{old} is deprecated and read as {new}{was} (one knob, one name); rename it in the config: "
+             f"the next release refuses {old}")
+    return data

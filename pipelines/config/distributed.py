@@ -53,8 +53,6 @@ class DistributedConfig(Strict):
 
     max_failures: int = Field(1, ge=-1, description=(
         "Worker-group restarts after a worker dies; training resumes from the last checkpoint."))
-    checkpoint_every: int | None = Field(None, ge=1, description=(
-        "Steps between checkpoints; default train.checkpoint_every. Every rank saves (collective)."))
     num_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept per run (older ones are deleted).")
 
     def worker_resources(self) -> dict[str, float]:

@@ -19,15 +19,16 @@ DeepSpeed config it derives), `pipelines.config.search` (space, algorithm, objec
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from eval.config import EvalConfig
 from pipelines.config.distributed import DistributedConfig
-from pipelines.config.search import Constraint, SearchConfig, ToyPromptsConfig
-from unlearn.config import MethodConfig, Strict, apply_overrides, read_yaml, validate
+from pipelines.config.search import Constraint, EvalVariant, SearchConfig
+from unlearn.config import MethodConfig, Strict, apply_overrides, read_renamed_keys, read_yaml, validate
 
 METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train")
 
@@ -63,17 +64,22 @@ class SelectConfig(Strict):
         "Floors/ceilings a trial must meet to be picked, e.g. nontarget_acc_erased >= 0.95."))
 
 
-class PipelineRunConfig(Strict):
-    """The `run:` section (`t2vu run` only): selection rule and final-eval settings."""
+class PipelineRunConfig(EvalVariant):
+    """The `run:` section (`t2vu run` only): the selection rule, and how the final eval of the chosen trial
+    differs from the eval config (eval_overrides, toy_prompts, limit: the keys `search.objective` has)."""
 
     select: SelectConfig = Field(default_factory=SelectConfig, description=(
         "How the trial that gets the full evaluation is picked."))
-    eval_limit: int | None = Field(None, ge=1, description=(
-        "Rows of each prompt set in the final eval (None = all rows)."))
-    toy_prompts: ToyPromptsConfig | None = Field(None, description=(
-        "Final-eval prompt CSVs drawn from the toy world (written into <output>/eval_prompts/)."))
-    eval_overrides: dict[str, Any] = Field(default_factory=dict, description=(
-        "Dotted overrides of the final eval config, e.g. {\"output.grid_rows\": 8}."))
+
+
+# Keys renamed when two knobs became one (read for one release with a warning, then unknown keys).
+RENAMED = {
+    "distributed.checkpoint_every": "train.checkpoint_every",  # one cadence for single-process and distributed
+    "run.eval_limit": "run.limit",  # the name search.objective.limit has (both are EvalVariant)
+}
+# distributed.checkpoint_every overrode train.checkpoint_every in every distributed run and Tune trial: a file
+# setting both keeps the cadence its distributed runs had (a checkpoint cadence changes no result).
+OVERRIDING = ("distributed.checkpoint_every",)
 
 
 class PipelineConfig(MethodConfig):
@@ -87,6 +93,11 @@ class PipelineConfig(MethodConfig):
     eval: EvalConfig | None = Field(None, description="The evaluation stage's own section (an eval config).")
     run: PipelineRunConfig | None = Field(None, description=(
         "The `t2vu run` section: selection rule and final-eval settings."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        return read_renamed_keys(data, RENAMED, logging.getLogger("t2vu.config").warning, OVERRIDING)
 
     def method(self) -> MethodConfig:
         """The method sections alone (what a training session / eraser digest sees)."""

@@ -140,28 +140,34 @@ class BaselineMethod(MethodConfig):
         return {"method": self.model_dump(mode="json", exclude={"label"}), "eraser": None}
 
 
-class ObjectiveConfig(Strict):
+class EvalVariant(Strict):
+    """How a stage's eval differs from the eval config it starts from. Defined once: `search.objective` (each
+    trial's final eval) and `run` (the pipeline's final eval of the best trial) take the same three keys."""
+
+    eval_overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dotted overrides of the eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}."))
+    toy_prompts: ToyPromptsConfig | None = Field(None, description=(
+        "Draw the eval prompts from the toy world instead of CSV files (written into <output>/eval_prompts/)."))
+    limit: int | None = Field(None, ge=1, description="First N rows of each prompt set (null = every row).")
+
+
+class ObjectiveConfig(EvalVariant):
     """What each trial is judged on: a real evaluation of its eraser.
 
     eval: a path to an eval config YAML (relative to the search config), an inline eval
-          section, or null to use the top-level `eval` section.
-    toy_prompts: draw the eval prompts from the toy world instead of CSV files.
+          section, or null to use the top-level `eval` section; eval_overrides, toy_prompts
+          and limit (EvalVariant) change it for the trials' final evals.
     """
 
     eval: str | dict[str, Any] | None = Field(None, description=(
         "The eval config judging each trial: a YAML path (relative to this config), an inline section, or null = the "
         "top-level `eval` section."))
-    eval_overrides: dict[str, Any] = Field(default_factory=dict, description=(
-        "Dotted overrides applied to that eval config, e.g. {prompts.path: data/x.csv, generation.num_frames: 9}."))
-    toy_prompts: ToyPromptsConfig | None = Field(None, description=(
-        "Draw the eval prompts from the toy world instead of CSV files."))
     metrics: list[MetricSpec] = Field(min_length=1, description=(
         "The objectives: eval-summary keys, each minimised or maximised."))
     scalarize: ScalarizeConfig = Field(default_factory=ScalarizeConfig, description=(
         "How the objectives fold into one score (ASHA, single-objective searches, ranking)."))
     proxy: ProxyEvalConfig = Field(default_factory=ProxyEvalConfig, description=(
         "A cheap intermediate eval (what ASHA prunes on)."))
-    limit: int | None = Field(None, ge=1, description="Rows of the final eval (None = the whole prompt set).")
     baselines: list[BaselineMethod] = Field(default_factory=list, description=(
         "Training-free methods evaluated once with the final eval config after the trials (same prompts, seeds and "
         "base videos), e.g. [negprompt, safree]: the rows an eraser has to beat."))

@@ -171,7 +171,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
                                              params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                                              tags={"t2vu.role": "final-eval"})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
-    limit = run_cfg.eval_limit if run_cfg else None
+    limit = run_cfg.limit if run_cfg else None
     try:
         ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
     except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED

@@ -70,7 +70,7 @@ def make_trainer(
         "config_dir": str(Path(config_dir).resolve()) if config_dir else None,
         "ds_config": deepspeed_config(cfg, config_dir),
         "threads": d.threads_per_worker,
-        "checkpoint_every": d.checkpoint_every or cfg.train.checkpoint_every,
+        "checkpoint_every": cfg.train.checkpoint_every,
         "objective": objective,
         "mlflow": mlflow_run,
         "step_hook": step_hook,
