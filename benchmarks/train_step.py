@@ -10,6 +10,8 @@ mid-size CPU CogVideoX-shaped model and the same batches:
   naive : the seed's shape — a second transformer copy as the "original" model,
           one forward per quantity, prompts re-encoded by T5 every step, the
           mask from the full joint softmax matrix.
+Step time is the median over the timed steps of the step's CPU seconds (process_time; one thread,
+so it is the step's cost however busy a shared machine is) and, for reference, its wall seconds.
 Peak memory = peak RSS minus the RSS after imports (the interpreter+torch
 baseline both variants share). The text encoder is sized ~2.7x the
 transformer, the ratio of T5-XXL (4.7B) to CogVideoX-2B (1.7B).
@@ -17,7 +19,8 @@ Capture memory: one layer at CogVideoX-2B geometry (30 heads x 64, 226 text +
 17,550 video tokens), measured the same way, vs the full matrix's size (peak RSS is
 reset before the capture, after the layer's own attention; the old-vs-new capture ratio
 is `benchmarks/attention_capture.py`).
-The last line is one JSON object.
+The last line is one JSON object; the figures also go to benchmarks/results/train_step.json
+(`pipelines/runtime/results_file.py`), which docs/benchmarks.md renders.
 """
 
 from __future__ import annotations
@@ -157,9 +160,9 @@ def run_variant(kind: str, steps: int, cache_path: str = "") -> dict:
         original = CogVideoXSpec(copy.deepcopy(tr), sched, vae_spatial=8)
         obj = NaiveObjective(spec, es, cfg, original_spec=original)
     opt = torch.optim.AdamW(es.parameters(), lr=1e-4)
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for i, d in enumerate(data):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         emb = cache[i] if kind == "fused" else encode(d["ids"])  # naive re-encodes every step
         b, k, p = d["b"], d["k"], d["p"]
         emb_c, emb_ref, emb_p = emb.split([b, b * k, p])
@@ -170,8 +173,10 @@ def run_variant(kind: str, steps: int, cache_path: str = "") -> dict:
         opt.step()
         if i > 0:  # first step is warm-up
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         losses.append(float(out["loss"].detach()))
-    return {"kind": kind, "step_s": sorted(times)[len(times) // 2], "peak_extra_mb": peak_mb() - base_rss,
+    return {"kind": kind, "step_s": sorted(times)[len(times) // 2],
+            "step_cpu_s": sorted(cpu_times)[len(cpu_times) // 2], "peak_extra_mb": peak_mb() - base_rss,
             "losses": losses, "transformer_params": sum(q.numel() for q in tr.parameters())}
 
 
@@ -229,6 +234,8 @@ def main() -> None:
     ap.add_argument("--child", choices=["fused", "naive", "capture", "cache"])
     ap.add_argument("--cache", default="")
     ap.add_argument("--skip-capture", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train_step.json"),
+                    help="results file ('' to write none)")
     a = ap.parse_args()
     if a.child:
         if a.child == "capture":
@@ -246,16 +253,27 @@ def main() -> None:
         fused, naive = child("fused", a.steps, cache), child("naive", a.steps)
     diff = max(abs(x - y) for x, y in zip(fused["losses"], naive["losses"]))
     result = {
-        "config": MID, "steps_timed": a.steps, "transformer_params": fused["transformer_params"], **t5_info,
-        "fused_step_s": round(fused["step_s"], 4), "naive_step_s": round(naive["step_s"], 4),
-        "step_time_ratio": round(naive["step_s"] / fused["step_s"], 3),
+        "transformer_params": fused["transformer_params"], **t5_info,
+        "fused_step_cpu_s": round(fused["step_cpu_s"], 4), "naive_step_cpu_s": round(naive["step_cpu_s"], 4),
+        "step_time_ratio": round(naive["step_cpu_s"] / fused["step_cpu_s"], 3),
         "fused_peak_mb": round(fused["peak_extra_mb"], 1), "naive_peak_mb": round(naive["peak_extra_mb"], 1),
         "peak_memory_ratio": round(fused["peak_extra_mb"] / naive["peak_extra_mb"], 3),
         "loss_max_abs_diff": diff,
+        "targets": "step_time_ratio >= 1.25, peak_memory_ratio <= 0.6",
+        "targets_met": naive["step_cpu_s"] / fused["step_cpu_s"] >= 1.25
+        and fused["peak_extra_mb"] / naive["peak_extra_mb"] <= 0.6,
     }
-    print(json.dumps({k: v for k, v in result.items()}, indent=None), file=sys.stderr)
+    print(json.dumps(result), file=sys.stderr)
     if not a.skip_capture:
         result.update(child("capture", 0))
+    if a.out:
+        from pipelines.runtime.results_file import write_results
+
+        write_results(a.out, result, argv=["python", "benchmarks/train_step.py", *sys.argv[1:]],
+                      settings={"config": MID, "steps_timed": a.steps, "threads": 1,
+                                "time": "median CPU seconds per step (process_time, one thread)"},
+                      timings={"fused_step_wall_s": round(fused["step_s"], 4),
+                               "naive_step_wall_s": round(naive["step_s"], 4), "load_1min": os.getloadavg()[0]})
     print(json.dumps(result))
 
 
