@@ -74,9 +74,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", 
 
 
 def method_config(size: dict, model_dir: str, cache_dir: str):
-    from unlearn.config import MethodConfig
+    from unlearn.config import EraserTrainingConfig
 
-    return MethodConfig.model_validate({
+    return EraserTrainingConfig.model_validate({
         "model": {"family": size.get("family", "cogvideox"), "path": model_dir, "dtype": "float32",
                   "num_frames": size["frames"], "height": size["height"], "width": size["width"]},
         "eraser": {"rank": RANK},

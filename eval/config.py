@@ -327,7 +327,7 @@ class BlocklistConfig(Strict):
         "model's unconditional video), e.g. \"a landscape\" for a fixed safe prompt."))
 
 
-class MethodConfig(Strict):
+class EvalMethodConfig(Strict):
     """What makes the "erased" video of each row (the base video is always the base model's)."""
 
     name: Literal["none", "eraser", "negprompt", "safree", "blocklist"] | None = Field(None, description=(
@@ -365,7 +365,7 @@ class EvalConfig(Strict):
     eraser_allow_other_base: bool = Field(False, description=(
         "The eraser records a fingerprint of the model it was trained on (unlearn.base_fingerprint); another model "
         "of the same shape is refused. true = evaluate it anyway (the run's notes say so)."))
-    method: MethodConfig = Field(default_factory=MethodConfig, description=(
+    method: EvalMethodConfig = Field(default_factory=EvalMethodConfig, description=(
         "What makes the \"erased\" video: none, eraser, negprompt, safree, blocklist."))
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description=(
         "The target prompt CSV and how to read it (columns, seeds, filters, dedupe)."))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn.config import ConfigError, MethodConfig, load_method_config, validate
+from unlearn.config import ConfigError, EraserTrainingConfig, load_eraser_training_config, validate
 from unlearn.eraser import read_eraser
 from unlearn.models.tiny import make_tiny_model
 from unlearn.session import TrainingSession, prepare_embeddings
@@ -25,7 +25,7 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
-def tiny_cfg(model_dir, tmp_path, **train_kw) -> MethodConfig:
+def tiny_cfg(model_dir, tmp_path, **train_kw) -> EraserTrainingConfig:
     data = {
         "model": {"path": str(model_dir), "num_frames": 9, "height": 32, "width": 32},
         "eraser": {"rank": 4},
@@ -37,7 +37,7 @@ def tiny_cfg(model_dir, tmp_path, **train_kw) -> MethodConfig:
         "train": {"steps": 12, "lr": 1e-3, "batch_size": 2, "preserve_batch_size": 2, "checkpoint_every": 4,
                   "log_every": 1, "cache_dir": str(tmp_path / "cache"), **train_kw},
     }
-    return MethodConfig.model_validate(data)
+    return EraserTrainingConfig.model_validate(data)
 
 
 def test_pipeline_roundtrip_generates(model_dir):
@@ -67,11 +67,11 @@ def test_unknown_key_and_bad_value_fail_naming_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss:\n  etaa: 3\ntrain:\n  steps: -1\n")
     with pytest.raises(ConfigError) as e:
-        load_method_config(bad)
+        load_eraser_training_config(bad)
     msg = str(e.value)
     assert str(bad) in msg and "loss.etaa: unknown key" in msg and "train.steps" in msg
     with pytest.raises(ConfigError, match="concept.anchors is empty"):
-        validate(MethodConfig, {"concept": {"reference": "anchors"}})
+        validate(EraserTrainingConfig, {"concept": {"reference": "anchors"}})
 
 
 def test_concept_missing_from_prompt_errors_before_training(model_dir, tmp_path):
@@ -185,7 +185,7 @@ def test_an_empty_config_file_is_refused(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing here\n")
     with pytest.raises(ConfigError, match="empty.yaml is empty"):
-        load_method_config(empty)
+        load_eraser_training_config(empty)
 
 
 def test_interrupted_run_that_refuses_to_resume_keeps_its_config(model_dir, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn.config import ConfigError, MethodConfig
+from unlearn.config import ConfigError, EraserTrainingConfig
 from unlearn.devices import resolve_device
 from unlearn.models.tiny import make_tiny_model
 from unlearn.session import TrainingSession
@@ -23,8 +23,8 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
-def cfg_for(model_dir, tmp_path, loss: dict | None = None, **train) -> MethodConfig:
-    return MethodConfig.model_validate({
+def cfg_for(model_dir, tmp_path, loss: dict | None = None, **train) -> EraserTrainingConfig:
+    return EraserTrainingConfig.model_validate({
         "model": {"path": str(model_dir), "num_frames": 9, "height": 32, "width": 32},
         "eraser": {"rank": 4},
         "concept": {"target": "naked", "prompts": ["a naked body", "a naked person on a beach", "a naked woman standing"],

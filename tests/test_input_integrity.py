@@ -138,10 +138,10 @@ def test_an_eraser_file_without_fingerprint_loads_with_a_warning(tmp_path, spec)
 
 
 def test_training_records_the_base_fingerprint(tiny):
-    from unlearn.config import load_method_config
+    from unlearn.config import load_eraser_training_config
     from unlearn.session import TrainingSession
 
-    cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
+    cfg = load_eraser_training_config(ROOT / "configs" / "tiny.yaml")
     s = TrainingSession(cfg)
     fp = s.eraser_set.meta.base_fingerprint
     assert fp["source"] == "training" and fp["digest"] == bf.of_model_dir(tiny)["digest"]

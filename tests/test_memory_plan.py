@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.cli.entry import main
 from pipelines.plan.memory_check import EXIT_WONT_FIT, make_request, plan_request
-from unlearn.config import MethodConfig, load_method_config
+from unlearn.config import EraserTrainingConfig, load_eraser_training_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG_2B = ROOT / "configs" / "cogvideox-2b-nudity.yaml"
@@ -113,7 +113,7 @@ def test_trajectory_pool_term_is_what_the_source_stores(tmp_path):
     data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     data["train"].update(xt_source="trajectory", trajectory={"num_inference_steps": 2, "pool_size": 2}, device="cpu",
                          cache_dir=str(tmp_path / "emb"))
-    cfg = MethodConfig.model_validate(data)
+    cfg = EraserTrainingConfig.model_validate(data)
     plan, _ = plan_request(make_request(cfg, mode="train"))
     term = next(t for t in plan.terms if t.name == "trajectory pool")
     assert term.where == "host"
@@ -128,7 +128,7 @@ def test_preflight_checks_only_cuda_runs_and_refuses_before_loading():
     from pipelines.plan.memory_check import load_plan_config
     from pipelines.plan.preflight import preflight
 
-    cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
+    cfg = load_eraser_training_config(ROOT / "configs" / "tiny.yaml")
     assert cfg.train.device == "auto"
     on_cpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
     assert preflight(on_cpu, mode="train", gpu_memory_gb=1e-3) is None  # a CPU run is never checked

@@ -59,11 +59,11 @@ def _make_cache(root: Path, kind: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from unlearn.config import load_method_config
+    from unlearn.config import load_eraser_training_config
     from unlearn.session import load_data, model_dir_of
     from unlearn.embedding_cache import EmbeddingCache
 
-    cfg = load_method_config(ROOT / "configs" / "tiny.yaml")
+    cfg = load_eraser_training_config(ROOT / "configs" / "tiny.yaml")
     model_dir = model_dir_of(cfg)
     cache = EmbeddingCache(root, model_dir, 16, cfg.model.dtype, family=cfg.model.family)
     cache.fill(load_data(cfg, model_dir, 16).all_prompts())

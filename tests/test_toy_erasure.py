@@ -37,13 +37,13 @@ def _toy_model() -> str:
 
 
 def _method_cfg(model: str, tmp: Path, eta: float = 3.0):
-    from unlearn.config import MethodConfig
+    from unlearn.config import EraserTrainingConfig
 
     others = world.anchor_words("red")
     targets = [f"a red {s} moving {m}" for s in world.SHAPES for m in world.MOTIONS]
     preserve = [f"a {c} {s} moving {m}" for c in others for s in world.SHAPES for m in world.MOTIONS]
     preserve += ["a green square and a blue bar", "a yellow pillar and a purple triangle"]
-    return MethodConfig.model_validate({
+    return EraserTrainingConfig.model_validate({
         "model": {"path": model, "num_frames": 9, "height": 32, "width": 32},
         "eraser": {"rank": 8},
         "concept": {"target": "red", "prompts": targets, "reference": "anchors", "anchors": list(others),

@@ -241,7 +241,7 @@ class TrainConfig(Strict):
         raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N or meta")
 
 
-class MethodConfig(Strict):
+class EraserTrainingConfig(Strict):
     """Everything a single eraser training needs."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description=(
@@ -305,8 +305,8 @@ def validate(cls: type[BaseModel], data: dict, source: str = "<dict>"):
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_method_config(path: str | Path) -> MethodConfig:
-    return validate(MethodConfig, read_yaml(path), str(path))
+def load_eraser_training_config(path: str | Path) -> EraserTrainingConfig:
+    return validate(EraserTrainingConfig, read_yaml(path), str(path))
 
 
 def config_digest(cfg: BaseModel) -> str:

@@ -1,4 +1,4 @@
-"""Everything one training process needs, built from a `MethodConfig`.
+"""Everything one training process needs, built from a `EraserTrainingConfig`.
 
 config -> model spec (the family's, from the registry; transformer + scheduler only)
 -> prompt data -> cached text embeddings -> erasers + objective -> x_t source -> `batch(step)`.
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from unlearn import base_fingerprint
-from unlearn.config import MethodConfig, config_digest
+from unlearn.config import EraserTrainingConfig, config_digest
 from unlearn.data import PromptOnlyData
 from unlearn.devices import resolve_device
 from unlearn.embedding_cache import EmbeddingCache
@@ -27,11 +27,11 @@ from unlearn.step import ErasureObjective, StepBatch
 from unlearn.xt_sources import NoiseSource, TrajectorySource, shard_prompts
 
 
-def default_cache_dir(cfg: MethodConfig) -> Path:
+def default_cache_dir(cfg: EraserTrainingConfig) -> Path:
     return Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "embeddings"
 
 
-def model_dir_of(cfg: MethodConfig) -> Path:
+def model_dir_of(cfg: EraserTrainingConfig) -> Path:
     """The resolved model directory, checked to hold a model of `model.family`."""
     model_dir = resolve_model_path(cfg.model.path)
     spec_class(cfg.model.family).check_model_dir(model_dir)
@@ -39,16 +39,16 @@ def model_dir_of(cfg: MethodConfig) -> Path:
     return model_dir
 
 
-def load_data(cfg: MethodConfig, model_dir: Path, text_len: int, config_dir=None) -> PromptOnlyData:
+def load_data(cfg: EraserTrainingConfig, model_dir: Path, text_len: int, config_dir=None) -> PromptOnlyData:
     tok = spec_class(cfg.model.family).load_tokenizer(model_dir)
     return PromptOnlyData(cfg.concept, tok, text_len, base_dir=config_dir)
 
 
-def open_cache(cfg: MethodConfig, model_dir: Path, text_len: int) -> EmbeddingCache:
+def open_cache(cfg: EraserTrainingConfig, model_dir: Path, text_len: int) -> EmbeddingCache:
     return EmbeddingCache(default_cache_dir(cfg), model_dir, text_len, cfg.model.dtype, family=cfg.model.family)
 
 
-def prepare_embeddings(cfg: MethodConfig, config_dir=None) -> EmbeddingCache:
+def prepare_embeddings(cfg: EraserTrainingConfig, config_dir=None) -> EmbeddingCache:
     """Driver-side: make sure every prompt the run needs is in the cache (loads the text encoder only if needed)."""
     model_dir = model_dir_of(cfg)
     text_len = spec_class(cfg.model.family).text_len_of(model_dir)
@@ -71,7 +71,7 @@ class TrainingSession:
     once per trial in total, not once per rank.
     """
 
-    def __init__(self, cfg: MethodConfig, config_dir=None, device: str | torch.device | None = None,
+    def __init__(self, cfg: EraserTrainingConfig, config_dir=None, device: str | torch.device | None = None,
                  rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size

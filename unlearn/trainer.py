@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from unlearn.config import ConfigError, MethodConfig
+from unlearn.config import ConfigError, EraserTrainingConfig
 from unlearn.eraser import read_eraser, save_eraser
 from unlearn.fsutil import atomic_replace_dir, atomic_write_text
 from unlearn.session import TrainingSession
@@ -65,11 +65,11 @@ def load_checkpoint(out: Path, session: TrainingSession, optimizer) -> int:
     return int(json.loads((ck / "state.json").read_text())["step"])
 
 
-def make_optimizer(cfg: MethodConfig, params):
+def make_optimizer(cfg: EraserTrainingConfig, params):
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def train(cfg: MethodConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True) -> dict:
+def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True) -> dict:
     out = Path(output)
     summary_path = out / "summary.json"
     if resume and summary_path.exists() and (out / "eraser" / "eraser_config.json").exists():

@@ -19,14 +19,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eval.config import MethodConfig
+from eval.config import EvalMethodConfig
 from pipelines.config.pipeline import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
 
 ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt")
 
 
-class AttackMethodConfig(MethodConfig):
+class AttackMethodConfig(EvalMethodConfig):
     """One compared method: eval's `method` section (its options: safree, blocklist; `words` default to the
     config's top-level words) plus the result key and, for an eraser, its directory."""
 

@@ -1,7 +1,7 @@
 """Pipeline-level configuration: the method sections plus how to run them.
 
 One YAML file, one typed schema (`PipelineConfig`): the method sections of
-`unlearn.config.MethodConfig` (model, eraser, concept, loss, train) plus
+`unlearn.config.EraserTrainingConfig` (model, eraser, concept, loss, train) plus
 
   distributed  Ray Train + DeepSpeed: workers, GPUs, ZeRO stage, storage, failures
   search       Ray Tune: the search space (a small YAML DSL), algorithm, objective
@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from eval.config import EvalConfig
 from pipelines.config.distributed import DistributedConfig
 from pipelines.config.search import Constraint, EvalVariant, SearchConfig
-from unlearn.config import MethodConfig, Strict, apply_overrides, read_renamed_keys, read_yaml, validate
+from unlearn.config import EraserTrainingConfig, Strict, apply_overrides, read_renamed_keys, read_yaml, validate
 
 METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train")
 
@@ -82,7 +82,7 @@ RENAMED = {
 OVERRIDING = ("distributed.checkpoint_every",)
 
 
-class PipelineConfig(MethodConfig):
+class PipelineConfig(EraserTrainingConfig):
     """Method sections + distributed + search + mlflow + eval, one schema."""
 
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description=(
@@ -99,9 +99,9 @@ class PipelineConfig(MethodConfig):
     def _renamed_keys(cls, data):
         return read_renamed_keys(data, RENAMED, logging.getLogger("t2vu.config").warning, OVERRIDING)
 
-    def method(self) -> MethodConfig:
+    def method(self) -> EraserTrainingConfig:
         """The method sections alone (what a training session / eraser digest sees)."""
-        return MethodConfig.model_validate(self.model_dump(include=set(METHOD_SECTIONS), mode="json"))
+        return EraserTrainingConfig.model_validate(self.model_dump(include=set(METHOD_SECTIONS), mode="json"))
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json", exclude_none=False)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eval.config import MethodConfig
+from eval.config import EvalMethodConfig
 from unlearn.config import Strict, path_component
 
 
@@ -110,9 +110,9 @@ class ToyPromptsConfig(Strict):
         return self
 
 
-class BaselineMethod(MethodConfig):
+class BaselineMethod(EvalMethodConfig):
     """A training-free method judged like every trial (`search.objective.baselines`): the objective's
-    final eval config with this as its `method` section (eval.config.MethodConfig: words, safree,
+    final eval config with this as its `method` section (eval.config.EvalMethodConfig: words, safree,
     blocklist options) and no eraser, written to <output>/baselines/<label>/ and shown as a row next
     to the base model and the trials in the search report. A bare name is short for {name: NAME}."""
 

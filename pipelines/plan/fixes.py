@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from pipelines.plan.memory_check import PlanRequest, _pipeline, plan_request
 from pipelines.plan.memory_plan import GIB, USABLE_FRACTION, MemoryPlan
-from unlearn.config import ConfigError, MethodConfig, apply_overrides, validate
+from unlearn.config import ConfigError, EraserTrainingConfig, apply_overrides, validate
 
 ACTIVATION_TERMS = {"forward 2 saved activations", "eraser saved activations", "backward grads in flight",
                     "backward recompute + grads", "eraser energy records"}
@@ -22,7 +22,7 @@ ERASER_TERMS = {"eraser parameters", "eraser gradients", "optimizer state"}
 
 
 def _with(req: PlanRequest, overrides: dict) -> PlanRequest:
-    method = validate(MethodConfig, apply_overrides(req.method.model_dump(mode="json"), overrides), "--set")
+    method = validate(EraserTrainingConfig, apply_overrides(req.method.model_dump(mode="json"), overrides), "--set")
     return replace(req, method=method)
 
 

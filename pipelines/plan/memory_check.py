@@ -16,7 +16,7 @@ from pathlib import Path
 from pipelines.plan.memory_plan import (
     GIB, USABLE_FRACTION, EvalShape, MemoryPlan, PlanInputs, TrajectoryShape, plan_memory,
 )
-from unlearn.config import ConfigError, MethodConfig, apply_overrides, read_yaml, validate
+from unlearn.config import ConfigError, EraserTrainingConfig, apply_overrides, read_yaml, validate
 
 EXIT_WONT_FIT = 3  # distinct from config errors (2)
 MODES = ("train", "distributed", "tune")
@@ -26,7 +26,7 @@ METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train")
 
 @dataclass(frozen=True)
 class PlanRequest:
-    method: MethodConfig
+    method: EraserTrainingConfig
     pipeline: object | None = None  # pipelines.config.pipeline.PipelineConfig when the YAML has pipeline sections
     config_dir: Path | None = None
     mode: str = "train"  # train (one process) | distributed (Ray Train + DeepSpeed) | tune (trials evaluate on rank 0)
@@ -36,17 +36,17 @@ class PlanRequest:
 
 
 def load_plan_config(path: str | Path, overrides: list[str] | None = None):
-    """(MethodConfig, PipelineConfig | None) of any config train/tune/run accept."""
+    """(EraserTrainingConfig, PipelineConfig | None) of any config train/tune/run accept."""
     data = apply_overrides(read_yaml(path), overrides)
     if set(data) - set(METHOD_SECTIONS):
         from pipelines.config.pipeline import PipelineConfig
 
         pipeline = validate(PipelineConfig, data, str(path))
         return pipeline.method(), pipeline
-    return validate(MethodConfig, data, str(path)), None
+    return validate(EraserTrainingConfig, data, str(path)), None
 
 
-def make_request(method: MethodConfig, pipeline=None, *, config_dir=None, mode: str | None = None,
+def make_request(method: EraserTrainingConfig, pipeline=None, *, config_dir=None, mode: str | None = None,
                  world_size: int | None = None, gpu_memory_gb: float | None = None) -> PlanRequest:
     """Mode, world size and device as the run would have them (explicit arguments win)."""
     declared = pipeline is not None and "distributed" in pipeline.model_fields_set
@@ -156,7 +156,7 @@ def zero_settings(req: PlanRequest) -> tuple[int, int]:
     return int(zo.get("stage", cfg.distributed.zero_stage)), int(zo.get("reduce_bucket_size", 50_000_000))
 
 
-def trajectory_shape(m: MethodConfig, req: PlanRequest) -> TrajectoryShape | None:
+def trajectory_shape(m: EraserTrainingConfig, req: PlanRequest) -> TrajectoryShape | None:
     """This rank's share of the pool: concept and preserve prompts are sharded round-robin over ranks."""
     if m.train.xt_source != "trajectory":
         return None

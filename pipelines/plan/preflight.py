@@ -9,10 +9,10 @@ import sys
 from pipelines.plan.fixes import find_fix, refusal
 from pipelines.plan.memory_check import EXIT_WONT_FIT, make_request, plan_request, render
 from pipelines.plan.memory_plan import GIB
-from unlearn.config import ConfigError, MethodConfig
+from unlearn.config import ConfigError, EraserTrainingConfig
 
 
-def preflight(method: MethodConfig, pipeline=None, *, mode: str, config_dir=None, stream=None,
+def preflight(method: EraserTrainingConfig, pipeline=None, *, mode: str, config_dir=None, stream=None,
               gpu_memory_gb: float | None = None) -> int | None:
     """Start-of-run check on CUDA: None to go on, EXIT_WONT_FIT after printing why not.
     `gpu_memory_gb`: the card's memory (default: the visible GPU's).

@@ -59,7 +59,7 @@ MAIN_SETS = ("target", "synonym", "two_target", "two_nontarget")
 class Variant:
     name: str
     description: str
-    overrides: dict = field(default_factory=dict)  # dotted MethodConfig keys
+    overrides: dict = field(default_factory=dict)  # dotted EraserTrainingConfig keys
     keep_prompt: Callable[[str], bool] | None = None  # filter on the recipe's concept.prompts
     families: tuple[str, ...] = ("cogvideox", "wan")  # model families the variant applies to
 
@@ -119,7 +119,7 @@ def _log(msg: str) -> None:
 def method_config(variant: Variant, *, model: str | None = None, steps: int | None = None,
                   recipe: str | Path = RECIPE, extra: dict | None = None):
     """The recipe with the variant's (and the caller's) overrides, validated."""
-    from unlearn.config import MethodConfig, apply_overrides, read_yaml, set_by_path, validate
+    from unlearn.config import EraserTrainingConfig, apply_overrides, read_yaml, set_by_path, validate
 
     data = apply_overrides(copy.deepcopy(read_yaml(recipe)), {**variant.overrides, **(extra or {})})
     if variant.keep_prompt:
@@ -131,7 +131,7 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
         set_by_path(data, "model.path", model)
     if steps:
         set_by_path(data, "train.steps", int(steps))
-    cfg = validate(MethodConfig, data, f"{recipe} + variant {variant.name}")
+    cfg = validate(EraserTrainingConfig, data, f"{recipe} + variant {variant.name}")
     listed = list(cfg.concept.prompts)
     if cfg.concept.prompts_file:
         from unlearn.data import read_prompt_csv
@@ -222,7 +222,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
                 overrides: dict | None = None) -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist).
 
-    overrides: dotted MethodConfig keys set on top of the recipe and the variant (`--set`)."""
+    overrides: dotted EraserTrainingConfig keys set on top of the recipe and the variant (`--set`)."""
     from pipelines.tracking.mlflow_eval import run_eval
     from pipelines.runtime.run_folder import pin_config
     from unlearn.trainer import train
@@ -297,7 +297,7 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
 
     n: videos per set for the comparison variants; n_default: for the default recipe.
     steps / table_steps: override train.steps of the default / of the other variants.
-    overrides: dotted MethodConfig keys set on every variant's training config (`--set`).
+    overrides: dotted EraserTrainingConfig keys set on every variant's training config (`--set`).
     """
     import torch
 
