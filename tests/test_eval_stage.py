@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from pipelines.tracking.mlflow_eval import run_eval
+from pipelines.tracking.mlflow_eval import run_tracked_eval
 from unlearn.fsutil import finished_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def reference_run(tiny_model, eraser_dir, tmp_path_factory):
                    mlflow={"tracking_uri": uri, "run_id": run_id})
     out = root / "out"
     t0 = time.perf_counter()
-    summary = run_eval(cfg, out)
+    summary = run_tracked_eval(cfg, out)
     return {"cfg": cfg, "out": out, "summary": summary, "uri": uri, "run_id": run_id, "client": client,
             "mlflow": mlflow, "seconds": time.perf_counter() - t0}
 
@@ -182,7 +182,7 @@ def test_mlflow_server_new_run(mlflow_server, tiny_model, eraser_dir, tmp_path):
 
     cfg = make_cfg(tiny_model, eraser_dir, prompts={"limit": 1}, preserve={"limit": 1},
                    mlflow={"tracking_uri": uri, "experiment": "eval-stage-test"})
-    s = run_eval(cfg, tmp_path / "srv")
+    s = run_tracked_eval(cfg, tmp_path / "srv")
     runs = _search(uri)
     row = runs[runs["run_id"] == s["mlflow_run_id"]].iloc[0]
     assert row["status"] == "FINISHED" and row["metrics.eval/rows_total"] == 2
@@ -208,7 +208,7 @@ def test_rerun_skips_finished_rows(reference_run, tmp_path):
 
     out = reference_run["out"]
     before = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
-    s = run_eval(reference_run["cfg"], out)
+    s = run_tracked_eval(reference_run["cfg"], out)
     assert s["rows_evaluated"] == 0 and s["rows_resumed"] == 5
     assert {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")} == before
     assert s["nudity_rate_erased"] == reference_run["summary"]["nudity_rate_erased"]
@@ -217,7 +217,7 @@ def test_rerun_skips_finished_rows(reference_run, tmp_path):
     shutil.copytree(out, copy)
     cfg = reference_run["cfg"].with_overrides({"classifier.nudenet.threshold": 0.55, "mlflow.tracking_uri": None,
                                                "output.grid_rows": 0})
-    s2 = run_eval(cfg, copy)
+    s2 = run_tracked_eval(cfg, copy)
     assert s2["rows_evaluated"] == 5 and s2["rows_recomputed_stale"] == 5 and s2["nudenet_threshold"] == 0.55
 
 
@@ -247,7 +247,7 @@ def test_interrupted_eval_resumes_with_one_result_per_row(reference_run, tiny_mo
     assert not (out / "results.csv").exists()
     kept = {k: (out / "rows" / f"{k}.json").stat().st_mtime_ns for k in partial}
 
-    s = run_eval(cfg, out)
+    s = run_tracked_eval(cfg, out)
     assert s["rows_resumed"] == len(partial) and s["rows_evaluated"] == 5 - len(partial)
     rows = read_results(out)
     ids = [r["id"] for r in rows]
@@ -269,14 +269,14 @@ def test_ray_actors_need_ray_started_by_the_caller(tiny_model, eraser_dir, tmp_p
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     cfg = make_cfg(tiny_model, eraser_dir, runtime={"num_actors": 2})
     with pytest.raises(RuntimeError, match=r"runtime.num_actors: 2 .*Ray is not initialised.*ensure_ray"):
-        run_eval(cfg, tmp_path / "no-ray")
+        run_tracked_eval(cfg, tmp_path / "no-ray")
 
 
 @pytest.mark.slow
 def test_ray_actors_spread_rows_and_match_in_process(ray_session, reference_run, tmp_path):
     cfg = reference_run["cfg"].with_overrides({"mlflow.tracking_uri": None, "mlflow.run_id": None,
                                                "runtime.num_actors": 2, "runtime.scorer": "thread"})
-    s = run_eval(cfg, tmp_path / "ray")
+    s = run_tracked_eval(cfg, tmp_path / "ray")
     assert s["rows_evaluated"] == 5 and len(s["workers"]) == 2
     assert len({w["pid"] for w in s["workers"]}) == 2 and os.getpid() not in {w["pid"] for w in s["workers"]}
     ref, got = row_files(reference_run["out"]), row_files(tmp_path / "ray")
@@ -320,7 +320,7 @@ def mean_colour(tmp_path, monkeypatch):
 def test_any_classifier_plugin_through_config(tiny_model, eraser_dir, tmp_path, mean_colour):
     cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": mean_colour, "options": {"channel": 1}},
                    preserve={"path": None})
-    s = run_eval(cfg, tmp_path / "plugin")
+    s = run_tracked_eval(cfg, tmp_path / "plugin")
     assert {"mean_level_base", "mean_level_erased", "mean_shift"} <= set(s)
     assert s["rows_total"] == N_TARGET and s["mean_shift"] != 0
     assert "mean_erased" in read_results(tmp_path / "plugin")[0]
@@ -332,11 +332,11 @@ def test_base_video_cache_is_shared_across_erasers(tiny_model, eraser_dir, tmp_p
     # the zeroed cache entry below is a black video: allowed here, and flagged (eval.quality)
     cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": mean_colour}, preserve={"path": None},
                    prompts={"limit": 2}, runtime={"base_cache_dir": str(cache)}, checks={"max_degenerate_fraction": 1.0})
-    s1 = run_eval(cfg, tmp_path / "a")
+    s1 = run_tracked_eval(cfg, tmp_path / "a")
     files = sorted(cache.glob("*.npy"))
     assert len(files) == 2
     np.save(files[0], np.zeros_like(np.load(files[0])))  # prove the second eval reads the cache
-    s2 = run_eval(cfg, tmp_path / "b")
+    s2 = run_tracked_eval(cfg, tmp_path / "b")
     assert sorted(cache.glob("*.npy")) == files
     means = sorted(float(r["mean_base"]) for r in read_results(tmp_path / "b"))
     assert means[0] == 0.0 and means[1] > 0 and s2["mean_level_erased"] == s1["mean_level_erased"]
@@ -351,14 +351,14 @@ def test_toy_classifier_plugin(tiny_model, eraser_dir, tmp_path):
     world.write_csv(rows, csv_path, with_set=True)
     cfg = make_cfg(tiny_model, eraser_dir, classifier={"name": "toy", "options": {"target": "red"}},
                    prompts={"path": str(csv_path), "limit": None}, preserve={"path": None})
-    s = run_eval(cfg, tmp_path / "toy")
+    s = run_tracked_eval(cfg, tmp_path / "toy")
     assert s["rows_total"] == 4
     assert "target_rate_base" in s and "target_rate_erased" in s and "nontarget_acc_erased" in s
 
 
 def test_no_eraser_means_baseline_only(tiny_model, tmp_path):
     cfg = make_cfg(tiny_model, None, preserve={"path": None}, prompts={"limit": 1})
-    s = run_eval(cfg, tmp_path / "base")
+    s = run_tracked_eval(cfg, tmp_path / "base")
     assert s["eraser"] is None and "nudity_rate_base" in s and "nudity_rate_erased" not in s
     r = read_results(tmp_path / "base")[0]
     assert r["video_erased"] == "" and (tmp_path / "base" / r["video_base"]).is_file()
@@ -427,21 +427,21 @@ def test_clip_score_from_a_local_directory(tiny_model, eraser_dir, tiny_clip, tm
     assert 0.0 <= v <= 100.0 and v == scorer.score(frames, long_prompt)
     cfg = make_cfg(tiny_model, eraser_dir, metrics={"clip_model": str(tiny_clip), "clip_frames": 2},
                    prompts={"limit": 1}, preserve={"limit": 1})
-    s = run_eval(cfg, tmp_path / "clip")
+    s = run_tracked_eval(cfg, tmp_path / "clip")
     for key in ("clip_score_base", "clip_score_erased", "preserve_clip_score_base", "preserve_clip_score_erased"):
         assert 0.0 <= s[key] <= 100.0, key
     assert "clip_score_erased" in read_results(tmp_path / "clip")[0]
     with pytest.raises(Exception, match="not a local CLIP model directory"):
-        run_eval(make_cfg(tiny_model, None, metrics={"clip_model": str(tmp_path / "no-clip")}), tmp_path / "o")
+        run_tracked_eval(make_cfg(tiny_model, None, metrics={"clip_model": str(tmp_path / "no-clip")}), tmp_path / "o")
 
 
 def test_bad_eraser_and_model_paths_are_config_errors(tiny_model, tmp_path):
     from unlearn.config import ConfigError
 
     with pytest.raises(ConfigError, match="not an eraser directory"):
-        run_eval(make_cfg(tiny_model, tmp_path), tmp_path / "o")
+        run_tracked_eval(make_cfg(tiny_model, tmp_path), tmp_path / "o")
     with pytest.raises(ConfigError, match="model.path"):
-        run_eval(make_cfg(tmp_path / "missing-model", None), tmp_path / "o")
+        run_tracked_eval(make_cfg(tmp_path / "missing-model", None), tmp_path / "o")
     with pytest.raises(ValueError, match="'nope' is not a registered classifier; registered: nudenet, toy"):
         make_cfg(tiny_model, None, classifier={"name": "nope"})  # refused as the config is read
 

@@ -208,7 +208,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
 
 
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
-    from pipelines.tracking.mlflow_eval import run_eval
+    from pipelines.tracking.mlflow_eval import run_tracked_eval
     from pipelines.runtime.console import on_terminal, progress_stream
     from pipelines.runtime.ray_session import start_eval_ray
 
@@ -219,7 +219,7 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
             return prev
     if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
         start_eval_ray(ecfg.runtime)
-    return run_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
+    return run_tracked_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
                     progress=not quiet and on_terminal(progress_stream()), progress_file=progress_stream())
 
 

@@ -191,7 +191,7 @@ def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd:
     <run_dir>/objective.json with `record`. Degenerate videos beyond the eval's limit make the worst
     values (`worst_objective`), not an error: erasure by destruction ranks last."""
     from eval.checks import DegenerateVideosError
-    from pipelines.tracking.mlflow_eval import run_eval
+    from pipelines.tracking.mlflow_eval import run_tracked_eval
     from unlearn.fsutil import atomic_write_json
 
     t0 = time.time()
@@ -201,7 +201,7 @@ def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd:
                 from pipelines.runtime.ray_session import start_eval_ray
 
                 start_eval_ray(ecfg.runtime)  # inside a trial or a search Ray is already up: this only checks it
-            summary = run_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
+            summary = run_tracked_eval(ecfg, run_dir, limit=limit, eraser=eraser, mlflow_run_id=mlflow_run_id, progress=False,
                                transformer=transformer)
         except DegenerateVideosError as exc:
             LOG.warning("%s: %s", what, exc)

@@ -223,7 +223,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
     """Train + evaluate one variant (skipped when its eraser and eval summary exist).
 
     overrides: dotted EraserTrainingConfig keys set on top of the recipe and the variant (`--set`)."""
-    from pipelines.tracking.mlflow_eval import run_eval
+    from pipelines.tracking.mlflow_eval import run_tracked_eval
     from pipelines.runtime.run_folder import pin_config
     from unlearn.trainer import train
 
@@ -245,7 +245,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
         _log(f"{variant.name}: trained in {tr['wall_s']:.0f} s; evaluating {n} videos per set")
         ecfg = eval_config(out, n, model=model, save_media=save_media, eval_config_path=eval_path)
         t0 = time.time()
-        ev = run_eval(ecfg, vdir / "eval", eraser=vdir / "train" / "eraser", progress=progress)
+        ev = run_tracked_eval(ecfg, vdir / "eval", eraser=vdir / "train" / "eraser", progress=progress)
         eval_s = round(time.time() - t0, 1)
     m = extract_metrics(ev)
     m.update(variant=variant.name, description=variant.description, n=n, steps=cfg.train.steps,

@@ -1,5 +1,5 @@
 """The eval stage's MLflow tracking: `MlflowEvalObserver` (an `eval.observer.EvalObserver`) and
-`run_eval`, the eval stage with the observer its config asks for.
+`run_tracked_eval`, the eval stage with the observer its config asks for.
 
 Logs into an explicit run id (`MlflowClient`, not the fluent API, which is per-process and
 would not follow a run across Ray processes):
@@ -29,9 +29,9 @@ from unlearn.config import ConfigError
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None, *,
-             eraser: str | Path | None = None, mlflow_run_id: str | None = None,
-             progress: bool | None = None, progress_file: IO[str] | None = None, transformer=None) -> dict:
+def run_tracked_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, limit: int | None = None,
+                     *, eraser: str | Path | None = None, mlflow_run_id: str | None = None,
+                     progress: bool | None = None, progress_file: IO[str] | None = None, transformer=None) -> dict:
     """`eval.runner.run_eval`, logged to MLflow when `cfg.mlflow.tracking_uri` is set.
 
     mlflow_run_id overrides `cfg.mlflow.run_id` (the run to log into; None: a new run in

@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from eval.config import load_eval_config
-    from pipelines.tracking.mlflow_eval import run_eval
+    from pipelines.tracking.mlflow_eval import run_tracked_eval
     from pipelines.runtime.console import on_terminal, progress_stream
     from pipelines.runtime.run_folder import check_tracking_store
     from unlearn.config import ConfigError
@@ -55,7 +55,7 @@ def run(args) -> int:
         start_eval_ray(cfg.runtime)
     stream = progress_stream()
     progress = False if args.no_progress or not on_terminal(stream) else None
-    summary = run_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,
+    summary = run_tracked_eval(cfg, out, prompts=args.prompts, limit=args.limit, eraser=args.eraser,
                        progress=progress, progress_file=stream)
     print(json.dumps(_short(summary)) if args.json else console_summary(summary))
     return 0
