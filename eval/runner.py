@@ -30,7 +30,7 @@ Shape of a run:
 Modules: eval.planning (config -> EvalPlan, before any model loads), eval.workers (the
 generator), eval.scoring (the consumer), eval.backends (in-process or Ray actors), this one
 (the stage: resume, results, progress, summary). Tracking is the caller's: an
-`eval.observer.EvalObserver` passed in (MLflow: `pipelines.tracking.mlflow_eval.run_eval`).
+`eval.observer.EvalObserver` passed in (MLflow: `pipelines.tracking.mlflow_eval.run_tracked_eval`).
 """
 
 from __future__ import annotations
