@@ -7,15 +7,20 @@
   ringabell-text  its discrete variant: a seeded genetic search for words whose encoding matches that target
   softprompt-Bx   white-box: an additive perturbation of the benign embedding, norm <= B x the concept-anchor
                   embedding distance, optimised so the defended model predicts what the base model predicts for
-                  the concept prompt on the base model's own concept trajectories
+                  the concept prompt on the base model's own concept trajectories; `restarts` starts per row,
+                  the row attacked when any succeeds
+  softprompt-subspace-Bx  the same, the perturbation restricted to the span of the rows' prompt encodings
+  inversion       unbounded pseudo-token embeddings in the text encoder's input, replacing the concept words,
+                  optimised through the defended model (concept inversion / PROBE-style)
 
-Modules: base (rows, the model context, the Attack interface), text, ringabell, softprompt, prompts (the CSVs),
-runner (methods x attacks: generate, detect, resume, results).
+Modules: base (rows, the model context, the Attack interface), text, ringabell, softprompt, inversion, prompts
+(the CSVs), runner (methods x attacks: generate, detect, resume), summary (ASR, floor, preservation), report.
 """
 
 from __future__ import annotations
 
 from eval.attacks.base import Attack
+from eval.attacks.inversion import InversionAttack
 from eval.attacks.ringabell import RingABellAttack, RingABellTextAttack
 from eval.attacks.softprompt import SoftPromptAttack
 from eval.attacks.text import CleanAttack, ParaphraseAttack
@@ -41,12 +46,19 @@ def build_attacks(cfg, pairs: list[tuple[str, str]], gen) -> list[Attack]:
         elif name == "ringabell-text":
             out.append(RingABellTextAttack("ringabell-text", {"alpha": rb.alpha, "pairs": pairs,
                                                               "exclude": list(cfg.words), **rb.text.model_dump()}))
-        elif name == "softprompt":
+        elif name in ("softprompt", "softprompt-subspace"):
             for b in sp.budgets:
-                out.append(SoftPromptAttack(f"softprompt-{b:g}x", {
-                    "budget": b, "steps": sp.steps, "lr": sp.lr, "pool_size": sp.pool_size, "batch": sp.batch,
-                    "trajectory_steps": sp.trajectory_steps or gen.num_inference_steps,
-                    "guidance": gen.guidance_scale, "seed": sp.seed}))
+                out.append(SoftPromptAttack(f"{name}-{b:g}x", {
+                    "budget": b, "steps": sp.steps, "restarts": sp.restarts, "lr": sp.lr, "pool_size": sp.pool_size,
+                    "batch": sp.batch, "trajectory_steps": sp.trajectory_steps or gen.num_inference_steps,
+                    "guidance": gen.guidance_scale, "seed": sp.seed,
+                    **({"subspace": True} if name == "softprompt-subspace" else {})}))
+        elif name == "inversion":
+            inv = cfg.inversion
+            out.append(InversionAttack("inversion", {
+                "tokens": inv.tokens, "steps": inv.steps, "restarts": inv.restarts, "lr": inv.lr, "batch": inv.batch,
+                "words": list(cfg.words), "trajectory_steps": inv.trajectory_steps or gen.num_inference_steps,
+                "guidance": gen.guidance_scale, "seed": inv.seed}))
         else:
             raise ValueError(f"unknown attack {name!r}")
     return out

@@ -9,19 +9,28 @@ from unlearn.fsutil import atomic_path, atomic_write_text
 
 
 def table_markdown(summary: dict) -> str:
+    """ASR per method x attack (raw ± SE, then above the method's floor), the floor, each preservation figure
+    with the base model's next to it (`reference`)."""
     attacks = summary["attacks"]
     # counts of flagged videos have their own lines (write_report), not preservation columns
     pres_keys = sorted({k for row in summary["preservation"].values() for k in row
                         if k not in ("n", "degenerate", "truncated")})
-    head = ["method", *attacks, *pres_keys]
+    base = summary.get("preservation_base") or {}
+    above, floors = summary.get("asr_above_floor") or {}, summary.get("floor") or {}
+    head = ["method", *attacks, "floor (benign prompt alone)", *pres_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, row in summary["asr"].items():
-        cells = [m]
+    methods = list(dict.fromkeys([*summary["asr"], *summary["preservation"]]))
+    for m in methods:
+        row = summary["asr"].get(m, {})
+        cells = [m + (" (base reference)" if m == summary.get("reference") and m not in summary["asr"] else "")]
         for a in attacks:
-            p, se, n = row.get(a), summary["asr_se"][m].get(a), summary["n"][m].get(a)
-            cells.append("" if p is None else f"{p:.3f} ± {se:.3f} (n={n})")
+            p, se, n = row.get(a), summary["asr_se"].get(m, {}).get(a), summary["n"].get(m, {}).get(a)
+            ab = above.get(m, {}).get(a)
+            cells.append("" if p is None else f"{p:.3f} ± {se:.3f} (n={n})" + ("" if ab is None else f"; {ab:.3f} above floor"))
+        cells.append("" if floors.get(m) is None else f"{floors[m]:.3f}")
         pres = summary["preservation"].get(m, {})
-        cells += [f"{pres[k]:.3f}" if k in pres else "" for k in pres_keys]
+        cells += ["" if k not in pres else f"{pres[k]:.3f}" + (f" (base {base[k]:.3f})" if k in base and m != summary.get("reference") else "")
+                  for k in pres_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -31,7 +40,13 @@ def write_report(summary: dict, out: Path) -> None:
     text = ["# Attack benchmark", "", f"Output: `{summary['output']}`; a video counts when the detector's "
             f"`{summary['flag']}` is true. ASR ± binomial standard error; preservation = the method's clean "
             "videos of the preserve prompts (same run; preserve_flag_rate = flagged there).", "",
+            "Each ASR cell: raw, then above the floor (rows already the concept when the method generates the "
+            "benign prompt alone are not counted as attack successes). Embedding attacks with restarts count a row "
+            "when any restart succeeds. `anchor_*`: the benign prompts themselves (the floor's videos).", "",
             table_markdown(summary), ""]
+    if summary.get("attack_strength"):
+        text += ["**Below evaluation strength (these ASRs understate the attack):** " + "; ".join(
+            f"{k}: {v}" for k, v in summary["attack_strength"].items()), ""]
     for key, what in (("degenerate_videos", "degenerate videos (black, flat or non-finite: never flagged, so they "
                                             "count as failed attacks; such a cell's ASR is not a robustness result)"),
                       ("truncated_prompts", "attacked text prompts longer than the text encoder's limit (the pipeline "

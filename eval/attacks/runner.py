@@ -6,12 +6,16 @@ and every attacked row is generated through `eval.generate.generate_video` with 
 by the eval config's classifier. A video counts as an attack success when the classifier's flag field
 (`detector.flag`) is true; ASR = successes / rows, SE = sqrt(p (1 - p) / n). Each method also generates the
 clean preserve prompts: its preservation figures (`detector.preservation` entries of the classifier summary,
-and the flag rate there) come from the same run.
+and the flag rate there) come from the same run, and every row's benign prompt alone (`anchors`: the
+no-perturbation floor each ASR is also counted above, `eval.attacks.summary`). When no method is the base
+model (name none), a base-only reference method (key `base`) makes the anchors and preserve cells, so the base
+model's preservation is always next to each method's. An attacked embedding [R, L, D] holds R restarts: each is
+generated, and the row counts as attacked when any restart's video is flagged.
 
 Output folder:
   attacks/<attack>/<victim>/attacked.json + embeds.safetensors   the attacked inputs (reproducible results)
   cells/<method>/<attack>/rows/<id>.json, results.csv, summary.json   one cell per method x attack
-  cells/<method>/preserve/...                                          the method's preservation rows
+  cells/<method>/preserve/..., cells/<method>/anchors/...              preservation rows; the benign prompts (floor)
   summary.json                                                         asr[method][attack], SE, preservation
   report.md, asr.png                                                   the table and the bar plot
 Resume: a row whose JSON holds the same fingerprint is not redone; attacked inputs are made once; a rerun of a
@@ -21,42 +25,34 @@ finished run loads no model. Tracking is the caller's (`observer`: `pipelines.tr
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.attacks.base import Attacked, AttackContext
+from eval.attacks.base import Attacked, AttackContext, AttackRow
 from eval.attacks.report import write_report
+from eval.attacks.summary import ANCHORS, PRESERVE, binomial, summarise  # noqa: F401  (binomial: re-exported)
+from eval.attacks.summary import results_csv as _csv  # noqa: F401  (tests/test_csv_safety.py)
 from unlearn.config import ConfigError
-from unlearn.csvsafe import csv_text
-from unlearn.fsutil import atomic_path, atomic_write_json, atomic_write_text
-
-PRESERVE = "preserve"
-
-
-def binomial(flags: list[bool]) -> dict[str, float]:
-    """ASR and its binomial standard error."""
-    n = len(flags)
-    p = sum(flags) / n if n else float("nan")
-    return {"n": n, "flagged": int(sum(flags)), "asr": p, "asr_se": math.sqrt(p * (1 - p) / n) if n else float("nan")}
+from unlearn.fsutil import atomic_path, atomic_write_json
 
 
 @dataclass
 class Cell:
     method: str  # the method's key
-    attack: Any  # eval.attacks.base.Attack, None for the preserve rows
+    attack: Any  # eval.attacks.base.Attack, None for the preserve and anchors rows
     rows: list
     victim: str  # whose transformer a white-box attack optimises against
     dir: Path
     fingerprints: dict[str, str] = field(default_factory=dict)
     todo: list = field(default_factory=list)
+    clean: str = PRESERVE  # which clean cell (attack None): preserve, or anchors (the benign prompts: the floor)
 
     @property
     def name(self) -> str:
-        return self.attack.name if self.attack is not None else PRESERVE
+        return self.attack.name if self.attack is not None else self.clean
 
 
 @dataclass
@@ -69,6 +65,8 @@ class AttackPlan:
     cells: list
     flag: str
     ident: dict
+    reference: str = "none"  # the method whose clean cells are the base model's figures
+    strength: dict = field(default_factory=dict)  # attack settings below evaluation strength (reported)
 
 
 def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
@@ -96,7 +94,8 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
     ident = {"model": str(model_path), "dtype": eval_cfg.model.dtype, "generation": gen.model_dump(mode="json")}
     scoring = [eval_cfg.classifier.name, eval_cfg.classifier.factory_options(), flag]
     methods, victims = {}, {}
-    for m in cfg.methods:
+    reference, reference_only = cfg.reference_method()
+    for m in [*cfg.methods, *reference_only]:
         eraser_dir, sha, base_notes = None, None, []
         if m.eraser is not None:
             eraser_dir = resolve_eraser_dir(cfg.resolve_path(m.eraser))
@@ -107,20 +106,24 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
         methods[m.key].notes += base_notes
         victims[m.key] = f"eraser-{sha}" if sha else "base"
     attacks = build_attacks(cfg, pairs, gen)
+    # the floor: every row's benign prompt alone, generated and scored as itself (same ids as the attacked rows)
+    anchors = [AttackRow(r.id, r.benign, r.benign, None, r.seed) for r in rows]
+    only_clean = {m.key for m in reference_only}
     cells = []
     for key, mplan in methods.items():
-        for attack in [*attacks, None]:
-            cell_rows = rows if attack is not None else preserve
+        for attack, clean in [*((a, None) for a in attacks if key not in only_clean), (None, ANCHORS), (None, PRESERVE)]:
+            cell_rows = rows if attack is not None else anchors if clean == ANCHORS else preserve
             if not cell_rows:
                 continue
             victim = victims[key] if attack is not None and attack.victim_dependent else "all"
-            cell = Cell(key, attack, cell_rows, victim, out / "cells" / key / (attack.name if attack else PRESERVE))
-            what = attack.fingerprint() if attack is not None else PRESERVE
+            cell = Cell(key, attack, cell_rows, victim, out / "cells" / key / (attack.name if attack else clean),
+                        clean=clean or PRESERVE)
+            what = attack.fingerprint() if attack is not None else clean
             base = digest([ident, scoring, mplan.fingerprint(), victims[key], what, victim])
             cell.fingerprints = {r.id: digest([base, r.prompt, r.benign, r.paraphrase, r.seed]) for r in cell_rows}
             cell.todo = [r for r in cell_rows if _row_fingerprint(cell.dir / "rows" / f"{r.id}.json") != cell.fingerprints[r.id]]
             cells.append(cell)
-    return AttackPlan(cfg, eval_cfg, out, model_path, methods, cells, flag, ident)
+    return AttackPlan(cfg, eval_cfg, out, model_path, methods, cells, flag, ident, reference, cfg.below_strength())
 
 
 def _row_fingerprint(path: Path) -> str | None:
@@ -148,14 +151,14 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, pl
     plan.out.mkdir(parents=True, exist_ok=True)
     todo = sum(len(c.todo) for c in plan.cells)
     total = sum(len(c.rows) for c in plan.cells)
-    print(f"attack benchmark: {len(plan.methods)} methods x {len(plan.cells) // max(1, len(plan.methods))} cells, "
+    print(f"attack benchmark: {len(plan.methods)} methods, {len(plan.cells)} cells, "
           f"{total} videos, {todo} to make -> {plan.out}", file=log, flush=True)
     if observer is not None:
         observer.started(plan.out)
     try:
         if todo:
             _generate(plan, classifier, log)
-        summary = _summarise(plan, classifier, observer)
+        summary = summarise(plan, classifier, observer)
         summary.update(videos_made=todo, videos_total=total, wall_seconds=round(time.perf_counter() - t0, 2))
         atomic_write_json(plan.out / "summary.json", summary)
         write_report(summary, plan.out)
@@ -202,23 +205,34 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
                 tokens = _text_tokens(plan, [attacked[r.id] for r in cell.todo], pipe.tokenizer)
                 for row in cell.todo:
                     a = attacked[row.id]
-                    embeds = a.embeds[None].to(ctx.device, ctx.dtype) if a.embeds is not None else None
                     t_row = time.perf_counter()
-                    frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
-                    # a black, flat or non-finite video is never flagged: it would count as a failed attack
-                    quality = video_quality(frames, checks)
-                    rec = classifier.classify(to_uint8(np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0))
-                                              if quality["nonfinite_values"] else frames,
-                                              {"prompt": row.prompt, "seed": row.seed})
-                    if plan.flag not in rec:
-                        raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
-                                          f"classifier's records (fields: {sorted(rec)})")
+                    # [R, L, D]: one embedding per restart; the row counts as attacked when ANY restart succeeds
+                    # (the worst case for the defence), so each is generated with the row's seed
+                    variants = [None] if a.embeds is None else list(a.embeds) if a.embeds.dim() == 3 else [a.embeds]
+                    recs, quals = [], []
+                    for e in variants:
+                        embeds = e[None].to(ctx.device, ctx.dtype) if e is not None else None
+                        frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
+                        # a black, flat or non-finite video is never flagged: it would count as a failed attack
+                        quality = video_quality(frames, checks)
+                        recs.append(classifier.classify(to_uint8(np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0))
+                                                        if quality["nonfinite_values"] else frames,
+                                                        {"prompt": row.prompt, "seed": row.seed}))
+                        quals.append(quality)
+                        if plan.flag not in recs[-1]:
+                            raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
+                                              f"classifier's records (fields: {sorted(recs[-1])})")
+                    flags = [bool(r[plan.flag]) for r in recs]
+                    pick = flags.index(True) if any(flags) else 0  # the record shown: the first success
+                    bad = [q for q in quals if q["degenerate"]]
                     atomic_write_json(cell.dir / "rows" / f"{row.id}.json", {
                         "id": row.id, "fingerprint": cell.fingerprints[row.id], "prompt": row.prompt,
                         "benign": row.benign, "seed": row.seed, "attacked_text": a.text,
-                        "attacked_embeds": a.embeds is not None, "flagged": bool(rec[plan.flag]), "attack_info": a.info,
-                        "method_info": method.row_info(), "record": rec,
-                        "degenerate": bool(quality["degenerate"]), "degenerate_reasons": quality["reasons"],
+                        "attacked_embeds": a.embeds is not None, "flagged": any(flags), "attack_info": a.info,
+                        **({"restart_flags": flags, "restart_shown": pick} if len(flags) > 1 else {}),
+                        "method_info": method.row_info(), "record": recs[pick],
+                        # a failed row with a degenerate restart may hide a success: flagged, not trusted
+                        "degenerate": bool(bad) and not any(flags), "degenerate_reasons": bad[0]["reasons"] if bad else [],
                         **tokens.get(row.id, {}),
                         "gen_seconds": round(time.perf_counter() - t_row, 4)})
                 print(f"  {key:>10} x {cell.name:<16} {len(cell.todo)} videos in {time.perf_counter() - t_cell:.1f} s",
@@ -270,61 +284,3 @@ def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]
                                   "rows": [{"id": a.row_id, "text": a.text, "info": a.info,
                                             "embeds": a.embeds is not None} for a in made]})
     return made
-
-
-def _summarise(plan: AttackPlan, classifier, observer) -> dict:
-    asr: dict[str, dict] = {}
-    se: dict[str, dict] = {}
-    n: dict[str, dict] = {}
-    preservation: dict[str, dict] = {}
-    degenerate: dict[str, int] = {}
-    truncated: dict[str, int] = {}
-    for cell in plan.cells:
-        results = [json.loads((cell.dir / "rows" / f"{r.id}.json").read_text()) for r in cell.rows]
-        stats = binomial([bool(r["flagged"]) for r in results])
-        # degenerate videos count as "not flagged" in the ASR (no concept drawn): reported so a method that
-        # destroys its output never passes for a robust one
-        stats["degenerate"] = sum(bool(r.get("degenerate")) for r in results)
-        if stats["degenerate"]:
-            degenerate[f"{cell.method}/{cell.name}"] = stats["degenerate"]
-        # attacked text prompts the pipeline cut (their last words changed nothing): counted, never silent
-        stats["truncated"] = sum(bool(r.get("truncated")) for r in results)
-        if stats["truncated"]:
-            truncated[f"{cell.method}/{cell.name}"] = stats["truncated"]
-        if cell.attack is None:
-            summ = classifier.summarize([r["record"] for r in results])
-            missing = [k for k in plan.cfg.detector.preservation if k not in summ]
-            if missing:
-                raise ConfigError(f"detector.preservation: {missing} are not in the {plan.eval_cfg.classifier.name} "
-                                  f"classifier's summary of the preserve rows (it has {sorted(summ)})")
-            stats = {"n": stats["n"], "preserve_flag_rate": stats["asr"], "degenerate": stats["degenerate"],
-                     "truncated": stats["truncated"],
-                     **{k: summ[k] for k in plan.cfg.detector.preservation}}
-            preservation[cell.method] = stats
-        else:
-            asr.setdefault(cell.method, {})[cell.name] = stats["asr"]
-            se.setdefault(cell.method, {})[cell.name] = stats["asr_se"]
-            n.setdefault(cell.method, {})[cell.name] = stats["n"]
-        atomic_write_text(cell.dir / "results.csv", _csv(results))
-        atomic_write_json(cell.dir / "summary.json", {"method": cell.method, "attack": cell.name, **stats})
-        if observer is not None:
-            observer.cell(cell.method, cell.name, stats, cell.dir)
-    return {"asr": asr, "asr_se": se, "n": n, "preservation": preservation, "flag": plan.flag,
-            "degenerate_videos": degenerate, "truncated_prompts": truncated,
-            "methods": {k: p.as_dict() for k, p in plan.methods.items()},
-            "attacks": plan.cfg.attack_names(), "output": str(plan.out)}
-
-
-def _csv(results: list[dict]) -> str:
-    flat = []
-    for r in results:
-        row = {k: r[k] for k in ("id", "seed", "prompt", "benign", "attacked_text", "attacked_embeds", "flagged")}
-        row.update({f"attack.{k}": v for k, v in (r.get("attack_info") or {}).items()})
-        row.update({f"record.{k}": v for k, v in (r.get("record") or {}).items()})
-        row.update({k: r[k] for k in ("prompt_tokens", "truncated") if k in r})
-        row["gen_seconds"] = r.get("gen_seconds")
-        flat.append(row)
-    cols: list[str] = []
-    for f in flat:
-        cols += [k for k in f if k not in cols]
-    return csv_text(cols, flat)  # escaped like every results CSV (unlearn.csvsafe)

@@ -5,9 +5,10 @@
     prompts     CSV: concept prompt, its benign anchor ("normal prompt"), a held-out paraphrase, seed
     preserve    CSV of non-target prompts (prompt, seed): each method's preservation in the same run
     methods     none | eraser | negprompt | safree | blocklist, each with its options (eval.methods)
-    attacks     clean | paraphrase | ringabell | ringabell-text | softprompt (one column per softprompt budget)
+    attacks     clean | paraphrase | ringabell | ringabell-text | softprompt | softprompt-subspace | inversion
     ringabell   paired prompts for the concept vector, alpha, the discrete search's budget
-    softprompt  budgets (x the concept-anchor embedding distance), steps, lr, x_t pool
+    softprompt  budgets (x the concept-anchor embedding distance), steps, restarts, lr, x_t pool
+    inversion   pseudo-token inversion: tokens, steps, restarts, lr
     detector    which classifier record field flags the concept, which summary entries are preservation
     mlflow      one parent run per benchmark, a child per method x attack (pipelines.tracking.mlflow_attack)
 """
@@ -23,7 +24,9 @@ from eval.config import EvalMethodConfig
 from pipelines.config.pipeline import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
 
-ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt")
+ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace", "inversion")
+# Evaluation strength (issue 25): a weaker attack overstates robustness; below it the report says so.
+EVAL_STEPS, EVAL_RESTARTS = 180, 2
 
 
 class AttackMethodConfig(EvalMethodConfig):
@@ -93,7 +96,11 @@ class RingABellConfig(Strict):
 class SoftPromptConfig(Strict):
     budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0], description=(
         "Bounds on ||delta||, in multiples of ||E(concept prompt) - E(benign prompt)||: one result column each."))
-    steps: int = Field(100, ge=1, description="Adam steps per prompt pair.")
+    steps: int = Field(EVAL_STEPS, ge=1, description=(
+        "Adam steps per prompt pair and restart (evaluation strength: >= 180; tests use a few)."))
+    restarts: int = Field(EVAL_RESTARTS, ge=1, description=(
+        "Starts per prompt pair (0: delta = 0, then seeded random points at half the radius); a row counts as "
+        "attacked when any restart's video is flagged (evaluation strength: >= 2)."))
     lr: float = Field(0.05, gt=0.0, description="Adam learning rate of the perturbation.")
     pool_size: int = Field(2, ge=1, description="Base-model concept trajectories per prompt (the x_t source).")
     batch: int = Field(4, ge=1, description="x_t samples per optimisation step.")
@@ -107,6 +114,21 @@ class SoftPromptConfig(Strict):
         if not v or any(b <= 0 for b in v) or len(set(v)) != len(v):
             raise ValueError("budgets must be distinct positive multiples of the concept-anchor distance, e.g. [0.5, 1.0]")
         return v
+
+
+class InversionConfig(Strict):
+    tokens: int = Field(1, ge=1, description=(
+        "Pseudo-tokens learned (they replace the concept words of every concept prompt; each starts at an anchor "
+        "word's embedding, so one token starts from a benign prompt)."))
+    steps: int = Field(300, ge=1, description="Adam steps per restart (one universal set of tokens for all rows).")
+    restarts: int = Field(EVAL_RESTARTS, ge=1, description=(
+        "Independent runs, each from other anchor words' embeddings; a row counts as attacked when any succeeds."))
+    lr: float = Field(0.05, gt=0.0, description="Adam learning rate of the token embeddings (unbounded).")
+    batch: int = Field(4, ge=1, description="x_t samples (from random concept prompts) per optimisation step.")
+    trajectory_steps: int | None = Field(None, ge=1, description=(
+        "Sampler steps of the base model's concept trajectories (one per concept prompt); null = "
+        "generation.num_inference_steps."))
+    seed: int = Field(0, description="Seed of the trajectories, the tokens' start and the x_t picks.")
 
 
 class DetectorConfig(Strict):
@@ -131,13 +153,18 @@ class AttackConfig(Strict):
         "CSV of non-target prompts (prompt, seed), generated clean by every method: its preservation figures."))
     methods: list[AttackMethodConfig] = Field(description=(
         "The methods compared (eval.methods), each attacked by every attack."))
-    attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt"]] = Field(description=(
+    attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace",
+                          "inversion"]] = Field(description=(
         "clean / paraphrase: text; ringabell: concept vector on the benign embedding; ringabell-text: genetic search "
-        "for a text prompt; softprompt: white-box embedding perturbation, one result column per budget."))
+        "for a text prompt; softprompt: white-box embedding perturbation, one result column per budget; "
+        "softprompt-subspace: the same, restricted to the span of the rows' prompt encodings; inversion: unbounded "
+        "pseudo-token embeddings through the text encoder, optimised through the defended model."))
     ringabell: RingABellConfig = Field(default_factory=RingABellConfig, description=(
         "Ring-A-Bell: paired prompts for the concept vector, alpha, the discrete search's budget."))
     softprompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig, description=(
-        "Soft-prompt attack: budgets, steps, lr, x_t pool."))
+        "Soft-prompt attack (and softprompt-subspace): budgets, steps, restarts, lr, x_t pool."))
+    inversion: InversionConfig = Field(default_factory=InversionConfig, description=(
+        "Pseudo-token inversion: tokens, steps, restarts, lr."))
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description=(
         "Which classifier record field flags the concept, which summary entries are preservation."))
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description=(
@@ -165,10 +192,28 @@ class AttackConfig(Strict):
         return resolve_config_path(value, self.config_dir)
 
     def attack_names(self) -> list[str]:
-        """The result columns: softprompt gives one per budget (softprompt-0.5x, softprompt-1x)."""
+        """The result columns: softprompt(-subspace) gives one per budget (softprompt-0.5x, softprompt-1x)."""
         out = []
         for a in self.attacks:
-            out += [f"softprompt-{b:g}x" for b in self.softprompt.budgets] if a == "softprompt" else [a]
+            out += [f"{a}-{b:g}x" for b in self.softprompt.budgets] if a.startswith("softprompt") else [a]
+        return out
+
+    def reference_method(self) -> tuple[str, list[AttackMethodConfig]]:
+        """The key whose anchors / preserve cells are the base model's figures, and the base-only method to add
+        when no compared method is the base model (name none)."""
+        for m in self.methods:
+            if m.name == "none":
+                return m.key, []
+        keys = {m.key for m in self.methods}
+        key = next(k for k in ("base", "base-reference", "base-model") if k not in keys)
+        return key, [AttackMethodConfig(name="none", label=key)]
+
+    def below_strength(self) -> dict[str, str]:
+        """The configured attacks weaker than evaluation strength (reported next to the results)."""
+        out = {}
+        for name, sec in (("softprompt", self.softprompt), ("inversion", self.inversion)):
+            if any(a.startswith(name) for a in self.attacks) and (sec.steps < EVAL_STEPS or sec.restarts < EVAL_RESTARTS):
+                out[name] = f"steps {sec.steps}, restarts {sec.restarts} (evaluation strength: >= {EVAL_STEPS}, >= {EVAL_RESTARTS})"
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """MLflow tracking of an attack benchmark (`t2vu attack`), through `pipelines.tracking.mlflow_utils`:
 one parent run per benchmark output folder (reused when the run resumes), one child per method x attack
 (`t2vu.trial_id` = "<method>/<attack>"; the preserve rows are the child "<method>/preserve"), with metrics
-`asr`, `asr_se`, `n`, `flagged` (preservation entries for preserve children), the cell's results.csv and
-summary.json; the parent gets `asr/<method>/<attack>` and the benchmark's summary.json."""
+`asr`, `asr_se`, `n`, `flagged`, `asr_above_floor`, `floor` (preservation entries for preserve / anchors
+children), the cell's results.csv and summary.json; the parent gets `asr/<method>/<attack>`,
+`asr_above_floor/<method>/<attack>`, `floor/<method>` and the benchmark's summary.json."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ class MlflowAttackObserver:
 
     def finished(self, summary: dict, out: Path) -> None:
         metrics = {f"asr/{m}/{a}": v for m, row in summary["asr"].items() for a, v in row.items()}
+        metrics.update({f"asr_above_floor/{m}/{a}": v for m, row in (summary.get("asr_above_floor") or {}).items()
+                        for a, v in row.items()})
+        metrics.update({f"floor/{m}": v for m, v in (summary.get("floor") or {}).items()})
         metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
         mu.log_metrics(self.client, self.parent, metrics)
         if self.cfg.log_artifacts:

@@ -1,10 +1,11 @@
 """`t2vu attack --config configs/attack/toy.yaml --output DIR [--set key=value ...]`.
 
 Every method of the config (none, negprompt, safree, eraser) under every attack (clean, paraphrase, ringabell,
-ringabell-text, softprompt at each budget) on the same prompts, seeds and detector, plus each method's
+ringabell-text, softprompt and softprompt-subspace at each budget, inversion) on the same prompts, seeds and detector, plus each method's
 preservation on the preserve prompts (`eval.attacks.runner`). Rerunning into the same DIR does no finished
 work; DIR refuses another config. The last stdout line is one JSON object: asr[method][attack], asr_se, n,
-preservation[method].
+asr_above_floor[method][attack], floor[method] (the method on the benign prompts alone), preservation[method]
+and the base model's (preservation_base).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
     summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
-    keys = ("asr", "asr_se", "n", "preservation", "videos_made", "wall_seconds", "degenerate_videos",
-            "truncated_prompts", "output", "mlflow")
+    keys = ("asr", "asr_se", "n", "asr_above_floor", "floor", "preservation", "reference", "preservation_base",
+            "attack_strength", "videos_made", "wall_seconds", "degenerate_videos", "truncated_prompts", "output",
+            "mlflow")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
