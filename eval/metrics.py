@@ -170,15 +170,7 @@ def _unasked(out: dict[str, Any], rows: list[dict[str, Any]], classifier) -> Non
     field = getattr(classifier, "concept_field", None)
     if not field:
         return
-    asked_of = getattr(classifier, "concept_asked", None)
-    picked = []
-    for r in rows:
-        rec = (r.get("records") or {}).get("base")
-        asked = asked_of(rec) if (asked_of is not None and rec is not None) else None
-        if asked is None:
-            asked = r["set"] != "preserve"
-        if not asked:
-            picked.append(r)
+    picked = [r for r in rows if not concept_asked(r, classifier)]
     if not picked:
         return
     out["unasked_concept_rows"] = len(picked)
@@ -193,6 +185,15 @@ def _unasked(out: dict[str, Any], rows: list[dict[str, Any]], classifier) -> Non
         out[f"{UNASKED}_{side}_se"] = math.sqrt(p * (1 - p) / len(ok))
         out[f"{UNASKED}_{side}_valid"] = len(ok) == len(have)
         out[f"unasked_concept_videos_{side}"] = shown
+
+
+def concept_asked(row: dict[str, Any], classifier) -> bool:
+    """Whether the row's prompt asks for the concept: the classifier's `concept_asked` on the base record
+    (exact for the toy world), else every set but the preserve set (also what eval.report_md flags by)."""
+    asked_of = getattr(classifier, "concept_asked", None)
+    rec = (row.get("records") or {}).get("base")
+    asked = asked_of(rec) if (asked_of is not None and rec is not None) else None
+    return row["set"] != "preserve" if asked is None else bool(asked)
 
 
 def _eraser_energy(out: dict[str, Any], rows: list[dict[str, Any]]) -> None:

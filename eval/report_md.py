@@ -11,6 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from eval.report_html import FLAG, md_escape
+
+# The headline: the few numbers that decide (erasure, preservation), after the concept where it was not
+# asked for. The same list picks what `t2vu eval` and `t2vu run` print (pipelines.run.pipeline).
+HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shape_acc", "motion_acc",
+            "target_content_kept", "second_object_kept", "psnr", "ssim", "clip")
+
+
+def is_headline(key: str) -> bool:
+    """A metric stem (`preserve_` prefixes allowed) of the headline: one of HEADLINE or a variant of it."""
+    k = key[len("preserve_"):] if key.startswith("preserve_") else key
+    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k and not k.endswith("_se")
+
+
+def _headline_order(key: str) -> tuple:
+    k = key[len("preserve_"):] if key.startswith("preserve_") else key
+    pos = next((i for i, h in enumerate(HEADLINE) if k == h or k.startswith(h + "_")), len(HEADLINE))
+    return (not key.startswith("unasked_concept"), pos, key.startswith("preserve_"), key)
+
 # Rows of the metrics table: metrics with a base and an erased value (rates, scores), the
 # per-class counts excluded (they are in summary.json).
 _SKIP_PREFIXES = ("class_frames_", "class_videos_", "preserve_class_")
@@ -102,15 +121,121 @@ def _method_line(method: dict[str, Any]) -> str:
     return f"- method: {method['name']} ({opts}); the `erased` column is this method's videos"
 
 
-def render(summary: dict[str, Any]) -> str:
+def headline_rows(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """(metric, base, erased, valid) of the headline table: the concept where it was not asked for, then the
+    HEADLINE metrics with a base and an erased value, then single-valued ones (paired: PSNR, content kept)."""
+    from eval.metrics import UNASKED
+
+    rows = [r for r in metric_rows(summary) if r[0] == UNASKED or (is_headline(r[0]) and not r[0].startswith("unasked"))]
+    stems = {r[0] for r in rows}
+    for k, v in summary.items():
+        if (isinstance(v, (int, float)) and not isinstance(v, bool) and is_headline(k) and k not in stems
+                and not k.endswith(("_base", "_erased", "_valid"))):
+            rows.append((k, None, v, summary.get(f"{k}_valid")))
+    return sorted(rows, key=lambda r: _headline_order(r[0]))
+
+
+def _with_se(v: Any, se: Any) -> str:
+    return _fmt(v) + (f" ± {se:.2g}" if isinstance(se, (int, float)) and isinstance(v, (int, float)) else "")
+
+
+def headline_lines(summary: dict[str, Any]) -> list[str]:
+    rows = headline_rows(summary)
+    if not rows:
+        return []
+    out = ["## Headline", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
+    for name, b, e, valid in rows:
+        single = b is None and f"{name}_erased" not in summary
+        se_b, se_e = (None, summary.get(f"{name}_se")) if single else (summary.get(f"{name}_base_se"), summary.get(f"{name}_erased_se"))
+        out.append(f"| `{name}` | {_with_se(b, se_b) if b is not None else '—'} | {_with_se(e, se_e)} | "
+                   f"{_fmt(valid) if valid is not None else ''} |")
+    return out + ["", "`± x`: standard error over the prompt rows; every metric: the table All metrics below.", ""]
+
+
+PROMPT_SHOWN = 300  # characters of a prompt in the video table (all of it: results.csv)
+
+
+def row_flags(r: dict[str, Any], classifier) -> list[str]:
+    """Why a row deserves a look: a degenerate video, a truncated prompt, the concept where it was not asked for."""
+    from eval.metrics import concept_asked
+    from eval.quality import is_degenerate
+
+    flags = [f"degenerate {side}" for side in ("base", "erased") if is_degenerate(r, side)]
+    if r.get("truncated") in (True, "True", "true"):
+        flags.append("truncated prompt")
+    field = getattr(classifier, "concept_field", None)
+    if field and not concept_asked(r, classifier):
+        sides = [side for side in ("base", "erased") if ((r.get("records") or {}).get(side) or {}).get(field)
+                 and not is_degenerate(r, side)]
+        if sides:
+            flags.append("concept where not asked for: " + " and ".join(sides))
+    return flags
+
+
+def row_set(r: dict[str, Any]) -> str:
+    """The row's prompt set, with the classifier's finer group where it has one (toy: target/synonym,
+    target/two_target, preserve/nontarget): what the video table and the grid show one block each of."""
+    sub = ((r.get("records") or {}).get("base") or {}).get("set")
+    return r["set"] if not isinstance(sub, str) or sub == r["set"] else f"{r['set']}/{sub}"
+
+
+def pick_rows(results: list[dict[str, Any]], per_set: int, flagged: set[str] = frozenset()) -> dict[str, list[dict]]:
+    """Up to `per_set` rows of every set (in order of appearance), flagged rows first, kept in row order."""
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(row_set(r), []).append(r)
+    out = {}
+    for name, rs in by.items():
+        first = [r for r in rs if r["id"] in flagged][:per_set]
+        rest = [r for r in rs if r["id"] not in flagged][: per_set - len(first)]
+        keep = {id(r) for r in first + rest}
+        out[name] = [r for r in rs if id(r) in keep]
+    return out
+
+
+def _media(r: dict[str, Any], side: str) -> str:
+    files = (r.get("files") or {}).get(side) or {}
+    rel = files.get("gif") or files.get("video")
+    return f"![{side}]({rel})" if rel else "—"
+
+
+def video_lines(results: list[dict[str, Any]], classifier, per_set: int) -> list[str]:
+    """## Videos: base vs erased, one table per prompt set, each row labelled with its prompt, flagged rows marked."""
+    flags = {r["id"]: row_flags(r, classifier) for r in results}
+    picked = pick_rows(results, per_set, {k for k, v in flags.items() if v})
+    n_flagged = sum(1 for v in flags.values() if v)
+    out = ["## Videos: base vs erased", "",
+           f"Same prompt and seed in each row. {FLAG} marks rows to look at (degenerate video, truncated prompt, "
+           f"the concept where it was not asked for): {n_flagged} of {len(results)} rows, shown first in each set. "
+           "Every row: `results.csv`; all sets animated side by side: `grid.gif`.", ""]
+    for name, rs in picked.items():
+        total = sum(1 for r in results if row_set(r) == name)
+        out += [f"### {md_escape(name)} — {len(rs)} of {total} rows", "",
+                "| row | prompt | base | erased | flags |", "|---|---|---|---|---|"]
+        for r in rs:
+            prompt = str(r.get("prompt", ""))
+            prompt = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "…"
+            f = flags[r["id"]]
+            out.append(f"| {md_escape(r['id'])} (seed {r.get('seed')}) | {md_escape(prompt)} | {_media(r, 'base')} | "
+                       f"{_media(r, 'erased')} | {(FLAG + ' ' + '; '.join(f)) if f else ''} |")
+        out.append("")
+    return out
+
+
+def render(summary: dict[str, Any], videos: list[str] | None = None) -> str:
+    """report.md: the lead lines and the headline table, then `videos` (video_lines), then the run, its
+    checks and every metric (the long tables last)."""
     lines = ["# Evaluation report", ""]
     unasked = unasked_line(summary)
     lead = [unasked[0].upper() + unasked[1:] if unasked else None,
             summary.get("eraser_energy_warning") if summary.get("eraser_energy_ok") is False else None]
     for x in filter(None, lead):
         lines += [f"**{x}**", ""]
+    lines += headline_lines(summary)
+    lines += videos or []
     eraser = summary.get("eraser")
     lines += [
+        "## Run", "",
         f"- model: `{summary.get('model')}`",
         f"- eraser: `{eraser}`" + (f" (sha256 `{summary['eraser_sha256']}`)" if summary.get("eraser_sha256") else "")
         if eraser else _method_line(summary.get("method") or {}),
@@ -122,7 +247,7 @@ def render(summary: dict[str, Any]) -> str:
         if summary.get(f"{s}_path"):
             lines.append(f"- {s}: `{summary[f'{s}_path']}` (sha256 `{summary.get(f'{s}_sha256')}`)")
     lines += ["", "## Checks", ""] + [f"- {line}" for line in check_lines(summary)]
-    lines += ["", "## Metrics", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
+    lines += ["", "## All metrics", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
     for name, b, e, valid in metric_rows(summary):
         lines.append(f"| `{name}` | {_fmt(b)} | {_fmt(e)} | {_fmt(valid) if valid is not None else ''} |")
     skipped = [f"{info['path']}: {r}" for info in (summary.get("prompt_sets") or {}).values() for r in info["skipped"]]

@@ -116,7 +116,7 @@ def run_eval(cfg, output_dir: str | Path, prompts: str | Path | None = None, lim
         metrics = aggregate(results, classifier)
         summary = _summary(plan, metrics, results, classifier, n_new=len(todo), n_resumed=len(plan.rows) - len(todo),
                            stale=stale, workers=workers_info, gen_wall=gen_wall)
-        summary = finish_report(plan, results, summary)  # results.csv, grid, summary.json
+        summary = finish_report(plan, results, summary, classifier)  # results.csv, grid, reports
         timing["report_seconds"] = round(time.perf_counter() - t_report, 3)
         summary["timing"] = timing
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)

@@ -24,6 +24,7 @@ from pathlib import Path
 from pipelines.runtime.console import display, quiet_console, say, terminal
 from pipelines.runtime.run_folder import pin_config
 from eval.metrics import is_finite_number
+from eval.report_md import is_headline as _headline  # what the console summary shows: the eval report's headline
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
@@ -244,6 +245,8 @@ def _lead_lines(ev: dict, explain: bool = True) -> list[str]:
 
 
 def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
+    from eval.report_html import write_html
+
     lines = [f"# t2vu run — {out.name}", ""]
     for x in _lead_lines(ev):
         lines += [f"**{x[0].upper() + x[1:] if x.startswith('concept') else x}**", ""]
@@ -268,6 +271,7 @@ def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
                   f"- parent run: `{ml['parent_run_id']}` (one child per trial, plus `final-eval` `{ml['final_eval_run_id']}`)",
                   f"- open: `{mlflow_ui_command(ml['tracking_uri'])}`"]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_html(out / "report.md")  # report.html next to it (eval.report_html)
 
 
 def _f(v) -> str:
@@ -283,16 +287,6 @@ def mlflow_ui_url(exp_id, base: str = "http://127.0.0.1:5000") -> str:
     in its GenAI mode (traces overview) whatever the experiment's kind tag says (checked with
     benchmarks/mlflow_ui_screenshot.sh)."""
     return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
-
-
-# What the console summary shows (report.md has every metric): erasure and preservation headlines.
-HEADLINE = ("nudity_rate", "target_rate", "synonym_rate", "nontarget_acc", "shape_acc", "motion_acc",
-            "target_content_kept", "second_object_kept", "psnr", "ssim", "clip")
-
-
-def _headline(key: str) -> bool:
-    k = key[len("preserve_"):] if key.startswith("preserve_") else key
-    return any(k == h or k.startswith(h + "_") for h in HEADLINE) and "introduced" not in k and not k.endswith("_se")
 
 
 def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = False) -> None:
