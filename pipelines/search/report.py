@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.metrics import UNASKED
+from eval.report_html import write_html
 from pipelines.search.plots import plot_learning_curves, plot_pareto, plot_sensitivity
 from pipelines.search.results import collect_result, read_json
 from unlearn.csvsafe import csv_text
@@ -243,6 +244,7 @@ def write_report(out: str | Path, cfg=None, result=None, *, log_to_mlflow: bool 
             LOG.warning("plot %s failed: %s", name, exc)
     md = render_markdown(result, cfg, out, plots)
     atomic_write_text(out / "report.md", md)
+    write_html(out / "report.md")  # report.html next to it (eval.report_html)
     paths = ReportPaths(out / "report.md", csv_path, plots)
     if log_to_mlflow:
         _log_report(out, paths)
@@ -256,7 +258,7 @@ def _log_report(out: Path, paths: ReportPaths) -> None:
     from pipelines.tracking import mlflow_utils as mu
     try:
         c = mu.client(meta["tracking_uri"])
-        for p in [paths.report, paths.results_csv, *paths.plots]:
+        for p in [paths.report, paths.report.with_suffix(".html"), paths.results_csv, *paths.plots]:
             mu.log_file(c, meta["parent_run_id"], p, "report")
     except Exception as exc:
         LOG.warning("Could not log the report to MLflow: %s", exc)
