@@ -55,10 +55,11 @@ def fidelity_label(cfg, objective: dict | None = None) -> str:
     return label
 
 
-def screen_config(cfg):
+def screen_config(cfg, out: str | Path | None = None):
     """The screened stage's config: the reduced size for training rows and eval videos, its own name, no
-    screening of its own and no method baselines. Raises ConfigError (one line) on a size that does not
-    reduce the configured one."""
+    screening of its own and no method baselines; with `out` (the search's folder), the full stage's MLflow
+    store (else the default, <out>/screening/mlflow.db, would hide the screened runs from the search's).
+    Raises ConfigError (one line) on a size that does not reduce the configured one."""
     s, m = cfg.search, cfg.model
     sc = s.screening
     if s.algorithm == "asha":  # its full-size re-runs would make proxy evals nothing reads
@@ -72,7 +73,9 @@ def screen_config(cfg):
         raise ConfigError(f"search.screening {size(*red)} equals the trained size: screening would cost more than "
                           f"no screening; lower frames/height/width (e.g. 13x256x384 of 49x480x720) or remove it")
     gen = {"generation.num_frames": sc.frames, "generation.height": sc.height, "generation.width": sc.width}
-    return cfg.with_overrides({
+    store = ({"mlflow.tracking_uri": cfg.mlflow.resolve_uri(out), "mlflow.experiment": cfg.mlflow.experiment
+              or f"t2vu/{s.name}"} if out is not None and cfg.mlflow.enabled else {})  # one store, one experiment
+    return cfg.with_overrides({**store,
         "model.num_frames": sc.frames, "model.height": sc.height, "model.width": sc.width,
         "search.objective.eval_overrides": {**s.objective.eval_overrides, **gen},
         "search.objective.baselines": [], "search.screening": None,
@@ -110,7 +113,7 @@ def run_screened(cfg, out: Path, run_search, **kw):
     from unlearn.fsutil import atomic_write_json
 
     sc, m = cfg.search.screening, cfg.model
-    scfg = screen_config(cfg)  # a size that does not reduce fails here, before Ray starts
+    scfg = screen_config(cfg, out)  # a size that does not reduce fails here, before Ray starts
     full_size = size(m.num_frames, m.height, m.width)
     _say(f"Multi-fidelity search {cfg.search.name}: screening {cfg.search.num_samples} trials at "
          f"{size(sc.frames, sc.height, sc.width)} (search.screening), then the best {sc.top_k} at {full_size}")
@@ -126,17 +129,29 @@ def run_screened(cfg, out: Path, run_search, **kw):
               "rerun_points": points}
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out) / RECORD, record)
+    _link_parent_runs(screened, cfg)
     _say(f"Screening done: re-running {[t.trial_id for t in ranked[: len(points)]]} at {full_size}")
     result = run_search(cfg, out, points=points, **kw)
     result.extras["screening"] = record
     return result
 
 
+def _link_parent_runs(screened, cfg) -> None:
+    """Tag the screened stage's MLflow parent run as such (its trials are the search's small-size runs)."""
+    if not (screened.tracking_uri and screened.parent_run_id):
+        return
+    from pipelines.tracking import mlflow_utils as mu
+
+    sc = cfg.search.screening
+    mu.client(screened.tracking_uri).set_tag(screened.parent_run_id, "t2vu.stage",
+                                             f"screening {size(sc.frames, sc.height, sc.width)} of {cfg.search.name}")
+
+
 def parent_params(s) -> dict[str, str]:
     """MLflow parent-run params of a search's screening ('off' when none)."""
     sc = s.screening
-    if sc is None:
-        return {"search.screening": "off"}
+    if sc is None:  # no screening, or the screened stage itself (its parent run is tagged t2vu.stage instead)
+        return {}
     return {"search.screening": json.dumps(sc.model_dump()),
             "search.screening.size": size(sc.frames, sc.height, sc.width), "search.screening.top_k": str(sc.top_k)}
 

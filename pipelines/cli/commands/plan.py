@@ -77,7 +77,7 @@ def run(args) -> int:
         from pipelines.runtime.results_file import write_results
 
         write_results(args.results_file, {k: summary[k] for k in ("search_cost", "screened_search_cost") if k in summary},
-                      settings={"config": str(args.config), "overrides": list(args.overrides)})
+                      argv=getattr(args, "argv", None), settings={"config": str(args.config), "overrides": list(args.overrides)})
     sys.stdout.flush()
     print(json.dumps(summary))
     return rc
