@@ -165,21 +165,58 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
 
     `limit` (or cfg.limit when None) keeps the first N usable rows; rows beyond them are not read.
     Raises PromptFileError naming the file and every bad row (unless `cfg.on_bad_row: skip`).
+    Steps: the file's text (_read_text), its header (_read_header), its data rows (_read_rows), then every
+    problem at once (_raise_problems) and what was found (info, notes).
     """
     path = Path(path)
     src = str(path)
+    raw, text = _read_text(path, cfg.prompt_column)
+    limit = cfg.limit if limit is None else limit
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    cols = _read_header(reader, cfg, src)
+    found = _read_rows(reader, cfg, cols, set_name, src, limit)
+    _raise_problems(found, cfg, src)
+    derived = _derived_seeds(cfg)
+    info = {
+        "path": str(path.resolve()), "sha256": hashlib.sha256(raw).hexdigest(), "rows": len(found.rows),
+        "seed_column": cols.seed, "seeds": f"column {cols.seed}" if cols.seed else f"{derived} (default_seed {cfg.default_seed})",
+        "guidance_column": cols.guidance, "index_columns": cols.index, "filters": [f.describe() for f in cfg.filters],
+        "filtered_out": found.filtered, "duplicates": len(found.duplicates),
+        "deduped": len(found.duplicates) if cfg.dedupe else 0,
+        "repeated_prompts": found.repeated_prompts, "skipped": found.skipped, "limit": limit,
+    }
+    from eval.prompt_notes import set_notes
+
+    return PromptSet(found.rows, info, set_notes(src, cfg, info, found.duplicates))
+
+
+def _read_text(path: Path, prompt_column: str) -> tuple[bytes, str]:
+    """The file's bytes (hashed into info) and its text, BOM dropped; missing, non-UTF-8 or empty: refused."""
     if not path.is_file():
         raise PromptFileError(f"Prompt file not found: {path}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # drops a UTF-8 BOM (spreadsheet exports carry one)
     except UnicodeDecodeError as exc:
-        raise PromptFileError(f"{src}: cannot be parsed as a CSV: not UTF-8 text ({exc})") from None
+        raise PromptFileError(f"{path}: cannot be parsed as a CSV: not UTF-8 text ({exc})") from None
     if not text.strip():
-        raise PromptFileError(f"{src}: the file is empty; expected a header line with a '{cfg.prompt_column}' column")
+        raise PromptFileError(f"{path}: the file is empty; expected a header line with a '{prompt_column}' column")
+    return raw, text
 
-    limit = cfg.limit if limit is None else limit
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+
+@dataclass(frozen=True)
+class _Columns:
+    """What a file's header maps onto: its columns, the leading index columns, the seed and guidance columns
+    in use (None: derived seeds / generation.guidance_scale), and every column mapped onto a row field."""
+
+    header: list[str]
+    index: list[str]
+    seed: str | None
+    guidance: str | None
+    mapped: tuple[str, ...]
+
+
+def _read_header(reader, cfg, src: str) -> _Columns:
     try:
         header = next(reader)
     except csv.Error as exc:
@@ -209,76 +246,116 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
         raise PromptFileError(f"{src}: filters name columns {missing} the file does not have (columns: {header})")
     mapped = tuple(c for c in (cfg.prompt_column, seed_col, guidance_col, cfg.concept_column, cfg.concept_type_column)
                    if c and c in header)
-    derived = "default_seed + row index" if cfg.default_seed_policy == "plus_row_index" else "default_seed"
+    return _Columns(header, index_cols, seed_col, guidance_col, mapped)
 
-    rows: list[PromptRow] = []
-    problems: list[str] = []
-    skipped: list[str] = []
-    seen: dict[tuple, int] = {}
-    duplicates: list[tuple[int, int]] = []
-    prompts_seen: set[str] = set()
-    repeated_prompts = filtered = n_data = 0
+
+def _derived_seeds(cfg) -> str:
+    return "default_seed + row index" if cfg.default_seed_policy == "plus_row_index" else "default_seed"
+
+
+@dataclass
+class _Found:
+    """What reading the data rows found: the usable rows, the problems (refused) or skipped rows (reported),
+    duplicates as (row, earlier row), and the counts summary.json reports."""
+
+    rows: list[PromptRow] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    seen: dict[tuple, int] = field(default_factory=dict)
+    prompts_seen: set[str] = field(default_factory=set)
+    repeated_prompts: int = 0
+    filtered: int = 0
+    n_data: int = 0  # data rows read so far (blank lines not counted): row numbers in messages, derived seeds
+
+    def keeps(self, key: tuple, dedupe: bool) -> bool:
+        """Record the row (prompt, seed, guidance) as the n_data-th; False when dedupe drops it as a repeat."""
+        if key in self.seen:
+            self.duplicates.append((self.n_data, self.seen[key]))
+            return not dedupe
+        self.seen[key] = self.n_data
+        self.repeated_prompts += key[0] in self.prompts_seen
+        self.prompts_seen.add(key[0])
+        return True
+
+
+def _read_rows(reader, cfg, cols: _Columns, set_name: str, src: str, limit: int | None) -> _Found:
+    found = _Found()
+    derived = _derived_seeds(cfg)
     line_start = reader.line_num + 1
-    while limit is None or len(rows) < limit:
+    while limit is None or len(found.rows) < limit:
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            problems.append(f"row {n_data + 1} (line {line_start}): cannot be parsed as CSV: {exc}")
+            found.problems.append(f"row {found.n_data + 1} (line {line_start}): cannot be parsed as CSV: {exc}")
             break  # the reader's position is unreliable after a parse error
         values = [unescape_cell(v) for v in values]
-        where = f"row {n_data + 1} (line {line_start})"
+        where = f"row {found.n_data + 1} (line {line_start})"
         line_start = reader.line_num + 1
         if not values or all(not v.strip() for v in values):
             continue  # blank line
-        n_data += 1
-        bad: list[str] = []
-        if len(values) != len(header):
-            bad.append(f"{where}: has {len(values)} fields, the header has {len(header)} (unquoted comma?)")
-        else:
-            rec = dict(zip(header, values))
-            try:
-                if not all(f.keeps(rec[f.column]) for f in cfg.filters):
-                    filtered += 1
-                    continue
-            except ValueError as exc:
-                bad.append(f"{where}: {exc}")
-        if not bad:
-            prompt = rec[cfg.prompt_column].strip()
-            if not prompt:
-                bad.append(f"{where}: empty prompt in column '{cfg.prompt_column}'")
-            seed = cfg.default_seed + (n_data - 1 if cfg.default_seed_policy == "plus_row_index" else 0)
-            if seed_col is not None:
-                try:
-                    seed = parse_seed(rec[seed_col])
-                except ValueError as exc:
-                    bad.append(f"{where}: seed {rec[seed_col]!r} in column '{seed_col}' {exc}")
-            guidance = None
-            if guidance_col is not None:
-                try:
-                    guidance = parse_guidance(rec[guidance_col])
-                except ValueError as exc:
-                    bad.append(f"{where}: guidance {rec[guidance_col]!r} in column '{guidance_col}' {exc}")
-        if bad:
-            (skipped if cfg.on_bad_row == "skip" else problems).extend(bad)
+        found.n_data += 1
+        rec, bad = _record(values, cfg, cols.header, where)
+        if rec is None and not bad:
+            found.filtered += 1
             continue
-        key = (prompt, seed, guidance)
-        if key in seen:
-            duplicates.append((n_data, seen[key]))
-            if cfg.dedupe:
-                continue
-        else:
-            seen[key] = n_data
-            repeated_prompts += prompt in prompts_seen
-            prompts_seen.add(prompt)
+        if not bad:
+            prompt, seed, guidance, bad = _row_values(rec, cfg, cols, found.n_data, where)
+        if bad:
+            (found.skipped if cfg.on_bad_row == "skip" else found.problems).extend(bad)
+            continue
+        if not found.keeps((prompt, seed, guidance), cfg.dedupe):
+            continue
         concept = rec.get(cfg.concept_column, "").strip() if cfg.concept_column else ""
         ctype = rec.get(cfg.concept_type_column, "").strip() if cfg.concept_type_column else ""
-        rows.append(PromptRow(
-            set=set_name, index=n_data - 1, prompt=prompt, seed=seed, concept=concept, concept_type=ctype,
-            fields={k: v for k, v in rec.items() if k not in index_cols}, source=src,
-            seed_source=f"column {seed_col}" if seed_col else derived, guidance=guidance, mapped=mapped,
+        found.rows.append(PromptRow(
+            set=set_name, index=found.n_data - 1, prompt=prompt, seed=seed, concept=concept, concept_type=ctype,
+            fields={k: v for k, v in rec.items() if k not in cols.index}, source=src,
+            seed_source=f"column {cols.seed}" if cols.seed else derived, guidance=guidance, mapped=cols.mapped,
         ))
+    return found
+
+
+def _record(values: list[str], cfg, header: list[str], where: str) -> tuple[dict[str, str] | None, list[str]]:
+    """(the row as {column: cell}, []) when it passes the filters; (None, []) when a filter drops it;
+    (None, [problem]) when its field count is wrong or a numeric filter meets a non-number."""
+    if len(values) != len(header):
+        return None, [f"{where}: has {len(values)} fields, the header has {len(header)} (unquoted comma?)"]
+    rec = dict(zip(header, values))
+    try:
+        if not all(f.keeps(rec[f.column]) for f in cfg.filters):
+            return None, []
+    except ValueError as exc:
+        return None, [f"{where}: {exc}"]
+    return rec, []
+
+
+def _row_values(rec: dict[str, str], cfg, cols: _Columns, n_data: int, where: str):
+    """(prompt, seed, guidance, problems) of one row that passed the filters."""
+    bad: list[str] = []
+    prompt = rec[cfg.prompt_column].strip()
+    if not prompt:
+        bad.append(f"{where}: empty prompt in column '{cfg.prompt_column}'")
+    seed = cfg.default_seed + (n_data - 1 if cfg.default_seed_policy == "plus_row_index" else 0)
+    if cols.seed is not None:
+        try:
+            seed = parse_seed(rec[cols.seed])
+        except ValueError as exc:
+            bad.append(f"{where}: seed {rec[cols.seed]!r} in column '{cols.seed}' {exc}")
+    guidance = None
+    if cols.guidance is not None:
+        try:
+            guidance = parse_guidance(rec[cols.guidance])
+        except ValueError as exc:
+            bad.append(f"{where}: guidance {rec[cols.guidance]!r} in column '{cols.guidance}' {exc}")
+    return prompt, seed, guidance, bad
+
+
+def _raise_problems(found: _Found, cfg, src: str) -> None:
+    """Every problem of the file in one error (the first MAX_REPORTED listed), or no usable row at all."""
+    problems = found.problems
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -287,19 +364,9 @@ def read_prompt_set(path: str | Path, cfg, set_name: str = TARGET, limit: int | 
         raise PromptFileError(
             f"{src}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  " + "\n  ".join(shown) + more + hint
         )
-    if not rows:
-        why = f" ({filtered} filtered out, {len(skipped)} skipped)" if filtered or skipped else ""
+    if not found.rows:
+        why = f" ({found.filtered} filtered out, {len(found.skipped)} skipped)" if found.filtered or found.skipped else ""
         raise PromptFileError(f"{src}: no data rows after the header{why}")
-    info = {
-        "path": str(path.resolve()), "sha256": hashlib.sha256(raw).hexdigest(), "rows": len(rows),
-        "seed_column": seed_col, "seeds": f"column {seed_col}" if seed_col else f"{derived} (default_seed {cfg.default_seed})",
-        "guidance_column": guidance_col, "index_columns": index_cols, "filters": [f.describe() for f in cfg.filters],
-        "filtered_out": filtered, "duplicates": len(duplicates), "deduped": len(duplicates) if cfg.dedupe else 0,
-        "repeated_prompts": repeated_prompts, "skipped": skipped, "limit": limit,
-    }
-    from eval.prompt_notes import set_notes
-
-    return PromptSet(rows, info, set_notes(src, cfg, info, duplicates))
 
 
 def load_eval_sets(cfg, prompts: str | Path | None = None, limit: int | None = None) -> dict[str, PromptSet]:
