@@ -91,25 +91,36 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
-    from pipelines.tracking import mlflow_utils as mu
+    """report.md of a search run folder: what ran, the objectives against the base model and the training-free
+    methods, the Pareto set, every trial, the plots, and how to train the best trial's eraser again."""
     s = cfg.search
-    score = s.objective.scalarize.name
-    metrics = s.metric_names()
-    counts: dict[str, int] = {}
-    for t in result.trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
     mlflow_meta = read_json(out / "mlflow.json") or {}
     uri = result.tracking_uri or mlflow_meta.get("tracking_uri")
     exp_id = result.experiment_id or mlflow_meta.get("experiment_id")
+    cols, ties, baseline, concept_note = _report_columns(result, s)
+    lines = [f"# Search report: {s.name}", "", *concept_note]
+    lines += _run_lines(result, cfg, out, uri, exp_id, mlflow_meta)
+    lines += _objectives_section(result, cols, ties, baseline, out)
+    lines += _trial_sections(result, s, cols, uri, exp_id)
+    lines += ["", "## Plots", ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    lines += _reproduce_section(result, out)
+    return "\n".join(lines)
 
-    def link(t):
-        if not t.mlflow_run_id:
-            return ""
-        return mu.run_link(uri, exp_id, t.mlflow_run_id) if uri else t.mlflow_run_id
 
+def _run_lines(result, cfg, out: Path, uri, exp_id, mlflow_meta: dict) -> list[str]:
+    """The report's opening list: run folder, command, algorithm, objectives, trials, time, versions, cluster,
+    MLflow; then the first errors."""
+    from pipelines.tracking import mlflow_utils as mu
+
+    s = cfg.search
+    score = s.objective.scalarize.name
+    counts: dict[str, int] = {}
+    for t in result.trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
     cmd = (out / "command.txt").read_text().strip() if (out / "command.txt").exists() else f"t2vu tune --output {out}"
-    lines = [f"# Search report: {s.name}", ""]
-    lines += [
+    lines = [
         f"- Run folder: `{out}`",
         f"- Command: `{cmd}`",
         f"- Algorithm: {s.algorithm}" + (" (multi-objective TPE, Pareto search)" if s.is_multi_objective() else
@@ -134,32 +145,43 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     errors = result.extras.get("errors") or [f"{t.trial_id}: {t.error}" for t in result.trials if t.error]
     if errors:
         lines += ["", "Errors:", *[f"- `{e}`" for e in errors[:5]]]
+    return lines
 
+
+def _report_columns(result, s) -> tuple[list[str], list[str], dict, list[str]]:
+    """(metric columns, tie-break keys, baseline values, the note on the concept where it was not asked for).
+
+    First column: the concept where it was not asked for (eval.metrics), objective or not: the collateral an
+    accuracy objective hides. The base model's value is the trials' `_base` (same rows and seeds)."""
+    metrics = s.metric_names()
     ties = [t.name for t in s.objective.scalarize.tie_break]
-    # First column: the concept where it was not asked for (eval.metrics), objective or not: the collateral
-    # an accuracy objective hides. The base model's value is the trials' `_base` (same rows and seeds).
     unasked = f"{UNASKED}_erased"
     lead = [unasked] if unasked not in metrics and any(unasked in t.metrics for t in result.trials) else []
-    cols = [*lead, *metrics, score, *ties]
+    cols = [*lead, *metrics, s.objective.scalarize.name, *ties]
     baseline = dict(result.baseline)
     base_vals = sorted(float(t.metrics[f"{UNASKED}_base"]) for t in result.trials
                        if isinstance(t.metrics.get(f"{UNASKED}_base"), (int, float)))
     if base_vals:
         baseline.setdefault(unasked, base_vals[len(base_vals) // 2])
+    note: list[str] = []
     if lead or unasked in metrics:
         best = result.best.metrics if result.best else {}
-        lines[2:2] = [f"**Concept where it was not asked for** (`{unasked}`: videos of prompts that do not ask for "
-                      f"the concept in which the classifier finds it): base model {_cell(baseline, unasked, '—')}"
-                  + (f", best trial {_cell(best, unasked, '—')}" if result.best else "")
-                  + (" — MORE than the base model" if isinstance(best.get(unasked), (int, float)) and base_vals
-                     and best[unasked] > baseline[unasked] else "") + ".", ""]
-    lines += ["", "## Objectives vs baseline", ""]
+        note = [f"**Concept where it was not asked for** (`{unasked}`: videos of prompts that do not ask for "
+                f"the concept in which the classifier finds it): base model {_cell(baseline, unasked, '—')}"
+                + (f", best trial {_cell(best, unasked, '—')}" if result.best else "")
+                + (" — MORE than the base model" if isinstance(best.get(unasked), (int, float)) and base_vals
+                   and best[unasked] > baseline[unasked] else "") + ".", ""]
+    return cols, ties, baseline, note
+
+
+def _objectives_section(result, cols: list[str], ties: list[str], baseline: dict, out: Path) -> list[str]:
+    """The base model, each training-free method and the best trial on every column, and how to read ±."""
+    lines = ["", "## Objectives vs baseline", ""]
     rows = [[BASELINE_ID, *[_cell(baseline, k, "—") for k in cols]]]
     rows += [[method_id(label), *[_cell(vals, k, "—") for k in cols]] for label, vals in result.methods.items()]
     if result.best:
         rows.append([f"best: {result.best.trial_id}", *[_cell(result.best.metrics, k, "—") for k in cols]])
-    lines.append(_md_table(["", *cols], rows))
-    lines.append("")
+    lines += [_md_table(["", *cols], rows), ""]
     if result.methods:
         lines.append("`baseline: <method>` rows: training-free methods (`search.objective.baselines`, eval.methods) "
                      "judged with the trials' final eval — same prompts, seeds and base videos; their eval folders "
@@ -169,8 +191,19 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
                  "ignores correlations between objectives. Trials whose scores differ by less than about twice it "
                  "are not told apart by this eval" + (f"; ties are ordered by {', '.join(f'`{t}`' for t in ties)}."
                                                       if ties else "; set search.objective.scalarize.tie_break to order ties."))
+    return lines
 
-    lines += ["", "## Pareto set", ""]
+
+def _trial_sections(result, s, cols: list[str], uri, exp_id) -> list[str]:
+    """The Pareto set (ranked, with MLflow runs and erasers) and the table of every trial."""
+    from pipelines.tracking import mlflow_utils as mu
+
+    def link(t):
+        if not t.mlflow_run_id:
+            return ""
+        return mu.run_link(uri, exp_id, t.mlflow_run_id) if uri else t.mlflow_run_id
+
+    lines = ["", "## Pareto set", ""]
     keys = list(s.space)
     rank = s.objective.scalarize.ranking_key
     prow = []
@@ -186,13 +219,12 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     lines.append(_md_table(["trial", "status", *keys, *cols, "steps"], arow))
     lines.append("")
     lines.append("Stopped-early trials show their last proxy evaluation (fewer prompts), not a full one.")
+    return lines
 
-    lines += ["", "## Plots", ""]
-    for p in plots:
-        lines.append(f"![{p.stem}]({p.name})")
-        lines.append("")
 
-    lines += ["## Reproduce the best trial", ""]
+def _reproduce_section(result, out: Path) -> list[str]:
+    """The commands that train the best trial's eraser again, and how to load the one it made."""
+    lines = ["## Reproduce the best trial", ""]
     if result.best:
         b = result.best
         tdir = Path(b.trial_dir)
@@ -217,7 +249,7 @@ def render_markdown(result, cfg, out: Path, plots: list[Path]) -> str:
     else:
         lines.append("_No completed trial._")
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(out: str | Path, cfg=None, result=None, *, log_to_mlflow: bool = True) -> ReportPaths:
