@@ -28,7 +28,8 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _model_of(t):
+def section_of(t) -> type[BaseModel] | None:
+    """The config model a key's type holds (a section, an optional one, or a list of them), else None."""
     for a in (t, *get_args(t)):
         if isinstance(a, type) and issubclass(a, BaseModel):
             return a
@@ -62,7 +63,7 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     out = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        sub = _model_of(field.annotation)
+        sub = section_of(field.annotation)
         if sub is not None:
             listed = get_origin(field.annotation) is list
             out.append((key, f"list[{sub.__name__}]" if listed else sub.__name__, _default(field),

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from pipelines.config.reference import _model_of, description
+from pipelines.config.reference import section_of, description
 
 KINDS = ("pipeline", "eval", "attack")
 # Top-level sections that only an eval config / an attack config has (how `--kind auto` tells them apart).
@@ -57,12 +57,12 @@ def entries(cfg: BaseModel, prefix: str = "", depth: int = 0) -> list[dict]:
         key = f"{prefix}{name}"
         if isinstance(value, BaseModel):
             out.append({"key": key, "depth": depth, "section": True, "value": None,
-                        "description": description(field, _model_of(field.annotation))})
+                        "description": description(field, section_of(field.annotation))})
             out.extend(entries(value, key + ".", depth + 1))
             continue
         dumped = type(cfg).__pydantic_serializer__.to_python(cfg, mode="json", include={name})[name]
         out.append({"key": key, "depth": depth, "section": False, "value": dumped,
-                    "description": description(field, _model_of(field.annotation))})
+                    "description": description(field, section_of(field.annotation))})
     return out
 
 
