@@ -129,7 +129,9 @@ def distributed(config: str, output: str, peaks: str, overrides: list[str]) -> d
 
     cfg = load_pipeline_config(config, overrides)
     Path(peaks).mkdir(parents=True, exist_ok=True)
-    hook = {"function": record_peak, "kwargs": {"out_dir": str(Path(peaks).resolve())}}
+    from unlearn.loop import StepHook
+
+    hook = StepHook(record_peak, {"out_dir": str(Path(peaks).resolve())})
     return run_distributed(cfg, output, config_dir=Path(config).parent, resume=False, step_hook=hook)
 
 

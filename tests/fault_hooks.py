@@ -1,5 +1,5 @@
-"""Step hooks the distributed tests install into the training loop (`step_hook` of
-`pipelines.train.driver.run_distributed`). Imported by the Ray Train workers (the driver's cwd,
+"""Step hooks the distributed tests install into the training loop (`unlearn.loop.StepHook`, the
+`step_hook` of `pipelines.train.driver.run_distributed`). Imported by the Ray Train workers (the driver's cwd,
 the repo root, is on their sys.path), so it stays free of pytest and test fixtures."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""DeepSpeed checkpoints are verified against per-rank sha256 manifests before anything is unpickled."""
+"""Checkpoints (unlearn.checkpoint: one layout for every engine) are verified against per-rank sha256 manifests before anything is unpickled."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.train.checkpoints import CheckpointIntegrityError, verify_manifest, write_manifest
+from unlearn.checkpoint import CheckpointIntegrityError, verify_manifest, write_manifest
 
 
 def make_ranks(root):
@@ -12,8 +12,8 @@ def make_ranks(root):
     ck = root / "ck"
     for rank in (0, 1):
         d = root / f"r{rank}"
-        (d / "ds" / "ds").mkdir(parents=True)
-        (d / "ds" / "ds" / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(bytes([rank]) * 1000)
+        (d / "engine" / "ds").mkdir(parents=True)
+        (d / "engine" / "ds" / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(bytes([rank]) * 1000)
         if rank == 0:
             (d / "state.json").write_text('{"step": 4}')
         write_manifest(d, rank)
@@ -32,7 +32,7 @@ def test_a_good_checkpoint_verifies(tmp_path):
 @pytest.mark.parametrize("fault", ["flip", "truncate", "extra", "missing", "no_manifest"])
 def test_tampered_checkpoints_are_refused(tmp_path, fault):
     ck = make_ranks(tmp_path)
-    shard = ck / "ds" / "ds" / "zero_pp_rank_1_optim_states.pt"
+    shard = ck / "engine" / "ds" / "zero_pp_rank_1_optim_states.pt"
     if fault == "flip":
         data = bytearray(shard.read_bytes())
         data[10] ^= 1
@@ -40,7 +40,7 @@ def test_tampered_checkpoints_are_refused(tmp_path, fault):
     elif fault == "truncate":
         shard.write_bytes(shard.read_bytes()[:100])
     elif fault == "extra":
-        (ck / "ds" / "ds" / "evil.pt").write_bytes(b"x")
+        (ck / "engine" / "ds" / "evil.pt").write_bytes(b"x")
     elif fault == "missing":
         shard.unlink()
     else:

@@ -112,8 +112,9 @@ def test_zero2_and_killed_zero3_runs_give_the_same_loadable_eraser(ray_session, 
     cfg3 = tiny_pipeline_cfg(tmp_path, stage=3)
     marker = tmp_path / "killed.txt"
     from tests.fault_hooks import kill_worker_once
+    from unlearn.loop import StepHook
 
-    kill = {"function": kill_worker_once, "kwargs": {"at_rank": 1, "at_step": 6, "marker": str(marker)}}
+    kill = StepHook(kill_worker_once, {"at_rank": 1, "at_step": 6, "marker": str(marker)})
     s3 = run_distributed(cfg3, tmp_path / "zero3", step_hook=kill)
     assert marker.exists(), "the fault was never injected"
     assert s3["attempts"] == [0, 4], s3  # resumed from the step-4 checkpoint, not from 0
@@ -167,3 +168,86 @@ def test_ensure_ray_inside_a_ray_job_adds_only_missing_env_vars(monkeypatch):
     env = calls[0]["runtime_env"]["env_vars"]
     assert "OMP_NUM_THREADS" not in env and env["T2VU_CACHE"] == "/shared/cache" and env["HF_HUB_OFFLINE"] == "1"
     assert calls[0]["address"] == "127.0.0.1:6379"
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_single_process_and_distributed_loops_write_one_layout_and_resume_each_other(ray_session, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """One loop (unlearn.loop) with two engines and two stores: `t2vu train` (torch AdamW, <out>/checkpoint)
+    and `--distributed` with 1 worker (DeepSpeed ZeRO-2, Ray Train checkpoints) write the same files, train the
+    same curve, and a distributed checkpoint resumes the single-process run (weights, step, curve; the
+    optimizer state starts fresh because the engine differs)."""
+    from pipelines.train.driver import run_distributed
+    from unlearn.checkpoint import read_metrics
+    from unlearn.session import TrainingSession
+    from unlearn.trainer import train
+
+    cfg = tiny_pipeline_cfg(tmp_path, num_workers=1, steps=8)  # checkpoints at 4 and 8, a log line every 2 steps
+    run_distributed(cfg, tmp_path / "dist")
+    (dist_ck,) = (tmp_path / "dist" / "ray").rglob("checkpoint_000004")
+
+    real_batch = TrainingSession.batch
+
+    def dying_batch(self, step):
+        if step == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return real_batch(self, step)
+
+    monkeypatch.setattr(TrainingSession, "batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg.method(), tmp_path / "local", progress=False)
+    monkeypatch.setattr(TrainingSession, "batch", real_batch)
+    local_ck = tmp_path / "local" / "checkpoint"
+
+    # one layout: the same files outside engine/, which holds each engine's own optimizer files
+    common = {"state.json", "metrics.jsonl", "eraser/eraser.safetensors", "eraser/eraser_config.json",
+              "manifest-rank0.json"}
+    local_files, dist_files = _files(local_ck), _files(dist_ck)
+    assert local_files - common == {"engine/optimizer.pt"}
+    assert dist_files & common == common and "engine/ds/mp_rank_00_model_states.pt" in dist_files
+    assert all(f.startswith("engine/") for f in dist_files - common), dist_files  # DeepSpeed's shards and scripts
+    s_local, s_dist = (json.loads((d / "state.json").read_text()) for d in (local_ck, dist_ck))
+    assert s_local.keys() == s_dist.keys() and s_local["format"] == s_dist["format"] == 2
+    assert (s_local["step"], s_local["engine"], s_local["world_size"]) == (4, "torch", 1)
+    assert (s_dist["step"], s_dist["engine"], s_dist["zero_stage"]) == (4, "deepspeed", 2)
+    # the same method, batches and initial eraser: the two engines train the same curve
+    rows_local, rows_dist = read_metrics(local_ck / "metrics.jsonl"), read_metrics(dist_ck / "metrics.jsonl")
+    assert [r["step"] for r in rows_local] == [r["step"] for r in rows_dist] == [2, 4]
+    for a, b in zip(rows_local, rows_dist):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-6) for k in a), (a, b)
+
+    # the distributed checkpoint, put where the single-process run keeps its own, resumes it
+    import shutil
+
+    shutil.rmtree(local_ck)
+    shutil.copytree(dist_ck, local_ck)
+    with caplog.at_level("WARNING", logger="unlearn.loop"):
+        resumed = train(cfg.method(), tmp_path / "local", progress=False)
+    assert resumed["resumed_from"] == 4 and resumed["attempts"] == [0, 4]
+    assert "optimizer state reset" in caplog.text
+    assert [r["step"] for r in read_metrics(tmp_path / "local" / "metrics.jsonl")] == [2, 4, 6, 8]
+    assert read_metrics(tmp_path / "local" / "metrics.jsonl")[:2] == rows_dist  # the curve came with the checkpoint
+    assert (tmp_path / "local" / "eraser" / "eraser.safetensors").is_file() and not local_ck.exists()
+
+
+def test_a_checkpoint_of_the_earlier_layout_is_refused_in_one_line(tmp_path):
+    """Before the one loop, `t2vu train` wrote checkpoint/{eraser/, optimizer.pt, state.json {"step"}} and the
+    distributed loop ds/ + state.json without a format: both are refused (exit 2, one line), never half-read."""
+    from pipelines.train.checkpoints import check_resumable
+    from unlearn.checkpoint import LegacyCheckpointError, read_state
+
+    old = tmp_path / "out" / "checkpoint"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text('{"step": 4}')
+    with pytest.raises(LegacyCheckpointError, match=r"earlier t2vu layout \(format 1.*--no-resume"):
+        read_state(old)
+    ray_run = tmp_path / "ray" / "train"
+    (ray_run / "checkpoint_000004").mkdir(parents=True)
+    (ray_run / "checkpoint_000004" / "state.json").write_text('{"step": 4, "world_size": 2}')
+    with pytest.raises(ConfigError, match="earlier t2vu layout"):
+        check_resumable(ray_run)
+    check_resumable(tmp_path / "nothing-here")  # a new run: nothing to check

@@ -102,13 +102,16 @@ def test_builtin_references_stay_inside_the_project():
 
 def test_step_hook_takes_a_function_not_an_import_path():
     from pipelines.train.worker import load_step_hook
+    from unlearn.loop import StepHook
 
     seen = []
-    hook = load_step_hook({"function": lambda step, rank, tag: seen.append((step, rank, tag)), "kwargs": {"tag": 1}})
+    hook = load_step_hook(StepHook(lambda step, rank, tag: seen.append((step, rank, tag)), {"tag": 1}))
     hook(3, 0)
     assert seen == [(3, 0, 1)] and load_step_hook(None) is None
     with pytest.raises(TypeError, match="not imported"):
-        load_step_hook({"function": "os:system", "kwargs": {}})
+        StepHook("os:system")
+    with pytest.raises(TypeError, match="not imported"):  # the untyped dict of before is refused too
+        load_step_hook({"function": print, "kwargs": {}})
 
 
 def test_model_index_may_name_only_diffusers_and_transformers(tmp_path):

@@ -8,14 +8,16 @@ GPUs with NCCL.
     driver                          worker r (of W)
     ------                          ---------------
     prepare_embeddings()            TrainingSession(batch = global / W, rank r)
-    TorchTrainer.fit() ───────────► deepspeed.initialize(objective, eraser params, AdamW)
-                                    resume: ray.train.get_checkpoint() -> engine.load_checkpoint
-                                    loop: engine(batch) -> backward -> step
-                                    every checkpoint_every: EVERY rank saves (collective),
-                                      rank 0 adds eraser/ (gathered under ZeRO-3), state,
-                                      metrics -> ray.train.report(checkpoint=...)
+    TorchTrainer.fit() ───────────► unlearn.loop.TrainingLoop with
+                                      DeepSpeedEngine (ZeRO-2/3, client AdamW)      pipelines.train.engine
+                                      RayCheckpointStore                            pipelines.train.checkpoints
+                                    resume: ray.train.get_checkpoint() -> weights, step, curve, engine state
+                                    every checkpoint_every: EVERY rank saves (collective), rank 0 adds
+                                      eraser/ (gathered under ZeRO-3), state, metrics -> ray.train.report
     export eraser/ + metrics ◄───── final report
       from the final checkpoint
+
+The loop and the checkpoint layout are the single-process trainer's (`unlearn.loop`, `unlearn.checkpoint`).
 
 Output folder (same layout as the single-process trainer, so erasers are interchangeable):
   config.yaml, metrics.jsonl, eraser/ (eraser.safetensors + eraser_config.json), summary.json,
@@ -34,13 +36,15 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.train.checkpoints import ERASER_DIR, export_result
+from pipelines.train.checkpoints import check_resumable, export_result
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.config.distributed import check_distributed, deepspeed_config
 from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray
 from pipelines.runtime.run_folder import remove_owned
-from pipelines.train.worker import train_loop_per_worker
+from pipelines.train.worker import LoopConfig, load_step_hook, train_loop_per_worker
+from unlearn.checkpoint import ERASER_DIR
 from unlearn.config import ConfigError
+from unlearn.loop import StepHook
 
 
 def make_trainer(
@@ -52,32 +56,33 @@ def make_trainer(
     callbacks: list | None = None,
     objective: dict | None = None,
     mlflow_run: dict | None = None,
-    step_hook: dict | None = None,
+    step_hook: StepHook | None = None,
 ):
     """A `TorchTrainer` for one eraser training (used by `run_distributed` and by each Tune trial).
 
     `name` + `storage_path` identify the run: reusing them resumes from its last checkpoint.
-    `step_hook`: {"function": <callable>, "kwargs": {...}}, called in every worker after
-    every step (`pipelines.train.worker.load_step_hook`); for tests (fault injection).
+    `objective`, `mlflow_run`: a Tune trial's objective (proxy evals) and MLflow run (live logging).
+    `step_hook`: called in every worker after every step; for tests (fault injection).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     check_distributed(cfg)
     d = cfg.distributed
-    loop_config = {
-        "config": cfg.to_dict(),
-        "config_dir": str(Path(config_dir).resolve()) if config_dir else None,
-        "ds_config": deepspeed_config(cfg, config_dir),
-        "threads": d.threads_per_worker,
-        "checkpoint_every": cfg.train.checkpoint_every,
-        "objective": objective,
-        "mlflow": mlflow_run,
-        "step_hook": step_hook,
-    }
+    check_resumable(Path(storage_path) / name)  # an earlier checkpoint layout: one line now, not N tracebacks
+    loop_config = LoopConfig(
+        config=cfg,
+        config_dir=str(Path(config_dir).resolve()) if config_dir else None,
+        ds_config=deepspeed_config(cfg, config_dir),
+        threads=d.threads_per_worker,
+        checkpoint_every=cfg.train.checkpoint_every,
+        objective=objective,
+        mlflow=mlflow_run,
+        step_hook=load_step_hook(step_hook),
+    )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop_config},  # Ray takes a dict; the one value is the typed LoopConfig
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=d.worker_resources()),
         torch_config=TorchConfig(backend=d.torch_backend()),
         run_config=RunConfig(
@@ -96,7 +101,7 @@ def run_distributed(
     *,
     config_dir: str | Path | None = None,
     resume: bool = True,
-    step_hook: dict | None = None,
+    step_hook: StepHook | None = None,
 ) -> dict:
     """Train one eraser with Ray Train + DeepSpeed; returns the summary (also in summary.json)."""
     from unlearn.config import config_digest
