@@ -190,11 +190,46 @@ def generic(rec: dict) -> str:
     return _table(["figure", "value"], ([f"`{k}`", cell(v)] for k, v in flat("", rec["figures"])))
 
 
+def multi_fidelity(rec: dict) -> str:
+    """benchmarks/multi_fidelity.py: screened vs full-size ranking of the same toy trials, and the cost ratio."""
+    f, s = rec["figures"], rec.get("settings") or {}
+    verdict = "met" if f.get("target_met") else "**missed**"
+    flops = f.get("flop_ratio_modelled") or {}
+    rows = [["Spearman, search ranking (score, then tie-breaks)", _num(f.get("spearman_ranking"), 2),
+             f"≥ {f.get('target_spearman')}: {verdict}"],
+            ["Spearman, score (average ranks for ties)", _num(f.get("spearman_score"), 2), ""],
+            ["full-size best, its place in the screened order", _num(f.get("full_best_screened_place")), ""],
+            ["wall per trial, screened / full (Ray Train start-up included)", _num(f.get("wall_ratio_trial"), 2), ""],
+            ["wall per training step, screened / full", _num(f.get("wall_ratio_train_step"), 2), ""],
+            ["wall per final eval, screened / full", _num(f.get("wall_ratio_eval"), 2), ""],
+            ["FLOPs per trial, screened / full (modelled, `t2vu plan`'s model)", _num(flops.get("trial"), 2), ""]]
+    return (f"{f.get('trials_paired')} toy trials (random samples of `{s.get('config')}`'s space, {s.get('steps')} steps, "
+            f"{s.get('n_per_set')} videos per set), each screened at {s.get('screened_size')} and re-run at "
+            f"{s.get('full_size')}:\n\n" + _table(["figure", "value", "target"], rows))
+
+
+def search_cost_screened(rec: dict) -> str:
+    """`t2vu plan --mode tune --results-file`: the full and the screened search's modelled cost."""
+    full, scr = rec["figures"]["search_cost"], rec["figures"].get("screened_search_cost") or {}
+    a, cl = full["assumptions"], full["cluster"]
+    rows = [[f"full fidelity (every trial at {scr.get('full_size', 'full size')})", _num(full["gpu_hours"], 1), _num(full["wall_hours"], 1)]]
+    if scr.get("gpu_hours") is not None:
+        rows += [[f"screened: {scr['screening']['cluster']['trials']} trials at {scr.get('screened_size', 'the reduced size')}",
+                  _num(scr["screening"]["gpu_hours"], 1), _num(scr["screening"]["wall_hours"], 1)],
+                 [f"+ the best {scr['rerun']['cluster']['trials']} re-run at {scr.get('full_size', 'full size')} (and the baselines)",
+                  _num(scr["rerun"]["gpu_hours"], 1), _num(scr["rerun"]["wall_hours"], 1)],
+                 ["screened search, total", _num(scr["gpu_hours"], 1), _num(scr["wall_hours"], 1)]]
+    return (f"`{(rec.get('settings') or {}).get('config')}` on {cl['gpus']} GPUs, {a['mfu']:.0%} of "
+            f"{a['gpu_peak_tflops']:g} TFLOP/s (modelled):\n\n" + _table(["search", "GPU-hours", "wall hours"], rows))
+
+
 # name -> (results file stem, renderer)
 VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
+    "multi_fidelity": ("multi_fidelity", multi_fidelity),
+    "search_cost_screened": ("search_cost_screened", search_cost_screened),
 }
 
 

@@ -173,7 +173,9 @@ def screened_cost(req, arch, **kw) -> dict | None:
     screen, rerun = cost(screen_config(cfg)), cost(rerun_config(cfg, cfg.search.screening.top_k))
     if screen.get("gpu_hours") is None or rerun.get("gpu_hours") is None:
         return {"gpu_hours": None, "not_modelled": screen.get("not_modelled") or rerun.get("not_modelled")}
+    sc, m = cfg.search.screening, cfg.model
     return {"gpu_hours": round(screen["gpu_hours"] + rerun["gpu_hours"], 2),
+            "screened_size": size(sc.frames, sc.height, sc.width), "full_size": size(m.num_frames, m.height, m.width),
             "wall_hours": round(screen["wall_hours"] + rerun["wall_hours"], 2),
             "screening": screen, "rerun": rerun}
 
