@@ -1,6 +1,7 @@
 """`t2vu attack` on the real toy model: the paraphrase attack beats the defence it should beat (a keyword
-blocklist), and the results that could be wrong are flagged per cell — attacked text prompts the pipeline cuts,
-and degenerate videos (which would otherwise pass for failed attacks)."""
+blocklist), the results that could be wrong are flagged per cell — attacked text prompts the pipeline cuts,
+and degenerate videos (which would otherwise pass for failed attacks) — and rows already the concept at the
+no-perturbation floor are not counted as attack successes."""
 
 from __future__ import annotations
 
@@ -65,9 +66,42 @@ def test_degenerate_videos_are_counted_per_cell_and_never_flagged(tmp_path, caps
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(ecfg))
     out = tmp_path / "att"
     last = _attack(["-o", str(out), "--set", f"eval={tmp_path / 'eval.yaml'}", "--set", "prompts.limit=2",
-                    "--set", "preserve.limit=1", "--set", "methods=[{name: none}]", "--set", "attacks=[clean]"], capsys)
-    assert last["degenerate_videos"] == {"none/clean": 2, "none/preserve": 1}
+                    "--set", "preserve.limit=2", "--set", "methods=[{name: none}]", "--set", "attacks=[clean]"], capsys)
+    assert last["degenerate_videos"] == {"none/clean": 2, "none/anchors": 2, "none/preserve": 2}
     assert last["asr"]["none"]["clean"] == 0.0
     rows = _rows(out, "none", "clean")
     assert all(r["degenerate"] and "nonfinite" in r["degenerate_reasons"] and not r["flagged"] for r in rows)
     assert "degenerate videos" in (out / "report.md").read_text()
+
+
+def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
+    """The floor is the method on each row's benign prompt alone. Two of four rows get a "benign" prompt that is
+    itself red (crimson): the clean attack succeeds on all four (raw ASR 1.0) but only the two rows whose benign
+    prompt is not red count above the floor (0.5); the floor (0.5) is reported, and the base-only reference
+    method (no `none` among the methods) gives the base model's preservation next to the method's."""
+    from eval.attacks.summary import above_floor
+
+    assert above_floor({"a": True, "b": True, "c": False}, {"a": True, "b": False})["flagged_above_floor"] == 1
+    with open(ROOT / "configs" / "attack" / "toy_prompts.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:4]
+    for r in rows[:2]:
+        r["normal prompt"] = r["paraphrase"]  # crimson / scarlet: red at the floor
+    prompts = tmp_path / "prompts.csv"
+    with open(prompts, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "att"
+    last = _attack(["-o", str(out), "--set", f"prompts.path={prompts}", "--set", "preserve.limit=2",
+                    "--set", "methods=[{name: negprompt}]", "--set", "attacks=[clean]"], capsys)
+    assert last["asr"]["negprompt"]["clean"] == 1.0
+    assert last["floor"] == {"negprompt": 0.5, "base": 0.5}
+    assert last["asr_above_floor"]["negprompt"]["clean"] == 0.5
+    floor_rows = {r["id"]: r["flagged"] for r in _rows(out, "negprompt", "anchors")}
+    assert floor_rows == {"r0000": True, "r0001": True, "r0002": False, "r0003": False}
+    assert last["reference"] == "base" and "base" not in last["asr"]
+    assert {"nontarget_acc", "two_object_both_present", "anchor_flag_rate"} <= set(last["preservation_base"])
+    cell = json.loads((out / "cells" / "negprompt" / "clean" / "summary.json").read_text())
+    assert cell["floor"] == 0.5 and cell["flagged_above_floor"] == 2
+    report = (out / "report.md").read_text()
+    assert "1.000 ± 0.000 (n=4); 0.500 above floor" in report and "base reference" in report

@@ -175,10 +175,7 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, pl
 def _generate(plan: AttackPlan, classifier, log) -> None:
     import torch
 
-    import numpy as np
-
-    from eval.generate import generate_video, load_eval_pipeline, pick_device, to_uint8
-    from eval.quality import video_quality
+    from eval.generate import load_eval_pipeline, pick_device
     from eval.methods import build_method
     from eval.workers import _quiet_libraries
     from unlearn.models.families import family_of_model_dir, spec_class
@@ -206,39 +203,49 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
                 for row in cell.todo:
                     a = attacked[row.id]
                     t_row = time.perf_counter()
-                    # [R, L, D]: one embedding per restart; the row counts as attacked when ANY restart succeeds
-                    # (the worst case for the defence), so each is generated with the row's seed
-                    variants = [None] if a.embeds is None else list(a.embeds) if a.embeds.dim() == 3 else [a.embeds]
-                    recs, quals = [], []
-                    for e in variants:
-                        embeds = e[None].to(ctx.device, ctx.dtype) if e is not None else None
-                        frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
-                        # a black, flat or non-finite video is never flagged: it would count as a failed attack
-                        quality = video_quality(frames, checks)
-                        recs.append(classifier.classify(to_uint8(np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0))
-                                                        if quality["nonfinite_values"] else frames,
-                                                        {"prompt": row.prompt, "seed": row.seed}))
-                        quals.append(quality)
-                        if plan.flag not in recs[-1]:
-                            raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
-                                              f"classifier's records (fields: {sorted(recs[-1])})")
-                    flags = [bool(r[plan.flag]) for r in recs]
-                    pick = flags.index(True) if any(flags) else 0  # the record shown: the first success
-                    bad = [q for q in quals if q["degenerate"]]
+                    result = attack_row(pipe, ctx, method, classifier, a, row, gen, checks, plan.flag)
+                    if plan.flag not in result["record"]:
+                        raise ConfigError(f"detector.flag: {plan.flag!r} is not a field of the {ecfg.classifier.name} "
+                                          f"classifier's records (fields: {sorted(result['record'])})")
                     atomic_write_json(cell.dir / "rows" / f"{row.id}.json", {
                         "id": row.id, "fingerprint": cell.fingerprints[row.id], "prompt": row.prompt,
                         "benign": row.benign, "seed": row.seed, "attacked_text": a.text,
-                        "attacked_embeds": a.embeds is not None, "flagged": any(flags), "attack_info": a.info,
-                        **({"restart_flags": flags, "restart_shown": pick} if len(flags) > 1 else {}),
-                        "method_info": method.row_info(), "record": recs[pick],
-                        # a failed row with a degenerate restart may hide a success: flagged, not trusted
-                        "degenerate": bool(bad) and not any(flags), "degenerate_reasons": bad[0]["reasons"] if bad else [],
-                        **tokens.get(row.id, {}),
+                        "attacked_embeds": a.embeds is not None, "attack_info": a.info, **result,
+                        "method_info": method.row_info(), **tokens.get(row.id, {}),
                         "gen_seconds": round(time.perf_counter() - t_row, 4)})
                 print(f"  {key:>10} x {cell.name:<16} {len(cell.todo)} videos in {time.perf_counter() - t_cell:.1f} s",
                       file=log, flush=True)
         finally:
             method.detach()
+
+
+def attack_row(pipe, ctx, method, classifier, a: Attacked, row, gen, checks, flag: str) -> dict:
+    """Generate and score one attacked row: `flagged`, the `record` shown, `degenerate` (+ reasons), and for an
+    embedding [R, L, D] of R restarts `restart_flags` / `restart_shown`. Each restart is generated with the row's
+    seed and the row counts as attacked when ANY restart's video is flagged (the worst case for the defence); the
+    record shown is the first success (restart 0 when none)."""
+    import numpy as np
+
+    from eval.generate import generate_video, to_uint8
+    from eval.quality import video_quality
+
+    variants = [None] if a.embeds is None else list(a.embeds) if a.embeds.dim() == 3 else [a.embeds]
+    recs, quals = [], []
+    for e in variants:
+        embeds = e[None].to(ctx.device, ctx.dtype) if e is not None else None
+        frames = generate_video(pipe, a.text, row.seed, gen, text=method.text_kwargs(a.text, embeds))
+        # a black, flat or non-finite video is never flagged: it would count as a failed attack
+        quality = video_quality(frames, checks)
+        recs.append(classifier.classify(to_uint8(np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0))
+                                        if quality["nonfinite_values"] else frames, {"prompt": row.prompt, "seed": row.seed}))
+        quals.append(quality)
+    flags = [bool(r.get(flag)) for r in recs]
+    pick = flags.index(True) if any(flags) else 0
+    bad = [q for q in quals if q["degenerate"]]
+    return {"flagged": any(flags), **({"restart_flags": flags, "restart_shown": pick} if len(flags) > 1 else {}),
+            "record": recs[pick],
+            # a failed row with a degenerate restart may hide a success: counted as degenerate, not trusted
+            "degenerate": bool(bad) and not any(flags), "degenerate_reasons": bad[0]["reasons"] if bad else []}
 
 
 def _text_tokens(plan: AttackPlan, attacked: list[Attacked], tokenizer) -> dict[str, dict]:
