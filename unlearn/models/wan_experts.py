@@ -40,6 +40,9 @@ class WanExperts(nn.Module):
             raise ValueError("the two Wan experts must have the same number of blocks")
         self.high, self.low = high, low
         self.boundary = float(boundary_timestep)
+        # Set by unlearn.sharding.shard_backbone: with the experts' weights sharded over the ranks, every
+        # forward (no_grad ones too) runs both experts, so every rank issues the same all-gathers.
+        self.collective = False
 
     @property
     def config(self):  # geometry questions (patch size, channels, hidden size) have one answer for both
@@ -67,28 +70,29 @@ class WanExperts(nn.Module):
         """The expert of each row (t >= boundary: high); the output in the input's row order."""
         t = timestep if timestep.dim() == 1 else timestep[:, 0]
         high = t.float() >= self.boundary
-        parts, order = [], []
+        parts, order, idle_zero = [], [], None
         for expert, use in ((self.high, high), (self.low, ~high)):
             rows = use.nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            with routed_rows(rows):
-                out = expert(hidden_states=hidden_states[rows], timestep=timestep[rows],
-                             encoder_hidden_states=encoder_hidden_states[rows], return_dict=False, **kwargs)[0]
-            parts.append(out)
-            order.append(rows)
+            if rows.numel():
+                with routed_rows(rows):
+                    out = expert(hidden_states=hidden_states[rows], timestep=timestep[rows],
+                                 encoder_hidden_states=encoder_hidden_states[rows], return_dict=False, **kwargs)[0]
+                parts.append(out)
+                order.append(rows)
+            elif torch.is_grad_enabled() or self.collective:
+                # Every eraser must take part in every training step: DeepSpeed ZeRO (like DDP) reduces the
+                # gradients of the parameters that got one, and ranks whose batches used different experts
+                # would issue different collectives and hang. The idle expert runs, in its own place (high,
+                # then low, on every rank: with sharded weights the all-gathers must come in one order), on
+                # one row whose result counts 0 (zero gradients for its erasers); its row index matches no
+                # caller row, so it records nothing. Cost: one extra row's forward + backward in such steps.
+                with routed_rows(torch.tensor([IDLE_ROW], device=t.device)):
+                    out = expert(hidden_states=hidden_states[:1], timestep=timestep[:1],
+                                 encoder_hidden_states=encoder_hidden_states[:1], return_dict=False, **kwargs)[0]
+                idle_zero = 0.0 * out.sum()
         sample = parts[0] if len(parts) == 1 else torch.cat(parts)[torch.argsort(torch.cat(order))]
-        if len(parts) == 1 and torch.is_grad_enabled():
-            # Every eraser must take part in every training step: DeepSpeed ZeRO (like DDP) reduces the
-            # gradients of the parameters that got one, and ranks whose batches used different experts
-            # would issue different collectives and hang. The idle expert runs on one row whose result
-            # counts 0 (zero gradients for its erasers); its row index matches no caller row, so it
-            # records nothing. Cost: one extra row's forward + backward in such steps.
-            idle = self.low if bool(high.all()) else self.high
-            with routed_rows(torch.tensor([IDLE_ROW], device=t.device)):
-                out = idle(hidden_states=hidden_states[:1], timestep=timestep[:1],
-                           encoder_hidden_states=encoder_hidden_states[:1], return_dict=False, **kwargs)[0]
-            sample = sample + 0.0 * out.sum()
+        if idle_zero is not None:
+            sample = sample + idle_zero
         return (sample,)
 
 
