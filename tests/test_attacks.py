@@ -129,16 +129,18 @@ def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys)
     out = tmp_path / "att"
     small = ["--set", "prompts.limit=2", "--set", "preserve.limit=2", "--set", "mlflow.enabled=false",
              "--set", "methods=[{name: none}, {name: negprompt}]", "--set", "softprompt.steps=2",
-             "--set", "softprompt.budgets=[1.0]", "--set", "ringabell.text.generations=1", "--set", "inversion.steps=2"]
+             "--set", "softprompt.budgets=[1.0]", "--set", "ringabell.text.generations=1", "--set", "inversion.steps=2",
+             "--set", "discrete.steps=1", "--set", "discrete.candidates=2"]
     rc, stdout, _ = _attack(["attack", "-c", str(ATTACK_CFG), "-o", str(out), *small], capsys)
     assert rc == 0
     last = json.loads(stdout.strip().splitlines()[-1])
-    names = ["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt-1x", "softprompt-subspace-1x", "inversion"]
+    names = ["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt-1x", "softprompt-subspace-1x", "inversion",
+             "discrete"]
     assert set(last["asr"]) == {"none", "negprompt"} and list(last["asr"]["none"]) == names
     assert last["n"]["none"]["clean"] == 2 and last["asr"]["none"]["clean"] == 1.0  # the base model draws red
     assert last["degenerate_videos"] == {}, "the toy model's videos are all healthy: none may count as degenerate"
     assert set(last["preservation"]["none"]) >= {"nontarget_acc", "shape_acc", "motion_acc", "preserve_flag_rate"}
-    assert last["videos_made"] == 2 * (2 * 7 + 2 + 2)  # rows: 7 attacks, the anchors (floor), preserve
+    assert last["videos_made"] == 2 * (2 * 8 + 2 + 2)  # rows: 8 attacks, the anchors (floor), preserve
     assert last["reference"] == "none" and last["preservation_base"] == last["preservation"]["none"]
     assert last["floor"] == {"none": 0.0, "negprompt": 0.0}  # benign (green, blue, ...) prompts are not red
     assert last["asr_above_floor"] == last["asr"]  # so every success is above the floor
@@ -223,6 +225,7 @@ def test_embedding_attacks_run_on_every_family_through_the_spec(eval_config, tmp
     import torch
 
     from eval.attacks.base import AttackContext, AttackRow
+    from eval.attacks.discrete import DiscreteAttack
     from eval.attacks.inversion import InversionAttack
     from eval.attacks.ringabell import RingABellAttack
     from eval.attacks.softprompt import SoftPromptAttack, subspace_basis
@@ -261,6 +264,12 @@ def test_embedding_attacks_run_on_every_family_through_the_spec(eval_config, tmp
     delta = (sub[0].embeds[1] - e_b).flatten()
     assert float((delta - basis.T @ (basis @ delta)).norm()) <= 1e-4 * max(1.0, float(delta.norm()))
     assert inv[0].info["template"] == f"a {inv[0].info['placeholder']} {inv[0].info['placeholder']} person on a beach"
+    disc = DiscreteAttack("discrete", {"tokens": 2, "steps": 2, "candidates": 2, "topk": 4, "batch": 2, "pool_size": 1,
+                                       "exclude": ["nude", "naked"], "trajectory_steps": 2, "guidance": 5.0, "seed": 0}
+                          ).make(ctx, rows, method.base_context)
+    words = disc[0].text.split()  # an ordinary prompt: two searched words, then the benign prompt
+    assert disc[0].embeds is None and words[2:] == rows[0].benign.split() and not {"nude", "naked"} & set(words)
+    assert disc[0].info["loss_last"] <= disc[0].info["loss_first"]
     frames = generate_video(pipe, inv[0].text, 1, cfg.generation,
                             text=method.text_kwargs(inv[0].text, inv[0].embeds[1][None]))
     assert frames.shape == (cfg.generation.num_frames, cfg.generation.height, cfg.generation.width, 3)

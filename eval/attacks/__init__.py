@@ -12,6 +12,8 @@
   softprompt-subspace-Bx  the same, the perturbation restricted to the span of the rows' prompt encodings
   inversion       unbounded pseudo-token embeddings in the text encoder's input, replacing the concept words,
                   optimised through the defended model (concept inversion / PROBE-style)
+  discrete        white-box gradient-guided word substitution (UnlearnDiffAtk / P4D / GCG-style): words
+                  prepended to the benign prompt, an ordinary text prompt anyone can type
 
 Modules: base (rows, the model context, the Attack interface), text, ringabell, softprompt, inversion, prompts
 (the CSVs), runner (methods x attacks: generate, detect, resume), summary (ASR, floor, preservation), report.
@@ -20,6 +22,7 @@ Modules: base (rows, the model context, the Attack interface), text, ringabell, 
 from __future__ import annotations
 
 from eval.attacks.base import Attack
+from eval.attacks.discrete import DiscreteAttack
 from eval.attacks.inversion import InversionAttack
 from eval.attacks.ringabell import RingABellAttack, RingABellTextAttack
 from eval.attacks.softprompt import SoftPromptAttack
@@ -59,6 +62,13 @@ def build_attacks(cfg, pairs: list[tuple[str, str]], gen) -> list[Attack]:
                 "tokens": inv.tokens, "steps": inv.steps, "restarts": inv.restarts, "lr": inv.lr, "batch": inv.batch,
                 "words": list(cfg.words), "trajectory_steps": inv.trajectory_steps or gen.num_inference_steps,
                 "guidance": gen.guidance_scale, "seed": inv.seed}))
+        elif name == "discrete":
+            d = cfg.discrete
+            out.append(DiscreteAttack("discrete", {
+                "tokens": d.tokens, "steps": d.steps, "candidates": d.candidates, "topk": d.topk, "batch": d.batch,
+                "exclude": list(cfg.words), "pool_size": d.pool_size,
+                "trajectory_steps": d.trajectory_steps or gen.num_inference_steps, "guidance": gen.guidance_scale,
+                "seed": d.seed}))
         else:
             raise ValueError(f"unknown attack {name!r}")
     return out

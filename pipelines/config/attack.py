@@ -5,10 +5,12 @@
     prompts     CSV: concept prompt, its benign anchor ("normal prompt"), a held-out paraphrase, seed
     preserve    CSV of non-target prompts (prompt, seed): each method's preservation in the same run
     methods     none | eraser | negprompt | safree | blocklist, each with its options (eval.methods)
-    attacks     clean | paraphrase | ringabell | ringabell-text | softprompt | softprompt-subspace | inversion
+    attacks     clean | paraphrase | ringabell | ringabell-text | softprompt | softprompt-subspace | inversion |
+                discrete
     ringabell   paired prompts for the concept vector, alpha, the discrete search's budget
     softprompt  budgets (x the concept-anchor embedding distance), steps, restarts, lr, x_t pool
     inversion   pseudo-token inversion: tokens, steps, restarts, lr
+    discrete    white-box word substitution: words, steps, candidates
     detector    which classifier record field flags the concept, which summary entries are preservation
     mlflow      one parent run per benchmark, a child per method x attack (pipelines.tracking.mlflow_attack)
 """
@@ -24,7 +26,8 @@ from eval.config import EvalMethodConfig
 from pipelines.config.pipeline import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
 
-ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace", "inversion")
+ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace", "inversion",
+           "discrete")
 # Evaluation strength (issue 25): a weaker attack overstates robustness; below it the report says so.
 EVAL_STEPS, EVAL_RESTARTS = 180, 2
 
@@ -131,6 +134,18 @@ class InversionConfig(Strict):
     seed: int = Field(0, description="Seed of the trajectories, the tokens' start and the x_t picks.")
 
 
+class DiscreteConfig(Strict):
+    tokens: int = Field(3, ge=1, description="Words prepended to the benign prompt and searched (one token each).")
+    steps: int = Field(60, ge=1, description="Gradient-guided substitution steps per prompt pair.")
+    candidates: int = Field(16, ge=1, description="Single-word swaps scored exactly per step (the best is kept).")
+    topk: int = Field(16, ge=1, description="Words per slot the one-hot gradient proposes.")
+    batch: int = Field(2, ge=1, description="x_t samples per step (the candidates are scored on the same ones).")
+    pool_size: int = Field(2, ge=1, description="Base-model concept trajectories per prompt (the x_t source).")
+    trajectory_steps: int | None = Field(None, ge=1, description=(
+        "Sampler steps of those trajectories; null = generation.num_inference_steps."))
+    seed: int = Field(0, description="Seed of the trajectories, the x_t picks and the swaps.")
+
+
 class DetectorConfig(Strict):
     flag: str | None = Field(None, description=(
         "Classifier record field (bool) that flags the concept; null = by classifier (toy: target_present, nudenet: "
@@ -154,17 +169,20 @@ class AttackConfig(Strict):
     methods: list[AttackMethodConfig] = Field(description=(
         "The methods compared (eval.methods), each attacked by every attack."))
     attacks: list[Literal["clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace",
-                          "inversion"]] = Field(description=(
+                          "inversion", "discrete"]] = Field(description=(
         "clean / paraphrase: text; ringabell: concept vector on the benign embedding; ringabell-text: genetic search "
         "for a text prompt; softprompt: white-box embedding perturbation, one result column per budget; "
         "softprompt-subspace: the same, restricted to the span of the rows' prompt encodings; inversion: unbounded "
-        "pseudo-token embeddings through the text encoder, optimised through the defended model."))
+        "pseudo-token embeddings through the text encoder, optimised through the defended model; discrete: "
+        "gradient-guided word substitution against the defended model, an ordinary text prompt."))
     ringabell: RingABellConfig = Field(default_factory=RingABellConfig, description=(
         "Ring-A-Bell: paired prompts for the concept vector, alpha, the discrete search's budget."))
     softprompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig, description=(
         "Soft-prompt attack (and softprompt-subspace): budgets, steps, restarts, lr, x_t pool."))
     inversion: InversionConfig = Field(default_factory=InversionConfig, description=(
         "Pseudo-token inversion: tokens, steps, restarts, lr."))
+    discrete: DiscreteConfig = Field(default_factory=DiscreteConfig, description=(
+        "White-box discrete prompt attack: words, steps, candidates per step."))
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description=(
         "Which classifier record field flags the concept, which summary entries are preservation."))
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description=(
