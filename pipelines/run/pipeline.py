@@ -84,9 +84,12 @@ def select_best(result, rule, rank=None) -> object:
     return min(eligible, key=lambda t: (sign * t.metrics.get(metric, sign * math.inf), *ties(t.metrics)))
 
 
-def final_eval_config(cfg, config_dir: Path):
-    """The full eval: the `eval` section if present, else the search objective's eval config."""
-    from pipelines.search.objective import load_eval_spec
+def best_trial_eval_config(cfg, config_dir: Path, out: Path):
+    """The eval of `t2vu run`'s last stage, which judges the selected best trial on the full set: the `eval`
+    section if present, else the search objective's eval config (a trial's own eval has the opposite
+    precedence: `pipelines.search.objective.resolve_eval_config`), then `run.eval_overrides` and
+    `run.toy_prompts` (whose prompt CSVs are written into <out>/eval_prompts)."""
+    from pipelines.search.objective import load_eval_spec, toy_prompt_overrides
 
     spec = cfg.search.objective.eval if cfg.search else None
     if cfg.eval is not None:
@@ -95,7 +98,14 @@ def final_eval_config(cfg, config_dir: Path):
         ecfg = load_eval_spec(spec, config_dir, "search.objective.eval")
     else:
         raise ConfigError("t2vu run needs an `eval` section or search.objective.eval for the final evaluation")
-    return ecfg.with_overrides({"model.path": cfg.model.path}, "final eval")
+    ecfg = ecfg.with_overrides({"model.path": cfg.model.path}, "final eval")
+    run_cfg = cfg.run
+    if run_cfg is None:
+        return ecfg
+    sets: dict = dict(run_cfg.eval_overrides)
+    if run_cfg.toy_prompts is not None:
+        sets.update(toy_prompt_overrides(run_cfg.toy_prompts, ecfg, out / "eval_prompts"))
+    return ecfg.with_overrides(sets, "run.eval_overrides / run.toy_prompts") if sets else ecfg
 
 
 def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None = None, verbose: bool = False,
@@ -109,45 +119,46 @@ def run_pipeline(cfg, output_dir: str | Path, *, config_path: str | Path | None 
         return _run_pipeline(cfg, out, config_path=config_path, verbose=verbose, quiet=quiet)
 
 
-def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: bool) -> dict:
-    from pipelines.tracking import mlflow_utils as mu
-    from pipelines.search.results import collect_result
-    from pipelines.search.tune import run_search
-    from unlearn.session import prepare_embeddings
-
+def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) -> dict:
+    """The stages in order; each one whose outputs are complete is skipped (see the module docstring)."""
     if cfg.search is None:
         raise ConfigError("t2vu run needs a `search` section (see configs/toy.yaml)")
-    out = output_dir
     out.mkdir(parents=True, exist_ok=True)
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     con = Console(quiet)
     # One record of the config per run folder: the search stage's (it refuses another config
     # too); checked here first because a finished run returns before the search stage.
-    search_dir = out / "search"
-    pin_config(search_dir / "search_config.yaml", cfg.to_dict(), out)
+    pin_config(out / "search" / "search_config.yaml", cfg.to_dict(), out)
     state = _load_state(out)
-    summary_path = out / "summary.json"
-    if state.get("done") and summary_path.exists():
+    if state.get("done") and (out / "summary.json").exists():
         con.say(f"pipeline already complete in {out}; nothing to do")
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads((out / "summary.json").read_text())
         print_summary(summary, quiet, earlier=True)
         return summary  # noqa: RET504
-    run_cfg = cfg.run
-    ecfg = final_eval_config(cfg, config_dir)  # validate before anything runs
-    if run_cfg is not None:
-        sets: dict = dict(run_cfg.eval_overrides)
-        if run_cfg.toy_prompts is not None:
-            from pipelines.search.objective import toy_prompt_overrides
+    ecfg = best_trial_eval_config(cfg, config_dir, out)  # validate before anything runs
+    _embeddings_stage(cfg, config_dir, con)
+    result = _search_stage(cfg, out, state, con, config_path=config_path, verbose=verbose)
+    best = _select_stage(cfg, result, con)
+    ev, eval_run_id = _final_eval_stage(cfg, ecfg, out, best, result, con, quiet)
+    summary = _summary(out, best, result, ev, eval_run_id, con)
+    _finish(out, summary, ev, result, state, quiet)
+    return summary
 
-            sets.update(toy_prompt_overrides(run_cfg.toy_prompts, ecfg, out / "eval_prompts"))
-        if sets:
-            ecfg = ecfg.with_overrides(sets, "run.eval_overrides / run.toy_prompts")
+
+def _embeddings_stage(cfg, config_dir: Path, con: Console) -> None:
+    from unlearn.session import prepare_embeddings
 
     con.stage(1, 4, "text embeddings")
     t = time.time()
     cache = prepare_embeddings(cfg.method(), config_dir)
     con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
 
+
+def _search_stage(cfg, out: Path, state: dict, con: Console, *, config_path, verbose: bool):
+    from pipelines.search.results import collect_result
+    from pipelines.search.tune import run_search
+
+    search_dir = out / "search"
     # the trials, algorithm and objective: the search's own first line (run_search) says them
     con.stage(2, 4, "search", f"{cfg.distributed.num_workers} workers per trial")
     if state.get("search_done") and (search_dir / "search_result.json").exists():
@@ -159,10 +170,19 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         _save_state(out, state)
     n_ok = sum(t.status == "completed" for t in result.trials)
     con.say(f"{n_ok}/{len(result.trials)} trials completed")  # the report: run_search's last line, the summary
+    return result
 
+
+def _select_stage(cfg, result, con: Console):
     con.stage(3, 4, "select")
-    best = select_best(result, run_cfg.select if run_cfg else None, cfg.search.objective.scalarize.ranking_key)
+    best = select_best(result, cfg.run.select if cfg.run else None, cfg.search.objective.scalarize.ranking_key)
     con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={display(v)}" for k, v in best.params.items()))
+    return best
+
+
+def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: Console, quiet: bool) -> tuple[dict, str | None]:
+    """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval")."""
+    from pipelines.tracking import mlflow_utils as mu
 
     con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
     eval_run_id = None
@@ -172,7 +192,7 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
                                              params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                                              tags={"t2vu.role": "final-eval"})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
-    limit = run_cfg.limit if run_cfg else None
+    limit = cfg.run.eval_limit if cfg.run else None
     try:
         ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
     except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED
@@ -181,8 +201,11 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         raise
     if eval_run_id:
         mu.finish(c, eval_run_id, "FINISHED")
+    return ev, eval_run_id
 
-    summary = {
+
+def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: Console) -> dict:
+    return {
         "output": str(out),
         "best_trial": best.trial_id,
         "best_params": best.params,
@@ -190,12 +213,19 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
         "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
         "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")
                        or k in ("eraser_energy_ok", "eraser_energy_warning")},
-        "search_report": str(search_dir / "report.md"),
+        "search_report": str(out / "search" / "report.md"),
         "eval_dir": str(out / "eval"),
         "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,
                    "parent_run_id": result.parent_run_id, "final_eval_run_id": eval_run_id},
         "wall_s": round(time.time() - con.t0, 1),
     }
+
+
+def _finish(out: Path, summary: dict, ev: dict, result, state: dict, quiet: bool) -> None:
+    """report.md and summary.json (also to the search's MLflow parent run), then the run is marked done."""
+    from pipelines.tracking import mlflow_utils as mu
+
+    summary_path = out / "summary.json"
     write_pipeline_report(out, summary, ev, result)
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
     if result.tracking_uri and result.parent_run_id:
@@ -205,7 +235,6 @@ def _run_pipeline(cfg, output_dir: Path, *, config_path, verbose: bool, quiet: b
     state["done"] = True
     _save_state(out, state)
     print_summary(summary, quiet)
-    return summary
 
 
 def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
@@ -283,10 +312,11 @@ def mlflow_ui_command(uri: str) -> str:
 
 
 def mlflow_ui_url(exp_id, base: str = "http://127.0.0.1:5000") -> str:
-    """The experiment's runs table. `workflowType=machine_learning`: MLflow 3.17's UI otherwise opens
-    in its GenAI mode (traces overview) whatever the experiment's kind tag says (checked with
+    """The experiment's runs table in the search's saved view (pipelines.tracking.mlflow_ui; checked with
     benchmarks/mlflow_ui_screenshot.sh)."""
-    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    from pipelines.tracking.mlflow_ui import runs_view_url
+
+    return runs_view_url(exp_id, base)
 
 
 def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = False) -> None:

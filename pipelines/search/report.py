@@ -113,6 +113,7 @@ def _run_lines(result, cfg, out: Path, uri, exp_id, mlflow_meta: dict) -> list[s
     """The report's opening list: run folder, command, algorithm, objectives, trials, time, versions, cluster,
     MLflow; then the first errors."""
     from pipelines.tracking import mlflow_utils as mu
+    from pipelines.tracking.mlflow_ui import runs_view_url
 
     s = cfg.search
     score = s.objective.scalarize.name
@@ -140,7 +141,7 @@ def _run_lines(result, cfg, out: Path, uri, exp_id, mlflow_meta: dict) -> list[s
     if uri:
         lines.append(f"- MLflow: `{uri}`, experiment {exp_id}, parent run `{result.parent_run_id or mlflow_meta.get('parent_run_id')}`"
                      + (f" (open with `mlflow ui --backend-store-uri {uri}`, then "
-                        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning)"
+                        f"{runs_view_url(exp_id)})"
                         if uri.startswith("sqlite:") else ""))
     errors = result.extras.get("errors") or [f"{t.trial_id}: {t.error}" for t in result.trials if t.error]
     if errors:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from pipelines.config.pipeline import PipelineConfig
 from eval.metrics import is_number
+from pipelines.search.objective import ObjectivePayload, TrialTracking
 from pipelines.search.results import TRIALS_DIR
 from pipelines.search.space import plain_params
+from pipelines.tracking.mlflow_ui import trial_run_name
 from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -34,7 +37,18 @@ def progress(msg: str) -> None:
     print(msg, file=progress_stream(), flush=True)
 
 
-def trial_main(config: dict, ctx: dict) -> None:
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search gets from the search driver (pickled by Ray: `tune.with_parameters`)."""
+    base: PipelineConfig  # the search's config; a trial applies its sample to it
+    output_dir: str  # the search folder (trials under <output_dir>/trials/<id>/)
+    config_dir: str  # relative paths of the config resolve here
+    train_storage: str  # the trials' Ray Train storage
+    objective: ObjectivePayload  # how a trial is judged
+    mlflow: dict | None  # the search's MLflow ids (tracking_uri, experiment_id, parent_run_id), as in mlflow.json
+
+
+def trial_main(config: dict, ctx: TrialContext) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -46,11 +60,11 @@ def trial_main(config: dict, ctx: dict) -> None:
     from unlearn.session import prepare_embeddings
 
     trial_id = ray.tune.get_context().get_trial_id()
-    base = PipelineConfig.model_validate(ctx["base"])
+    base = ctx.base
     cfg = apply_sample(base, config, trial_id)  # re-validated before anything loads
     params = plain_params({k: config[k] for k in base.search.space if k in config})
-    trial_dir = Path(ctx["output_dir"]) / TRIALS_DIR / trial_id
-    ml = ctx.get("mlflow")
+    trial_dir = Path(ctx.output_dir) / TRIALS_DIR / trial_id
+    ml = ctx.mlflow
     done = finished_trial(trial_dir, params)
     if done is not None:
         # Finished before the driver died but after Tune last saved its experiment state:
@@ -69,7 +83,7 @@ def trial_main(config: dict, ctx: dict) -> None:
     standalone.pop("search", None)
     atomic_write_text(trial_dir / "config.yaml", yaml.safe_dump(standalone, sort_keys=False))
 
-    prepare_embeddings(cfg.method(), ctx["config_dir"])  # on the trial driver, never in the workers
+    prepare_embeddings(cfg.method(), ctx.config_dir)  # on the trial driver, never in the workers
 
     run_id = None
     if ml:
@@ -77,12 +91,13 @@ def trial_main(config: dict, ctx: dict) -> None:
         run_id = mu.get_or_create_child(
             c, ml["experiment_id"], ml["parent_run_id"], trial_id, params=mu.method_params(cfg),
             tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir),
-                  "t2vu.fidelity": fidelity_label(cfg, ctx["objective"])},  # search.screening: small, then full
+                  "t2vu.fidelity": fidelity_label(cfg, ctx.objective)},  # search.screening: small, then full
+            run_name=trial_run_name(params, trial_id),
         )
         atomic_write_text(trial_dir / "mlflow_run_id.txt", run_id + "\n")
         mu.log_file(c, run_id, trial_dir / "config.yaml")
-    mlflow_spec = {"tracking_uri": ml["tracking_uri"], "run_id": run_id} if run_id else None
-    objective = {**ctx["objective"], "out_dir": str(trial_dir), "mlflow": mlflow_spec}
+    objective = ctx.objective.for_trial(trial_dir, TrialTracking(ml["tracking_uri"], run_id) if run_id else None)
+    objective = replace(objective, eval_config=with_grid(objective.eval_config))
 
     def fail(message: str) -> None:
         if run_id:
@@ -91,8 +106,8 @@ def trial_main(config: dict, ctx: dict) -> None:
                 mu.finish(c, run_id, "FAILED")
 
     trainer = make_trainer(
-        cfg, name=trial_id, storage_path=ctx["train_storage"], config_dir=ctx["config_dir"],
-        callbacks=[TuneReportCallback()], objective=objective, mlflow_run=mlflow_spec,
+        cfg, name=trial_id, storage_path=ctx.train_storage, config_dir=ctx.config_dir,
+        callbacks=[TuneReportCallback()], objective=objective,
     )
     try:
         result = trainer.fit()
@@ -119,7 +134,18 @@ def trial_main(config: dict, ctx: dict) -> None:
         mu.finish(c, run_id, "FINISHED")
 
 
-def _final_eval(objective: dict, trial_dir: Path, step: int) -> dict:
+TRIAL_GRID_ROWS = 4  # rows per prompt set in a trial's grid.gif when its eval config draws none
+
+
+def with_grid(ecfg):
+    """The trial's final eval config with GIF previews and a base-vs-erased grid (grid.gif, logged to the
+    trial's MLflow run by the eval stage): every trial can be looked at, not only scored. Proxy evals turn
+    them off again (pipelines.search.objective.PROXY_EVAL_OVERRIDES)."""
+    return ecfg.with_overrides({"output.save_gifs": True, "output.grid_rows": ecfg.output.grid_rows or TRIAL_GRID_ROWS},
+                               "trial grid")
+
+
+def _final_eval(objective: ObjectivePayload, trial_dir: Path, step: int) -> dict:
     """The trial's final evaluation, after fit() returned (the worker group's GPUs are free again)."""
     from pipelines.search.objective import evaluate_or_report
 

@@ -43,7 +43,7 @@ from pipelines.runtime.run_folder import remove_owned
 from pipelines.search.baselines import check_baselines, run_baselines
 from eval.metrics import is_number
 from pipelines.search.results import SearchResult, collect_result, search_result_json
-from pipelines.search.trial import make_bookkeeping_callback, progress, trial_main
+from pipelines.search.trial import TrialContext, make_bookkeeping_callback, progress, trial_main
 from unlearn.config import ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -170,17 +170,14 @@ def run_search(
         parent_id, created = mu.get_or_create_parent(c, exp_id, s.name, out, tags={"t2vu.git_sha": mu.git_sha()})
         if created:
             _log_parent_start(c, parent_id, cfg, out, config_path)
+        from pipelines.tracking import mlflow_ui  # the runs table's columns: searched params and objectives
+
+        mlflow_ui.set_runs_view(c, exp_id, mlflow_ui.runs_view_state(s.metric_names(), list(s.space), s.objective.scalarize.name))
         ml = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
         atomic_write_text(out / "mlflow.json", json.dumps(ml, indent=2))
 
-    ctx = {
-        "base": cfg.to_dict(),
-        "output_dir": str(out),
-        "config_dir": str(config_dir),
-        "train_storage": str(out / "ray" / f"{s.name}-train"),
-        "objective": objective,
-        "mlflow": ml,
-    }
+    ctx = TrialContext(base=cfg, output_dir=str(out), config_dir=str(config_dir),
+                       train_storage=str(out / "ray" / f"{s.name}-train"), objective=objective, mlflow=ml)
     trainable = tune.with_resources(tune.with_parameters(trial_main, ctx=ctx),
                                     tune.PlacementGroupFactory([dict(s.resources_per_trial)]))
     param_space = to_tune(s.space)
@@ -268,7 +265,10 @@ def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
             metrics.update({f"best/{k}": v for k, v in result.best.metrics.items() if is_number(v)})
             c.set_tag(run_id, "t2vu.best_trial", result.best.trial_id)
             if result.best.mlflow_run_id:
+                from pipelines.tracking.mlflow_ui import tag_best
+
                 c.set_tag(run_id, "t2vu.best_run_id", result.best.mlflow_run_id)
+                tag_best(c, c.get_run(run_id).info.experiment_id, run_id, result.best.mlflow_run_id, result.best.trial_id)
         metrics.update({f"baseline/{k}": v for k, v in result.baseline.items()})
         metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()})
         mu.log_metrics(c, run_id, metrics)

@@ -141,7 +141,7 @@ class MlflowEvalObserver:
         if summary.get("eraser"):
             tags["eval.eraser"] = str(summary["eraser"])
         mu.log_batch(self.client, self.run_id, metrics, tags)
-        for name in ("results.csv", "eval_config.json", "grid.gif"):
+        for name in ("results.csv", "eval_config.json", "grid.gif", "report.md", "report.html"):
             p = self.output_dir / name
             if p.is_file():
                 self._log_file(p)

@@ -5,8 +5,12 @@ per-process run stack, and a search spans the Tune driver, one process per trial
 driver and the rank-0 training workers. Runs are found again by tags, so a killed
 and restored search reuses its parent run and never duplicates a child run:
 
-  parent  tags t2vu.role=search, t2vu.search=<name>, t2vu.output=<abs output dir>
-  child   tags t2vu.role=trial, t2vu.trial_id=<Tune trial id>, mlflow.parentRunId=<parent>
+  parent  tags t2vu.role=search, t2vu.search=<name>, t2vu.output=<abs output dir>, best_trial=<trial id>
+  child   tags t2vu.role=trial, t2vu.trial_id=<Tune trial id>, mlflow.parentRunId=<parent>, best_trial=true
+          (the best one only); named by its searched parameters (`trial_run_name`)
+
+What a person sees without code (the runs table's saved view, trial names, the best-trial tag):
+pipelines.tracking.mlflow_ui.
 
 Default tracking URI: `sqlite:///<output>/mlflow.db` with artifacts under
 `<output>/mlartifacts` (MLflow >= 3.13 refuses plain file stores); an `http://`
@@ -295,18 +299,20 @@ def get_or_create_parent(c, exp_id: str, name: str, output_dir: str | Path, *, t
 
 
 def get_or_create_child(c, exp_id: str, parent_id: str, trial_id: str, *, params: dict[str, str] | None = None,
-                        tags: dict[str, str] | None = None) -> str:
-    """The trial's child run: one per Tune trial id, even when the trial restarts."""
+                        tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
+    """The trial's child run: one per Tune trial id, even when the trial restarts; named `run_name`
+    (default: the trial id)."""
     found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
+    name = run_name or trial_id
     if found:
         run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
-            c.update_run(run_id, status="RUNNING")
+        if found[0].info.status != "RUNNING" or found[0].info.run_name != name:
+            c.update_run(run_id, status="RUNNING", name=name)
     else:
         all_tags = {"mlflow.parentRunId": parent_id, "t2vu.role": "trial", "t2vu.trial_id": trial_id,
-                    "mlflow.runName": trial_id}
+                    "mlflow.runName": name}
         all_tags.update(tags or {})
-        run_id = c.create_run(exp_id, tags=all_tags, run_name=trial_id).info.run_id
+        run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
     if params:
         log_params(c, run_id, params)
     return run_id
@@ -343,3 +349,4 @@ def run_link(tracking_uri: str, exp_id: str, run_id: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
     return f"run {run_id}"
+
