@@ -126,10 +126,19 @@ def plan_inputs(req: PlanRequest):
         eraser_site=getattr(spec_class(m.model.family), "eraser_site", "attn1"), expand_timesteps=arch.expand_timesteps,
         experts=arch.experts, eraser_sites=n_sites, extra_rows=1 if arch.experts > 1 else 0,
         adv_steps=m.loss.adv_steps, anchor_preserve=m.loss.w_anchor_preserve > 0,
+        fp32_ops=autocast_fp32_ops(req.device) if m.train.autocast == "bf16" else frozenset(),
+        autocast=m.train.autocast == "bf16",
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)
     return inputs, arch
+
+
+def autocast_fp32_ops(device: str) -> frozenset:
+    """The ops bf16 autocast runs in fp32 on `device`, from the installed torch's autocast kernels (imports torch)."""
+    from unlearn.models.autocast_rules import fp32_ops
+
+    return fp32_ops(device)
 
 
 def geometry_check(arch, frames: int, height: int, width: int, section: str) -> None:

@@ -25,7 +25,10 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   input (its weight needs no grad), so a block saves its GELU input (4 U), SDPA's q, k, v, out
   (4 U; flash/efficient kernels, CUDA and CPU alike, save no probabilities), the q/k LayerNorm
   inputs (2 U) and the two AdaLN-norm inputs (2 U): 12 U per block after the first erased one
-  (the first saves 5 U: nothing before its eraser needs grad). Each eraser saves an fp32 copy of
+  (the first saves 5 U: nothing before its eraser needs grad). Under CUDA autocast the norms run in
+  fp32 (torch's CUDA list, not CPU's: `PlanInputs.fp32_ops`), so the 4 norm inputs are saved as fp32
+  copies and the norms' fp32 outputs widen the attention-time and no-grad peaks (unlearn/models/
+  cogvideox_memory.py: +2.2 GB at 2B with 4+4 rows and checkpointing). Each eraser saves an fp32 copy of
   its [R2, Nv, D] input and two [R2, Nv, r] tensors; the energy record keeps [B, Nv] fp32 and
   saves an fp32 copy of the concept rows' [B, Nv, D] eraser output. With gradient checkpointing a
   block keeps only its inputs (1 U) and backward recomputes one block at a time (its 12 U and
@@ -135,6 +138,11 @@ class PlanInputs:
     extra_rows: int = 0  # A14B: when all rows go to one expert, the idle one runs a zero-weight row (forward 2 + backward)
     adv_steps: int = 0  # loss.adv_steps: inner attack passes a step (B adversarial rows join forward 2)
     anchor_preserve: bool = False  # loss.w_anchor_preserve > 0: B anchor rows join forward 2
+    # ops the training forwards' autocast runs in fp32 on the planned device, read from torch's own autocast kernels
+    # (unlearn/models/autocast_rules.py; CUDA: the norms, CPU: none); empty without autocast. The trajectory sampler and
+    # the evals run without autocast: their terms ignore it.
+    fp32_ops: frozenset = frozenset()
+    autocast: bool = False  # train.autocast bf16: the erasers' Linears save act-dtype copies of their inputs
 
 
 @dataclass
@@ -256,7 +264,7 @@ def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
     params = x.params_text_encoder + x.params_vae + (x.experts * x.params_transformer if ev.with_transformer else 0)
     parts = ("transformer" + (f"s x {x.experts}" if x.experts > 1 else "") + " + " if ev.with_transformer else "") + (
         blocks.encoders)
-    fwd = blocks.no_grad_forward(x, 2, ev.video_tokens, ev.act_bytes)  # CFG: 2 rows
+    fwd = blocks.no_grad_forward(replace(x, fp32_ops=frozenset()), 2, ev.video_tokens, ev.act_bytes)  # CFG: 2 rows
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
     # ~8 live maps at the tile size over the frames decoded at once: CogVideoX 9, Wan's causal decoder 4 per latent frame
     vae = 8.0 * x.vae_channels * blocks.vae_live_frames * th * tw * ev.act_bytes
@@ -305,7 +313,7 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size
-        fwd = blocks.no_grad_forward(x, rows, x.video_tokens, x.act_bytes)
+        fwd = blocks.no_grad_forward(replace(x, fp32_ops=frozenset()), rows, x.video_tokens, x.act_bytes)  # no autocast
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
         terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
         phases[SAMPLING] = resident + fwd + states

@@ -43,8 +43,11 @@ def energy_terms(x) -> tuple[float, float]:
 
 
 def eraser_one(x, r2: int) -> float:
-    """One eraser's saved tensors: its fp32 input [R2, Nv, D], the [R2, Nv, r] down output and GELU output."""
-    return 4.0 * r2 * x.video_tokens * x.hidden + 2 * 4.0 * r2 * x.video_tokens * x.eraser_rank + energy_terms(x)[1]
+    """One eraser's saved tensors: its input [R2, Nv, D], the [R2, Nv, r] down output and GELU output, fp32 (the
+    eraser's weights' dtype) -- or, under autocast, the act-dtype copies its Linears cast them to (CPU and CUDA alike:
+    linear is on both lower-precision lists)."""
+    e = float(x.act_bytes) if x.autocast else 4.0
+    return e * r2 * x.video_tokens * x.hidden + 2 * e * r2 * x.video_tokens * x.eraser_rank + energy_terms(x)[1]
 
 
 def grad_pass_terms(x, saved: float, note: str, ckpt_saved: float, block: float, grads: float,
