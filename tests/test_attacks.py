@@ -125,6 +125,7 @@ def _attack(argv, capsys):
     return rc, cap.out, cap.err
 
 
+@pytest.mark.slow  # every attack (8 columns, restarts) x 2 methods: ~100 s on the shared 2-core box
 def test_attack_command_reports_resumes_and_refuses_bad_config(tmp_path, capsys):
     out = tmp_path / "att"
     small = ["--set", "prompts.limit=2", "--set", "preserve.limit=2", "--set", "mlflow.enabled=false",
