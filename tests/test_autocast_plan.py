@@ -189,3 +189,48 @@ def test_the_shipped_plan_counts_fp32_norms_on_a_gpu_only():
     none = method.model_copy(update={"train": method.train.model_copy(update={"autocast": "none"})})
     x_none, _ = plan_inputs(make_request(none, pipeline, mode="train", world_size=1, gpu_memory_gb=80))
     assert x_none.fp32_ops == frozenset()
+
+
+@pytest.mark.parametrize("site", ["wan", "wan-attn1"])
+def test_wan_saved_tensors_are_the_same_under_both_lists(site):
+    """Wan's blocks run their norms on `.float()` copies themselves: under bf16 autocast, CPU's list or CUDA's, the real
+    block saves what the plan's Wan formulas count (erasers: act-dtype copies under autocast), within 1%."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from tests.test_memory_plan import _wan_inputs
+    from unlearn.eraser import EraserSet, attach
+    from unlearn.models.memory_terms import eraser_one
+    from unlearn.models.wan import WanSelfAttnSpec, WanSpec
+    from unlearn.models.wan_memory import WanBlocks
+
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                   out_channels=4, text_dim=32, freq_dim=32, ffn_dim=80, num_layers=2,
+                                   cross_attn_norm=True, rope_max_seq_len=64).to(torch.bfloat16).requires_grad_(False)
+        keep = set(tr._keep_in_fp32_modules)  # as from_pretrained(dtype=bf16) loads it
+        for name, mod in tr.named_modules():
+            if keep & set(name.split(".")):
+                mod.float()
+        spec = (WanSpec if site == "wan" else WanSelfAttnSpec)(tr, FlowMatchEulerDiscreteScheduler(shift=3.0), text_len=12)
+        erasers = EraserSet.for_spec(spec, 4)
+        handle = attach(tr, erasers)
+        params = {StorageWeakRef(p.untyped_storage()) for m in (tr, erasers) for p in [*m.parameters(), *m.buffers()]}
+        saved: dict = {}
+
+        def pack(t):
+            k = StorageWeakRef(t.untyped_storage())
+            if k not in params:
+                saved[k] = t.untyped_storage().nbytes()
+            return t
+
+        rule = CudaFp32List() if device == "cuda" else contextlib.nullcontext()
+        x, t, e = torch.randn(2, 4, 3, 8, 8), torch.rand(2) * 1000, torch.randn(2, 12, 32)
+        with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), handle.recording(0),
+              torch.autocast("cpu", dtype=torch.bfloat16), rule):
+            spec.velocity(x, t, e)
+        px = _wan_inputs(layers=2, eraser_blocks=(0, 1), act_bytes=2, eraser_site="attn1" if site == "wan-attn1" else "attn2",
+                         autocast=True, fp32_ops=fp32_ops(device))
+        predicted = (WanBlocks.saved_first(px, 2) + WanBlocks.saved_block(px, 2) + WanBlocks.saved_model(px, 2, 2)
+                     + eraser_one(px, 2) * 2)
+        assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (device, sum(saved.values()), predicted)
