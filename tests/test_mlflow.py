@@ -102,3 +102,91 @@ def test_a_live_tracking_server_passes_the_check(mlflow_server):
     mu.check_reachable(mlflow_server)
     assert mlflow_server in mu._REACHABLE  # remembered: later calls in this process cost nothing
     assert mu.client(mlflow_server).search_experiments(max_results=1) is not None  # and it really answers
+
+
+# --- what a person sees in the MLflow UI (pipelines.tracking.mlflow_ui) ------------------------------
+
+SPACE = {"loss.eta": (2.0, 4.5, 6.1), "loss.w_preserve": (0.5, 1.2, 0.3)}
+OBJECTIVES = ["nudity_rate_erased", "psnr_preserve"]
+
+
+def _search_runs(c, out: Path):
+    """A search as trials log it (real MLflow, SQLite): a parent, three named trials with final metrics
+    and 40 other params and metrics each (the columns a default table would drown in), the best tagged."""
+    from pipelines.tracking import mlflow_ui as mui
+
+    exp = mu.get_or_create_experiment(c, "t2vu/ui", out)
+    parent, _ = mu.get_or_create_parent(c, exp, "ui", out)
+    mui.set_runs_view(c, exp, mui.runs_view_state(OBJECTIVES, list(SPACE), "score"))
+    runs = []
+    for i, (eta, wp) in enumerate(zip(*SPACE.values())):
+        params, trial = {"loss.eta": eta, "loss.w_preserve": wp}, f"abc12_0000{i}"
+        rid = mu.get_or_create_child(c, exp, parent, trial, run_name=mui.trial_run_name(params, trial),
+                                     params={**{k: str(v) for k, v in params.items()}, **{f"x.p{j}": "1" for j in range(40)}})
+        mu.log_metrics(c, rid, {"final/nudity_rate_erased": i / 2, "final/psnr_preserve": 20.0 + i,
+                                "final/score": [0.3, -0.25, 0.7][i], **{f"other/m{j}": j for j in range(40)}})
+        mu.finish(c, rid)
+        runs.append(rid)
+    mu.finish(c, parent)
+    return exp, parent, runs
+
+
+@pytest.mark.slow  # a fresh SQLite store and ~20 MLflow calls: 30+ s on a loaded 2-core machine
+def test_trials_are_named_by_their_parameters_the_view_has_their_columns_and_the_best_is_tagged(tmp_path):
+    import json
+
+    from pipelines.tracking import mlflow_ui as mui
+
+    c = mu.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp, parent, runs = _search_runs(c, tmp_path)
+    assert [c.get_run(r).info.run_name for r in runs] == ["eta=2 w_preserve=0.5 · 00000", "eta=4.5 w_preserve=1.2 · 00001",
+                                                          "eta=6.1 w_preserve=0.3 · 00002"]
+    long = mui.trial_run_name({f"a{i}.loss_weight_{i}": 0.123456 for i in range(20)}, "abc12_00007")
+    assert len(long) == mui.MAX_RUN_NAME and long.endswith("… · 00007")
+    envelope = json.loads(c.get_experiment(exp).tags[mui.VIEW_TAG_PREFIX + mui.RUNS_VIEW_KEY])
+    state = json.loads(envelope["state"])  # the envelope MLflow's UI reads (name, createdAt, updatedAt, state)
+    assert envelope["name"].startswith("t2vu") and isinstance(envelope["createdAt"], int)
+    assert state["selectedColumns"] == ["params.`loss.eta`", "params.`loss.w_preserve`", "metrics.`final/nudity_rate_erased`",
+                                        "metrics.`final/psnr_preserve`", "metrics.`final/score`", "tags.`best_trial`"]
+    assert state["orderByKey"] == "metrics.`final/score`" and state["orderByAsc"] is True
+    assert mui.runs_view_url(exp).endswith(f"/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=t2vu-trials")
+
+    mui.tag_best(c, exp, parent, runs[1], "abc12_00001")
+    mui.tag_best(c, exp, parent, runs[2], "abc12_00002")  # a resumed search picked another: one best only
+    assert [c.get_run(r).data.tags.get("best_trial") for r in runs] == [None, None, "true"]
+    assert c.get_run(parent).data.tags["best_trial"] == "abc12_00002"
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_opens_the_runs_view_in_chromium(tmp_path):
+    """The real MLflow UI in headless Chromium (benchmarks/mlflow_ui_screenshot.sh): the saved view's columns
+    are the searched parameters and the objectives, the rows are the trials by name, the best first."""
+    import json
+    import re
+    import subprocess
+
+    from tests.test_report_html import chromium
+
+    chromium()  # skip on a workstation without it; fail in CI
+    c = mu.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp, _, _ = _search_runs(c, tmp_path)
+    (tmp_path / "mlflow.json").write_text(json.dumps({"tracking_uri": c.tracking_uri, "experiment_id": exp}))
+    shot = tmp_path / "shot" / "runs.png"
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "mlflow_ui_screenshot.sh"), str(tmp_path), str(shot)],
+                   check=True, timeout=400, capture_output=True)
+    dom = shot.with_suffix(".html").read_text()
+    headers = re.findall(r'<span[^>]*class="[^"]*ag-header-cell-text[^"]*"[^>]*>([^<]*)<', dom) or dom
+    for col in ("loss.eta", "loss.w_preserve", "final/nudity_rate_erased", "final/psnr_preserve", "final/score", "best_trial"):
+        assert col in headers, col
+    assert "other/m0" not in dom and "x.p0" not in dom  # the other 80 columns stay hidden
+    names = re.findall(r"eta=[0-9.]+ w_preserve=[0-9.]+ · 0000\d", dom)
+    assert names and names[0] == "eta=4.5 w_preserve=1.2 · 00001"  # sorted by score: the best trial first
+    assert shot.stat().st_size > 20_000
+
+
+def test_the_screenshot_script_refuses_a_tracked_output(tmp_path):
+    import subprocess
+
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "mlflow_ui_screenshot.sh"), str(tmp_path), "README.md"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "tracked file" in r.stderr and r.stderr.count("\n") == 1
