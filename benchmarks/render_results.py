@@ -223,13 +223,33 @@ def search_cost_screened(rec: dict) -> str:
             f"{a['gpu_peak_tflops']:g} TFLOP/s (modelled):\n\n" + _table(["search", "GPU-hours", "wall hours"], rows))
 
 
+def robustness(rec: dict) -> str:
+    """`t2vu attack --results-file`: ASR raw / above floor per attack, preservation next to the base model's."""
+    from benchmarks.robustness_table import robustness_table
+
+    return robustness_table(rec)
+
+
+def _plan_rows(table: str, with_phase: bool) -> Callable[[dict], str]:
+    """`benchmarks/plan_predictions.py`: the plan of each shipped config against 80 and 141 GB cards."""
+    def render(rec: dict) -> str:
+        head = ["run", "peak GB/GPU", "dominant term"] + (["peak phase"] if with_phase else []) + ["80 GB", "141 GB"]
+        rows = [[r["run"], f"{r['peak_gb']:.1f}", r["dominant_term"]] + ([r["peak_phase"]] if with_phase else [])
+                + [r["fits_80"], r["fits_141"]] for r in rec["figures"][table]]
+        return _table(head, rows)
+    return render
+
+
 # name -> (results file stem, renderer)
 VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "robustness_toy": ("robustness_toy", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
+    "memory_plan_cogvideox": ("memory_plan_predictions", _plan_rows("cogvideox", True)),
+    "memory_plan_wan": ("memory_plan_predictions", _plan_rows("wan", False)),
 }
 
 
