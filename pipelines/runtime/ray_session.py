@@ -13,6 +13,7 @@ import math
 import os
 
 from pipelines.runtime.env import apply_offline_env, runtime_env_vars
+from pipelines.runtime.ray_reaper import mark_environment, watch_local_session
 
 
 def worker_env_vars() -> dict[str, str]:
@@ -57,6 +58,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
     if address:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **quiet)
         return True
+    mark_environment()  # the session's processes die with this one, even on SIGKILL (ray_reaper)
     ray.init(
         num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
         num_gpus=num_gpus,
@@ -65,7 +67,28 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
         runtime_env={"env_vars": env},
         **quiet,
     )
+    node = getattr(ray._private.worker, "_global_node", None)  # private, but the one place Ray names its folder
+    watch_local_session(node.get_session_dir_path() if node else None)
     return True
+
+
+def fit_trainer(trainer):
+    """`trainer.fit()` of a Ray Train `TorchTrainer`, where Ctrl-C is a KeyboardInterrupt (exit 130, one line).
+
+    Ray Train installs its own SIGINT handler in `fit()` (main thread only): it aborts the run gracefully, then
+    calls `sys.exit(0)` inside a `ray.get`, which Ray turns into `SystemExit(1)`: `t2vu train --distributed`
+    exited 1 with no message. A SystemExit out of `fit()` comes only from that handler (the workers are other
+    processes), so it is an interrupt; the checkpoints already reported stay, and a rerun resumes from them.
+    """
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    except SystemExit as exc:
+        raise KeyboardInterrupt from exc
+    finally:
+        signal.signal(signal.SIGINT, before)  # Ray's handler would abort a controller that is gone
 
 
 def start_eval_ray(runtime) -> bool:

@@ -113,6 +113,15 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) a Tune search; returns the trials, the best one, the Pareto set and the report.
     `points`: evaluate these samples instead of searching (search.screening's full-size stage)."""
+    from pipelines.tracking.run_status import closes_search_parent
+
+    with closes_search_parent(cfg, output_dir):  # a late failure or Ctrl-C ends the parent run FAILED / KILLED
+        return _run_search(cfg, output_dir, config_path=config_path, resume=resume, verbose=verbose,
+                           write_report=write_report, points=points)
+
+
+def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, resume: bool, verbose: bool,
+                write_report: bool, points: list[dict] | None) -> SearchResult:
     if cfg.search is not None and cfg.search.screening is not None and points is None:
         from pipelines.search.screening import run_screened  # screen all trials small, re-run the best k full size
 
@@ -272,7 +281,7 @@ def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
         metrics.update({f"baseline/{k}": v for k, v in result.baseline.items()})
         metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()})
         mu.log_metrics(c, run_id, metrics)
-        mu.finish(c, run_id, "FINISHED")
+        mu.finish(c, run_id, "FINISHED" if result.best else "FAILED")  # no trial finished: the search failed
     except Exception as exc:
         LOG.warning("Could not finish the MLflow parent run %s: %s", run_id, exc)
 
