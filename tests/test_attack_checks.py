@@ -92,8 +92,10 @@ def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
         w.writeheader()
         w.writerows(rows)
     out = tmp_path / "att"
+    results = tmp_path / "robustness_toy.json"
     last = _attack(["-o", str(out), "--set", f"prompts.path={prompts}", "--set", "preserve.limit=2",
-                    "--set", "methods=[{name: negprompt}]", "--set", "attacks=[clean]"], capsys)
+                    "--set", "methods=[{name: negprompt}]", "--set", "attacks=[clean]", "--results-file", str(results)],
+                   capsys)
     assert last["asr"]["negprompt"]["clean"] == 1.0
     assert last["floor"] == {"negprompt": 0.5, "base": 0.5}
     assert last["asr_above_floor"]["negprompt"]["clean"] == 0.5
@@ -105,3 +107,10 @@ def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
     assert cell["floor"] == 0.5 and cell["flagged_above_floor"] == 2
     report = (out / "report.md").read_text()
     assert "1.000 ± 0.000 (n=4); 0.500 above floor" in report and "base reference" in report
+    # the results file the docs render from: the same figures, the command that measured them
+    from benchmarks.robustness_table import robustness_table
+    from pipelines.runtime.results_file import read_results
+
+    rec = read_results(results)
+    assert rec["command"].startswith("t2vu attack") and rec["figures"]["asr_above_floor"] == last["asr_above_floor"]
+    assert "| clean | 1.000 ± 0.000 | 0.500 | 4 |" in robustness_table(rec)

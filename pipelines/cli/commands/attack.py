@@ -23,6 +23,10 @@ def register(sub) -> None:
                                    f"({', '.join(attacks)}) on the same prompts and seeds; attack success rate and "
                                    "preservation per method. The last stdout line is one JSON object.")
     add_common(p, command="attack")
+    p.add_argument("--results-file", default=None, metavar="PATH",
+                   help="also write the figures (ASR raw and above the floor, floor, preservation with the base "
+                   "model's) with this command line, git sha, date and machine to PATH "
+                   "(benchmarks/results/robustness_toy.json: benchmarks/robustness.md's table is rendered from it)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +52,10 @@ def run(args) -> int:
     from pipelines.tracking.mlflow_attack import MlflowAttackObserver
     from pipelines.runtime.run_folder import check_tracking_store, pin_config
 
+    if args.results_file and not str(args.results_file).endswith(".json"):  # refused before an hour of attacks
+        from unlearn.config import ConfigError
+
+        raise ConfigError(f"--results-file {args.results_file}: must end in .json (benchmarks/results/<name>.json)")
     cfg = load_attack_config(args.config, args.overrides)
     eval_cfg = load_harness_eval_config(cfg)
     out = output_dir(args, "attack")
@@ -59,8 +67,22 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pin_config(out / "attack_config.json", {"attack": cfg.to_dict(), "eval": eval_cfg.to_dict()}, out)
     summary = run_attacks(cfg, eval_cfg, out, observer=observer, progress_file=progress_stream(), plan=plan)
+    if args.results_file:
+        from pipelines.runtime.results_file import write_results
+
+        settings = {"attack": {k: v for k, v in cfg.to_dict().items() if k not in ("config_dir", "mlflow")},
+                    "rows": len(plan.cells[0].rows) if plan.cells else 0, "model": str(eval_cfg.model.path)}
+        write_results(args.results_file, results_figures(summary), argv=getattr(args, "argv", None),
+                      settings=settings, timings={"wall_seconds": summary.get("wall_seconds")})
     keys = ("asr", "asr_se", "n", "asr_above_floor", "floor", "preservation", "reference", "preservation_base",
             "attack_strength", "videos_made", "wall_seconds", "degenerate_videos", "truncated_prompts", "output",
             "mlflow")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
+
+
+def results_figures(summary: dict) -> dict:
+    """What a results file keeps of an attack summary: the figures, not the paths or method internals."""
+    keys = ("attacks", "asr", "asr_se", "n", "asr_above_floor", "floor", "preservation", "reference",
+            "preservation_base", "attack_strength", "degenerate_videos", "truncated_prompts")
+    return {k: summary[k] for k in keys if k in summary}
