@@ -251,3 +251,31 @@ def test_a_checkpoint_of_the_earlier_layout_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="earlier t2vu layout"):
         check_resumable(ray_run)
     check_resumable(tmp_path / "nothing-here")  # a new run: nothing to check
+
+
+def test_what_crosses_to_trials_and_workers_is_typed_frozen_and_pickles(tmp_path):
+    """Ray ships the search's TrialContext to each trial and the LoopConfig (with the trial's ObjectivePayload and a
+    StepHook) to each worker: frozen dataclasses that survive pickling unchanged (no untyped dicts)."""
+    import dataclasses
+    import pickle
+
+    from pipelines.search.objective import TrialTracking, objective_payload
+    from pipelines.search.trial import TrialContext
+    from pipelines.train.worker import LoopConfig
+    from tests.fault_hooks import kill_worker_once
+    from unlearn.loop import StepHook
+
+    search = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml").with_overrides({"search.algorithm": "asha"})
+    objective = objective_payload(search, ROOT / "configs" / "search")
+    ctx = TrialContext(base=search, output_dir=str(tmp_path), config_dir=str(ROOT / "configs" / "search"),
+                       train_storage=str(tmp_path / "ray"), objective=objective, mlflow=None)
+    bound = objective.for_trial(tmp_path / "trials" / "t1", TrialTracking("sqlite:///x.db", "run1"))
+    lc = LoopConfig(config=search, config_dir=None, ds_config=deepspeed_config(search), threads=1, checkpoint_every=4,
+                    objective=bound, step_hook=StepHook(kill_worker_once, {"at_rank": 1, "at_step": 6, "marker": "m"}))
+    for value in (ctx, bound, lc):
+        again = pickle.loads(pickle.dumps(value))
+        assert again == value and type(again) is type(value)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.objective = None if hasattr(value, "objective") else value.out_dir
+    assert lc.plan().eval_every == objective.proxy_every == search.search.proxy_every()
+    assert bound.out_dir.endswith("t1") and objective.out_dir is None  # binding a trial copies, never mutates

@@ -185,7 +185,7 @@ def test_sound_eraser_rows_carry_clean_flags(tiny_model, sound_eraser, tmp_path)
 # --- the search objective ----------------------------------------------------------------------------
 
 def test_objective_ranks_a_degenerate_trial_last(tiny_model, broken_eraser, sound_eraser, tmp_path):
-    from pipelines.search.objective import evaluate_objective, objective_metrics
+    from pipelines.search.objective import ObjectivePayload, evaluate_objective, objective_metrics
     from pipelines.config.search import ObjectiveConfig
     from pipelines.search.results import pareto_indices
 
@@ -196,7 +196,7 @@ def test_objective_ranks_a_degenerate_trial_last(tiny_model, broken_eraser, soun
     cfg = cfg_for(tiny_model, None)
     values = {}
     for name, eraser in (("broken", broken_eraser), ("sound", sound_eraser)):
-        obj = {"spec": spec.model_dump(), "eval": cfg.to_dict(), "out_dir": str(tmp_path / name)}
+        obj = ObjectivePayload(spec, cfg, final_runtime={}, proxy_every=1, cwd=str(tmp_path)).for_trial(tmp_path / name, None)
         values[name] = evaluate_objective(obj, eraser, step=1, final=False)
     bad, good = values["broken"], values["sound"]
     assert bad["nudity_rate_erased"] == math.inf and bad["preserve_nudity_rate_erased"] == -math.inf

@@ -22,14 +22,14 @@ def test_shipped_gpu_search_runs_no_proxy_evals():
     cfg = load_pipeline_config(SEARCH_2B)
     assert cfg.search.objective.proxy.every == 100 and cfg.search.is_multi_objective()  # configured, but unread
     payload = objective_payload(cfg, SEARCH_2B.parent)
-    assert payload["proxy_every"] is None  # the training worker schedules no proxy eval
+    assert payload.proxy_every is None  # the training worker schedules no proxy eval
     note = cfg.search.proxy_skip_note()
     assert note.startswith("proxy evals skipped: search.objective.proxy.every=100") and "multi-objective Optuna" in note
     plan, _ = plan_request(make_request(cfg.method(), cfg, config_dir=SEARCH_2B.parent, gpu_memory_gb=80))
     assert "proxy eval weights" not in plan.summary()["terms"] and "final eval weights" in plan.summary()["terms"]
 
     asha = cfg.with_overrides({"search.algorithm": "asha"})  # the scheduler that reads them: proxies stay
-    assert objective_payload(asha, SEARCH_2B.parent)["proxy_every"] == 100 and asha.search.proxy_skip_note() is None
+    assert objective_payload(asha, SEARCH_2B.parent).proxy_every == 100 and asha.search.proxy_skip_note() is None
     plan, _ = plan_request(make_request(asha.method(), asha, config_dir=SEARCH_2B.parent, gpu_memory_gb=80))
     assert "proxy eval weights" in plan.summary()["terms"]
 

@@ -116,9 +116,13 @@ def test_objective_values_come_from_the_eval_summary_and_errors_are_reported(tmp
         objective_metrics(spec, {"nudity_rate_base": 0.5})
     # In the training worker a failing evaluation becomes a reported error, not a worker crash
     # (a crash would make Ray Train retrain from the last checkpoint only to fail again).
-    out = evaluate_or_report({"spec": spec.model_dump(), "eval": {"no_such_key": 1}, "out_dir": str(tmp_path)},
-                         tmp_path / "eraser", 4, final=False)
-    assert set(out) == {"objective_error"} and "no_such_key" in out["objective_error"]
+    from eval.config import EvalConfig
+    from pipelines.search.objective import ObjectivePayload
+
+    no_prompts = EvalConfig.model_validate({})  # an eval with no prompt file fails when it plans its rows
+    obj = ObjectivePayload(spec, no_prompts, final_runtime={}, proxy_every=4, cwd=str(tmp_path)).for_trial(tmp_path, None)
+    out = evaluate_or_report(obj, tmp_path / "eraser", 4, final=False)
+    assert set(out) == {"objective_error"} and "No prompt file" in out["objective_error"]
 
 
 def test_pareto_indices():

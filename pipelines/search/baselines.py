@@ -26,26 +26,26 @@ from pipelines.search.results import BASELINES_DIR
 LOG = logging.getLogger(__name__)
 
 
-def baseline_eval_configs(cfg, objective: dict) -> dict:
+def baseline_eval_configs(cfg, objective) -> dict:
     """label -> the EvalConfig of that baseline: the trials' final eval config with the method set."""
-    from pipelines.search.objective import final_eval_config
+    from pipelines.search.objective import trial_final_eval_config
 
-    ecfg = final_eval_config(objective)
+    ecfg = trial_final_eval_config(objective)
     return {b.key: ecfg.with_overrides(b.eval_overrides(), f"search.objective.baselines ({b.key})")
             for b in cfg.search.objective.baselines}
 
 
-def check_baselines(cfg, objective: dict, out: Path) -> None:
+def check_baselines(cfg, objective, out: Path) -> None:
     """Plan every baseline's eval before Ray starts (prompts, model, concept words, guidance): a bad
     baseline fails as a one-line ConfigError now, not after hours of trials. Planning writes nothing."""
     from eval.planning import plan_eval
 
-    with contextlib.chdir(objective.get("cwd") or os.getcwd()):
+    with contextlib.chdir(objective.cwd or os.getcwd()):
         for key, ecfg in baseline_eval_configs(cfg, objective).items():
             plan_eval(ecfg, out / BASELINES_DIR / key, limit=cfg.search.objective.limit)
 
 
-def run_baselines(cfg, objective: dict, out: Path, ml: dict | None, progress=LOG.info) -> list[str]:
+def run_baselines(cfg, objective, out: Path, ml: dict | None, progress=LOG.info) -> list[str]:
     """Evaluate every baseline (resuming finished rows); returns one error line per failed baseline.
     A failure is reported, not raised: the trials already ran and their results must not be lost."""
     errors = []
@@ -59,7 +59,7 @@ def run_baselines(cfg, objective: dict, out: Path, ml: dict | None, progress=LOG
     return errors
 
 
-def _run_one(cfg, objective: dict, out: Path, ml: dict | None, key: str, ecfg) -> None:
+def _run_one(cfg, objective, out: Path, ml: dict | None, key: str, ecfg) -> None:
     from pipelines.tracking import mlflow_utils as mu
     from pipelines.search.objective import judge
 
@@ -70,7 +70,7 @@ def _run_one(cfg, objective: dict, out: Path, ml: dict | None, key: str, ecfg) -
                                         tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": ml["tracking_uri"]})
     values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
-                   cwd=objective.get("cwd"), what=f"baseline {key}", mlflow_run_id=run_id,
+                   cwd=objective.cwd, what=f"baseline {key}", mlflow_run_id=run_id,
                    record={"method": ecfg.method.name})
     if c is not None:
         mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in values.items()})

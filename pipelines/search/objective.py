@@ -2,8 +2,9 @@
 
 Runs in the rank-0 training worker (in-process: it already holds the trial's GPU; Ray eval
 actors would wait forever for resources the Train workers hold). The driver resolves and
-validates the eval config once (`objective_payload`) and ships it to the worker as plain data;
-the worker calls `evaluate_or_report` at proxy and final reports.
+validates the eval config once (`objective_payload`) and ships it to every trial as an `ObjectivePayload`
+(typed, frozen, pickled by Ray); the trial binds its folder and MLflow run (`for_trial`), the rank-0
+worker calls `evaluate_or_report` at proxy points and the trial driver at the end.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config.pipeline import PipelineConfig
 from eval.metrics import UNASKED
 from pipelines.config.search import ObjectiveConfig
 from unlearn.config import ConfigError
+
+if TYPE_CHECKING:
+    from eval.config import EvalConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ def load_eval_spec(spec, base_dir: Path, source: str):
 
 
 def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
-    """The `EvalConfig` a trial is judged with (`search.objective.eval`, else the `eval` section).
+    """The `EvalConfig` a trial is judged with (`search.objective.eval`, else the `eval` section; `t2vu run`'s
+    last stage has the opposite precedence: `pipelines.run.pipeline.best_trial_eval_config`).
 
     The model is always the one the eraser was trained on (`model.path`); the eraser is bound
     per trial. Validated here, in the driver, before Ray starts.
@@ -68,8 +75,34 @@ def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
     return ecfg.with_overrides(overrides, "search.objective.eval (+ eval_overrides)")
 
 
-def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output_dir: str | Path | None = None) -> dict:
-    """Plain data for the worker: the objective spec + the resolved eval config."""
+@dataclass(frozen=True)
+class TrialTracking:
+    """The MLflow run a trial logs into (live training curve, final eval)."""
+    tracking_uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ObjectivePayload:
+    """How a trial is judged, resolved once in the search driver: the objective spec, the eval config
+    (validated, with the search's overrides), the final eval's runtime (`final_runtime`: Ray eval actors on
+    GPU clusters), the proxy-eval interval (None unless ASHA reads proxies) and the working directory
+    relative eval paths resolve against. `out_dir` and `mlflow` are bound per trial (`for_trial`)."""
+    spec: ObjectiveConfig
+    eval_config: EvalConfig
+    final_runtime: dict
+    proxy_every: int | None
+    cwd: str
+    out_dir: str | None = None
+    mlflow: TrialTracking | None = None
+
+    def for_trial(self, trial_dir: Path, mlflow: TrialTracking | None) -> "ObjectivePayload":
+        return replace(self, out_dir=str(trial_dir), mlflow=mlflow)
+
+
+def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None,
+                      output_dir: str | Path | None = None) -> ObjectivePayload:
+    """The objective every trial of this search is judged by (see `ObjectivePayload`)."""
     ecfg = resolve_eval_config(cfg, config_dir)
     toy = cfg.search.objective.toy_prompts
     if toy is not None:
@@ -80,18 +113,12 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None, output
     if output_dir is not None and ecfg.runtime.base_cache_dir is None:
         # Every trial evaluates on the same prompts and seeds: generate the base videos once.
         ecfg = ecfg.with_overrides({"runtime.base_cache_dir": str(Path(output_dir).resolve() / "base_videos")})
-    obj = cfg.search.objective
-    proxy_every = cfg.search.proxy_every()  # None unless a scheduler reads proxies (ASHA)
     d = cfg.distributed
     final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
                      if d.use_gpu else {})
-    return {
-        "spec": obj.model_dump(mode="json"),
-        "eval": ecfg.to_dict(),
-        "final_runtime": final_runtime,
-        "proxy_every": proxy_every,
-        "cwd": os.getcwd(),
-    }
+    return ObjectivePayload(spec=cfg.search.objective, eval_config=ecfg, final_runtime=final_runtime,
+                            proxy_every=cfg.search.proxy_every(),  # None unless a scheduler reads proxies (ASHA)
+                            cwd=os.getcwd())
 
 
 def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
@@ -174,14 +201,12 @@ def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
 OBJECTIVE_FILE = "objective.json"  # the values of one judged eval, next to it in its run folder
 
 
-def final_eval_config(obj: dict):
-    """The objective's eval config as a final eval runs it: on `final_runtime` (Ray eval actors on GPU
-    clusters, one pipeline per GPU the trials freed). Trials' final evals and the method baselines
+def trial_final_eval_config(obj: ObjectivePayload):
+    """The objective's eval config as a trial's final eval runs it: on `final_runtime` (Ray eval actors on
+    GPU clusters, one pipeline per GPU the trials freed). Trials' final evals and the method baselines
     (pipelines.search.baselines) both start here."""
-    from eval.config import EvalConfig
-
-    ecfg = EvalConfig.model_validate(obj["eval"])
-    return ecfg.with_overrides(obj["final_runtime"], "final eval runtime") if obj.get("final_runtime") else ecfg
+    ecfg = obj.eval_config
+    return ecfg.with_overrides(obj.final_runtime, "final eval runtime") if obj.final_runtime else ecfg
 
 
 def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd: str | None, what: str,
@@ -212,7 +237,7 @@ def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd:
     return values
 
 
-def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: bool,
+def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: int, final: bool,
                        transformer=None) -> dict[str, float]:
     """Evaluate one eraser with the evaluation stage.
 
@@ -221,31 +246,30 @@ def evaluate_objective(obj: dict, eraser_dir: str | Path, *, step: int, final: b
     otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N, in the rank-0
     worker on `transformer` (the training backbone, its training erasers switched off by the caller).
     """
-    from eval.config import EvalConfig
     from unlearn.fsutil import atomic_copy_dir
 
-    spec = ObjectiveConfig.model_validate(obj["spec"])
-    out_dir = Path(obj["out_dir"])
+    spec = obj.spec
+    out_dir = Path(obj.out_dir)
     eraser = Path(eraser_dir)
     mlflow_run_id = None
     if final:
         if eraser.resolve() != (out_dir / "eraser").resolve():
             eraser = atomic_copy_dir(eraser, out_dir / "eraser")
         run_dir, limit = out_dir / "eval", spec.limit
-        ecfg = final_eval_config(obj)
-        if obj.get("mlflow"):
-            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj["mlflow"]["tracking_uri"]})
-            mlflow_run_id = obj["mlflow"]["run_id"]
+        ecfg = trial_final_eval_config(obj)
+        if obj.mlflow is not None:
+            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj.mlflow.tracking_uri})
+            mlflow_run_id = obj.mlflow.run_id
     else:
-        ecfg = EvalConfig.model_validate(obj["eval"]).with_overrides(
+        ecfg = obj.eval_config.with_overrides(
             {**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
-    return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.get("cwd"), what=f"objective eval at step {step}",
+    return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.cwd, what=f"objective eval at step {step}",
                  eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
                  record={"step": step, "final": final})
 
 
-def evaluate_or_report(obj: dict, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
+def evaluate_or_report(obj: ObjectivePayload, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
     """The trial's evaluation. A failure is reported, not raised: retrying the worker group
     would retrain from the previous checkpoint only to hit the same (usually config) error;
     the trial driver turns `objective_error` into a failed trial instead."""

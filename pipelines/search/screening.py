@@ -44,14 +44,14 @@ def size(frames: int, height: int, width: int) -> str:
     return f"{frames}x{height}x{width}"
 
 
-def fidelity_label(cfg, objective: dict | None = None) -> str:
+def fidelity_label(cfg, objective=None) -> str:
     """What a trial trains and is judged at, for its MLflow run (tag t2vu.fidelity):
     'train 13x256x384, eval 13x256x384'."""
     m = cfg.model
     label = f"train {size(m.num_frames, m.height, m.width)}"
-    g = ((objective or {}).get("eval") or {}).get("generation") or {}
-    if {"num_frames", "height", "width"} <= set(g):
-        label += f", eval {size(g['num_frames'], g['height'], g['width'])}"
+    if objective is not None:  # pipelines.search.objective.ObjectivePayload
+        g = objective.eval_config.generation
+        label += f", eval {size(g.num_frames, g.height, g.width)}"
     return label
 
 

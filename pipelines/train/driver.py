@@ -33,18 +33,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipelines.train.checkpoints import check_resumable, export_result
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.config.distributed import check_distributed, deepspeed_config
-from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray
+from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray, fit_trainer
 from pipelines.runtime.run_folder import remove_owned
 from pipelines.train.worker import LoopConfig, load_step_hook, train_loop_per_worker
 from unlearn.checkpoint import ERASER_DIR
 from unlearn.config import ConfigError
 from unlearn.loop import StepHook
+
+if TYPE_CHECKING:  # search drives train: the type only, for the reader
+    from pipelines.search.objective import ObjectivePayload
 
 
 def make_trainer(
@@ -54,14 +58,13 @@ def make_trainer(
     storage_path: str | Path,
     config_dir: str | Path | None = None,
     callbacks: list | None = None,
-    objective: dict | None = None,
-    mlflow_run: dict | None = None,
+    objective: ObjectivePayload | None = None,
     step_hook: StepHook | None = None,
 ):
     """A `TorchTrainer` for one eraser training (used by `run_distributed` and by each Tune trial).
 
     `name` + `storage_path` identify the run: reusing them resumes from its last checkpoint.
-    `objective`, `mlflow_run`: a Tune trial's objective (proxy evals) and MLflow run (live logging).
+    `objective`: a Tune trial's, bound to it (proxy evals; its MLflow run gets the live training curve).
     `step_hook`: called in every worker after every step; for tests (fault injection).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -77,7 +80,6 @@ def make_trainer(
         threads=d.threads_per_worker,
         checkpoint_every=cfg.train.checkpoint_every,
         objective=objective,
-        mlflow=mlflow_run,
         step_hook=load_step_hook(step_hook),
     )
     return TorchTrainer(
@@ -131,7 +133,7 @@ def run_distributed(
     check_worker_group_fits(cfg)  # else Ray Train waits for ever for workers the cluster cannot hold
     cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
     trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook)
-    result = trainer.fit()
+    result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
     state = export_result(result, out)
     rv = result.return_value or {}
     summary = {

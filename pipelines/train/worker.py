@@ -11,12 +11,17 @@ workers: typed, frozen and picklable.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipelines.config.distributed import per_worker_batch
 from pipelines.config.pipeline import PipelineConfig
 from eval.metrics import is_number
 from unlearn.loop import CheckpointEvent, LoopPlan, LoopResult, StepHook, TrainingLoop, steady_rate
+
+if TYPE_CHECKING:  # search drives train: the type only, for the reader
+    from pipelines.search.objective import ObjectivePayload
 
 
 @dataclass(frozen=True)
@@ -26,13 +31,12 @@ class LoopConfig:
     ds_config: dict
     threads: int
     checkpoint_every: int
-    objective: dict | None = None  # a Tune trial's objective (pipelines.search.objective)
-    mlflow: dict | None = None  # the trial's MLflow run: {"tracking_uri", "run_id"}
+    objective: ObjectivePayload | None = None  # a Tune trial's, bound to it (proxy evals, its MLflow run)
     step_hook: StepHook | None = None  # a test seam (fault injection); production runs have none
 
     def plan(self) -> LoopPlan:
         tc = self.config.train
-        proxy_every = (self.objective or {}).get("proxy_every")
+        proxy_every = self.objective.proxy_every if self.objective is not None else None
         return LoopPlan(tc.steps, tc.log_every, self.checkpoint_every, eval_every=proxy_every)
 
 
@@ -79,7 +83,7 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
     from pipelines.tracking.live_logging import MlflowLive
 
     obj = lc.objective
-    live = MlflowLive(lc.mlflow)
+    live = MlflowLive(dataclasses.asdict(obj.mlflow) if obj is not None and obj.mlflow is not None else None)
 
     def on_checkpoint(ev: CheckpointEvent) -> dict:
         live.log(ev.history)  # the curve since the last report (steps already logged are skipped)
