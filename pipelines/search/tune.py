@@ -127,23 +127,35 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
 
         return run_screened(cfg, Path(output_dir), run_search, config_path=config_path, resume=resume,
                             verbose=verbose, write_report=write_report)
-    from ray import tune
-
-    from pipelines.tracking import mlflow_utils as mu
-    from pipelines.search import report as search_report
-    from pipelines.config.distributed import check_distributed
-    from pipelines.runtime.ray_session import check_worker_group_fits, ensure_ray
-    from pipelines.search.space import check_space, to_tune
-    from pipelines.runtime.run_folder import pin_config
-    from unlearn.fsutil import atomic_write_text
-    from unlearn.session import prepare_embeddings
-
     if cfg.search is None:
         raise ConfigError("the config has no `search` section; see configs/search/tiny.yaml")
     t0 = time.time()
     s = cfg.search
     out = Path(output_dir).resolve()
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
+    objective = _prepare(cfg, out, config_dir, config_path=config_path, resume=resume)
+    _start_ray(cfg, config_dir)
+    ml = _open_parent_run(cfg, out, config_path)
+    ctx = TrialContext(base=cfg, output_dir=str(out), config_dir=str(config_dir),
+                       train_storage=str(out / "ray" / f"{s.name}-train"), objective=objective, mlflow=ml)
+    tuner = _make_tuner(cfg, out, ctx, ml, resume=resume, verbose=verbose, points=points)
+    progress(f"Search {s.name}: {len(points or []) or s.num_samples} trials, {'fixed points' if points else s.algorithm}, objective {s.metric_names()} -> {out}")
+    if s.proxy_skip_note():
+        progress(f"  {s.proxy_skip_note()}")
+    grid = tuner.fit()
+    return _collect(cfg, out, grid, objective, ml, t0=t0, write_report=write_report)
+
+
+def _prepare(cfg: PipelineConfig, out: Path, config_dir: Path, *, config_path, resume: bool):
+    """Check everything that can be checked before Ray starts, then pin the config in the search folder and
+    write its records; returns the objective every trial is judged by."""
+    from pipelines.config.distributed import check_distributed
+    from pipelines.runtime.run_folder import pin_config
+    from pipelines.search.space import check_space
+    from pipelines.tracking import mlflow_utils as mu
+    from unlearn.fsutil import atomic_write_text
+
+    s = cfg.search
     check_space(cfg)  # a bad space or eval config fails before the output folder exists
     check_distributed(cfg)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts
@@ -158,7 +170,15 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
     atomic_write_text(out / "search_space.yaml", yaml.safe_dump(s.space, sort_keys=False))
     if config_path:
         atomic_write_text(out / "command.txt", " ".join(_command_line(config_path, out)) + "\n")
+    return objective
 
+
+def _start_ray(cfg: PipelineConfig, config_dir: Path) -> None:
+    """The text embeddings of the base config, then Ray sized for the concurrent trials and their worker groups."""
+    from pipelines.runtime.ray_session import check_worker_group_fits, ensure_ray
+    from unlearn.session import prepare_embeddings
+
+    s = cfg.search
     # One embedding fill for the base config; a trial whose sample changes the prompts fills the
     # rest on its own driver (never in a training worker).
     prepare_embeddings(cfg.method(), config_dir)
@@ -171,6 +191,13 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
     ensure_ray(num_cpus=int(-(-per_trial * s.max_concurrent_trials // 1)))
     check_worker_group_fits(cfg)  # each trial's Ray Train worker group; else its trials wait for ever
 
+
+def _open_parent_run(cfg: PipelineConfig, out: Path, config_path) -> dict | None:
+    """The search's MLflow parent run (found again on a rerun; its ids in <out>/mlflow.json); None without MLflow."""
+    from pipelines.tracking import mlflow_utils as mu
+    from unlearn.fsutil import atomic_write_text
+
+    s = cfg.search
     ml = None
     if cfg.mlflow.enabled:
         uri = cfg.mlflow.resolve_uri(out)
@@ -184,9 +211,17 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
         mlflow_ui.set_runs_view(c, exp_id, mlflow_ui.runs_view_state(s.metric_names(), list(s.space), s.objective.scalarize.name))
         ml = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
         atomic_write_text(out / "mlflow.json", json.dumps(ml, indent=2))
+    return ml
 
-    ctx = TrialContext(base=cfg, output_dir=str(out), config_dir=str(config_dir),
-                       train_storage=str(out / "ray" / f"{s.name}-train"), objective=objective, mlflow=ml)
+
+def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, ml: dict | None, *, resume: bool, verbose: bool,
+                points: list[dict] | None):
+    """The Tuner: restored from <out>/ray/<search.name> when it can be (finished trials are not redone), else new."""
+    from ray import tune
+
+    from pipelines.search.space import to_tune
+
+    s = cfg.search
     trainable = tune.with_resources(tune.with_parameters(trial_main, ctx=ctx),
                                     tune.PlacementGroupFactory([dict(s.resources_per_trial)]))
     param_space = to_tune(s.space)
@@ -194,13 +229,13 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
     callback = make_bookkeeping_callback(str(out), ml, s.metric_names(), s.objective.scalarize.name)
     if resume and tune.Tuner.can_restore(str(exp_path)):
         progress(f"Resuming search {s.name} from {exp_path}")
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(str(exp_path), trainable=trainable, param_space=param_space,
+                                  resume_unfinished=True, resume_errored=True)
     else:
         if exp_path.exists():
             remove_owned(exp_path, out)
         searcher, scheduler = _searcher_and_scheduler(cfg, points)
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(points or []) or s.num_samples,
@@ -209,10 +244,16 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       callbacks=[callback], verbose=1 if verbose else 0),
         )
-    progress(f"Search {s.name}: {len(points or []) or s.num_samples} trials, {'fixed points' if points else s.algorithm}, objective {s.metric_names()} -> {out}")
-    if s.proxy_skip_note():
-        progress(f"  {s.proxy_skip_note()}")
-    grid = tuner.fit()
+
+
+def _collect(cfg: PipelineConfig, out: Path, grid, objective, ml: dict | None, *, t0: float,
+             write_report: bool) -> SearchResult:
+    """After the trials: the method baselines, the result read back from the folder, the report, the MLflow
+    parent run closed, search_result.json."""
+    from pipelines.search import report as search_report
+    from pipelines.tracking import mlflow_utils as mu
+    from unlearn.fsutil import atomic_write_text
+
     errors = [str(e).splitlines()[0][:300] for e in grid.errors] if grid.errors else []
     errors += run_baselines(cfg, objective, out, ml, progress)  # the training-free methods, judged alike
 
