@@ -147,7 +147,6 @@ def test_cogvideox_saved_tensors_follow_the_devices_autocast(layers):
     assert measured["cuda"] > measured["cpu"] * 1.2  # the fp32 norm inputs are not rounding
 
 
-@pytest.mark.slow
 def test_cogvideox_no_grad_peaks_follow_the_devices_autocast():
     """Live-storage peak of a no-grad forward (forward 1) and the tensors alive at the first attention, on a
     2B-like geometry (sincos positions, 1 text token in 50): what the CUDA list adds to each (+1 U at the GELU,

@@ -24,6 +24,7 @@ from unlearn.models.families import check_family, spec_class
 from unlearn.models.registry import cache_root, resolve_model_path
 from unlearn.models.spec import check_backbone
 from unlearn.step import ErasureObjective, StepBatch
+from unlearn.trajectory_cache import TrajectoryCache, pool_fingerprint
 from unlearn.xt_sources import NoiseSource, TrajectorySource, shard_prompts
 
 
@@ -104,8 +105,18 @@ class TrainingSession:
             prompts = [it.prompt for it in self.data.items] + self.data.preserve
             self.source = TrajectorySource(
                 self.spec, self.latent_shape, self.emb, prompts, tr.num_inference_steps, tr.guidance_scale,
-                tr.pool_size, seed=cfg.train.seed, handle=self.objective.handle,
+                tr.pool_size, seed=cfg.train.seed, handle=self.objective.handle, cache=self._trajectory_cache(),
             )
+
+    def _trajectory_cache(self) -> TrajectoryCache | None:
+        """The on-disk pools for this model and sampler setting (none on meta: nothing to store)."""
+        if self.device.type == "meta":
+            return None
+        tr, param = self.cfg.train.trajectory, next(self.spec.transformer.parameters())
+        key = pool_fingerprint(self.spec, self.cfg.model.family, self.latent_shape, tr.num_inference_steps,
+                               tr.guidance_scale, tr.pool_size, self.cfg.train.seed, param.dtype, self.device.type,
+                               self.emb[""])
+        return TrajectoryCache(default_cache_dir(self.cfg) / "trajectories", key)
 
     def batch(self, step: int) -> StepBatch:
         tc = self.cfg.train

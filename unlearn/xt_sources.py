@@ -16,7 +16,9 @@ The trajectory pool is stored in the model dtype on the host (bf16 halves it: at
 7 GB in bf16, 14 GB in fp32). Each prompt's trajectories come from a seed derived from
 (seed, prompt), so a pool does not depend on which process sampled it: under Ray Train
 each rank samples only the prompts of its data shard (`shard_prompts`) and trains on
-that shard, so the work and the host memory are split over ranks instead of repeated.
+that shard, so the work and the host memory are split over ranks instead of repeated. The pools
+are cached on disk (`unlearn.trajectory_cache`, next to the text embeddings): the trials of a
+search and later runs with the same model and sampler settings read them instead of sampling again.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ class TrajectorySource:
     name = "trajectory"
 
     def __init__(self, spec, latent_shape, embeddings: dict[str, torch.Tensor], prompts: list[str],
-                 num_steps: int, guidance: float, pool_size: int, seed: int = 0, handle=None):
+                 num_steps: int, guidance: float, pool_size: int, seed: int = 0, handle=None, cache=None):
         self.latent_shape = tuple(latent_shape)
         self.pool: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sampled = 0  # prompts sampled here, not read from `cache` (unlearn.trajectory_cache; tests count it)
         param = next(spec.transformer.parameters())
         device, dtype = param.device, param.dtype
         host = host_device(device)
@@ -75,10 +78,17 @@ class TrajectorySource:
         ctx = handle.disabled() if handle is not None else contextlib.nullcontext()
         with ctx:  # the *frozen* model's trajectories
             for p in dict.fromkeys(prompts):
+                hit = cache.get(p, embeddings[p]) if cache is not None else None
+                if hit is not None:
+                    self.pool[p] = (hit[0].to(host, dtype), hit[1].to(host))
+                    continue
                 gen = torch.Generator().manual_seed(prompt_seed(seed, p))
                 emb = embeddings[p].to(device).unsqueeze(0).expand(pool_size, -1, -1)
                 states, times = spec.sample_trajectory(emb, uncond, self.latent_shape, num_steps, guidance, gen)
                 self.pool[p] = (states.to(host, dtype), times.to(host))
+                self.sampled += 1
+                if cache is not None:
+                    cache.put(p, embeddings[p], *self.pool[p])
 
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s, _ in self.pool.values())
