@@ -143,6 +143,9 @@ class PlanInputs:
     # the evals run without autocast: their terms ignore it.
     fp32_ops: frozenset = frozenset()
     autocast: bool = False  # train.autocast bf16: the erasers' Linears save act-dtype copies of their inputs
+    # unlearn.sharding (FSDP2, issue 23): each of the world_size ranks keeps 1/world of every block's weights and
+    # gathers one block while it runs (two experts: one more in backward, see there)
+    shard_backbone: bool = False
 
 
 @dataclass
@@ -278,6 +281,21 @@ def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
     ]
 
 
+def sharded_backbone_terms(x: PlanInputs, experts: str) -> list[Term]:
+    """unlearn.sharding: the weights' 1/world share (the positional buffer stays whole), and the gathered
+    block(s): a block's weights (params / layers: an upper bound, embedders included) whole, plus the
+    all-gather's input copy of this rank's share; two experts: two blocks (the first expert's first block is
+    freed only when backward ends). Counted in every training phase: some block is gathered in each."""
+    w, wb = x.world_size, x.weight_bytes
+    share = Term("backbone weights", float(x.experts * x.params_transformer) * wb / w + x.pos_embed_elems * wb,
+                 PERSISTENT, f"{x.params_transformer / 1e9:.2f}B params x {wb} B{experts} / {w} ranks (sharded)")
+    block = x.params_transformer / x.layers * wb
+    n = 2 if x.experts > 1 else 1
+    gathered = Term("gathered backbone blocks", n * block + block / w, PERSISTENT,
+                    f"{n} block(s) of {block / 1e9:.2f} GB whole while they run + the all-gather input (1/{w})")
+    return [share, gathered]
+
+
 def plan_memory(x: PlanInputs) -> MemoryPlan:
     """All terms, the per-phase sums and the peak per GPU (see the module docstring)."""
     blocks = blocks_for(x.family)
@@ -286,6 +304,8 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     terms = [Term("backbone weights", float(x.experts * x.params_transformer + x.pos_embed_elems) * x.weight_bytes,
                   PERSISTENT, f"{x.params_transformer / 1e9:.2f}B params x {x.weight_bytes} B" + experts
                   + (f" + positional-embedding buffer {x.pos_embed_elems / 1e6:.1f}M" if x.pos_embed_elems else ""))]
+    if x.shard_backbone and x.world_size > 1:
+        terms = sharded_backbone_terms(x, experts)
     n_er = eraser_parameters(x.hidden, x.eraser_rank, x.eraser_sites or len(x.eraser_blocks))  # all experts' sets
     terms += optimizer_terms(n_er, x.world_size, x.zero_stage, x.reduce_bucket)
     if x.device == "cuda":
