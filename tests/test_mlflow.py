@@ -127,6 +127,7 @@ def _search_runs(c, out: Path):
                                 "final/score": [0.3, -0.25, 0.7][i], **{f"other/m{j}": j for j in range(40)}})
         mu.finish(c, rid)
         runs.append(rid)
+    mui.tag_best(c, exp, parent, runs[1], "abc12_00001")
     mu.finish(c, parent)
     return exp, parent, runs
 
@@ -151,7 +152,7 @@ def test_trials_are_named_by_their_parameters_the_view_has_their_columns_and_the
     assert state["orderByKey"] == "metrics.`final/score`" and state["orderByAsc"] is True
     assert mui.runs_view_url(exp).endswith(f"/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=t2vu-trials")
 
-    mui.tag_best(c, exp, parent, runs[1], "abc12_00001")
+    assert [c.get_run(r).data.tags.get("best_trial") for r in runs] == [None, "true", None]
     mui.tag_best(c, exp, parent, runs[2], "abc12_00002")  # a resumed search picked another: one best only
     assert [c.get_run(r).data.tags.get("best_trial") for r in runs] == [None, None, "true"]
     assert c.get_run(parent).data.tags["best_trial"] == "abc12_00002"
