@@ -56,6 +56,9 @@ def write_report(summary: dict, out: Path) -> None:
     text += ["![ASR per attack](asr.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(text))
     _plot(summary, out / "asr.png")
+    from eval.report_html import write_html
+
+    write_html(out / "report.md")  # report.html next to it, after asr.png exists (eval.report_html)
 
 
 def _plot(summary: dict, path: Path) -> None:

@@ -52,7 +52,7 @@ class MlflowAttackObserver:
         metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
         mu.log_metrics(self.client, self.parent, metrics)
         if self.cfg.log_artifacts:
-            for name in ("summary.json", "report.md", "asr.png"):
+            for name in ("summary.json", "report.md", "report.html", "asr.png"):
                 if (out / name).is_file():
                     mu.log_file(self.client, self.parent, out / name)
         mu.finish(self.client, self.parent)
@@ -77,7 +77,7 @@ def write_attack_report(out: Path, log_to_mlflow: bool = True) -> list[Path]:
     except (OSError, ValueError):
         raise ConfigError(f"{out} has no finished attack benchmark (summary.json); rerun `t2vu attack` into it") from None
     write_report(summary, out)
-    files = [out / "report.md", out / "asr.png"]
+    files = [out / "report.md", out / "report.html", out / "asr.png"]
     id_file = out / mu.PARENT_ID_FILE
     if log_to_mlflow and id_file.is_file():
         c = mu.client(MlflowConfig.model_validate(pinned["attack"]["mlflow"]).resolve_uri(out))
