@@ -5,6 +5,10 @@ reader may trust; this page puts the checks (degenerate videos, truncated prompt
 or skipped rows, how seeds were chosen, the eraser's energy) next to the headline rates, one line each.
 It leads with the concept appearing where it was not asked for (`unasked_concept_rate`, eval.metrics):
 collateral an accuracy hides (a non-red prompt drawn right, with a red object added, is still "right").
+
+Order: the lead lines, the headline table (the few numbers that decide), base vs erased videos per prompt
+set labelled with their prompts (rows to look at marked with eval.report_html.FLAG), then the run, its
+checks and every metric (the long tables last). report.html is this text rendered (eval.report_html).
 """
 
 from __future__ import annotations
