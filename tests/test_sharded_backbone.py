@@ -154,3 +154,27 @@ def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointin
         # backward ran first is freed only when the whole backward ends)
         experts = 2 if kind == "wan-a14b" else 1
         assert 0 < g["peak_gathered"] <= experts * g["largest"], g
+
+
+@pytest.mark.slow  # 24 s measured on the shared 2-core box (load ~38): the plan imports read torch's autocast kernels
+def test_plan_counts_the_sharded_backbone():
+    """`t2vu plan`'s terms with PlanInputs.shard_backbone: the weights / world + the gathered blocks, on the
+    shipped Wan 2.2 A14B config at 81x480x832 over 4 GPUs (the issue's case: 2 experts, 40 blocks each)."""
+    from dataclasses import replace
+
+    from pipelines.plan.memory_check import load_plan_config, make_request, plan_inputs
+    from pipelines.plan.memory_plan import plan_memory
+
+    root = Path(__file__).resolve().parent.parent
+    m, p = load_plan_config(root / "configs" / "wan" / "wan2.2-t2v-a14b-nudity.yaml")
+    x, _ = plan_inputs(make_request(m, p, mode="distributed", world_size=4, gpu_memory_gb=80))
+    whole, sharded = plan_memory(x), plan_memory(replace(x, shard_backbone=True))
+    terms = {t.name: t.bytes for t in sharded.terms}
+    weights = 2 * x.params_transformer * x.weight_bytes
+    assert terms["backbone weights"] == pytest.approx(weights / 4)
+    block = x.params_transformer / x.layers * x.weight_bytes
+    assert terms["gathered backbone blocks"] == pytest.approx(2 * block + block / 4)
+    saved = whole.terms[0].bytes - terms["backbone weights"] - terms["gathered backbone blocks"]
+    assert whole.peak_bytes - sharded.peak_bytes == pytest.approx(saved)
+    one = replace(x, world_size=1)  # one process: nothing to shard over
+    assert plan_memory(replace(one, shard_backbone=True)).peak_bytes == plan_memory(one).peak_bytes

@@ -93,7 +93,7 @@ def padded_bytes(params, world: int) -> int:
     return total
 
 
-def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None,
+def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, device: str | None = None,
                    reshard_after_forward: bool = True) -> ShardedBackbone:
     """Partition `spec.transformer`'s frozen weights over the ranks of `group` (default: the world), per unit.
 
@@ -101,6 +101,8 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None,
     before or after: sharding does not touch them) and before `deepspeed.initialize`. `eraser_set` is
     checked to be outside the backbone's tree (its parameters must stay whole and trainable). The process
     group must be initialised (gloo on CPU, nccl on GPUs); every rank calls this with the same model.
+    `device`: the mesh's device type (default: where the weights are). FSDP moves each rank's shards there,
+    so a backbone loaded on the host ("cpu") and sharded with device="cuda" never sits whole on a GPU.
     """
     import torch.distributed as dist
     from torch.distributed.device_mesh import DeviceMesh
@@ -118,8 +120,7 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None,
         raise ValueError(f"the backbone has trainable weights ({trainable[0]}, ...): only a frozen one is sharded")
     world = dist.get_world_size(group)
     ranks = list(range(world)) if group is None else dist.get_process_group_ranks(group)
-    device = next(tr.parameters()).device
-    mesh = DeviceMesh(device.type, ranks)
+    mesh = DeviceMesh(device or next(tr.parameters()).device.type, ranks)
     units = backbone_units(tr)
     in_units = {id(p) for u in units for p in u.parameters()}
     replicated = [p for p in tr.parameters() if id(p) not in in_units]
