@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from unlearn.yaml_load import safe_load_unique
 from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
 
 
@@ -273,6 +274,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Config {path} is a folder; pass a YAML file, e.g. configs/tiny.yaml")
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     raw = path.read_bytes()
@@ -284,7 +287,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"Config {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
                           "save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)  # a key given twice is an error, not "the last one wins"
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
