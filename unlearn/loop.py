@@ -19,6 +19,7 @@ Plain PyTorch: nothing here imports Ray or DeepSpeed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -135,7 +136,6 @@ class LocalStore:
     def __init__(self, out: Path, *, resume: bool = True):
         self.out, self.resume = Path(out), resume
         self.folder = self.out / "checkpoint"
-        self._metrics = None
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
@@ -145,8 +145,6 @@ class LocalStore:
         atomic_write_text(self.out / ck.METRICS_FILE, ck.metrics_text(history))  # no duplicates after a resume
 
     def log(self, row: dict) -> None:
-        import json
-
         with open(self.out / ck.METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
 

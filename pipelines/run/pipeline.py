@@ -192,7 +192,7 @@ def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: Console, quiet: b
                                              params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                                              tags={"t2vu.role": "final-eval"})
         ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
-    limit = cfg.run.eval_limit if cfg.run else None
+    limit = cfg.run.limit if cfg.run else None
     try:
         ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
     except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED
