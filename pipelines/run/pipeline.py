@@ -344,7 +344,7 @@ def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = 
         lines += [f"mlflow       {uri}", f"open it:     {mlflow_ui_command(uri)}"]
         exp = summary.get("mlflow", {}).get("experiment_id")
         if exp is not None and uri.startswith("sqlite:"):
-            lines.append(f"then:        {mlflow_ui_url(exp)}  (expand the search run: one child per trial)")
+            lines.append(f"then:        {mlflow_ui_url(exp)}  (the trials, best first: searched parameters and objectives as columns)")
     lines.append(f"finished earlier (wall time {summary['wall_s']:.0f} s)" if earlier else f"wall time    {summary['wall_s']:.0f} s")
     w("".join(f"   {line}\n" for line in lines))
 
