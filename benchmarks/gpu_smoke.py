@@ -21,8 +21,11 @@ Stages (each a separate process, so each starts with a clean GPU; logs under WOR
    `steps // 2` steps inside the training worker on the training transformer (the plan's usual peak
    phase), then the trial's final eval after fit() on a Ray GPU eval actor; each eval's peak GPU memory
    (`workers[].peak_memory_gb` of its summary.json) next to the plan's prediction.
+Before any stage runs it prints each stage's FLOP/time budget (`[gpu_smoke] budget ...` on stderr; FLOPs from
+`pipelines.plan.flops`, time at `--mfu` x `--peak-tflops` plus an assumed start-up per stage) and sizes the eval
+and search stages to fit 5 minutes by it (`benchmarks/smoke_budget.py`).
 Prints ONE JSON line (everything else goes to stderr and the logs): step time, peak memory per GPU
-next to the plan's prediction, MFU, eval seconds per video.
+next to the plan's prediction, MFU, eval seconds per video, the budget next to the stage seconds.
 
 MFU counts model FLOPs of the fused step (no recompute, no attention capture): per row and block,
 linear layers 2*N*12*D^2 and attention 4*N^2*D in the forward; rows with grad add their backward,
@@ -183,7 +186,7 @@ def search_overrides(a, model_dir: Path, out: Path) -> list[str]:
         "search.space": json.dumps({"train.lr": {"loguniform": [1e-4, 2e-4]}}),
         "search.objective.eval_overrides": json.dumps(ev),
         "search.objective.limit": 1,
-        "search.objective.proxy.every": max(1, a.steps // 2), "search.objective.proxy.limit": 1,
+        "search.objective.proxy.every": a.proxy_every, "search.objective.proxy.limit": 1,
         "search.objective.proxy.overrides": json.dumps({"generation.num_inference_steps": a.eval_steps}),
     }
     return [f"{k}={v}" for k, v in sets.items()]
@@ -236,8 +239,10 @@ def main() -> None:
                     help="loss.mask_layers (default: the config's, all blocks)")
     ap.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                     help="auto: on with >= 2 GPUs, and on a CPU (2 gloo workers)")
-    ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
-                    help="run one trial of the GPU search config (proxy evals in the training worker, final eval after fit)")
+    ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
+                    help="run one trial of the GPU search config (proxy evals in the training worker, final eval after "
+                         "fit); default: when the budget leaves room for it")
+    ap.add_argument("--mfu", type=float, default=0.4, help="utilisation the budget assumes (t2vu plan's --mfu)")
     ap.add_argument("--workdir", default=None, help="default: a new temporary folder")
     ap.add_argument("--stage-timeout", type=float, default=900.0)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
@@ -256,16 +261,21 @@ def main() -> None:
     st = Stages(workdir, env, a.stage_timeout)
     py, t2vu = [sys.executable], [sys.executable, "-m", "pipelines.cli.entry"]
     model_dir = workdir / "model"
-    st.run("build", py + ["benchmarks/smoke_stages.py", "build", "--preset", a.preset, "--out", str(model_dir),
-                          "--device", a.device])
-    tcfg = json.loads((model_dir / "transformer" / "config.json").read_text())
     family = FAMILY[a.preset]
     train_config = TRAIN_CONFIG if family == "cogvideox" else WAN_TRAIN_CONFIG
+    single = train_overrides(a, model_dir, workdir / "cache")
+    build = py + ["benchmarks/smoke_stages.py", "build", "--preset", a.preset, "--out", str(model_dir), "--device", a.device]
+    from unlearn.models.architectures import PRESETS
+
+    if a.preset not in PRESETS:  # a tiny model: its architecture comes from the build (seconds)
+        st.run("build", build)
+    plan_budget = budget_before_running(a, model_dir, train_config, single, gpus, cuda, workdir)
+    if a.preset in PRESETS:
+        st.run("build", build)
+    tcfg = json.loads((model_dir / "transformer" / "config.json").read_text())
     from unlearn.models.families import spec_class
 
     text_len = spec_class(family).text_len_of(model_dir)
-
-    single = train_overrides(a, model_dir, workdir / "cache")
     gpu_mem = [] if cuda else ["--gpu-memory", "80"]  # a CPU has no GPU memory to detect: plan for an 80 GB card
     plan = last_json(st.run("plan", t2vu + ["plan", "--config", str(train_config), "--mode", "train", *gpu_mem,
                                             *sets(single)], ok_codes=(0, 3)))
@@ -290,8 +300,8 @@ def main() -> None:
         },
     }
 
-    run_dist = a.distributed == "on" or (a.distributed == "auto" and (gpus >= 2 or not cuda))
-    if run_dist:
+    result["budget"] = plan_budget
+    if run_dist(a, gpus, cuda):
         dist = single + distributed_overrides(a, workdir / "dist")
         dplan = last_json(st.run("plan_distributed", t2vu + ["plan", "--config", str(train_config), "--mode",
                                                              "distributed", "--world-size", "2", *gpu_mem, *sets(dist)],
@@ -337,7 +347,7 @@ def main() -> None:
                             "plan_peak_gb_per_gpu": splan.get("peak_gb_per_gpu"),
                             "plan_peak_phase": splan.get("peak_phase")}
     else:
-        result["search"] = {"skipped": "--search off"}
+        result["search"] = {"skipped": "--no-search, or left out to fit the budget (see budget)"}
     result["gpu_name"] = _gpu_name() if cuda else "cpu"  # only now: the driver never holds a CUDA context
     result["stage_seconds"] = st.seconds
     result["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -346,6 +356,30 @@ def main() -> None:
     search_ok = "skipped" in srch or (srch.get("proxy_evals", 0) >= 1 and srch.get("final_evals", 0) == 1)
     result["ok"] = result["train"]["finite"] and result["distributed"].get("finite", True) and videos == 4 and search_ok
     print(json.dumps(result))
+
+
+def run_dist(a, gpus: int, cuda: bool) -> bool:
+    return a.distributed == "on" or (a.distributed == "auto" and (gpus >= 2 or not cuda))
+
+
+def budget_before_running(a, model_dir: Path, train_config: Path, single: list[str], gpus: int, cuda: bool,
+                          workdir: Path) -> dict:
+    """Each stage's FLOP/time budget, printed before the stages run; eval/search sized to fit (benchmarks/smoke_budget.py)."""
+    from smoke_budget import render, size_to_fit
+
+    from unlearn.models.architectures import PRESETS, resolve_architecture
+
+    arch = resolve_architecture(str(model_dir), a.preset if a.preset in PRESETS else None)
+    dist = single + distributed_overrides(a, workdir / "dist") if run_dist(a, gpus, cuda) else None
+    a.proxy_every = max(1, a.steps // 2)
+    forced = a.search
+    a.search = a.search is not False and FAMILY[a.preset] == "cogvideox"  # the shipped GPU search is CogVideoX's
+    say = lambda m: print(f"[gpu_smoke] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    b = size_to_fit(a, arch, train_config, single, dist, GEOMETRY[a.preset], say, keep_search=forced is True)
+    for line in render(b):
+        say(line)
+    a.search = a.search or forced is True
+    return {**b, "eval_steps": a.eval_steps, "search_proxies": a.search_proxies, "search": a.search}
 
 
 def _finite(final: dict) -> bool:

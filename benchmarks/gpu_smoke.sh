@@ -5,7 +5,8 @@
 #   -> t2vu plan -> t2vu train (xt_source trajectory, bf16, gradient checkpointing, train.device cuda)
 #   -> 2-worker Ray Train + DeepSpeed ZeRO-2 training when >= 2 GPUs -> t2vu eval (2 rows, with the eraser)
 #   -> t2vu tune, one trial (proxy eval in the training worker on its transformer, final eval after fit()).
-# Prints ONE JSON line: step time, peak memory per GPU next to the plan's prediction, MFU, eval s/video.
+# Prints each stage's FLOP/time budget first (stderr; eval/search sized to fit 5 min by it: benchmarks/smoke_budget.py),
+# then ONE JSON line: step time, peak memory per GPU next to the plan's prediction, MFU, eval s/video, the budget.
 # Stage logs: <workdir>/logs/*.log (workdir is printed in the JSON; pass --workdir DIR to choose it).
 # Extra arguments go to benchmarks/gpu_smoke.py (e.g. --steps 6, --distributed off, --mask-layers 0 15 29).
 # CPU rehearsal of the same sequence (the test suite runs it): --preset tiny --device cpu

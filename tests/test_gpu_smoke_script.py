@@ -44,6 +44,17 @@ def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path):
     # the run went through the real entry points and left their outputs
     assert (tmp_path / "train" / "eraser" / "eraser_config.json").is_file()
     assert (tmp_path / "dist" / "eraser" / "eraser_config.json").is_file()
+    # the budget came first, one line per stage that then ran, and the JSON carries it next to the stage seconds
+    err = r.stderr.splitlines()
+    budget_at = [i for i, l in enumerate(err) if l.startswith("[gpu_smoke] budget ")]
+    runs_at = [i for i, l in enumerate(err) if l.startswith("[gpu_smoke] ") and ": " in l and " budget" not in l
+               and l.split()[1].rstrip(":") in out["stage_seconds"]]
+    b = out["budget"]
+    assert set(b["stages"]) == set(out["stage_seconds"]) and b["target_s"] == 300
+    assert max(i for i in budget_at) < min(i for i in runs_at if "build" not in err[i])  # tiny: built first
+    for name, v in b["stages"].items():
+        assert any(l.startswith(f"[gpu_smoke] budget {name}: {v['tflop']:g} TFLOP") for l in err), name
+    assert b["stages"]["train"]["tflop"] > 0 and b["stages"]["eval"]["tflop"] > 0
     cfg = (tmp_path / "train" / "config.yaml").read_text()
     assert "xt_source: trajectory" in cfg and "gradient_checkpointing: true" in cfg and "autocast: bf16" in cfg
 
@@ -89,3 +100,37 @@ def test_wan_flop_model_at_the_real_geometry():
     assert model_flops(cfg, nv, 1, 0, text_tokens=nt) == fwd_row
     # self-attention over 32,760 tokens dominates: 4 Nv^2 D x 30 = 2.0e14 of ~2.8e14 (linear layers 8.2e13)
     assert 2.6e14 < fwd_row < 3.0e14
+
+
+def test_the_budget_sizes_eval_and_search_to_five_minutes_on_one_h100():
+    """CogVideoX-2B shape on one H100 (40% of 989 TFLOP/s): training's FLOPs are the plan's step count x steps plus
+    the trajectory pool; at the shipped eval's 50 sampler steps the budget is over 5 minutes, so the eval steps come
+    down until it fits, and the eval stage's FLOPs are 4 videos of that many steps (pipelines/plan/flops.py)."""
+    import argparse
+
+    from smoke_budget import TARGET_S, size_to_fit, training_flops, video_flops
+    from gpu_smoke import GEOMETRY, TRAIN_CONFIG, train_overrides
+
+    from pipelines.plan import flops as F
+    from pipelines.plan.memory_check import load_plan_config, make_request
+    from pipelines.plan.search_cost import step_flops
+    from unlearn.models.architectures import resolve_architecture
+
+    a = argparse.Namespace(preset="cogvideox-2b", device="cuda", steps=4, eval_steps=50, mask_layers=None, search=True,
+                           mfu=0.4, peak_tflops=989.0, proxy_every=2)
+    arch = resolve_architecture("/nonexistent", "cogvideox-2b")
+    single = train_overrides(a, Path("/nonexistent"), Path("/tmp/cache"))
+    said: list[str] = []
+    b = size_to_fit(a, arch, TRAIN_CONFIG, single, None, GEOMETRY["cogvideox-2b"], said.append)
+    assert b["total_s"] <= TARGET_S and 2 <= a.eval_steps < 50 and a.search
+    assert said and said[-1].endswith(f"--eval-steps {a.eval_steps}")
+    method, pipeline = load_plan_config(TRAIN_CONFIG, single)
+    req = make_request(method, pipeline, mode="train", world_size=1, gpu_memory_gb=80)
+    nv, _ = arch.token_counts(49, 480, 720)
+    assert nv == 17550
+    pool = 5 * 2 * F.forward_flops(arch, nv, 2)  # 2 concept + 2 preserve prompts + "" x 2 sampler steps x a CFG forward
+    assert training_flops(TRAIN_CONFIG, single, 1, arch) == pytest.approx(4 * sum(step_flops(req, arch).values()) + pool)
+    assert b["stages"]["train"]["tflop"] == pytest.approx(training_flops(TRAIN_CONFIG, single, 1, arch) / 1e12, rel=1e-3)
+    assert b["stages"]["eval"]["tflop"] == pytest.approx(4 * video_flops(arch, 49, 480, 720, a.eval_steps) / 1e12, rel=1e-3)
+    one = b["stages"]["eval"]["tflop"] / 4 / a.eval_steps  # per sampler step: a CFG forward of 2 rows (+ text, VAE)
+    assert one > 2 * F.forward_flops(arch, nv, 1) / 1e12
