@@ -7,22 +7,29 @@ runs and freed after it (forward, checkpoint recompute, backward). The erasers a
 whole on every rank, outside the backbone's module tree, and whatever trains them today (DeepSpeed's
 gradient all-reduce / reduce-scatter over `ErasureObjective`'s parameters) keeps doing so unchanged.
 
-Why FSDP2 and not DeepSpeed ZeRO-3 (measured on this CPU with gloo, torch 2.13 / DeepSpeed 0.19.8;
-`benchmarks/sharded_step.py --compare-zero3` reruns it):
-- Sharding happens per module, in place, and keeps each module's class and hooks: the eraser forward hooks
-  on attn1/attn2, the capture processors, `EraserHandle.disabled()` (the reference branch: same sharded
-  model, no copy) and diffusers' non-reentrant gradient checkpointing run unchanged, because a block's
-  weights are plain tensors while its forward (or its recompute) runs. Erasers stay ordinary parameters, so
-  the DeepSpeed engine (ZeRO-2 on erasers) wraps `ErasureObjective` exactly as before.
-- ZeRO-3 partitions only the parameters of the module given to `deepspeed.initialize`; the backbone is
-  deliberately not a submodule of `ErasureObjective` (unlearn.step), so partitioning it means registering it
-  (its frozen weights then go through the engine's whole parameter machinery) AND partitioning the erasers
-  too (one stage per engine); the frozen-parameter + gradient-checkpointing recompute bug noted in
-  configs/deepspeed/zero3.json (DeepSpeed PR #8130) is exactly this use. See the report / the benchmark's
-  `zero3` entry for what ran.
+Why FSDP2 and not DeepSpeed ZeRO-3 (measured on this CPU, gloo, torch 2.13 / DeepSpeed 0.19.8, tiny Wan,
+2 ranks: `python benchmarks/sharded_step.py --compare-zero3` -> benchmarks/results/sharded_step.json):
+- Both are correct here: loss and every eraser gradient equal the single-process step exactly (difference
+  0.0), ZeRO-3 with gradient checkpointing too. The frozen-params + checkpointing recompute bug noted in
+  configs/deepspeed/zero3.json (DeepSpeed PR #8130) did not show on CPU; it is reported on GPUs, which this
+  machine cannot test, and this use (frozen backbone, checkpointed blocks) is exactly its trigger.
+- Speed: ZeRO-3 ran 0.70 steps/s (0.78 with checkpointing), FSDP2 4.71, one unsharded process 6.27 (load
+  average ~30 on the 2 shared cores; an earlier run at lower load: 0.61 / 7.22 / 6.89). ZeRO-3 fetches and
+  releases per submodule through hooks on every module; FSDP2 gathers one block in one all-gather.
+- Structure: ZeRO-3 partitions the parameters of the module given to `deepspeed.initialize`, so the
+  backbone must be registered inside the engine's model (`ErasureObjective` keeps it out on purpose): the
+  engine's module state (checkpoints) would then hold the frozen weights, and the erasers are partitioned
+  with it (one stage per engine). FSDP2 shards per module, in place, keeping each module's hooks: the
+  eraser forward hooks, the capture processors, `EraserHandle.disabled()` (the reference branch: the same
+  sharded model, no copy) and diffusers' non-reentrant checkpointing run unchanged, because a block's
+  weights are plain tensors while its forward (or recompute, or backward) runs; erasers stay ordinary
+  parameters, and the DeepSpeed ZeRO-2 engine wraps `ErasureObjective` exactly as before (the
+  benchmark's `fsdp+zero2`: same exact equality).
 - Not kept: fully_shard on the transformer itself (the root) would make its class `FSDP<Name>`, which the
   family checks (`WanSpec.matches`) read by name; so each unit is its own FSDP root and the few weights set
-  directly on the transformer (Wan's `scale_shift_table`, 2 x hidden x 3) stay whole on every rank.
+  directly on the transformer (Wan's `scale_shift_table`, 2 x hidden per expert) stay whole on every rank.
+- Loading is not sharded yet: every rank loads the whole backbone (on the host, then `device="cuda"`
+  moves only its shards to the GPU) and shards it; a meta-device init + sharded load is the next step.
 
 Collectives: every rank must run the same units in the same order. The fused step does (same batch shapes
 on every rank); a two-expert denoiser is told to run its idle expert in every forward
