@@ -30,7 +30,7 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov")
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#1b1b1b}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;
+table{border-collapse:collapse;margin:.6em 0;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;
 vertical-align:middle}th{background:#f2f2f2}tr.flagged td{background:#fde2e2}tr.flagged td:first-child{
 border-left:4px solid #c62828}section#headline table{font-size:1.1em}section#headline td:first-child{font-weight:600}
 img,video{image-rendering:pixelated;max-width:100%}td img,td video{height:96px}
