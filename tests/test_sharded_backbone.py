@@ -86,23 +86,54 @@ def step(objective, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return float(losses["loss"].detach()), {n: p.grad.detach().clone() for n, p in objective.erasers.named_parameters()}
 
 
-def rank_main(rank: int, kind: str, path: str, port: int, checkpointing: bool, out: str) -> None:
+def zero2_engine(objective):
+    """The DeepSpeed engine the worker trains the erasers with (configs/deepspeed/zero2.json), over the
+    objective whose backbone is sharded; SGD with lr 0 so the step leaves the weights as they were."""
+    import json
+
+    import deepspeed
+
+    ds = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json").read_text())
+    ds = {k: v for k, v in ds.items() if not k.startswith("_")}  # as pipelines.config.distributed does
+    ds.update({"train_micro_batch_size_per_gpu": 1, "train_batch_size": WORLD, "gradient_accumulation_steps": 1})
+    params = list(objective.erasers.parameters())
+    engine, *_ = deepspeed.initialize(model=objective, model_parameters=params,
+                                      optimizer=torch.optim.SGD(params, lr=0.0), config=ds)
+    return engine
+
+
+def engine_step(engine, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    """One engine step; the full (all-ranks mean) eraser gradients as DeepSpeed holds them."""
+    from deepspeed.utils import safe_get_full_grad
+
+    loss = engine(batch)["loss"]
+    engine.backward(loss)
+    grads = {n: safe_get_full_grad(p).clone() for n, p in engine.module.erasers.named_parameters()}
+    engine.step()
+    return float(loss.detach()), grads
+
+
+def rank_main(rank: int, kind: str, path: str, port: int, checkpointing: bool, use_engine: bool, out: str) -> None:
     import torch.distributed as dist
 
     from unlearn.sharding import peak_gathered, resident_bytes, shard_backbone
 
     torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # what DeepSpeed reads
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         spec, erasers, objective = build(kind, Path(path), checkpointing)
-        sharded = shard_backbone(spec, erasers)
+        sharded = shard_backbone(spec, erasers)  # the worker's hook point: after the session, before the engine
         at_rest = resident_bytes(spec.transformer)
         batch = slice_of(global_batch(spec, kind), rank)
+        engine = zero2_engine(objective) if use_engine else None
         with peak_gathered(sharded, list(erasers.erasers.values())) as peak:
-            loss, grads = step(objective, batch)
-        for g in grads.values():  # what the engine does with the (whole, replicated) eraser gradients
-            dist.all_reduce(g)
-            g /= WORLD
+            loss, grads = engine_step(engine, batch) if use_engine else step(objective, batch)
+        if not use_engine:
+            for g in grads.values():  # what the engine does with the (whole, replicated) eraser gradients
+                dist.all_reduce(g)
+                g /= WORLD
         torch.save({"loss": loss, "grads": grads, "resident": at_rest, "after": resident_bytes(spec.transformer),
                     "peak_gathered": peak[0], "whole": sharded.whole_bytes, "largest": sharded.largest_unit_bytes,
                     "shard": sharded.shard_bytes, "replicated": sharded.replicated_bytes, "units": len(sharded.units)},
@@ -118,13 +149,16 @@ def models(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,checkpointing", [("cogvideox", True), ("wan", False), ("wan-a14b", True)])
-def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, models, tmp_path):
+@pytest.mark.parametrize("kind,checkpointing,use_engine", [
+    ("cogvideox", True, False), ("wan", False, False), ("wan-a14b", True, False),
+    ("wan-a14b", True, True),  # under the DeepSpeed ZeRO-2 engine that trains the erasers in the worker
+])
+def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, use_engine, models, tmp_path):
     import torch.multiprocessing as mp
 
     path = make_model(kind, models)
-    mp.start_processes(rank_main, args=(kind, str(path), free_port(), checkpointing, str(tmp_path)), nprocs=WORLD,
-                       join=True, start_method="spawn")
+    mp.start_processes(rank_main, args=(kind, str(path), free_port(), checkpointing, use_engine, str(tmp_path)),
+                       nprocs=WORLD, join=True, start_method="spawn")
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     # the single-process step on each rank's slice (unsharded, no checkpointing), gradients averaged

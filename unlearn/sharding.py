@@ -142,6 +142,13 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, dev
     return ShardedBackbone(units, sizes, sum(sizes) // world, whole, world, _nbytes(replicated))
 
 
+def shard_session(session) -> ShardedBackbone:
+    """The training worker's hook point (`pipelines/train/worker.py`, after `build_session`, before
+    `deepspeed.initialize`): shard a `unlearn.session.TrainingSession`'s backbone over the world, onto its
+    device; its erasers stay whole for the engine."""
+    return shard_backbone(session.spec, session.eraser_set, device=session.device.type)
+
+
 def _storage_bytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
