@@ -26,11 +26,13 @@ class Case:
     # (KIND: ok, nan, size, json, weights, otherbase; see test_reliability._make_eraser), "@cache:KIND" for a
     # filled embedding cache of configs/tiny.yaml's prompts, damaged (swapped, zeroed, truncated; _make_cache),
     # "@model:KIND" for a damaged copy of the tiny model (index-truncated, no-layers, nan; _make_model),
-    # "@sqlite:readonly" for a read-only SQLite database, "@utf16:TEXT" for TEXT saved as UTF-16.
+    # "@sqlite:readonly" for a read-only SQLite database, "@utf16:TEXT" for TEXT saved as UTF-16,
+    # "@symlink:TARGET" for a symbolic link, "@pickle-exploit:COMMAND" for a pickle that runs COMMAND when loaded.
     # `{web}` in argv: a web server on 127.0.0.1 that is not a Ray dashboard.
     files: dict[str, str] = field(default_factory=dict)
     rc: int = 2
     output: str | None = "{tmp}/out"  # must not exist afterwards (nothing created before validation)
+    fsize: int | None = None  # RLIMIT_FSIZE in bytes while the command runs: a disk that fills up
 
 
 TINY = "{root}/configs/tiny.yaml"
@@ -332,3 +334,9 @@ CASES: list[Case] = [
     C("toy-build-foreign", "run folders", "`t2vu toy build` into a folder holding other files (it deleted the folder)",
       ("toy", "build", "{tmp}/m"), "did not write (notes.txt)", files={"m/notes.txt": "x"}, output=None),
 ]
+
+# The probes added for issue 26 live in their own module (this one stays under the size limit); imported last,
+# as they use the helpers above.
+from tests.reliability_cases_more import MORE  # noqa: E402
+
+CASES += MORE

@@ -112,7 +112,9 @@ def test_ctrl_c_of_distributed_train_exits_130_and_resumes(tmp_path):
     try:
         def checkpointed() -> bool:
             tree.update(descendants(proc.pid))
-            return any((out / "ray").glob("*/checkpoint_*/state.json"))
+            # registered by Ray Train (in its snapshot), not just written: only then does a rerun resume from it
+            snap = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+            return snap.is_file() and "checkpoint_0" in snap.read_text()
 
         wait_for(proc, checkpointed, "checkpoint")
         os.killpg(proc.pid, signal.SIGINT)  # the whole group, as Ctrl-C in a terminal

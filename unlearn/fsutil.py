@@ -137,6 +137,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` through a Python file write: torch's own writer reports a full disk as "basic_ios::clear:
+    iostream error" (a RuntimeError without errno or file name); this way it is an OSError naming the file."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def json_default(o: Any):
     if isinstance(o, Path):
         return str(o)

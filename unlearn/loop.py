@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 
 from unlearn import checkpoint as ck
-from unlearn.fsutil import atomic_replace_dir, atomic_write_text
+from unlearn.fsutil import atomic_replace_dir, atomic_torch_save, atomic_write_text
 from unlearn.step import check_finite
 
 LOG = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class TorchEngine:
 
     def save(self, folder: Path, step: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"optimizer": self.optimizer.state_dict(), "global_steps": self.global_steps}, folder / "optimizer.pt")
+        atomic_torch_save({"optimizer": self.optimizer.state_dict(), "global_steps": self.global_steps},
+                          folder / "optimizer.pt")  # a full disk: an OSError naming the file, not torch's iostream error
 
     def load(self, folder: Path) -> None:
         saved = torch.load(Path(folder) / ck.ENGINE_DIR / "optimizer.pt", weights_only=True)

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(exc)}  (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Rust-backed writers (tokenizers, safetensors) report a full disk as a bare Exception "... (os error 28)"
+        if debug or not disk_full(exc):
+            raise
+        print(f"error: {one_line(exc)}  (--debug shows the traceback)", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 
@@ -88,8 +94,20 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from unlearn.masks import ConceptNotInPromptError
     from unlearn.step import NonFiniteLossError
 
+    from safetensors import SafetensorError  # a weights file that could not be written (disk full) or read
+
     return (ConfigError, OSError, EraserFileError, EraserMismatchError, BrokenEraserError, ConceptNotInPromptError,
-            NonFiniteLossError, CheckpointIntegrityError, DegenerateVideosError, OverflowError)
+            NonFiniteLossError, CheckpointIntegrityError, DegenerateVideosError, OverflowError, SafetensorError)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A write refused for lack of space (ENOSPC) or over the file-size limit (EFBIG), from Python or from Rust."""
+    seen = 0
+    while exc is not None and seen < 10:  # also when a wrapper (an eval row's failure) carries it as its cause
+        if getattr(exc, "errno", None) in (27, 28) or any(f"(os error {n})" in str(exc) for n in (27, 28)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def one_line(exc: BaseException) -> str:
@@ -100,7 +118,10 @@ def one_line(exc: BaseException) -> str:
     msg = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
         msg = f"{msg}: {exc.filename}"
-    return msg if not isinstance(exc, (OSError, OverflowError)) else f"{type(exc).__name__}: {msg}"
+    if disk_full(exc):
+        # a write stopped part-way: the command removes what it had begun; the fix is space, not the input
+        msg += "; free disk space (or raise the file-size limit, ulimit -f) or write to another --output, and rerun"
+    return msg if not isinstance(exc, (OSError, OverflowError)) and not disk_full(exc) else f"{type(exc).__name__}: {msg}"
 
 
 if __name__ == "__main__":

@@ -59,14 +59,21 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **quiet)
         return True
     mark_environment()  # the session's processes die with this one, even on SIGKILL (ray_reaper)
-    ray.init(
-        num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
-        num_gpus=num_gpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": env},
-        **quiet,
-    )
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=max(num_cpus or 0, os.cpu_count() or 1), num_gpus=num_gpus, include_dashboard=True,
+                     dashboard_host="127.0.0.1", runtime_env={"env_vars": env}, **quiet)
+            break
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; on an overloaded machine (measured: load average 40 on
+            # 2 cores) that is not enough, and the search died in a traceback. One more try, then one line.
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                raise TimeoutError(f"the local Ray did not start within Ray's 30 s, twice (load average "
+                                   f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs); rerun when the machine is "
+                                   "less busy, or join a running Ray with RAY_ADDRESS") from None
     node = getattr(ray._private.worker, "_global_node", None)  # private, but the one place Ray names its folder
     watch_local_session(node.get_session_dir_path() if node else None)
     return True

@@ -111,7 +111,9 @@ def write_results(path: str | Path, figures: dict, *, argv: list[str] | None = N
     """Write the results file `path` (its stem is the name) atomically; returns the record."""
     path = Path(path)
     if path.suffix != ".json":
-        raise ValueError(f"results file {path}: must end in .json")
+        from unlearn.errors import ConfigError  # a ValueError, as before: one line from the CLI, not a traceback
+
+        raise ConfigError(f"--results-file {path}: must end in .json (benchmarks/results/<name>.json)")
     rec = make_record(path.stem, figures, argv=argv, settings=settings, timings=timings)
     atomic_write_text(path, json.dumps(rec, indent=2, allow_nan=False) + "\n")
     return rec

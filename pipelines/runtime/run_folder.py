@@ -244,6 +244,9 @@ def claim(folder: str | Path, command: str, *, argv: list[str] | None = None, fl
     """
     folder = Path(folder)
     for p in (folder, *folder.parents):
+        if p.is_symlink() and not p.exists():  # mkdir would fail with a bare "File exists"
+            raise ConfigError(f"{flag} {folder}: {p} is a symbolic link to {os.readlink(p)}, which does not exist; "
+                              "create its target or pass another folder")
         if p.exists() and not p.is_dir():
             raise ConfigError(f"{flag} {folder}: {p} is a file, not a folder; pass a folder path (new or existing)")
     _refuse_foreign(folder.resolve(), command, flag)

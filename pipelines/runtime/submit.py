@@ -227,7 +227,7 @@ def build_runtime_env(working_dir: Path = PROJECT_ROOT, extra_env: dict[str, str
 
 def entrypoint_for(t2vu_args: list[str]) -> str:
     if not t2vu_args:
-        raise ValueError("nothing to submit: give a t2vu command after `--`, e.g. `t2vu submit -- tune --config ...`")
+        raise ConfigError("nothing to submit: give a t2vu command after `--`, e.g. `t2vu submit -- tune --config ...`")
     if t2vu_args[0] == "t2vu":
         t2vu_args = t2vu_args[1:]
     # `python -m pipelines.cli.entry` runs from the uploaded working_dir, whatever is installed on the cluster.

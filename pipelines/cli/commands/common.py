@@ -80,8 +80,11 @@ def start_search(args: argparse.Namespace, kind: str, store: str = ""):
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.plan.preflight import preflight
     from pipelines.runtime.run_folder import check_tracking_store
+    from unlearn.config import ConfigError
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    if cfg.search is None:  # before the output folder exists (t2vu run wrote its log there first)
+        raise ConfigError(f"the config has no `search` section; t2vu {kind} needs one (see configs/toy.yaml)")
     if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:
         return None, rc
     out = output_dir(args, kind)
