@@ -8,16 +8,23 @@ that Ray job's runtime environment (offline/telemetry variables included).
     backend = make_backend(spec, cfg.runtime, num_rows=len(todo))
     backend.run(payloads, on_result)   # on_result(row, result) in the caller's thread, as rows finish
     backend.close()                    # close(abort=True) after an error: rows in flight are dropped
+
+A pool (`make_backend(..., pool=NAME)` or $T2VU_EVAL_POOL): the evals of one search share named, detached actors
+(one per `runtime.num_actors`, keyed by what the pipeline depends on: eval.workers.pool_key), so each actor loads
+transformer + T5 + VAE once for the whole search and every later eval swaps its eraser (method), scorer and checks
+in per row; `release_pool(NAME)` ends them. What it costs: the actors hold their GPUs between evals, so a search
+that pools must leave them out of what its trainings use.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from eval.ray_waits import actors_that_fit, available_text, cluster_totals, resources_text, short_of, wait_all, wait_any
-from eval.workers import EvalWorker, WorkerSpec
+from eval.workers import EvalWorker, WorkerSpec, pool_key
 from unlearn.config import ConfigError
 
 RAY_NOT_STARTED = (
@@ -69,20 +76,26 @@ class LocalBackend:
 
 class RayEvalWorker:
     """The Ray actor: placed first (its constructor only keeps the spec), then `load()` builds the EvalWorker,
-    so a wait for resources and a wait for a pipeline load get their own deadline and their own message."""
+    so a wait for resources and a wait for a pipeline load get their own deadline and their own message.
+    A pooled actor (`pool`) outlives its eval: the next eval's `load(spec)` swaps its method (eraser) in on the
+    loaded pipeline instead of loading another (`loads` counts the pipeline loads)."""
 
     def __init__(self, spec: WorkerSpec):
-        self.spec, self.worker = spec, None
+        self.spec, self.worker, self.loads = spec, None, 0
 
     def placed(self) -> bool:
         return True
 
-    def load(self) -> dict:
-        self.worker = EvalWorker(self.spec)
-        return self.worker.ready()
+    def load(self, spec: WorkerSpec | None = None) -> dict:
+        if self.worker is not None and spec is not None:
+            self.worker.set_method(spec)
+        else:
+            self.worker = EvalWorker(spec or self.spec)
+            self.loads += 1
+        return {**self.worker.ready(), "pipeline_loads": self.loads}
 
-    def process(self, row: dict) -> dict:
-        return self.worker.process(row)
+    def process(self, row: dict, spec: WorkerSpec | None = None) -> dict:
+        return self.worker.process(row, spec)
 
     def peak_memory_gb(self) -> float | None:
         return self.worker.peak_memory_gb() if self.worker is not None else None
@@ -99,22 +112,29 @@ class RayBackend:
     on Ray ends by `runtime.ray_timeout_s` with one line naming what never came (eval.ray_waits).
     """
 
-    def __init__(self, spec: WorkerSpec, runtime, num_rows: int | None = None, say: Callable[[str], None] | None = None):
+    def __init__(self, spec: WorkerSpec, runtime, num_rows: int | None = None, say: Callable[[str], None] | None = None,
+                 pool: str | None = None):
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError(RAY_NOT_STARTED.format(n=runtime.num_actors))
-        self.ray, self.timeout = ray, runtime.ray_timeout_s
+        self.ray, self.timeout, self.pool, self.spec = ray, runtime.ray_timeout_s, pool, spec
         self.depth = runtime.queue_depth
         self.need = {"CPU": float(runtime.cpus_per_actor), "GPU": 1.0 if runtime.use_gpu else 0.0}
-        n = self._capped(runtime, num_rows, say or (lambda line: print(line, file=sys.stderr, flush=True)))
+        n = runtime.num_actors if pool is not None else None  # a pool keeps its size whatever this eval's rows
+        n = self._capped(runtime, num_rows if n is None else None, say or (lambda line: print(line, file=sys.stderr, flush=True)))
         actor_cls = ray.remote(RayEvalWorker)
         opts: dict[str, Any] = dict(num_cpus=runtime.cpus_per_actor, num_gpus=self.need["GPU"],
                                     max_concurrency=runtime.queue_depth)
-        self.actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
+        if pool is None:
+            self.actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
+        else:  # named, detached: the next eval of the search (another trial's process) finds them loaded
+            name = f"{pool}-{pool_key(spec)}"
+            self.actors = [actor_cls.options(**opts, name=f"{name}-{i}", namespace=POOL_NAMESPACE, lifetime="detached",
+                                             get_if_exists=True).remote(spec) for i in range(n)]
         try:
             wait_all([a.placed.remote() for a in self.actors], self.timeout, self._never_placed)
-            self.workers_info = wait_all([a.load.remote() for a in self.actors], self.timeout,
+            self.workers_info = wait_all([a.load.remote(spec if pool else None) for a in self.actors], self.timeout,
                                          lambda late: f"{len(late)} of {n} eval actors got their resources but did not "
                                                       f"load the pipeline of {spec.model_path} within {self.timeout:g} s "
                                                       "(runtime.ray_timeout_s); slow shared storage? raise it")
@@ -156,7 +176,7 @@ class RayBackend:
             row = next(it, None)
             if row is None:
                 return False
-            pending[self.actors[a].process.remote(row)] = (a, row)
+            pending[self.actors[a].process.remote(row, self.spec if self.pool else None)] = (a, row)
             load[a] += 1
             return True
 
@@ -189,11 +209,33 @@ class RayBackend:
                 peaks = wait_all([a.peak_memory_gb.remote() for a in actors], 60, lambda late: "peak memory")
                 for info, peak in zip(self.workers_info, peaks):
                     info["peak_memory_gb"] = peak
-                wait_all([a.close.remote() for a in actors], 60, lambda late: "close")
+                if self.pool is None:  # a pooled actor keeps its pipeline and scorer for the search's next eval
+                    wait_all([a.close.remote() for a in actors], 60, lambda late: "close")
             except Exception:  # noqa: BLE001
                 pass
+        if self.pool is not None and not abort:
+            return  # release_pool() ends them when the search is over
         for a in actors:
             ray.kill(a)
+
+
+POOL_NAMESPACE = "t2vu-eval-pools"
+
+
+def release_pool(pool: str) -> int:
+    """Kill the actors of eval pool `pool` (the search is over); returns how many. No Ray, no pool: 0."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(f"{pool}-")]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=POOL_NAMESPACE))
+        except ValueError:  # gone meanwhile
+            pass
+    return len(names)
 
 
 def _row_result(get: Callable[[], dict], row: dict) -> dict:
@@ -206,14 +248,19 @@ def _row_result(get: Callable[[], dict], row: dict) -> dict:
 
 
 def make_backend(spec: WorkerSpec, runtime, num_rows: int | None = None, transformer=None,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, pool: str | None = None):
     """In-process (num_actors 0) or Ray actors (never more actors than rows to do, nor than the cluster holds).
 
     transformer: generate with this loaded backbone (in-process only; it cannot cross into actors).
     say: where the one line about capped actors goes (default stderr).
+    pool: a name shared by the evals of one search (default: $T2VU_EVAL_POOL): their Ray actors load the pipeline
+    once and stay up between evals, each eval swapping its eraser in; `release_pool(pool)` ends them.
     """
     if runtime.num_actors == 0:
         return LocalBackend(spec, runtime.queue_depth, transformer)
     if transformer is not None:
         raise ValueError("a shared transformer can only be used in-process: set runtime.num_actors: 0")
-    return RayBackend(spec, runtime, num_rows, say)
+    return RayBackend(spec, runtime, num_rows, say, pool=pool or os.environ.get(POOL_ENV) or None)
+
+
+POOL_ENV = "T2VU_EVAL_POOL"

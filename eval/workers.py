@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,21 @@ class WorkerSpec:
     checks: dict | None = None
     # eval.methods.MethodPlan.as_dict(): what makes the "erased" video. None = the eraser when set, else none.
     method: dict | None = None
+
+
+def method_plan(spec: WorkerSpec) -> dict:
+    return spec.method or ({"name": "eraser", "options": {"eraser": spec.eraser}} if spec.eraser else {"name": "none"})
+
+
+POOL_FIELDS = ("model_path", "dtype", "device", "use_gpu", "generation", "torch_threads", "quiet")
+
+
+def pool_key(spec: WorkerSpec) -> str:
+    """What a loaded pipeline depends on (not the method, eraser, scorer, checks or output folders, which a pooled
+    worker swaps per eval): specs with one key can share a worker's pipeline."""
+    from eval.writer import digest
+
+    return digest({k: getattr(spec, k) for k in POOL_FIELDS}, n=16)
 
 
 def _quiet_libraries() -> None:
@@ -92,8 +107,12 @@ class EvalWorker:
         from eval.config import ChecksConfig
 
         self.checks = spec.checks or ChecksConfig().frame_checks()
-        # Start the consumer first: a scorer process spawns while the pipeline loads.
-        self.consumer = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
+        # Start the consumer first: a scorer process spawns while the pipeline loads. A pooled worker serves several
+        # evals (their own output folders): one consumer per scorer setting, an idle one closed when another starts.
+        self.consumers: dict[str, Consumer] = {}
+        self._inflight: dict[str, int] = {}
+        self._consumers_lock = threading.Lock()
+        self._consumer(spec, hold=False)
         self.gen = GenerationConfig.model_validate(spec.generation)
         self.device = pick_device(spec.device, spec.use_gpu)
         if transformer is not None:
@@ -101,10 +120,52 @@ class EvalWorker:
         self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer)
         from eval.methods import build_method
 
-        plan = spec.method or ({"name": "eraser", "options": {"eraser": spec.eraser}} if spec.eraser else {"name": "none"})
-        self.method = build_method(plan)
+        self.method = build_method(method_plan(spec))
         self.method.attach(self.pipe, spec.model_path, self.gen)
         self._gen_lock = threading.Lock()
+
+    def set_method(self, spec: WorkerSpec) -> None:
+        """Swap in `spec`'s method (another trial's eraser) on the loaded pipeline: no reload. The pipeline parts
+        must be the same (`pool_key`); waits for the row being generated (the generation lock)."""
+        if pool_key(spec) != pool_key(self.spec):
+            raise ValueError("an eval worker's pipeline serves specs with its own pool_key only")
+        with self._gen_lock:
+            self._swap(spec)
+
+    def _swap(self, spec: WorkerSpec) -> None:
+        """Under the generation lock: `spec`'s method on the pipeline, its checks and base-video cache (nothing to do
+        when they are already on)."""
+        from eval.config import ChecksConfig
+        from eval.methods import build_method
+
+        if method_plan(spec) != method_plan(self.spec):
+            self.method.detach()
+            self.method = build_method(method_plan(spec))
+            self.method.attach(self.pipe, spec.model_path, self.gen)
+        self.checks = spec.checks or ChecksConfig().frame_checks()
+        self.spec = spec
+
+    def _consumer(self, spec: WorkerSpec, hold: bool = True) -> Consumer:
+        """The consumer of `spec`'s scorer setting (started on first use; `hold`: one more row in flight on it).
+        Starting one closes the consumers no row is in flight on (an earlier eval's, finished)."""
+        from eval.writer import digest
+
+        key = digest([asdict(spec.scorer), spec.scorer_mode, spec.scorer_nice])
+        with self._consumers_lock:
+            if key not in self.consumers:
+                for old in [k for k, n in self._inflight.items() if n == 0]:
+                    self.consumers.pop(old).close()
+                    del self._inflight[old]
+                self.consumers[key] = Consumer(spec.scorer, spec.scorer_mode, spec.scorer_nice)
+                self._inflight[key] = 0
+            self._inflight[key] += int(hold)
+            return self.consumers[key]
+
+    def _release(self, consumer: Consumer) -> None:
+        with self._consumers_lock:
+            for k, c in self.consumers.items():
+                if c is consumer:
+                    self._inflight[k] -= 1
 
     def ready(self) -> dict:
         import socket
@@ -162,14 +223,18 @@ class EvalWorker:
         key = digest(parts, n=24)
         return Path(self.spec.base_cache_dir) / f"{key}.npy"
 
-    def process(self, row: dict) -> dict:
-        """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists."""
+    def process(self, row: dict, spec: WorkerSpec | None = None) -> dict:
+        """Generate a row's base (and erased) video; each goes to the consumer as soon as it exists. spec: the eval
+        the row belongs to (a pooled worker serves several: its method is swapped in first, under the same lock)."""
         futures: dict[str, Future] = {}
         quality: dict[str, dict] = {}
         with self._gen_lock:
+            if spec is not None:
+                self._swap(spec)
+            consumer = self._consumer(self.spec)
             t0 = time.perf_counter()
             base, quality["base"] = self._video(row, erased=False)
-            futures["base"] = self.consumer.submit(VideoJob(row, "base", base))
+            futures["base"] = consumer.submit(VideoJob(row, "base", base))
             erased, method_info = None, None
             if self.method.makes_video:
                 erased, quality["erased"] = self._video(row, erased=True)
@@ -177,19 +242,22 @@ class EvalWorker:
             gen_s = time.perf_counter() - t0
         if erased is not None:
             pair = base if row.get("paired") else None
-            futures["erased"] = self.consumer.submit(VideoJob(row, "erased", erased, pair_with=pair))
+            futures["erased"] = consumer.submit(VideoJob(row, "erased", erased, pair_with=pair))
         del base, erased
         try:
             parts = {which: fut.result() for which, fut in futures.items()}
         except BrokenProcessPool as exc:
             raise RuntimeError(SCORER_DIED) from exc
+        finally:
+            self._release(consumer)
         out = _row_output(parts, gen_s, quality)
         if method_info is not None:
             out["method"] = method_info
         return out
 
     def close(self) -> None:
-        self.consumer.close()
+        for c in self.consumers.values():
+            c.close()
         self.detach()
 
     def detach(self) -> None:
