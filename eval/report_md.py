@@ -144,16 +144,19 @@ def _with_se(v: Any, se: Any) -> str:
 
 
 def headline_lines(summary: dict[str, Any]) -> list[str]:
+    """## Headline: the headline_rows table (a `valid` column where the summary has the flags)."""
     rows = headline_rows(summary)
     if not rows:
         return []
-    out = ["## Headline", "", "| metric | base | erased | valid |", "|---|---|---|---|"]
+    flags = any(valid is not None for *_, valid in rows)
+    out = ["## Headline", "", "| metric | base | erased |" + (" valid |" if flags else ""),
+           "|---|---|---|" + ("---|" if flags else "")]
     for name, b, e, valid in rows:
         single = b is None and f"{name}_erased" not in summary
         se_b, se_e = (None, summary.get(f"{name}_se")) if single else (summary.get(f"{name}_base_se"), summary.get(f"{name}_erased_se"))
-        out.append(f"| `{name}` | {_with_se(b, se_b) if b is not None else '—'} | {_with_se(e, se_e)} | "
-                   f"{_fmt(valid) if valid is not None else ''} |")
-    return out + ["", "`± x`: standard error over the prompt rows; every metric: the table All metrics below.", ""]
+        out.append(f"| `{name}` | {_with_se(b, se_b) if b is not None else '—'} | {_with_se(e, se_e)} |"
+                   + (f" {_fmt(valid) if valid is not None else ''} |" if flags else ""))
+    return out + ["", "`± x`: standard error over the prompt rows; every metric: the longer tables below.", ""]
 
 
 PROMPT_SHOWN = 300  # characters of a prompt in the video table (all of it: results.csv)

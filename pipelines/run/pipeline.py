@@ -275,14 +275,17 @@ def _lead_lines(ev: dict, explain: bool = True) -> list[str]:
 
 def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
     from eval.report_html import write_html
+    from eval.report_md import headline_lines
 
     lines = [f"# t2vu run — {out.name}", ""]
     for x in _lead_lines(ev):
         lines += [f"**{x[0].upper() + x[1:] if x.startswith('concept') else x}**", ""]
     lines += [
              f"Best trial **{summary['best_trial']}** of {len(result.trials)} "
-             f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`.", "",
-             "## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
+             f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`; "
+             "its videos next to the base model's, per prompt: [eval/report.html](eval/report.html).", ""]
+    lines += headline_lines(ev)  # the few numbers that decide (eval.report_md); every metric below
+    lines += ["## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in summary["best_params"].items()]
     lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
               "| metric | base | erased |", "|---|---|---|"]
