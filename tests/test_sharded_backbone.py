@@ -190,7 +190,7 @@ def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointin
         assert 0 < g["peak_gathered"] <= experts * g["largest"], g
 
 
-@pytest.mark.slow  # 24 s measured on the shared 2-core box (load ~38): the plan imports read torch's autocast kernels
+# < 0.5 s in a run with tests/test_memory_plan.py (24 s alone on the loaded box: the plan's imports)
 def test_plan_counts_the_sharded_backbone():
     """`t2vu plan`'s terms with PlanInputs.shard_backbone: the weights / world + the gathered blocks, on the
     shipped Wan 2.2 A14B config at 81x480x832 over 4 GPUs (the issue's case: 2 experts, 40 blocks each)."""
@@ -214,7 +214,7 @@ def test_plan_counts_the_sharded_backbone():
     assert plan_memory(replace(one, shard_backbone=True)).peak_bytes == plan_memory(one).peak_bytes
 
 
-@pytest.mark.slow  # ~90 s on the loaded 2-core box: diffusers import + two 14B transformers built on meta
+# 1.1 s in a run with the other family tests (70 s alone on the loaded box: the diffusers import)
 def test_real_size_a14b_shards_on_meta_over_four_ranks():
     """Wan 2.2 T2V-A14B at its real shapes (2 experts x 40 blocks, on meta: nothing allocated) sharded for rank 0
     of 4 (torch's `fake` process group: the real FSDP2 layout code, no communication): each rank keeps 1/4 of
