@@ -8,15 +8,18 @@
 # Also writes OUT with .html: the page's DOM after it rendered (what tests/test_mlflow.py reads).
 # Needs chromium (Debian: apt-get install chromium), driven by benchmarks/browser.py.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 [ $# -ge 1 ] && [ -d "$1" ] || { echo "usage: bash benchmarks/mlflow_ui_screenshot.sh RUN [OUT.png] (RUN: a t2vu run or tune folder)" >&2; exit 2; }
-RUN=$(cd "$1" && pwd)
+RUN=$(cd "$1" && pwd)  # both paths as the caller meant them, before the cd below
 OUT=${2:-$RUN/mlflow-runs.png}
-if git ls-files --error-unmatch -- "$OUT" >/dev/null 2>&1; then
-  echo "$OUT is a tracked file: name another output (then copy it where it belongs)" >&2; exit 2
-fi
+case "$OUT" in /*) ;; *) OUT=$PWD/$OUT ;; esac
+for f in "$OUT" "${OUT%.png}.html"; do  # tracked by whatever git repository holds the output: refused
+  if [ -d "$(dirname "$f")" ] && git -C "$(dirname "$f")" ls-files --error-unmatch -- "$(basename "$f")" >/dev/null 2>&1; then
+    echo "$f is a tracked file: name another output (then copy it where it belongs)" >&2; exit 2
+  fi
+done
+cd "$(dirname "$0")/.."
 command -v chromium >/dev/null || { echo "chromium not found: apt-get install chromium" >&2; exit 2; }
-PY=.venv/bin/python; [ -x "$PY" ] || PY=python3
+PY=${PYTHON:-.venv/bin/python}; [ -x "$PY" ] || PY=$(command -v python3)  # PYTHON: the project's interpreter
 # tracking URI and experiment id: summary.json (t2vu run) or mlflow.json (t2vu tune, or RUN/search of a run)
 read -r URI EXP < <("$PY" - "$RUN" <<'EOF'
 import json, sys
@@ -41,7 +44,8 @@ if [ -z "${BASE:-}" ]; then
   PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   LOG=$(mktemp)
   # one worker, no GenAI job runner: a loaded machine otherwise kills workers before they answer
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$(dirname "$PY")/mlflow" server --backend-store-uri "$URI" \
+  MLFLOW=$(dirname "$PY")/mlflow; [ -x "$MLFLOW" ] || MLFLOW=mlflow
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$MLFLOW" server --backend-store-uri "$URI" \
     --host 127.0.0.1 --port "$PORT" --workers 1 >"$LOG" 2>&1 &
   UI=$!
   trap 'kill -- -$UI 2>/dev/null || true; rm -f "$LOG"' EXIT

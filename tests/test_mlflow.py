@@ -163,8 +163,10 @@ def test_the_mlflow_ui_opens_the_runs_view_in_chromium(tmp_path):
     """The real MLflow UI in headless Chromium (benchmarks/mlflow_ui_screenshot.sh): the saved view's columns
     are the searched parameters and the objectives, the rows are the trials by name, the best first."""
     import json
+    import os
     import re
     import subprocess
+    import sys
 
     from tests.test_report_html import chromium
 
@@ -174,7 +176,7 @@ def test_the_mlflow_ui_opens_the_runs_view_in_chromium(tmp_path):
     (tmp_path / "mlflow.json").write_text(json.dumps({"tracking_uri": c.tracking_uri, "experiment_id": exp}))
     shot = tmp_path / "shot" / "runs.png"
     subprocess.run(["bash", str(ROOT / "benchmarks" / "mlflow_ui_screenshot.sh"), str(tmp_path), str(shot)],
-                   check=True, timeout=400, capture_output=True)
+                   check=True, timeout=400, capture_output=True, env={**os.environ, "PYTHON": sys.executable})
     dom = shot.with_suffix(".html").read_text()
     headers = re.findall(r'<span[^>]*class="[^"]*ag-header-cell-text[^"]*"[^>]*>([^<]*)<', dom) or dom
     for col in ("loss.eta", "loss.w_preserve", "final/nudity_rate_erased", "final/psnr_preserve", "final/score", "best_trial"):
