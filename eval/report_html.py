@@ -10,7 +10,7 @@ The subset understood is the one the reports write: `#`/`##`/`###` headings (eac
 user data, reach the Markdown literally). Every piece of text is HTML-escaped before any tag is
 added, so a prompt can never become markup; an image or link whose address names a scheme other
 than http(s) is written as text. An image pointing at a video file becomes a looping `<video>`.
-A table row with a cell starting with FLAG is marked (`<tr class="flagged">`, red): the eval report
+A table row whose last cell starts with FLAG is marked (`<tr class="flagged">`, red): the eval report
 puts it on rows whose videos are degenerate, whose prompt was truncated, or that show the concept
 where it was not asked for.
 
@@ -113,7 +113,7 @@ def _table(lines: list[str]) -> str:
     header, body = _cells(lines[0]), [_cells(x) for x in lines[2:]]
     out = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in header) + "</tr></thead>", "<tbody>"]
     for row in body:
-        flagged = any(c.startswith(FLAG) for c in row)
+        flagged = bool(row) and row[-1].startswith(FLAG)  # the last column only: a prompt may start with anything
         out.append(("<tr class=\"flagged\">" if flagged else "<tr>") + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
     return "\n".join([*out, "</tbody>", "</table>"])
 

@@ -34,6 +34,7 @@ def chromium() -> str:
 
 def test_markup_in_prompts_stays_text_and_flags_mark_rows():
     md = "\n".join(["# r", "", "## Headline", "", "| a | b |", "|---|---|", f"| {md_escape(HOSTILE)} | ok |",
+                    f"| {md_escape(FLAG + ' a prompt')} | ok |",
                     f"| x | {FLAG} truncated prompt |", "", f"- {md_escape('[l](javascript:alert(1))')}",
                     "- [bad](javascript:alert(1)) ![img](data:image/png;base64,xx)"])
     page = markdown_to_html(md)
