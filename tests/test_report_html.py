@@ -96,3 +96,51 @@ def test_eval_report_html_in_a_browser(eval_run, tmp_path):
 
     with Image.open(shot) as im:
         assert im.size == (1200, 1600) and im.convert("L").getextrema()[1] - im.convert("L").getextrema()[0] > 100  # a page, not a blank
+
+
+def test_every_set_gets_its_rows_flagged_first_in_the_table_and_the_grid(tmp_path):
+    """The toy classifier's groups (target, synonym, two-object, preserve) each get a block of the video table
+    and lines of grid.gif; a flagged row (here: red drawn on a two-object prompt without red, a degenerate
+    erased video) is shown first, marked in both."""
+    import numpy as np
+    from PIL import Image
+
+    from eval.classifiers.toy import ToyClassifier
+    from eval.generate import write_gif
+    from eval.report import HEADER_H, make_grid
+    from eval.report_md import row_flags, video_lines
+
+    def rec(group, names, base_red, erased_red):
+        return {side: {"set": group, "names_target": names, "target_present": red}
+                for side, red in (("base", base_red), ("erased", erased_red))}
+
+    rows = [("t00000", "target", "a red bar moving up", rec("target", True, True, False)),
+            ("t00001", "target", "a crimson bar moving up", rec("synonym", True, True, False)),
+            ("t00002", "target", "a green bar and a blue square", rec("two_nontarget", False, False, False)),
+            ("t00003", "target", "a green bar and a yellow square", rec("two_nontarget", False, False, True)),
+            ("p00000", "preserve", "a blue bar moving up", rec("nontarget", False, False, False)),
+            ("p00001", "preserve", "a green bar moving up", rec("nontarget", False, False, False))]
+    results = []
+    for i, (rid, set_name, prompt, records) in enumerate(rows):
+        frames = np.full((3, 16, 16, 3), 0.1 * (i + 1), dtype=np.float32)
+        files = {side: {"gif": str(write_gif(frames, tmp_path / "gifs" / f"{rid}_{side}.gif", height=16).relative_to(tmp_path))}
+                 for side in ("base", "erased")}
+        results.append({"id": rid, "set": set_name, "prompt": prompt, "seed": i, "records": records, "files": files})
+    results[-1]["quality"] = {"erased": {"degenerate": True, "reasons": "flat"}}
+    toy = ToyClassifier()
+    assert [bool(row_flags(r, toy)) for r in results] == [False, False, False, True, False, True]
+    assert row_flags(results[3], toy) == ["concept where not asked for: erased"]
+
+    md = "\n".join(video_lines(results, toy, per_set=1))
+    blocks = re.findall(r"^### (.+?) — (\d) of (\d) rows", md, re.M)
+    assert blocks == [("target", "1", "1"), ("target/synonym", "1", "1"), ("target/two\\_nontarget", "1", "2"),
+                      ("preserve/nontarget", "1", "2")]
+    assert "a green bar and a yellow square" in md and "a green bar and a blue square" not in md  # flagged first
+    assert md.count(f"| {FLAG} ") == 2
+
+    grid = make_grid(results, tmp_path, rows=1, height=16, fps=4, flagged={"t00003", "p00001"})
+    with Image.open(grid) as im:
+        assert im.size[1] == HEADER_H + 4 * (16 + 2)  # one line per set
+        first = np.asarray(im.convert("RGB"))
+    bars = [tuple(first[HEADER_H + i * 18 + 8, 1]) for i in range(4)]  # the red bar down a flagged line's label
+    assert [b[0] > 150 and b[1] < 100 for b in bars] == [False, False, True, True]
