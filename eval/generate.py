@@ -32,7 +32,7 @@ def pick_device(device: str | None, use_gpu: bool | None = None) -> str:
 
 
 def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: str = "cpu", gen=None,
-                       transformer=None):
+                       transformer=None, text_encoder: bool = True):
     """The real pipeline of the directory's model family (`spec.load_pipeline`, e.g.
     `CogVideoXPipeline.from_pretrained`), moved to `device`, with the configured scheduler
     and VAE memory savers.
@@ -45,7 +45,7 @@ def load_eval_pipeline(model_path: str | Path, dtype: str = "bfloat16", device: 
     spec = spec_class(family_of_model_dir(model_path))
     if transformer is not None:
         dtype = str(next(transformer.parameters()).dtype).removeprefix("torch.")
-    pipe = spec.load_pipeline(model_path, dtype=dtype, transformer=transformer)
+    pipe = spec.load_pipeline(model_path, dtype=dtype, transformer=transformer, text_encoder=text_encoder)
     pipe.t2vu_spec = spec  # generate_video asks it for the family's own call arguments
     if gen is not None:
         scheduler = spec.eval_scheduler(gen.scheduler, pipe.scheduler.config)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.scoring import ScorerSpec
-from eval.workers import WorkerSpec
+from eval.workers import WorkerSpec, text_cache_root
 from unlearn.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,8 @@ def worker_spec(plan: EvalPlan) -> WorkerSpec:
         scorer_mode=cfg.runtime.scorer, scorer_nice=cfg.runtime.scorer_nice, torch_threads=cfg.runtime.torch_threads,
         base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
         checks=cfg.checks.frame_checks(), method=plan.method.as_dict(),
+        text_cache=text_cache_root(str(plan.model_path), cfg.model.dtype, cfg.generation.model_dump(mode="json"),
+                                   [r.prompt for r in plan.rows]),  # all cached: no text encoder in the workers
     )
 
 

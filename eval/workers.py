@@ -45,6 +45,10 @@ class WorkerSpec:
     checks: dict | None = None
     # eval.methods.MethodPlan.as_dict(): what makes the "erased" video. None = the eraser when set, else none.
     method: dict | None = None
+    # The text-embedding cache root (unlearn.embedding_cache) when it holds every prompt of the eval and the negative
+    # prompt (`text_cache_root`): the pipeline loads no text encoder (T5-XXL: ~9 GB read and held per worker) and
+    # generates from the cached embeddings. Methods with a text side of their own (negprompt, safree, blocklist) keep it.
+    text_cache: str | None = None
 
 
 def method_plan(spec: WorkerSpec) -> dict:
@@ -52,6 +56,7 @@ def method_plan(spec: WorkerSpec) -> dict:
 
 
 POOL_FIELDS = ("model_path", "dtype", "device", "use_gpu", "generation", "torch_threads", "quiet")
+TEXT_FREE_METHODS = ("none", "eraser")  # methods whose videos need no text encoder beyond the prompt's embedding
 
 
 def pool_key(spec: WorkerSpec) -> str:
@@ -59,7 +64,31 @@ def pool_key(spec: WorkerSpec) -> str:
     worker swaps per eval): specs with one key can share a worker's pipeline."""
     from eval.writer import digest
 
-    return digest({k: getattr(spec, k) for k in POOL_FIELDS}, n=16)
+    return digest({**{k: getattr(spec, k) for k in POOL_FIELDS}, "text_cache": uses_text_cache(spec)}, n=16)
+
+
+def uses_text_cache(spec: WorkerSpec) -> str | None:
+    return spec.text_cache if spec.text_cache and method_plan(spec)["name"] in TEXT_FREE_METHODS else None
+
+
+def open_text_cache(model_path: str, dtype: str, generation: dict, root: str):
+    """The embedding cache the pipeline's own encoding would match: its text encoder, `dtype`, its max length."""
+    from unlearn.embedding_cache import EmbeddingCache
+    from unlearn.models.families import family_of_model_dir, spec_class
+
+    family = family_of_model_dir(model_path)
+    length = int(generation.get("max_sequence_length") or spec_class(family).text_len_of(model_path))
+    return EmbeddingCache(root, model_path, length, dtype, family=family)
+
+
+def text_cache_root(model_path: str, dtype: str, generation: dict, prompts: list[str]) -> str | None:
+    """The default embedding cache's root when it holds every one of `prompts` and the negative prompt, else None
+    (nothing is encoded here: the cache is filled by training or a search driver, `EmbeddingCache.fill`)."""
+    from unlearn.models.registry import cache_root
+
+    root = str(cache_root() / "embeddings")
+    cache = open_text_cache(model_path, dtype, generation, root)
+    return None if cache.missing([*prompts, generation.get("negative_prompt") or ""]) else root
 
 
 def _quiet_libraries() -> None:
@@ -117,7 +146,10 @@ class EvalWorker:
         self.device = pick_device(spec.device, spec.use_gpu)
         if transformer is not None:
             self.device = str(next(transformer.parameters()).device)
-        self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer)
+        root = uses_text_cache(spec)
+        self.text = open_text_cache(spec.model_path, spec.dtype, spec.generation, root) if root else None
+        self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer,
+                                       text_encoder=self.text is None)
         from eval.methods import build_method
 
         self.method = build_method(method_plan(spec))
@@ -170,7 +202,8 @@ class EvalWorker:
     def ready(self) -> dict:
         import socket
 
-        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
+                "text_encoder": self.pipe.text_encoder is not None}
 
     def peak_memory_gb(self) -> float | None:
         """This process's peak allocated GPU memory so far (`torch.cuda.max_memory_allocated`; None off
@@ -187,6 +220,10 @@ class EvalWorker:
         from eval.generate import generate_video, to_uint8
         from eval.quality import video_quality
 
+        if self.text is not None and (text or {}).get("prompt_embeds") is None:  # the cached embeddings, as T5 makes them
+            dt, neg = self.pipe.transformer.dtype, self.gen.negative_prompt or ""
+            emb = self.text.get([row["prompt"], neg]).to(self.pipe.device, dt)
+            text = {**(text or {}), "prompt_embeds": emb[:1], "negative_prompt_embeds": emb[1:]}
         frames = generate_video(self.pipe, row["prompt"], row["seed"], self.gen, row.get("row_guidance"), text=text)
         quality = video_quality(frames, self.checks)
         if quality["nonfinite_values"]:  # a defined conversion (NaN -> 0) for the files and the classifier
@@ -217,7 +254,7 @@ class EvalWorker:
         from eval.writer import digest
 
         parts = [self.spec.model_path, self.spec.dtype, str(self.pipe.device.type), self.spec.generation,
-                 row["prompt"], int(row["seed"])]
+                 row["prompt"], int(row["seed"])] + (["cached text embeddings"] if self.text is not None else [])
         if row.get("row_guidance") is not None:  # a per-row guidance column makes another video
             parts.append(float(row["row_guidance"]))
         key = digest(parts, n=24)

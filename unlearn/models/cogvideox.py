@@ -51,7 +51,8 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     return load_parts(check_model_dir(path, tuple(components)), dtype, components, loaders, "CogVideoX")
 
 
-def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None):
+def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None,
+                  text_encoder: bool = True):
     """The real `CogVideoXPipeline.from_pretrained(path)` (used by evaluation).
 
     transformer: an already loaded transformer to use instead of loading one (a training run's
@@ -62,6 +63,8 @@ def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Modu
     from unlearn.models.tokenizer import check_tokenizer
 
     extra = {"transformer": transformer} if transformer is not None else {}
+    if not text_encoder:  # the caller passes cached prompt embeddings (eval.workers): T5 is never read
+        extra["text_encoder"] = None
     pipe = CogVideoXPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype], **extra)
     check_tokenizer(pipe.tokenizer)
     return pipe

@@ -114,7 +114,8 @@ def load_components(path: str | Path, dtype: str = "float32", components=("trans
     return load_parts(path, dtype, components, loaders, "Wan")
 
 
-def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None):
+def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Module | None = None,
+                  text_encoder: bool = True):
     """The real `WanPipeline.from_pretrained(path)` (used by evaluation); `transformer` reuses a loaded one."""
     from diffusers import WanPipeline
 
@@ -126,6 +127,8 @@ def load_pipeline(path: str | Path, dtype: str = "float32", transformer: nn.Modu
         extra = {"transformer": transformer.high, "transformer_2": transformer.low}
     else:
         extra = {"transformer": transformer}
+    if not text_encoder:  # the caller passes cached prompt embeddings (eval.workers): UMT5 is never read
+        extra["text_encoder"] = None
     pipe = WanPipeline.from_pretrained(str(check_model_dir(path)), dtype=DTYPES[dtype], **extra)
     check_tokenizer(pipe.tokenizer)
     return pipe
