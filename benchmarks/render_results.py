@@ -243,6 +243,7 @@ def _plan_rows(table: str, with_phase: bool) -> Callable[[dict], str]:
 # name -> (results file stem, renderer)
 VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "robustness_toy": ("robustness_toy", robustness),
+    "robustness_toy_subspace": ("robustness_toy_subspace", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
