@@ -1,9 +1,10 @@
-"""The frozen backbone sharded over 2 gloo ranks (unlearn.sharding, FSDP2): the step is the single-process one.
+"""The frozen backbone sharded over 2 (and 4) gloo ranks (unlearn.sharding, FSDP2): the step is the single-process one.
 
-Each case spawns 2 real processes (torch.multiprocessing, gloo on 127.0.0.1, no Ray). Every rank builds the
+Each case spawns 2 (or 4) real processes (torch.multiprocessing, gloo on 127.0.0.1, no Ray). Every rank builds the
 tiny model from the same directory, hooks the same erasers, shards the backbone per block and runs one
 fused step (reference forward with erasers off + erased forward + backward) on its slice of a global batch,
-then all-reduces the eraser gradients (mean), as the DeepSpeed engine does. The parent runs the unsharded
+then all-reduces the eraser gradients (mean), as the DeepSpeed engine does (one case runs the real
+DeepSpeed ZeRO-2 engine instead). The parent runs the unsharded
 step on each slice in one process and compares: each rank's loss and every averaged eraser gradient within
 1e-5. Each rank also reports its resident backbone parameter bytes (its local shards, read from the live
 storages) and the most unit bytes it held gathered at once while the step ran.
@@ -55,9 +56,9 @@ def build(kind: str, path: Path, checkpointing: bool):
     return spec, erasers, ErasureObjective(spec, erasers, loss)
 
 
-def global_batch(spec, kind: str):
-    """2 concept rows (2 anchors each) + 2 preserved rows; rank r gets row r of each. Two-expert Wan: rank 0's
-    rows are all high-noise and rank 1's all low-noise, so each rank's own batch uses one expert only."""
+def global_batch(spec, kind: str, rows: int = WORLD):
+    """`rows` concept rows (2 anchors each) + `rows` preserved rows; rank r gets row r of each. Two-expert Wan:
+    rank 0's rows are all high-noise and rank 1's all low-noise, so each rank's own batch uses one expert only."""
     from unlearn.masks import selector
     from unlearn.step import StepBatch
 
@@ -65,12 +66,13 @@ def global_batch(spec, kind: str):
     ls = spec.latent_shape(9, 32, 32)
     r = lambda *s: torch.randn(s, generator=g)  # noqa: E731
     if kind == "cogvideox":
-        t_c, t_p = torch.tensor([900, 300]), torch.tensor([700, 100])
-    else:
-        t_c, t_p = torch.tensor([950.0, 400.0]), torch.tensor([900.0, 300.0])
-    return StepBatch(x_c=r(2, *ls), t_c=t_c, emb_c=r(2, spec.text_len, 32), emb_ref=r(2, 2, spec.text_len, 32),
-                     sel=selector([[1], [1, 2]], spec.text_len), x_p=r(2, *ls), t_p=t_p,
-                     emb_p=r(2, spec.text_len, 32))
+        t_c, t_p = torch.tensor([900, 300, 500, 20]), torch.tensor([700, 100, 999, 450])
+    else:  # rows 2, 3 (4 ranks): a high-noise rank and a low-noise rank again
+        t_c, t_p = torch.tensor([950.0, 400.0, 880.0, 10.0]), torch.tensor([900.0, 300.0, 990.0, 600.0])
+    sel = selector([[1], [1, 2], [2], [1, 3]][:rows], spec.text_len)
+    return StepBatch(x_c=r(rows, *ls), t_c=t_c[:rows], emb_c=r(rows, spec.text_len, 32),
+                     emb_ref=r(rows, 2, spec.text_len, 32), sel=sel, x_p=r(rows, *ls), t_p=t_p[:rows],
+                     emb_p=r(rows, spec.text_len, 32))
 
 
 def slice_of(batch, rank: int):
@@ -86,7 +88,7 @@ def step(objective, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return float(losses["loss"].detach()), {n: p.grad.detach().clone() for n, p in objective.erasers.named_parameters()}
 
 
-def zero2_engine(objective):
+def zero2_engine(objective, world: int):
     """The DeepSpeed engine the worker trains the erasers with (configs/deepspeed/zero2.json), over the
     objective whose backbone is sharded; SGD with lr 0 so the step leaves the weights as they were."""
     import json
@@ -95,7 +97,7 @@ def zero2_engine(objective):
 
     ds = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json").read_text())
     ds = {k: v for k, v in ds.items() if not k.startswith("_")}  # as pipelines.config.distributed does
-    ds.update({"train_micro_batch_size_per_gpu": 1, "train_batch_size": WORLD, "gradient_accumulation_steps": 1})
+    ds.update({"train_micro_batch_size_per_gpu": 1, "train_batch_size": world, "gradient_accumulation_steps": 1})
     params = list(objective.erasers.parameters())
     engine, *_ = deepspeed.initialize(model=objective, model_parameters=params,
                                       optimizer=torch.optim.SGD(params, lr=0.0), config=ds)
@@ -113,27 +115,28 @@ def engine_step(engine, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return float(loss.detach()), grads
 
 
-def rank_main(rank: int, kind: str, path: str, port: int, checkpointing: bool, use_engine: bool, out: str) -> None:
+def rank_main(rank: int, kind: str, path: str, port: int, checkpointing: bool, use_engine: bool, out: str,
+              world: int = WORLD) -> None:
     import torch.distributed as dist
 
     from unlearn.sharding import peak_gathered, resident_bytes, shard_backbone
 
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # what DeepSpeed reads
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         spec, erasers, objective = build(kind, Path(path), checkpointing)
         sharded = shard_backbone(spec, erasers)  # the worker's hook point: after the session, before the engine
         at_rest = resident_bytes(spec.transformer)
-        batch = slice_of(global_batch(spec, kind), rank)
-        engine = zero2_engine(objective) if use_engine else None
+        batch = slice_of(global_batch(spec, kind, world), rank)
+        engine = zero2_engine(objective, world) if use_engine else None
         with peak_gathered(sharded, list(erasers.erasers.values())) as peak:
             loss, grads = engine_step(engine, batch) if use_engine else step(objective, batch)
         if not use_engine:
             for g in grads.values():  # what the engine does with the (whole, replicated) eraser gradients
                 dist.all_reduce(g)
-                g /= WORLD
+                g /= world
         torch.save({"loss": loss, "grads": grads, "resident": at_rest, "after": resident_bytes(spec.transformer),
                     "peak_gathered": peak[0], "whole": sharded.whole_bytes, "largest": sharded.largest_unit_bytes,
                     "shard": sharded.shard_bytes, "replicated": sharded.replicated_bytes, "units": len(sharded.units)},
@@ -149,39 +152,42 @@ def models(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,checkpointing,use_engine", [
-    ("cogvideox", True, False), ("wan", False, False), ("wan-a14b", True, False),
-    ("wan-a14b", True, True),  # under the DeepSpeed ZeRO-2 engine that trains the erasers in the worker
+@pytest.mark.parametrize("kind,checkpointing,use_engine,world", [
+    ("cogvideox", True, False, 2), ("wan", False, False, 2), ("wan-a14b", True, False, 2),
+    ("wan-a14b", True, True, 2),  # under the DeepSpeed ZeRO-2 engine that trains the erasers in the worker
+    ("wan", True, False, 4),
 ])
-def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, use_engine, models, tmp_path):
+def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, use_engine, world, models,
+                                                              tmp_path):
     import torch.multiprocessing as mp
 
     path = make_model(kind, models)
-    mp.start_processes(rank_main, args=(kind, str(path), free_port(), checkpointing, use_engine, str(tmp_path)),
-                       nprocs=WORLD, join=True, start_method="spawn")
-    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    mp.start_processes(rank_main, args=(kind, str(path), free_port(), checkpointing, use_engine, str(tmp_path), world),
+                       nprocs=world, join=True, start_method="spawn")
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     # the single-process step on each rank's slice (unsharded, no checkpointing), gradients averaged
     spec, _, objective = build(kind, path, checkpointing=False)
-    batch = global_batch(spec, kind)
-    ref = [step(objective, slice_of(batch, r)) for r in range(WORLD)]
+    batch = global_batch(spec, kind, world)
+    ref = [step(objective, slice_of(batch, r)) for r in range(world)]
     objective.detach()
-    for r in range(WORLD):
+    for r in range(world):
         assert abs(got[r]["loss"] - ref[r][0]) <= TOL * max(1.0, abs(ref[r][0])), (r, got[r]["loss"], ref[r][0])
     names = sorted(ref[0][1])
     assert names and names == sorted(got[0]["grads"])
     for n in names:
-        mean = (ref[0][1][n] + ref[1][1][n]) / WORLD
+        mean = sum(r[1][n] for r in ref) / world
         assert float(mean.abs().max()) > 0, n  # a gradient that is really there
-        for r in range(WORLD):
+        for r in range(world):
             assert torch.allclose(got[r]["grads"][n], mean, atol=TOL, rtol=TOL), (r, n)
 
-    for r in range(WORLD):
+    for r in range(world):
         g = {k: v for k, v in got[r].items() if k not in ("grads", "loss")}
         # at rest: exactly this rank's padded shards + the root-level weights kept whole, read from the storages;
-        # the shards are 1/WORLD of the backbone up to FSDP's padding (< 3% on these tiny widths)
+        # the shards are 1/world of the backbone up to FSDP's padding: 4.1% at 4 ranks on these tiny widths (each
+        # block's scale_shift_table [1, 6, 24] is padded to 4 rows); 0.1% at Wan 2.2 A14B's (the meta test below)
         assert g["resident"] == g["shard"] + g["replicated"], g
-        assert g["whole"] / WORLD <= g["shard"] + g["replicated"] <= 1.03 * g["whole"] / WORLD, g
+        assert g["whole"] / world <= g["shard"] + g["replicated"] <= 1.05 * g["whole"] / world, g
         assert g["after"] == g["resident"]  # every gathered unit was freed after the step
         # while the step ran: one unit gathered at a time per transformer, never more than the largest (as
         # gathered, padded); two experts: one more (see unlearn.sharding: the first block of the expert whose
