@@ -233,3 +233,26 @@ def test_wan_saved_tensors_are_the_same_under_both_lists(site):
         predicted = (WanBlocks.saved_first(px, 2) + WanBlocks.saved_block(px, 2) + WanBlocks.saved_model(px, 2, 2)
                      + eraser_one(px, 2) * 2)
         assert sum(saved.values()) == pytest.approx(predicted, rel=0.01), (device, sum(saved.values()), predicted)
+
+
+def test_capture_scratch_term_is_what_the_lse_capture_allocates():
+    """The plan's attention-capture scratch (pipelines.plan.memory_plan.capture_terms) against the live-storage peak of
+    the real capture (`CapturingCogVideoXAttnProcessor._attend_and_capture`: the kernel's log-sum-exp, then the text
+    columns chunk by chunk) on bf16 q/k/v as autocast hands them over, less SDPA's output (the attention-time term)
+    and the captured probabilities (the results term): within 10%."""
+    from pipelines.plan.memory_plan import capture_terms
+    from unlearn.models.cogvideox_attention import CapturingCogVideoXAttnProcessor
+
+    r1, h, dh, nt, nv, chunk = 3, 2, 64, 16, 768, 128
+    q, k, v = (torch.randn(r1, h, nt + nv, dh).to(torch.bfloat16) for _ in range(3))
+    proc = CapturingCogVideoXAttnProcessor(chunk)
+    proc.capture_rows = 1
+    live = LivePeak({StorageWeakRef(t.untyped_storage()) for t in (q, k, v)})
+    with live:
+        out = proc._attend_and_capture(q, k, v, None, nt)
+    px = replace(plan_x(1, 1, nv, h, frozenset(), head_dim=dh), references=1, preserve_rows=1, capture_layers=1,
+                 attn_chunk=chunk)
+    probs, scratch = capture_terms(px, nt + nv)
+    measured = live.peak - out.untyped_storage().nbytes() - proc.probs.untyped_storage().nbytes()
+    assert probs.bytes == proc.probs.untyped_storage().nbytes()
+    assert measured == pytest.approx(scratch.bytes, rel=0.1), (measured, scratch.bytes)
