@@ -127,8 +127,13 @@ def temp_files(folder: str | Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write (a full disk) names no file by itself
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     return Path(path)
 
 
