@@ -67,7 +67,11 @@ def test_a_config_that_cannot_fit_exits_3_naming_term_and_fix(capsys):
     rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 8)
     assert rc == EXIT_WONT_FIT and s["fits"] is False
     assert s["dominant_term"] == "backbone weights" and "backbone weights" in err
-    assert "GPU with more memory" in err  # no setting shrinks a frozen, replicated backbone
+    # several GPUs: sharding the frozen backbone over them is named first (it keeps the videos whole)
+    assert s["fix"]["setting"].startswith("--set distributed.shard_backbone=true")
+    rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 8, "--world-size", 1)
+    assert rc == EXIT_WONT_FIT and s["terms"]["backbone weights"] > 0.95 * 8  # the weights alone overflow the card
+    assert "shard_backbone" not in err and "GPU with more memory" in err  # one GPU: nothing to shard over
 
     # Without checkpointing, one process with 4+4 rows: the saved activations dominate; the fix is named.
     rc, s, _, err = plan_cli(capsys, "--config", CFG_5B, "--gpu-memory", 80, "--world-size", 1,

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.runtime.paths import config_path, project_root
 from unlearn.config import ConfigError, Strict, path_component
@@ -36,6 +36,10 @@ class DistributedConfig(Strict):
         "ZeRO-2 is the default. ZeRO-3 is opt-in: with a frozen backbone plus gradient checkpointing it hits an open "
         "DeepSpeed bug on GPUs (recompute metadata mismatch, DeepSpeed PR #8130), and the eraser is small enough "
         "that sharding it buys little."))
+    shard_backbone: bool = Field(False, description=(
+        "Partition the frozen transformer over the workers with FSDP2 (unlearn/sharding.py): each keeps 1/num_workers "
+        "of the backbone and gathers one block just before it runs. For models whose weights do not fit one GPU next "
+        "to the activations (Wan 14B/A14B); the erasers stay whole and train as before. ZeRO-2 only."))
     deepspeed_config: str | None = Field(None, description=(
         "A DeepSpeed JSON file; default configs/deepspeed/zero{stage}.json. Batch sizes and gradient clipping are "
         "always filled in from `train` (one source of truth)."))
@@ -54,6 +58,15 @@ class DistributedConfig(Strict):
     max_failures: int = Field(1, ge=-1, description=(
         "Worker-group restarts after a worker dies; training resumes from the last checkpoint."))
     num_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept per run (older ones are deleted).")
+
+    @model_validator(mode="after")
+    def _sharding_under_zero2(self):
+        # ZeRO-3 would wrap the FSDP2-sharded backbone a second time (its own partitioning of what the engine
+        # holds); the two together are untested, so refused rather than trusted.
+        if self.shard_backbone and self.zero_stage == 3:
+            raise ValueError("distributed.shard_backbone needs distributed.zero_stage: 2 (the erasers are small; "
+                             "ZeRO-3 on top of the FSDP2-sharded backbone is not supported)")
+        return self
 
     def worker_resources(self) -> dict[str, float]:
         if self.resources_per_worker:

@@ -99,6 +99,16 @@ class PipelineConfig(EraserTrainingConfig):
     def _renamed_keys(cls, data):
         return read_renamed_keys(data, RENAMED, logging.getLogger("t2vu.config").warning, OVERRIDING)
 
+    @model_validator(mode="after")
+    def _sharded_backbone_without_rank0_evals(self):
+        # A proxy eval runs the backbone on rank 0 alone; with a sharded backbone every forward is a collective,
+        # so the other ranks would wait in it forever.
+        if self.distributed.shard_backbone and self.search is not None and self.search.proxy_every():
+            raise ValueError("distributed.shard_backbone runs every forward on all workers, but search proxy evals "
+                             "run on rank 0 alone: set search.objective.proxy.every: 0 (and no ASHA scheduler) or "
+                             "distributed.shard_backbone: false")
+        return self
+
     def method(self) -> EraserTrainingConfig:
         """The method sections alone (what a training session / eraser digest sees)."""
         return EraserTrainingConfig.model_validate(self.model_dump(include=set(METHOD_SECTIONS), mode="json"))

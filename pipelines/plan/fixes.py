@@ -59,6 +59,12 @@ def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
                     for k in (0.75, 0.5)])
     if dominant == "backbone weights" and m.model.dtype == "float32":
         out.append([("--set model.dtype=bfloat16", _set({"model.dtype": "bfloat16"}))])
+    if dominant == "backbone weights" and _can_shard(req):
+        # sharding first: it keeps the videos whole; what still does not fit is activations, shrunk next
+        out.append([("--set distributed.shard_backbone=true",
+                     lambda base: replace(base, pipeline=_pipeline(base, {"distributed.shard_backbone": True})))])
+        out += stages(replace(req, pipeline=_pipeline(req, {"distributed.shard_backbone": True})),
+                      "forward 2 saved activations")
     if dominant in ERASER_TERMS:
         if req.mode != "train" and (req.pipeline is None or req.pipeline.distributed.zero_stage == 2):
             out.append([("--set distributed.zero_stage=3",
@@ -68,6 +74,12 @@ def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
         out.append([(f"--set train.trajectory.pool_size={n}", _set({"train.trajectory.pool_size": n}))
                     for n in (m.train.trajectory.pool_size // 2, 1)])
     return [g for g in out if g]
+
+
+def _can_shard(req: PlanRequest) -> bool:
+    """Whether `distributed.shard_backbone` is a fix the request can take (several workers, not yet sharded)."""
+    d = getattr(req.pipeline, "distributed", None)
+    return req.mode != "train" and req.world_size > 1 and not getattr(d, "shard_backbone", False)
 
 
 def find_fix(req: PlanRequest, plan: MemoryPlan) -> dict:
@@ -91,7 +103,8 @@ def find_fix(req: PlanRequest, plan: MemoryPlan) -> dict:
         tried.append(fix)
     dominant = plan.dominant.name
     hint = {
-        "backbone weights": "the frozen backbone is replicated on every GPU: use a GPU with more memory",
+        "backbone weights": "the frozen backbone does not fit one GPU: train distributed with "
+                            "distributed.shard_backbone: true (1/N of it per GPU) or use a GPU with more memory",
         "proxy eval weights": "the proxy eval loads T5 + VAE next to training on rank 0: set search.objective.proxy.every: "
                               "null (final evals only) or use a bigger GPU",
         "final eval weights": "the final eval loads a whole pipeline per GPU: use bigger GPUs for evaluation",
@@ -143,6 +156,10 @@ def costs(req: PlanRequest, fixed: PlanRequest) -> list[str]:
         out.append(f"trains on videos of {f.model.num_frames} frames instead of {m.model.num_frames}")
     if (f.model.height, f.model.width) != (m.model.height, m.model.width):
         out.append(f"trains at {f.model.height}x{f.model.width} instead of {m.model.height}x{m.model.width}")
+    shard = [bool(getattr(getattr(r.pipeline, "distributed", None), "shard_backbone", False)) for r in (req, fixed)]
+    if shard[1] and not shard[0]:
+        out.append(f"backbone sharded over {fixed.world_size} GPUs (each block all-gathered before it runs, in both "
+                   "forwards and the recompute: more traffic)")
     zero = [getattr(getattr(r.pipeline, "distributed", None), "zero_stage", None) for r in (req, fixed)]
     if zero[0] != zero[1]:
         out.append(f"ZeRO-{zero[1]} instead of ZeRO-{zero[0] or 2} (eraser weights gathered every step: more traffic)")

@@ -128,6 +128,8 @@ def plan_inputs(req: PlanRequest):
         adv_steps=m.loss.adv_steps, anchor_preserve=m.loss.w_anchor_preserve > 0,
         fp32_ops=autocast_fp32_ops(req.device) if m.train.autocast == "bf16" else frozenset(),
         autocast=m.train.autocast == "bf16",
+        shard_backbone=req.mode != "train" and req.pipeline is not None
+        and bool(getattr(req.pipeline.distributed, "shard_backbone", False)),
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)

@@ -146,6 +146,8 @@ def run_distributed(
         "final": rv.get("final", {}),
         "steps_per_s": rv.get("steps_per_s"),
         "params_partitioned": rv.get("params_partitioned"),
+        "shard_backbone": rv.get("shard_backbone", False),
+        "backbone_resident_bytes": rv.get("backbone_resident_bytes"),  # rank 0's, read from its tensors
         "steps_per_s_steady": rv.get("steps_per_s_steady"),
         "ms_per_step": rv.get("ms_per_step"),
         "wall_s": round(time.time() - t0, 3),

@@ -138,6 +138,11 @@ def train_loop_per_worker(config: dict) -> dict | None:
     device = resolve_device(cfg.train.device, assigned=ray.train.torch.get_device())  # this worker's GPU
     session = build_session(cfg, lc, world, rank, device)
     method = session.cfg
+    sharded = None
+    if cfg.distributed.shard_backbone:  # before the engine: it sees the erasers whole, the backbone in shards
+        from unlearn.sharding import resident_bytes, shard_session
+
+        sharded = shard_session(session)
 
     def make_engine(params):
         return DeepSpeedEngine(session.objective, params, make_optimizer(method, params), lc.ds_config, world)
@@ -147,6 +152,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
                         on_checkpoint=trial_checkpoint_hook(lc, session) if rank == 0 else None)
     result = loop.fit()
     out = summary(result, cfg.train.steps, session)
+    if sharded is not None:  # what this rank held, read from its tensors (not from the plan)
+        out["backbone_resident_bytes"] = resident_bytes(session.spec.transformer)
+    out["shard_backbone"] = sharded is not None
     session.objective.detach()
     return out if rank == 0 else None
 
