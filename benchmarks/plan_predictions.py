@@ -41,6 +41,12 @@ ROWS = [
     ("wan", "2.2 TI2V-5B, `train --distributed` (4 GPUs, 1+1)", W + "wan2.2-ti2v-5b-nudity.yaml", [], "distributed", 4),
     ("wan", "2.2 TI2V-5B, 4 GPUs, checkpointing off", W + "wan2.2-ti2v-5b-nudity.yaml", NO_CKPT, "distributed", 4),
     ("wan", "2.2 T2V-A14B, `train --distributed` (4 GPUs, 1+1)", W + "wan2.2-t2v-a14b-nudity.yaml", [], "distributed", 4),
+    ("wan", "14B, 4 GPUs, backbone sharded (`distributed.shard_backbone`)", W + "wan2.1-t2v-14b-nudity.yaml",
+     ["distributed.shard_backbone=true"], "distributed", 4),
+    ("wan", "2.2 T2V-A14B, 4 GPUs, backbone sharded", W + "wan2.2-t2v-a14b-nudity.yaml",
+     ["distributed.shard_backbone=true"], "distributed", 4),
+    ("wan", "2.2 TI2V-5B at 121×704×1280, 2 GPUs, 1+1 rows each, backbone sharded", W + "wan2.2-ti2v-5b-nudity.yaml",
+     ["distributed.shard_backbone=true", "train.batch_size=2", "train.preserve_batch_size=2"], "distributed", 2),
 ]
 
 
