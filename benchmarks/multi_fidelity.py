@@ -1,6 +1,6 @@
 """What screening buys on the toy world (issue 22): screened vs full-size objectives of the same trials, one run.
 
-    nice -n 5 python benchmarks/multi_fidelity.py [--trials 8] [--steps 40] [--n 8] [--size 9x16x16] \
+    nice -n 5 python benchmarks/multi_fidelity.py [--trials 8] [--steps 120] [--n 8] [--size 9x16x16] \
         [--output runs/multi-fidelity] [--results-file benchmarks/results/multi_fidelity.json]
 
 One real multi-fidelity search (`search.screening`, pipelines.search.screening) on configs/search/toy.yaml,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=40, help="training steps per trial (configs/search/toy.yaml: 120)")
+    ap.add_argument("--steps", type=int, default=120, help="training steps per trial (configs/search/toy.yaml's 120)")
     ap.add_argument("--n", type=int, default=8, help="eval prompts per toy set (toy.yaml: 24)")
     ap.add_argument("--size", default="9x16x16", help="screened frames x height x width (the toy's own: 9x32x32)")
     ap.add_argument("--output", default=str(ROOT / "runs" / "multi-fidelity"))
