@@ -249,6 +249,7 @@ def _show(text: str, tmp: Path) -> str:
         text = text.replace(_WEB[0], "http://127.0.0.1:$PORT")
     text = text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
     text = re.sub(r"\s+\(--debug shows the traceback\)$", "", text)
+    text = re.sub(r"/\.([\w-]+)\.[A-Za-z0-9_]{8}/", r"/.\1.<random>/", text)  # fsutil's temporary folder names
     return text.replace("|", "\\|")
 
 
