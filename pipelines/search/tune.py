@@ -186,6 +186,9 @@ def _start_ray(cfg: PipelineConfig, config_dir: Path) -> None:
     # Results without eval metrics (checkpoint-only reports) are fine: ASHA ignores them and
     # _OptunaSearch skips them; Tune's strict check would reject them otherwise.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Ctrl-C is a KeyboardInterrupt (exit 130, parent run KILLED, a rerun resumes): Tune's own handler instead ended
+    # the search "done" with no best trial, wrote a report of it and exited 1 (tests/test_search_parent_status.py)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trial_cpus = s.resources_per_trial.get("CPU", 0.0)
     per_trial = trial_cpus + cfg.distributed.worker_resources().get("CPU", 0.0) * cfg.distributed.num_workers
     ensure_ray(num_cpus=int(-(-per_trial * s.max_concurrent_trials // 1)))
