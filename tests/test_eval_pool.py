@@ -78,3 +78,34 @@ def test_evals_of_one_search_load_the_pipeline_once_per_actor(ray_session, tmp_p
     monkeypatch.delenv(POOL_ENV)
     fresh = run_eval(cfg(erasers[0]), tmp_path / "unpooled")  # no pool: a fresh actor, killed at the end
     assert [w["pipeline_loads"] for w in fresh["workers"]] == [1] and fresh["workers"][0]["pid"] not in pids
+
+
+def _spec(**kw):
+    from eval.scoring import ScorerSpec
+    from eval.workers import WorkerSpec
+
+    base = dict(model_path="/m/tiny", dtype="float32", device="cpu", use_gpu=False, eraser=None,
+                generation={"num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 2},
+                scorer=ScorerSpec("toy", {}, "/out/a"))
+    return WorkerSpec(**{**base, **kw})
+
+
+def test_pool_key_shares_a_pipeline_across_erasers_and_outputs_but_not_across_models_or_generation():
+    """What a pooled actor may swap per eval (eraser, method, scorer and its output folder) is not in the key;
+    what its loaded pipeline depends on (model, dtype, device, generation settings) is."""
+    from eval.backends import release_pool
+    from eval.scoring import ScorerSpec
+    from eval.workers import pool_key
+
+    k = pool_key(_spec())
+    assert pool_key(_spec(eraser="/runs/a/eraser")) == k
+    assert pool_key(_spec(eraser="/runs/b/eraser", scorer=ScorerSpec("toy", {}, "/out/b"))) == k
+    assert pool_key(_spec(method={"name": "eraser", "options": {"eraser": "/runs/c"}})) == k
+    assert pool_key(_spec(model_path="/m/other")) != k
+    assert pool_key(_spec(dtype="bfloat16")) != k
+    assert pool_key(_spec(generation={"num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 4})) != k
+    import ray
+
+    if not ray.is_initialized():
+        assert release_pool("nothing") == 0  # no Ray running: nothing to end, no Ray started for it
+        assert not ray.is_initialized()

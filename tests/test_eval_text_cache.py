@@ -70,3 +70,22 @@ def test_cached_embeddings_replace_the_text_encoder_and_give_the_same_videos(tmp
 
     more = run_eval(cfg(model, er, limit=2), tmp_path / "more")  # a prompt the cache lacks: the text encoder loads
     assert [w["text_encoder"] for w in more["workers"]] == [True]
+
+
+def test_only_methods_without_a_text_side_of_their_own_skip_the_text_encoder():
+    """The base model and an eraser need nothing but each prompt's embedding; negprompt, SAFREE and the blocklist
+    change the text side themselves, so they keep the encoder even when the cache holds every prompt."""
+    from eval.scoring import ScorerSpec
+    from eval.workers import WorkerSpec, uses_text_cache
+
+    def spec(method):
+        return WorkerSpec(model_path="/m", dtype="float32", device="cpu", use_gpu=False, eraser=None,
+                          generation={}, scorer=ScorerSpec("toy", {}, "/o"), method=method, text_cache="/cache")
+
+    assert uses_text_cache(spec(None)) == "/cache"  # the base model
+    assert uses_text_cache(spec({"name": "eraser", "options": {"eraser": "/e"}})) == "/cache"
+    for name in ("negprompt", "safree", "blocklist"):
+        assert uses_text_cache(spec({"name": name, "options": {}})) is None, name
+    no_cache = WorkerSpec(model_path="/m", dtype="float32", device="cpu", use_gpu=False, eraser=None, generation={},
+                          scorer=ScorerSpec("toy", {}, "/o"))
+    assert uses_text_cache(no_cache) is None
