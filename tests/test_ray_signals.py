@@ -134,3 +134,38 @@ def test_ctrl_c_of_distributed_train_exits_130_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] >= 20, summary
+
+
+def test_reaper_kills_the_dead_drivers_marked_processes_and_nothing_else(tmp_path):
+    """The watchdog alone, without Ray: a driver marks its environment, starts a child that inherits the mark and
+    the watchdog, and is SIGKILLed; the marked child goes within seconds, an unmarked process of the same user
+    (another run's Ray, say) stays."""
+    driver_code = (
+        "import os, subprocess, sys, time\n"
+        "from pipelines.runtime.ray_reaper import mark_environment, watch_local_session\n"
+        "mark_environment()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "watch_local_session(None)\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    driver = subprocess.Popen([sys.executable, "-c", driver_code], cwd=ROOT)
+    try:
+        pid_file = tmp_path / "child.pid"
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and driver.poll() is None, "the driver never started its child"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        time.sleep(0.5)  # the watchdog is waiting on the driver
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(child), "the marked child outlived its SIGKILLed driver by 30 s"
+        assert other.poll() is None, "an unmarked process was killed"
+    finally:
+        other.kill()
+        driver.kill()
