@@ -97,6 +97,8 @@ CASES: list[Case] = [
     C("rank-not-int", "config", "eraser.rank is not an integer", train_set("eraser.rank=abc"), "eraser.rank"),
     C("rank-zero", "config", "eraser.rank 0", train_set("eraser.rank=0"), "eraser.rank"),
     C("steps-zero", "config", "train.steps 0", train_set("train.steps=0"), "train.steps"),
+    C("steps-bool", "config", "train.steps true (YAML's boolean read as 1 by a lax schema)", train_set("train.steps=true"),
+      "train.steps"),
     C("batch-zero", "config", "train.batch_size 0", train_set("train.batch_size=0"), "train.batch_size"),
     C("eta-negative", "config", "loss.eta negative", train_set("loss.eta=-1"), "loss.eta"),
     C("lr-nan", "config", "train.lr NaN", train_set("train.lr=.nan"), "train.lr"),
