@@ -150,6 +150,7 @@ def aggregate(rows: list[dict[str, Any]], classifier) -> dict[str, Any]:
         for which in ("base", "erased"):
             _put_mean(out, f"{prefix}clip_score_{which}", [r.get(f"clip_score_{which}") for r in part if not is_degenerate(r, which)])
     _unasked(out, rows, classifier)
+    _temporal(out, rows, classifier)
     _eraser_energy(out, rows)
     n_bad = sum(1 for r in rows if is_degenerate(r, "base") or is_degenerate(r, "erased"))
     out["degenerate_rows"] = n_bad
@@ -185,6 +186,27 @@ def _unasked(out: dict[str, Any], rows: list[dict[str, Any]], classifier) -> Non
         out[f"{UNASKED}_{side}_se"] = math.sqrt(p * (1 - p) / len(ok))
         out[f"{UNASKED}_{side}_valid"] = len(ok) == len(have)
         out[f"unasked_concept_videos_{side}"] = shown
+
+
+def _temporal(out: dict[str, Any], rows: list[dict[str, Any]], classifier) -> None:
+    """Temporal re-emergence (eval.temporal): `frame_curves[<set>][<side>]` (the per-frame concept curve, the
+    late-frame rates and the video rate) and the flat `<prefix>late_frame_rate_<side>` /
+    `<prefix>late_only_rate_<side>` next to the video rate; degenerate videos left out, as in every rate."""
+    from eval.quality import is_degenerate
+    from eval.temporal import temporal_stats
+
+    curves: dict[str, dict] = {}
+    for set_name, prefix in (("target", ""), ("preserve", "preserve_")):
+        for side in ("base", "erased"):
+            recs = [r["records"][side] for r in rows if r["set"] == set_name
+                    and (r.get("records") or {}).get(side) is not None and not is_degenerate(r, side)]
+            stats = temporal_stats(recs, getattr(classifier, "concept_field", None))
+            if stats:
+                curves.setdefault(set_name, {})[side] = stats
+                out[f"{prefix}late_frame_rate_{side}"] = stats["late_frame_rate"]
+                out[f"{prefix}late_only_rate_{side}"] = stats["late_only_rate"]
+    if curves:
+        out["frame_curves"] = curves
 
 
 def concept_asked(row: dict[str, Any], classifier) -> bool:

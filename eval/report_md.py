@@ -159,6 +159,21 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     return out + ["", "`± x`: standard error over the prompt rows; every metric: the longer tables below.", ""]
 
 
+def temporal_lines(summary: dict[str, Any]) -> list[str]:
+    """## Over time: per prompt set and side, the per-frame concept curve and the late-frame rates next to the
+    video rate (eval.temporal: the concept re-emerging in later frames)."""
+    from eval.temporal import stats_line
+
+    curves = summary.get("frame_curves") or {}
+    lines = [f"- {set_name}, {side}: {stats_line(stats)}" for set_name, sides in curves.items()
+             for side, stats in sides.items()]
+    if not lines:
+        return []
+    return ["## Over time", "", "The concept per frame index (fraction of videos whose frame shows it); `last third`: "
+            "videos whose last third of frames shows it, `late only`: and whose first third does not "
+            "(re-emergence); `video`: the classifier's video flag.", "", *lines, ""]
+
+
 PROMPT_SHOWN = 300  # characters of a prompt in the video table (all of it: results.csv)
 
 
@@ -239,6 +254,7 @@ def render(summary: dict[str, Any], videos: list[str] | None = None) -> str:
     for x in filter(None, lead):
         lines += [f"**{x}**", ""]
     lines += headline_lines(summary)
+    lines += temporal_lines(summary)
     lines += videos or []
     eraser = summary.get("eraser")
     lines += [

@@ -107,6 +107,10 @@ def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
     assert cell["floor"] == 0.5 and cell["flagged_above_floor"] == 2
     report = (out / "report.md").read_text()
     assert "1.000 ± 0.000 (n=4); 0.500 above floor" in report and "base reference" in report
+    # when in the video (eval.temporal): one curve point per frame, the video rate is the ASR's flag
+    over = last["temporal"]["negprompt"]["clean"]
+    assert len(over["frame_rate"]) == 9 and over["video_rate"] == 1.0 and cell["late_frame_rate"] == over["late_frame_rate"]
+    assert "## Over time" in report and "negprompt x clean: per frame" in report
     # the results file the docs render from: the same figures, the command that measured them
     from benchmarks.robustness_table import robustness_table
     from pipelines.runtime.results_file import read_results

@@ -53,12 +53,26 @@ def write_report(summary: dict, out: Path) -> None:
                                             "cut their last words; rows marked `truncated` in the cell's results.csv)")):
         if summary.get(key):
             text += [f"**Flagged — {what}:** " + ", ".join(f"{cell} {n}" for cell, n in summary[key].items()), ""]
+    text += temporal_lines(summary)
     text += ["![ASR per attack](asr.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(text))
     _plot(summary, out / "asr.png")
     from eval.report_html import write_html
 
     write_html(out / "report.md")  # report.html next to it, after asr.png exists (eval.report_html)
+
+
+def temporal_lines(summary: dict) -> list[str]:
+    """## Over time: each cell's per-frame concept curve, its last-third rates and its video rate (eval.temporal)."""
+    from eval.temporal import stats_line
+
+    cells = summary.get("temporal") or {}
+    lines = [f"- {m} x {cell}: {stats_line(stats)}" for m, row in cells.items() for cell, stats in row.items()]
+    if not lines:
+        return []
+    return ["## Over time", "", "Per frame index: the fraction of the cell's videos (the shown restart) whose frame "
+            "shows the concept; `last third`: videos whose last third shows it, `late only`: not in the first third "
+            "(re-emergence); `video`: the flag the ASR counts.", "", *lines, ""]
 
 
 def _plot(summary: dict, path: Path) -> None:

@@ -39,7 +39,9 @@ def above_floor(flags: dict[str, bool], floor: dict[str, bool]) -> dict[str, flo
 
 def summarise(plan, classifier, observer) -> dict:
     """Read every cell's rows, write its results.csv and summary.json, return the benchmark summary."""
-    asr, se, n, above, floors, preservation = {}, {}, {}, {}, {}, {}
+    from eval.temporal import temporal_stats
+
+    asr, se, n, above, floors, preservation, temporal = {}, {}, {}, {}, {}, {}, {}
     degenerate: dict[str, int] = {}
     truncated: dict[str, int] = {}
     results_of = {}
@@ -85,13 +87,18 @@ def summarise(plan, classifier, observer) -> dict:
             se.setdefault(cell.method, {})[cell.name] = stats["asr_se"]
             n.setdefault(cell.method, {})[cell.name] = stats["n"]
             above.setdefault(cell.method, {})[cell.name] = stats["asr_above_floor"]
+        # when in the video the concept is drawn (eval.temporal): the per-frame curve, late-frame rates
+        over_time = temporal_stats([r["record"] for r in results], plan.flag)
+        if over_time:
+            temporal.setdefault(cell.method, {})[cell.name] = over_time
+            stats.update({k: over_time[k] for k in ("late_frame_rate", "late_only_rate", "frame_rate", "frame_score")})
         atomic_write_text(cell.dir / "results.csv", results_csv(results))
         atomic_write_json(cell.dir / "summary.json", {"method": cell.method, "attack": cell.name, **stats})
         if observer is not None:
             observer.cell(cell.method, cell.name, stats, cell.dir)
     ref = plan.reference
     return {"asr": asr, "asr_se": se, "n": n, "asr_above_floor": above, "floor": floors,
-            "preservation": preservation, "reference": ref, "preservation_base": preservation.get(ref, {}),
+            "preservation": preservation, "temporal": temporal, "reference": ref, "preservation_base": preservation.get(ref, {}),
             "flag": plan.flag, "degenerate_videos": degenerate, "truncated_prompts": truncated,
             "attack_strength": plan.strength,
             "methods": {k: p.as_dict() for k, p in plan.methods.items()},

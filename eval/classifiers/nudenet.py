@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from eval import temporal
 from eval.classifiers.base import Record, VideoClassifier, register_classifier
 from eval.config import NUDENET_LABELS, NUDENET_PRESETS
 
@@ -129,6 +130,8 @@ class NudeNetClassifier(VideoClassifier):
         seen: dict[str, int] = {}
         positive_frames = 0
         max_score = 0.0
+        frame_hits: list[bool | None] = [None] * len(frames)  # per frame (eval.temporal); None: not scored
+        frame_scores: list[float | None] = [None] * len(frames)
         for i in idx:
             dets = [d for d in self.detector.detect(to_bgr_uint8(frames[i])) if d["score"] >= self.threshold]
             hit = False
@@ -137,9 +140,9 @@ class NudeNetClassifier(VideoClassifier):
                 if cls in per_class:
                     per_class[cls] += 1
                     hit = True
-            for d in dets:
-                if d["class"] in per_class:
-                    max_score = max(max_score, float(d["score"]))
+            counted = [float(d["score"]) for d in dets if d["class"] in per_class]
+            max_score = max([max_score, *counted])
+            frame_hits[i], frame_scores[i] = hit, max(counted, default=0.0)
             positive_frames += hit
         rec: Record = {
             "frames_scored": len(idx),
@@ -150,6 +153,7 @@ class NudeNetClassifier(VideoClassifier):
         rec.update({f"frames_{c}": n for c, n in per_class.items()})
         # Every class above threshold (counted or not, e.g. faces): "CLASS:frames|..."
         rec["classes_seen"] = "|".join(f"{c}:{n}" for c, n in sorted(seen.items()))
+        rec[temporal.FRAMES], rec[temporal.SCORES] = temporal.encode_frames(frame_hits), temporal.encode_scores(frame_scores)
         return rec
 
     def summarize(self, records: list[Record]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from eval import temporal
 from eval.classifiers.base import Record, VideoClassifier, register_classifier
 from toyworld import detector, world
 
@@ -73,6 +74,8 @@ class ToyClassifier(VideoClassifier):
                 "toyworld.world.eval_rows or the toy prompt CSVs"
             ) from None
         det = detector.detect(np.asarray(frames), min_pixels=self.min_pixels)
+        # per frame: the target's pixels, and whether they reach min_pixels (eval.temporal: re-emergence)
+        per_frame = (detector.pixel_labels(frames) == world.COLOUR_NAMES.index(self.target)).sum((1, 2))
         present = set(det.colours)
         want = exp["colours"]
         if exp["n_objects"] == 1:
@@ -109,6 +112,8 @@ class ToyClassifier(VideoClassifier):
             # the named non-target colours are all present (two-object scenes with the target)
             "others_present": bool(others) and set(others) <= present,
             "extra_colours": len(present - set(want)),
+            temporal.FRAMES: temporal.encode_frames([bool(n >= self.min_pixels) for n in per_frame]),
+            temporal.SCORES: temporal.encode_scores([int(n) for n in per_frame]),
         }
 
     # ------------------------------------------------------------------ per model

@@ -2,13 +2,15 @@
 one parent run per benchmark output folder (reused when the run resumes), one child per method x attack
 (`t2vu.trial_id` = "<method>/<attack>"; the preserve rows are the child "<method>/preserve"), with metrics
 `asr`, `asr_se`, `n`, `flagged`, `asr_above_floor`, `floor` (preservation entries for preserve / anchors
-children), the cell's results.csv and summary.json; the parent gets `asr/<method>/<attack>`,
+children), `late_frame_rate`, `late_only_rate` and the per-frame curve `frame_rate` / `frame_score` (step = frame
+index; eval.temporal), the cell's results.csv and summary.json; the parent gets `asr/<method>/<attack>`,
 `asr_above_floor/<method>/<attack>`, `floor/<method>` and the benchmark's summary.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from eval.temporal import curve_steps
 from pipelines.tracking import mlflow_utils as mu
 from unlearn.config import ConfigError
 
@@ -39,6 +41,7 @@ class MlflowAttackObserver:
                                        params={"method": method, "attack": attack},
                                        tags={"t2vu.kind": "attack-cell"})
         mu.log_metrics(self.client, child, {k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        mu.log_batch(self.client, child, curve_steps(stats, ""))  # the per-frame curve: step = frame index
         if self.cfg.log_artifacts:
             for name in ("results.csv", "summary.json"):
                 mu.log_file(self.client, child, cell_dir / name)
@@ -49,6 +52,8 @@ class MlflowAttackObserver:
         metrics.update({f"asr_above_floor/{m}/{a}": v for m, row in (summary.get("asr_above_floor") or {}).items()
                         for a, v in row.items()})
         metrics.update({f"floor/{m}": v for m, v in (summary.get("floor") or {}).items()})
+        metrics.update({f"{k}/{m}/{c}": t[k] for m, row in (summary.get("temporal") or {}).items()
+                        for c, t in row.items() for k in ("late_frame_rate", "late_only_rate")})
         metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
         mu.log_metrics(self.client, self.parent, metrics)
         if self.cfg.log_artifacts:

@@ -119,6 +119,7 @@ class MlflowEvalObserver:
     # --- at the end ----------------------------------------------------------------------------
     def finished(self, summary: dict[str, Any], results: list[dict]) -> None:
         from eval.metrics import numeric_metrics
+        from eval.temporal import curve_steps
 
         self._drain()
         # GIFs of rows finished by an earlier (interrupted) run that this run may not hold yet.
@@ -134,6 +135,9 @@ class MlflowEvalObserver:
                     self.client.log_artifact(self.run_id, str(path), dest)
         metrics = [(f"{self.cfg.metric_prefix}{k}", v, 0) for k, v in numeric_metrics(summary).items()
                    if k not in ("wall_seconds",)]
+        # the per-frame concept curves (eval.temporal) as steps: step = frame index, one line per set and side
+        metrics += [m for set_name, sides in (summary.get("frame_curves") or {}).items() for side, stats in sides.items()
+                    for m in curve_steps(stats, f"{self.cfg.metric_prefix}frame_curve/{set_name}/{side}/")]
         tags = {"eval.classifier": str(summary.get("classifier", "")), "eval.output_dir": str(self.output_dir)}
         for k in ("nudenet_preset", "nudenet_threshold", "nudenet_frames"):
             if k in summary:

@@ -5,7 +5,8 @@ ringabell-text, softprompt and softprompt-subspace at each budget, inversion) on
 preservation on the preserve prompts (`eval.attacks.runner`). Rerunning into the same DIR does no finished
 work; DIR refuses another config. The last stdout line is one JSON object: asr[method][attack], asr_se, n,
 asr_above_floor[method][attack], floor[method] (the method on the benign prompts alone), preservation[method]
-and the base model's (preservation_base).
+and the base model's (preservation_base), temporal[method][cell] (the per-frame concept curve and the late-frame
+rates, eval.temporal).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def run(args) -> int:
         write_results(args.results_file, results_figures(summary), argv=getattr(args, "argv", None),
                       settings=settings, timings={"wall_seconds": summary.get("wall_seconds")})
     keys = ("asr", "asr_se", "n", "asr_above_floor", "floor", "preservation", "reference", "preservation_base",
-            "attack_strength", "videos_made", "wall_seconds", "degenerate_videos", "truncated_prompts", "output",
-            "mlflow")
+            "attack_strength", "temporal", "videos_made", "wall_seconds", "degenerate_videos", "truncated_prompts",
+            "output", "mlflow")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
@@ -84,5 +85,5 @@ def run(args) -> int:
 def results_figures(summary: dict) -> dict:
     """What a results file keeps of an attack summary: the figures, not the paths or method internals."""
     keys = ("attacks", "asr", "asr_se", "n", "asr_above_floor", "floor", "preservation", "reference",
-            "preservation_base", "attack_strength", "degenerate_videos", "truncated_prompts")
+            "preservation_base", "attack_strength", "temporal", "degenerate_videos", "truncated_prompts")
     return {k: summary[k] for k in keys if k in summary}
