@@ -89,3 +89,24 @@ def test_nudenet_concept_only_in_late_frames(astronaut):
     assert decode_frames(rec3[FRAMES]) == [False, None, None, None, False, None, None, None, True]
     curve = temporal_stats([rec3], "positive")["frame_rate"]
     assert len(curve) == 9 and curve[0] == 0.0 and curve[8] == 1.0 and curve[1] is None
+
+
+@pytest.mark.slow  # a fresh MLflow SQLite store (its migrations): ~22 s on the shared 2-core box
+def test_attack_cell_curve_reaches_mlflow_as_steps(tmp_path):
+    """The attack observer logs a cell's per-frame curve to a real MLflow store: one step per frame index."""
+    from pipelines.config.pipeline import MlflowConfig
+    from pipelines.tracking.mlflow_attack import MlflowAttackObserver
+
+    clf = build_classifier("toy")
+    recs = [clf.classify(_late_red(k), {"prompt": "a blue square moving right", "seed": 0}) for k in (6, 9)]
+    stats = {"asr": 0.5, **temporal_stats(recs, "target_present")}
+    obs = MlflowAttackObserver(MlflowConfig(log_artifacts=False), tmp_path, "t")
+    obs.started(tmp_path)
+    obs.cell("none", "clean", stats, tmp_path)
+    obs.finished({"asr": {"none": {"clean": 0.5}}, "preservation": {}, "temporal": {"none": {"clean": stats}}}, tmp_path)
+    from pipelines.tracking import mlflow_utils as mu
+
+    child = mu.find_child(obs.client, obs.exp_id, obs.parent, "none/clean")
+    history = obs.client.get_metric_history(child, "frame_rate")
+    assert sorted((m.step, m.value) for m in history) == [(i, 0.5 if i >= 6 else 0.0) for i in range(9)]
+    assert obs.client.get_run(obs.parent).data.metrics["late_frame_rate/none/clean"] == 0.5
