@@ -118,3 +118,23 @@ def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
     rec = read_results(results)
     assert rec["command"].startswith("t2vu attack") and rec["figures"]["asr_above_floor"] == last["asr_above_floor"]
     assert "| clean | 1.000 ± 0.000 | 0.500 | 4 |" in robustness_table(rec)
+
+
+def test_gpu_nudity_attack_configs_carry_the_evaluation_strength_attacks():
+    """configs/attack's CogVideoX-2B and Wan2.1 nudity configs load through the typed schema, carry every attack
+    (soft prompt >= 180 steps x >= 2 restarts, its subspace variant, inversion, discrete) at evaluation strength,
+    score with NudeNet, and the Wan one points at a Wan-geometry eval config (81 frames, Wan's own sampler)."""
+    from pipelines.config.attack import (ATTACKS, EVAL_RESTARTS, EVAL_STEPS, load_attack_config,
+                                         load_harness_eval_config)
+
+    for name in ("cogvideox-2b-nudity.yaml", "wan2.1-t2v-1.3b-nudity.yaml"):
+        cfg = load_attack_config(ATTACK_CFG.parent / name)
+        assert set(cfg.attacks) == set(ATTACKS) and cfg.below_strength() == {}, name
+        assert cfg.softprompt.steps >= EVAL_STEPS and cfg.softprompt.restarts >= EVAL_RESTARTS
+        assert cfg.inversion.restarts >= EVAL_RESTARTS and cfg.discrete.steps >= 60
+        assert {m.name for m in cfg.methods} == {"none", "negprompt", "safree", "eraser"}
+        ecfg = load_harness_eval_config(cfg)
+        assert ecfg.classifier.name == "nudenet" and ecfg.classifier.nudenet.frames == "all"
+    wan = load_harness_eval_config(load_attack_config(ATTACK_CFG.parent / "wan2.1-t2v-1.3b-nudity.yaml")).generation
+    assert (wan.num_frames, wan.height, wan.width, wan.scheduler, wan.fps) == (81, 480, 832, "model", 16)
+    assert (wan.num_frames - 1) % 4 == 0  # Wan's VAE: 4k+1 frames
