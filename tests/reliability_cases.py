@@ -87,6 +87,8 @@ CASES: list[Case] = [
       "must be a mapping", files={"c.yaml": "- a\n- b\n"}),
     C("config-utf16", "config", "config file saved as UTF-16", ("train", "-c", "{tmp}/c.yaml", "-o", OUT),
       "is UTF-16 text; save it as UTF-8", files={"c.yaml": "@utf16:model:\n  path: builtin:tiny\n"}),
+    C("config-binary", "config", "a binary file as the config (once told to run iconv, as if UTF-16)",
+      ("train", "-c", "{tmp}/c.yaml", "-o", OUT), "is not a text file", files={"c.yaml": "\x00\x01\x02model: x\n"}),
     C("config-syntax", "config", "YAML syntax error", ("train", "-c", "{tmp}/c.yaml", "-o", OUT), "line 2",
       files={"c.yaml": "model: [\n"}),
     C("config-unknown-section", "config", "misspelt top-level section (`modle`)", train_set("modle.path=x"), "modle: unknown key"),

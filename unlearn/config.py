@@ -295,6 +295,20 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join([f"Invalid config {source} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
 
 
+def _looks_utf16(raw: bytes) -> bool:
+    """A byte-order mark, or bytes that decode as UTF-16 into printable text (a BOM-less UTF-16 file has a NUL
+    in every other byte; so can binary junk, which must not be told to run `iconv`)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if len(raw) < 2 or (raw[0] == 0) == (raw[1] == 0):
+        return False
+    try:
+        text = raw[: len(raw) // 2 * 2].decode("utf-16-le" if raw[1] == 0 else "utf-16-be")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -302,8 +316,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     raw = path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and (raw[0] == 0) != (raw[1] == 0)):
+    if _looks_utf16(raw):
         raise ConfigError(f"Config {path} is UTF-16 text; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
+    if b"\0" in raw:  # binary (an archive, a checkpoint passed by mistake): no text encoding will fix that
+        raise ConfigError(f"Config {path} is not a text file (a NUL byte at offset {raw.index(0)}); pass a YAML "
+                          "file, e.g. configs/tiny.yaml")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
