@@ -45,7 +45,7 @@ def test_floats_are_rounded_for_display_only():
 
 
 def test_run_summary_of_a_finished_run_says_finished_earlier():
-    from pipelines.run.pipeline import print_summary
+    from pipelines.run.report import print_summary
 
     summary = {"best_trial": "57ed5ecf", "best_params": {"loss.eta": 4.2928810235639485}, "output": "/r",
                "search_report": "/r/search/report.md", "eval_dir": "/r/eval", "wall_s": 294.2, "final_eval": {}}

@@ -428,7 +428,7 @@ def test_reports_and_the_run_summary_lead_with_it():
     from eval.classifiers.toy import ToyClassifier
     from eval.metrics import aggregate
     from eval.report_md import metric_rows, render
-    from pipelines.run.pipeline import print_summary
+    from pipelines.run.report import print_summary
 
     m = aggregate(_rows(3), ToyClassifier())
     md = render({**m, "rows_total": 20, "model": "m"})

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.tracking import mlflow_utils as mu
+from pipelines.tracking.tracker import PARENT_ID_FILE, SearchTracking, Tracker
 from pipelines.config.pipeline import MlflowConfig, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,20 +39,22 @@ def test_default_tracking_uri_is_sqlite_in_the_run_folder(tmp_path):
 def test_parent_and_child_runs_are_found_again_not_duplicated(mlflow_server, tmp_path):
     import mlflow
 
-    c = mu.client(mlflow_server)
-    exp = mu.get_or_create_experiment(c, "test/idempotent", tmp_path)
-    parent, created = mu.get_or_create_parent(c, exp, "idem", tmp_path)
-    assert created
-    assert mu.get_or_create_parent(c, exp, "idem", tmp_path) == (parent, False)  # via the id file
-    (tmp_path / mu.PARENT_ID_FILE).unlink()
-    assert mu.get_or_create_parent(c, exp, "idem", tmp_path) == (parent, False)  # via tags
+    described = []
+    tracker = Tracker.start(mlflow_server, "test/idempotent", "idem", tmp_path, describe=described.append)
+    parent = tracker.parent
+    assert described == [tracker]  # a new parent is described once
+    assert SearchTracking.read(tmp_path) == tracker.ids  # <out>/mlflow.json
+    assert Tracker.start(mlflow_server, "test/idempotent", "idem", tmp_path, describe=described.append).parent == parent
+    (tmp_path / PARENT_ID_FILE).unlink()
+    again = Tracker.start(mlflow_server, "test/idempotent", "idem", tmp_path, describe=described.append)
+    assert again.ids == tracker.ids and len(described) == 1  # found again by its tags, not described again
 
     params = mu.method_params(PipelineConfig())
-    a = mu.get_or_create_child(c, exp, parent, "trial_a", params=params)
-    mu.finish(c, a, "KILLED")
-    assert mu.get_or_create_child(c, exp, parent, "trial_a", params=params) == a  # a restarted trial
-    b = mu.get_or_create_child(c, exp, parent, "trial_b")
-    assert b != a and mu.find_child(c, exp, parent, "trial_b") == b
+    a = tracker.child("trial_a", params=params)
+    tracker.end(a, "KILLED")
+    assert tracker.child("trial_a", params=params) == a  # a restarted trial
+    b = tracker.child("trial_b")
+    assert b != a and tracker.find_child("trial_b") == b and tracker.find_child("trial_c") is None
 
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["test/idempotent"])
@@ -115,21 +118,19 @@ def _search_runs(c, out: Path):
     and 40 other params and metrics each (the columns a default table would drown in), the best tagged."""
     from pipelines.tracking import mlflow_ui as mui
 
-    exp = mu.get_or_create_experiment(c, "t2vu/ui", out)
-    parent, _ = mu.get_or_create_parent(c, exp, "ui", out)
+    tracker = Tracker.start(c.tracking_uri, "t2vu/ui", "ui", out)
+    exp, parent = tracker.ids.experiment_id, tracker.parent
     mui.set_runs_view(c, exp, mui.runs_view_state(OBJECTIVES, list(SPACE), "score"))
     runs = []
     for i, (eta, wp) in enumerate(zip(*SPACE.values())):
         params, trial = {"loss.eta": eta, "loss.w_preserve": wp}, f"abc12_0000{i}"
-        rid = mu.get_or_create_child(c, exp, parent, trial, run_name=mui.trial_run_name(params, trial),
-                                     params={**{k: str(v) for k, v in params.items()}, **{f"x.p{j}": "1" for j in range(40)}})
-        mu.log_metrics(c, rid, {"final/nudity_rate_erased": i / 2, "final/psnr_preserve": 20.0 + i,
-                                "final/score": [0.3, -0.25, 0.7][i], **{f"other/m{j}": j for j in range(40)}})
-        mu.finish(c, rid)
+        rid = tracker.child(trial, run_name=mui.trial_run_name(params, trial),
+                            params={**{k: str(v) for k, v in params.items()}, **{f"x.p{j}": "1" for j in range(40)}})
+        tracker.log_metrics(rid, {f"other/m{j}": j for j in range(40)})
+        tracker.end(rid, metrics={"nudity_rate_erased": i / 2, "psnr_preserve": 20.0 + i, "score": [0.3, -0.25, 0.7][i]})
         runs.append(rid)
-    mui.tag_best(c, exp, parent, runs[1], "abc12_00001")
-    mu.finish(c, parent)
-    return exp, parent, runs
+    tracker.finish(best=("abc12_00001", runs[1]))
+    return tracker, runs
 
 
 @pytest.mark.slow  # a fresh SQLite store and ~20 MLflow calls: 30+ s on a loaded 2-core machine
@@ -139,7 +140,9 @@ def test_trials_are_named_by_their_parameters_the_view_has_their_columns_and_the
     from pipelines.tracking import mlflow_ui as mui
 
     c = mu.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp, parent, runs = _search_runs(c, tmp_path)
+    tracker, runs = _search_runs(c, tmp_path)
+    exp, parent = tracker.ids.experiment_id, tracker.parent
+    assert c.get_run(parent).info.status == "FINISHED" and c.get_run(parent).data.tags["t2vu.best_run_id"] == runs[1]
     assert [c.get_run(r).info.run_name for r in runs] == ["eta=2 w_preserve=0.5 · 00000", "eta=4.5 w_preserve=1.2 · 00001",
                                                           "eta=6.1 w_preserve=0.3 · 00002"]
     long = mui.trial_run_name({f"a{i}.loss_weight_{i}": 0.123456 for i in range(20)}, "abc12_00007")
@@ -153,7 +156,7 @@ def test_trials_are_named_by_their_parameters_the_view_has_their_columns_and_the
     assert mui.runs_view_url(exp).endswith(f"/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=t2vu-trials")
 
     assert [c.get_run(r).data.tags.get("best_trial") for r in runs] == [None, "true", None]
-    mui.tag_best(c, exp, parent, runs[2], "abc12_00002")  # a resumed search picked another: one best only
+    tracker.tag_best(runs[2], "abc12_00002")  # a resumed search picked another: one best only
     assert [c.get_run(r).data.tags.get("best_trial") for r in runs] == [None, None, "true"]
     assert c.get_run(parent).data.tags["best_trial"] == "abc12_00002"
 
@@ -172,8 +175,8 @@ def test_the_mlflow_ui_opens_the_runs_view_in_chromium(tmp_path):
 
     chromium()  # skip on a workstation without it; fail in CI
     c = mu.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp, _, _ = _search_runs(c, tmp_path)
-    (tmp_path / "mlflow.json").write_text(json.dumps({"tracking_uri": c.tracking_uri, "experiment_id": exp}))
+    tracker, _ = _search_runs(c, tmp_path)
+    assert json.loads((tmp_path / "mlflow.json").read_text())["experiment_id"] == tracker.ids.experiment_id
     shot = tmp_path / "shot" / "runs.png"
     subprocess.run(["bash", str(ROOT / "benchmarks" / "mlflow_ui_screenshot.sh"), str(tmp_path), str(shot)],
                    check=True, timeout=400, capture_output=True, env={**os.environ, "PYTHON": sys.executable})

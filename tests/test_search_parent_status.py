@@ -26,7 +26,7 @@ SHORT = ["--set", "search.num_samples=1", "--set", "train.steps=4", "--set", "tr
 def parent_status(out: Path) -> tuple[str, dict]:
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking.mlflow_utils import PARENT_ID_FILE
+    from pipelines.tracking.tracker import PARENT_ID_FILE
 
     run = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_run((out / PARENT_ID_FILE).read_text().strip())
     return run.info.status, run.data.tags
@@ -42,8 +42,7 @@ def test_guard_ends_a_running_parent_failed_or_killed(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipelines.config.pipeline import load_pipeline_config
-    from pipelines.tracking.mlflow_utils import PARENT_ID_FILE
-    from pipelines.tracking.run_status import closes_search_parent
+    from pipelines.tracking.tracker import PARENT_ID_FILE, closes_search_parent
 
     cfg = load_pipeline_config(SEARCH, [])
     for exc, want in ((RuntimeError("report failed"), "FAILED"), (KeyboardInterrupt(), "KILLED")):

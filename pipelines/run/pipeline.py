@@ -4,8 +4,9 @@
   2. search            Ray Tune over Ray Train + DeepSpeed trials, each judged by a real eval
   3. select            the best trial by the configured rule (`run.select`)
   4. final eval        the best eraser vs the base model on the full eval set, same seeds
-  5. report            report.md + summary.json in the run folder; all of it in MLflow:
-                       the search's parent run, a child per trial, a child for the final eval
+  5. report            report.md + summary.json in the run folder (pipelines.run.report); all of it in
+                       MLflow (pipelines.tracking.tracker): the search's parent run, a child per trial,
+                       a child for the final eval
 
 Each stage is also a command of its own (`t2vu tune`, `t2vu eval`, `t2vu report`). A stage
 whose outputs are complete is skipped, so rerunning a finished pipeline does no work and
@@ -21,32 +22,16 @@ import math
 import time
 from pathlib import Path
 
-from pipelines.runtime.console import display, quiet_console, say, terminal
+from pipelines.run.report import print_summary, write_pipeline_report
+from pipelines.runtime.console import StageConsole, display, quiet_console, say
 from pipelines.runtime.run_folder import pin_config
+from pipelines.tracking.tracker import Tracker
 from eval.metrics import is_finite_number
-from eval.report_md import is_headline as _headline  # what the console summary shows: the eval report's headline
 from unlearn.config import ConfigError
 from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 STATE_FILE = "pipeline_state.json"
-
-
-class Console:
-    """Stage banners on stdout; everything else (Ray, libraries) stays in logs unless --verbose."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.t0 = time.time()
-
-    def stage(self, n: int, total: int, title: str, note: str = "") -> None:
-        if not self.quiet:
-            el = time.time() - self.t0
-            say(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{el:.0f}s)")
-
-    def say(self, msg: str) -> None:
-        if not self.quiet:
-            say(f"   {msg}")
 
 
 def _load_state(out: Path) -> dict:
@@ -125,7 +110,7 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
         raise ConfigError("t2vu run needs a `search` section (see configs/toy.yaml)")
     out.mkdir(parents=True, exist_ok=True)
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
-    con = Console(quiet)
+    con = StageConsole(quiet)  # stage banners on the terminal; Ray and libraries stay in the log unless --verbose
     # One record of the config per run folder: the search stage's (it refuses another config
     # too); checked here first because a finished run returns before the search stage.
     pin_config(out / "search" / "search_config.yaml", cfg.to_dict(), out)
@@ -145,7 +130,7 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
     return summary
 
 
-def _embeddings_stage(cfg, config_dir: Path, con: Console) -> None:
+def _embeddings_stage(cfg, config_dir: Path, con: StageConsole) -> None:
     from unlearn.session import prepare_embeddings
 
     con.stage(1, 4, "text embeddings")
@@ -154,7 +139,7 @@ def _embeddings_stage(cfg, config_dir: Path, con: Console) -> None:
     con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
 
 
-def _search_stage(cfg, out: Path, state: dict, con: Console, *, config_path, verbose: bool):
+def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path, verbose: bool):
     from pipelines.search.results import collect_result
     from pipelines.search.tune import run_search
 
@@ -173,38 +158,27 @@ def _search_stage(cfg, out: Path, state: dict, con: Console, *, config_path, ver
     return result
 
 
-def _select_stage(cfg, result, con: Console):
+def _select_stage(cfg, result, con: StageConsole):
     con.stage(3, 4, "select")
     best = select_best(result, cfg.run.select if cfg.run else None, cfg.search.objective.scalarize.ranking_key)
     con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={display(v)}" for k, v in best.params.items()))
     return best
 
 
-def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: Console, quiet: bool) -> tuple[dict, str | None]:
-    """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval")."""
-    from pipelines.tracking import mlflow_utils as mu
-
+def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, quiet: bool) -> tuple[dict, str | None]:
+    """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval", ended
+    FINISHED, FAILED or KILLED)."""
     con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
-    eval_run_id = None
-    if result.tracking_uri and result.parent_run_id:
-        c = mu.client(result.tracking_uri)
-        eval_run_id = mu.get_or_create_child(c, result.experiment_id, result.parent_run_id, "final-eval",
-                                             params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
-                                             tags={"t2vu.role": "final-eval"})
-        ecfg = ecfg.with_overrides({"mlflow.tracking_uri": result.tracking_uri}, "final eval")
-    limit = cfg.run.limit if cfg.run else None
-    try:
-        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, limit, quiet)
-    except BaseException as exc:  # every run this tool opens ends FINISHED, FAILED or KILLED
+    tracker = Tracker(result.tracking)
+    with tracker.child_run("final-eval", params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
+                           tags={"t2vu.role": "final-eval"}) as eval_run_id:
         if eval_run_id:
-            mu.finish(c, eval_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    if eval_run_id:
-        mu.finish(c, eval_run_id, "FINISHED")
+            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": tracker.ids.tracking_uri}, "final eval")
+        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, cfg.run.limit if cfg.run else None, quiet)
     return ev, eval_run_id
 
 
-def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: Console) -> dict:
+def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: StageConsole) -> dict:
     return {
         "output": str(out),
         "best_trial": best.trial_id,
@@ -223,15 +197,11 @@ def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: Co
 
 def _finish(out: Path, summary: dict, ev: dict, result, state: dict, quiet: bool) -> None:
     """report.md and summary.json (also to the search's MLflow parent run), then the run is marked done."""
-    from pipelines.tracking import mlflow_utils as mu
-
     summary_path = out / "summary.json"
     write_pipeline_report(out, summary, ev, result)
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
-    if result.tracking_uri and result.parent_run_id:
-        c = mu.client(result.tracking_uri)
-        for f in (out / "report.md", summary_path):
-            mu.log_file(c, result.parent_run_id, f, "pipeline")
+    tracker = Tracker(result.tracking)
+    tracker.log_files(tracker.parent, [out / "report.md", summary_path], "pipeline")
     state["done"] = True
     _save_state(out, state)
     print_summary(summary, quiet)
@@ -251,106 +221,3 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
         start_eval_ray(ecfg.runtime)
     return run_tracked_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
                     progress=not quiet and on_terminal(progress_stream()), progress_file=progress_stream())
-
-
-def _pairs(ev: dict) -> list[tuple[str, object, object]]:
-    rows = []
-    for k, v in ev.items():
-        if k.endswith("_base") and is_finite_number(v):
-            stem = k[: -len("_base")]
-            rows.append((stem, v, ev.get(stem + "_erased")))
-    return rows
-
-
-def _lead_lines(ev: dict, explain: bool = True) -> list[str]:
-    """What the summary and report.md say first: the concept where it was not asked for (eval.report_md),
-    and a flagged eraser energy (eval.checks)."""
-    from eval.report_md import unasked_line
-
-    lines = [x for x in (unasked_line(ev, explain),) if x]
-    if ev.get("eraser_energy_ok") is False and ev.get("eraser_energy_warning"):
-        lines.append(ev["eraser_energy_warning"])
-    return lines
-
-
-def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
-    from eval.report_html import write_html
-    from eval.report_md import headline_lines
-
-    lines = [f"# t2vu run — {out.name}", ""]
-    for x in _lead_lines(ev):
-        lines += [f"**{x[0].upper() + x[1:] if x.startswith('concept') else x}**", ""]
-    lines += [
-             f"Best trial **{summary['best_trial']}** of {len(result.trials)} "
-             f"(search report: [search/report.md](search/report.md)); eraser `{summary['best_eraser']}`; "
-             "its videos next to the base model's, per prompt: [eval/report.html](eval/report.html).", ""]
-    lines += headline_lines(ev)  # the few numbers that decide (eval.report_md); every metric below
-    lines += ["## Best hyperparameters", "", "| parameter | value |", "|---|---|"]
-    lines += [f"| `{k}` | {v} |" for k, v in summary["best_params"].items()]
-    lines += ["", "## Final evaluation: base vs erased (same prompts, same seeds)", "",
-              "| metric | base | erased |", "|---|---|---|"]
-    lines += [f"| {k} | {_f(b)} | {_f(e)} |"
-              for k, b, e in sorted(_pairs(ev), key=lambda r: not r[0].startswith("unasked_concept"))]
-    paired = {k: v for k, v in ev.items() if is_finite_number(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
-    if paired:
-        lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in paired.items()]
-    grid = sorted((out / "eval").glob("grid*.gif"))
-    if grid:
-        lines += ["", f"![base vs erased](eval/{grid[0].name})"]
-    ml = summary["mlflow"]
-    if ml.get("tracking_uri"):
-        lines += ["", "## MLflow", "", f"- tracking URI: `{ml['tracking_uri']}`",
-                  f"- parent run: `{ml['parent_run_id']}` (one child per trial, plus `final-eval` `{ml['final_eval_run_id']}`)",
-                  f"- open: `{mlflow_ui_command(ml['tracking_uri'])}`"]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    write_html(out / "report.md")  # report.html next to it (eval.report_html)
-
-
-def _f(v) -> str:
-    return f"{v:.4g}" if is_finite_number(v) else "—"
-
-
-def mlflow_ui_command(uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-
-
-def mlflow_ui_url(exp_id, base: str = "http://127.0.0.1:5000") -> str:
-    """The experiment's runs table in the search's saved view (pipelines.tracking.mlflow_ui; checked with
-    benchmarks/mlflow_ui_screenshot.sh)."""
-    from pipelines.tracking.mlflow_ui import runs_view_url
-
-    return runs_view_url(exp_id, base)
-
-
-def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = False) -> None:
-    """The end of `t2vu run`; earlier: the run had finished before this command (its wall time is not this one's)."""
-    if quiet:
-        return
-    w = (out or terminal()).write
-    ev = summary.get("final_eval", {})
-    w("\n== summary\n")
-    for line in _lead_lines(ev, explain=False):  # first: the concept where it was not asked for (collateral an accuracy hides)
-        w(f"   {line}\n")
-    w(f"   best trial   {summary['best_trial']}  " + " ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + "\n")
-    for stem, b, e in _pairs(ev):
-        if _headline(stem) and not stem.startswith("unasked_concept"):
-            se = ev.get(f"{stem}_erased_se")
-            w(f"   {stem:<26} base {_f(b):>8}  ->  erased {_f(e):>8}" + (f" ± {se:.2g}" if is_finite_number(se) else "") + "\n")
-    paired_stems = {stem for stem, _, _ in _pairs(ev)}
-    for k, v in ev.items():
-        if is_finite_number(v) and _headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
-            w(f"   {k:<26} {_f(v)}\n")
-    lines = [f"report       {Path(summary['output']) / 'report.md'}", f"search       {summary['search_report']}",
-             f"videos       {summary['eval_dir']}"]
-    uri = summary.get("mlflow", {}).get("tracking_uri")
-    if uri:
-        lines += [f"mlflow       {uri}", f"open it:     {mlflow_ui_command(uri)}"]
-        exp = summary.get("mlflow", {}).get("experiment_id")
-        if exp is not None and uri.startswith("sqlite:"):
-            lines.append(f"then:        {mlflow_ui_url(exp)}  (the trials, best first: searched parameters and objectives as columns)")
-    lines.append(f"finished earlier (wall time {summary['wall_s']:.0f} s)" if earlier else f"wall time    {summary['wall_s']:.0f} s")
-    w("".join(f"   {line}\n" for line in lines))
-
-
-def _fmt(v) -> str:
-    return display(v)  # the console's rounding (pipelines.runtime.console)

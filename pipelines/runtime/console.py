@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 _TERMINAL = None
@@ -57,9 +58,32 @@ def on_terminal(stream) -> bool:
 
 
 def say(msg: str) -> None:
+    """A line for the person at the terminal (stdout unless redirected): banners, summaries."""
     t = terminal()
     t.write(msg + "\n")
     t.flush()
+
+
+def progress(msg: str) -> None:
+    """A progress line (a search's trials, stages): on the terminal even while library output is redirected,
+    and on stderr otherwise, so a command's stdout stays its result."""
+    print(msg, file=progress_stream(), flush=True)
+
+
+class StageConsole:
+    """A multi-stage command's banners (`== [n/N] title - note  (t+Ns)`) and indented notes; quiet: none."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.time()
+
+    def stage(self, n: int, total: int, title: str, note: str = "") -> None:
+        if not self.quiet:
+            say(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{time.time() - self.t0:.0f}s)")
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            say(f"   {msg}")
 
 
 @contextlib.contextmanager

@@ -45,33 +45,28 @@ def check_baselines(cfg, objective, out: Path) -> None:
             plan_eval(ecfg, out / BASELINES_DIR / key, limit=cfg.search.objective.limit)
 
 
-def run_baselines(cfg, objective, out: Path, ml: dict | None, progress=LOG.info) -> list[str]:
+def run_baselines(cfg, objective, out: Path, tracker, progress=LOG.info) -> list[str]:
     """Evaluate every baseline (resuming finished rows); returns one error line per failed baseline.
     A failure is reported, not raised: the trials already ran and their results must not be lost."""
     errors = []
     for key, ecfg in baseline_eval_configs(cfg, objective).items():
         try:
             progress(f"Baseline {key}: method {ecfg.method.name}, the objective's eval -> {out / BASELINES_DIR / key}")
-            _run_one(cfg, objective, out, ml, key, ecfg)
+            _run_one(cfg, objective, out, tracker, key, ecfg)
         except Exception as exc:  # noqa: BLE001 - one line in the report and search_result.json
             LOG.exception("baseline %s failed", key)
             errors.append(f"baseline {key}: {type(exc).__name__}: {exc}"[:300])
     return errors
 
 
-def _run_one(cfg, objective, out: Path, ml: dict | None, key: str, ecfg) -> None:
-    from pipelines.tracking import mlflow_utils as mu
+def _run_one(cfg, objective, out: Path, tracker, key: str, ecfg) -> None:
+    """tracker: the search's `pipelines.tracking.tracker.Tracker`; the baseline's child run ends FAILED when it fails."""
     from pipelines.search.objective import judge
 
-    c = run_id = None
-    if ml:
-        c = mu.client(ml["tracking_uri"])
-        run_id = mu.get_or_create_child(c, ml["experiment_id"], ml["parent_run_id"], f"baseline-{key}",
-                                        tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name})
-        ecfg = ecfg.with_overrides({"mlflow.tracking_uri": ml["tracking_uri"]})
-    values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
-                   cwd=objective.cwd, what=f"baseline {key}", mlflow_run_id=run_id,
-                   record={"method": ecfg.method.name})
-    if c is not None:
-        mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in values.items()})
-        mu.finish(c, run_id, "FINISHED")
+    with tracker.child_run(f"baseline-{key}", tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name}) as run_id:
+        if run_id:
+            ecfg = ecfg.with_overrides({"mlflow.tracking_uri": tracker.ids.tracking_uri})
+        values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
+                       cwd=objective.cwd, what=f"baseline {key}", mlflow_run_id=run_id,
+                       record={"method": ecfg.method.name})
+        tracker.log_metrics(run_id, {f"final/{k}": v for k, v in values.items()})

@@ -285,13 +285,11 @@ def write_report(out: str | Path, cfg=None, result=None, *, log_to_mlflow: bool 
 
 
 def _log_report(out: Path, paths: ReportPaths) -> None:
-    meta = read_json(out / "mlflow.json")
-    if not meta:
-        return
-    from pipelines.tracking import mlflow_utils as mu
+    from pipelines.tracking.tracker import Tracker
+
     try:
-        c = mu.client(meta["tracking_uri"])
-        for p in [paths.report, paths.report.with_suffix(".html"), paths.results_csv, *paths.plots]:
-            mu.log_file(c, meta["parent_run_id"], p, "report")
+        tracker = Tracker.in_folder(out)  # off when the search ran without MLflow
+        tracker.log_files(tracker.parent,
+                          [paths.report, paths.report.with_suffix(".html"), paths.results_csv, *paths.plots], "report")
     except Exception as exc:
         LOG.warning("Could not log the report to MLflow: %s", exc)

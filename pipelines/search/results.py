@@ -55,6 +55,14 @@ class SearchResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def tracking(self):
+        """The search's MLflow ids (`pipelines.tracking.tracker.SearchTracking`; None: MLflow was off)."""
+        from pipelines.tracking.tracker import SearchTracking
+
+        ids = (self.tracking_uri, self.experiment_id, self.parent_run_id)
+        return SearchTracking(*ids) if all(ids) else None
+
+    @property
     def best_eraser(self) -> Path | None:
         return Path(self.best.eraser) if self.best and self.best.eraser else None
 
@@ -128,8 +136,11 @@ def collect_baselines(cfg, out: Path) -> dict[str, dict[str, float]]:
     return found
 
 
-def collect_result(cfg, out: Path, ml: dict | None = None) -> SearchResult:
-    """Build a SearchResult from the trial folders of the search `cfg.search` in `out`."""
+def collect_result(cfg, out: Path, ml=None) -> SearchResult:
+    """Build a SearchResult from the trial folders of the search `cfg.search` in `out`; ml: its MLflow ids
+    (`SearchTracking`; default: <out>/mlflow.json)."""
+    from pipelines.tracking.tracker import SearchTracking
+
     s = cfg.search
     trials = collect_trials(out)
     done = [t for t in trials if t.status == "completed" and all(is_number(t.metrics.get(m)) for m in s.metric_names())]
@@ -139,12 +150,11 @@ def collect_result(cfg, out: Path, ml: dict | None = None) -> SearchResult:
     pareto_idx = pareto_indices([[t.metrics[m.name] for m in s.objective.metrics] for t in done],
                                 [m.mode for m in s.objective.metrics])
     baseline = baseline_values(s.objective, done or trials)
-    ml = ml or read_json(out / "mlflow.json")
+    ml = ml or SearchTracking.read(out)
     return SearchResult(
         output_dir=out, name=s.name, metric_names=s.metric_names(), score_name=score, trials=trials, best=best,
         pareto=[done[i] for i in pareto_idx], baseline=baseline, methods=collect_baselines(cfg, out),
-        tracking_uri=(ml or {}).get("tracking_uri"), experiment_id=(ml or {}).get("experiment_id"),
-        parent_run_id=(ml or {}).get("parent_run_id"),
+        tracking_uri=ml and ml.tracking_uri, experiment_id=ml and ml.experiment_id, parent_run_id=ml and ml.parent_run_id,
     )
 
 

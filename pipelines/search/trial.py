@@ -20,21 +20,16 @@ from pathlib import Path
 import yaml
 
 from pipelines.config.pipeline import PipelineConfig
+from pipelines.runtime.console import progress
 from eval.metrics import is_number
 from pipelines.search.objective import ObjectivePayload, TrialTracking
 from pipelines.search.results import TRIALS_DIR
 from pipelines.search.space import plain_params
 from pipelines.tracking.mlflow_ui import trial_run_name
+from pipelines.tracking.tracker import SearchTracking, Tracker
 from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LOG = logging.getLogger(__name__)
-
-
-def progress(msg: str) -> None:
-    """A search progress line: on the terminal even while library output is redirected."""
-    from pipelines.runtime.console import progress_stream
-
-    print(msg, file=progress_stream(), flush=True)
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ class TrialContext:
     config_dir: str  # relative paths of the config resolve here
     train_storage: str  # the trials' Ray Train storage
     objective: ObjectivePayload  # how a trial is judged
-    mlflow: dict | None  # the search's MLflow ids (tracking_uri, experiment_id, parent_run_id), as in mlflow.json
+    mlflow: SearchTracking | None  # the search's MLflow ids (None: MLflow off)
 
 
 def trial_main(config: dict, ctx: TrialContext) -> None:
@@ -64,16 +59,14 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     cfg = apply_sample(base, config, trial_id)  # re-validated before anything loads
     params = plain_params({k: config[k] for k in base.search.space if k in config})
     trial_dir = Path(ctx.output_dir) / TRIALS_DIR / trial_id
-    ml = ctx.mlflow
+    tracker = Tracker(ctx.mlflow)
     done = finished_trial(trial_dir, params)
     if done is not None:
         # Finished before the driver died but after Tune last saved its experiment state:
         # finish the books and report the recorded result instead of training and evaluating again.
-        if ml and done.get("mlflow_run_id"):
-            c = mu.client(ml["tracking_uri"])
-            if c.get_run(done["mlflow_run_id"]).info.status != "FINISHED":
-                log_trial_artifacts(c, done["mlflow_run_id"], trial_dir, done["metrics"])
-                mu.finish(c, done["mlflow_run_id"], "FINISHED")
+        run_id = done.get("mlflow_run_id") if tracker.on else None
+        if run_id and tracker.status(run_id) != "FINISHED":
+            finish_trial_run(tracker, run_id, trial_dir, done["metrics"])
         ray.tune.report({**done["metrics"], "eval_kind": "final"})
         return
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -85,25 +78,21 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
 
     prepare_embeddings(cfg.method(), ctx.config_dir)  # on the trial driver, never in the workers
 
-    run_id = None
-    if ml:
-        c = mu.client(ml["tracking_uri"])
-        run_id = mu.get_or_create_child(
-            c, ml["experiment_id"], ml["parent_run_id"], trial_id, params=mu.method_params(cfg),
-            tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir),
-                  "t2vu.fidelity": fidelity_label(cfg, ctx.objective)},  # search.screening: small, then full
-            run_name=trial_run_name(params, trial_id),
-        )
+    run_id = tracker.child(
+        trial_id, params=mu.method_params(cfg) if tracker.on else None,
+        tags={"t2vu.searched": json.dumps(params, sort_keys=True), "t2vu.trial_dir": str(trial_dir),
+              "t2vu.fidelity": fidelity_label(cfg, ctx.objective)},  # search.screening: small, then full
+        run_name=trial_run_name(params, trial_id),
+    )
+    if run_id:
         atomic_write_text(trial_dir / "mlflow_run_id.txt", run_id + "\n")
-        mu.log_file(c, run_id, trial_dir / "config.yaml")
-    objective = ctx.objective.for_trial(trial_dir, TrialTracking(ml["tracking_uri"], run_id) if run_id else None)
+        tracker.log_files(run_id, [trial_dir / "config.yaml"])
+    objective = ctx.objective.for_trial(trial_dir, TrialTracking(ctx.mlflow.tracking_uri, run_id) if run_id else None)
     objective = replace(objective, eval_config=with_grid(objective.eval_config))
 
     def fail(message: str) -> None:
-        if run_id:
-            with contextlib.suppress(Exception):
-                c.set_tag(run_id, "t2vu.error", message[:4000])
-                mu.finish(c, run_id, "FAILED")
+        with contextlib.suppress(Exception):  # the trial's own error is the one to report
+            tracker.end(run_id, "FAILED", error=message)
 
     trainer = make_trainer(
         cfg, name=trial_id, storage_path=ctx.train_storage, config_dir=ctx.config_dir,
@@ -129,9 +118,7 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
         "checkpoint": str(result.checkpoint.path), "mlflow_run_id": run_id,
     }
     atomic_write_text(trial_dir / "summary.json", json.dumps(summary, indent=2))
-    if run_id:
-        log_trial_artifacts(c, run_id, trial_dir, metrics)
-        mu.finish(c, run_id, "FINISHED")
+    finish_trial_run(tracker, run_id, trial_dir, metrics)
 
 
 TRIAL_GRID_ROWS = 4  # rows per prompt set in a trial's grid.gif when its eval config draws none
@@ -165,16 +152,13 @@ def finished_trial(trial_dir: Path, params: dict) -> dict | None:
     return summary if summary.get("params") == json.loads(json.dumps(params)) else None
 
 
-def log_trial_artifacts(c, run_id: str, trial_dir: Path, metrics: dict) -> None:
-    from pipelines.tracking import mlflow_utils as mu
-    mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in metrics.items()}, step=int(metrics.get("train_step", 0)))
-    mu.log_dir(c, run_id, trial_dir / "eraser", "eraser")
-    for name in ("metrics.jsonl", "summary.json", "params.json"):
-        if (trial_dir / name).exists():
-            mu.log_file(c, run_id, trial_dir / name)
+def finish_trial_run(tracker: Tracker, run_id: str | None, trial_dir: Path, metrics: dict) -> None:
+    """A completed trial's run: its eraser and records, its final metrics, ended FINISHED."""
+    tracker.log_files(run_id, [trial_dir / n for n in ("eraser", "metrics.jsonl", "summary.json", "params.json")])
+    tracker.end(run_id, metrics=metrics, step=int(metrics.get("train_step", 0)))
 
 
-def make_bookkeeping_callback(output_dir: str, mlflow: dict | None, metric_names: list[str], score_name: str):
+def make_bookkeeping_callback(output_dir: str, mlflow: SearchTracking | None, metric_names: list[str], score_name: str):
     from ray.tune import Callback
 
     class TrialBookkeeping(Callback):
@@ -208,20 +192,13 @@ def make_bookkeeping_callback(output_dir: str, mlflow: dict | None, metric_names
             if not (tdir / "metrics.jsonl").exists() and ckpt and Path(ckpt, "metrics.jsonl").exists():
                 atomic_write_bytes(tdir / "metrics.jsonl", Path(ckpt, "metrics.jsonl").read_bytes())
             progress(f"  trial {trial.trial_id}: {status}")
-            if not mlflow or completed:
+            if completed:
                 return
-            from pipelines.tracking import mlflow_utils as mu
             try:
-                c = mu.client(mlflow["tracking_uri"])
-                run_id = mu.find_child(c, mlflow["experiment_id"], mlflow["parent_run_id"], trial.trial_id)
-                if run_id is None:
-                    return
-                c.set_tag(run_id, "t2vu.trial_status", status)
-                if error:
-                    c.set_tag(run_id, "t2vu.error", error[:4000])
-                mu.log_metrics(c, run_id, {f"final/{k}": v for k, v in last.items() if is_number(v)},
-                               step=int(last.get("train_step", 0) or 0))
-                mu.finish(c, run_id, "FAILED" if error else "KILLED")
+                tracker = Tracker(mlflow)
+                tracker.end(tracker.find_child(trial.trial_id), "FAILED" if error else "KILLED", error=error,
+                            tags={"t2vu.trial_status": status}, step=int(last.get("train_step", 0) or 0),
+                            metrics={k: v for k, v in last.items() if is_number(v)})
             except Exception as exc:  # bookkeeping must not fail the search
                 LOG.warning("MLflow bookkeeping for trial %s failed: %s", trial.trial_id, exc)
 

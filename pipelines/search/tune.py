@@ -38,12 +38,15 @@ from pathlib import Path
 import yaml
 
 from pipelines.config.pipeline import PipelineConfig
-from pipelines.search.objective import PROXY_TIME_ATTR, objective_payload
+from pipelines.search.objective import PROXY_TIME_ATTR, objective_payload, trial_final_eval_config
 from pipelines.runtime.run_folder import remove_owned
 from pipelines.search.baselines import check_baselines, run_baselines
+from pipelines.search.eval_pool import pool_need, search_eval_pool
 from eval.metrics import is_number
 from pipelines.search.results import SearchResult, collect_result, search_result_json
-from pipelines.search.trial import TrialContext, make_bookkeeping_callback, progress, trial_main
+from pipelines.search.trial import TrialContext, make_bookkeeping_callback, trial_main
+from pipelines.runtime.console import progress
+from pipelines.tracking.tracker import Tracker
 from unlearn.config import ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) a Tune search; returns the trials, the best one, the Pareto set and the report.
     `points`: evaluate these samples instead of searching (search.screening's full-size stage)."""
-    from pipelines.tracking.run_status import closes_search_parent
+    from pipelines.tracking.tracker import closes_search_parent
 
     with closes_search_parent(cfg, output_dir):  # a late failure or Ctrl-C ends the parent run FAILED / KILLED
         return _run_search(cfg, output_dir, config_path=config_path, resume=resume, verbose=verbose,
@@ -134,16 +137,19 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
     out = Path(output_dir).resolve()
     config_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     objective = _prepare(cfg, out, config_dir, config_path=config_path, resume=resume)
-    _start_ray(cfg, config_dir)
-    ml = _open_parent_run(cfg, out, config_path)
-    ctx = TrialContext(base=cfg, output_dir=str(out), config_dir=str(config_dir),
-                       train_storage=str(out / "ray" / f"{s.name}-train"), objective=objective, mlflow=ml)
-    tuner = _make_tuner(cfg, out, ctx, ml, resume=resume, verbose=verbose, points=points)
-    progress(f"Search {s.name}: {len(points or []) or s.num_samples} trials, {'fixed points' if points else s.algorithm}, objective {s.metric_names()} -> {out}")
-    if s.proxy_skip_note():
-        progress(f"  {s.proxy_skip_note()}")
-    grid = tuner.fit()
-    return _collect(cfg, out, grid, objective, ml, t0=t0, write_report=write_report)
+    _start_ray(cfg, config_dir, objective)
+    tracker = _open_parent_run(cfg, out, config_path)
+    # one pool of eval actors and the eval prompts' text embeddings for every eval of the search (issue 22); the
+    # pool is released however the search ends
+    with search_eval_pool(cfg, out, objective, progress) as objective:
+        ctx = TrialContext(base=cfg, output_dir=str(out), config_dir=str(config_dir),
+                           train_storage=str(out / "ray" / f"{s.name}-train"), objective=objective, mlflow=tracker.ids)
+        tuner = _make_tuner(cfg, out, ctx, resume=resume, verbose=verbose, points=points)
+        progress(f"Search {s.name}: {len(points or []) or s.num_samples} trials, {'fixed points' if points else s.algorithm}, objective {s.metric_names()} -> {out}")
+        if s.proxy_skip_note():
+            progress(f"  {s.proxy_skip_note()}")
+        grid = tuner.fit()
+        return _collect(cfg, out, grid, objective, tracker, t0=t0, write_report=write_report)
 
 
 def _prepare(cfg: PipelineConfig, out: Path, config_dir: Path, *, config_path, resume: bool):
@@ -173,7 +179,7 @@ def _prepare(cfg: PipelineConfig, out: Path, config_dir: Path, *, config_path, r
     return objective
 
 
-def _start_ray(cfg: PipelineConfig, config_dir: Path) -> None:
+def _start_ray(cfg: PipelineConfig, config_dir: Path, objective=None) -> None:
     """The text embeddings of the base config, then Ray sized for the concurrent trials and their worker groups."""
     from pipelines.runtime.ray_session import check_worker_group_fits, ensure_ray
     from unlearn.session import prepare_embeddings
@@ -191,33 +197,28 @@ def _start_ray(cfg: PipelineConfig, config_dir: Path) -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trial_cpus = s.resources_per_trial.get("CPU", 0.0)
     per_trial = trial_cpus + cfg.distributed.worker_resources().get("CPU", 0.0) * cfg.distributed.num_workers
-    ensure_ray(num_cpus=int(-(-per_trial * s.max_concurrent_trials // 1)))
+    pool = pool_need(trial_final_eval_config(objective).runtime)["CPU"] if objective is not None else 0.0
+    ensure_ray(num_cpus=int(-(-(per_trial * s.max_concurrent_trials + pool) // 1)))  # + the eval pool's actors
     check_worker_group_fits(cfg)  # each trial's Ray Train worker group; else its trials wait for ever
 
 
-def _open_parent_run(cfg: PipelineConfig, out: Path, config_path) -> dict | None:
-    """The search's MLflow parent run (found again on a rerun; its ids in <out>/mlflow.json); None without MLflow."""
-    from pipelines.tracking import mlflow_utils as mu
-    from unlearn.fsutil import atomic_write_text
+def _open_parent_run(cfg: PipelineConfig, out: Path, config_path) -> Tracker:
+    """The search's MLflow parent run (found again on a rerun; its ids in <out>/mlflow.json); off without MLflow."""
+    from pipelines.tracking import mlflow_ui, mlflow_utils as mu
 
     s = cfg.search
-    ml = None
-    if cfg.mlflow.enabled:
-        uri = cfg.mlflow.resolve_uri(out)
-        c = mu.client(uri)
-        exp_id = mu.get_or_create_experiment(c, cfg.mlflow.experiment or f"t2vu/{s.name}", out)
-        parent_id, created = mu.get_or_create_parent(c, exp_id, s.name, out, tags={"t2vu.git_sha": mu.git_sha()})
-        if created:
-            _log_parent_start(c, parent_id, cfg, out, config_path)
-        from pipelines.tracking import mlflow_ui  # the runs table's columns: searched params and objectives
-
-        mlflow_ui.set_runs_view(c, exp_id, mlflow_ui.runs_view_state(s.metric_names(), list(s.space), s.objective.scalarize.name))
-        ml = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
-        atomic_write_text(out / "mlflow.json", json.dumps(ml, indent=2))
-    return ml
+    if not cfg.mlflow.enabled:
+        return Tracker(None)
+    tracker = Tracker.start(cfg.mlflow.resolve_uri(out), cfg.mlflow.experiment or f"t2vu/{s.name}", s.name, out,
+                            tags={"t2vu.git_sha": mu.git_sha()},
+                            describe=lambda t: _log_parent_start(t, cfg, out, config_path))
+    # the runs table's columns: searched params and objectives
+    mlflow_ui.set_runs_view(tracker.client, tracker.ids.experiment_id,
+                            mlflow_ui.runs_view_state(s.metric_names(), list(s.space), s.objective.scalarize.name))
+    return tracker
 
 
-def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, ml: dict | None, *, resume: bool, verbose: bool,
+def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, *, resume: bool, verbose: bool,
                 points: list[dict] | None):
     """The Tuner: restored from <out>/ray/<search.name> when it can be (finished trials are not redone), else new."""
     from ray import tune
@@ -229,7 +230,7 @@ def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, ml: dict | No
                                     tune.PlacementGroupFactory([dict(s.resources_per_trial)]))
     param_space = to_tune(s.space)
     exp_path = out / "ray" / s.name
-    callback = make_bookkeeping_callback(str(out), ml, s.metric_names(), s.objective.scalarize.name)
+    callback = make_bookkeeping_callback(str(out), ctx.mlflow, s.metric_names(), s.objective.scalarize.name)
     if resume and tune.Tuner.can_restore(str(exp_path)):
         progress(f"Resuming search {s.name} from {exp_path}")
         return tune.Tuner.restore(str(exp_path), trainable=trainable, param_space=param_space,
@@ -249,7 +250,7 @@ def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, ml: dict | No
         )
 
 
-def _collect(cfg: PipelineConfig, out: Path, grid, objective, ml: dict | None, *, t0: float,
+def _collect(cfg: PipelineConfig, out: Path, grid, objective, tracker: Tracker, *, t0: float,
              write_report: bool) -> SearchResult:
     """After the trials: the method baselines, the result read back from the folder, the report, the MLflow
     parent run closed, search_result.json."""
@@ -258,18 +259,16 @@ def _collect(cfg: PipelineConfig, out: Path, grid, objective, ml: dict | None, *
     from unlearn.fsutil import atomic_write_text
 
     errors = [str(e).splitlines()[0][:300] for e in grid.errors] if grid.errors else []
-    errors += run_baselines(cfg, objective, out, ml, progress)  # the training-free methods, judged alike
+    errors += run_baselines(cfg, objective, out, tracker, progress)  # the training-free methods, judged alike
 
-    result = collect_result(cfg, out, ml)
+    result = collect_result(cfg, out, tracker.ids)
     result.wall_s = round(time.time() - t0, 2)
     result.extras["errors"] = errors
     result.extras["cluster"] = mu.cluster_shape()
     if write_report:
         paths = search_report.write_report(out, cfg=cfg, result=result)
         result.report, result.results_csv = paths.report, paths.results_csv
-    if ml:
-        c = mu.client(ml["tracking_uri"])
-        _log_parent_end(c, ml["parent_run_id"], result)
+    _log_parent_end(tracker, result)
     atomic_write_text(out / "search_result.json", json.dumps(search_result_json(result), indent=2))
     progress(f"Search done in {result.wall_s:.0f} s: {len(result.trials)} trials; best "
              f"{result.best.trial_id if result.best else None}; report {result.report}")
@@ -281,11 +280,12 @@ def _command_line(config_path, out: Path) -> list[str]:
 
 
 
-def _log_parent_start(c, run_id: str, cfg: PipelineConfig, out: Path, config_path) -> None:
+def _log_parent_start(tracker: Tracker, cfg: PipelineConfig, out: Path, config_path) -> None:
+    """A new parent run's params (the search's settings), provenance tags and the search's records."""
+    from pipelines.search.screening import parent_params
     from pipelines.tracking import mlflow_utils as mu
-    s = cfg.search
-    versions = mu.library_versions()
-    cluster = mu.cluster_shape()
+
+    s, c, run_id = cfg.search, tracker.client, tracker.ids.parent_run_id
     params = {
         "search.algorithm": s.algorithm, "search.num_samples": str(s.num_samples),
         "search.max_concurrent_trials": str(s.max_concurrent_trials), "search.metrics": json.dumps(s.metric_names()),
@@ -293,21 +293,15 @@ def _log_parent_start(c, run_id: str, cfg: PipelineConfig, out: Path, config_pat
         "distributed.num_workers": str(cfg.distributed.num_workers), "distributed.zero_stage": str(cfg.distributed.zero_stage),
         "distributed.use_gpu": str(cfg.distributed.use_gpu),
     }
-    from pipelines.search.screening import parent_params
-
     mu.log_params(c, run_id, {**params, **parent_params(s)})
-    for k, v in versions.items():
-        c.set_tag(run_id, f"version.{k}", v)
-    c.set_tag(run_id, "t2vu.cluster", json.dumps(cluster))
-    if config_path:
-        c.set_tag(run_id, "t2vu.config_path", str(config_path))
-    for name in ("search_space.yaml", "search_config.yaml", "command.txt"):
-        if (out / name).exists():
-            mu.log_file(c, run_id, out / name)
+    tags = {**{f"version.{k}": v for k, v in mu.library_versions().items()}, "t2vu.cluster": json.dumps(mu.cluster_shape()),
+            **({"t2vu.config_path": str(config_path)} if config_path else {})}
+    mu.log_batch(c, run_id, tags=tags)
+    tracker.log_files(run_id, [out / n for n in ("search_space.yaml", "search_config.yaml", "command.txt")])
 
 
-def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
-    from pipelines.tracking import mlflow_utils as mu
+def _log_parent_end(tracker: Tracker, result: SearchResult) -> None:
+    """The parent's trial counts, best and baseline values; FINISHED, or FAILED when no trial finished."""
     try:
         counts: dict[str, int] = {}
         for t in result.trials:
@@ -316,16 +310,9 @@ def _log_parent_end(c, run_id: str, result: SearchResult) -> None:
         metrics["search_wall_s"] = result.wall_s
         if result.best:
             metrics.update({f"best/{k}": v for k, v in result.best.metrics.items() if is_number(v)})
-            c.set_tag(run_id, "t2vu.best_trial", result.best.trial_id)
-            if result.best.mlflow_run_id:
-                from pipelines.tracking.mlflow_ui import tag_best
-
-                c.set_tag(run_id, "t2vu.best_run_id", result.best.mlflow_run_id)
-                tag_best(c, c.get_run(run_id).info.experiment_id, run_id, result.best.mlflow_run_id, result.best.trial_id)
         metrics.update({f"baseline/{k}": v for k, v in result.baseline.items()})
         metrics.update({f"baseline_{m}/{k}": v for m, vals in result.methods.items() for k, v in vals.items()})
-        mu.log_metrics(c, run_id, metrics)
-        mu.finish(c, run_id, "FINISHED" if result.best else "FAILED")  # no trial finished: the search failed
+        best = (result.best.trial_id, result.best.mlflow_run_id) if result.best else None
+        tracker.finish("FINISHED" if result.best else "FAILED", metrics=metrics, best=best)
     except Exception as exc:
-        LOG.warning("Could not finish the MLflow parent run %s: %s", run_id, exc)
-
+        LOG.warning("Could not finish the MLflow parent run of %s: %s", result.output_dir, exc)

@@ -1,6 +1,7 @@
 """What a person sees in the MLflow UI without writing code: trial runs named by what they tried, a saved
-view of the runs table (searched parameters and objectives as its columns, best trial first), the best
-trial tagged. Checked in headless Chromium by benchmarks/mlflow_ui_screenshot.sh and tests/test_mlflow.py.
+view of the runs table (searched parameters and objectives as its columns, best trial first); the best
+trial's tag is pipelines.tracking.tracker.Tracker.tag_best. Checked in headless Chromium by
+benchmarks/mlflow_ui_screenshot.sh and tests/test_mlflow.py.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-
-from pipelines.tracking.mlflow_utils import children
 
 LOG = logging.getLogger(__name__)
 
@@ -77,15 +76,3 @@ def runs_view_url(exp_id, base: str = "http://127.0.0.1:5000", view: bool = True
     GenAI mode whatever the experiment's kind), in the saved view when the experiment has one."""
     url = f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
     return url + (f"&viewStateShareKey={RUNS_VIEW_KEY}" if view else "")
-
-
-def tag_best(c, exp_id: str, parent_id: str, best_run_id: str | None, best_trial_id: str | None) -> None:
-    """`best_trial=true` on the best trial's run (and off every other child: a resumed search may pick
-    another), `best_trial=<trial id>` on the parent: one column in the runs table shows both."""
-    if best_run_id is None:
-        return
-    for run in children(c, exp_id, parent_id):
-        if run.info.run_id != best_run_id and run.data.tags.get("best_trial") == "true":
-            c.delete_tag(run.info.run_id, "best_trial")
-    c.set_tag(best_run_id, "best_trial", "true")
-    c.set_tag(parent_id, "best_trial", best_trial_id or best_run_id)

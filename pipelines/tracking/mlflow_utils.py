@@ -1,15 +1,8 @@
-"""MLflow bookkeeping for searches: one parent run per search, one child run per trial.
+"""The one writer to MLflow: clients (checked reachable in seconds), experiments, provenance, params,
+metrics (`log_batch`) and artifacts, all through `MlflowClient` with explicit run ids.
 
-Everything goes through `MlflowClient` with explicit run ids: the fluent API keeps a
-per-process run stack, and a search spans the Tune driver, one process per trial
-driver and the rank-0 training workers. Runs are found again by tags, so a killed
-and restored search reuses its parent run and never duplicates a child run:
-
-  parent  tags t2vu.role=search, t2vu.search=<name>, t2vu.output=<abs output dir>, best_trial=<trial id>
-  child   tags t2vu.role=trial, t2vu.trial_id=<Tune trial id>, mlflow.parentRunId=<parent>, best_trial=true
-          (the best one only); named by its searched parameters (`trial_run_name`)
-
-What a person sees without code (the runs table's saved view, trial names, the best-trial tag):
+Which runs exist and when they end (a search's parent, a child per trial, the final eval) is
+pipelines.tracking.tracker; what a person sees without code (the runs table's saved view, trial names):
 pipelines.tracking.mlflow_ui.
 
 Default tracking URI: `sqlite:///<output>/mlflow.db` with artifacts under
@@ -34,7 +27,6 @@ from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 
-PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 MAX_PARAM_LEN = 6000
 #: Metrics per `log_batch` request: MLflow takes at most 1000 entities (metrics + params + tags) per call.
 METRICS_PER_BATCH = 500
@@ -265,6 +257,8 @@ def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_finite_number(v)])
 
 
+# TRANSITIONAL (S2): removed once pipelines/tracking/mlflow_attack.py is on tracker.Tracker
+PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 # --- parent / child runs ---------------------------------------------------------------------------
 
 def _find_runs(c, exp_id: str, filter_string: str):

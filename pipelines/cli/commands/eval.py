@@ -65,7 +65,8 @@ def console_summary(summary: dict) -> str:
     """The human summary: the headline metrics base -> erased (the same ones `t2vu run` prints, the concept
     where it was not asked for first), the flagged rows, and where the report and videos are."""
     from eval.metrics import is_finite_number
-    from pipelines.run.pipeline import _f, _headline, _pairs
+    from eval.report_md import is_headline as _headline
+    from pipelines.run.report import base_erased_pairs as _pairs, fmt as _f
 
     pairs = sorted(((k, b, e) for k, b, e in _pairs(summary) if _headline(k) or k == "unasked_concept_rate"),
                    key=lambda r: r[0] != "unasked_concept_rate")
