@@ -104,9 +104,8 @@ def test_attack_cell_curve_reaches_mlflow_as_steps(tmp_path):
     obs.started(tmp_path)
     obs.cell("none", "clean", stats, tmp_path)
     obs.finished({"asr": {"none": {"clean": 0.5}}, "preservation": {}, "temporal": {"none": {"clean": stats}}}, tmp_path)
-    from pipelines.tracking import mlflow_utils as mu
-
-    child = mu.find_child(obs.client, obs.exp_id, obs.parent, "none/clean")
-    history = obs.client.get_metric_history(child, "frame_rate")
+    t = obs.tracker  # pipelines.tracking.tracker: the benchmark's parent and a child per cell
+    child = t.find_child("none/clean")
+    history = t.client.get_metric_history(child, "frame_rate")
     assert sorted((m.step, m.value) for m in history) == [(i, 0.5 if i >= 6 else 0.0) for i in range(9)]
-    assert obs.client.get_run(obs.parent).data.metrics["late_frame_rate/none/clean"] == 0.5
+    assert t.client.get_run(t.parent).data.metrics["late_frame_rate/none/clean"] == 0.5

@@ -1,4 +1,4 @@
-"""MLflow tracking of an attack benchmark (`t2vu attack`), through `pipelines.tracking.mlflow_utils`:
+"""MLflow tracking of an attack benchmark (`t2vu attack`), through `pipelines.tracking.tracker.Tracker`:
 one parent run per benchmark output folder (reused when the run resumes), one child per method x attack
 (`t2vu.trial_id` = "<method>/<attack>"; the preserve rows are the child "<method>/preserve"), with metrics
 `asr`, `asr_se`, `n`, `flagged`, `asr_above_floor`, `floor` (preservation entries for preserve / anchors
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from eval.temporal import curve_steps
 from pipelines.tracking import mlflow_utils as mu
+from pipelines.tracking.tracker import PARENT_ID_FILE, Tracker
 from unlearn.config import ConfigError
 
 
@@ -22,30 +23,25 @@ class MlflowAttackObserver:
         self.cfg, self.name = cfg, name
         self.uri = cfg.resolve_uri(output_dir)
         mu.check_reachable(self.uri)  # a read-only SQLite file or a silent server: one line, in seconds
-        self.client = self.exp_id = self.parent = None
+        self.tracker = Tracker(None)
 
     def started(self, out: Path) -> None:
         from mlflow.exceptions import MlflowException
 
         try:
-            mu.check_reachable(self.uri)
-            self.client = mu.client(self.uri)
-            self.exp_id = mu.get_or_create_experiment(self.client, self.cfg.experiment or "t2vu/attack", out)
-            self.parent, _ = mu.get_or_create_parent(self.client, self.exp_id, self.name, out,
-                                                     tags={"t2vu.kind": "attack"})
+            self.tracker = Tracker.start(self.uri, self.cfg.experiment or "t2vu/attack", self.name, out,
+                                         tags={"t2vu.kind": "attack"})
         except MlflowException as exc:
             raise ConfigError(f"mlflow ({self.uri}): {' '.join(str(exc).split())}") from None
 
     def cell(self, method: str, attack: str, stats: dict, cell_dir: Path) -> None:
-        child = mu.get_or_create_child(self.client, self.exp_id, self.parent, f"{method}/{attack}",
-                                       params={"method": method, "attack": attack},
-                                       tags={"t2vu.kind": "attack-cell"})
-        mu.log_metrics(self.client, child, {k: v for k, v in stats.items() if isinstance(v, (int, float))})
-        mu.log_batch(self.client, child, curve_steps(stats, ""))  # the per-frame curve: step = frame index
-        if self.cfg.log_artifacts:
-            for name in ("results.csv", "summary.json"):
-                mu.log_file(self.client, child, cell_dir / name)
-        mu.finish(self.client, child)
+        t = self.tracker
+        with t.child_run(f"{method}/{attack}", params={"method": method, "attack": attack},
+                         tags={"t2vu.kind": "attack-cell"}) as child:
+            t.log_metrics(child, {k: v for k, v in stats.items() if isinstance(v, (int, float))})
+            mu.log_batch(t.client, child, curve_steps(stats, ""))  # the per-frame curve: step = frame index
+            if self.cfg.log_artifacts:
+                t.log_files(child, [cell_dir / "results.csv", cell_dir / "summary.json"])
 
     def finished(self, summary: dict, out: Path) -> None:
         metrics = {f"asr/{m}/{a}": v for m, row in summary["asr"].items() for a, v in row.items()}
@@ -55,17 +51,13 @@ class MlflowAttackObserver:
         metrics.update({f"{k}/{m}/{c}": t[k] for m, row in (summary.get("temporal") or {}).items()
                         for c, t in row.items() for k in ("late_frame_rate", "late_only_rate")})
         metrics.update({f"preservation/{m}/{k}": v for m, row in summary["preservation"].items() for k, v in row.items()})
-        mu.log_metrics(self.client, self.parent, metrics)
-        if self.cfg.log_artifacts:
-            for name in ("summary.json", "report.md", "report.html", "asr.png"):
-                if (out / name).is_file():
-                    mu.log_file(self.client, self.parent, out / name)
-        mu.finish(self.client, self.parent)
-        summary["mlflow"] = {"tracking_uri": self.uri, "experiment_id": self.exp_id, "parent_run_id": self.parent}
+        names = ("summary.json", "report.md", "report.html", "asr.png") if self.cfg.log_artifacts else ()
+        self.tracker.finish(metrics=metrics, files=[out / n for n in names])
+        summary["mlflow"] = {"tracking_uri": self.uri, "experiment_id": self.tracker.ids.experiment_id,
+                             "parent_run_id": self.tracker.parent}
 
     def failed(self) -> None:
-        if self.client is not None and self.parent is not None:
-            mu.finish(self.client, self.parent, "FAILED")
+        self.tracker.finish("FAILED")
 
 
 def write_attack_report(out: Path, log_to_mlflow: bool = True) -> list[Path]:
@@ -83,7 +75,7 @@ def write_attack_report(out: Path, log_to_mlflow: bool = True) -> list[Path]:
         raise ConfigError(f"{out} has no finished attack benchmark (summary.json); rerun `t2vu attack` into it") from None
     write_report(summary, out)
     files = [out / "report.md", out / "report.html", out / "asr.png"]
-    id_file = out / mu.PARENT_ID_FILE
+    id_file = out / PARENT_ID_FILE  # (a folder from before mlflow.json was written has only this)
     if log_to_mlflow and id_file.is_file():
         c = mu.client(MlflowConfig.model_validate(pinned["attack"]["mlflow"]).resolve_uri(out))
         for f in files:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from eval.metrics import is_finite_number
-from unlearn.fsutil import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 
@@ -255,70 +254,6 @@ def log_batch(c, run_id: str, metrics: Iterable[tuple[str, float, int]] = (), ta
 def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     """Numeric, finite entries of `metrics` at `step`; anything else is skipped."""
     log_batch(c, run_id, [(k, v, step) for k, v in metrics.items() if is_finite_number(v)])
-
-
-# TRANSITIONAL (S2): removed once pipelines/tracking/mlflow_attack.py is on tracker.Tracker
-PARENT_ID_FILE = "mlflow_parent_run_id.txt"
-# --- parent / child runs ---------------------------------------------------------------------------
-
-def _find_runs(c, exp_id: str, filter_string: str):
-    return c.search_runs([exp_id], filter_string=filter_string, max_results=50, order_by=["attributes.start_time ASC"])
-
-
-def get_or_create_parent(c, exp_id: str, name: str, output_dir: str | Path, *, tags: dict[str, str] | None = None) -> tuple[str, bool]:
-    """The search's parent run (reused after a restore). Returns (run_id, created)."""
-    out = Path(output_dir).resolve()
-    id_file = out / PARENT_ID_FILE
-    if id_file.exists():
-        run_id = id_file.read_text().strip()
-        try:
-            run = c.get_run(run_id)
-            if run.info.experiment_id == exp_id:
-                if run.info.status != "RUNNING":
-                    c.update_run(run_id, status="RUNNING")
-                return run_id, False
-        except Exception:
-            LOG.warning("Parent run %s from %s not found on %s; creating a new one", run_id, id_file, c.tracking_uri)
-    found = _find_runs(c, exp_id, f"tags.`t2vu.role` = 'search' and tags.`t2vu.output` = '{out}'")
-    if found:
-        run_id = found[0].info.run_id
-        c.update_run(run_id, status="RUNNING")
-    else:
-        all_tags = {"t2vu.role": "search", "t2vu.search": name, "t2vu.output": str(out), "mlflow.runName": name}
-        all_tags.update(tags or {})
-        run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(id_file, run_id + "\n")
-    return run_id, not found
-
-
-def get_or_create_child(c, exp_id: str, parent_id: str, trial_id: str, *, params: dict[str, str] | None = None,
-                        tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
-    """The trial's child run: one per Tune trial id, even when the trial restarts; named `run_name`
-    (default: the trial id)."""
-    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
-    name = run_name or trial_id
-    if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING" or found[0].info.run_name != name:
-            c.update_run(run_id, status="RUNNING", name=name)
-    else:
-        all_tags = {"mlflow.parentRunId": parent_id, "t2vu.role": "trial", "t2vu.trial_id": trial_id,
-                    "mlflow.runName": name}
-        all_tags.update(tags or {})
-        run_id = c.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
-    if params:
-        log_params(c, run_id, params)
-    return run_id
-
-
-def find_child(c, exp_id: str, parent_id: str, trial_id: str) -> str | None:
-    found = _find_runs(c, exp_id, f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`t2vu.trial_id` = '{trial_id}'")
-    return found[0].info.run_id if found else None
-
-
-def children(c, exp_id: str, parent_id: str):
-    return c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
 
 
 def log_dir(c, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
