@@ -156,8 +156,10 @@ def toy_benchmark(rec: dict) -> str:
     rows.append(["PSNR base vs erased, prompts without red", "", "—" if psnr is None else f"{psnr:.1f} dB", "", ""])
     s = rec.get("settings") or {}
     changed = "".join(f", `{k}={v}`" for k, v in (s.get("overrides") or {}).items())
-    out = (f"Default recipe (`{s.get('recipe', 'configs/toy/recipe.yaml')}`, {d['steps']} steps{changed}), "
-           f"{d['n_per_set']} videos per set: {_met_line(d)}\n\n" + _table(head, rows))
+    model = f" on `{s['model']}`" if s.get("model") not in (None, "builtin:toy") else ""
+    rows_seed = f", eval rows of seed {s['rows_seed']} (fresh prompts and seeds)" if s.get("rows_seed") else ""
+    out = (f"Default recipe (`{s.get('recipe', 'configs/toy/recipe.yaml')}`, {d['steps']} steps{changed}){model}, "
+           f"{d['n_per_set']} videos per set{rows_seed}: {_met_line(d)}\n\n" + _table(head, rows))
     variants = rec["figures"].get("variants") or []
     if variants:
         from pipelines.toy.tables import TABLE_COLUMNS as cols
@@ -166,6 +168,32 @@ def toy_benchmark(rec: dict) -> str:
                  + [_num(v.get(k), 1 if k.startswith("psnr") else 3) for k, _ in cols] for v in variants]
         out += "\n\nOther variants:\n\n" + _table(vhead, vrows)
     return out
+
+
+TOY_QUALITY_ROWS = (  # key of toyworld.quality's summary -> what a reader is told (bars: QUALITY_BARS)
+    ("colour_acc", "colour accuracy, single objects"),
+    ("shape_acc", "shape accuracy, single objects"),
+    ("motion_acc", "motion accuracy, single objects"),
+    ("two_object_both_present", "both named colours drawn, two-object scenes"),
+    ("all_three_acc", "colour, shape and motion all right, single objects"),
+    ("two_object_exact_colours", "exactly the named colours, two-object scenes"),
+    ("two_object_binding", "each colour on its named shape, two-object scenes"),
+)
+
+
+def toy_quality(rec: dict) -> str:
+    """`t2vu toy quality MODEL --results-file`: the toy model's base quality against the build's bars."""
+    summ, s = rec["figures"]["summary"], rec.get("settings") or {}
+    bars, gen = s.get("bars") or {}, s.get("generation") or {}
+    rows = [[label, _num(summ.get(k)), f"≥ {bars[k]:g}" if k in bars else "",
+             ("yes" if summ[k] >= bars[k] else "**no**") if k in bars and summ.get(k) is not None else ""]
+            for k, label in TOY_QUALITY_ROWS]
+    how = ", ".join(f"{k} {v}" for k, v in gen.items() if k in ("num_inference_steps", "guidance_scale", "num_frames",
+                                                                  "height", "width"))
+    return (f"`{s.get('model')}` through its pipeline ({how}), {summ.get('n_single')} single-object and "
+            f"{summ.get('n_two_object')} two-object videos ({s.get('n')} prompt/seed pairs per set), scored by "
+            f"the toy detector: **{'every bar met' if summ.get('meets_bars') else 'a bar missed'}**.\n\n"
+            + _table(["figure", "measured", "bar", "met"], rows))
 
 
 def generic(rec: dict) -> str:
@@ -247,6 +275,9 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
+    "toy_wan_benchmark": ("toy_wan_benchmark", toy_benchmark),
+    "toy_model_quality": ("toy_model_quality", toy_quality),
+    "toy_wan_model_quality": ("toy_wan_model_quality", toy_quality),
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
     "memory_plan_cogvideox": ("memory_plan_predictions", _plan_rows("cogvideox", True)),

@@ -62,10 +62,24 @@ class Variant:
     overrides: dict = field(default_factory=dict)  # dotted EraserTrainingConfig keys
     keep_prompt: Callable[[str], bool] | None = None  # filter on the recipe's concept.prompts
     families: tuple[str, ...] = ("cogvideox", "wan")  # model families the variant applies to
+    add_preserve: tuple[str, ...] = ()  # appended to the recipe's concept.preserve (those not there already)
 
 
 def _single_object(prompt: str) -> bool:
     return " and " not in prompt
+
+
+def _other_colour_synonyms(target: str = "red") -> tuple[str, ...]:
+    """Single-object prompts naming the other colours by their synonyms (emerald, azure, ...): the eval's
+    non-target set holds them, the CogVideoX recipe's preservation set held only the plain words."""
+    from itertools import product
+
+    return tuple(world.prompt(world.Scene((world.Obj(c, s),), m), (w,))
+                 for c in world.COLOUR_NAMES if c != target for w in world.SYNONYMS[c][1:]
+                 for s, m in product(world.SHAPES, world.MOTIONS))
+
+
+PAIRED = {"concept.reference": "paired", "concept.prompts_file": "paired_anchors.csv", "concept.prompts": []}
 
 
 # One factor at a time around the default recipe (configs/toy/recipe.yaml).
@@ -80,9 +94,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("eta7", "eta = 7", {"loss.eta": 7.0}),
         Variant("single", "concept prompts: single red objects only (no 2-object scenes)", keep_prompt=_single_object),
         # One anchor per prompt: the mean of four colours is a colour the model never drew (faint, broken objects).
-        Variant("paired", "reference: one other colour per prompt (configs/toy/paired_anchors.csv)",
-                {"concept.reference": "paired", "concept.prompts_file": "paired_anchors.csv",
-                 "concept.prompts": []}),
+        Variant("paired", "reference: one other colour per prompt (configs/toy/paired_anchors.csv)", PAIRED),
+        # What the toy Wan recipe learned, tried on the CogVideoX toy (issue 25)
+        Variant("presyn", "preservation also on the other colours' synonyms (emerald, azure, golden, violet)",
+                add_preserve=_other_colour_synonyms(), families=("cogvideox",)),
+        Variant("paired_presyn", "paired reference + preservation on the other colours' synonyms", PAIRED,
+                add_preserve=_other_colour_synonyms(), families=("cogvideox",)),
         Variant("noloc", "no localization loss (w_localize 0)", {"loss.w_localize": 0.0}),
         Variant("nopreserve", "no preservation loss (w_preserve 0, no preserved prompts)",
                 {"loss.w_preserve": 0.0, "train.preserve_batch_size": 0}),
@@ -124,6 +141,9 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
     data = apply_overrides(copy.deepcopy(read_yaml(recipe)), {**variant.overrides, **(extra or {})})
     if variant.keep_prompt:
         data["concept"]["prompts"] = [p for p in data["concept"]["prompts"] if variant.keep_prompt(p)]
+    if variant.add_preserve:
+        have = data["concept"].setdefault("preserve", [])
+        have += [p for p in variant.add_preserve if p not in have]
     pfile = data["concept"].get("prompts_file")
     if pfile and not Path(pfile).is_absolute():  # relative to the recipe, as `t2vu train` resolves it
         data["concept"]["prompts_file"] = str(Path(recipe).resolve().parent / pfile)
@@ -148,10 +168,10 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
 
 
 def eval_config(out: Path, n: int, *, model: str | None = None, eval_config_path: str | Path = EVAL_CONFIG,
-                save_media: bool = False):
+                save_media: bool = False, rows_seed: int = 0):
     from eval.config import load_eval_config
 
-    main, nontarget = write_prompt_sets(out, n)
+    main, nontarget = write_prompt_sets(out, n, seed=rows_seed)
     sets = [f"prompts.path={main}", f"preserve.path={nontarget}",
             f"runtime.base_cache_dir={out / 'base_cache'}"]
     if model:
@@ -161,16 +181,18 @@ def eval_config(out: Path, n: int, *, model: str | None = None, eval_config_path
     return load_eval_config(eval_config_path, sets)
 
 
-def write_prompt_sets(out: Path, n: int, n_full: int | None = None) -> tuple[Path, Path]:
+def write_prompt_sets(out: Path, n: int, n_full: int | None = None, seed: int = 0) -> tuple[Path, Path]:
     """The eval CSVs of size n. Rows are a prefix of the size-`n_full` sets (default: the
-    larger of n and 128), so every size shares base videos with the default's."""
+    larger of n and 128), so every size shares base videos with the default's. `seed` draws
+    other rows (`world.eval_rows`): fresh prompts/seeds for a recipe chosen on seed 0's."""
     n_full = max(n, n_full or world.FULL_SET_SIZE)
     d = out / "prompts"
-    main, nontarget = d / f"main_{n}.csv", d / f"nontarget_{n}.csv"
+    tag = f"_seed{seed}" if seed else ""
+    main, nontarget = d / f"main_{n}{tag}.csv", d / f"nontarget_{n}{tag}.csv"
     if not main.exists():
-        world.write_csv([r for s in MAIN_SETS for r in world.eval_rows(s, n_full)[:n]], main, with_set=True)
+        world.write_csv([r for s in MAIN_SETS for r in world.eval_rows(s, n_full, seed)[:n]], main, with_set=True)
     if not nontarget.exists():
-        world.write_csv(world.eval_rows("nontarget", n_full)[:n], nontarget, with_set=True)
+        world.write_csv(world.eval_rows("nontarget", n_full, seed)[:n], nontarget, with_set=True)
     return main, nontarget
 
 
@@ -219,10 +241,11 @@ def model_family(model: str | None) -> str:
 
 def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None, steps: int | None = None,
                 save_media: bool = False, progress: bool = False, family: str = "cogvideox",
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, rows_seed: int = 0) -> dict:
     """Train + evaluate one variant (skipped when its eraser and eval summary exist).
 
-    overrides: dotted EraserTrainingConfig keys set on top of the recipe and the variant (`--set`)."""
+    overrides: dotted EraserTrainingConfig keys set on top of the recipe and the variant (`--set`).
+    rows_seed: which eval rows (`world.eval_rows(seed=)`; 0: the rows the recipes were chosen on)."""
     from pipelines.tracking.mlflow_eval import run_tracked_eval
     from pipelines.runtime.run_folder import pin_config
     from unlearn.trainer import train
@@ -231,6 +254,8 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
     recipe, eval_path = RECIPES[family]
     cfg = method_config(variant, model=model, steps=steps, recipe=recipe, extra=overrides)
     ident = {"variant": variant.name, "overrides": variant.overrides, "n": n, "config": cfg.model_dump(mode="json")}
+    if rows_seed:  # absent for seed 0, so folders written before the option still resume
+        ident["rows_seed"] = rows_seed
     pin_config(vdir / "variant.json", ident, vdir)  # steps, size or recipe changed: refused
     eval_summary = vdir / "eval" / "summary.json"
     train_summary = vdir / "train" / "summary.json"
@@ -243,7 +268,8 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
         _log(f"{variant.name}: training ({cfg.train.steps} steps) - {variant.description}")
         tr = train(cfg, vdir / "train", progress=progress)
         _log(f"{variant.name}: trained in {tr['wall_s']:.0f} s; evaluating {n} videos per set")
-        ecfg = eval_config(out, n, model=model, save_media=save_media, eval_config_path=eval_path)
+        ecfg = eval_config(out, n, model=model, save_media=save_media, eval_config_path=eval_path,
+                           rows_seed=rows_seed)
         t0 = time.time()
         ev = run_tracked_eval(ecfg, vdir / "eval", eraser=vdir / "train" / "eraser", progress=progress)
         eval_s = round(time.time() - t0, 1)
@@ -292,12 +318,14 @@ def collect_finished(out: Path) -> list[dict]:
 
 def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: int = 64,
                   n_default: int = world.FULL_SET_SIZE, model: str | None = None, steps: int | None = None,
-                  table_steps: int | None = None, progress: bool = False, overrides: dict | None = None) -> dict:
+                  table_steps: int | None = None, progress: bool = False, overrides: dict | None = None,
+                  rows_seed: int = 0) -> dict:
     """Run the variants (default first); returns {"default": metrics | None, "variants": [...]}.
 
     n: videos per set for the comparison variants; n_default: for the default recipe.
     steps / table_steps: override train.steps of the default / of the other variants.
     overrides: dotted EraserTrainingConfig keys set on every variant's training config (`--set`).
+    rows_seed: the eval rows' seed (`world.eval_rows`; 0: the rows the recipes were chosen on).
     """
     import torch
 
@@ -319,7 +347,7 @@ def run_benchmark(output: str | Path, variants: list[str] | None = None, *, n: i
         results.append(run_variant(
             out, v, n=n_default if is_default else n, model=model,
             steps=steps if is_default else (table_steps or steps), save_media=is_default, progress=progress,
-            family=family, overrides=overrides,
+            family=family, overrides=overrides, rows_seed=rows_seed,
         ))
     done = {r["variant"] for r in results}
     for r in collect_finished(out):  # variants finished by earlier invocations

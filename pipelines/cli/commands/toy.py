@@ -33,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--vae-from", default=None, metavar="BUILD_DIR",
                    help="take the VAE of an earlier build with the same seed/family/VAE settings (bit-identical)")
     b.set_defaults(func=_build, writes=Writes("toy build", dest="dir", flag="DIR", tool_outputs=True))
+    q = toy_sub.add_parser("quality", help="re-measure a built toy model's quality (what toy_quality.json holds)",
+                           description="Generate every toy benchmark set through the model's pipeline and score "
+                           "it with the detector, as `t2vu toy build` does after training (toyworld.quality). "
+                           "Prints the summary; writes nothing into the model.")
+    q.add_argument("model", help="a toy model directory, builtin:toy or builtin:toy-wan")
+    q.add_argument("--n", type=int, default=None, help="prompt/seed pairs per set (default 128, as the build)")
+    q.add_argument("--results-file", default=None, metavar="PATH",
+                   help="also write the figures with this command line, git sha, date and machine to PATH "
+                   "(benchmarks/results/<name>.json, rendered into the docs by benchmarks/render_results.py)")
+    q.set_defaults(func=_quality)
     register_benchmark(toy_sub)
 
 
@@ -49,6 +59,30 @@ def _build(args: argparse.Namespace) -> int:
         cfg.eval_n = args.eval_n
     with replace_outputs(args.dir, "toy build", overwrite=True, flag="DIR") as new:  # checked before the build
         quality = build(new, cfg)
+    print(json.dumps(quality["summary"]))
+    return 0 if quality["summary"]["meets_bars"] else 1
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from toyworld import world
+    from toyworld.quality import QUALITY_BARS, measure_dir
+    from unlearn.errors import ConfigError
+    from unlearn.models.registry import resolve_model_path
+
+    n = world.FULL_SET_SIZE if args.n is None else args.n
+    if n < 1:
+        raise ConfigError(f"--n {n}: must be at least 1 prompt/seed pair per set")
+    if args.results_file and not args.results_file.endswith(".json"):  # before minutes of generation
+        raise ConfigError(f"--results-file {args.results_file}: must end in .json (benchmarks/results/<name>.json)")
+    quality = measure_dir(resolve_model_path(args.model), n, write=False)
+    if args.results_file:
+        from pipelines.runtime.results_file import write_results
+
+        gen = dict(quality["generation"])
+        seconds = gen.pop("seconds", None)
+        write_results(args.results_file, {"summary": quality["summary"], "sets": quality["sets"]},
+                      argv=getattr(args, "argv", None), timings={"generation_s": seconds},
+                      settings={"model": args.model, "n": n, "generation": gen, "bars": QUALITY_BARS})
     print(json.dumps(quality["summary"]))
     return 0 if quality["summary"]["meets_bars"] else 1
 
@@ -75,6 +109,9 @@ def register_benchmark(toy_sub) -> None:
     bm.add_argument("--table-steps", type=int, default=None, help="train.steps of the other variants (default: --steps)")
     add_set(bm, help="override a training-config value of every variant, e.g. --set "
             "train.trajectory.pool_size=2 (YAML-parsed value; the benchmark folder pins it)")
+    bm.add_argument("--rows-seed", type=int, default=0, metavar="SEED",
+                    help="seed of the eval rows (toyworld.world.eval_rows; default 0, the rows the recipes were "
+                    "chosen on): another seed measures a recipe on fresh prompts and generation seeds")
     bm.add_argument("--progress", action="store_true", help="progress bars")
     bm.add_argument("--results-file", default=None, metavar="PATH",
                     help="also write the figures with this command line, git sha, date and machine to PATH "
@@ -92,7 +129,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(i) for i in args.overrides)
     res = run_benchmark(args.output, variants, n=args.n, n_default=args.n_default, model=args.model,
                         steps=args.steps, table_steps=args.table_steps, progress=args.progress,
-                        overrides=overrides or None)
+                        overrides=overrides or None, rows_seed=args.rows_seed)
     if args.results_file:
         _write_results_file(args, res, variants)
     line = headline(res["default"]) if res["default"] else {"variants": [r["variant"] for r in res["variants"]]}
@@ -110,6 +147,6 @@ def _write_results_file(args: argparse.Namespace, res: dict, variants: list[str]
                            for p in RECIPES[model_family(args.model)])
     settings = {"model": args.model or "builtin:toy", "recipe": recipe, "eval_config": eval_config,
                 "variants": variants or "all", "n": args.n, "n_default": args.n_default, "steps": args.steps,
-                "table_steps": args.table_steps, "overrides": dict(parse_override(i) for i in args.overrides)}
+                "table_steps": args.table_steps, "rows_seed": args.rows_seed, "overrides": dict(parse_override(i) for i in args.overrides)}
     write_results(args.results_file, results_figures(res), argv=getattr(args, "argv", None), settings=settings,
                   timings=results_timings(res))
