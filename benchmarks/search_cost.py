@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         "proxy_evals_per_trial_before": before["per_trial"]["proxy_evals"],
         "step_tflop_per_worker": shipped["per_trial"]["step_tflop_per_worker"],
         "final_video_seconds": shipped["video_seconds"]["final"],
+        # what the evals read from storage (issue 22: the text-embedding cache and the search's eval pool)
+        "eval_gb_read": shipped["pipeline_loads"]["gb_read"],
+        "eval_gb_read_before_cache_and_pool": shipped["pipeline_loads"]["gb_read_before"],
+        "eval_pool_on": shipped["pipeline_loads"]["pooled"],
     }
     settings = {"config": a.config, **shipped["assumptions"], **shipped["cluster"]}
     write_results(a.results_file, figures, settings=settings)

@@ -18,6 +18,7 @@ that pools must leave them out of what its trainings use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -264,3 +265,21 @@ def make_backend(spec: WorkerSpec, runtime, num_rows: int | None = None, transfo
 
 
 POOL_ENV = "T2VU_EVAL_POOL"
+
+
+@contextlib.contextmanager
+def pooled(pool: str | None):
+    """Evals made in this block (this process) use eval pool `pool` (None: leave as is). How a search's driver and
+    trial drivers hand the pool to eval.runner's make_backend without threading it through every caller."""
+    if pool is None:
+        yield
+        return
+    old = os.environ.get(POOL_ENV)
+    os.environ[POOL_ENV] = pool
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(POOL_ENV, None)
+        else:
+            os.environ[POOL_ENV] = old

@@ -101,7 +101,8 @@ def _plan(capsys, *extra) -> dict:
 
 def test_plan_prints_the_search_cost_of_the_shipped_gpu_search(capsys):
     c = _plan(capsys)
-    assert set(c["parts_gpu_hours"]) == {"training", "proxy_evals", "final_evals", "baselines", "base_videos"}
+    assert set(c["parts_gpu_hours"]) == {"training", "proxy_evals", "final_evals", "baselines", "base_videos",
+                                         "text_cache"}
     assert c["gpu_hours"] == pytest.approx(sum(c["parts_gpu_hours"].values()), abs=0.05)
     assert c["assumptions"]["mfu"] == 0.4 and c["assumptions"]["gpu_peak_tflops"] == 989.0
     assert c["cluster"] == {"trials": 16, "concurrent_trials": 2, "workers_per_trial": 4, "gpus": 8}
@@ -115,6 +116,13 @@ def test_plan_prints_the_search_cost_of_the_shipped_gpu_search(capsys):
     asha = _plan(capsys, "--set", "search.algorithm=asha")  # ASHA reads proxies: 4 a trial (steps 100..400)
     assert asha["per_trial"]["proxy_evals"] == 4 and asha["parts_gpu_hours"]["proxy_evals"] > 0
     assert asha["proxy_note"] is None and c["proxy_note"].startswith("proxy evals skipped")
+    # issue 22: T5 is encoded once (the text-cache fill), not per video, and no eval but the text-side baselines
+    # (negprompt, safree) loads it; the 8 GPUs hold 2 trials x 4 workers, so the eval pool is off (no GPU to spare)
+    ld, t5 = c["pipeline_loads"], c["pipeline_loads"]["gb_text_encoder"]
+    assert ld["pooled"] is False and t5 > 9
+    assert ld["gb_read_before"] - ld["gb_read"] == pytest.approx(16 * 4 * t5, rel=2e-3)  # 16 trials x 4 actors
+    assert asha["pipeline_loads"]["gb_read_before"] - asha["pipeline_loads"]["gb_read"] == pytest.approx(
+        (16 * 4 + 16 * 4) * t5, rel=2e-3)  # + 4 proxies a trial, each with T5 beside the training backbone before
 
 
 def test_bad_assumptions_are_one_line_errors(capsys):

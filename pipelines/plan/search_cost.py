@@ -13,10 +13,16 @@ to every FLOP executed, gradient-checkpointing recompute included. The parts:
 - final evals: each trial's rows on one eval actor per freed GPU (wall = GPU time / workers).
 - baselines: the training-free methods, each one final eval (same rows, no eraser).
 - base videos: the final eval's base model videos, generated once per search (`runtime.base_cache_dir`).
-A video = sampler steps x (2 rows with CFG) transformer forwards + the prompts' text encoding + a VAE decode
-(estimate). Not modelled: model loads (~10-13 GB read per eval pipeline), checkpoint writes, NudeNet
-scoring (CPU), Ray start-up, ASHA's early stops (every trial is counted to its last step: an upper
-bound for ASHA); wall time assumes `max_concurrent_trials` trials in waves.
+- text cache: every eval prompt encoded once, before the trials (eval.text_cache; counted at the GPU rate, an
+  upper bound: the search driver encodes them wherever it runs).
+A video = sampler steps x (2 rows with CFG) transformer forwards + a VAE decode (estimate), + the prompts' text
+encoding only for methods with a text side of their own (the negprompt/safree baselines): every other eval
+generates from the cached embeddings and loads no text encoder. `pipeline_loads`: what the evals read from
+storage (transformer + VAE, + T5 where a method needs it), once per pooled actor per search where the search's eval
+pool fits beside its trials (pipelines.search.eval_pool; on the modelled cluster, conc x workers GPUs, it does not:
+every final eval loads its own), next to the reads before the text cache and the pool (`gb_read_before`).
+Not modelled: the loads' time, checkpoint writes, NudeNet scoring (CPU), Ray start-up, ASHA's early stops (every
+trial is counted to its last step: an upper bound for ASHA); wall time assumes `max_concurrent_trials` trials in waves.
 """
 
 from __future__ import annotations
@@ -29,16 +35,37 @@ from unlearn.config import ConfigError
 DEFAULT_MFU = 0.4
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense (tensor cores, no sparsity)
 FP32_SLOWDOWN = 989.0 / 67.0  # the capture's fp32 matmuls (TF32 off, torch's default) run on H100's 67 TFLOP/s FP32
-PARTS = ("training", "proxy_evals", "final_evals", "baselines", "base_videos")
+PARTS = ("training", "proxy_evals", "final_evals", "baselines", "base_videos", "text_cache")
 
 
-def video_flops(arch, params_text_encoder: int, gen) -> dict[str, float]:
-    """One eval video's FLOPs: {"transformer", "text", "vae"} for generation settings `gen`."""
+def video_flops(arch, params_text_encoder: int, gen, text: bool = True) -> dict[str, float]:
+    """One eval video's FLOPs: {"transformer", "text", "vae"} for generation settings `gen`; `text`: the prompts are
+    encoded for this video (False: from the text-embedding cache, eval.text_cache)."""
     nv, _ = arch.token_counts(gen.num_frames, gen.height, gen.width)
     cfg_rows = 2 if gen.guidance_scale > 1 else 1  # CFG batches the unconditional row with the prompt's
     return {"transformer": gen.num_inference_steps * F.forward_flops(arch, nv, cfg_rows),
-            "text": F.text_encoder_flops(params_text_encoder, arch.text_len, cfg_rows),
+            "text": F.text_encoder_flops(params_text_encoder, arch.text_len, cfg_rows) if text else 0.0,
             "vae": F.vae_decode_flops(arch, gen.num_frames, gen.height, gen.width)}
+
+
+def pipeline_loads(cfg, arch, runtime, *, dtype: str, trials: int, proxies: int, baselines: list[str],
+                   gpus: int) -> dict:
+    """What the search's evals read from storage (GB, the model's dtype): now, and before the text cache and the
+    eval pool (every eval pipeline with T5, loaded per eval; a proxy: T5 + VAE beside the training backbone)."""
+    from eval.workers import TEXT_FREE_METHODS
+    from pipelines.search.eval_pool import pool_off_reason
+
+    p = arch.parameter_counts()
+    size = 2 if dtype in ("bfloat16", "float16") else 4
+    gb = {k: p[k] * size / 1e9 for k in p}
+    pipe, t5, actors = gb["transformer"] + gb["vae"], gb["text_encoder"], runtime.num_actors
+    pooled = pool_off_reason(cfg, runtime, {"GPU": float(gpus), "CPU": math.inf}) is None
+    finals = (1 if pooled else trials) * actors * pipe
+    base = sum(actors * (pipe + (t5 if b not in TEXT_FREE_METHODS else 0.0)) for b in baselines)
+    now = finals + base + trials * proxies * gb["vae"]
+    before = (trials + len(baselines)) * actors * (pipe + t5) + trials * proxies * (gb["vae"] + t5)
+    return {"pooled": pooled, "gb_read": round(now, 1), "gb_read_before": round(before, 1),
+            "gb_per_pipeline": round(pipe, 2), "gb_text_encoder": round(t5, 2)}
 
 
 def step_flops(req, arch) -> dict[str, float]:
@@ -122,34 +149,44 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
     if final_rows is None:
         return {"gpu_hours": None, "not_modelled": "the eval's prompt files cannot be read to count their rows: set "
                                                    "search.objective.limit: N (rows per prompt set)"}
-    final_video = sum(video_flops(arch, params_te, ecfg.generation).values()) / rate
+    final_video = sum(video_flops(arch, params_te, ecfg.generation, text=False).values()) / rate
     every = s.proxy_every() if proxy_every is True else proxy_every
     proxies = len([k for k in range(every, m.train.steps, every)]) if every else 0  # none on the last step
     proxy_video = proxy_rows = 0
     if proxies:
         pcfg = ecfg.with_overrides({**PROXY_EVAL_OVERRIDES, **s.objective.proxy.overrides}, "search.objective.proxy.overrides")
         proxy_rows = _rows(pcfg, s.objective.proxy.limit, toy)
-        proxy_video = sum(video_flops(arch, params_te, pcfg.generation).values()) / rate
+        proxy_video = sum(video_flops(arch, params_te, pcfg.generation, text=False).values()) / rate
 
     n, conc = s.num_samples, s.max_concurrent_trials
     actors = workers  # final evals and baselines: one eval actor per GPU the trial's workers freed
+    from eval.workers import TEXT_FREE_METHODS
+
+    methods = [b.name for b in s.objective.baselines]
+    text_video = F.text_encoder_flops(params_te, arch.text_len, 2 if ecfg.generation.guidance_scale > 1 else 1) / rate
+    baseline_videos = sum(final_video + (text_video if b not in TEXT_FREE_METHODS else 0.0) for b in methods)
+    fill_s = F.text_encoder_flops(params_te, arch.text_len, final_rows + 1) / rate  # + the negative prompt
     per_trial_wall = {"training": train_wall, "proxy_evals": proxies * proxy_rows * proxy_video,
                       "final_evals": math.ceil(final_rows / actors) * final_video}
     gpu_s = {
         "training": n * train_wall * workers,
         "proxy_evals": n * per_trial_wall["proxy_evals"] * workers,  # rank 0 evaluates, every rank waits
         "final_evals": n * final_rows * final_video,
-        "baselines": len(s.objective.baselines) * final_rows * final_video,
+        "baselines": final_rows * baseline_videos,
         # once per search: the final eval's base videos, and the proxies' (their own sampler settings)
         "base_videos": final_rows * final_video + (proxy_rows * proxy_video if proxies else 0.0) * workers,
+        "text_cache": fill_s,
     }
     waves = math.ceil(n / conc)
     wall_s = {
         "training": waves * per_trial_wall["training"], "proxy_evals": waves * per_trial_wall["proxy_evals"],
         "final_evals": waves * per_trial_wall["final_evals"],
-        "baselines": len(s.objective.baselines) * math.ceil(final_rows / actors) * final_video,
+        "baselines": math.ceil(final_rows / actors) * baseline_videos,
         "base_videos": math.ceil(final_rows / actors) * final_video + (proxy_rows * proxy_video if proxies else 0.0),
+        "text_cache": fill_s,
     }
+    final_runtime = ecfg.with_overrides({"runtime.num_actors": workers, "runtime.use_gpu": True}).runtime
+    loads = pipeline_loads(cfg, arch, final_runtime, dtype=ecfg.model.dtype, trials=n, proxies=proxies, baselines=methods, gpus=conc * workers)
     total_gpu_h = sum(gpu_s.values()) / 3600
     return {
         "gpu_hours": round(total_gpu_h, 2),
@@ -165,6 +202,7 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
                       "proxy_videos_each": proxy_rows, "final_videos": final_rows},
         "video_seconds": {"final": round(final_video, 1), "proxy": round(proxy_video, 1) if proxies else None},
         "proxy_note": s.proxy_skip_note(),
+        "pipeline_loads": loads,
     }
 
 
@@ -182,4 +220,7 @@ def render_cost(c: dict) -> str:
                  f"evals, {t['final_videos']} final-eval videos ({c['video_seconds']['final']:g} s each)")
     if c.get("proxy_note"):
         lines.append(c["proxy_note"])
+    ld = c["pipeline_loads"]
+    lines.append(f"eval model reads: {ld['gb_read']:,.0f} GB ({ld['gb_read_before']:,.0f} GB before the text-embedding "
+                 f"cache and the eval pool); eval pool {'on: one load per actor' if ld['pooled'] else 'off (its actors would not fit beside the trials): one load per eval'}, no T5 where the cache has the prompts")
     return "\n".join(lines)

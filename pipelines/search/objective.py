@@ -95,6 +95,7 @@ class ObjectivePayload:
     cwd: str
     out_dir: str | None = None
     mlflow: TrialTracking | None = None
+    pool: str | None = None  # the search's eval pool (pipelines.search.eval_pool): final evals and baselines share it
 
     def for_trial(self, trial_dir: Path, mlflow: TrialTracking | None) -> "ObjectivePayload":
         return replace(self, out_dir=str(trial_dir), mlflow=mlflow)
@@ -116,6 +117,9 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None,
     d = cfg.distributed
     final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
                      if d.use_gpu else {})
+    asked = cfg.search.objective.eval_overrides.get("runtime.num_actors")
+    if not d.use_gpu and asked:  # a CPU search whose eval overrides ask for Ray eval actors (a pool can share them)
+        final_runtime = {"runtime.num_actors": int(asked)}
     return ObjectivePayload(spec=cfg.search.objective, eval_config=ecfg, final_runtime=final_runtime,
                             proxy_every=cfg.search.proxy_every(),  # None unless a scheduler reads proxies (ASHA)
                             cwd=os.getcwd())
@@ -211,16 +215,18 @@ def trial_final_eval_config(obj: ObjectivePayload):
 
 def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd: str | None, what: str,
           eraser: Path | None = None, mlflow_run_id: str | None = None, transformer=None,
-          record: dict | None = None) -> dict[str, float]:
+          record: dict | None = None, pool: str | None = None) -> dict[str, float]:
     """Run one eval into `run_dir` and turn its summary into objective values (+ `eval_s`), written to
     <run_dir>/objective.json with `record`. Degenerate videos beyond the eval's limit make the worst
-    values (`worst_objective`), not an error: erasure by destruction ranks last."""
+    values (`worst_objective`), not an error: erasure by destruction ranks last. `pool`: the search's eval pool
+    (pipelines.search.eval_pool; used where the eval runs on Ray actors)."""
+    from eval.backends import pooled
     from eval.checks import DegenerateVideosError
     from pipelines.tracking.mlflow_eval import run_tracked_eval
     from unlearn.fsutil import atomic_write_json
 
     t0 = time.time()
-    with contextlib.chdir(cwd or os.getcwd()):
+    with contextlib.chdir(cwd or os.getcwd()), pooled(pool if ecfg.runtime.num_actors else None):
         try:
             if ecfg.runtime.num_actors:
                 from pipelines.runtime.ray_session import start_eval_ray
@@ -266,7 +272,7 @@ def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: i
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
     return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.cwd, what=f"objective eval at step {step}",
                  eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
-                 record={"step": step, "final": final})
+                 record={"step": step, "final": final}, pool=obj.pool if final else None)
 
 
 def evaluate_or_report(obj: ObjectivePayload, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
