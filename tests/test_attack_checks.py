@@ -9,6 +9,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 ATTACK_CFG = ROOT / "configs" / "attack" / "toy.yaml"
 QUIET = ["--set", "mlflow.enabled=false", "--set", "ringabell.text.generations=1"]
@@ -138,3 +140,37 @@ def test_gpu_nudity_attack_configs_carry_the_evaluation_strength_attacks():
     wan = load_harness_eval_config(load_attack_config(ATTACK_CFG.parent / "wan2.1-t2v-1.3b-nudity.yaml")).generation
     assert (wan.num_frames, wan.height, wan.width, wan.scheduler, wan.fps) == (81, 480, 832, "model", 16)
     assert (wan.num_frames - 1) % 4 == 0  # Wan's VAE: 4k+1 frames
+
+
+@pytest.mark.slow  # two small toy attack runs (~1-2 min on the shared 2-core box)
+def test_a_saved_attack_set_replays_the_same_rows_and_transfers(tmp_path, capsys):
+    """Transfer (issue 25): the soft-prompt set one run found against the base model, replayed by a second run
+    (`transfer`), gives exactly the rows the first run measured (flags per restart and detector records), and
+    the same set is replayed against another method in the same column; a set that does not cover the run's
+    rows, or a folder that is no saved set, is one line (exit 2) before anything is made."""
+    from pipelines.cli import entry as cli
+
+    small = ["--set", "prompts.limit=2", "--set", "preserve.limit=2"]
+    found = tmp_path / "found"
+    _attack(["-o", str(found), *small, "--set", "methods=[{name: none}]", "--set", "attacks=[softprompt]",
+             "--set", "softprompt.steps=2", "--set", "softprompt.budgets=[1.0]"], capsys)
+    source = found / "attacks" / "softprompt-1x" / "base"
+    saved = json.loads((source / "attacked.json").read_text())
+    assert [r["prompt"] for r in saved["rows"]] and all(r["embeds"] for r in saved["rows"])
+    out = tmp_path / "replay"
+    last = _attack(["-o", str(out), *small, "--set", "methods=[{name: none}, {name: negprompt}]",
+                    "--set", "attacks=[clean]", "--set", f"transfer=[{{source: {source}, label: sp}}]"], capsys)
+    assert list(last["asr"]["none"]) == ["clean", "transfer-sp"] and last["n"]["negprompt"]["transfer-sp"] == 2
+    keys = ("id", "seed", "flagged", "restart_flags", "record")
+    first = [{k: r.get(k) for k in keys} for r in _rows(found, "none", "softprompt-1x")]
+    again = [{k: r.get(k) for k in keys} for r in _rows(out, "none", "transfer-sp")]
+    assert again == first and all(len(r["restart_flags"]) == 2 for r in again)
+    assert all(r["attack_info"]["transfer_from"] == "softprompt-1x/base" for r in _rows(out, "negprompt", "transfer-sp"))
+
+    for bad, what in ((["--set", "prompts.limit=3"], "has no rows"), ([], "not a saved attack set")):
+        src = source if bad else tmp_path
+        rc = cli.main(["attack", "-c", str(ATTACK_CFG), "-o", str(tmp_path / "bad"), "--set", "methods=[{name: none}]",
+                       "--set", "attacks=[clean]", "--set", f"transfer=[{{source: {src}}}]", *bad, *QUIET])
+        err = capsys.readouterr().err
+        assert rc == 2 and what in err and "transfer[0].source" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

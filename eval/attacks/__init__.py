@@ -14,9 +14,10 @@
                   optimised through the defended model (concept inversion / PROBE-style)
   discrete        white-box gradient-guided word substitution (UnlearnDiffAtk / P4D / GCG-style): words
                   prepended to the benign prompt, an ordinary text prompt anyone can type
+  transfer-<label>  a saved set of attacked inputs (another run's, found against another eraser) replayed
 
 Modules: base (rows, the model context, the Attack interface), text, ringabell, softprompt, inversion, prompts
-(the CSVs), runner (methods x attacks: generate, detect, resume), summary (ASR, floor, preservation), report.
+(the CSVs), transfer, runner (methods x attacks: generate, detect, resume), summary (ASR, floor, preservation), report.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from eval.attacks.inversion import InversionAttack
 from eval.attacks.ringabell import RingABellAttack, RingABellTextAttack
 from eval.attacks.softprompt import SoftPromptAttack
 from eval.attacks.text import CleanAttack, ParaphraseAttack
+from eval.attacks.transfer import TransferAttack
 
 # the classifier record field that flags a video for the concept, per built-in classifier
 FLAG_FIELDS = {"toy": "target_present", "nudenet": "positive"}
@@ -71,4 +73,6 @@ def build_attacks(cfg, pairs: list[tuple[str, str]], gen) -> list[Attack]:
                 "seed": d.seed}))
         else:
             raise ValueError(f"unknown attack {name!r}")
+    for i, t in enumerate(getattr(cfg, "transfer", None) or []):
+        out.append(TransferAttack(t.column, cfg.resolve_path(t.source), f"transfer[{i}].source"))
     return out

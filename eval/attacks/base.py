@@ -83,6 +83,9 @@ class Attack:
     def fingerprint(self) -> list:
         return [self.kind, self.options]
 
+    def check(self, rows: list[AttackRow]) -> None:
+        """Refuse rows this attack cannot attack (ConfigError naming the field), when the run is planned."""
+
     def make(self, ctx: AttackContext, rows: list[AttackRow], base_context) -> list[Attacked]:
         raise NotImplementedError
 

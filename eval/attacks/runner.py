@@ -13,7 +13,8 @@ model's preservation is always next to each method's. An attacked embedding [R, 
 generated, and the row counts as attacked when any restart's video is flagged.
 
 Output folder:
-  attacks/<attack>/<victim>/attacked.json + embeds.safetensors   the attacked inputs (reproducible results)
+  attacks/<attack>/<victim>/attacked.json + embeds.safetensors   the attacked inputs (reproducible results; a
+                                                                 later run replays them: `transfer`)
   cells/<method>/<attack>/rows/<id>.json, results.csv, summary.json   one cell per method x attack
   cells/<method>/preserve/..., cells/<method>/anchors/...              preservation rows; the benign prompts (floor)
   summary.json                                                         asr[method][attack], SE, preservation
@@ -106,6 +107,8 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
         methods[m.key].notes += base_notes
         victims[m.key] = f"eraser-{sha}" if sha else "base"
     attacks = build_attacks(cfg, pairs, gen)
+    for attack in attacks:
+        attack.check(rows)
     # the floor: every row's benign prompt alone, generated and scored as itself (same ids as the attacked rows)
     anchors = [AttackRow(r.id, r.benign, r.benign, None, r.seed) for r in rows]
     only_clean = {m.key for m in reference_only}
@@ -281,6 +284,7 @@ def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]
         return [Attacked(r["id"], r["text"], embeds.get(r["id"]), r["info"]) for r in meta["rows"]]
     t0 = time.perf_counter()
     made = cell.attack.make(ctx, cell.rows, base_context)
+    rows = {r.id: r for r in cell.rows}
     tensors = {a.row_id: a.embeds.contiguous() for a in made if a.embeds is not None}
     if tensors:
         with atomic_path(emb_path) as tmp:
@@ -288,6 +292,8 @@ def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]
     atomic_write_json(meta_path, {"fingerprint": fp, "attack": cell.attack.name, "victim": cell.victim,
                                   "options": {k: v for k, v in cell.attack.options.items() if k != "pairs"},
                                   "seconds": round(time.perf_counter() - t0, 2),
+                                  # each row's prompt and anchor: a transfer replay checks it attacks the same rows
                                   "rows": [{"id": a.row_id, "text": a.text, "info": a.info,
-                                            "embeds": a.embeds is not None} for a in made]})
+                                            "embeds": a.embeds is not None, "prompt": rows[a.row_id].prompt,
+                                            "benign": rows[a.row_id].benign} for a in made]})
     return made

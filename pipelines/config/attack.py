@@ -11,6 +11,7 @@
     softprompt  budgets (x the concept-anchor embedding distance), steps, restarts, lr, x_t pool
     inversion   pseudo-token inversion: tokens, steps, restarts, lr
     discrete    white-box word substitution: words, steps, candidates
+    transfer    saved attack sets (another run's attacks/<attack>/<victim>) replayed against every method
     detector    which classifier record field flags the concept, which summary entries are preservation
     mlflow      one parent run per benchmark, a child per method x attack (pipelines.tracking.mlflow_attack)
 """
@@ -146,6 +147,21 @@ class DiscreteConfig(Strict):
     seed: int = Field(0, description="Seed of the trajectories, the x_t picks and the swaps.")
 
 
+class TransferConfig(Strict):
+    source: str = Field(description=(
+        "A saved attack set: the folder attacks/<attack>/<victim> of a finished `t2vu attack` output (attacked.json, "
+        "embeds.safetensors), found against another eraser or model; relative to the current directory, else to "
+        "this file (eval.attacks.transfer)."))
+    label: str | None = Field(None, description=(
+        "The result column is transfer-<label>; default <attack>-from-<victim> (the folder's two names)."))
+
+    @property
+    def column(self) -> str:
+        from eval.attacks.transfer import default_label
+
+        return f"transfer-{self.label or default_label(self.source)}"
+
+
 class DetectorConfig(Strict):
     flag: str | None = Field(None, description=(
         "Classifier record field (bool) that flags the concept; null = by classifier (toy: target_present, nudenet: "
@@ -183,6 +199,9 @@ class AttackConfig(Strict):
         "Pseudo-token inversion: tokens, steps, restarts, lr."))
     discrete: DiscreteConfig = Field(default_factory=DiscreteConfig, description=(
         "White-box discrete prompt attack: words, steps, candidates per step."))
+    transfer: list[TransferConfig] = Field(default_factory=list, description=(
+        "Saved attack sets replayed against every method, one column each after `attacks` (transfer of attacks "
+        "found against other erasers)."))
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description=(
         "Which classifier record field flags the concept, which summary entries are preservation."))
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description=(
@@ -199,6 +218,11 @@ class AttackConfig(Strict):
             raise ValueError(f"methods: needs at least one, each key (label or name) once; got {keys}")
         if not self.attacks or len(set(self.attacks)) != len(self.attacks):
             raise ValueError(f"attacks: needs at least one of {ATTACKS}, each once; got {self.attacks}")
+        columns = [t.column for t in self.transfer]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"transfer: two sets give the same column {columns}; give them distinct labels")
+        for c in columns:
+            path_component(c, "transfer label")
         if "paraphrase" in self.attacks and not self.prompts.paraphrase_column:
             raise ValueError("attacks: paraphrase needs prompts.paraphrase_column")
         return self
@@ -214,7 +238,7 @@ class AttackConfig(Strict):
         out = []
         for a in self.attacks:
             out += [f"{a}-{b:g}x" for b in self.softprompt.budgets] if a.startswith("softprompt") else [a]
-        return out
+        return out + [t.column for t in self.transfer]
 
     def reference_method(self) -> tuple[str, list[AttackMethodConfig]]:
         """The key whose anchors / preserve cells are the base model's figures, and the base-only method to add
