@@ -174,3 +174,18 @@ def test_a_saved_attack_set_replays_the_same_rows_and_transfers(tmp_path, capsys
         err = capsys.readouterr().err
         assert rc == 2 and what in err and "transfer[0].source" in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_128_row_toy_prompt_file_is_current_and_held_out():
+    """configs/attack/toy_prompts_128.csv is what benchmarks/robustness_prompts.py writes: toy_prompts.csv first
+    (a 64-row limit reproduces the old cells), then 64 rows whose two-object scenes the recipe never trained on."""
+    from benchmarks.robustness_prompts import OUT, RECIPE, SOURCE, render, rows_128
+    from unlearn.config import read_yaml
+
+    rows = rows_128()
+    assert OUT.read_text() == render(rows) and len(rows) == 128 == len({int(r["seed"]) for r in rows})
+    assert render(rows[:64]) == SOURCE.read_text()
+    trained = set(read_yaml(RECIPE)["concept"]["prompts"])
+    added_two = [r for r in rows[64:] if " and " in r["prompt"]]
+    assert len(added_two) == 48 and not any(r["prompt"] in trained for r in added_two)
+    assert all("red" not in r["normal prompt"] and "red" not in r["paraphrase"] for r in rows)
