@@ -13,7 +13,9 @@ Stages (each a separate process, so each starts with a clean GPU; logs under WOR
    `--steps` steps; its summary gives the steady step time and the process's peak memory;
 4. distributed (>= 2 GPUs, or always with `--device cpu`): the same config under Ray Train +
    DeepSpeed ZeRO-2 on 2 workers (`smoke_stages.py distributed` = `t2vu train --distributed` plus a
-   step hook that records each rank's peak memory);
+   step hook that records each rank's peak memory); then `sharded` (>= 2 GPUs; a CPU: `--sharded on`;
+   else one `skipped` line): the same with `distributed.shard_backbone: true` (the frozen backbone in FSDP2
+   shards over the 2 GPUs), each rank's peak next to the plan's;
 5. eval: `t2vu eval` on the shipped `configs/eval/cogvideox-2b-nudity.yaml`, 2 rows (1 target, 1 preserve)
    with the trained eraser (base + erased video per row), `--eval-steps` sampler steps;
 6. search (`--no-search` skips it): `t2vu plan --mode tune` and `t2vu tune` on the shipped
@@ -44,6 +46,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from smoke_distributed import STAGE_DIR, run_dist, run_sharded, stage_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = ROOT / "configs" / "cogvideox-2b-nudity.yaml"
@@ -127,19 +131,6 @@ def train_overrides(a, model_dir: Path, cache: Path) -> list[str]:
     }
     if a.mask_layers is not None:
         sets["loss.mask_layers"] = json.dumps(a.mask_layers)
-    return [f"{k}={v}" for k, v in sets.items()]
-
-
-def distributed_overrides(a, out: Path) -> list[str]:
-    cuda = a.device.startswith("cuda")
-    sets = {
-        "distributed.num_workers": 2, "distributed.use_gpu": cuda, "distributed.zero_stage": 2,
-        "distributed.resources_per_worker": json.dumps({"CPU": 2, "GPU": 1} if cuda else {"CPU": 1}),
-        "distributed.storage_path": str(out / "ray"), "distributed.max_failures": 0,
-        # the global batch: 1 concept + 1 preserved row per worker, as in the single-process run
-        "train.batch_size": 2, "train.preserve_batch_size": 2,
-        "train.device": "cuda" if cuda else "cpu",
-    }
     return [f"{k}={v}" for k, v in sets.items()]
 
 
@@ -239,6 +230,8 @@ def main() -> None:
                     help="loss.mask_layers (default: the config's, all blocks)")
     ap.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                     help="auto: on with >= 2 GPUs, and on a CPU (2 gloo workers)")
+    ap.add_argument("--sharded", choices=("auto", "on", "off"), default="auto",
+                    help="the 2-worker run again with distributed.shard_backbone (FSDP2); auto: on with >= 2 GPUs")
     ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
                     help="run one trial of the GPU search config (proxy evals in the training worker, final eval after "
                          "fit); default: when the budget leaves room for it")
@@ -301,27 +294,13 @@ def main() -> None:
     }
 
     result["budget"] = plan_budget
-    if run_dist(a, gpus, cuda):
-        dist = single + distributed_overrides(a, workdir / "dist")
-        dplan = last_json(st.run("plan_distributed", t2vu + ["plan", "--config", str(train_config), "--mode",
-                                                             "distributed", "--world-size", "2", *gpu_mem, *sets(dist)],
-                                 ok_codes=(0, 3)))
-        peaks = workdir / "dist" / "peaks"
-        st.run("distributed", py + ["benchmarks/smoke_stages.py", "distributed", "--config", str(train_config),
-                                    "--output", str(workdir / "dist"), "--peaks", str(peaks), *sets(dist)])
-        dsum = json.loads((workdir / "dist" / "summary.json").read_text())
-        per_rank = [json.loads(p.read_text()) for p in sorted(peaks.glob("rank*.json"))]
-        rate = dsum.get("steps_per_s_steady") or dsum.get("steps_per_s")
-        result["distributed"] = {
-            "world_size": dsum.get("world_size"), "zero_stage": dsum.get("zero_stage"),
-            "step_s": round(1 / rate, 4) if rate else None, "ms_per_step": dsum.get("ms_per_step"),
-            "peak_memory_gb_per_rank": [r["peak_memory_gb"] and round(r["peak_memory_gb"], 3) for r in per_rank],
-            "plan_allocated_peak_gb": dplan.get("allocated_peak_gb"), "plan_peak_gb_per_gpu": dplan.get("peak_gb_per_gpu"),
-            "final": dsum.get("final"), "finite": _finite(dsum.get("final", {})), "wall_s": dsum.get("wall_s"),
-        }
-    else:
-        result["distributed"] = {"skipped": "--distributed off" if a.distributed == "off"
-                                 else f"{gpus} GPU(s): the 2-worker run needs >= 2"}
+    for name, on in (("distributed", run_dist(a, gpus, cuda)), ("sharded", run_sharded(a, gpus, cuda))):
+        if on:
+            result[name] = distributed_stage(st, name, train_config, single + stage_overrides(a, name, workdir), gpu_mem)
+        else:
+            why = f"--{name} off" if getattr(a, name) == "off" else f"{gpus} GPU(s): the 2-worker run needs >= 2"
+            result[name] = {"skipped": why}
+            print(f"[gpu_smoke] {name}: skipped ({why})", file=sys.stderr, flush=True)
 
     eval_out = workdir / "eval"
     st.run("eval", t2vu + ["eval", "--config", str(EVAL_CONFIG), "--output", str(eval_out), "--no-progress",
@@ -354,12 +333,30 @@ def main() -> None:
     result["workdir"] = str(workdir)
     srch = result["search"]
     search_ok = "skipped" in srch or (srch.get("proxy_evals", 0) >= 1 and srch.get("final_evals", 0) == 1)
-    result["ok"] = result["train"]["finite"] and result["distributed"].get("finite", True) and videos == 4 and search_ok
+    result["ok"] = (result["train"]["finite"] and result["distributed"].get("finite", True)
+                    and result["sharded"].get("finite", True) and videos == 4 and search_ok)
     print(json.dumps(result))
 
 
-def run_dist(a, gpus: int, cuda: bool) -> bool:
-    return a.distributed == "on" or (a.distributed == "auto" and (gpus >= 2 or not cuda))
+def distributed_stage(st, name: str, train_config: Path, dist: list[str], gpu_mem: list[str]) -> dict:
+    """`t2vu plan` for the 2-worker run, then the run (`smoke_stages.py distributed`): its step time, each rank's
+    peak memory next to the plan's."""
+    py, t2vu, out = [sys.executable], [sys.executable, "-m", "pipelines.cli.entry"], st.workdir / STAGE_DIR[name]
+    dplan = last_json(st.run(f"plan_{name}", t2vu + ["plan", "--config", str(train_config), "--mode", "distributed",
+                                                     "--world-size", "2", *gpu_mem, *sets(dist)], ok_codes=(0, 3)))
+    st.run(name, py + ["benchmarks/smoke_stages.py", "distributed", "--config", str(train_config), "--output", str(out),
+                       "--peaks", str(out / "peaks"), *sets(dist)])
+    dsum = json.loads((out / "summary.json").read_text())
+    per_rank = [json.loads(p.read_text()) for p in sorted((out / "peaks").glob("rank*.json"))]
+    rate = dsum.get("steps_per_s_steady") or dsum.get("steps_per_s")
+    return {
+        "world_size": dsum.get("world_size"), "zero_stage": dsum.get("zero_stage"),
+        "shard_backbone": dsum.get("shard_backbone", False), "step_s": round(1 / rate, 4) if rate else None,
+        "ms_per_step": dsum.get("ms_per_step"),
+        "peak_memory_gb_per_rank": [r["peak_memory_gb"] and round(r["peak_memory_gb"], 3) for r in per_rank],
+        "plan_allocated_peak_gb": dplan.get("allocated_peak_gb"), "plan_peak_gb_per_gpu": dplan.get("peak_gb_per_gpu"),
+        "final": dsum.get("final"), "finite": _finite(dsum.get("final", {})), "wall_s": dsum.get("wall_s"),
+    }
 
 
 def budget_before_running(a, model_dir: Path, train_config: Path, single: list[str], gpus: int, cuda: bool,
@@ -370,12 +367,14 @@ def budget_before_running(a, model_dir: Path, train_config: Path, single: list[s
     from unlearn.models.architectures import PRESETS, resolve_architecture
 
     arch = resolve_architecture(str(model_dir), a.preset if a.preset in PRESETS else None)
-    dist = single + distributed_overrides(a, workdir / "dist") if run_dist(a, gpus, cuda) else None
+    dist = single + stage_overrides(a, "distributed", workdir) if run_dist(a, gpus, cuda) else None
+    sharded = single + stage_overrides(a, "sharded", workdir) if run_sharded(a, gpus, cuda) else None
     a.proxy_every = max(1, a.steps // 2)
     forced = a.search
     a.search = a.search is not False and FAMILY[a.preset] == "cogvideox"  # the shipped GPU search is CogVideoX's
     say = lambda m: print(f"[gpu_smoke] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    b = size_to_fit(a, arch, train_config, single, dist, GEOMETRY[a.preset], say, keep_search=forced is True)
+    b = size_to_fit(a, arch, train_config, single, dist, GEOMETRY[a.preset], say, keep_search=forced is True,
+                    sharded=sharded)
     for line in render(b):
         say(line)
     a.search = a.search or forced is True

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 TARGET_S = 300.0  # issue 22: the smoke finishes on one offline H100 in <= 5 minutes by its own count
 # Assumed start-up seconds per stage (not measured: no GPU run yet): python + torch + diffusers imports, reading the
 # 3.4 GB bf16 2B transformer (and the VAE / 1-layer T5 where the stage loads them), Ray and DeepSpeed start-up.
-STARTUP_S = {"build": 40.0, "plan": 5.0, "train": 25.0, "plan_distributed": 5.0, "distributed": 40.0, "eval": 25.0,
-             "plan_search": 5.0, "search": 45.0}
+STARTUP_S = {"build": 40.0, "plan": 5.0, "train": 25.0, "plan_distributed": 5.0, "distributed": 40.0, "plan_sharded": 5.0,
+             "sharded": 40.0, "eval": 25.0, "plan_search": 5.0, "search": 45.0}
 EVAL_GUIDANCE = 6.0  # configs/eval/cogvideox-2b-nudity.yaml generation.guidance_scale (CFG: 2 rows a step)
 
 
@@ -75,12 +75,15 @@ def budget(a, arch, stages: dict[str, float], rate: float) -> dict:
 
 
 def stage_flops(a, arch, train_config: Path, single: list[str], dist: list[str] | None, search: bool,
-                geometry: dict) -> dict[str, float]:
-    """FLOPs of each stage the smoke will run (build and plans: none counted, start-up only)."""
+                geometry: dict, sharded: list[str] | None = None) -> dict[str, float]:
+    """FLOPs of each stage the smoke will run (build and plans: none counted, start-up only). `sharded`: the
+    2-worker run with the backbone sharded (the same FLOPs as `distributed`; its all-gathers are not counted)."""
     video = video_flops(arch, geometry["frames"], geometry["height"], geometry["width"], a.eval_steps)
     out = {"build": 0.0, "plan": 0.0, "train": training_flops(train_config, single, 1, arch)}
     if dist is not None:
         out.update(plan_distributed=0.0, distributed=training_flops(train_config, dist, 2, arch))
+    if sharded is not None:
+        out.update(plan_sharded=0.0, sharded=training_flops(train_config, sharded, 2, arch))
     out["eval"] = 2 * 2 * video  # 2 rows (1 target, 1 preserve), base + erased video each
     if search:
         # one trial, 1 worker, 1 row per set: its training, proxy_evals x 2 rows, the final eval's 2 rows x base + erased
@@ -89,14 +92,14 @@ def stage_flops(a, arch, train_config: Path, single: list[str], dist: list[str] 
 
 
 def size_to_fit(a, arch, train_config: Path, single: list[str], dist: list[str] | None, geometry: dict,
-                say, keep_search: bool = False) -> dict:
+                say, keep_search: bool = False, sharded: list[str] | None = None) -> dict:
     """The budget after shrinking eval steps, then proxy evals, then dropping the search (unless `keep_search`: the
     user asked for it), until it fits. Sets a.eval_steps, a.proxy_every, a.search_proxies, a.search."""
     rate = a.mfu * a.peak_tflops * 1e12
     a.search_proxies = proxies(a.steps, a.proxy_every)
 
     def current():
-        return budget(a, arch, stage_flops(a, arch, train_config, single, dist, a.search, geometry), rate)
+        return budget(a, arch, stage_flops(a, arch, train_config, single, dist, a.search, geometry, sharded), rate)
 
     b = current()
     while b["total_s"] > TARGET_S and a.eval_steps > 2:
