@@ -68,6 +68,8 @@ def _pick(names: list[str]) -> list[str]:
 def _edges_of_tensor(t) -> list[float]:
     import torch
 
+    if hasattr(t, "full_tensor"):  # a sharded backbone's weight (DTensor): gathered (every rank reads the same names)
+        t = t.full_tensor()
     flat = t.detach().reshape(-1)
     vals = torch.cat([flat[:EDGE], flat[-EDGE:]]) if flat.numel() else flat
     return [float(f"{x:.9g}") for x in vals.to("cpu", torch.float32).tolist()]

@@ -28,8 +28,9 @@ Why FSDP2 and not DeepSpeed ZeRO-3 (measured on this CPU, gloo, torch 2.13 / Dee
 - Not kept: fully_shard on the transformer itself (the root) would make its class `FSDP<Name>`, which the
   family checks (`WanSpec.matches`) read by name; so each unit is its own FSDP root and the few weights set
   directly on the transformer (Wan's `scale_shift_table`, 2 x hidden per expert) stay whole on every rank.
-- Loading is not sharded yet: every rank loads the whole backbone (on the host, then `device="cuda"`
-  moves only its shards to the GPU) and shards it; a meta-device init + sharded load is the next step.
+- Loading: `unlearn.sharded_load.sharded_loading` builds the backbone empty (meta), shards it and reads
+  each rank's rows from the files, so no rank holds it whole (the worker loads that way); a backbone
+  loaded whole (on the host, then `device="cuda"` moves only its shards to the GPU) is sharded here.
 
 Collectives: every rank must run the same units in the same order. The fused step does (same batch shapes
 on every rank); a two-expert denoiser is told to run its idle expert in every forward
@@ -102,6 +103,28 @@ def padded_bytes(params, world: int) -> int:
     return total
 
 
+def backbone_mesh(device: str, group=None):
+    """The 1-D mesh of `group`'s ranks (default: the world) on `device`'s type, that the units shard over."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+
+    world = dist.get_world_size(group)
+    ranks = list(range(world)) if group is None else dist.get_process_group_ranks(group)
+    return DeviceMesh(torch.device(device).type, ranks)
+
+
+def shard_units(transformer: nn.Module, mesh, reshard_after_forward: bool = True) -> None:
+    """`fully_shard` each unit of `transformer` (`backbone_units`) not sharded yet. Works on meta weights too
+    (unlearn.sharded_load shards before it reads the files)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    # reshard_after_forward must be explicit: left to FSDP (None), a root unit -- each unit is one here --
+    # keeps its weights gathered from forward to backward, i.e. the whole backbone at once.
+    for u in backbone_units(transformer):
+        if not isinstance(u, FSDPModule):
+            fully_shard(u, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
 def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, device: str | None = None,
                    reshard_after_forward: bool = True) -> ShardedBackbone:
     """Partition `spec.transformer`'s frozen weights over the ranks of `group` (default: the world), per unit.
@@ -114,8 +137,6 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, dev
     so a backbone loaded on the host ("cpu") and sharded with device="cuda" never sits whole on a GPU.
     """
     import torch.distributed as dist
-    from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import fully_shard
 
     if not dist.is_initialized():
         raise RuntimeError("shard_backbone needs an initialised torch.distributed process group")
@@ -128,17 +149,13 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, dev
     if trainable:
         raise ValueError(f"the backbone has trainable weights ({trainable[0]}, ...): only a frozen one is sharded")
     world = dist.get_world_size(group)
-    ranks = list(range(world)) if group is None else dist.get_process_group_ranks(group)
-    mesh = DeviceMesh(device or next(tr.parameters()).device.type, ranks)
     units = backbone_units(tr)
     in_units = {id(p) for u in units for p in u.parameters()}
     replicated = [p for p in tr.parameters() if id(p) not in in_units]
     sizes = [padded_bytes(u.parameters(), world) for u in units]
     whole = _nbytes(tr.parameters())
-    # reshard_after_forward must be explicit: left to FSDP (None), a root unit -- each unit is one here --
-    # keeps its weights gathered from forward to backward, i.e. the whole backbone at once.
-    for u in units:
-        fully_shard(u, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    # a backbone loaded into its shards (unlearn.sharded_load) has its units sharded already
+    shard_units(tr, backbone_mesh(device or next(tr.parameters()).device.type, group), reshard_after_forward)
     if hasattr(tr, "collective"):  # a denoiser of experts: both experts in every forward (see module doc)
         tr.collective = True
     return ShardedBackbone(units, sizes, sum(sizes) // world, whole, world, _nbytes(replicated))

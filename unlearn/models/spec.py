@@ -174,12 +174,21 @@ def check_backbone(transformer: nn.Module, blocks: list, model: str | Path) -> N
         raise ConfigError(f"model.path {model}: the transformer has no blocks (transformer/config.json num_layers: "
                           f"{n}), so there is nothing to attach an eraser to; the model directory is damaged or "
                           "its config was edited: use the model's own config.json")
+    # a backbone loaded into its shards (unlearn.sharded_load): each rank checks the rows it holds
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
     bad = [name for name, t in [*transformer.named_parameters(), *transformer.named_buffers()]
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+           if t.is_floating_point() and not bool(torch.isfinite(local(t)).all())]
     if bad:
         raise ConfigError(f"model.path {model}: {len(bad)} weight tensor(s) of the transformer hold NaN or inf "
                           f"(first: {bad[0]}); the model files are damaged (or were saved from a diverged run), "
                           "not a training setting: download or convert the model again")
+
+
+# Set by unlearn.sharded_load.sharded_loading: `(subfolder, dtype) -> module` that loads a denoiser part
+# (transformer/, transformer_2/) into this rank's shards instead of the family's loader. None: the family's.
+PART_LOADER: contextvars.ContextVar[Callable[[str, torch.dtype], Any] | None] = contextvars.ContextVar(
+    "t2vu_part_loader", default=None)
+DENOISER_PARTS = ("transformer", "transformer_2")
 
 
 def load_parts(path: Path, dtype: str, components, loaders: dict[str, Callable[[str, torch.dtype], Any]],
@@ -193,7 +202,8 @@ def load_parts(path: Path, dtype: str, components, loaders: dict[str, Callable[[
     for name in components:
         if name not in loaders:
             raise ValueError(f"Unknown {family} component {name!r}; known: {tuple(loaders)}")
-        out[name] = part = loaders[name](str(Path(path) / name), DTYPES[dtype])
+        load = PART_LOADER.get() if name in DENOISER_PARTS else None
+        out[name] = part = (load or loaders[name])(str(Path(path) / name), DTYPES[dtype])
         if name == "tokenizer":
             check_tokenizer(part)
         if isinstance(part, nn.Module):
