@@ -46,8 +46,14 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS])
 def test_config_parses(path):
     cfg = schema_for(path)(path)
-    if path.suffix != ".yaml" or path.parent.name == "cluster":
-        assert cfg  # CSV rows, DeepSpeed JSON, cluster manifests: parsing is the check
+    if path.suffix == ".csv":  # a prompt file: rows, each with a prompt
+        assert cfg and all(str(r["prompt"]).strip() for r in cfg), f"{path.name}: an empty prompt file or row"
+        return
+    if path.suffix == ".json":  # DeepSpeed: the ZeRO stage its name says (distributed.zero_stage picks the file)
+        assert cfg["zero_optimization"]["stage"] == int(path.stem.removeprefix("zero")), path.name
+        return
+    if path.parent.name == "cluster":
+        assert cfg and all(isinstance(doc, dict) and doc for doc in cfg)  # the auth check: below
         return
     if path.parent.name == "attack":  # schema_for checks the harness eval it derives; this checks the file itself
         from pipelines.config.attack import load_attack_config
@@ -57,6 +63,63 @@ def test_config_parses(path):
     data = yaml.safe_load(path.read_text()) or {}
     wrong = _not_kept(data, cfg.model_dump())
     assert not wrong, f"{path.name}: values lost in parsing: {wrong}"
+
+
+#: The public architectures a real-model config names, and the model family each runs on.
+ARCHITECTURES = {"cogvideox-2b": "cogvideox", "cogvideox-5b": "cogvideox", "wan2.1-t2v-1.3b": "wan",
+                 "wan2.1-t2v-14b": "wan", "wan2.2-ti2v-5b": "wan", "wan2.2-t2v-a14b": "wan"}
+PIPELINE = [p for p in CONFIGS if p.suffix == ".yaml" and
+            (p.relative_to(ROOT / "configs").parts[:-1] or ("",))[0] in ("", "search", "toy", "wan")]
+
+
+def _arch_in_name(path: Path) -> str | None:
+    found = [a for a in ARCHITECTURES if path.stem.lower().startswith(a)]
+    return max(found, key=len) if found else None
+
+
+@pytest.mark.parametrize("path", PIPELINE, ids=[p.relative_to(ROOT / "configs").as_posix() for p in PIPELINE])
+def test_pipeline_configs_resolve_the_model_they_are_named_for(path):
+    """What a config resolves to, not only that it loads: the model family (registered), the architecture its
+    file is named for, bf16 on GPU configs and fp32 on the CPU models, an existing DeepSpeed file, the
+    trainer's view (`method()`) of the same model, and a search objective a classifier of its eval reports."""
+    from pipelines.config.pipeline import load_pipeline_config
+    from unlearn.models.families import base_family, family_names
+
+    cfg = load_pipeline_config(path)
+    m = cfg.model
+    assert m.family in family_names()
+    assert cfg.method().model == m  # the trainer sees exactly this model
+    arch = _arch_in_name(path)
+    if m.path.startswith("builtin:"):  # project-built CPU models: fp32, no GPU, family from the model's name
+        assert m.dtype == "float32" and not cfg.distributed.use_gpu and arch is None
+        assert base_family(m.family) == ("wan" if "wan" in m.path else "cogvideox"), m.path
+    else:  # a real model: named for its architecture, which `t2vu plan` reads before the download
+        assert arch is not None and m.architecture == arch and base_family(m.family) == ARCHITECTURES[arch]
+        assert m.dtype == "bfloat16" and cfg.distributed.use_gpu and m.path.startswith("/path/to/")
+    assert (ROOT / "configs" / "deepspeed" / f"zero{cfg.distributed.zero_stage}.json").is_file()
+    if cfg.search is not None:
+        from pipelines.search.objective import resolve_eval_config
+
+        s = cfg.search
+        names = s.metric_names()
+        assert names and len(set(names)) == len(names) and s.objective.scalarize.name not in names
+        assert {o.mode for o in s.objective.metrics} <= {"min", "max"}
+        ecfg = resolve_eval_config(cfg, path.parent)
+        # the objective reads summary keys of its eval's classifier: nudity_* from NudeNet, target_* from the toy one
+        prefix = {"nudenet": "nudity_", "toy": "target_"}[ecfg.classifier.name]
+        assert any(n.startswith(prefix) for n in names), (ecfg.classifier.name, names)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
+def test_eval_configs_pick_the_dtype_and_classifier_their_model_needs(path):
+    from eval.config import load_eval_config
+
+    ecfg = load_eval_config(path)
+    builtin = ecfg.model.path.startswith("builtin:")
+    assert ecfg.model.dtype == ("float32" if builtin else "bfloat16"), ecfg.model
+    # the toy world's models are judged by the toy classifier; every other model by NudeNet (the nudity configs)
+    assert ecfg.classifier.name == ("toy" if "toy" in ecfg.model.path else "nudenet"), ecfg.model.path
+    assert builtin or _arch_in_name(path) is not None  # a real model's eval config is named for it
 
 
 def _not_kept(given, parsed, at="") -> list[str]:
