@@ -55,6 +55,7 @@ class ErasureObjective(nn.Module):
         self.__dict__["spec"] = spec
         self.loss_cfg = loss_cfg
         self.autocast = autocast
+        self.sequence_parallel = None  # set by unlearn.sequence_parallel.enable_sequence_parallel
         spec.transformer.requires_grad_(False)
         self.handle = attach(spec.transformer, eraser_set)
         self.capture = (
@@ -121,7 +122,9 @@ class ErasureObjective(nn.Module):
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
             mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
-            l_l = localization_loss([eraser_out[i] for i in sorted(eraser_out)], mask)
+            sp = self.sequence_parallel  # each rank recorded its own video tokens: its share, summed over ranks
+            l_l = localization_loss([eraser_out[i] for i in sorted(eraser_out)], mask, sp and sp.tokens)
+            l_l = sp.reduce_sum(l_l) if sp is not None else l_l
             eraser_out.clear()  # the graph holds what backward needs; drop the step's references now
             out["mask_fraction"] = mask.mean().detach()
         else:
@@ -149,6 +152,8 @@ class ErasureObjective(nn.Module):
             with self._amp(dev):
                 v = self.spec.velocity(batch.x_c, batch.t_c, (start + delta).to(batch.emb_c.dtype))
             (g,) = torch.autograd.grad(torch.nn.functional.mse_loss(v.float(), v_c), [delta])
+            if self.sequence_parallel is not None:  # each rank holds the part through its shard: sum them
+                self.sequence_parallel.all_reduce_(g)
             with torch.no_grad():
                 g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
                 delta -= cfg.adv_step_size * radius.view(shape) * g

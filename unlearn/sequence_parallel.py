@@ -1,0 +1,385 @@
+"""Sequence (context) parallelism over the video tokens (issue 23): DeepSpeed-Ulysses inside the attention processors.
+
+`enable_sequence_parallel(objective, group)` makes the P ranks of `group`, which hold the SAME batch, split
+each sample's video tokens: rank r keeps tokens `tokens` (torch.tensor_split's rule: the first Nv % P ranks
+one token more) from the first block to the last, and every per-token op of a block (AdaLN, FFN, the
+eraser and its energy record) runs on that shard only. Attention is the one op that mixes tokens:
+- self / joint attention (CogVideoX `attn1`, Wan `attn1`): Ulysses. q, k, v of the local tokens, all heads,
+  go through one all-to-all to all tokens of H/P heads; the block's own attention kernel runs on them
+  (CogVideoX: the fused kernel with its log-sum-exp, so the mask's capture is unchanged); the output goes
+  back through the inverse all-to-all. Heads must divide by P (refused in one line otherwise).
+- Wan's cross-attention `attn2`: nothing to exchange. Its keys are the text, replicated on every rank, so
+  the local video queries attend to all of them on their own; the stock (or capture) processor runs as is.
+Text tokens (CogVideoX's joint stream) are replicated: every rank carries all Nt text tokens through every
+block (Nt = 226 against Nv = 17,550 at 49x480x720: 1.3% of the tokens, cheaper than splitting them). In the
+joint attention a rank uses the text q/k/v of its H/P heads only, and the text output of each rank's heads is
+all-gathered, so every replica stays identical.
+
+Gradients. A replicated tensor (the text stream) holds on each rank only the part of its gradient that flows
+through that rank's heads; the true gradient is the sum over ranks (hence the text all-gather's backward is a
+reduce-scatter). A sharded tensor (video tokens) holds its whole gradient on its owner. The block stack's
+output is all-gathered after the last block (forward) and each rank keeps its own slice of the incoming
+gradient (backward, no communication): the head, the unpatchify and the losses run on the whole prediction on
+every rank, identically. The prediction is latent-sized (1/hidden of one activation), so gathering it costs
+little and `spec.velocity` keeps returning whole videos to every caller (the fused step, the adversarial
+inner loop). The localization loss is per shard: each rank sums its tokens' eraser energy outside the mask
+(`localization_loss(..., tokens=sp.tokens)`, normalised by the WHOLE mask's background count) and
+`reduce_sum` adds the shards (backward: identity). The mask's probabilities: CogVideoX, each rank averages
+its H/P heads over all queries and the ranks average those (all-reduce); Wan attn2, each rank has its
+queries' rows for all heads and the rows are all-gathered. Every rank then builds the same mask.
+So every eraser gradient is the SUM over the group of the ranks' local gradients: `scale_gradients` multiplies
+each by P, so that an engine averaging over all ranks (DeepSpeed) gets mean over sample groups of the sums.
+
+Why Ulysses and not ring attention (written down per the issue; `benchmarks/sequence_parallel.py` measures
+both exchanges on this machine): per attention, per rank, Ulysses sends 4 x (Nv/P) x D x (P-1)/P values
+(q, k, v, out), ring attention 2 x (Nv/P) x D x (P-1) (k, v around the ring): equal at P = 2, Ulysses half at
+P = 4, and it runs the family's own fused kernel on whole sequences, so the capture's log-sum-exp is the
+kernel's (ring attention would merge P partial log-sum-exps per query and rescale partial outputs, a second
+softmax implementation). Its limit is P <= heads and heads % P == 0 (Wan 14B: 40 heads, 5B: 24, CogVideoX
+2B: 30, 5B: 48): P in {2, 4, 8} fits the Wan and CogVideoX-5B models; CogVideoX-2B takes 2, 3, 5 or 6.
+
+Collectives: every rank of the group runs the same blocks in the same order with the same shapes (the fused
+step does: the same batch on every rank), checkpoint recomputes included (they re-run the all-to-alls).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def split_sizes(n: int, degree: int) -> list[int]:
+    """Tokens per rank, torch.tensor_split's rule: the first n % degree ranks hold one more."""
+    return [n // degree + (1 if i < n % degree else 0) for i in range(degree)]
+
+
+def _all_to_all(flat: torch.Tensor, out_sizes: list[int], in_sizes: list[int], group) -> torch.Tensor:
+    out = flat.new_empty(sum(out_sizes))
+    dist.all_to_all_single(out, flat.contiguous(), out_sizes, in_sizes, group=group)
+    return out
+
+
+def _seq_to_heads(x: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
+    """[B, H, S_r, d] (all heads, this rank's tokens) -> [B, H/P, S, d] (this rank's heads, all tokens)."""
+    b, h, s_r, d = x.shape
+    p = len(sizes)
+    hp = h // p
+    send = x.reshape(b, p, hp, s_r, d).transpose(0, 1).reshape(-1)  # head group j -> rank j
+    out = _all_to_all(send, [b * hp * s * d for s in sizes], [b * hp * s_r * d] * p, group)
+    return torch.cat([t.view(b, hp, s, d) for t, s in zip(out.split([b * hp * s * d for s in sizes]), sizes)], 2)
+
+
+def _heads_to_seq(y: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
+    """The inverse: [B, H/P, S, d] -> [B, H, S_r, d]."""
+    b, hp, _, d = y.shape
+    p, s_r = len(sizes), sizes[rank]
+    send = torch.cat([t.reshape(-1) for t in y.split(sizes, dim=2)])  # token shard j -> rank j
+    out = _all_to_all(send, [b * hp * s_r * d] * p, [b * hp * s * d for s in sizes], group)
+    return out.view(p, b, hp, s_r, d).transpose(0, 1).reshape(b, p * hp, s_r, d)
+
+
+def _gather(x: torch.Tensor, sizes: list[int], dim: int, group) -> torch.Tensor:
+    """All ranks' pieces of `dim` (uneven: padded to the longest for gloo's all_gather, then cut)."""
+    m, own = max(sizes), x.shape[dim]
+    if own < m:
+        x = torch.cat([x, x.new_zeros((*x.shape[:dim], m - own, *x.shape[dim + 1:]))], dim)
+    bufs = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(bufs, x.contiguous(), group=group)
+    return torch.cat([t.narrow(dim, 0, s) for t, s in zip(bufs, sizes)], dim)
+
+
+class _SeqToHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, sp):
+        ctx.sp, ctx.sizes = sp, list(sp.sizes)
+        return _seq_to_heads(x, ctx.sizes, sp.group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _heads_to_seq(g, ctx.sizes, ctx.sp.rank, ctx.sp.group), None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, sp):
+        ctx.sp, ctx.sizes = sp, list(sp.sizes)
+        return _heads_to_seq(y, ctx.sizes, sp.rank, sp.group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _seq_to_heads(g, ctx.sizes, ctx.sp.group), None
+
+
+class _GatherHeads(torch.autograd.Function):
+    """[B, H/P, Nt, d] of a replicated stream -> [B, H, Nt, d] on every rank; backward: reduce-scatter (sum)."""
+
+    @staticmethod
+    def forward(ctx, y, sp):
+        ctx.sp = sp
+        return _gather(y, [y.shape[1]] * sp.degree, 1, sp.group)
+
+    @staticmethod
+    def backward(ctx, g):
+        b, h, nt, d = g.shape
+        p = ctx.sp.degree
+        send = g.reshape(b, p, h // p, nt, d).transpose(0, 1).reshape(-1)
+        out = _all_to_all(send, [send.numel() // p] * p, [send.numel() // p] * p, ctx.sp.group)
+        return out.view(p, b, h // p, nt, d).sum(0), None
+
+
+class _GatherTokens(torch.autograd.Function):
+    """This rank's tokens (dim 1) -> all tokens on every rank; backward: this rank's slice (the consumers of
+    the gathered tensor are identical replicas, each holding the whole gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, sp):
+        ctx.tokens = sp.tokens
+        return _gather(x, sp.sizes, 1, sp.group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[:, ctx.tokens], None
+
+
+class _ReduceSum(torch.autograd.Function):
+    """Sum of the ranks' partial values (forward all-reduce; backward identity: each rank's part adds once)."""
+
+    @staticmethod
+    def forward(ctx, x, sp):
+        out = x.detach().clone()
+        dist.all_reduce(out, group=sp.group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def _rope_wan(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's 3D RoPE exactly as diffusers' `WanAttnProcessor` applies it (an inline function there)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class UlyssesCogVideoXProcessor:
+    """CogVideoX's joint attention over a video shard + the replicated text; wraps the processor it replaces
+    (stock or `CapturingCogVideoXAttnProcessor`: its `capture_rows` / `probs` stay what `AttentionCapture` reads)."""
+
+    def __init__(self, inner, sp: "SequenceParallel"):
+        self.inner, self.sp = inner, sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        if attention_mask is not None:
+            raise NotImplementedError("sequence parallelism: CogVideoX joint attention with a mask (its blocks pass none)")
+        sp, h, b, nt = self.sp, attn.heads, hidden_states.shape[0], encoder_hidden_states.shape[1]
+        hp = h // sp.degree
+
+        def heads(x):  # [B, S, H*d] -> q, k, v [B, H, S, d] after the per-head norms, as the stock processor
+            q, k, v = (proj(x).unflatten(2, (h, -1)).transpose(1, 2) for proj in (attn.to_q, attn.to_k, attn.to_v))
+            return (attn.norm_q(q) if attn.norm_q is not None else q), (attn.norm_k(k) if attn.norm_k is not None else k), v
+
+        text = [t[:, sp.rank * hp:(sp.rank + 1) * hp] for t in heads(encoder_hidden_states)]  # this rank's heads
+        qv, kv, vv = (_SeqToHeads.apply(t, sp) for t in heads(hidden_states))
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            qv = apply_rotary_emb(qv, image_rotary_emb)
+            if not attn.is_cross_attention:
+                kv = apply_rotary_emb(kv, image_rotary_emb)
+        query, key, value = (torch.cat([t, v], 2) for t, v in zip(text, (qv, kv, vv)))
+        out = self._attend(query, key, value, nt)
+        out_t, out_v = out.split([nt, out.shape[2] - nt], 2)
+        out = torch.cat([_GatherHeads.apply(out_t, sp), _HeadsToSeq.apply(out_v, sp)], 2)
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
+        return out[:, nt:], out[:, :nt]  # (video, text), as the stock processor returns them
+
+    def _attend(self, query, key, value, nt):
+        """SDPA on this rank's heads; a capturing call leaves the head average over ALL heads in `inner.probs`."""
+        inner = self.inner
+        n = getattr(inner, "capture_rows", 0)
+        if n and not inner.full_matrix:
+            out = inner._attend_and_capture(query, key, value, None, nt)
+        else:
+            if n:
+                from unlearn.attention import full_text_probs_reference
+
+                q, k = query[:n, :, nt:].detach(), key[:n].detach()
+                inner.probs = full_text_probs_reference(q, k, nt, query.shape[-1] ** -0.5)
+            out = F.scaled_dot_product_attention(query, key, value)
+        if n:  # each rank: the mean over its H/P heads; the ranks' mean is the mean over all H
+            with torch.no_grad():
+                dist.all_reduce(inner.probs, group=self.sp.group)
+                inner.probs /= self.sp.degree
+        return out
+
+
+class UlyssesWanSelfProcessor:
+    """Wan's self-attention `attn1` over a video shard (3D RoPE on the whole sequence, after the all-to-all)."""
+
+    def __init__(self, inner, sp: "SequenceParallel"):
+        self.inner, self.sp = inner, sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise NotImplementedError("sequence parallelism: Wan attn1 is self-attention without a mask")
+        q, k, v = _get_qkv_projections(attn, hidden_states, None)
+        q, k = attn.norm_q(q), attn.norm_k(k)  # RMSNorm across heads: per token, before the head split
+        # [B, S_r, H, d] -> [B, H, S_r, d] -> all-to-all -> [B, H/P, S, d] -> [B, S, H/P, d] (dispatch's layout)
+        q, k, v = (_SeqToHeads.apply(t.unflatten(2, (attn.heads, -1)).transpose(1, 2), self.sp).transpose(1, 2)
+                   for t in (q, k, v))
+        if rotary_emb is not None:
+            q, k = _rope_wan(q, *rotary_emb), _rope_wan(k, *rotary_emb)
+        out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                    backend=getattr(self.inner, "_attention_backend", None), parallel_config=None)
+        out = _HeadsToSeq.apply(out.transpose(1, 2), self.sp).transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class LocalCrossProcessor:
+    """Wan's cross-attention `attn2` on a video shard: the inner processor as is (its keys, the text, are on
+    every rank); a capture's rows [n, S_r, Nt] are all-gathered into [n, Nv, Nt]."""
+
+    def __init__(self, inner, sp: "SequenceParallel"):
+        self.inner, self.sp = inner, sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        before = getattr(self.inner, "probs", None)
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        probs = getattr(self.inner, "probs", None)
+        if probs is not None and probs is not before:
+            with torch.no_grad():
+                self.inner.probs = _gather(probs, self.sp.sizes, 1, self.sp.group)
+        return out
+
+
+def _arg(args, kwargs, i, name):
+    return args[i] if len(args) > i else kwargs.get(name)
+
+
+def _with_arg(args, kwargs, i, name, value):
+    if len(args) > i:
+        return args[:i] + (value,) + args[i + 1:], kwargs
+    return args, {**kwargs, name: value}
+
+
+class SequenceParallel:
+    """The installed state: the group, this rank's place in it and the current token split."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.degree, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.sizes: list[int] | None = None
+        self._restore: list[tuple] = []  # (module, processor it had, processor set)
+        self._hooks: list = []
+
+    @property
+    def tokens(self) -> slice:
+        """This rank's video tokens in the current split (a slice of the whole sequence)."""
+        start = sum(self.sizes[: self.rank])
+        return slice(start, start + self.sizes[self.rank])
+
+    def split(self, n: int) -> None:
+        if n < self.degree:
+            raise ValueError(f"sequence parallelism over {self.degree} ranks needs at least {self.degree} video "
+                             f"tokens, the batch has {n}: lower distributed.sequence_parallel")
+        self.sizes = split_sizes(n, self.degree)
+
+    def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum over the group of each rank's partial value (a per-shard loss); gradients pass unchanged."""
+        return _ReduceSum.apply(x, self)
+
+    def all_reduce_(self, x: torch.Tensor) -> torch.Tensor:
+        """In place: the sum over the group of a no-grad tensor each rank holds part of (e.g. a gradient with
+        respect to replicated inputs: the adversarial step's embedding gradient)."""
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def scale_gradients(self, params) -> None:
+        """Multiply each parameter's gradient by P as it is computed: an engine that averages gradients over
+        every rank (DeepSpeed) then averages over sample groups the SUM over each group's shards."""
+        for p in params:
+            self._hooks.append(p.register_hook(lambda g, k=self.degree: g * k))
+
+    def remove(self) -> None:
+        """Restore the processors it replaced (where still its own) and remove its hooks. Call it before
+        `ErasureObjective.detach()` (which restores the capture's originals)."""
+        for module, old, new in reversed(self._restore):
+            if module.processor is new:
+                module.set_processor(old)
+        for hk in self._hooks:
+            hk.remove()
+        self._restore, self._hooks = [], []
+
+
+def _block_lists(spec) -> list:
+    """Each transformer's block list (both experts of a Wan 2.2 A14B)."""
+    roots = getattr(spec.transformer, "experts", (spec.transformer,))
+    return [list(getattr(r, "transformer_blocks", None) or r.blocks) for r in roots]
+
+
+def enable_sequence_parallel(objective, group=None) -> SequenceParallel:
+    """Split every forward of `objective.spec.transformer` over the ranks of `group` (default: the world), which
+    must all hold the same batch. Call after `ErasureObjective(...)` (the capture's processors are wrapped) and
+    after (or before) `shard_backbone`; sets `objective.sequence_parallel`."""
+    from unlearn.models.families import base_family
+
+    if not dist.is_initialized():
+        raise RuntimeError("sequence parallelism needs an initialised torch.distributed process group")
+    sp = SequenceParallel(group)
+    cog = base_family(objective.spec.family) == "cogvideox"
+    lists = _block_lists(objective.spec)
+    for blocks in lists:
+        heads = blocks[0].attn1.heads
+        if heads % sp.degree:
+            raise ValueError(f"distributed.sequence_parallel={sp.degree} must divide the model's {heads} attention "
+                             f"heads (Ulysses splits heads over the ranks): use a divisor of {heads}")
+        for blk in blocks:
+            sites = [(blk.attn1, UlyssesCogVideoXProcessor)] if cog else [
+                (blk.attn1, UlyssesWanSelfProcessor), (blk.attn2, LocalCrossProcessor)]
+            for module, cls in sites:
+                new = cls(module.processor, sp)
+                sp._restore.append((module, module.processor, new))
+                module.set_processor(new)
+    if sp.degree > 1:
+        for blocks in lists:
+            for i, blk in enumerate(blocks):
+                sp._hooks.append(blk.register_forward_pre_hook(_enter_hook(sp, first=i == 0), with_kwargs=True))
+            sp._hooks.append(blocks[-1].register_forward_hook(_leave_hook(sp, tuple_out=cog)))
+    objective.sequence_parallel = sp
+    return sp
+
+
+def _enter_hook(sp: SequenceParallel, first: bool):
+    """Block 0: keep this rank's tokens of the whole sequence. Every block: a per-token time embedding
+    (Wan 2.2 TI2V: [B, Nv, 6, D]) is cut to the same tokens."""
+
+    def hook(module, args, kwargs):
+        if first:
+            x = _arg(args, kwargs, 0, "hidden_states")
+            sp.split(x.shape[1])
+            args, kwargs = _with_arg(args, kwargs, 0, "hidden_states", x[:, sp.tokens])
+        temb = _arg(args, kwargs, 2, "temb")
+        if temb is not None and temb.dim() == 4 and temb.shape[1] == sum(sp.sizes):
+            args, kwargs = _with_arg(args, kwargs, 2, "temb", temb[:, sp.tokens])
+        return args, kwargs
+
+    return hook
+
+
+def _leave_hook(sp: SequenceParallel, tuple_out: bool):
+    """After the last block: the video tokens of all ranks, in order, on every rank."""
+
+    def hook(module, args, output):
+        if tuple_out:  # CogVideoX: (video, text)
+            return (_GatherTokens.apply(output[0], sp), *output[1:])
+        return _GatherTokens.apply(output, sp)
+
+    return hook
