@@ -120,6 +120,8 @@ def test_floor_rows_are_not_counted_as_attack_successes(tmp_path, capsys):
     rec = read_results(results)
     assert rec["command"].startswith("t2vu attack") and rec["figures"]["asr_above_floor"] == last["asr_above_floor"]
     assert "| clean | 1.000 ± 0.000 | 0.500 | 4 |" in robustness_table(rec)
+    assert rec["figures"]["temporal"]["negprompt"]["clean"]["video_rate"] == 1.0
+    assert "last third / late only | per frame |" in robustness_table(rec)
 
 
 def test_gpu_nudity_attack_configs_carry_the_evaluation_strength_attacks():
