@@ -79,6 +79,12 @@ class EraserSet(nn.Module):
         super().__init__()
         self.meta = meta
         self.erasers = nn.ModuleDict({str(i): Eraser(meta.hidden_size, meta.rank) for i in meta.block_indices})
+        # An optional content gate (unlearn.gates): its tensors are `gate.*` of the same file, its settings extra.gate
+        self.gate = None
+        if isinstance(meta.extra, dict) and meta.extra.get("gate"):
+            from unlearn.gates import ContentGate
+
+            self.gate = ContentGate(meta.extra["gate"])
 
     @classmethod
     def for_spec(cls, spec, rank: int, blocks: list[int] | None = None, **meta_kw) -> "EraserSet":
@@ -128,6 +134,8 @@ class EraserHandle:
         self._parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # key -> (rows, energy) per expert
         for i in eraser_set.meta.block_indices:
             self._hooks.append(modules[i].register_forward_hook(self._make_hook(i)))
+        if getattr(eraser_set, "gate", None) is not None:  # on the whole denoiser: it reads and corrects its output
+            self._hooks.append(eraser_set.gate.attach(transformer, self))
 
     def _make_hook(self, index: int):
         eraser = self.eraser_set.erasers[str(index)]
