@@ -223,6 +223,7 @@ def test_single_process_and_distributed_loops_write_one_layout_and_resume_each_o
     # the distributed checkpoint, put where the single-process run keeps its own, resumes it
     import shutil
 
+    shutil.copytree(local_ck, tmp_path / "single" / "checkpoint")  # kept for the other direction, below
     shutil.rmtree(local_ck)
     shutil.copytree(dist_ck, local_ck)
     with caplog.at_level("WARNING", logger="unlearn.loop"):
@@ -232,6 +233,14 @@ def test_single_process_and_distributed_loops_write_one_layout_and_resume_each_o
     assert [r["step"] for r in read_metrics(tmp_path / "local" / "metrics.jsonl")] == [2, 4, 6, 8]
     assert read_metrics(tmp_path / "local" / "metrics.jsonl")[:2] == rows_dist  # the curve came with the checkpoint
     assert (tmp_path / "local" / "eraser" / "eraser.safetensors").is_file() and not local_ck.exists()
+
+    # and the other way: `--distributed` on a stopped `t2vu train` folder continues its checkpoint (step 4),
+    # it does not silently start again from step 0
+    with caplog.at_level("WARNING", logger="unlearn.loop"):
+        onward = run_distributed(cfg, tmp_path / "single")
+    assert onward["resumed_from"] == 4 and onward["attempts"] == [0, 4], onward
+    assert [r["step"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl")] == [2, 4, 6, 8]
+    assert read_metrics(tmp_path / "single" / "metrics.jsonl")[:2] == rows_local
 
 
 def test_a_checkpoint_of_the_earlier_layout_is_refused_in_one_line(tmp_path):

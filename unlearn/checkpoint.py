@@ -36,6 +36,7 @@ STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 ERASER_DIR = "eraser"
 ENGINE_DIR = "engine"
+CHECKPOINT_DIR = "checkpoint"  # a single-process run's last checkpoint, under its output folder
 MANIFEST_GLOB = "manifest-rank*.json"
 # What must match for the optimizer state to load; anything else restores the weights only.
 ENGINE_KEYS = ("engine", "world_size", "zero_stage")

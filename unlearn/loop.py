@@ -136,7 +136,7 @@ class LocalStore:
 
     def __init__(self, out: Path, *, resume: bool = True):
         self.out, self.resume = Path(out), resume
-        self.folder = self.out / "checkpoint"
+        self.folder = self.out / ck.CHECKPOINT_DIR
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:

@@ -24,13 +24,18 @@ from unlearn.fsutil import atomic_write_text
 
 
 class RayCheckpointStore:
+    def __init__(self, fallback: str | None = None):
+        # a folder to start from while the Ray run has no checkpoint of its own (a stopped `t2vu train` run
+        # continued with --distributed); read in place on shared storage, as Ray's own would be
+        self.fallback = Path(fallback) if fallback else None
+
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
-            yield None
+            yield self.fallback
             return
         with ckpt.as_directory() as d:
             yield Path(d)

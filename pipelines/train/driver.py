@@ -43,6 +43,7 @@ from pipelines.config.distributed import check_distributed, deepspeed_config
 from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray, fit_trainer
 from pipelines.runtime.run_folder import remove_owned
 from pipelines.train.worker import LoopConfig, load_step_hook, train_loop_per_worker
+from unlearn import checkpoint as ck
 from unlearn.checkpoint import ERASER_DIR
 from unlearn.config import ConfigError
 from unlearn.loop import StepHook
@@ -60,12 +61,15 @@ def make_trainer(
     callbacks: list | None = None,
     objective: ObjectivePayload | None = None,
     step_hook: StepHook | None = None,
+    resume_from: Path | None = None,
 ):
     """A `TorchTrainer` for one eraser training (used by `run_distributed` and by each Tune trial).
 
     `name` + `storage_path` identify the run: reusing them resumes from its last checkpoint.
     `objective`: a Tune trial's, bound to it (proxy evals; its MLflow run gets the live training curve).
     `step_hook`: called in every worker after every step; for tests (fault injection).
+    `resume_from`: a checkpoint folder to start from when the run has none of its own (a `t2vu train` run
+    continued with `--distributed`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -81,6 +85,7 @@ def make_trainer(
         checkpoint_every=cfg.train.checkpoint_every,
         objective=objective,
         step_hook=load_step_hook(step_hook),
+        resume_from=str(resume_from) if resume_from else None,  # not Ray's resume_from_checkpoint: deprecated
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -132,7 +137,8 @@ def run_distributed(
     ensure_ray(num_cpus=cpus_needed(cfg))
     check_worker_group_fits(cfg)  # else Ray Train waits for ever for workers the cluster cannot hold
     cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
-    trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook)
+    trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook,
+                           resume_from=_single_process_checkpoint(out, storage / name) if resume else None)
     result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
     state = export_result(result, out)
     rv = result.return_value or {}
@@ -157,3 +163,14 @@ def run_distributed(
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return summary
+
+
+def _single_process_checkpoint(out: Path, run_dir: Path) -> Path | None:
+    """The checkpoint a stopped `t2vu train` left in `out` (same layout, `unlearn.checkpoint`), when the Ray
+    run has none of its own: `--distributed` continues it (weights, step and curve; the optimizer state starts
+    fresh, as the engine differs) instead of silently starting again from step 0."""
+    local = out / ck.CHECKPOINT_DIR
+    if any(run_dir.glob("checkpoint_*")) or not (local / "state.json").exists():
+        return None
+    ck.read_state(local)  # an earlier layout: one line now, not a traceback per worker
+    return local

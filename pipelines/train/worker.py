@@ -33,6 +33,7 @@ class LoopConfig:
     checkpoint_every: int
     objective: ObjectivePayload | None = None  # a Tune trial's, bound to it (proxy evals, its MLflow run)
     step_hook: StepHook | None = None  # a test seam (fault injection); production runs have none
+    resume_from: str | None = None  # a `t2vu train` checkpoint to start from while the Ray run has none of its own
 
     def plan(self) -> LoopPlan:
         tc = self.config.train
@@ -147,7 +148,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     def make_engine(params):
         return DeepSpeedEngine(session.objective, params, make_optimizer(method, params), lc.ds_config, world)
 
-    loop = TrainingLoop(session, make_engine, RayCheckpointStore(), lc.plan(), rank=rank,
+    loop = TrainingLoop(session, make_engine, RayCheckpointStore(lc.resume_from), lc.plan(), rank=rank,
                         step_hook=load_step_hook(lc.step_hook),
                         on_checkpoint=trial_checkpoint_hook(lc, session) if rank == 0 else None)
     result = loop.fit()
