@@ -125,8 +125,11 @@ class RayBackend:
         n = runtime.num_actors if pool is not None else None  # a pool keeps its size whatever this eval's rows
         n = self._capped(runtime, num_rows if n is None else None, say or (lambda line: print(line, file=sys.stderr, flush=True)))
         actor_cls = ray.remote(RayEvalWorker)
+        # scheduling_strategy DEFAULT: never inside the caller's placement group (a Tune trial's holds only its
+        # driver's CPU, so an eval actor started by a trial's final eval could never be placed; a pooled one must
+        # also outlive the trial whose placement group would take it down)
         opts: dict[str, Any] = dict(num_cpus=runtime.cpus_per_actor, num_gpus=self.need["GPU"],
-                                    max_concurrency=runtime.queue_depth)
+                                    max_concurrency=runtime.queue_depth, scheduling_strategy="DEFAULT")
         if pool is None:
             self.actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
         else:  # named, detached: the next eval of the search (another trial's process) finds them loaded
