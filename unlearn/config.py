@@ -16,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from unlearn.yaml_load import safe_load_unique
+from unlearn.yaml_load import read_yaml  # noqa: F401 - where the config readers import it from
 from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
 
 
@@ -293,52 +293,6 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     if len(problems) == 1:
         return f"Invalid config {source}: {problems[0]}"
     return "\n".join([f"Invalid config {source} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
-
-
-def _looks_utf16(raw: bytes) -> bool:
-    """A byte-order mark, or bytes that decode as UTF-16 into printable text (a BOM-less UTF-16 file has a NUL
-    in every other byte; so can binary junk, which must not be told to run `iconv`)."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return True
-    if len(raw) < 2 or (raw[0] == 0) == (raw[1] == 0):
-        return False
-    try:
-        text = raw[: len(raw) // 2 * 2].decode("utf-16-le" if raw[1] == 0 else "utf-16-be")
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\t\r\n" for c in text)
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"Config {path} is a folder; pass a YAML file, e.g. configs/tiny.yaml")
-    if not path.is_file():
-        raise ConfigError(f"Config file not found: {path}")
-    raw = path.read_bytes()
-    if _looks_utf16(raw):
-        raise ConfigError(f"Config {path} is UTF-16 text; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
-    if b"\0" in raw:  # binary (an archive, a checkpoint passed by mistake): no text encoding will fix that
-        raise ConfigError(f"Config {path} is not a text file (a NUL byte at offset {raw.index(0)}); pass a YAML "
-                          "file, e.g. configs/tiny.yaml")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"Config {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                          "save it as UTF-8") from None
-    try:
-        data = safe_load_unique(text)  # a key given twice is an error, not "the last one wins"
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"Config {path} is not valid YAML{where}: {what}") from exc
-    if data is None:
-        # An empty file would silently train on every default (the tiny model, 500 steps): refuse it.
-        raise ConfigError(f"Config {path} is empty; start from configs/tiny.yaml or configs/cogvideox-2b-nudity.yaml")
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config {path} must be a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def validate(cls: type[BaseModel], data: dict, source: str = "<dict>"):
