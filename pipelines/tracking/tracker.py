@@ -169,7 +169,10 @@ class Tracker:
         try:
             yield run_id
         except BaseException as exc:
-            self.end(run_id, _status(exc), error=exc)
+            try:
+                self.end(run_id, _status(exc), error=exc)
+            except Exception as err:  # the store may be what failed: the original error is the one to raise
+                LOG.warning("Could not end MLflow run %s: %s", run_id, err)
             raise
         self.end(run_id)
 
