@@ -27,17 +27,12 @@ import json
 import math
 from pathlib import Path
 
+from pipelines.runtime.console import progress
 from unlearn.config import ConfigError
 
 SCREEN_DIR = "screening"  # <out>/screening/: the screened stage, a search folder of its own
 SCREEN_SUFFIX = "-screen"  # the screened stage's search.name (Tune experiment, MLflow parent run)
 RECORD = "screening.json"  # <out>/screening.json: the screened ranking and the points re-run
-
-
-def _say(msg: str) -> None:
-    from pipelines.runtime.console import progress_stream
-
-    print(msg, file=progress_stream(), flush=True)
 
 
 def size(frames: int, height: int, width: int) -> str:
@@ -115,7 +110,7 @@ def run_screened(cfg, out: Path, run_search, **kw):
     sc, m = cfg.search.screening, cfg.model
     scfg = screen_config(cfg, out)  # a size that does not reduce fails here, before Ray starts
     full_size = size(m.num_frames, m.height, m.width)
-    _say(f"Multi-fidelity search {cfg.search.name}: screening {cfg.search.num_samples} trials at "
+    progress(f"Multi-fidelity search {cfg.search.name}: screening {cfg.search.num_samples} trials at "
          f"{size(sc.frames, sc.height, sc.width)} (search.screening), then the best {sc.top_k} at {full_size}")
     screened = run_search(scfg, Path(out) / SCREEN_DIR, **kw)
     ranked = screened_ranking(cfg, screened)
@@ -130,7 +125,7 @@ def run_screened(cfg, out: Path, run_search, **kw):
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out) / RECORD, record)
     _link_parent_runs(screened, cfg)
-    _say(f"Screening done: re-running {[t.trial_id for t in ranked[: len(points)]]} at {full_size}")
+    progress(f"Screening done: re-running {[t.trial_id for t in ranked[: len(points)]]} at {full_size}")
     result = run_search(cfg, out, points=points, **kw)
     result.extras["screening"] = record
     return result
