@@ -17,11 +17,13 @@ all-gathered, so every replica stays identical.
 
 Gradients. A replicated tensor (the text stream) holds on each rank only the part of its gradient that flows
 through that rank's heads; the true gradient is the sum over ranks (hence the text all-gather's backward is a
-reduce-scatter). A sharded tensor (video tokens) holds its whole gradient on its owner. The block stack's
-output is all-gathered after the last block (forward) and each rank keeps its own slice of the incoming
-gradient (backward, no communication): the head, the unpatchify and the losses run on the whole prediction on
-every rank, identically. The prediction is latent-sized (1/hidden of one activation), so gathering it costs
-little and `spec.velocity` keeps returning whole videos to every caller (the fused step, the adversarial
+reduce-scatter). A sharded tensor (video tokens) holds its whole gradient on its owner. The prediction
+is all-gathered (forward) and each rank keeps its own slice of the incoming
+gradient (backward, no communication): the unpatchify and the losses run on the whole prediction on every rank,
+identically. The tokens are gathered after the output projection (the head's norm and projection are per token,
+so they run on the shard): the prediction is latent-sized (1/hidden of one activation), so gathering it costs
+little (Wan 2.2 TI2V, whose head is modulated per token by the whole sequence's timesteps, gathers after the last
+block instead: one [B, Nv, D] activation), and `spec.velocity` keeps returning whole videos to every caller (the fused step, the adversarial
 inner loop). The localization loss is per shard: each rank sums its tokens' eraser energy outside the mask
 (`localization_loss(..., tokens=sp.tokens)`, normalised by the WHOLE mask's background count) and
 `reduce_sum` adds the shards (backward: identity). The mask's probabilities: CogVideoX, each rank averages
@@ -349,10 +351,15 @@ def enable_sequence_parallel(objective, group=None) -> SequenceParallel:
                 sp._restore.append((module, module.processor, new))
                 module.set_processor(new)
     if sp.degree > 1:
-        for blocks in lists:
+        # Where the tokens are gathered: after the output projection (the prediction, latent-sized) where the head is
+        # per token; after the last block where the head's modulation is per token and whole (Wan 2.2 TI2V).
+        late = not getattr(objective.spec, "expand_timesteps", False)
+        roots = getattr(objective.spec.transformer, "experts", (objective.spec.transformer,))
+        for root, blocks in zip(roots, lists):
             for i, blk in enumerate(blocks):
                 sp._hooks.append(blk.register_forward_pre_hook(_enter_hook(sp, first=i == 0), with_kwargs=True))
-            sp._hooks.append(blocks[-1].register_forward_hook(_leave_hook(sp, tuple_out=cog)))
+            leave = root.proj_out if late else blocks[-1]
+            sp._hooks.append(leave.register_forward_hook(_leave_hook(sp, tuple_out=cog and not late)))
     objective.sequence_parallel = sp
     return sp
 
@@ -375,7 +382,7 @@ def _enter_hook(sp: SequenceParallel, first: bool):
 
 
 def _leave_hook(sp: SequenceParallel, tuple_out: bool):
-    """After the last block: the video tokens of all ranks, in order, on every rank."""
+    """After the output projection (or the last block): the video tokens of all ranks, in order, on every rank."""
 
     def hook(module, args, output):
         if tuple_out:  # CogVideoX: (video, text)

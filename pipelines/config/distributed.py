@@ -40,6 +40,12 @@ class DistributedConfig(Strict):
         "Partition the frozen transformer over the workers with FSDP2 (unlearn/sharding.py): each keeps 1/num_workers "
         "of the backbone and gathers one block just before it runs. For models whose weights do not fit one GPU next "
         "to the activations (Wan 14B/A14B); the erasers stay whole and train as before. ZeRO-2 only."))
+    sequence_parallel: int = Field(1, ge=1, description=(
+        "Sequence (context) parallelism: each sample's video tokens split over this many workers (DeepSpeed-Ulysses, "
+        "unlearn/sequence_parallel.py). The workers of a group share one batch share (num_workers / sequence_parallel "
+        "groups split the global batch), so at the same batch and workers a GPU holds P x the rows at 1/P of the "
+        "tokens: the same activations. What it buys is less than one row per worker, the video kept whole (e.g. 2+2 "
+        "rows on 4 workers with 2). Must divide num_workers and the model's attention heads. 1 = off."))
     deepspeed_config: str | None = Field(None, description=(
         "A DeepSpeed JSON file; default configs/deepspeed/zero{stage}.json. Batch sizes and gradient clipping are "
         "always filled in from `train` (one source of truth)."))
@@ -67,6 +73,20 @@ class DistributedConfig(Strict):
             raise ValueError("distributed.shard_backbone needs distributed.zero_stage: 2 (the erasers are small; "
                              "ZeRO-3 on top of the FSDP2-sharded backbone is not supported)")
         return self
+
+    @model_validator(mode="after")
+    def _sequence_groups(self):
+        if self.num_workers % self.sequence_parallel:
+            raise ValueError(f"distributed.sequence_parallel={self.sequence_parallel} must divide distributed.num_workers="
+                             f"{self.num_workers} (each group of that many workers shares one batch)")
+        if self.sequence_parallel > 1 and self.zero_stage == 3:
+            raise ValueError("distributed.sequence_parallel needs distributed.zero_stage: 2 (ZeRO-3 with a sequence-"
+                             "split step is not supported)")
+        return self
+
+    def data_parallel(self) -> int:
+        """Groups that split the global batch: num_workers / sequence_parallel."""
+        return self.num_workers // self.sequence_parallel
 
     def worker_resources(self) -> dict[str, float]:
         if self.resources_per_worker:
@@ -116,7 +136,9 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
     ds = deep_merge(ds, d.deepspeed_overrides)
     if d.deepspeed_config is None:
         ds.setdefault("zero_optimization", {})["stage"] = d.zero_stage
-    micro = per_worker_batch(cfg.train.batch_size, d.num_workers, "train.batch_size")
+    # a sequence-parallel group shares one batch share; DeepSpeed still counts every worker (its averaging over them
+    # is undone by unlearn.sequence_parallel's gradient scaling)
+    micro = per_worker_batch(cfg.train.batch_size, d.data_parallel(), "train.batch_size")
     ds["train_micro_batch_size_per_gpu"] = micro
     ds["gradient_accumulation_steps"] = 1
     ds["train_batch_size"] = micro * d.num_workers

@@ -107,6 +107,10 @@ class PipelineConfig(EraserTrainingConfig):
             raise ValueError("distributed.shard_backbone runs every forward on all workers, but search proxy evals "
                              "run on rank 0 alone: set search.objective.proxy.every: 0 (and no ASHA scheduler) or "
                              "distributed.shard_backbone: false")
+        if self.distributed.sequence_parallel > 1 and self.search is not None and self.search.proxy_every():
+            raise ValueError("distributed.sequence_parallel splits every forward over a group of workers, but search "
+                             "proxy evals run on rank 0 alone: set search.objective.proxy.every: 0 (and no ASHA "
+                             "scheduler) or distributed.sequence_parallel: 1")
         return self
 
     def method(self) -> EraserTrainingConfig:

@@ -49,7 +49,8 @@ def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
             rows.append((f"--set train.batch_size={b} --set train.preserve_batch_size={p}",
                          _set({"train.batch_size": b, "train.preserve_batch_size": p})))
         out.append(rows)
-        if req.mode != "train":
+        if req.mode != "train":  # the video stays whole: its tokens split over P workers, the rows per step / P
+            out.append(_sequence_parallel(req))
             out.append([(f"--set distributed.num_workers={n}", lambda base, n=n: replace(base, world_size=n))
                         for n in (2 * w, 4 * w)])
         f = m.model.num_frames
@@ -74,6 +75,25 @@ def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
         out.append([(f"--set train.trajectory.pool_size={n}", _set({"train.trajectory.pool_size": n}))
                     for n in (m.train.trajectory.pool_size // 2, 1)])
     return [g for g in out if g]
+
+
+def _sequence_parallel(req: PlanRequest) -> list[tuple[str, object]]:
+    """`distributed.sequence_parallel` P (a divisor of the world size) with the global rows / P: each worker's
+    activations span Nv / P video tokens of as many rows as it held before, so they shrink only with the rows;
+    what it buys over fewer rows alone is rows per worker below one (the full-length video on each)."""
+    m, w = req.method, req.world_size
+    now = int(getattr(getattr(req.pipeline, "distributed", None), "sequence_parallel", 1) or 1)
+    b, p = m.train.batch_size, m.train.preserve_batch_size
+    out = []
+    for k in (2, 4, 8):
+        if w % (now * k) or b % k or p % k:
+            continue
+        sets = {"train.batch_size": b // k, "train.preserve_batch_size": p // k}
+        label = (f"--set distributed.sequence_parallel={now * k} --set train.batch_size={b // k} "
+                 f"--set train.preserve_batch_size={p // k}")
+        out.append((label, lambda base, s=sets, n=now * k: (lambda r: replace(r, pipeline=_pipeline(
+            r, {"distributed.sequence_parallel": n, "distributed.num_workers": w})))(_with(base, s))))
+    return out
 
 
 def _can_shard(req: PlanRequest) -> bool:
@@ -160,6 +180,9 @@ def costs(req: PlanRequest, fixed: PlanRequest) -> list[str]:
     if shard[1] and not shard[0]:
         out.append(f"backbone sharded over {fixed.world_size} GPUs (each block all-gathered before it runs, in both "
                    "forwards and the recompute: more traffic)")
+    sp = [int(getattr(getattr(r.pipeline, "distributed", None), "sequence_parallel", 1) or 1) for r in (req, fixed)]
+    if sp[1] != sp[0]:
+        out.append(f"each video's tokens split over {sp[1]} GPUs (4 all-to-alls per self-attention: more traffic)")
     zero = [getattr(getattr(r.pipeline, "distributed", None), "zero_stage", None) for r in (req, fixed)]
     if zero[0] != zero[1]:
         out.append(f"ZeRO-{zero[1]} instead of ZeRO-{zero[0] or 2} (eraser weights gathered every step: more traffic)")

@@ -99,8 +99,12 @@ def plan_inputs(req: PlanRequest):
     nv, latent = arch.token_counts(m.model.num_frames, m.model.height, m.model.width)
     counts = arch.parameter_counts()
     w = req.world_size
-    b = per_worker_batch(m.train.batch_size, w, "train.batch_size")
-    p = per_worker_batch(m.train.preserve_batch_size, w, "train.preserve_batch_size", allow_zero=True)
+    sp = sequence_parallel(req)  # a group of sp ranks shares one batch share (unlearn.sequence_parallel)
+    if sp > 1 and (w % sp or arch.heads % sp):
+        raise ConfigError(f"distributed.sequence_parallel={sp} must divide the world size ({w}) and the model's "
+                          f"{arch.heads} attention heads")
+    b = per_worker_batch(m.train.batch_size, w // sp, "train.batch_size")
+    p = per_worker_batch(m.train.preserve_batch_size, w // sp, "train.preserve_batch_size", allow_zero=True)
     sites = arch.layers * arch.experts  # Wan 2.2 A14B: the high expert's blocks, then the low expert's
     blocks = tuple(range(sites)) if m.eraser.blocks is None else tuple(sorted(set(m.eraser.blocks)))
     bad = [i for i in blocks if not 0 <= i < sites]
@@ -129,11 +133,18 @@ def plan_inputs(req: PlanRequest):
         fp32_ops=autocast_fp32_ops(req.device) if m.train.autocast == "bf16" else frozenset(),
         autocast=m.train.autocast == "bf16",
         shard_backbone=req.mode != "train" and req.pipeline is not None
-        and bool(getattr(req.pipeline.distributed, "shard_backbone", False)),
+        and bool(getattr(req.pipeline.distributed, "shard_backbone", False)), sequence_parallel=sp,
     )
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)
     return inputs, arch
+
+
+def sequence_parallel(req: PlanRequest) -> int:
+    """The request's `distributed.sequence_parallel` (1 for a single process)."""
+    if req.mode == "train" or req.pipeline is None:
+        return 1
+    return int(getattr(req.pipeline.distributed, "sequence_parallel", 1))
 
 
 def autocast_fp32_ops(device: str) -> frozenset:

@@ -146,6 +146,9 @@ class PlanInputs:
     # unlearn.sharding (FSDP2, issue 23): each of the world_size ranks keeps 1/world of every block's weights and
     # gathers one block while it runs (two experts: one more in backward, see there)
     shard_backbone: bool = False
+    # unlearn.sequence_parallel (Ulysses, issue 23): each sample's video tokens split over this many ranks (the rows
+    # above are then each group's share of the batch): activations span ceil(Nv / P) video tokens (+ all text tokens)
+    sequence_parallel: int = 1
 
 
 @dataclass
@@ -296,8 +299,30 @@ def sharded_backbone_terms(x: PlanInputs, experts: str) -> list[Term]:
     return [share, gathered]
 
 
+def sequence_parallel_terms(x: PlanInputs, r1: int, r2: int) -> list[Term]:
+    """unlearn.sequence_parallel: one all-to-all's send copy + receive buffer of a [R, Nv/P, D] tensor (transient,
+    in each forward), and the all-gathered tokens: the prediction after the output projection (latent-sized:
+    the gather's buffers + result), or on Wan 2.2 TI2V (per-token head) the last block's output with the fp32
+    input the output norm saves (forward 2 keeps them until backward)."""
+    p, d, a = x.sequence_parallel, x.hidden, x.act_bytes
+    local = -(-x.video_tokens // p)
+    if x.expand_timesteps:
+        gathered = Term("gathered video tokens", r2 * float(p * local) * d * (2 * a + 4), F2,
+                        f"[{r2}, {x.video_tokens}, {d}] after the last block: gather buffers + result + fp32 norm input")
+    else:
+        gathered = Term("gathered video tokens", 2.0 * r2 * x.latent_elems * a, F2,
+                        f"the prediction of {r2} rows after the output projection: gather buffers + result")
+    return [Term("all-to-all buffers (forward 1)", 2.0 * r1 * local * d * a, F1,
+                 f"send + receive of one [{r1}, {local}, {d}] tensor (Ulysses, {p} ranks), at the attention"),
+            Term("all-to-all buffers", 2.0 * r2 * local * d * a, F2,
+                 f"send + receive of one [{r2}, {local}, {d}] tensor (Ulysses, {p} ranks)"), gathered]
+
+
 def plan_memory(x: PlanInputs) -> MemoryPlan:
     """All terms, the per-phase sums and the peak per GPU (see the module docstring)."""
+    full, sp = x, max(1, x.sequence_parallel)
+    if sp > 1:  # this rank's video tokens: every activation term below is the shard's; the capture results stay whole
+        x = replace(x, video_tokens=-(-x.video_tokens // sp))
     blocks = blocks_for(x.family)
     n = blocks.tokens(x)  # tokens a block's activations span: CogVideoX Nv + Nt (joint), Wan Nv
     experts = f" x {x.experts} experts (all resident)" if x.experts > 1 else ""
@@ -317,13 +342,21 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     probs = scratch = None
     if x.capture_layers:  # the capture's keys: CogVideoX text + video, Wan (cross-attention) text only
         probs, scratch = capture_terms(x, n if blocks.tokens(x) != x.video_tokens else x.text_len)
+        probs = capture_terms(full, 1)[0] if sp > 1 else probs  # reduced over the group: [B, Nv, Nt] on every rank
         terms += [probs, scratch]
     extra = x.concept_rows * (int(x.adv_steps > 0) + int(x.anchor_preserve))  # adversarial / anchor rows in forward 2
     f2 = [Term(name, b, F2, note) for name, b, note in blocks.forward2(replace(x, preserve_rows=x.preserve_rows + extra))]
+    a2a_f1 = 0.0
+    if sp > 1:
+        a2a, *more = sequence_parallel_terms(full, r1, x.concept_rows + x.preserve_rows + extra + x.extra_rows)
+        terms.append(a2a)
+        f2 += more
+        a2a_f1 = a2a.bytes
     terms += f2
     kept = probs.bytes if probs else 0.0
     resident = sum(t.bytes for t in terms if t.phase == PERSISTENT and t.where == "gpu")
-    phases = {F1: resident + kept + max(f1.bytes, blocks.attention_time(x, r1) + (scratch.bytes if scratch else 0.0)),
+    phases = {F1: resident + kept + a2a_f1
+              + max(f1.bytes, blocks.attention_time(x, r1) + (scratch.bytes if scratch else 0.0)),
               F2: resident + kept + sum(t.bytes for t in f2)}
     if x.adv_steps:
         adv = [Term(ADV_NAMES[name], b, ADV, f"{note}; {x.adv_steps} passes a step, one at a time")
