@@ -270,6 +270,7 @@ def test_what_crosses_to_trials_and_workers_is_typed_frozen_and_pickles(tmp_path
 
     from pipelines.search.objective import TrialTracking, objective_payload
     from pipelines.search.trial import TrialContext
+    from pipelines.tracking.tracker import SearchTracking
     from pipelines.train.worker import LoopConfig
     from tests.fault_hooks import kill_worker_once
     from unlearn.loop import StepHook
@@ -277,7 +278,8 @@ def test_what_crosses_to_trials_and_workers_is_typed_frozen_and_pickles(tmp_path
     search = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml").with_overrides({"search.algorithm": "asha"})
     objective = objective_payload(search, ROOT / "configs" / "search")
     ctx = TrialContext(base=search, output_dir=str(tmp_path), config_dir=str(ROOT / "configs" / "search"),
-                       train_storage=str(tmp_path / "ray"), objective=objective, mlflow=None)
+                       train_storage=str(tmp_path / "ray"), objective=objective,
+                       mlflow=SearchTracking("sqlite:///x.db", "1", "parent1"))  # the search's MLflow ids, typed
     bound = objective.for_trial(tmp_path / "trials" / "t1", TrialTracking("sqlite:///x.db", "run1"))
     lc = LoopConfig(config=search, config_dir=None, ds_config=deepspeed_config(search), threads=1, checkpoint_every=4,
                     objective=bound, step_hook=StepHook(kill_worker_once, {"at_rank": 1, "at_step": 6, "marker": "m"}))
