@@ -4,16 +4,20 @@ The environment is set at import, before any test module imports torch, Ray, Dee
 or MLflow (they read it at import or at init):
   OMP_NUM_THREADS=1   OpenMP spin barriers collapse on a shared 2-core box (20x slower)
   DS_ACCELERATOR=cpu  DeepSpeed's CPU accelerator (gloo), no autodetect warning
+  RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5   Ray Train's controller polls its workers 4x as often (below)
   T2VU_CACHE          a session temp dir: tiny models and text embeddings built once per session
   offline vars        pipelines.runtime.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
+  tiny_model_dir, tiny_wan_dir, tiny_a14b_dir   the tiny CogVideoX / Wan / two-expert Wan of seed 0, built once;
+                 the modules that only read a tiny model take these instead of building their own
   ray_session    pipelines.runtime.ray_session.ensure_ray(num_cpus=3, num_gpus=1): dashboard on 127.0.0.1, worker env;
                  at least 3 LOGICAL CPUs (the machine's count if more), on 2 cores:
                  a Tune trial driver (1) + two Train workers (1 each); the dashboard's State
                  API is what cleans up the placement group of a trial Tune stopped. One LOGICAL GPU
                  (no device behind it; nothing here asks for one unless a test does): a cluster with
                  fewer GPUs than an eval asks for (tests/test_eval_ray_waits.py).
+  ray_env        (per test) os.environ + RAY_ADDRESS of ray_session: a `t2vu` subprocess joins it.
   mlflow_server  `mlflow server` on a free 127.0.0.1 port with a SQLite backend; yields its
                  http:// tracking URI.
 """
@@ -36,6 +40,10 @@ import pytest
 SESSION_TMP = Path(tempfile.mkdtemp(prefix="t2vu-tests-"))
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["DS_ACCELERATOR"] = "cpu"
+# Ray Train's controller polls its workers every 2 s (a run's end is seen up to 2 s late, every state change waits
+# for a poll); the suite runs ~35 tiny Train runs, each a few steps long. Inherited by the session's Ray and by
+# every `t2vu` subprocess (and its own local Ray). A worker counts as dead only after 10 min unanswered, not here.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
 
 from pipelines.runtime.env import apply_offline_env  # noqa: E402
@@ -62,6 +70,39 @@ def ray_session():
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random CogVideoX of seed 0, built once per session for the modules that only read it (its first
+    build costs ~8 s of CPU). Read-only: a test that writes next to a model builds its own."""
+    from unlearn.models.tiny import make_tiny_model
+
+    return make_tiny_model(SESSION_TMP / "tiny-seed0" / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir() -> Path:
+    """The tiny Wan 2.1 (one transformer) of seed 0, once per session; read-only."""
+    from unlearn.models.tiny_wan import make_tiny_wan
+
+    return make_tiny_wan(SESSION_TMP / "tiny-wan-seed0" / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_a14b_dir() -> Path:
+    """The tiny Wan 2.2 A14B (two experts) of seed 0, once per session; read-only."""
+    from unlearn.models.tiny_wan import make_tiny_wan
+
+    return make_tiny_wan(SESSION_TMP / "tiny-a14b-seed0" / "model", seed=0, experts=2)
+
+
+@pytest.fixture()
+def ray_env(ray_session) -> dict[str, str]:
+    """The environment for a `t2vu` subprocess that joins the session's Ray (RAY_ADDRESS) instead of starting its
+    own: a local Ray start and stop costs ~10-20 s per command on 2 cores. For tests whose subject is not the
+    command's own local Ray (its start-up, signals, reaper: those start one)."""
+    return {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
 
 
 def free_port() -> int:

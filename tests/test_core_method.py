@@ -11,15 +11,14 @@ from unlearn.config import LossConfig
 from unlearn.eraser import BrokenEraserError, EraserSet, load_eraser, read_eraser, save_eraser
 from unlearn.masks import ConceptNotInPromptError, concept_token_positions, localization_mask, selector
 from unlearn.models.cogvideox import CogVideoXSpec, load_components
-from unlearn.models.tiny import make_tiny_model
 from unlearn.step import ErasureObjective, StepBatch
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # tests/conftest.py: built once per session
 
 
 @pytest.fixture()

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # tests/conftest.py: built once per session
 
 
 def tiny_cfg(model_dir, tmp_path, **train_kw) -> EraserTrainingConfig:
@@ -157,7 +157,7 @@ def test_trajectory_source_and_reference_modes(model_dir, tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path):
+def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text())
     env_cache = {"T2VU_CACHE": str(tmp_path / "t2vu")}
@@ -170,13 +170,19 @@ def test_cli_train_runs_and_reruns_without_work(model_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["steps"] == 6 and Path(summary["eraser"]).is_dir()
-    bad = subprocess.run([*cmd, "--set", "loss.etta=1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert bad.returncode == 2 and "loss.etta: unknown key" in bad.stderr
+    # The refusals come before any model is loaded: the same `main` in this process (a subprocess costs an import).
+    from pipelines.cli.entry import main
+
+    monkeypatch.setenv("T2VU_CACHE", env_cache["T2VU_CACHE"])
+    capsys.readouterr()
+    assert main([*cmd[3:], "--set", "loss.etta=1"]) == 2
+    assert "loss.etta: unknown key" in capsys.readouterr().err
     # The same folder with another config is refused before anything is loaded or written,
     # instead of printing the old summary and keeping the old (rank 8) eraser.
     before = (tmp_path / "run" / "config.yaml").read_text()
-    other = subprocess.run([*cmd, "--set", "eraser.rank=2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert other.returncode == 2 and "eraser.rank" in other.stderr and "Traceback" not in other.stderr
+    assert main([*cmd[3:], "--set", "eraser.rank=2"]) == 2
+    err = capsys.readouterr().err
+    assert "eraser.rank" in err and "Traceback" not in err
     assert (tmp_path / "run" / "config.yaml").read_text() == before
     assert read_eraser(tmp_path / "run" / "eraser").meta.rank == 8
 

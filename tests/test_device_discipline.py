@@ -11,7 +11,6 @@ import torch
 
 from unlearn.config import ConfigError, EraserTrainingConfig
 from unlearn.devices import resolve_device
-from unlearn.models.tiny import make_tiny_model
 from unlearn.session import TrainingSession
 from unlearn.xt_sources import shard_prompts
 
@@ -19,8 +18,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # tests/conftest.py: built once per session
 
 
 def cfg_for(model_dir, tmp_path, loss: dict | None = None, **train) -> EraserTrainingConfig:

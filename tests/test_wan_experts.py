@@ -15,7 +15,6 @@ import torch
 from tests.family_cases import perturb
 from unlearn.attention import AttentionCapture
 from unlearn.eraser import EraserMismatchError, EraserSet, attach, load_eraser, save_eraser
-from unlearn.models.tiny_wan import make_tiny_wan
 from unlearn.models.wan import WanSpec
 from unlearn.models.wan_experts import WanExperts
 
@@ -25,8 +24,8 @@ GEOMETRY = (9, 32, 32)
 
 
 @pytest.fixture(scope="module")
-def a14b_dir(tmp_path_factory):
-    return make_tiny_wan(tmp_path_factory.mktemp("tiny-a14b") / "model", seed=0, experts=2)
+def a14b_dir(tiny_a14b_dir):
+    return tiny_a14b_dir  # tests/conftest.py: built once per session
 
 
 @pytest.fixture()
@@ -180,14 +179,15 @@ def test_a_step_using_one_expert_still_gives_every_eraser_a_gradient(spec):
 
 
 @pytest.mark.slow
-def test_ray_train_deepspeed_zero2_trains_both_experts(a14b_dir, tmp_path):
-    """2 Ray Train workers + DeepSpeed ZeRO-2 (gloo): ranks whose batches use different experts stay in step."""
+def test_ray_train_deepspeed_zero2_trains_both_experts(a14b_dir, tmp_path, ray_env):
+    """2 Ray Train workers + DeepSpeed ZeRO-2 (gloo): ranks whose batches use different experts stay in step.
+    The command joins the session's Ray (RAY_ADDRESS): its own local Ray start is not what this tests."""
     out = tmp_path / "dist"
     cmd = [sys.executable, "-m", "pipelines.cli.entry", "train", "--distributed", "--config",
            str(ROOT / "configs" / "wan" / "tiny.yaml"), "--output", str(out), "--set", f"model.path={a14b_dir}",
            "--set", "train.steps=4", "--set", "distributed.num_workers=2", "--set", f"train.cache_dir={tmp_path / 'c'}",
            "--set", f"distributed.storage_path={tmp_path / 'ray'}"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=ray_env)
     assert r.returncode == 0, r.stderr[-3000:]
     from unlearn.eraser import read_eraser
 

@@ -13,7 +13,6 @@ import torch
 from pipelines.cli import entry as cli
 from unlearn.config import ConfigError
 from unlearn.models.families import check_family, family_of_model_dir, spec_class
-from unlearn.models.tiny_wan import make_tiny_wan
 from unlearn.models.wan import WanSelfAttnSpec, WanSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +20,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def wan_dir(tmp_path_factory):
-    return make_tiny_wan(tmp_path_factory.mktemp("wan") / "model", seed=0)
+def wan_dir(tiny_wan_dir):
+    return tiny_wan_dir  # tests/conftest.py: built once per session
 
 
 @pytest.fixture(scope="module")
