@@ -121,7 +121,7 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
         print_summary(summary, quiet, earlier=True)
         return summary  # noqa: RET504
     ecfg = best_trial_eval_config(cfg, config_dir, out)  # validate before anything runs
-    _embeddings_stage(cfg, config_dir, con)
+    _embeddings_stage(cfg, config_dir, con, ecfg)
     result = _search_stage(cfg, out, state, con, config_path=config_path, verbose=verbose)
     best = _select_stage(cfg, result, con)
     ev, eval_run_id = _final_eval_stage(cfg, ecfg, out, best, result, con, quiet)
@@ -130,13 +130,17 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
     return summary
 
 
-def _embeddings_stage(cfg, config_dir: Path, con: StageConsole) -> None:
+def _embeddings_stage(cfg, config_dir: Path, con: StageConsole, ecfg=None) -> None:
+    """The training prompts, and the best-trial eval's (`ecfg`: its workers then load no text encoder, issue 22;
+    the search fills its own evals' prompts)."""
+    from eval.text_cache import fill_eval_text_cache
     from unlearn.session import prepare_embeddings
 
     con.stage(1, 4, "text embeddings")
     t = time.time()
     cache = prepare_embeddings(cfg.method(), config_dir)
-    con.say(f"cache {cache.dir} ({time.time() - t:.1f}s)")
+    n = fill_eval_text_cache([(ecfg, cfg.run.limit if cfg.run else None)])["prompts"] if ecfg is not None else 0
+    con.say(f"cache {cache.dir} ({time.time() - t:.1f}s; + the final eval's {n} prompts)")
 
 
 def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path, verbose: bool):
