@@ -145,7 +145,7 @@ class ContentGate(nn.Module):
         owner = torch.tensor(first, device=x.device)
         g = torch.stack([g[owner == owner[i]].min() for i in range(b)])
         self.last_gate = g.detach()
-        keys = sorted({first[i] for i in range(b) if float(g[i]) >= float(self.settings["min_gate"])})
+        keys = sorted({first[i] for i in range(b) if float(g[i].detach()) >= float(self.settings["min_gate"])})
         if not keys:
             return output
         delta = self._directions(module, handle, call, x[keys], t[keys])  # [U, ...]
