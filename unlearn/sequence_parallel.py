@@ -390,3 +390,19 @@ def _leave_hook(sp: SequenceParallel, tuple_out: bool):
         return _GatherTokens.apply(output, sp)
 
     return hook
+
+
+def enable_for_workers(objective, degree: int, params) -> SequenceParallel | None:
+    """The training worker's hook point (`pipelines/train/worker.py`, after the session, before the engine): groups
+    of `degree` consecutive ranks (every rank creates every group, as torch.distributed requires), this rank's
+    group split, and the eraser gradients `params` scaled by the degree for the engine's mean over all ranks."""
+    if degree <= 1:
+        return None
+    world, rank = dist.get_world_size(), dist.get_rank()
+    mine = None
+    for start in range(0, world, degree):
+        group = dist.new_group(list(range(start, start + degree)))
+        mine = group if start <= rank < start + degree else mine
+    sp = enable_sequence_parallel(objective, mine)
+    sp.scale_gradients(params)
+    return sp

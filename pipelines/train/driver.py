@@ -153,7 +153,9 @@ def run_distributed(
         "steps_per_s": rv.get("steps_per_s"),
         "params_partitioned": rv.get("params_partitioned"),
         "shard_backbone": rv.get("shard_backbone", False),
+        "sequence_parallel": rv.get("sequence_parallel", 1),
         "backbone_resident_bytes": rv.get("backbone_resident_bytes"),  # rank 0's, read from its tensors
+        "backbone_loaded_in_shards": rv.get("backbone_loaded_in_shards", False),  # unlearn.sharded_load
         "steps_per_s_steady": rv.get("steps_per_s_steady"),
         "ms_per_step": rv.get("ms_per_step"),
         "wall_s": round(time.time() - t0, 3),

@@ -11,6 +11,7 @@ workers: typed, frozen and picklable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -137,13 +138,25 @@ def train_loop_per_worker(config: dict) -> dict | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = lc.config
     device = resolve_device(cfg.train.device, assigned=ray.train.torch.get_device())  # this worker's GPU
-    session = build_session(cfg, lc, world, rank, device)
+    sp = cfg.distributed.sequence_parallel  # a group of sp workers shares one batch share (unlearn.sequence_parallel)
+    # distributed.shard_backbone: each rank reads only its rows of the backbone (unlearn.sharded_load), except with
+    # trajectory x_t: each rank samples its own prompts' pool with the backbone alone before training (a sharded
+    # forward is a collective, and the ranks' shares differ), so that backbone loads whole and is sharded after.
+    in_shards = cfg.distributed.shard_backbone and cfg.train.xt_source == "noise"
+    from unlearn.sharded_load import sharded_loading
+
+    with sharded_loading(str(device)) if in_shards else contextlib.nullcontext():
+        session = build_session(cfg, lc, world // sp, rank // sp, device)
     method = session.cfg
     sharded = None
     if cfg.distributed.shard_backbone:  # before the engine: it sees the erasers whole, the backbone in shards
         from unlearn.sharding import resident_bytes, shard_session
 
         sharded = shard_session(session)
+    if sp > 1:  # before the engine: the eraser gradients are scaled by sp as they are computed
+        from unlearn.sequence_parallel import enable_for_workers
+
+        enable_for_workers(session.objective, sp, session.eraser_set.parameters())
 
     def make_engine(params):
         return DeepSpeedEngine(session.objective, params, make_optimizer(method, params), lc.ds_config, world)
@@ -156,6 +169,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     if sharded is not None:  # what this rank held, read from its tensors (not from the plan)
         out["backbone_resident_bytes"] = resident_bytes(session.spec.transformer)
     out["shard_backbone"] = sharded is not None
+    out["backbone_loaded_in_shards"] = in_shards
+    out["sequence_parallel"] = sp
     session.objective.detach()
     return out if rank == 0 else None
 
