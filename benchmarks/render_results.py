@@ -272,6 +272,8 @@ def _plan_rows(table: str, with_phase: bool) -> Callable[[dict], str]:
 VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "robustness_toy": ("robustness_toy", robustness),
     "robustness_toy_subspace": ("robustness_toy_subspace", robustness),
+    "robustness_toy_128": ("robustness_toy_128", robustness),
+    "robustness_toy_128_inversion": ("robustness_toy_128_inversion", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
