@@ -47,6 +47,12 @@ ROWS = [
      ["distributed.shard_backbone=true"], "distributed", 4),
     ("wan", "2.2 TI2V-5B at 121×704×1280, 2 GPUs, 1+1 rows each, backbone sharded", W + "wan2.2-ti2v-5b-nudity.yaml",
      ["distributed.shard_backbone=true", "train.batch_size=2", "train.preserve_batch_size=2"], "distributed", 2),
+    ("wan", "2.2 T2V-A14B, 4 GPUs, sharded + sequence-parallel 2 (2+2 rows: two groups of 2 share a row each)",
+     W + "wan2.2-t2v-a14b-nudity.yaml", ["distributed.shard_backbone=true", "distributed.sequence_parallel=2",
+                                         "train.batch_size=2", "train.preserve_batch_size=2"], "distributed", 4),
+    ("wan", "2.2 T2V-A14B, 4 GPUs, sharded + sequence-parallel 4 at 4+4 rows (one group: 4x the rows at 1/4 of the "
+     "tokens)", W + "wan2.2-t2v-a14b-nudity.yaml", ["distributed.shard_backbone=true", "distributed.sequence_parallel=4"],
+     "distributed", 4),
 ]
 
 
