@@ -285,7 +285,9 @@ def _attacked(plan: AttackPlan, cell: Cell, ctx, base_context) -> list[Attacked]
     t0 = time.perf_counter()
     made = cell.attack.make(ctx, cell.rows, base_context)
     rows = {r.id: r for r in cell.rows}
-    tensors = {a.row_id: a.embeds.contiguous() for a in made if a.embeds is not None}
+    # clone: rows repeating a prompt (a 128-row file reuses scenes with new seeds) may share one tensor, and
+    # safetensors refuses to save shared storage
+    tensors = {a.row_id: a.embeds.contiguous().clone() for a in made if a.embeds is not None}
     if tensors:
         with atomic_path(emb_path) as tmp:
             save_file(tensors, str(tmp))
