@@ -1,47 +1,39 @@
 """Sequence (context) parallelism over the video tokens (issue 23): DeepSpeed-Ulysses inside the attention processors.
 
-`enable_sequence_parallel(objective, group)` makes the P ranks of `group`, which hold the SAME batch, split
-each sample's video tokens: rank r keeps tokens `tokens` (torch.tensor_split's rule: the first Nv % P ranks
-one token more) from the first block to the last, and every per-token op of a block (AdaLN, FFN, the
-eraser and its energy record) runs on that shard only. Attention is the one op that mixes tokens:
-- self / joint attention (CogVideoX `attn1`, Wan `attn1`): Ulysses. q, k, v of the local tokens, all heads,
-  go through one all-to-all to all tokens of H/P heads; the block's own attention kernel runs on them
-  (CogVideoX: the fused kernel with its log-sum-exp, so the mask's capture is unchanged); the output goes
-  back through the inverse all-to-all. Heads must divide by P (refused in one line otherwise).
-- Wan's cross-attention `attn2`: nothing to exchange. Its keys are the text, replicated on every rank, so
-  the local video queries attend to all of them on their own; the stock (or capture) processor runs as is.
-Text tokens (CogVideoX's joint stream) are replicated: every rank carries all Nt text tokens through every
-block (Nt = 226 against Nv = 17,550 at 49x480x720: 1.3% of the tokens, cheaper than splitting them). In the
-joint attention a rank uses the text q/k/v of its H/P heads only, and the text output of each rank's heads is
-all-gathered, so every replica stays identical.
+`enable_sequence_parallel(objective, group)` makes the P ranks of `group`, which hold the SAME batch, split each
+sample's video tokens: rank r keeps `tokens` (torch.tensor_split's rule) from the first block to the last, and
+every per-token op (AdaLN, FFN, the eraser and its energy record) runs on that shard. Attention mixes tokens:
+- self / joint attention (CogVideoX `attn1`, Wan `attn1`): Ulysses. q, k, v of the local tokens, all heads, go
+  through an all-to-all to all tokens of H/P heads; the block's own kernel runs on them (CogVideoX: the fused
+  kernel with its log-sum-exp, so the mask's capture is unchanged); the output goes back the inverse way.
+  Heads must divide by P (refused in one line otherwise).
+- Wan's cross-attention `attn2`: nothing to exchange: its keys, the text, are on every rank.
+Text tokens (CogVideoX's joint stream) are replicated (Nt = 226 against Nv = 17,550 at 49x480x720): the joint
+attention uses the text q/k/v of the rank's H/P heads and all-gathers every rank's heads' text output.
 
-Gradients. A replicated tensor (the text stream) holds on each rank only the part of its gradient that flows
-through that rank's heads; the true gradient is the sum over ranks (hence the text all-gather's backward is a
-reduce-scatter). A sharded tensor (video tokens) holds its whole gradient on its owner. The prediction
-is all-gathered (forward) and each rank keeps its own slice of the incoming
-gradient (backward, no communication): the unpatchify and the losses run on the whole prediction on every rank,
-identically. The tokens are gathered after the output projection (the head's norm and projection are per token,
-so they run on the shard): the prediction is latent-sized (1/hidden of one activation), so gathering it costs
-little (Wan 2.2 TI2V, whose head is modulated per token by the whole sequence's timesteps, gathers after the last
-block instead: one [B, Nv, D] activation), and `spec.velocity` keeps returning whole videos to every caller (the fused step, the adversarial
-inner loop). The localization loss is per shard: each rank sums its tokens' eraser energy outside the mask
-(`localization_loss(..., tokens=sp.tokens)`, normalised by the WHOLE mask's background count) and
-`reduce_sum` adds the shards (backward: identity). The mask's probabilities: CogVideoX, each rank averages
-its H/P heads over all queries and the ranks average those (all-reduce); Wan attn2, each rank has its
-queries' rows for all heads and the rows are all-gathered. Every rank then builds the same mask.
-So every eraser gradient is the SUM over the group of the ranks' local gradients: `scale_gradients` multiplies
-each by P, so that an engine averaging over all ranks (DeepSpeed) gets mean over sample groups of the sums.
+Gradients. A replicated tensor (the text stream) holds on each rank the part of its gradient through that rank's
+heads; the true one is the sum over ranks (the text all-gather's backward is a reduce-scatter). A video shard
+holds its whole gradient on its owner. The prediction is all-gathered after the output projection (the head is
+per token; latent-sized: 1/hidden of an activation; Wan 2.2 TI2V, whose head is modulated by the whole sequence's
+per-token timesteps, gathers after the last block) and each rank keeps its slice of the incoming gradient: the
+unpatchify and the losses run on the whole prediction on every rank, and `spec.velocity` keeps returning whole
+videos (fused step, adversarial inner loop). The localization loss is per shard (`localization_loss(...,
+tokens=sp.tokens)`, normalised by the WHOLE mask's background count), summed by `reduce_sum` (backward:
+identity). The mask's probabilities: CogVideoX ranks average their H/P heads and then each other's (all-reduce);
+Wan attn2 rows are all-gathered; every rank builds the same mask. So every eraser gradient is the SUM of the
+group's local gradients: `scale_gradients` multiplies them by P for an engine that averages over all ranks.
 
-Why Ulysses and not ring attention (written down per the issue; `benchmarks/sequence_parallel.py` measures
-both exchanges on this machine): per attention, per rank, Ulysses sends 4 x (Nv/P) x D x (P-1)/P values
-(q, k, v, out), ring attention 2 x (Nv/P) x D x (P-1) (k, v around the ring): equal at P = 2, Ulysses half at
-P = 4, and it runs the family's own fused kernel on whole sequences, so the capture's log-sum-exp is the
-kernel's (ring attention would merge P partial log-sum-exps per query and rescale partial outputs, a second
-softmax implementation). Its limit is P <= heads and heads % P == 0 (Wan 14B: 40 heads, 5B: 24, CogVideoX
-2B: 30, 5B: 48): P in {2, 4, 8} fits the Wan and CogVideoX-5B models; CogVideoX-2B takes 2, 3, 5 or 6.
-
-Collectives: every rank of the group runs the same blocks in the same order with the same shapes (the fused
-step does: the same batch on every rank), checkpoint recomputes included (they re-run the all-to-alls).
+Why Ulysses and not ring attention. Bytes per attention and rank in forward: Ulysses 4 x (Nv/P) x D x (P-1)/P
+(q, k, v, out), ring 2 x (Nv/P) x D x (P-1) (k, v around the ring): equal at P = 2, Ulysses half at P = 4.
+Measured here (`python benchmarks/sequence_parallel.py` -> benchmarks/results/sequence_parallel.json; 2 gloo
+ranks, 8192 tokens x 8 heads x 64 fp32, load ~45 on 2 shared cores): the same 16.8 MB per rank took 0.18 s as
+Ulysses' 4 all-to-alls, 0.08 s as the ring's one send/receive. Ulysses is kept for what that does not change: it
+runs the family's own fused kernel on whole sequences (the capture keeps the kernel's log-sum-exp; the step's
+loss and eraser gradients equal the single-process ones, tests/test_sequence_parallel.py), where ring attention
+merges P partial log-sum-exps and rescales partial outputs (a second softmax, in backward too); ring's GPU
+advantage, overlapping the exchange with compute, cannot be measured here. Ulysses needs heads % P == 0 (Wan 14B:
+40 heads, 5B: 24, CogVideoX 2B: 30, 5B: 48); beyond that ring attention is the way (not implemented).
+Collectives: the group's ranks run the same blocks in the same order and shapes (checkpoint recomputes too).
 """
 
 from __future__ import annotations
