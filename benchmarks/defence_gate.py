@@ -10,7 +10,8 @@
 3. Writes --results-file: the runner's figures plus the gate's training record and each target met or missed
    (soft prompt 0.5x, inversion, discrete <= 0.10 above floor; other attacks <= 0.05; preservation >= 0.98x base).
 
-    nice -n 5 python benchmarks/defence_gate.py                 # ~40 min on 2 shared CPU cores
+    nice -n 5 python benchmarks/defence_gate.py                 # 16 rows: ~1 h on 2 idle CPU cores (hours when shared)
+    nice -n 5 python benchmarks/defence_gate.py --set 'softprompt.budgets=[0.5]' --set prompts.limit=6   # what was run
     nice -n 5 python benchmarks/defence_gate.py --plan          # what is still to do (resumes like t2vu attack)
 """
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {**results_figures(summary), "gate_training": record, "targets": verdicts(summary)}
     settings = {"attack": {k: v for k, v in cfg.to_dict().items() if k not in ("config_dir", "mlflow")},
                 "rows": len(plan.cells[0].rows), "gate": read_eraser(gated).meta.extra.get("gate"),
-                "note": "16 attacked rows per cell (issue 25 asks >= 128): SE about 0.06-0.12"}
+                "note": f"{len(plan.cells[0].rows)} attacked rows per cell (issue 25 asks >= 128): a small-sample check"}
     write_results(args.results_file, figures, settings=settings, timings={"wall_seconds": summary.get("wall_seconds")})
     print(figures["targets"])
     return 0
