@@ -3,7 +3,8 @@
 Before the fix a late failure left the parent RUNNING for ever in the MLflow UI: a 300-character search.name
 (now refused at load, reliability case tune-name-long), a trial that raises (no trial finished, yet the parent
 ended FINISHED), a failure after the trials (the report could not be written), and Ctrl-C. Real CLI, real Ray
-Tune and MLflow (the SQLite store in the output folder); each slow case is one search of one short trial.
+Tune and MLflow (the SQLite store in the output folder); each slow case is one search of one short trial. The two
+failures join the test session's Ray (RAY_ADDRESS); Ctrl-C starts the command's own, as a terminal user's would.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def parent_status(out: Path) -> tuple[str, dict]:
     return run.info.status, run.data.tags
 
 
-def t2vu(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def t2vu(*argv: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipelines.cli.entry", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def test_guard_ends_a_running_parent_failed_or_killed(tmp_path):
@@ -63,18 +64,20 @@ def test_guard_ends_a_running_parent_failed_or_killed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_trial_that_raises_fails_the_parent(tmp_path):
+def test_a_trial_that_raises_fails_the_parent(tmp_path, ray_env):
     out = tmp_path / "out"
-    res = t2vu("tune", "-c", SEARCH, "-o", str(out), *SHORT, "--set", "train.lr=1e30")
+    # distributed.max_failures=0: the non-finite loss would only fail again in a restarted worker group
+    res = t2vu("tune", "-c", SEARCH, "-o", str(out), *SHORT, "--set", "train.lr=1e30",
+               "--set", "distributed.max_failures=0", env=ray_env)
     assert res.returncode == 1, res.stderr[-2000:]
     assert parent_status(out)[0] == "FAILED"
 
 
 @pytest.mark.slow
-def test_a_failure_after_the_trials_fails_the_parent(tmp_path):
+def test_a_failure_after_the_trials_fails_the_parent(tmp_path, ray_env):
     out = tmp_path / "out"
     (out / "report.md").mkdir(parents=True)  # the report cannot be written: a failure after every trial finished
-    res = t2vu("tune", "-c", SEARCH, "-o", str(out), *SHORT)
+    res = t2vu("tune", "-c", SEARCH, "-o", str(out), *SHORT, env=ray_env)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and lines[-1].startswith("error:") and "report.md" in lines[-1], lines[-5:]
     status, tags = parent_status(out)
@@ -85,13 +88,14 @@ def test_a_failure_after_the_trials_fails_the_parent(tmp_path):
 def test_ctrl_c_kills_the_parent(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli.entry", "tune", "-c", SEARCH, "-o", str(out),
-                             *SHORT[:2], "--set", "train.steps=400"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             *SHORT[:2], "--set", "train.steps=400", "--set", "train.checkpoint_every=4"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "err").open("w"), start_new_session=True)
     try:
         deadline = time.time() + 600
         while time.time() < deadline and not any((out / "ray").glob("*-train/*/checkpoint_*")):
             assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
-            time.sleep(1)
+            time.sleep(0.25)
         os.killpg(proc.pid, signal.SIGINT)  # the whole group, as Ctrl-C in a terminal
         rc = proc.wait(timeout=300)
     finally:
