@@ -3,11 +3,12 @@
 Two real processes (torch.multiprocessing spawn, gloo on 127.0.0.1, no Ray) share ONE batch; each keeps half of
 the video tokens of every row from the first block to the last. Both run the fused step (reference forward with
 the mask's capture, erased forward with the eraser energy records, backward) on tiny CogVideoX (joint attention,
-checkpointed), tiny Wan (self-attention all-to-all, local cross-attention) and tiny two-expert Wan (checkpointed),
-then sum the eraser gradients over the two ranks (what `scale_gradients` + the engine's mean does). The parent
-runs the same step in one process: every loss term on every rank and every eraser gradient within 1e-5 (fp32).
-Odd token counts (45 per row: 23 + 22) check the uneven split; one case adds the adversarial inner step (its
-embedding gradient is summed over the ranks).
+3 blocks, checkpointed), tiny Wan (self-attention all-to-all, local cross-attention), tiny two-expert Wan
+(checkpointed) and tiny Wan with per-token timesteps (Wan 2.2 TI2V's time embedding, cut per shard; gathered after
+the last block), then sum the eraser gradients over the two ranks (what `scale_gradients` + the engine's mean
+does). The parent runs the same step in one process: every loss term on every rank and every eraser gradient
+within 1e-5 (fp32). Odd token counts (45 per row: 23 + 22) check the uneven split; one case adds the adversarial
+inner step (its embedding gradient is summed over the ranks). Then the config, `t2vu plan` and a 2-worker Ray run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tests.test_sharded_backbone import build, free_port, make_model
 WORLD = 2
 TOL = 1e-5
 # (model, gradient checkpointing, (frames, height, width), adversarial inner steps)
-CASES = [("cogvideox", True, (9, 24, 40), 0), ("wan", False, (9, 32, 32), 1), ("wan-a14b", True, (9, 48, 80), 0)]
+CASES = [("cogvideox", True, (9, 24, 40), 0), ("wan", False, (9, 32, 32), 1), ("wan-a14b", True, (9, 48, 80), 0),
+         ("wan-ti2v", True, (9, 48, 80), 0)]  # per-token timesteps (as Wan 2.2 TI2V): gathered after the last block
 
 
 def model_for(kind: str, root: Path) -> Path:
@@ -36,6 +38,7 @@ def model_for(kind: str, root: Path) -> Path:
 
 def objective_for(kind: str, path: Path, checkpointing: bool, adv_steps: int):
     spec, erasers, objective = build(kind, path, checkpointing)
+    spec.expand_timesteps = kind == "wan-ti2v"  # the tiny Wan run as TI2V: one timestep per video token
     if adv_steps:
         from unlearn.config import LossConfig
         from unlearn.step import ErasureObjective
@@ -159,6 +162,20 @@ def test_config_refusals_and_the_plan_names_sequence_parallelism_before_frames(c
     with pytest.raises(ConfigError, match=r"proxy evals run on rank 0 alone"):
         load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml",
                              ["distributed.sequence_parallel=2", "search.algorithm=asha"])
+
+    # a group shares one batch share: 2+2 rows on 4 workers in groups of 2 is 1+1 per group (DeepSpeed still counts
+    # every worker); without the groups the same batch is refused, naming them
+    from pipelines.config.distributed import check_distributed, deepspeed_config
+    from tests.test_distributed import tiny_pipeline_cfg
+
+    cfg = tiny_pipeline_cfg(ROOT / "unused", num_workers=4, sequence_parallel=2)
+    check_distributed(cfg)
+    ds = deepspeed_config(cfg)
+    assert ds["train_micro_batch_size_per_gpu"] == 1 and ds["train_batch_size"] == 4
+    cfg = cfg.with_overrides({"train.batch_size": 3})
+    with pytest.raises(ConfigError, match=r"train.batch_size=3 is the global batch and must be divisible by the "
+                                          r"sequence-parallel groups \(distributed.num_workers / distributed"):
+        check_distributed(cfg)
 
     a14b = str(ROOT / "configs" / "wan" / "wan2.2-t2v-a14b-nudity.yaml")
     args = ["plan", "-c", a14b, "--gpu-memory", "80", "--world-size", "4", "--mode", "distributed",

@@ -99,6 +99,9 @@ class DistributedConfig(Strict):
         return "nccl" if self.use_gpu else "gloo"
 
 
+GROUPS = "the sequence-parallel groups (distributed.num_workers / distributed.sequence_parallel)"
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -138,7 +141,8 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
         ds.setdefault("zero_optimization", {})["stage"] = d.zero_stage
     # a sequence-parallel group shares one batch share; DeepSpeed still counts every worker (its averaging over them
     # is undone by unlearn.sequence_parallel's gradient scaling)
-    micro = per_worker_batch(cfg.train.batch_size, d.data_parallel(), "train.batch_size")
+    micro = per_worker_batch(cfg.train.batch_size, d.data_parallel(), "train.batch_size",
+                             unit=GROUPS if d.sequence_parallel > 1 else "distributed.num_workers")
     ds["train_micro_batch_size_per_gpu"] = micro
     ds["gradient_accumulation_steps"] = 1
     ds["train_batch_size"] = micro * d.num_workers
@@ -160,13 +164,15 @@ def deepspeed_config(cfg, config_dir: str | Path | None = None) -> dict:
     return ds
 
 
-def per_worker_batch(global_batch: int, workers: int, key: str, allow_zero: bool = False) -> int:
+def per_worker_batch(global_batch: int, workers: int, key: str, allow_zero: bool = False,
+                     unit: str = "distributed.num_workers") -> int:
+    """Each worker's (with sequence parallelism: each group's, `unit` names it) share of the global batch."""
     if global_batch == 0 and allow_zero:
         return 0
     if global_batch % workers:
         raise ConfigError(
-            f"{key}={global_batch} is the global batch and must be divisible by distributed.num_workers={workers} "
-            f"(each worker takes an equal share); use e.g. {key}={workers * max(1, round(global_batch / workers))}"
+            f"{key}={global_batch} is the global batch and must be divisible by {unit}={workers} "
+            f"(each takes an equal share); use e.g. {key}={workers * max(1, round(global_batch / workers))}"
         )
     return global_batch // workers
 
@@ -174,8 +180,10 @@ def per_worker_batch(global_batch: int, workers: int, key: str, allow_zero: bool
 def check_distributed(cfg) -> None:
     """Errors that would otherwise surface minutes later inside a worker."""
     d = cfg.distributed
-    per_worker_batch(cfg.train.batch_size, d.num_workers, "train.batch_size")
-    per_worker_batch(cfg.train.preserve_batch_size, d.num_workers, "train.preserve_batch_size", allow_zero=True)
+    groups = GROUPS if d.sequence_parallel > 1 else "distributed.num_workers"
+    per_worker_batch(cfg.train.batch_size, d.data_parallel(), "train.batch_size", unit=groups)
+    per_worker_batch(cfg.train.preserve_batch_size, d.data_parallel(), "train.preserve_batch_size", allow_zero=True,
+                     unit=groups)
     if not d.use_gpu and d.torch_backend() == "nccl":
         raise ConfigError("distributed.backend is 'nccl' but use_gpu is false: NCCL needs GPUs; use gloo/auto")
     if d.zero_stage == 3 and cfg.train.gradient_checkpointing and d.use_gpu:

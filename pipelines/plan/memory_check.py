@@ -83,7 +83,7 @@ def detect_gpu_memory(setting: str = "auto") -> int | None:
 
 def plan_inputs(req: PlanRequest):
     """(PlanInputs, Architecture) for a request; ConfigError names the field when the config cannot run."""
-    from pipelines.config.distributed import per_worker_batch
+    from pipelines.config.distributed import GROUPS, per_worker_batch
     from unlearn.models.architectures import resolve_architecture
     from unlearn.models.families import spec_class
 
@@ -103,8 +103,9 @@ def plan_inputs(req: PlanRequest):
     if sp > 1 and (w % sp or arch.heads % sp):
         raise ConfigError(f"distributed.sequence_parallel={sp} must divide the world size ({w}) and the model's "
                           f"{arch.heads} attention heads")
-    b = per_worker_batch(m.train.batch_size, w // sp, "train.batch_size")
-    p = per_worker_batch(m.train.preserve_batch_size, w // sp, "train.preserve_batch_size", allow_zero=True)
+    unit = "distributed.num_workers" if sp == 1 else GROUPS
+    b = per_worker_batch(m.train.batch_size, w // sp, "train.batch_size", unit=unit)
+    p = per_worker_batch(m.train.preserve_batch_size, w // sp, "train.preserve_batch_size", allow_zero=True, unit=unit)
     sites = arch.layers * arch.experts  # Wan 2.2 A14B: the high expert's blocks, then the low expert's
     blocks = tuple(range(sites)) if m.eraser.blocks is None else tuple(sorted(set(m.eraser.blocks)))
     bad = [i for i in blocks if not 0 <= i < sites]
