@@ -225,3 +225,51 @@ def test_two_workers_sharing_one_batch_train_the_one_worker_eraser(ray_session, 
     assert ea.keys() == eb.keys() and any(v.abs().max() > 0 for k, v in ea.items() if ".up." in k)
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
+def _meta_transformer(cls, preset: str, layers: int = 1):
+    import inspect
+
+    from unlearn.models.architectures import PRESETS
+
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS[preset]["transformer"].items() if k in names}
+    with torch.device("meta"):
+        return cls(**{**cfg, "num_layers": layers}).requires_grad_(False)
+
+
+# ~1 s in a run with the other real-size tests (~30 s alone on the loaded box: the diffusers import)
+def test_real_sizes_on_meta_over_four_ranks():
+    """The installed path at real shapes, on meta (nothing allocated) as rank 1 of torch's `fake` 4-rank group (the
+    real all-to-all / all-gather calls, no data): Wan 2.2 A14B at 81x480x832 (40 heads: 8190 of the 32,760 video
+    tokens per rank) and CogVideoX-5B at 49x480x720 (48 heads, text joint: 4388 of 17,550) return whole
+    predictions; CogVideoX-2B's 30 heads are refused at 4 ranks (one line)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from unlearn.sequence_parallel import enable_sequence_parallel
+
+    dist.init_process_group("fake", store=FakeStore(), rank=1, world_size=4)
+    try:
+        seen = {}
+        for family, cls, preset, x, extra in (
+                ("wan", WanTransformer3DModel, "wan2.2-t2v-a14b", (1, 16, 21, 60, 104), {}),
+                ("cogvideox", CogVideoXTransformer3DModel, "cogvideox-5b", (1, 13, 16, 60, 90),
+                 {"encoder_hidden_states": torch.empty(1, 226, 4096, device="meta")})):
+            tr = _meta_transformer(cls, preset)
+            sp = enable_sequence_parallel(SimpleNamespace(spec=SimpleNamespace(family=family, transformer=tr)))
+            kw = {"encoder_hidden_states": torch.empty(1, 512, 4096, device="meta")} if family == "wan" else extra
+            with torch.no_grad():
+                out = tr(hidden_states=torch.empty(x, device="meta"), timestep=torch.tensor([500], device="meta"),
+                         return_dict=False, **kw)[0]
+            assert out.shape == x, (family, out.shape)
+            seen[family] = (sum(sp.sizes), sp.sizes[1])
+        assert seen == {"wan": (32760, 8190), "cogvideox": (17550, 4388)}, seen
+        tr = _meta_transformer(CogVideoXTransformer3DModel, "cogvideox-2b")
+        with pytest.raises(ValueError, match=r"sequence_parallel=4 must divide the model's 30 attention heads"):
+            enable_sequence_parallel(SimpleNamespace(spec=SimpleNamespace(family="cogvideox", transformer=tr)))
+    finally:
+        dist.destroy_process_group()
