@@ -197,7 +197,8 @@ def trajectory_shape(m: EraserTrainingConfig, req: PlanRequest) -> TrajectorySha
     else:
         n_concept = len(set(c.prompts))
     n_pres = len(set(c.preserve) | ({""} if c.preserve_empty else set()))
-    share = lambda n: max(1, math.ceil(n / req.world_size)) if n else 0  # noqa: E731
+    groups = req.world_size // sequence_parallel(req)  # a sequence-parallel group samples one share
+    share = lambda n: max(1, math.ceil(n / groups)) if n else 0  # noqa: E731
     tr = m.train.trajectory
     return TrajectoryShape(share(n_concept) + share(n_pres), tr.pool_size, tr.num_inference_steps)
 

@@ -366,7 +366,8 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     if x.trajectory is not None:
         tr = x.trajectory
         rows = 2 * tr.pool_size
-        fwd = blocks.no_grad_forward(replace(x, fp32_ops=frozenset()), rows, x.video_tokens, x.act_bytes)  # no autocast
+        # no autocast; whole videos: the pool is sampled when the session is built, before the sequence is split
+        fwd = blocks.no_grad_forward(replace(full, fp32_ops=frozenset()), rows, full.video_tokens, x.act_bytes)
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
         terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
         phases[SAMPLING] = resident + fwd + states
