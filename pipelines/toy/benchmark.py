@@ -34,6 +34,7 @@ set, so its paired PSNR is `psnr_nontarget`.
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import time
@@ -134,19 +135,25 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- configs
 def method_config(variant: Variant, *, model: str | None = None, steps: int | None = None,
-                  recipe: str | Path = RECIPE, extra: dict | None = None):
-    """The recipe with the variant's (and the caller's) overrides, validated."""
+                  recipe: str | Path = RECIPE, extra: dict | None = None, workdir: Path | None = None):
+    """The recipe with the variant's (and the caller's) overrides, validated.
+
+    workdir: where a variant that filters the prompts of a recipe's prompts_file writes the filtered CSV
+    (default: a new temporary folder)."""
     from unlearn.config import EraserTrainingConfig, apply_overrides, read_yaml, set_by_path, validate
 
     data = apply_overrides(copy.deepcopy(read_yaml(recipe)), {**variant.overrides, **(extra or {})})
-    if variant.keep_prompt:
-        data["concept"]["prompts"] = [p for p in data["concept"]["prompts"] if variant.keep_prompt(p)]
     if variant.add_preserve:
         have = data["concept"].setdefault("preserve", [])
         have += [p for p in variant.add_preserve if p not in have]
     pfile = data["concept"].get("prompts_file")
     if pfile and not Path(pfile).is_absolute():  # relative to the recipe, as `t2vu train` resolves it
-        data["concept"]["prompts_file"] = str(Path(recipe).resolve().parent / pfile)
+        data["concept"]["prompts_file"] = pfile = str(Path(recipe).resolve().parent / pfile)
+    if variant.keep_prompt:
+        data["concept"]["prompts"] = [p for p in data["concept"]["prompts"] if variant.keep_prompt(p)]
+        if pfile:  # the CSV's prompts replace the list: filter them too, or the variant would change nothing
+            data["concept"]["prompts_file"] = _filtered_csv(pfile, data["concept"].get("prompts_column", "prompt"),
+                                                            variant, workdir)
     if model:
         set_by_path(data, "model.path", model)
     if steps:
@@ -165,6 +172,21 @@ def method_config(variant: Variant, *, model: str | None = None, steps: int | No
             raise ValueError(f"{recipe}: prompt {p!r} is not in the toy world ({exc}); regenerate the "
                              "recipe's prompt lists from toyworld.world") from None
     return cfg
+
+
+def _filtered_csv(path: str, column: str, variant: Variant, workdir: Path | None) -> str:
+    import tempfile
+
+    from unlearn.csvsafe import csv_text
+    from unlearn.data import read_prompt_csv
+
+    with open(path, newline="") as f:
+        cols = next(csv.reader(f))  # the header, in order
+    rows = [r for r in read_prompt_csv(path, cols) if variant.keep_prompt(r[column])]
+    out = Path(workdir or tempfile.mkdtemp(prefix="toy-variant-")) / f"{variant.name}_{Path(path).name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, csv_text(cols, rows))
+    return str(out)
 
 
 def eval_config(out: Path, n: int, *, model: str | None = None, eval_config_path: str | Path = EVAL_CONFIG,
@@ -252,7 +274,7 @@ def run_variant(out: Path, variant: Variant, *, n: int, model: str | None = None
 
     vdir = out / "variants" / variant.name
     recipe, eval_path = RECIPES[family]
-    cfg = method_config(variant, model=model, steps=steps, recipe=recipe, extra=overrides)
+    cfg = method_config(variant, model=model, steps=steps, recipe=recipe, extra=overrides, workdir=vdir)
     ident = {"variant": variant.name, "overrides": variant.overrides, "n": n, "config": cfg.model_dump(mode="json")}
     if rows_seed:  # absent for seed 0, so folders written before the option still resume
         ident["rows_seed"] = rows_seed
