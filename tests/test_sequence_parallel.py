@@ -4,11 +4,12 @@ Two real processes (torch.multiprocessing spawn, gloo on 127.0.0.1, no Ray) shar
 the video tokens of every row from the first block to the last. Both run the fused step (reference forward with
 the mask's capture, erased forward with the eraser energy records, backward) on tiny CogVideoX (joint attention,
 3 blocks, checkpointed), tiny Wan (self-attention all-to-all, local cross-attention), tiny two-expert Wan
-(checkpointed) and tiny Wan with per-token timesteps (Wan 2.2 TI2V's time embedding, cut per shard; gathered after
-the last block), then sum the eraser gradients over the two ranks (what `scale_gradients` + the engine's mean
-does). The parent runs the same step in one process: every loss term on every rank and every eraser gradient
-within 1e-5 (fp32). Odd token counts (45 per row: 23 + 22) check the uneven split; one case adds the adversarial
-inner step (its embedding gradient is summed over the ranks). Then the config, `t2vu plan` and a 2-worker Ray run.
+(checkpointed; backbone also sharded with FSDP2 over the same ranks) and tiny Wan with per-token timesteps (Wan 2.2
+TI2V's time embedding, cut per shard; gathered after the last block), then sum the eraser gradients over the two
+ranks (what `scale_gradients` + the engine's mean does). The parent runs the same step in one process: every loss
+term on every rank and every eraser gradient within 1e-5 (fp32). Odd token counts (45 per row: 23 + 22) check the
+uneven split; one case adds the adversarial inner step (its embedding gradient is summed over the ranks). Then the
+config, `t2vu plan`, real sizes on meta, and a 2-worker Ray run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TOL = 1e-5
 # (model, gradient checkpointing, (frames, height, width), adversarial inner steps)
 CASES = [("cogvideox", True, (9, 24, 40), 0), ("wan", False, (9, 32, 32), 1), ("wan-a14b", True, (9, 48, 80), 0),
          ("wan-ti2v", True, (9, 48, 80), 0)]  # per-token timesteps (as Wan 2.2 TI2V): gathered after the last block
+SHARDED = "wan-a14b"  # also with its backbone sharded over the same 2 ranks (unlearn.sharding): what the plan suggests
 
 
 def model_for(kind: str, root: Path) -> Path:
@@ -83,6 +85,10 @@ def rank_main(rank: int, paths: dict, port: int, out: str) -> None:
         for kind, ckpt, shape, adv in CASES:
             spec, objective = objective_for(kind, Path(paths[kind]), ckpt, adv)
             sp = enable_sequence_parallel(objective)
+            if kind == SHARDED:
+                from unlearn.sharding import shard_backbone
+
+                shard_backbone(spec, objective.erasers)
             losses, grads = run_step(objective, one_batch(spec, kind, shape))
             for g in grads.values():  # each rank's part of every eraser gradient: the true one is the sum
                 dist.all_reduce(g)
