@@ -15,7 +15,8 @@ Each 2-rank mode reports: steps/s, its ratio to `single`, the bytes every rank's
 the largest |loss - single-process loss| over ranks and |eraser gradient - single-process gradient| (full
 gradients: DeepSpeed's `safe_get_full_grad`), resident backbone parameter bytes per rank, or the error it
 stopped with. 2 CPU cores and gloo are not a GPU interconnect: the ratio says what the sharding costs here,
-the bytes what a cluster would move. Writes benchmarks/results/sharded_step.json (pipelines/runtime/results_file).
+the bytes what a cluster would move. Writes benchmarks/results/sharded_step.json (pipelines/runtime/results_file),
+with `uptime`'s load averages before and after (the 2 cores are shared: other jobs slow every mode).
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def count_collectives() -> dict[str, int]:
         if hasattr(dist, name):
             wrap(name, index)
     return counts
+
+
+def uptime_load() -> dict:
+    """`uptime`'s line and the 1/5/15-minute load averages (the machine is shared: say how loaded it was)."""
+    import subprocess
+
+    try:
+        line = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        line = ""
+    return {"uptime": line, "load_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
 def ds_config(stage: int) -> dict:
@@ -183,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "sharded_step.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    load_before = uptime_load()
+    t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="t2vu-sharded-") as tmp:
         path = make_model(args.family, Path(tmp))
         spec, erasers, objective = build(args.family, path, checkpointing=False)
@@ -206,8 +220,10 @@ def main(argv=None) -> int:
                                                "through its shm comm op, outside torch.distributed")
             print(mode, figures[mode], flush=True)
     settings = {"family": args.family, "world_size": WORLD, "steps": args.steps, "global_batch": "2 concept + 2 preserved",
-                "geometry": "9x32x32", "backend": "gloo", "torch_threads_per_rank": 1}
-    write_results(args.out, figures, settings=settings)
+                "geometry": "9x32x32", "backend": "gloo", "torch_threads_per_rank": 1,
+                # the 2 cores are shared (other jobs ran alongside): steps/s are only comparable at similar load
+                "load_average_before": load_before, "load_average_after": uptime_load()}
+    write_results(args.out, figures, settings=settings, timings={"total_s": round(time.time() - t_start, 1)})
     print(f"wrote {args.out}")
     return 0
 
