@@ -35,9 +35,10 @@ def test_select_best_honours_constraints_then_falls_back():
 
 @pytest.mark.slow
 def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, capfd):
+    # one Train worker (the Wan case below runs two): the pipeline's stages are what this checks
     cfg = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
         "search.num_samples=1", "train.steps=4", "train.checkpoint_every=4", "search.objective.limit=1",
-        "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
+        "distributed.num_workers=1", "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
     ])
     out = tmp_path / "run"
     summary = run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
@@ -76,7 +77,7 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     # the same folder with another config is refused before any work (no stale "nothing to do")
     changed = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
         "search.num_samples=1", "train.steps=6", "train.checkpoint_every=4", "search.objective.limit=1",
-        "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
+        "distributed.num_workers=1", "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
     ])
     with pytest.raises(ConfigError, match=r"different configuration \(changed: train\.steps"):
         run_pipeline(changed, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
