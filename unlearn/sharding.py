@@ -29,7 +29,8 @@ Why FSDP2 and not DeepSpeed ZeRO-3 (measured on this CPU, gloo, torch 2.13 / Dee
   family checks (`WanSpec.matches`) read by name; so each unit is its own FSDP root and the few weights set
   directly on the transformer (Wan's `scale_shift_table`, 2 x hidden per expert) stay whole on every rank.
 - Loading: `unlearn.sharded_load.sharded_loading` builds the backbone empty (meta), shards it and reads
-  each rank's rows from the files, so no rank holds it whole (the worker loads that way); a backbone
+  each rank's rows from the files, so no rank holds it whole (the worker loads that way unless x_t come from
+  trajectories: each rank samples its own pool before training, out of step with the others); a backbone
   loaded whole (on the host, then `device="cuda"` moves only its shards to the GPU) is sharded here.
 
 Collectives: every rank must run the same units in the same order. The fused step does (same batch shapes
