@@ -278,6 +278,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
     "toy_benchmark_small": ("toy_benchmark_small", toy_benchmark),
     "toy_wan_benchmark": ("toy_wan_benchmark", toy_benchmark),
+    "toy_screen_cogvideox": ("toy_screen_cogvideox", toy_benchmark),  # recipe candidates, 2026-12-07
     "toy_model_quality": ("toy_model_quality", toy_quality),
     "toy_wan_model_quality": ("toy_wan_model_quality", toy_quality),
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
