@@ -150,6 +150,7 @@ def test_split_sizes_and_the_heads_rule(tmp_path):
     assert all(type(b.attn1.processor).__name__ != "UlyssesCogVideoXProcessor" for b in spec.blocks())
 
 
+# 14 s alone on the loaded box (t2vu plan's imports), < 2 s in a run with tests/test_memory_plan.py
 def test_config_refusals_and_the_plan_names_sequence_parallelism_before_frames(capsys):
     """distributed.sequence_parallel: refused (one line) where it does not divide the workers, with ZeRO-3 and with
     rank-0 proxy evals; `t2vu plan` counts it (activations over Nv / P tokens of the group's rows) and, for Wan 2.2
@@ -202,36 +203,70 @@ def test_config_refusals_and_the_plan_names_sequence_parallelism_before_frames(c
     assert rc4 == 3 and four["peak_gb_per_gpu"] > 0.95 * 80
 
 
-@pytest.mark.slow
-def test_two_workers_sharing_one_batch_train_the_one_worker_eraser(ray_session, tmp_path):
-    """`t2vu train --distributed` through Ray Train + DeepSpeed ZeRO-2: 2 workers with distributed.sequence_parallel 2
-    (one group: the whole 2+2 batch, each worker half of every video's tokens) log the same losses and write the same
-    eraser as 1 worker training on the 2+2 batch alone. (AdamW hardly sees a gradient's scale: the eraser gradients
-    themselves are checked by the step-level test above; this one checks the groups, batch shares and the engine.)"""
+@pytest.fixture(scope="module")
+def sp_runs(ray_session, tmp_path_factory):
+    """The three Ray Train + DeepSpeed ZeRO-2 runs of the tiny CogVideoX the slow tests below share: 1 worker on the
+    2+2 batch, 2 workers with distributed.sequence_parallel 2 (one group: the whole batch, half of every video's
+    tokens each), and the same with rank 1 SIGKILLed after step 3 (checkpoints every 2 of 4 steps)."""
+    from pipelines.train.driver import run_distributed
+    from tests.fault_hooks import kill_worker_once
+    from tests.test_distributed import tiny_pipeline_cfg
+    from unlearn.loop import StepHook
+
+    tmp = tmp_path_factory.mktemp("sp-runs")
+    runs = {}
+    split = {"num_workers": 2, "sequence_parallel": 2}
+    for name, kw in (("one", {"num_workers": 1}), ("split", split), ("killed", split)):
+        cfg = tiny_pipeline_cfg(tmp, steps=4, **kw)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every": 2})})
+        hook = None
+        if name == "killed":
+            hook = StepHook(kill_worker_once, {"at_rank": 1, "at_step": 3, "marker": str(tmp / "killed.txt")})
+        runs[name] = (run_distributed(cfg, tmp / name, step_hook=hook), tmp / name)
+    runs["marker"] = tmp / "killed.txt"
+    return runs
+
+
+def _losses(out):
     import json
 
-    from pipelines.train.driver import run_distributed
-    from tests.test_distributed import tiny_pipeline_cfg
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_two_workers_sharing_one_batch_train_the_one_worker_eraser(sp_runs):
+    """`t2vu train --distributed` through Ray Train + DeepSpeed ZeRO-2: 2 workers with distributed.sequence_parallel 2
+    log the same losses and write the same eraser as 1 worker training on the 2+2 batch alone. (AdamW hardly sees a
+    gradient's scale: the eraser gradients themselves are checked by the step-level test above; this one checks the
+    groups, batch shares and the engine.)"""
     from unlearn.eraser import read_eraser
 
-    runs = {}
-    for name, dist_kw in (("one", {"num_workers": 1}), ("split", {"num_workers": 2, "sequence_parallel": 2})):
-        cfg = tiny_pipeline_cfg(tmp_path, steps=4, **dist_kw)
-        out = tmp_path / name
-        runs[name] = (run_distributed(cfg, out), out)
-    (one, a), (split, b) = runs["one"], runs["split"]
+    (one, a), (split, b) = sp_runs["one"], sp_runs["split"]
     assert split["sequence_parallel"] == 2 and one["sequence_parallel"] == 1
     assert one["global_steps"] == split["global_steps"] == 4
-
-    def losses(out):
-        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
-
-    assert losses(a) == pytest.approx(losses(b), rel=1e-5, abs=1e-6)
+    assert _losses(a) == pytest.approx(_losses(b), rel=1e-5, abs=1e-6)
     ea, eb = read_eraser(a / "eraser").state_dict(), read_eraser(b / "eraser").state_dict()
     assert ea.keys() == eb.keys() and any(v.abs().max() > 0 for k, v in ea.items() if ".up." in k)
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
 
+
+@pytest.mark.slow
+def test_a_killed_sequence_parallel_run_resumes_bit_identically(sp_runs):
+    """Rank 1 of the sequence-parallel group SIGKILLed after step 3: the restarted group (new process groups, the
+    sequence split installed again) resumes from the step-2 checkpoint and ends with the uninterrupted run's eraser
+    and curve, bit for bit."""
+    from unlearn.eraser import read_eraser
+
+    (whole, a), (killed, b) = sp_runs["split"], sp_runs["killed"]
+    assert sp_runs["marker"].exists(), "the fault was never injected"
+    assert killed["attempts"] == [0, 2] and killed["resumed_from"] == 2, killed
+    assert killed["global_steps"] == whole["global_steps"] == 4 and killed["sequence_parallel"] == 2
+    assert _losses(a) == _losses(b)  # exact
+    ea, eb = read_eraser(a / "eraser").state_dict(), read_eraser(b / "eraser").state_dict()
+    assert ea.keys() == eb.keys()
+    for k in ea:
+        assert torch.equal(ea[k], eb[k]), (k, (ea[k] - eb[k]).abs().max())
 
 def _meta_transformer(cls, preset: str, layers: int = 1):
     import inspect
