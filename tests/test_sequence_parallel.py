@@ -150,7 +150,7 @@ def test_split_sizes_and_the_heads_rule(tmp_path):
     assert all(type(b.attn1.processor).__name__ != "UlyssesCogVideoXProcessor" for b in spec.blocks())
 
 
-# 14 s alone on the loaded box (t2vu plan's imports), < 2 s in a run with tests/test_memory_plan.py
+# 14 s in a run with the Ray tests on the loaded box (most of it t2vu plan's imports)
 def test_config_refusals_and_the_plan_names_sequence_parallelism_before_frames(capsys):
     """distributed.sequence_parallel: refused (one line) where it does not divide the workers, with ZeRO-3 and with
     rank-0 proxy evals; `t2vu plan` counts it (activations over Nv / P tokens of the group's rows) and, for Wan 2.2
