@@ -9,11 +9,12 @@ that Ray job's runtime environment (offline/telemetry variables included).
     backend.run(payloads, on_result)   # on_result(row, result) in the caller's thread, as rows finish
     backend.close()                    # close(abort=True) after an error: rows in flight are dropped
 
-A pool (`make_backend(..., pool=NAME)` or $T2VU_EVAL_POOL): the evals of one search share named, detached actors
+A pool (`make_backend(..., pool=NAME)` or $T2VU_EVAL_POOL): the evals of one search share named actors
 (one per `runtime.num_actors`, keyed by what the pipeline depends on: eval.workers.pool_key), so each actor loads
-transformer + T5 + VAE once for the whole search and every later eval swaps its eraser (method), scorer and checks
-in per row; `release_pool(NAME)` ends them. What it costs: the actors hold their GPUs between evals, so a search
-that pools must leave them out of what its trainings use.
+transformer + VAE (+ T5 without cached prompt embeddings) once for the whole search and every later eval swaps its
+eraser (method), scorer and checks in per row. `start_pool` creates them in the process they must not outlive (a
+search's driver: pipelines.search.eval_pool), `release_pool(NAME)` ends them. What it costs: the actors hold their
+GPUs between evals, so a search that pools must leave them out of what its trainings use.
 """
 
 from __future__ import annotations
@@ -132,10 +133,15 @@ class RayBackend:
                                     max_concurrency=runtime.queue_depth, scheduling_strategy="DEFAULT")
         if pool is None:
             self.actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
-        else:  # named, detached: the next eval of the search (another trial's process) finds them loaded
+        else:  # named: the next eval of the search (another trial's process) finds them loaded
+            # Not detached: an actor lives as long as the process that created it first. The search driver creates
+            # the pool (start_pool) so it lasts the search and dies with the driver, even a SIGKILLed one (Ray's
+            # owner fate-sharing); one a trial created (another pipeline key) ends with that trial.
+            # A named actor still ends when no handle is left: this process holds them until release_pool.
             name = f"{pool}-{pool_key(spec)}"
-            self.actors = [actor_cls.options(**opts, name=f"{name}-{i}", namespace=POOL_NAMESPACE, lifetime="detached",
+            self.actors = [actor_cls.options(**opts, name=f"{name}-{i}", namespace=POOL_NAMESPACE,
                                              get_if_exists=True).remote(spec) for i in range(n)]
+            _HELD.setdefault(pool, []).extend(self.actors)
         try:
             wait_all([a.placed.remote() for a in self.actors], self.timeout, self._never_placed)
             self.workers_info = wait_all([a.load.remote(spec if pool else None) for a in self.actors], self.timeout,
@@ -224,6 +230,13 @@ class RayBackend:
 
 
 POOL_NAMESPACE = "t2vu-eval-pools"
+_HELD: dict[str, list] = {}  # pool -> the actor handles this process keeps (the actors live while a handle does)
+
+
+def start_pool(pool: str, spec: WorkerSpec, runtime, say: Callable[[str], None] | None = None) -> list[dict]:
+    """Create (or find) eval pool `pool`'s actors for pipelines like `spec`'s, owned by this process, and load their
+    pipelines now; returns the actors' info. The evals that later name the pool swap their erasers in."""
+    return RayBackend(spec, runtime, say=say, pool=pool).workers_info
 
 
 def release_pool(pool: str) -> int:
@@ -231,6 +244,7 @@ def release_pool(pool: str) -> int:
     import ray
 
     if not ray.is_initialized():
+        _HELD.pop(pool, None)
         return 0
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(f"{pool}-")]
@@ -239,6 +253,7 @@ def release_pool(pool: str) -> int:
             ray.kill(ray.get_actor(name, namespace=POOL_NAMESPACE))
         except ValueError:  # gone meanwhile
             pass
+    _HELD.pop(pool, None)  # after the kills: dropping the last handle ends an actor too, before it could be counted
     return len(names)
 
 

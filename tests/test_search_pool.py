@@ -51,6 +51,7 @@ def test_the_pool_is_off_where_its_actors_would_keep_trials_waiting():
     assert pool_name("/runs/a") == pool_name("/runs/a/.") != pool_name("/runs/b")
 
 
+@pytest.mark.slow  # ~1 s of work, but the first diffusers/transformers import of a run: 20-60 s on the shared box
 def test_the_fill_encodes_each_eval_prompt_once(tmp_path, monkeypatch):
     """Every prompt of the search's evals (and the negative prompt) lands where the eval workers look; a second
     fill loads no text encoder."""
@@ -77,7 +78,8 @@ def test_the_fill_encodes_each_eval_prompt_once(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_search_shares_one_pool_loads_no_text_encoder_and_leaves_no_actor_even_when_it_fails(ray_session, tmp_path):
+def test_a_search_shares_one_pool_loads_no_text_encoder_and_leaves_no_actor_even_when_it_fails(ray_session, tmp_path,
+                                                                                              capsys):
     from eval.backends import POOL_NAMESPACE
     from pipelines.search.eval_pool import pool_name
     from pipelines.search.tune import run_search
@@ -87,6 +89,7 @@ def test_a_search_shares_one_pool_loads_no_text_encoder_and_leaves_no_actor_even
     with pytest.raises(Exception, match="report.md"):
         run_search(_cfg(), out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
 
+    assert f"eval pool {pool_name(out)}: 1 actor(s)" in capsys.readouterr().err  # started by the search driver
     evals = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/eval/summary.json"))]
     assert len(evals) == 2
     workers = [w for s in evals for w in s["workers"]]

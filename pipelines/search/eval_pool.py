@@ -4,17 +4,17 @@
         ... trials' final evals and the method baselines (pipelines.search.objective.judge) ...
     # left by any way (done, an error, Ctrl-C): eval.backends.release_pool ends its actors
 
-The pool is named after the search's run folder (`pool_name`), so every eval of the search (trial drivers are other
-processes: the name travels in the objective they are given) finds the same named, detached Ray actors
-(eval.backends.RayBackend), each loading transformer + VAE once and swapping each eval's eraser in.
+The pool is named after the search's run folder (`pool_name`); the search driver creates its named Ray actors
+(eval.backends.start_pool) before the trials, each loading transformer + VAE once, and every eval of the search (trial
+drivers are other processes: the name travels in the objective they are given) finds them and swaps its eraser in.
+The actors are the driver's (not detached; it holds their handles until the release): they end with it, even when it
+is killed with SIGKILL (Ray ends an actor with its owner).
 
 When it is off (one banner line says why): the final evals run in-process (runtime.num_actors 0: nothing to pool),
 or its actors would not fit beside `max_concurrent_trials` trials. Pooled actors hold their CPU/GPU between evals;
 on a cluster the trials fill (8 GPUs, 2 trials x 4 workers) they would keep the next trial waiting for GPUs, and
 on one whose trials use every GPU at once (4 GPUs, 1 trial x 4) for ever. Such a search evaluates on fresh actors,
 as before, and still without T5 where the text-embedding cache has the prompts (eval.text_cache).
-A driver killed with SIGKILL cannot run the release: its rerun (same folder, same name) finds the actors and ends
-them when it finishes; `release_pool(pool_name(out))` ends them by hand.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def search_eval_pool(cfg, out: Path, objective, say=print):
     """The search's evals made ready: their prompts in the text-embedding cache (`fill_text_cache`), then `objective`
     with its eval pool set (or None, with one line saying why); the pool is released on the way out, whatever ends
     the search."""
-    from eval.backends import pooled, release_pool
+    from eval.backends import pooled, release_pool, start_pool
     from pipelines.search.objective import trial_final_eval_config
 
     fill_text_cache(cfg, objective, say)
@@ -113,9 +113,21 @@ def search_eval_pool(cfg, out: Path, objective, say=print):
         yield objective
         return
     name = pool_name(out)
-    say(f"  eval pool {name}: {runtime.num_actors} actor(s) load the pipeline once for every eval of this search")
     try:
+        workers = start_pool(name, _pool_spec(objective, out), runtime, say)  # owned by this driver: dies with it
+        say(f"  eval pool {name}: {len(workers)} actor(s), each loading the pipeline once for every eval of this "
+            "search")
         with pooled(name):  # this process's evals (the method baselines); trial drivers get objective.pool
             yield replace(objective, pool=name)
     finally:
         release_pool(name)
+
+
+def _pool_spec(objective, out: Path):
+    """The WorkerSpec of a trial's final eval, as its driver will make it (the pipeline part: eval.workers.pool_key);
+    its eraser and output folder are the trials' to swap in."""
+    from eval.planning import plan_eval, worker_spec
+    from pipelines.search.objective import trial_final_eval_config
+
+    with contextlib.chdir(objective.cwd):
+        return worker_spec(plan_eval(trial_final_eval_config(objective), out / "eval_pool", limit=objective.spec.limit))
