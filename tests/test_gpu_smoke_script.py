@@ -18,8 +18,10 @@ from unlearn.models.architectures import PRESETS  # noqa: E402
 
 
 @pytest.mark.slow
-def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}
+def test_gpu_smoke_sequence_runs_on_cpu_tiny(tmp_path, ray_env):
+    # the distributed and search stages join the session's Ray (RAY_ADDRESS), as they would a cluster's: two local
+    # Ray starts less; the script on a GPU box starts its own
+    env = {**ray_env, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable}
     r = subprocess.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny", "--device", "cpu", "--steps", "2",
                         "--eval-steps", "2", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

@@ -2,8 +2,10 @@
 
 The README's worked example rerun on a loaded machine gave the same first-trial parameters but other scores.
 Here one trial of the toy search (the smallest: one Optuna sample, a short training, a few toy prompts) runs
-twice through the real CLI, the second time next to CPU burners that take every core, and every number the
-trial reports that is not a time (losses, eval metrics, the objective) must be equal, bit for bit.
+twice through the real CLI, the second time next to CPU burners (one per two cores), and every number the trial
+reports that is not a time (losses, eval metrics, the objective) must be equal, bit for bit. Both runs join the
+test session's Ray (a local Ray start per run cost ~20 s) and leave out what is not the trial's numbers: the
+training-free baselines after the trials and MLflow.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--set", "search.num_samples=1", "--set", "train.steps=10", "--set", "train.checkpoint_every=10",
-        "--set", "train.log_every=5",
+        "--set", "train.log_every=5", "--set", "search.objective.baselines=[]",
+        "--set", "mlflow.enabled=false",
         "--set", "search.objective.toy_prompts={target: red, n: 2, sets: [target, synonym], preserve_sets: [nontarget]}"]
 TIMING = ("_s", "per_s", "time", "wall", "ms_per", "timestamp", "attempts")
 
@@ -56,21 +59,21 @@ def tensors_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def tune(out: Path) -> None:
+def tune(out: Path, env: dict[str, str]) -> None:
     res = subprocess.run([sys.executable, "-m", "pipelines.cli.entry", "tune", "-c",
                           str(ROOT / "configs" / "search" / "toy.yaml"), "-o", str(out), *ARGS],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1500)
+                         cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_one_trial_twice_same_numbers_under_cpu_load(tmp_path):
-    tune(tmp_path / "quiet")
+def test_one_trial_twice_same_numbers_under_cpu_load(tmp_path, ray_env):
+    tune(tmp_path / "quiet", ray_env)
     # one burner per two cores: the trial's two workers and Ray's own processes then share every core with it
     # (all cores burning made the loaded run ~5x slower on the 2-core CI box for no extra evidence)
     burners = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(max(1, (os.cpu_count() or 2) // 2))]
     try:
-        tune(tmp_path / "loaded")
+        tune(tmp_path / "loaded", ray_env)
     finally:
         for b in burners:
             b.kill()
