@@ -84,6 +84,8 @@ def test_distributed_training_with_a_sharded_backbone_matches_the_replicated_run
 
     (plain, a), (sharded, b) = sharded_runs["replicated"], sharded_runs["sharded"]
     assert sharded["shard_backbone"] is True and plain["shard_backbone"] is False
+    # tiny.yaml draws x_t from noise: each worker read only its rows of the backbone (unlearn.sharded_load)
+    assert sharded["backbone_loaded_in_shards"] is True and plain["backbone_loaded_in_shards"] is False
     assert sharded["global_steps"] == plain["global_steps"] == 4
 
     assert _losses(a) == pytest.approx(_losses(b), rel=1e-5, abs=1e-6)
