@@ -274,6 +274,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "robustness_toy_subspace": ("robustness_toy_subspace", robustness),
     "robustness_toy_128": ("robustness_toy_128", robustness),
     "robustness_toy_128_inversion": ("robustness_toy_128_inversion", robustness),
+    "robustness_toy_gate": ("robustness_toy_gate", robustness),  # the content gate vs the eraser alone, 6 rows
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
