@@ -50,8 +50,8 @@ def test_toy_quality_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 def test_the_toy_numbers_of_the_docs_are_rendered_blocks():
     names = {name for name, _ in rr.BLOCK.findall((ROOT / "docs" / "benchmarks.md").read_text())}
-    assert {"toy_model_quality", "toy_wan_model_quality"} <= names
-    for name in ("toy_model_quality", "toy_wan_model_quality"):
+    assert {"toy_model_quality", "toy_wan_model_quality", "toy_wan_benchmark"} <= names
+    for name in ("toy_model_quality", "toy_wan_model_quality", "toy_wan_benchmark"):
         stem = rr.VIEWS[name][0]
         assert read_results(rr.RESULTS_DIR / f"{stem}.json")["command"].startswith("t2vu toy ")
 
