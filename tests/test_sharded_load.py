@@ -166,3 +166,45 @@ def test_each_rank_peaks_at_its_share_while_loading(loaded):
         assert g["whole"] / WORLD <= g["resident"] <= 1.02 * g["whole"] / WORLD, g  # its rows (+ FSDP padding)
         assert g["peak_sharded"] <= g["whole"] / WORLD + g["largest_unit"] + 4 * 2**20, g
         assert g["peak_whole"] >= 0.95 * g["whole"], g
+
+
+def test_byte_range_reads_give_the_rows_a_whole_load_gives(tmp_path):
+    """The reader behind every rank's share (fast, no ranks): rows [a, b) of each dtype a diffusers checkpoint
+    holds equal the slice of the whole tensor, across the two files of a sharded index; a file cut short is
+    an error naming the tensor, and .bin weights are refused in one line naming the fix."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from unlearn.errors import ConfigError
+    from unlearn.sharded_load import _Files
+
+    g = torch.Generator().manual_seed(0)
+    first = {"a.weight": torch.randn(7, 5, generator=g), "b.weight": torch.randn(6, 3, generator=g).bfloat16()}
+    second = {"c.weight": torch.randn(4, 2, 3, generator=g).half(), "d.ids": torch.arange(9, dtype=torch.int64),
+              "e.scale": torch.tensor(2.5)}
+    save_file(first, str(tmp_path / "part-1.safetensors"))
+    save_file(second, str(tmp_path / "part-2.safetensors"))
+    weight_map = {**{k: "part-1.safetensors" for k in first}, **{k: "part-2.safetensors" for k in second}}
+    (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(_json.dumps({"weight_map": weight_map}))
+
+    files = _Files(tmp_path)
+    for name, whole in {**first, **second}.items():
+        assert torch.equal(files.read(name), whole), name
+        if whole.dim():
+            a, b = 1, whole.shape[0] - 1
+            part = files.read(name, a, b)
+            assert part.dtype == whole.dtype and torch.equal(part, whole[a:b]), name
+    assert files.read("a.weight", 3, 3).shape == (0, 5)
+
+    cut = tmp_path / "part-2.safetensors"
+    last = max(second, key=lambda k: files.entry(k)[2]["data_offsets"][1])  # the tensor stored last
+    cut.write_bytes(cut.read_bytes()[:-2])  # loses its last bytes
+    with pytest.raises(OSError, match=f"tensor {last} is cut short"):
+        _Files(tmp_path).read(last)
+
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    torch.save(first, binary / "diffusion_pytorch_model.bin")
+    with pytest.raises(ConfigError, match="safe_serialization=True"):
+        _Files(binary)
