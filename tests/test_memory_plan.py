@@ -43,11 +43,11 @@ def test_shipped_configs_plan_before_download(capsys, config, gb):
     assert "term" in out and "peak per GPU" in out
     if config == SEARCH_2B:  # the final eval loads a whole pipeline per GPU; no proxy (multi-objective Optuna)
         assert s["mode"] == "tune" and "proxy eval weights" not in s["terms"]
-        # under ASHA (which reads proxies) a proxy eval loads T5-XXL + VAE on rank 0
+        # under ASHA (which reads proxies) a proxy eval loads the VAE on rank 0; no eval loads T5-XXL (4.76B
+        # params): the search fills the text-embedding cache with every eval prompt before its trials
         _, a, _, _ = plan_cli(capsys, "--config", config, "--gpu-memory", gb, "--set", "search.algorithm=asha")
-        assert a["terms"]["proxy eval weights"] == pytest.approx((4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
-        assert s["terms"]["final eval weights"] == pytest.approx(
-            (1_693_783_872 + 4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
+        assert a["terms"]["proxy eval weights"] == pytest.approx(215_583_907 * 2 / 2**30, abs=1e-3)
+        assert s["terms"]["final eval weights"] == pytest.approx((1_693_783_872 + 215_583_907) * 2 / 2**30, abs=1e-3)
 
 
 def test_backbone_weights_are_the_public_parameter_counts(capsys):
@@ -269,8 +269,9 @@ def test_wan_prediction_matches_a_measured_step(tmp_path):
 
 
 def test_wan_eval_terms_load_umt5_and_the_wan_vae():
-    """A trial's proxy eval loads UMT5-XXL + the Wan VAE (2.2 TI2V-5B: its 48-channel VAE); the final eval a
-    whole pipeline, both experts for A14B."""
+    """A trial's proxy eval loads UMT5-XXL + the Wan VAE (2.2 TI2V-5B: its 48-channel VAE) where the text-embedding
+    cache is not filled, the VAE alone where it is (a search's evals); the final eval a whole pipeline, both
+    experts for A14B."""
     from dataclasses import replace
 
     from pipelines.plan.memory_check import load_plan_config, plan_inputs
@@ -281,12 +282,17 @@ def test_wan_eval_terms_load_umt5_and_the_wan_vae():
         method, pipeline = load_plan_config(WAN["wan2.2-ti2v-5b"], [f"model.architecture={preset}"])
         x, arch = plan_inputs(make_request(method, pipeline, mode="train", gpu_memory_gb=141))
         nv = arch.token_counts(81, 704, 1280)[0]
-        ev = EvalShape(2, 2, nv, 81, 704, 1280, True, False)
+        ev = EvalShape(2, 2, nv, 81, 704, 1280, True, False, text_encoder=True)
         plan = plan_memory(replace(x, proxy_eval=ev, final_eval=replace(ev, with_transformer=True)))
         terms = {t.name: t for t in plan.terms}
         t, umt5, vae = PRESET_PARAMETERS[preset]
         assert terms["proxy eval weights"].bytes == (umt5 + vae) * 2 and "UMT5 + Wan VAE" in terms["proxy eval weights"].note
         assert terms["final eval weights"].bytes == (experts * t + umt5 + vae) * 2
+        cached = plan_memory(replace(x, proxy_eval=replace(ev, text_encoder=False),
+                                     final_eval=replace(ev, with_transformer=True, text_encoder=False)))
+        terms = {t.name: t for t in cached.terms}
+        assert terms["proxy eval weights"].bytes == vae * 2 and "filled cache" in terms["proxy eval weights"].note
+        assert terms["final eval weights"].bytes == (experts * t + vae) * 2
 
 
 @pytest.mark.parametrize("batch", [2, 4])

@@ -39,9 +39,10 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   inner passes runs the B concept rows with grad w.r.t. their text embedding (every block saves,
   the first one whole; no energy record) and frees its graph: its own phase, one pass at a time.
 - trajectory sampling (xt_source trajectory): a no-grad forward of 2 x pool rows (CFG).
-- trial evaluations (tune/run): a proxy eval in rank 0 loads T5 + VAE next to training and generates
+- trial evaluations (tune/run): a proxy eval in rank 0 loads the VAE next to training and generates
   on the training transformer (CFG forward of 2 rows, VAE decoding: estimates); the final eval
-  runs after fit() on eval actors, one whole pipeline per freed GPU (its own phase).
+  runs after fit() on eval actors, one pipeline without its text encoder per freed GPU (its own phase):
+  the search fills the text-embedding cache with every eval prompt first.
 - host memory: the trajectory pool (prompts x pool x steps latents in the model dtype).
 
 Calibrated on CPU by `benchmarks/memory_plan_check.py` (`--family wan`: the Wan sizes; docs/memory-plan.md).
@@ -82,6 +83,9 @@ class EvalShape:
     width: int
     vae_tiling: bool
     with_transformer: bool  # final eval: loads its own transformer; proxy: reuses the training one
+    # a search fills the text-embedding cache with every eval prompt before its trials (pipelines.search.eval_pool):
+    # its eval workers then load no text encoder (T5-XXL: 4.8B params, ~9.5 GB in bf16)
+    text_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,10 @@ def capture_terms(x: PlanInputs, n_tokens: int) -> tuple[Term, Term]:
 
 
 def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
-    params = x.params_text_encoder + x.params_vae + (x.experts * x.params_transformer if ev.with_transformer else 0)
+    params = (x.params_text_encoder if ev.text_encoder else 0) + x.params_vae + (
+        x.experts * x.params_transformer if ev.with_transformer else 0)
     parts = ("transformer" + (f"s x {x.experts}" if x.experts > 1 else "") + " + " if ev.with_transformer else "") + (
-        blocks.encoders)
+        blocks.encoders if ev.text_encoder else blocks.encoders.split(" + ")[-1] + " (prompts from the filled cache)")
     fwd = blocks.no_grad_forward(replace(x, fp32_ops=frozenset()), 2, ev.video_tokens, ev.act_bytes)  # CFG: 2 rows
     th, tw = (ev.height // 2, ev.width // 2) if ev.vae_tiling else (ev.height, ev.width)
     # ~8 live maps at the tile size over the frames decoded at once: CogVideoX 9, Wan's causal decoder 4 per latent frame
