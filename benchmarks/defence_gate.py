@@ -1,6 +1,6 @@
 """The content gate (issue 25, unlearn/gates.py) on the toy CogVideoX world, attacked adaptively.
 
-1. Trains the gate's probe on base-model trajectories (configs/attack/toy_gate.yaml) and writes the gated eraser
+1. Trains the gate's probe on base-model trajectories (configs/gates/toy.yaml) and writes the gated eraser
    (the recipe eraser + `gate.*` tensors, extra.gate) to --gated.
 2. Runs the attack benchmark (eval.attacks.runner, what `t2vu attack` runs) on the settings of
    benchmarks/results/robustness_toy.json (16 rows of toy_prompts_small.csv, 32 preserve rows, discrete 20 steps,
@@ -94,7 +94,7 @@ def verdicts(summary: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gate", default=str(REPO / "configs" / "attack" / "toy_gate.yaml"))
+    p.add_argument("--gate", default=str(REPO / "configs" / "gates" / "toy.yaml"))
     p.add_argument("--eraser", default="runs/toy-red/eraser")
     p.add_argument("--gated", default="runs/toy-red-gate/eraser")
     p.add_argument("--output", default="runs/attack-toy-gate")

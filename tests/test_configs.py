@@ -31,6 +31,10 @@ def schema_for(path: Path):
         from pipelines.config.pipeline import load_pipeline_config
 
         return load_pipeline_config
+    if top == "gates":  # a defence's gate section (unlearn/gates.py), read by benchmarks/defence_gate.py
+        from unlearn.gates import GateConfig
+
+        return lambda p: GateConfig(**yaml.safe_load(Path(p).read_text())["gate"])
     if top == "deepspeed":
         return lambda p: json.loads(Path(p).read_text())
     if top == "cluster":
@@ -61,6 +65,8 @@ def test_config_parses(path):
         cfg = load_attack_config(path)
     # Every value the file sets survives parsing: nothing dropped, renamed or defaulted over.
     data = yaml.safe_load(path.read_text()) or {}
+    if path.parent.name == "gates":
+        data = data["gate"]
     wrong = _not_kept(data, cfg.model_dump())
     assert not wrong, f"{path.name}: values lost in parsing: {wrong}"
 

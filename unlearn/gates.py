@@ -40,7 +40,7 @@ GATE_KEY = "gate"  # EraserMeta.extra key of the gate's settings
 
 
 class GateConfig(Strict):
-    """The `gate:` section (configs/attack/toy_gate.yaml): which gate, its correction, how its probe is trained."""
+    """The `gate:` section (configs/gates/toy.yaml): which gate, its correction, how its probe is trained."""
 
     name: Literal["none", "content"] = Field("content", description=(
         "none: no gate (the eraser as trained). content: a probe on the model's own predicted x0 scales a "
