@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README): installs what it needs, then runs the suite on CPU.
-#   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores, last
-#                                   measured 28.9 min on 2026-12-07 before issue 24's cuts to the slow tests)
-#   bash scripts/test.sh --fast     the fast tier: every test not marked `slow` (target <= 5 min; every
-#                                   test module keeps at least one fast test: tests/test_tiers.py)
+#   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores, MISSED:
+#                                   685 tests in 30.1 min on 2026-12-07, idle machine; it mostly waits on Ray and
+#                                   subprocesses: ~15 CPU-min of 30 wall-min)
+#   bash scripts/test.sh --fast     the fast tier: every test not marked `slow` (target <= 5 min: 625 tests in
+#                                   3.3 min on 2026-12-07; every module keeps a fast test: tests/test_tiers.py)
 # --durations=30 lists the 30 slowest tests at the end (what to look at when the suite grows slow).
 # Any other arguments go to pytest (e.g. -k name, -x, a test file).
 set -euo pipefail
