@@ -308,6 +308,8 @@ def main() -> int:
     ap.add_argument("--measure", nargs=3, metavar=("SIZE_JSON", "MODEL_DIR", "CACHE_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--probe-forward", choices=("rope", "norope"), help=argparse.SUPPRESS)
     ap.add_argument("--tolerance", type=float, default=0.15)
+    ap.add_argument("--results-file", help="also write the figures here (pipelines/runtime/results_file; the docs' "
+                    "calibration tables render from benchmarks/results/memory_calibration_<family>.json)")
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure[0]), args.measure[1], args.measure[2])))
@@ -342,9 +344,15 @@ def main() -> int:
 
             shutil.rmtree(Path(tmp) / size["name"], ignore_errors=True)
     ok = all(abs(r["ratio"] - 1) <= args.tolerance for r in rows)
-    print(json.dumps({"within_tolerance": ok, "tolerance": args.tolerance, "no_grad_forward_u": probes,
-                      "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "terms_gb"}
-                               for r in rows]}))
+    figures = {"within_tolerance": ok, "tolerance": args.tolerance, "no_grad_forward_u": probes, "family": args.family,
+               "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "terms_gb"}
+                        for r in rows]}
+    if args.results_file:
+        from pipelines.runtime.results_file import write_results
+
+        write_results(args.results_file, figures, settings={"dtype": "float32", "torch_threads": 1,
+                                                            "load_average_after": os.getloadavg()})
+    print(json.dumps(figures))
     return 0 if ok else 1
 
 

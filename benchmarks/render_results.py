@@ -196,6 +196,26 @@ def toy_quality(rec: dict) -> str:
             + _table(["figure", "measured", "bar", "met"], rows))
 
 
+def memory_calibration(rec: dict) -> str:
+    """`benchmarks/memory_plan_check.py --results-file`: the plan against the measured peak of one real step per size."""
+    f = rec["figures"]
+    wan = f.get("family") == "wan"
+    head = ["size", "hidden", "blocks"] + (["ffn"] if wan else []) + ["frames×H×W", "rows", "checkpointing"] + (
+        ["eraser site", "per-token t"] if wan else []) + ["predicted GB", "measured GB", "ratio", "step s"]
+    rows = []
+    for r in f["rows"]:
+        z = r["size"]
+        rows.append([r["name"], str(z["heads"] * (128 if wan else 64)), str(z["layers"])] + ([str(z["ffn"])] if wan else [])
+                    + [f"{z['frames']}x{z['height']}x{z['width']}", f"{z['batch']}+{z['preserve']}",
+                       "on" if z["ckpt"] else "off"]
+                    + (["attn1" if z["family"].endswith("attn1") else "attn2", "yes" if z.get("expand") else "no"]
+                       if wan else [])
+                    + [_num(r["predicted_gb"], 2), _num(r["measured_gb"], 2), _num(r["ratio"], 3), _num(r["step_s"], 0)])
+    worst = max(f["rows"], key=lambda r: abs(r["ratio"] - 1))
+    return (_table(head, rows) + f"\n\n{'All' if f['within_tolerance'] else 'Not all'} {len(rows)} within "
+            f"±{f['tolerance'] * 100:.0f}% (worst: {worst['name']}, ratio {worst['ratio']:.3f}).\n")
+
+
 def generic(rec: dict) -> str:
     """Any results file: its figures, flattened, one per row."""
     def flat(prefix: str, v) -> Iterable[tuple[str, object]]:
@@ -285,6 +305,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "toy_wan_model_quality": ("toy_wan_model_quality", toy_quality),
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
+    "memory_calibration_wan": ("memory_calibration_wan", memory_calibration),
     "memory_plan_cogvideox": ("memory_plan_predictions", _plan_rows("cogvideox", True)),
     "memory_plan_wan": ("memory_plan_predictions", _plan_rows("wan", False)),
 }
