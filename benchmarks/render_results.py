@@ -201,7 +201,7 @@ def memory_calibration(rec: dict) -> str:
     f = rec["figures"]
     wan = f.get("family") == "wan"
     head = ["size", "hidden", "blocks"] + (["ffn"] if wan else []) + ["frames×H×W", "rows", "checkpointing"] + (
-        ["eraser site", "per-token t"] if wan else []) + ["predicted GB", "measured GB", "ratio", "step s"]
+        ["eraser site", "per-token t"] if wan else ["RoPE"]) + ["predicted GB", "measured GB", "ratio", "step s"]
     rows = []
     for r in f["rows"]:
         z = r["size"]
@@ -209,11 +209,14 @@ def memory_calibration(rec: dict) -> str:
                     + [f"{z['frames']}x{z['height']}x{z['width']}", f"{z['batch']}+{z['preserve']}",
                        "on" if z["ckpt"] else "off"]
                     + (["attn1" if z["family"].endswith("attn1") else "attn2", "yes" if z.get("expand") else "no"]
-                       if wan else [])
+                       if wan else ["yes" if z.get("rope") else "no"])
                     + [_num(r["predicted_gb"], 2), _num(r["measured_gb"], 2), _num(r["ratio"], 3), _num(r["step_s"], 0)])
     worst = max(f["rows"], key=lambda r: abs(r["ratio"] - 1))
+    probe = {k: v for k, v in (f.get("no_grad_forward_u") or {}).items() if v is not None}
+    probe_line = (f" A no-grad forward (6 rows, 2 blocks) peaked at {', '.join(f'{v} U ({k})' for k, v in probe.items())}."
+                  if probe else "")
     return (_table(head, rows) + f"\n\n{'All' if f['within_tolerance'] else 'Not all'} {len(rows)} within "
-            f"±{f['tolerance'] * 100:.0f}% (worst: {worst['name']}, ratio {worst['ratio']:.3f}).\n")
+            f"±{f['tolerance'] * 100:.0f}% (worst: {worst['name']}, ratio {worst['ratio']:.3f}).{probe_line}\n")
 
 
 def generic(rec: dict) -> str:
@@ -306,6 +309,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
     "memory_calibration_wan": ("memory_calibration_wan", memory_calibration),
+    "memory_calibration_cogvideox": ("memory_calibration_cogvideox", memory_calibration),
     "memory_plan_cogvideox": ("memory_plan_predictions", _plan_rows("cogvideox", True)),
     "memory_plan_wan": ("memory_plan_predictions", _plan_rows("wan", False)),
 }
