@@ -16,26 +16,15 @@ ATTACK_CFG = ROOT / "configs" / "attack" / "toy.yaml"
 @pytest.fixture(scope="module")
 def toy():
     """The toy model's eval pipeline, its attack context, the toy detector and 6 one-object red rows."""
-    import torch
-
-    from eval.attacks.base import AttackContext
     from eval.attacks.prompts import read_attack_rows
     from eval.classifiers.base import build_classifier
-    from eval.config import load_eval_config
-    from eval.generate import load_eval_pipeline
-    from eval.planning import resolve_model
     from pipelines.config.attack import load_attack_config
-    from unlearn.models.families import family_of_model_dir, spec_class
+    from tests.toy_eval import toy_eval_context
 
-    torch.set_num_threads(1)
-    cfg = load_eval_config(ROOT / "configs" / "eval" / "toy.yaml")
-    model = resolve_model(cfg)
-    pipe = load_eval_pipeline(model, "float32", "cpu", cfg.generation)
-    spec_cls = spec_class(family_of_model_dir(model))
-    ctx = AttackContext(pipe, spec_cls, cfg.generation, cfg.generation.max_sequence_length)
+    t = toy_eval_context()
     acfg = load_attack_config(ATTACK_CFG)
     rows = read_attack_rows(acfg.prompts, acfg.resolve_path(acfg.prompts.path))[:6]  # one-object scenes
-    return {"ctx": ctx, "pipe": pipe, "gen": cfg.generation, "rows": rows, "model": model,
+    return {"ctx": t["ctx"], "pipe": t["pipe"], "gen": t["gen"], "rows": rows, "model": t["model"],
             "det": build_classifier("toy", target="red"), "cfg": acfg}
 
 

@@ -17,18 +17,10 @@ OTHER = ["a green square moving left", "a blue bar moving up", "a yellow pillar 
 
 @pytest.fixture(scope="module")
 def toy():
-    from eval.attacks.base import AttackContext
-    from eval.config import load_eval_config
-    from eval.generate import load_eval_pipeline
-    from eval.planning import resolve_model
-    from unlearn.models.families import family_of_model_dir, spec_class
+    from tests.toy_eval import toy_eval_context
 
-    torch.set_num_threads(1)
-    cfg = load_eval_config(ROOT / "configs" / "eval" / "toy.yaml")
-    model = resolve_model(cfg)
-    pipe = load_eval_pipeline(model, "float32", "cpu", cfg.generation)
-    ctx = AttackContext(pipe, spec_class(family_of_model_dir(model)), cfg.generation, 16)
-    return {"pipe": pipe, "ctx": ctx, "gen": cfg.generation}
+    t = toy_eval_context(max_text_len=16)
+    return {"pipe": t["pipe"], "ctx": t["ctx"], "gen": t["gen"]}
 
 
 def _gate_cfg(**kw):
