@@ -268,7 +268,8 @@ def test_what_crosses_to_trials_and_workers_is_typed_frozen_and_pickles(tmp_path
     import dataclasses
     import pickle
 
-    from pipelines.search.objective import TrialTracking, objective_payload
+    from pipelines.search.objective import objective_payload
+    from pipelines.tracking.tracker import TrialTracking
     from pipelines.search.trial import TrialContext
     from pipelines.tracking.tracker import SearchTracking
     from pipelines.train.worker import LoopConfig

@@ -69,14 +69,15 @@ def test_parent_and_child_runs_are_found_again_not_duplicated(mlflow_server, tmp
 def test_worker_curve_logging_skips_steps_an_earlier_attempt_logged(mlflow_server, tmp_path):
     """After a worker restart, rank 0 replays the curve from the checkpoint: no duplicate points."""
     from pipelines.tracking.live_logging import MlflowLive
+    from pipelines.tracking.tracker import TrialTracking
 
     c = mu.client(mlflow_server)
     exp = mu.get_or_create_experiment(c, "test/curve", tmp_path)
     run = c.create_run(exp).info.run_id
     rows = [{"step": s, "loss": 1.0 / s, "l_unlearn": 0.5 / s} for s in (2, 4, 6, 8)]
-    first = MlflowLive({"tracking_uri": mlflow_server, "run_id": run})
+    first = MlflowLive(TrialTracking(mlflow_server, run))
     first.log(rows[:3])  # steps 2, 4, 6 ... then the worker dies; the checkpoint was at step 4
-    second = MlflowLive({"tracking_uri": mlflow_server, "run_id": run})
+    second = MlflowLive(TrialTracking(mlflow_server, run))
     assert second.logged_upto == 6
     second.log(rows)  # the restarted attempt's history (2..8)
     second.log_eval(8, {"score": 0.1, "train_step": 8, "loss": 0.1})

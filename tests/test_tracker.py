@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 
-from pipelines.tracking.tracker import SearchTracking, Tracker
+from pipelines.tracking.tracker import SearchTracking, Tracker, TrialTracking
 
 
-def test_ids_pickle_and_round_trip_through_the_run_folder(tmp_path):
+def test_ids_pickle_round_trip_through_the_run_folder_and_reach_workers_typed(tmp_path):
     ids = SearchTracking("sqlite:///x.db", "3", "abc")
     assert pickle.loads(pickle.dumps(ids)) == ids  # Ray hands it to every trial (tune.with_parameters)
     assert SearchTracking.read(tmp_path) is None  # MLflow off: no mlflow.json
@@ -17,6 +17,19 @@ def test_ids_pickle_and_round_trip_through_the_run_folder(tmp_path):
     assert SearchTracking.read(tmp_path) == ids and Tracker.in_folder(tmp_path).parent == "abc"
     (tmp_path / "mlflow.json").write_text('{"tracking_uri": "sqlite:///x.db"}')  # incomplete: treated as off
     assert SearchTracking.read(tmp_path) is None
+
+    # a trial's run crosses to the Ray Train workers typed, never as a dict
+    from pipelines.tracking.live_logging import MlflowLive
+
+    run = TrialTracking("sqlite:///x.db", "run1")
+    assert pickle.loads(pickle.dumps(run)) == run  # inside the objective payload, to the Ray Train workers
+    with pytest.raises(AttributeError):
+        run.run_id = "other"  # frozen
+    with pytest.raises(TypeError, match="TrialTracking or None, got {'tracking_uri'"):
+        MlflowLive({"tracking_uri": "sqlite:///x.db", "run_id": "run1"})
+    off = MlflowLive(None)  # MLflow off: nothing is sent, nothing fails
+    off.log([{"step": 1, "loss": 0.5}])
+    assert off.client is None and off.logged_upto == 0
 
 
 def test_tracking_off_does_nothing_and_needs_no_store(tmp_path):
@@ -26,6 +39,7 @@ def test_tracking_off_does_nothing_and_needs_no_store(tmp_path):
         assert run_id is None
     off.end(None, "FAILED", error="x")
     off.log_files(None, [tmp_path])
+    off.set_tags(off.parent, {"t2vu.stage": "x"})
     off.finish(metrics={"a": 1.0}, best=("t1", None))
     with pytest.raises(RuntimeError), off.child_run("final-eval"):
         raise RuntimeError("the eval's own error goes on")
@@ -41,6 +55,8 @@ def test_every_run_ends_finished_failed_or_killed_and_resume_reuses_it(tmp_path)
     parent = c.get_run(tracker.parent)
     assert parent.data.tags["t2vu.role"] == "search" and parent.data.tags["t2vu.git_sha"] == "x"
     assert pickle.loads(pickle.dumps(tracker)).ids == tracker.ids  # the client stays behind
+    tracker.set_tags(tracker.parent, {"t2vu.stage": "screening 9x16x16 of s"})  # how screening marks its parent
+    assert c.get_run(tracker.parent).data.tags["t2vu.stage"] == "screening 9x16x16 of s"
 
     with tracker.child_run("final-eval", params={"best_trial": "t1"}, tags={"t2vu.role": "final-eval"}) as ok:
         tracker.log_metrics(ok, {"eval/x": 0.5, "not_a_number": "y"})

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pipelines.config.pipeline import PipelineConfig
 from eval.metrics import UNASKED
 from pipelines.config.search import ObjectiveConfig
+from pipelines.tracking.tracker import TrialTracking
 from unlearn.config import ConfigError
 
 if TYPE_CHECKING:
@@ -73,13 +74,6 @@ def resolve_eval_config(cfg: PipelineConfig, config_dir: str | Path | None):
         LOG.info("objective eval: model.path %s -> %s (the model the erasers are trained on)", ecfg.model.path, cfg.model.path)
     overrides = {**cfg.search.objective.eval_overrides, "model.path": cfg.model.path, "eraser": None, **TRIAL_EVAL_OVERRIDES}
     return ecfg.with_overrides(overrides, "search.objective.eval (+ eval_overrides)")
-
-
-@dataclass(frozen=True)
-class TrialTracking:
-    """The MLflow run a trial logs into (live training curve, final eval)."""
-    tracking_uri: str
-    run_id: str
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,13 @@ def run_screened(cfg, out: Path, run_search, **kw):
 
 
 def _link_parent_runs(screened, cfg) -> None:
-    """Tag the screened stage's MLflow parent run as such (its trials are the search's small-size runs)."""
-    if not (screened.tracking_uri and screened.parent_run_id):
-        return
-    from pipelines.tracking import mlflow_utils as mu
+    """Tag the screened stage's MLflow parent run as such (its trials are the search's small-size runs);
+    through the search's one tracker (a no-op when MLflow was off: `screened.tracking` is then None)."""
+    from pipelines.tracking.tracker import Tracker
 
-    sc = cfg.search.screening
-    mu.client(screened.tracking_uri).set_tag(screened.parent_run_id, "t2vu.stage",
-                                             f"screening {size(sc.frames, sc.height, sc.width)} of {cfg.search.name}")
+    sc, tracker = cfg.search.screening, Tracker(screened.tracking)
+    stage = f"screening {size(sc.frames, sc.height, sc.width)} of {cfg.search.name}"
+    tracker.set_tags(tracker.parent, {"t2vu.stage": stage})
 
 
 def parent_params(s) -> dict[str, str]:

@@ -22,11 +22,11 @@ import yaml
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.runtime.console import progress
 from eval.metrics import is_number
-from pipelines.search.objective import ObjectivePayload, TrialTracking
+from pipelines.search.objective import ObjectivePayload
 from pipelines.search.results import TRIALS_DIR
 from pipelines.search.space import plain_params
 from pipelines.tracking.mlflow_ui import trial_run_name
-from pipelines.tracking.tracker import SearchTracking, Tracker
+from pipelines.tracking.tracker import SearchTracking, Tracker, TrialTracking
 from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LOG = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """Live MLflow logging from the rank-0 training worker into the trial's child run.
 
-Tracking must never kill training: every failure is a warning and training goes on.
+Tracking must never kill training: every failure is a warning and training goes on. What crosses from the
+trial driver to the worker is the typed `TrialTracking` (tracking URI + run id), never a dict.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from pipelines.tracking import mlflow_utils as mu
+from pipelines.tracking.tracker import TrialTracking
 from eval.metrics import is_number
 
 LOG = logging.getLogger(__name__)
@@ -16,15 +18,17 @@ LOG = logging.getLogger(__name__)
 class MlflowLive:
     """Rank 0 logs the training curve into the trial's child run (explicit run id)."""
 
-    def __init__(self, spec: dict | None):
+    def __init__(self, run: TrialTracking | None):
+        if run is not None and not isinstance(run, TrialTracking):  # a caller's bug, not a tracking failure
+            raise TypeError(f"MlflowLive takes a pipelines.tracking.tracker.TrialTracking or None, got {run!r}")
         self.client = None
         self.run_id = None
         self.logged_upto = 0
-        if not spec:
+        if run is None:
             return
         try:
-            self.client = mu.client(spec["tracking_uri"])
-            self.run_id = spec["run_id"]
+            self.client = mu.client(run.tracking_uri)
+            self.run_id = run.run_id
             hist = self.client.get_metric_history(self.run_id, "loss")
             self.logged_upto = max((m.step for m in hist), default=0)  # no duplicates after a restart
         except Exception as exc:  # tracking must never kill training

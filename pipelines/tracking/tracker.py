@@ -2,6 +2,8 @@
 
     SearchTracking   the ids a search's processes share: tracking URI, experiment, parent run (frozen,
                      picklable: the Tune driver hands it to every trial; <out>/mlflow.json holds the same)
+    TrialTracking    the one run a trial's rank-0 worker logs its live curve into (frozen, picklable: it
+                     crosses from the trial driver to the Ray Train workers inside the objective payload)
     Tracker          the lifecycle on those ids: the parent run started or resumed (`start`), one child run
                      per key (a Tune trial id, `baseline-<m>`, `final-eval`; found again, never duplicated),
                      each child and the parent ended FINISHED, FAILED or KILLED, the best child tagged.
@@ -55,6 +57,13 @@ class SearchTracking:
             return cls(str(data["tracking_uri"]), str(data["experiment_id"]), str(data["parent_run_id"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+@dataclass(frozen=True)
+class TrialTracking:
+    """The MLflow run a trial logs into (live training curve: pipelines.tracking.live_logging; final eval)."""
+    tracking_uri: str
+    run_id: str
 
 
 def _status(exc: BaseException) -> str:
@@ -121,9 +130,8 @@ class Tracker:
             return
         pid = self.ids.parent_run_id
         if best is not None:
-            self.client.set_tag(pid, "t2vu.best_trial", best[0])
+            self.set_tags(pid, {"t2vu.best_trial": best[0], **({"t2vu.best_run_id": best[1]} if best[1] else {})})
             if best[1]:
-                self.client.set_tag(pid, "t2vu.best_run_id", best[1])
                 self.tag_best(best[1], best[0])
         mu.log_metrics(self.client, pid, metrics or {})
         self.log_files(pid, files, artifact_path)
@@ -136,8 +144,8 @@ class Tracker:
         for run in self.children():
             if run.info.run_id != best_run_id and run.data.tags.get("best_trial") == "true":
                 c.delete_tag(run.info.run_id, "best_trial")
-        c.set_tag(best_run_id, "best_trial", "true")
-        c.set_tag(pid, "best_trial", best_trial_id or best_run_id)
+        self.set_tags(best_run_id, {"best_trial": "true"})
+        self.set_tags(pid, {"best_trial": best_trial_id or best_run_id})
 
     # --- child runs ---------------------------------------------------------------------------------
 
@@ -193,9 +201,7 @@ class Tracker:
         """End a child run: its tags, `metrics` (as `final/<name>` at `step`) and, on an error, `t2vu.error`."""
         if not self.on or run_id is None:
             return
-        all_tags = {**(tags or {}), **({"t2vu.error": _error_text(error)} if error is not None else {})}
-        for k, v in all_tags.items():
-            self.client.set_tag(run_id, k, v)
+        self.set_tags(run_id, {**(tags or {}), **({"t2vu.error": _error_text(error)} if error is not None else {})})
         if metrics:
             mu.log_metrics(self.client, run_id, {f"final/{k}": v for k, v in metrics.items()}, step=step)
         mu.finish(self.client, run_id, status)
@@ -204,6 +210,11 @@ class Tracker:
         return self.client.get_run(run_id).info.status
 
     # --- logging ------------------------------------------------------------------------------------
+
+    def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
+        """`tags` on a run (the parent: `tracker.parent`), in one request."""
+        if self.on and run_id is not None and tags:
+            mu.log_batch(self.client, run_id, tags=tags)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, Any], step: int = 0) -> None:
         if self.on and run_id is not None:

@@ -12,7 +12,6 @@ workers: typed, frozen and picklable.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,7 +84,7 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
     from pipelines.tracking.live_logging import MlflowLive
 
     obj = lc.objective
-    live = MlflowLive(dataclasses.asdict(obj.mlflow) if obj is not None and obj.mlflow is not None else None)
+    live = MlflowLive(obj.mlflow if obj is not None else None)
 
     def on_checkpoint(ev: CheckpointEvent) -> dict:
         live.log(ev.history)  # the curve since the last report (steps already logged are skipped)
