@@ -72,11 +72,15 @@ class SoftPromptAttack(Attack):
 
     def make(self, ctx, rows, base_context):
         basis = subspace_basis(ctx, rows) if self.options.get("subspace") else None
-        found = {pair: self._attack_pair(ctx, *pair, base_context, basis)
+        found = {pair: self.attack_pair(ctx, *pair, base_context, basis)
                  for pair in unique((r.prompt, r.benign) for r in rows)}
         return [Attacked(r.id, r.benign, *found[(r.prompt, r.benign)]) for r in rows]
 
-    def _attack_pair(self, ctx, concept: str, benign: str, base_context, basis) -> tuple[torch.Tensor, dict]:
+    def attack_pair(self, ctx, concept: str, benign: str, base_context, basis=None,
+                    warm: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """One (concept, benign) pair -> ([R, L, D] attacked embeddings, info). warm: a delta [L, D] restart 0 starts
+        from instead of 0 (projected onto the ball): a bank's previous round (unlearn.adversarial_bank) continues
+        its attack on the updated eraser instead of searching from scratch."""
         from unlearn.xt_sources import prompt_seed
 
         o = self.options
@@ -86,7 +90,8 @@ class SoftPromptAttack(Attack):
         out, infos = [], []
         for restart in range(int(o.get("restarts", 1))):
             pick = torch.Generator().manual_seed(prompt_seed(int(o["seed"]) + 1 + 1000 * restart, concept))
-            delta, info = self._optimise(ctx, e_b, x, t, targets, radius, basis, restart, pick)
+            delta, info = self._optimise(ctx, e_b, x, t, targets, radius, basis, restart, pick,
+                                         warm if restart == 0 else None)
             out.append((e_b + delta).float().cpu())
             infos.append(info)
         info = {"budget": float(o["budget"]), "radius": round(radius, 5), "restarts": len(out),
@@ -94,11 +99,14 @@ class SoftPromptAttack(Attack):
                 **{k: [i[k] for i in infos] for k in infos[0]}}
         return torch.stack(out), info
 
-    def _optimise(self, ctx, e_b, x, t, targets, radius: float, basis, restart: int, pick) -> tuple[torch.Tensor, dict]:
+    def _optimise(self, ctx, e_b, x, t, targets, radius: float, basis, restart: int, pick,
+                  warm=None) -> tuple[torch.Tensor, dict]:
         o, spec = self.options, ctx.spec
         shape = (basis.shape[0],) if basis is not None else tuple(e_b.shape)
         init = torch.zeros(shape, device=e_b.device)
-        if restart > 0:  # a random start inside the ball (half the radius): explores another basin
+        if warm is not None and basis is None:  # inside the ball: the previous round's delta, shrunk if it is longer
+            init = warm.to(e_b.device, torch.float32).reshape(shape) * min(1.0, radius / max(float(warm.norm()), 1e-12))
+        elif restart > 0:  # a random start inside the ball (half the radius): explores another basin
             g = torch.randn(shape, generator=pick).to(e_b.device)
             init = g * (0.5 * radius / float(g.norm()))
         param = init.clone().requires_grad_(True)
