@@ -82,3 +82,21 @@ def test_the_rule_catches_a_violation(tmp_path):
     (tmp_path / "unlearn" / "method.py").write_text("def f():\n    from pipelines.run_folder import pin_config\n")
     (tmp_path / "pipelines" / "run_folder.py").write_text("")
     assert _graph(tmp_path)["unlearn.method"] == {"pipelines.run_folder"}
+
+
+def test_the_architecture_doc_names_every_orchestration_module():
+    """docs/architecture.md's `pipelines/` tree stays the floor plan: every sub-package has its line and every
+    module is named on it (a subcommand by its command name), so a module added or moved without the doc fails."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    tree = doc.split("## `pipelines/` by job", 1)[1].split("## The data path", 1)[0]
+    lines = {ln.split()[1]: ln for ln in tree.splitlines() if ln.startswith(("├── ", "└── "))}
+    missing = []
+    for f in sorted((ROOT / "pipelines").rglob("*.py")):
+        rel = f.relative_to(ROOT / "pipelines")
+        if len(rel.parts) == 1:
+            continue
+        line = lines.get(f"{rel.parts[0]}/")
+        named = f.stem.replace("_", "-") if rel.parts[:2] == ("cli", "commands") else f.name
+        if line is None or (f.name != "__init__.py" and named not in line):
+            missing.append(str(rel))
+    assert not missing, "docs/architecture.md does not name: " + ", ".join(missing)
