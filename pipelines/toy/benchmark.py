@@ -130,7 +130,11 @@ TARGETS = {
 
 
 def _log(msg: str) -> None:
-    print(f"[toy-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """A progress line through the one console (stderr, or the terminal while library output is redirected):
+    stdout stays the table and the results."""
+    from pipelines.runtime.console import progress
+
+    progress(f"[toy-bench {time.strftime('%H:%M:%S')}] {msg}")
 
 
 # ----------------------------------------------------------------------------- configs
