@@ -269,9 +269,8 @@ def test_what_crosses_to_trials_and_workers_is_typed_frozen_and_pickles(tmp_path
     import pickle
 
     from pipelines.search.objective import objective_payload
-    from pipelines.tracking.tracker import TrialTracking
     from pipelines.search.trial import TrialContext
-    from pipelines.tracking.tracker import SearchTracking
+    from pipelines.tracking.tracker import SearchTracking, TrialTracking
     from pipelines.train.worker import LoopConfig
     from tests.fault_hooks import kill_worker_once
     from unlearn.loop import StepHook
