@@ -35,6 +35,10 @@ def schema_for(path: Path):
         from unlearn.gates import GateConfig
 
         return lambda p: GateConfig(**yaml.safe_load(Path(p).read_text())["gate"])
+    if top == "banks":  # a defence's bank section (unlearn/adversarial_bank.py), read by benchmarks/defence_bank.py
+        from pipelines.train.bank import load_bank_config
+
+        return lambda p: load_bank_config(p)[0]
     if top == "deepspeed":
         return lambda p: json.loads(Path(p).read_text())
     if top == "cluster":
@@ -65,8 +69,8 @@ def test_config_parses(path):
         cfg = load_attack_config(path)
     # Every value the file sets survives parsing: nothing dropped, renamed or defaulted over.
     data = yaml.safe_load(path.read_text()) or {}
-    if path.parent.name == "gates":
-        data = data["gate"]
+    if path.parent.name in ("gates", "banks"):
+        data = data[path.parent.name[:-1]]
     wrong = _not_kept(data, cfg.model_dump())
     assert not wrong, f"{path.name}: values lost in parsing: {wrong}"
 
