@@ -310,6 +310,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
     "memory_calibration_wan": ("memory_calibration_wan", memory_calibration),
     "memory_calibration_cogvideox": ("memory_calibration_cogvideox", memory_calibration),
+    "sp_memory_calibration": ("sp_memory_calibration", memory_calibration),  # benchmarks/sp_memory_check.py, SP 2
     "memory_plan_cogvideox": ("memory_plan_predictions", _plan_rows("cogvideox", True)),
     "memory_plan_wan": ("memory_plan_predictions", _plan_rows("wan", False)),
 }
