@@ -279,6 +279,7 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=pri
     from unlearn.loop import LocalStore, LoopPlan, StepHook, TrainingLoop
     from unlearn.trainer import torch_engine
 
+    t0 = time.perf_counter()
     bank = AdversarialBank()
     objective = BankObjective(session.objective, bank, cfg, session)
     record = {"settings": cfg.model_dump(mode="json"), "rounds": []}
@@ -300,4 +301,5 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=pri
     store.finish()
     store.remove()
     record["final_losses"] = result.last
+    record["seconds"] = round(time.perf_counter() - t0, 1)  # not in the file (written at the last step): returned
     return record
