@@ -25,6 +25,9 @@ Two halves, so planning stays model-free and workers get only picklable data:
   replaced by an attack's, eval.attacks, which the method's text side then acts on); `row_info()` -> what the row result records;
   `detach()` (remove hooks). Text embeddings go through the model spec (`spec.encode_prompts`), so no
   family is named here.
+- the text encoder: a method's fixed texts (`texts(options)`: negprompt's negative prompt, blocklist's replacement)
+  are filled into the text-embedding cache with the prompts, so its workers generate from cached embeddings and load
+  no T5; only a method that runs the encoder itself (`needs_text_encoder`: SAFREE) loads it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class MethodPlan:
     @property
     def makes_video(self) -> bool:
         return METHODS[self.name].makes_video
+
+    def texts(self) -> list[str]:
+        """The fixed texts the method's videos encode (`EvalMethod.texts`)."""
+        return METHODS[self.name].texts(self.options)
 
     def fingerprint(self) -> list:
         """What changes the method's videos (the eraser's weights are fingerprinted by their sha256)."""
@@ -110,9 +117,19 @@ class EvalMethod:
 
     name: ClassVar[str] = ""
     makes_video: ClassVar[bool] = True
+    # True: the method runs the text encoder itself (not only on whole texts), so no text-embedding cache can
+    # stand in for it and its workers load T5 (issue 22; `t2vu plan --mode tune` counts that load)
+    needs_text_encoder: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]):
         self.options = dict(options)
+
+    @classmethod
+    def texts(cls, options: dict[str, Any]) -> list[str]:
+        """The fixed texts its videos encode besides each row's prompt and generation.negative_prompt (a negative
+        prompt or replacement of its own): filled into the text-embedding cache with the prompts (eval.text_cache),
+        so a worker whose cache holds them all loads no text encoder."""
+        return []
 
     def attach(self, pipe, model_path: str | Path, gen) -> None:
         """Prepare on a loaded pipeline (once per worker)."""
@@ -179,12 +196,24 @@ class EraserMethod(EvalMethod):
 class NegPromptMethod(EvalMethod):
     name = "negprompt"
 
+    @classmethod
+    def texts(cls, options):
+        return [options["negative_prompt"]]
+
     def text_kwargs(self, prompt: str, embeds=None) -> dict[str, Any]:
         return {**super().text_kwargs(prompt, embeds), "negative_prompt": self.options["negative_prompt"]}
 
 
 class SafreeMethod(EvalMethod):
     name = "safree"
+    # Its token selection encodes each prompt once per token with that token's id replaced by the pad id (edited
+    # token ids, not texts: nothing a text cache holds), so a SAFREE eval loads T5 (T5-XXL: ~9.5 GB in bf16) on each
+    # of its workers: once per search, as a baseline. Its base videos and negative prompt still come from the cache.
+    needs_text_encoder = True
+
+    @classmethod
+    def texts(cls, options):
+        return [options["negative_prompt"]] if options.get("negative_prompt") is not None else []
 
     def __init__(self, options):
         super().__init__(options)
@@ -220,6 +249,10 @@ class BlocklistMethod(EvalMethod):
     prompt of an embedding attack), so it passes when that text names no concept word."""
 
     name = "blocklist"
+
+    @classmethod
+    def texts(cls, options):
+        return [options["replacement"]]
 
     def __init__(self, options):
         import re

@@ -290,7 +290,7 @@ def worker_spec(plan: EvalPlan) -> WorkerSpec:
         base_cache_dir=str(cfg.resolve_path(cfg.runtime.base_cache_dir).resolve()) if cfg.runtime.base_cache_dir else None,
         checks=cfg.checks.frame_checks(), method=plan.method.as_dict(),
         text_cache=text_cache_root(str(plan.model_path), cfg.model.dtype, cfg.generation.model_dump(mode="json"),
-                                   [r.prompt for r in plan.rows]),  # all cached: no text encoder in the workers
+                                   [*(r.prompt for r in plan.rows), *plan.method.texts()]),  # all cached: no T5
     )
 
 

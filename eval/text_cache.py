@@ -4,7 +4,8 @@ Why: an eval worker loads no text encoder when the default embedding cache holds
 negative prompt (`eval.workers.text_cache_root`); nothing fills it with eval prompts by itself, so every eval of a
 search loaded T5-XXL (~9 GB read, held on each GPU) to encode the same few prompts again. A search driver calls
 `fill_eval_text_cache` once before its trials, with every eval it will run (trials' final evals, proxies, baselines):
-the text encoder loads there once per cache key and never in an eval worker.
+the text encoder loads there once per cache key and never in an eval worker (but SAFREE's, which runs the encoder on
+token-edited prompts: eval.methods `needs_text_encoder`).
 
     stats = fill_eval_text_cache([(ecfg, limit), ...], cwd)   # {"prompts", "encoded", "encoder_loads"}
 
@@ -22,13 +23,15 @@ from pathlib import Path
 
 
 def eval_prompts(ecfg, limit: int | None) -> tuple[str, str, dict, list[str]]:
-    """(model path, dtype, generation, prompts + negative prompt) of one eval as it would be planned."""
+    """(model path, dtype, generation, texts) of one eval as it would be planned: its prompts, its method's own texts
+    (a negprompt's negative prompt, a blocklist's replacement: eval.methods `texts`) and the negative prompt."""
     from eval.planning import plan_eval
 
     with tempfile.TemporaryDirectory() as tmp:  # planning writes nothing; an output folder is still asked for
         plan = plan_eval(ecfg, Path(tmp) / "plan", limit=limit)
     gen = ecfg.generation.model_dump(mode="json")
-    return str(plan.model_path), ecfg.model.dtype, gen, [*(r.prompt for r in plan.rows), gen.get("negative_prompt") or ""]
+    texts = [*(r.prompt for r in plan.rows), *plan.method.texts(), gen.get("negative_prompt") or ""]
+    return str(plan.model_path), ecfg.model.dtype, gen, texts
 
 
 def fill_eval_text_cache(evals: list[tuple], cwd: str | None = None) -> dict[str, int]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.methods import METHODS
 from eval.scoring import SCORER_DIED, Consumer, ScorerSpec, VideoJob
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,10 @@ class WorkerSpec:
     checks: dict | None = None
     # eval.methods.MethodPlan.as_dict(): what makes the "erased" video. None = the eraser when set, else none.
     method: dict | None = None
-    # The text-embedding cache root (unlearn.embedding_cache) when it holds every prompt of the eval and the negative
-    # prompt (`text_cache_root`): the pipeline loads no text encoder (T5-XXL: ~9 GB read and held per worker) and
-    # generates from the cached embeddings. Methods with a text side of their own (negprompt, safree, blocklist) keep it.
+    # The text-embedding cache root (unlearn.embedding_cache) when it holds every prompt of the eval, the negative
+    # prompt and the method's own texts (`text_cache_root`): the pipeline loads no text encoder (T5-XXL: ~9 GB read
+    # and held per worker) and generates from the cached embeddings. A method that runs the encoder itself (SAFREE:
+    # eval.methods `needs_text_encoder`) loads it too, but the pipeline's own text side still comes from the cache.
     text_cache: str | None = None
 
 
@@ -56,7 +58,8 @@ def method_plan(spec: WorkerSpec) -> dict:
 
 
 POOL_FIELDS = ("model_path", "dtype", "device", "use_gpu", "generation", "torch_threads", "quiet")
-TEXT_FREE_METHODS = ("none", "eraser")  # methods whose videos need no text encoder beyond the prompt's embedding
+# methods whose videos need no text encoder where the cache holds their texts (all but SAFREE; eval.methods)
+TEXT_FREE_METHODS = tuple(name for name, m in METHODS.items() if not m.needs_text_encoder)
 
 
 def pool_key(spec: WorkerSpec) -> str:
@@ -64,11 +67,14 @@ def pool_key(spec: WorkerSpec) -> str:
     worker swaps per eval): specs with one key can share a worker's pipeline."""
     from eval.writer import digest
 
-    return digest({**{k: getattr(spec, k) for k in POOL_FIELDS}, "text_cache": uses_text_cache(spec)}, n=16)
+    return digest({**{k: getattr(spec, k) for k in POOL_FIELDS}, "text_cache": spec.text_cache,
+                   "text_encoder": loads_text_encoder(spec)}, n=16)
 
 
-def uses_text_cache(spec: WorkerSpec) -> str | None:
-    return spec.text_cache if spec.text_cache and method_plan(spec)["name"] in TEXT_FREE_METHODS else None
+def loads_text_encoder(spec: WorkerSpec) -> bool:
+    """Whether the worker's pipeline loads the text encoder: some text is not cached, or the method runs the encoder
+    itself (SAFREE; eval.methods `needs_text_encoder`)."""
+    return not spec.text_cache or METHODS[method_plan(spec)["name"]].needs_text_encoder
 
 
 def open_text_cache(model_path: str, dtype: str, generation: dict, root: str):
@@ -82,8 +88,9 @@ def open_text_cache(model_path: str, dtype: str, generation: dict, root: str):
 
 
 def text_cache_root(model_path: str, dtype: str, generation: dict, prompts: list[str]) -> str | None:
-    """The default embedding cache's root when it holds every one of `prompts` and the negative prompt, else None
-    (nothing is encoded here: the cache is filled by training or a search driver, `EmbeddingCache.fill`)."""
+    """The default embedding cache's root when it holds every one of `prompts` (the rows' and the method's texts) and
+    the negative prompt, else None (nothing is encoded here: the cache is filled by training or a search driver,
+    `EmbeddingCache.fill`)."""
     from unlearn.models.registry import cache_root
 
     root = str(cache_root() / "embeddings")
@@ -146,10 +153,10 @@ class EvalWorker:
         self.device = pick_device(spec.device, spec.use_gpu)
         if transformer is not None:
             self.device = str(next(transformer.parameters()).device)
-        root = uses_text_cache(spec)
+        root = spec.text_cache
         self.text = open_text_cache(spec.model_path, spec.dtype, spec.generation, root) if root else None
         self.pipe = load_eval_pipeline(spec.model_path, spec.dtype, self.device, self.gen, transformer=transformer,
-                                       text_encoder=self.text is None)
+                                       text_encoder=loads_text_encoder(spec))
         from eval.methods import build_method
 
         self.method = build_method(method_plan(spec))
@@ -220,15 +227,23 @@ class EvalWorker:
         from eval.generate import generate_video, to_uint8
         from eval.quality import video_quality
 
-        if self.text is not None and (text or {}).get("prompt_embeds") is None:  # the cached embeddings, as T5 makes them
-            dt, neg = self.pipe.transformer.dtype, self.gen.negative_prompt or ""
-            emb = self.text.get([row["prompt"], neg]).to(self.pipe.device, dt)
-            text = {**(text or {}), "prompt_embeds": emb[:1], "negative_prompt_embeds": emb[1:]}
+        if self.text is not None:
+            text = self._cached_text(row["prompt"], text)
         frames = generate_video(self.pipe, row["prompt"], row["seed"], self.gen, row.get("row_guidance"), text=text)
         quality = video_quality(frames, self.checks)
         if quality["nonfinite_values"]:  # a defined conversion (NaN -> 0) for the files and the classifier
             frames = np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
         return to_uint8(frames), quality
+
+    def _cached_text(self, prompt: str, text: dict | None) -> dict:
+        """The call's text side with every text the pipeline would encode (the prompt or a method's replacement, the
+        negative prompt or a method's) replaced by its cached embedding, as T5 makes it: no text encoder is needed."""
+        call = {"prompt": prompt, "negative_prompt": self.gen.negative_prompt, **(text or {})}
+        need = [k for k in ("prompt", "negative_prompt") if call.get(f"{k}_embeds") is None]
+        if need:
+            emb = self.text.get([call[k] or "" for k in need]).to(self.pipe.device, self.pipe.transformer.dtype)
+            call.update({f"{k}_embeds": emb[i:i + 1] for i, k in enumerate(need)})
+        return call
 
     def _video(self, row: dict, erased: bool) -> tuple[np.ndarray, dict]:
         from eval.quality import video_quality

@@ -116,13 +116,14 @@ def test_plan_prints_the_search_cost_of_the_shipped_gpu_search(capsys):
     asha = _plan(capsys, "--set", "search.algorithm=asha")  # ASHA reads proxies: 4 a trial (steps 100..400)
     assert asha["per_trial"]["proxy_evals"] == 4 and asha["parts_gpu_hours"]["proxy_evals"] > 0
     assert asha["proxy_note"] is None and c["proxy_note"].startswith("proxy evals skipped")
-    # issue 22: T5 is encoded once (the text-cache fill), not per video, and no eval but the text-side baselines
-    # (negprompt, safree) loads it; the 8 GPUs hold 2 trials x 4 workers, so the eval pool is off (no GPU to spare)
+    # issue 22: T5 is encoded once (the text-cache fill), not per video, and no eval but the SAFREE baseline (it
+    # encodes token-edited prompts) loads it; the 8 GPUs hold 2 trials x 4 workers, so the eval pool is off
     ld, t5 = c["pipeline_loads"], c["pipeline_loads"]["gb_text_encoder"]
     assert ld["pooled"] is False and t5 > 9
-    assert ld["gb_read_before"] - ld["gb_read"] == pytest.approx(16 * 4 * t5, rel=2e-3)  # 16 trials x 4 actors
+    # 16 trials x 4 actors, + the negprompt baseline's 4 (its negative prompt is cached too)
+    assert ld["gb_read_before"] - ld["gb_read"] == pytest.approx((16 * 4 + 4) * t5, rel=2e-3)
     assert asha["pipeline_loads"]["gb_read_before"] - asha["pipeline_loads"]["gb_read"] == pytest.approx(
-        (16 * 4 + 16 * 4) * t5, rel=2e-3)  # + 4 proxies a trial, each with T5 beside the training backbone before
+        (16 * 4 + 4 + 16 * 4) * t5, rel=2e-3)  # + 4 proxies a trial, each with T5 beside the training backbone before
 
 
 def test_bad_assumptions_are_one_line_errors(capsys):

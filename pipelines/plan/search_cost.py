@@ -16,11 +16,12 @@ to every FLOP executed, gradient-checkpointing recompute included. The parts:
 - text cache: every eval prompt encoded once, before the trials (eval.text_cache; counted at the GPU rate, an
   upper bound: the search driver encodes them wherever it runs).
 A video = sampler steps x (2 rows with CFG) transformer forwards + a VAE decode (estimate), + the prompts' text
-encoding only for methods with a text side of their own (the negprompt/safree baselines): every other eval
-generates from the cached embeddings and loads no text encoder. `pipeline_loads`: what the evals read from
-storage (transformer + VAE, + T5 where a method needs it), once per pooled actor per search where the search's eval
-pool fits beside its trials (pipelines.search.eval_pool; on the modelled cluster, conc x workers GPUs, it does not:
-every final eval loads its own), next to the reads before the text cache and the pool (`gb_read_before`).
+encoding only for methods that run the text encoder themselves (a SAFREE baseline: eval.methods
+`needs_text_encoder`): every other eval, negprompt's included, generates from the cached embeddings and loads no
+text encoder. `pipeline_loads`: what the evals read from storage (transformer + VAE, + T5 where a method needs it),
+once per pooled actor per search where the search's eval pool fits beside its trials (pipelines.search.eval_pool;
+then the baselines without T5 run on the pool's actors too; on the modelled cluster, conc x workers GPUs, it does
+not fit: every final eval loads its own), next to the reads before the text cache and the pool (`gb_read_before`).
 Not modelled: the loads' time, checkpoint writes, NudeNet scoring (CPU), Ray start-up, ASHA's early stops (every
 trial is counted to its last step: an upper bound for ASHA); wall time assumes `max_concurrent_trials` trials in waves.
 """
@@ -61,7 +62,9 @@ def pipeline_loads(cfg, arch, runtime, *, dtype: str, trials: int, proxies: int,
     pipe, t5, actors = gb["transformer"] + gb["vae"], gb["text_encoder"], runtime.num_actors
     pooled = pool_off_reason(cfg, runtime, {"GPU": float(gpus), "CPU": math.inf}) is None
     finals = (1 if pooled else trials) * actors * pipe
-    base = sum(actors * (pipe + (t5 if b not in TEXT_FREE_METHODS else 0.0)) for b in baselines)
+    # a baseline without T5 has the final evals' pipeline: a pool's actors serve it with no load of its own
+    base = sum(actors * (pipe + t5) if b not in TEXT_FREE_METHODS else 0.0 if pooled else actors * pipe
+               for b in baselines)
     now = finals + base + trials * proxies * gb["vae"]
     before = (trials + len(baselines)) * actors * (pipe + t5) + trials * proxies * (gb["vae"] + t5)
     return {"pooled": pooled, "gb_read": round(now, 1), "gb_read_before": round(before, 1),
@@ -114,10 +117,12 @@ def _rows(ecfg, limit: int | None, toy) -> int | None:
 
 
 def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK_TFLOPS,
-                proxy_every: int | None | bool = True) -> dict:
+                proxy_every: int | None | bool = True, gpus: int | None = None) -> dict:
     """The search's modelled cost (GPU-hours and wall hours per part). `proxy_every=True`: as the search
     schedules proxies (`SearchConfig.proxy_every`); an int or None models another choice (e.g. the
-    configured `proxy.every` as if a scheduler read it)."""
+    configured `proxy.every` as if a scheduler read it). `gpus`: the cluster's GPUs (default: what the concurrent
+    trials use; more leave room for the search's eval pool, `pipeline_loads`); `gpu_hours_held` = gpus x wall, what
+    a cluster reserved for the search holds, busy or idle."""
     from pipelines.search.objective import PROXY_EVAL_OVERRIDES, resolve_eval_config
 
     if not 0 < mfu <= 1:
@@ -163,7 +168,9 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
     from eval.workers import TEXT_FREE_METHODS
 
     methods = [b.name for b in s.objective.baselines]
-    text_video = F.text_encoder_flops(params_te, arch.text_len, 2 if ecfg.generation.guidance_scale > 1 else 1) / rate
+    # a method that runs T5 itself (SAFREE) encodes the prompt, the negative prompt and, for its token selection, the
+    # prompt once per token with that token masked (eval.safree): at most text_len more rows, counted in full (a bound)
+    text_video = F.text_encoder_flops(params_te, arch.text_len, 2 + arch.text_len) / rate
     baseline_videos = sum(final_video + (text_video if b not in TEXT_FREE_METHODS else 0.0) for b in methods)
     fill_s = F.text_encoder_flops(params_te, arch.text_len, final_rows + 1) / rate  # + the negative prompt
     per_trial_wall = {"training": train_wall, "proxy_evals": proxies * proxy_rows * proxy_video,
@@ -186,16 +193,18 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
         "text_cache": fill_s,
     }
     final_runtime = ecfg.with_overrides({"runtime.num_actors": workers, "runtime.use_gpu": True}).runtime
-    loads = pipeline_loads(cfg, arch, final_runtime, dtype=ecfg.model.dtype, trials=n, proxies=proxies, baselines=methods, gpus=conc * workers)
+    gpus = conc * workers if gpus is None else gpus
+    loads = pipeline_loads(cfg, arch, final_runtime, dtype=ecfg.model.dtype, trials=n, proxies=proxies, baselines=methods, gpus=gpus)
     total_gpu_h = sum(gpu_s.values()) / 3600
     return {
         "gpu_hours": round(total_gpu_h, 2),
         "wall_hours": round(sum(wall_s.values()) / 3600, 2),
+        "gpu_hours_held": round(gpus * sum(wall_s.values()) / 3600, 2),
         "parts_gpu_hours": {k: round(gpu_s[k] / 3600, 2) for k in PARTS},
         "parts_share": {k: round(gpu_s[k] / 3600 / total_gpu_h, 3) for k in PARTS},
         "parts_wall_hours": {k: round(wall_s[k] / 3600, 2) for k in PARTS},
         "assumptions": {"mfu": mfu, "gpu_peak_tflops": peak_tflops, "capture_fp32_slowdown": round(FP32_SLOWDOWN, 2)},
-        "cluster": {"trials": n, "concurrent_trials": conc, "workers_per_trial": workers, "gpus": conc * workers},
+        "cluster": {"trials": n, "concurrent_trials": conc, "workers_per_trial": workers, "gpus": gpus},
         "per_trial": {"steps": m.train.steps, "step_tflop_per_worker": round(sum(step.values()) / 1e12, 1),
                       "step_tflop_parts": {k: round(v / 1e12, 2) for k, v in step.items()},
                       "training_hours": round(train_wall / 3600, 3), "proxy_evals": proxies,
