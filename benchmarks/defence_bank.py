@@ -40,52 +40,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.defence_gate import ATTACK_CFG, OVERRIDES, verdicts
-    from eval.attacks.runner import plan_attacks, run_attacks
-    from pipelines.cli.commands.attack import results_figures
-    from pipelines.config.attack import load_attack_config, load_harness_eval_config
-    from pipelines.runtime.results_file import write_results
+    from benchmarks.defence_common import attack_and_write
     from pipelines.train.bank import load_bank_config, train_bank
     from unlearn.config import ConfigError
     from unlearn.eraser import read_eraser
 
     banked = Path(args.banked) / "eraser"
+    seconds_file = Path(args.banked) / "bank_seconds.txt"  # the training's wall time, for a later resume
     try:
         cfg, recipe = load_bank_config(args.bank, args.bank_overrides)
-        seconds_file = Path(args.banked) / "bank_seconds.txt"  # the training's wall time, for a later resume
         if not args.plan and (args.retrain or not (banked / "eraser.safetensors").is_file()):
             print(f"bank-then-erase -> {banked}", file=sys.stderr, flush=True)
             torch.set_num_threads(1)
             t0 = time.perf_counter()
             train_bank(cfg, recipe, args.eraser, args.banked, log=lambda m: print(m, file=sys.stderr, flush=True))
             seconds_file.write_text(f"{time.perf_counter() - t0:.1f}\n")
-        train_s = float(seconds_file.read_text()) if seconds_file.is_file() else None
         trained = (banked / "eraser.safetensors").is_file()  # --plan before training: the eraser's cells only
         record = read_eraser(banked).meta.extra.get("bank", {}) if trained else {}
-        methods = (f"methods=[{{name: eraser, eraser: {args.eraser}}}"
-                   + (f", {{name: eraser, label: eraser-bank, eraser: {banked}}}]" if trained else "]"))
-        acfg = load_attack_config(ATTACK_CFG, [*OVERRIDES, methods, *args.overrides])
-        eval_cfg = load_harness_eval_config(acfg)
-        plan = plan_attacks(acfg, eval_cfg, args.output)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.plan:
-        for c in plan.cells:
-            print(f"{c.method:>12} {c.name:<16} {len(c.todo)}/{len(c.rows)} to do")
-        return 0
-    summary = run_attacks(acfg, eval_cfg, args.output, plan=plan)
-    figures = {**results_figures(summary), "bank_training": {"rounds": record.get("rounds"),
-                                                             "final_losses": record.get("final_losses")},
-               "targets": verdicts(summary)}
-    rows = len(plan.cells[0].rows)
-    settings = {"attack": {k: v for k, v in acfg.to_dict().items() if k not in ("config_dir", "mlflow")},
-                "rows": rows, "bank": record.get("settings"),
-                "note": f"{rows} attacked rows per cell (issue 25 asks >= 128): a small-sample check"}
-    write_results(args.results_file, figures, settings=settings,
-                  timings={"wall_seconds": summary.get("wall_seconds"), "bank_training_seconds": train_s})
-    print(figures["targets"])
-    return 0
+    train_s = float(seconds_file.read_text()) if seconds_file.is_file() else None
+    return attack_and_write(args, f"{{name: eraser, label: eraser-bank, eraser: {banked}}}" if trained else None,
+                            {"bank_training": {k: record.get(k) for k in ("rounds", "final_losses")}},
+                            {"bank": record.get("settings")}, {"bank_training_seconds": train_s})
 
 
 if __name__ == "__main__":
