@@ -1,25 +1,25 @@
 """The content gate (issue 25, unlearn/gates.py) on the toy CogVideoX world, attacked adaptively.
 
-1. Trains the gate's probe on base-model trajectories (configs/gates/toy.yaml) and writes the gated eraser
-   (the recipe eraser + `gate.*` tensors, extra.gate) to --gated.
-2. Runs the attack benchmark (eval.attacks.runner, what `t2vu attack` runs) on the settings of
-   benchmarks/results/robustness_toy.json (16 rows of toy_prompts_small.csv, 32 preserve rows, discrete 20 steps,
-   soft prompt 180 steps x 2 restarts) with two methods: the eraser alone and the gated eraser. White-box attacks
-   optimise against the gated model through the gate (its hook is on the transformer every attack calls);
-   the gate has no randomised part, so one seed per row is the adaptive attack.
-3. Writes --results-file: the runner's figures plus the gate's training record and each target met or missed
+1. Runs the attack benchmark (eval.attacks.runner, what `t2vu attack` runs) on the settings of
+   benchmarks/results/robustness_toy.json (toy_prompts_small.csv, 32 preserve rows, discrete 20 steps, soft prompt
+   180 steps x 2 restarts) with two methods: the recipe eraser alone and the same eraser with the `gate:` of
+   --gate (configs/gates/toy.yaml). The runner trains the gate's probe on the base model and writes the gated
+   eraser to <output>/gates/eraser-gate/eraser (eval.attacks.gating); white-box attacks optimise against the gated
+   model through the gate (its hook is on the transformer every attack calls); the gate has no randomised part,
+   so one seed per row is the adaptive attack.
+2. Writes --results-file: the runner's figures plus the gate's training record and each target met or missed
    (soft prompt 0.5x, inversion, discrete <= 0.10 above floor; other attacks <= 0.05; preservation >= 0.98x base).
 
-    nice -n 5 python benchmarks/defence_gate.py                 # 16 rows: ~1 h on 2 idle CPU cores (hours when shared)
-    nice -n 5 python benchmarks/defence_gate.py --set 'softprompt.budgets=[0.5]' --set prompts.limit=6   # what was run
-    nice -n 5 python benchmarks/defence_gate.py --plan          # what is still to do (resumes like t2vu attack)
+    nice -n 5 python benchmarks/defence_gate.py --set prompts.limit=16     # what was run (resumes like t2vu attack)
+    nice -n 5 python benchmarks/defence_gate.py --plan                     # what is still to do
+    nice -n 5 python benchmarks/defence_gate.py --set gate.threshold=-1    # other inference settings: no retraining
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,46 +31,6 @@ OVERRIDES = ["prompts.path=toy_prompts_small.csv", "preserve.limit=32", "discret
 TARGETS = {"softprompt-0.5x": 0.10, "inversion": 0.10, "discrete": 0.10}  # issue 25; every other attack <= 0.05
 REPORT_ONLY = {"softprompt-1x"}  # the stress test: reported, no target (the 1x ball holds the red prompt itself)
 PRESERVE_RATIO = {"nontarget_acc": 0.98, "anchors_nontarget_acc": 0.98, "shape_acc": 0.9}
-
-
-def train_gate(gate_cfg_path: Path, eraser_dir: Path, out_dir: Path) -> dict:
-    """Probe trained on the base model (erasers off); the gated eraser written to out_dir. Returns its record."""
-    import torch
-    from pydantic import ValidationError
-
-    from eval.attacks.base import AttackContext
-    from eval.config import load_eval_config
-    from eval.generate import load_eval_pipeline
-    from eval.planning import resolve_model
-    from unlearn.config import ConfigError, read_yaml
-    from unlearn.eraser import load_eraser, save_eraser
-    from unlearn.gates import GateConfig, build_gate
-    from unlearn.models.families import family_of_model_dir, spec_class
-
-    raw = read_yaml(gate_cfg_path)
-    try:
-        cfg = GateConfig(**(raw or {}).get("gate", {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{gate_cfg_path}: gate.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    if cfg.name == "none":
-        raise ConfigError(f"{gate_cfg_path}: gate.name none trains nothing; set gate.name: content")
-    torch.set_num_threads(1)
-    ecfg = load_eval_config(REPO / "configs" / "eval" / "toy.yaml")
-    model = resolve_model(ecfg)
-    pipe = load_eval_pipeline(model, "float32", "cpu", ecfg.generation)
-    ctx = AttackContext(pipe, spec_class(family_of_model_dir(model)), ecfg.generation,
-                        ecfg.generation.max_sequence_length)
-    handle = load_eraser(pipe, eraser_dir)
-    t0 = time.perf_counter()
-    gate, record = build_gate(cfg, ctx.spec, ctx.encode, ctx.latent_shape(), handle.disabled)
-    record["seconds"] = round(time.perf_counter() - t0, 1)
-    es = handle.eraser_set
-    handle.remove()
-    es.gate = gate
-    es.meta.extra = {**es.meta.extra, "gate": gate.settings, "gate_training": record}
-    save_eraser(es, out_dir)
-    return record
 
 
 def verdicts(summary: dict) -> dict:
@@ -94,49 +54,38 @@ def verdicts(summary: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gate", default=str(REPO / "configs" / "gates" / "toy.yaml"))
+    p.add_argument("--gate", default=str(REPO / "configs" / "gates" / "toy.yaml"), help="a YAML file with a gate: section")
     p.add_argument("--eraser", default="runs/toy-red/eraser")
-    p.add_argument("--gated", default="runs/toy-red-gate/eraser")
     p.add_argument("--output", default="runs/attack-toy-gate")
     p.add_argument("--results-file", default=str(REPO / "benchmarks" / "results" / "robustness_toy_gate.json"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="more attack-config overrides")
-    p.add_argument("--retrain", action="store_true", help="train the gate again even when --gated exists")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="more attack-config overrides; gate.KEY=VALUE sets a key of the gate section")
     p.add_argument("--plan", action="store_true", help="print the cells still to do and exit")
     args = p.parse_args(argv)
 
-    from eval.attacks.runner import plan_attacks, run_attacks
-    from pipelines.cli.commands.attack import results_figures
-    from pipelines.config.attack import load_attack_config, load_harness_eval_config
-    from pipelines.runtime.results_file import write_results
-    from unlearn.config import ConfigError
+    from benchmarks.defence_common import attack_and_write
+    from eval.attacks.gating import gated_dir
+    from unlearn.config import ConfigError, apply_overrides, read_yaml
     from unlearn.eraser import read_eraser
 
+    gate_sets = [o.removeprefix("gate.") for o in args.overrides if o.startswith("gate.")]
+    args.overrides = [o for o in args.overrides if not o.startswith("gate.")]
     try:
-        gated = Path(args.gated)
-        if args.retrain or not (gated / "eraser.safetensors").is_file():
-            print(f"training the gate -> {gated}", file=sys.stderr, flush=True)
-            train_gate(Path(args.gate), Path(args.eraser), gated)
-        record = read_eraser(gated).meta.extra.get("gate_training", {})
-        methods = (f"methods=[{{name: eraser, eraser: {args.eraser}}}, "
-                   f"{{name: eraser, label: eraser-gate, eraser: {args.gated}}}]")
-        cfg = load_attack_config(ATTACK_CFG, [*OVERRIDES, methods, *args.overrides])
-        eval_cfg = load_harness_eval_config(cfg)
-        plan = plan_attacks(cfg, eval_cfg, args.output)
+        section = (read_yaml(args.gate) or {}).get("gate")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{args.gate}: no `gate:` section")
+        apply_overrides(section, gate_sets)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.plan:
-        for c in plan.cells:
-            print(f"{c.method:>12} {c.name:<16} {len(c.todo)}/{len(c.rows)} to do")
-        return 0
-    summary = run_attacks(cfg, eval_cfg, args.output, plan=plan)
-    figures = {**results_figures(summary), "gate_training": record, "targets": verdicts(summary)}
-    settings = {"attack": {k: v for k, v in cfg.to_dict().items() if k not in ("config_dir", "mlflow")},
-                "rows": len(plan.cells[0].rows), "gate": read_eraser(gated).meta.extra.get("gate"),
-                "note": f"{len(plan.cells[0].rows)} attacked rows per cell (issue 25 asks >= 128): a small-sample check"}
-    write_results(args.results_file, figures, settings=settings, timings={"wall_seconds": summary.get("wall_seconds")})
-    print(figures["targets"])
-    return 0
+    gated = gated_dir(Path(args.output), "eraser-gate")  # the runner trains the probe and writes it there
+
+    def gate_record() -> dict:
+        return read_eraser(gated).meta.extra if (gated / "eraser_config.json").is_file() else {}
+
+    defended = f"{{name: eraser, label: eraser-gate, eraser: {args.eraser}, gate: {json.dumps(section)}}}"
+    return attack_and_write(args, defended, lambda: {"gate_training": gate_record().get("gate_training", {})},
+                            lambda: {"gate": gate_record().get("gate")})
 
 
 if __name__ == "__main__":

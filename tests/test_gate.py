@@ -124,7 +124,7 @@ def test_trained_probe_reads_red_from_content_not_text(toy):
     """~25 s: the probe trained on 4 red and 4 other base trajectories (gate 0.5 at logit 0); on held-out prompts' late states the gate
     is ~1 on red content and ~0 elsewhere; on a red state it follows what the prediction draws: ~1 under the empty
     text (CFG's other branch), ~0 where the text still repaints it green (the toy recolours at step 14 of 20)."""
-    from unlearn.gates import build_gate
+    from unlearn.gate_training import build_gate
 
     ctx = toy["ctx"]
     gate, record = build_gate(_gate_cfg(threshold=0.0), ctx.spec, ctx.encode, ctx.latent_shape(), torch.no_grad)

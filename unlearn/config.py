@@ -14,39 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from unlearn.yaml_load import read_yaml  # noqa: F401 - where the config readers import it from
 from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
-
-
-class Strict(BaseModel):
-    # unknown keys are errors (a misspelt key must not train on a default); inf/nan are refused
-    # (YAML reads 1e400 as inf: a learning rate of inf trains to NaN instead of failing here)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _a_bool_is_not_a_number(cls, value, info):
-        # pydantic's lax mode reads `true` as 1 for an int field: `--set train.steps=true` trained one step
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            kinds = _leaf_types(cls.model_fields[info.field_name].annotation)
-            if kinds and kinds <= {int, float, type(None)}:
-                raise ValueError(f"expected a number, got {str(value).lower()} (true/false is not a number)")
-        return value
-
-
-def _leaf_types(annotation) -> set:
-    """The plain types a field annotation is made of (`int | None` -> {int, NoneType}); empty when any part is
-    something else (Literal, a model, Any), so the bool check above applies only to plain number fields."""
-    import typing
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        parts = [_leaf_types(a) for a in args]
-        return set().union(*parts) if all(parts) else set()
-    if typing.get_origin(annotation) is typing.Annotated:
-        return _leaf_types(args[0])
-    return {annotation} if annotation in (int, float, type(None)) else set()
+from unlearn.gate_config import GateConfig
+from unlearn.strict import Strict  # noqa: F401 - where the config sections import it from
 
 
 def path_component(value: str, field: str) -> str:
@@ -277,6 +250,18 @@ class EraserTrainingConfig(Strict):
         "Loss weights, guidance strength, mask and adversarial training."))
     train: TrainConfig = Field(default_factory=TrainConfig, description=(
         "Optimiser, steps, x_t source, device and checkpoints."))
+    gate: GateConfig | None = Field(None, description=(
+        "A content gate trained after the eraser and saved in its file (unlearn.gates, issue 25): a probe on the "
+        "model's own predicted x0 scales a correction away from the concept whatever the text says. null = none."))
+
+    @model_validator(mode="after")
+    def _gate_defaults(self):
+        # the gate's prompts default to the concept section's: an empty default fails here, not after training
+        for key, default, name in (("toward_prompts", self.concept.anchors, "concept.anchors"),
+                                   ("negative", [p for p in self.concept.preserve if p], "concept.preserve")):
+            if self.gate is not None and self.gate.name != "none" and getattr(self.gate, key) is None and not default:
+                raise ValueError(f"gate.{key} is not set and {name} (its default) is empty: list the prompts")
+        return self
 
 
 
@@ -308,7 +293,10 @@ def load_eraser_training_config(path: str | Path) -> EraserTrainingConfig:
 
 def config_digest(cfg: BaseModel) -> str:
     """Stable short hash of a resolved config (stored in eraser files)."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    data = cfg.model_dump(mode="json")
+    if "gate" in data and data["gate"] is None:  # no gate: the digest erasers had before the key (resumes keep working)
+        del data["gate"]
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -3,9 +3,10 @@
 The diagnosis of issue 25: a trained eraser fires on what the TEXT says; the soft-prompt attack moves the text so
 it no longer fires while the backbone still draws the concept. The gate reads the concept from what the model is
 about to draw instead: at every transformer call it turns the call's own prediction into the predicted clean
-latent x0_hat (v-prediction: x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v), scores it with a tiny probe (an MLP per
-latent position, soft-max pooled over positions: "the concept is somewhere in the video"), and adds a negatively
-guided correction scaled by the gate g in [0, 1]:
+latent x0_hat (CogVideoX, v-prediction: x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v; Wan, flow matching with
+x_t = (1 - s) x0 + s eps and v = eps - x0: x0_hat = x_t - s v, s = t / 1000, what the Wan schedulers compute as
+their x0), scores it with a tiny probe (an MLP per latent position, soft-max pooled over positions: "the concept
+is somewhere in the video"), and adds a negatively guided correction scaled by the gate g in [0, 1]:
 
     v <- v + strength * g(x0_hat, t) * (mean_k v_base(x_t, E(toward_k)) - v_base(x_t, E(concept)))
 
@@ -18,6 +19,10 @@ transformer with the hooks on). The correction passes carry no gradient to the t
 Batches with classifier-free guidance hold the same x_t twice (unconditional, conditional rows): their gate is the
 minimum over the rows sharing x_t, so both branches get the same correction (it then survives CFG unchanged:
 (1 - w) + w = 1), and the unconditional branch (the toy's colourless prior is red) cannot switch it on alone.
+WanPipeline runs the two branches as two calls on the same latents tensor (conditional first): a call on the very
+tensor of the call before it, unchanged, at the same t, is that second branch and gets the first call's gate and
+correction (so again (1 - w) + w = 1, and one base pass fewer). Attacks index their x_t afresh for every call,
+so no two of their calls pair.
 
 The gate is part of the eraser file: a submodule `gate` of `EraserSet` (tensors `gate.*` in eraser.safetensors,
 its settings in eraser_config.json `extra.gate`), hooked by `unlearn.eraser.attach`, switched off with the erasers
@@ -28,83 +33,61 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from unlearn.config import Strict
+from unlearn.gate_config import GateConfig  # noqa: F401 - the section's schema, importable from here
 
 GATE_KEY = "gate"  # EraserMeta.extra key of the gate's settings
 
 
-class GateConfig(Strict):
-    """The `gate:` section (configs/gates/toy.yaml): which gate, its correction, how its probe is trained."""
-
-    name: Literal["none", "content"] = Field("content", description=(
-        "none: no gate (the eraser as trained). content: a probe on the model's own predicted x0 scales a "
-        "negatively guided correction away from the concept (unlearn.gates)."))
-    concept_prompt: str = Field(description=(
-        "The prompt whose prediction the correction moves away from (encoded once, stored with the gate)."))
-    toward_prompts: list[str] = Field(min_length=1, description=(
-        "Prompts whose mean prediction the correction moves toward (encoded once, stored; one transformer row each "
-        "per gated call: keep it to 1-3)."))
-    correction: Literal["anchors", "eraser"] = Field("anchors", description=(
-        "anchors: mean_k v_base(x, toward_k) - v_base(x, concept) (negative guidance with fixed prompts). eraser: "
-        "v_erased(x, concept) - v_base(x, concept), the eraser's own effect under the concept prompt, applied "
-        "whatever the text says (needs an eraser)."))
-    strength: float = Field(3.0, gt=0, description="Scale of the correction at gate 1.")
-    threshold: float = Field(0.0, description="Probe logit at which the gate is 0.5.")
-    sharpness: float = Field(1.0, gt=0, description="Gate = sigmoid(sharpness * (logit - threshold)).")
-    min_gate: float = Field(1e-3, ge=0, lt=1, description=(
-        "Below this gate the correction passes are skipped (their contribution is under strength * min_gate)."))
-    hidden: int = Field(16, ge=1, description="Hidden width of the per-position probe MLP.")
-    pool_tau: float = Field(0.5, gt=0, description="Temperature of the soft-max pooling over positions.")
-    positive: list[str] = Field(min_length=1, description=(
-        "Probe training: prompts whose base-model videos show the concept (label 1)."))
-    negative: list[str] = Field(min_length=1, description=(
-        "Probe training: prompts whose base-model videos do not (label 0)."))
-    trajectory_steps: int = Field(20, ge=2, description="Sampler steps of the base trajectories the probe learns from.")
-    guidance: float = Field(5.0, ge=1, description="CFG scale of those trajectories.")
-    probe_steps: int = Field(300, ge=1, description="Adam steps of probe training.")
-    probe_lr: float = Field(1e-2, gt=0, description="Learning rate of probe training.")
-    seed: int = Field(0, description="Seed of the trajectories and the probe's initialisation.")
+# Per prediction type: (latent layout's channel axis in a batch, how x0 is read from the output).
+# CogVideoX latents are [B, F, C, H, W] (v-prediction); Wan's [B, C, F, H, W] (flow matching).
+CHANNEL_AXIS = {"v_prediction": 2, "flow": 1}
 
 
 class ContentProbe(nn.Module):
-    """logit(x0 [B, F, C, H, W], t [B]) -> [B]: an MLP per latent position (channels + t/1000), soft-max pooled."""
+    """logit(x0 [B, ...], t [B]) -> [B]: an MLP per latent position (channels + t/1000), soft-max pooled."""
 
-    def __init__(self, channels: int, hidden: int, tau: float):
+    def __init__(self, channels: int, hidden: int, tau: float, channel_axis: int = 2):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(channels + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.tau = float(tau)
+        self.channel_axis = int(channel_axis)
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b, c = x0.shape[0], x0.shape[2]
-        tok = x0.float().movedim(2, -1).reshape(b, -1, c)
+        b, c = x0.shape[0], x0.shape[self.channel_axis]
+        tok = x0.float().movedim(self.channel_axis, -1).reshape(b, -1, c)
         tt = (t.float().to(x0.device) / 1000.0).view(b, 1, 1).expand(b, tok.shape[1], 1)
         s = self.net(torch.cat([tok, tt], -1).to(self.net[0].weight.dtype)).squeeze(-1).float()
         return self.tau * (torch.logsumexp(s / self.tau, 1) - math.log(s.shape[1]))
 
 
 class ContentGate(nn.Module):
-    """Probe + the stored pieces of the correction: sqrt(a_t), sqrt(1 - a_t) [T], the fixed prompt encodings
-    [1 + K, L, D] (row 0: concept, rows 1..K: toward). Built from its settings (`EraserMeta.extra['gate']`)."""
+    """Probe + the stored pieces of the correction: sqrt(a_t), sqrt(1 - a_t) [T] (v-prediction; zeros for flow
+    models, whose x0 needs only t), the fixed prompt encodings [1 + K, L, D] (row 0: concept, rows 1..K: toward).
+    Built from its settings (`EraserMeta.extra['gate']`; files from before Wan support read as v-prediction)."""
 
     def __init__(self, settings: dict):
         super().__init__()
         self.settings = dict(settings)
         s = self.settings
-        self.probe = ContentProbe(int(s["channels"]), int(s["hidden"]), float(s["pool_tau"]))
+        self.prediction_type = s.get("prediction_type", "v_prediction")
+        self.probe = ContentProbe(int(s["channels"]), int(s["hidden"]), float(s["pool_tau"]),
+                                  CHANNEL_AXIS[self.prediction_type])
         self.register_buffer("sqrt_a", torch.zeros(int(s["num_train_timesteps"])))
         self.register_buffer("sqrt_1ma", torch.zeros(int(s["num_train_timesteps"])))
         self.register_buffer("prompts", torch.zeros(1 + len(s["toward_prompts"]), int(s["text_len"]), int(s["text_dim"])))
         self._busy = False
+        self._pending = None  # the last hooked call (x, version, t, gate, correction): CFG's second call pairs with it
         self.last_gate: torch.Tensor | None = None  # the gate of the last hooked call (tests, diagnostics)
 
     def x0_hat(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean latent the prediction `v` at (x_t, t) points to, as the family's scheduler reads it."""
         shape = (-1,) + (1,) * (x_t.dim() - 1)
+        if self.prediction_type == "flow":  # x_t = (1 - s) x0 + s eps, v = eps - x0  =>  x0 = x_t - s v
+            s = (t.float() / float(self.settings["num_train_timesteps"])).view(shape).to(x_t.device)
+            return x_t.float() - s * v.float()
         idx = t.long().to(self.sqrt_a.device)
         a, s = self.sqrt_a[idx].float().view(shape), self.sqrt_1ma[idx].float().view(shape)
         return a.to(x_t.device) * x_t.float() - s.to(x_t.device) * v.float()
@@ -131,10 +114,35 @@ class ContentGate(nn.Module):
         v = output[0] if tup else output.sample
         x = call["hidden_states"]
         b = x.shape[0]
-        t = call["timestep"]
-        t = (t if torch.is_tensor(t) else torch.tensor(t)).reshape(-1).to(x.device)
-        t = t.expand(b) if t.numel() == 1 else t
-        g = self.gate(self.x0_hat(x, v, t), t)  # [B], differentiable in v (the caller's text)
+        traw = call["timestep"]
+        traw = (traw if torch.is_tensor(traw) else torch.tensor(traw)).to(x.device)
+        if traw.numel() == 1:
+            traw = traw.reshape(1).expand(b)
+        t = traw.reshape(b, -1).amax(1)  # Wan 2.2 TI2V passes a timestep per video token: the frame's noise level
+        # Only sampling (no grad) pairs calls: an attacker's forward always gets its own gate and its gradient.
+        pending, self._pending = self._pending, None
+        sampling = not torch.is_grad_enabled()
+        if sampling and pending is not None and pending[0] is x and pending[1] == x._version and torch.equal(pending[2], t):
+            g, corr = pending[3], pending[4]  # CFG's second branch as its own call (WanPipeline): the same correction
+        else:
+            g, corr = self._gate_and_correction(module, handle, call, x, v, traw, t)
+            if sampling:
+                self._pending = (x, x._version, t, g.detach(), corr)
+        self.last_gate = g.detach()
+        if corr is None:
+            return output
+        scale = float(self.settings["strength"]) * g.view((-1,) + (1,) * (v.dim() - 1))
+        new = (v.float() + scale * corr).to(v.dtype)
+        if tup:
+            return (new, *output[1:])
+        output.sample = new
+        return output
+
+    def _gate_and_correction(self, module, handle, call: dict, x, v, traw, t):
+        """The gate [B] (differentiable in v, the caller's text) and the correction [B, ...] (None: all gates
+        under min_gate)."""
+        b = x.shape[0]
+        g = self.gate(self.x0_hat(x, v, t), t)
         # rows sharing x_t (CFG's two branches) share the smallest gate: one correction that survives guidance
         first = list(range(b))
         for i in range(b):
@@ -144,21 +152,15 @@ class ContentGate(nn.Module):
                     break
         owner = torch.tensor(first, device=x.device)
         g = torch.stack([g[owner == owner[i]].min() for i in range(b)])
-        self.last_gate = g.detach()
         keys = sorted({first[i] for i in range(b) if float(g[i].detach()) >= float(self.settings["min_gate"])})
         if not keys:
-            return output
-        delta = self._directions(module, handle, call, x[keys], t[keys])  # [U, ...]
+            return g, None
+        delta = self._directions(module, handle, call, x[keys], traw[keys])  # [U, ...]
         slot = {k: n for n, k in enumerate(keys)}
         rows = [i for i in range(b) if first[i] in slot]
         corr = torch.zeros_like(v, dtype=torch.float32)
         corr[rows] = delta[[slot[first[i]] for i in rows]]
-        scale = float(self.settings["strength"]) * g.view((-1,) + (1,) * (v.dim() - 1))
-        new = (v.float() + scale * corr).to(v.dtype)
-        if tup:
-            return (new, *output[1:])
-        output.sample = new
-        return output
+        return g, corr
 
     def _directions(self, module, handle, call: dict, xu: torch.Tensor, tu: torch.Tensor) -> torch.Tensor:
         """The correction for each distinct x (no gradient: it does not depend on the caller's text).
@@ -171,7 +173,7 @@ class ContentGate(nn.Module):
         kw = dict(call)
         kw["hidden_states"] = xu.repeat(n, *([1] * (xu.dim() - 1)))  # prompt-major: row p * u + i
         kw["encoder_hidden_states"] = prompts.to(xu.device, xu.dtype).repeat_interleave(u, 0)
-        kw["timestep"] = tu.repeat(n)
+        kw["timestep"] = tu.repeat(n, *([1] * (tu.dim() - 1)))
         kw["return_dict"] = False
         prev, self._busy = handle.enabled, True
         try:
@@ -187,83 +189,27 @@ class ContentGate(nn.Module):
 
 
 def gate_settings(cfg: GateConfig, spec, prompts: torch.Tensor) -> dict:
-    """The JSON settings a `ContentGate` is rebuilt from (what eraser_config.json records under extra.gate)."""
-    if spec.prediction_type != "v_prediction":
-        raise ValueError(f"gate.name content: only v-prediction models (CogVideoX) are supported yet, not "
-                         f"{spec.prediction_type!r} ({spec.family})")
-    return {"name": cfg.name, "channels": int(spec.transformer.config.in_channels), "hidden": cfg.hidden,
-            "pool_tau": cfg.pool_tau, "num_train_timesteps": int(spec.num_train_timesteps),
+    """The JSON settings a `ContentGate` is rebuilt from (what eraser_config.json records under extra.gate);
+    `cfg` with its prompt fields filled (GateConfig.filled)."""
+    if spec.prediction_type not in CHANNEL_AXIS:
+        raise ValueError(f"gate.name content: {spec.family} predicts {spec.prediction_type!r}; the gate reads x0 of "
+                         f"{' and '.join(CHANNEL_AXIS)} models (CogVideoX, Wan)")
+    return {"name": cfg.name, "prediction_type": spec.prediction_type, "channels": int(spec.transformer.config.in_channels),
+            "hidden": cfg.hidden, "pool_tau": cfg.pool_tau, "num_train_timesteps": int(spec.num_train_timesteps),
             "text_len": int(prompts.shape[1]), "text_dim": int(prompts.shape[2]),
             "concept_prompt": cfg.concept_prompt, "toward_prompts": list(cfg.toward_prompts),
             "correction": cfg.correction, "strength": cfg.strength, "threshold": cfg.threshold, "sharpness": cfg.sharpness,
             "min_gate": cfg.min_gate}
 
 
-def probe_data(spec, encode, cfg: GateConfig, latent_shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x0_hat [N, ...], t [N], label [N]) from base-model trajectories (the caller runs it with erasers off):
-    the conditional prediction's x0_hat along every prompt's trajectory (label: the prompt's set), plus the
-    unconditional one along concept trajectories (label 1: what CFG's other branch sees on concept content)."""
-    from unlearn.xt_sources import prompt_seed
-
-    gen = torch.Generator().manual_seed(prompt_seed(cfg.seed, "gate"))
-    uncond = encode([""])
-    xs, ts, ys = [], [], []
-    for prompts, label in ((cfg.positive, 1.0), (cfg.negative, 0.0)):
-        for i in range(0, len(prompts), 8):
-            emb = encode(prompts[i:i + 8])
-            states, times = spec.sample_trajectory(emb, uncond, latent_shape, cfg.trajectory_steps, cfg.guidance, gen)
-            s, b = states.shape[:2]
-            x = states.flatten(0, 1)
-            t = times.repeat_interleave(b)
-            with torch.no_grad():
-                branches = [emb.repeat(s, 1, 1)] + ([uncond.expand(s * b, -1, -1)] if label else [])
-                for e in branches:
-                    v = torch.cat([spec.velocity(x[j:j + 16], t[j:j + 16], e[j:j + 16]).float()
-                                   for j in range(0, len(x), 16)])
-                    a = spec._sqrt_a.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
-                    m = spec._sqrt_1ma.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
-                    xs.append((a * x.float() - m * v).cpu())
-                    ts.append(t.cpu())
-                    ys.append(torch.full((len(x),), label))
-    return torch.cat(xs), torch.cat(ts), torch.cat(ys)
-
-
-def train_probe(probe: ContentProbe, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-                seed: int, batch: int = 256) -> list[float]:
-    """Class-balanced BCE with Adam; returns the loss curve."""
-    gen = torch.Generator().manual_seed(seed)
-    w_pos = float((1 - y).sum() / y.sum().clamp(min=1))
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randperm(len(y), generator=gen)[:batch]
-        logit = probe(x0[idx], t[idx])
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            logit, y[idx], pos_weight=torch.tensor(w_pos))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
-def build_gate(cfg: GateConfig, spec, encode, latent_shape, base_context) -> tuple[ContentGate, dict]:
-    """Train a content gate on the base model (inside `base_context()`: erasers off) and fill its buffers.
-    encode(list[str]) -> [N, L, D] encodings as the pipeline makes them. Returns (gate, training record)."""
-    prompts = encode([cfg.concept_prompt, *cfg.toward_prompts]).float().cpu()
+def new_gate(cfg: GateConfig, spec, prompts: torch.Tensor) -> ContentGate:
+    """An untrained gate for `spec` with its buffers filled (the schedule, the fixed prompt encodings); the probe
+    initialised from cfg.seed."""
     gate = ContentGate(gate_settings(cfg, spec, prompts))
-    gate.sqrt_a.copy_(spec._sqrt_a.float().cpu())
-    gate.sqrt_1ma.copy_(spec._sqrt_1ma.float().cpu())
-    gate.prompts.copy_(prompts)
+    if spec.prediction_type == "v_prediction":
+        gate.sqrt_a.copy_(spec._sqrt_a.float().cpu())
+        gate.sqrt_1ma.copy_(spec._sqrt_1ma.float().cpu())
+    gate.prompts.copy_(prompts.float().cpu())
     torch.manual_seed(cfg.seed)
-    gate.probe = ContentProbe(gate.probe.net[0].in_features - 1, cfg.hidden, cfg.pool_tau)
-    with base_context():
-        x0, t, y = probe_data(spec, encode, cfg, latent_shape)
-    losses = train_probe(gate.probe, x0, t, y, cfg.probe_steps, cfg.probe_lr, cfg.seed)
-    with torch.no_grad():
-        g = gate.gate(x0, t)
-    pos, neg = g[y == 1], g[y == 0]
-    record = {"samples": int(len(y)), "positives": int(y.sum()), "loss_first": losses[0], "loss_last": losses[-1],
-              "gate_mean_positive": float(pos.mean()), "gate_mean_negative": float(neg.mean()),
-              "train_acc": float(((g > 0.5).float() == y).float().mean())}
-    return gate, record
+    gate.probe = ContentProbe(gate.probe.net[0].in_features - 1, cfg.hidden, cfg.pool_tau, gate.probe.channel_axis)
+    return gate

@@ -24,6 +24,7 @@ import yaml
 from unlearn.checkpoint import read_metrics  # noqa: F401 - the trainer's curve reader (plots, tests)
 from unlearn.config import EraserTrainingConfig
 from unlearn.fsutil import atomic_write_text
+from unlearn.gate_training import gate_trained_eraser
 from unlearn.loop import LocalStore, LoopPlan, TorchEngine, TrainingLoop
 from unlearn.session import TrainingSession
 
@@ -61,6 +62,8 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     result = loop.run()
     store.finish()
+    session.objective.detach()  # the base model again: a `gate:` probe learns from it (unlearn.gate_training)
+    gate = gate_trained_eraser(cfg, out / "eraser", config_dir, spec=session.spec)
     times = result.step_times
     summary = {
         "steps": tc.steps,
@@ -74,8 +77,8 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         "step_s": round(sum(times[1:]) / (len(times) - 1), 4) if len(times) > 1 else None,
         "peak_memory_gb": (round(torch.cuda.max_memory_allocated(session.device) / 2**30, 3)
                            if session.device.type == "cuda" else None),
+        **({"gate": {k: v for k, v in gate.items() if k != "config"}} if gate else {}),
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     store.remove()
-    session.objective.detach()
     return summary

@@ -18,6 +18,7 @@ Output folder:
   cells/<method>/<attack>/rows/<id>.json, results.csv, summary.json   one cell per method x attack
   cells/<method>/preserve/..., cells/<method>/anchors/...              preservation rows; the benign prompts (floor)
   summary.json                                                         asr[method][attack], SE, preservation
+  gates/<method>/eraser                                                a method's eraser + its `gate:` (eval.attacks.gating)
   report.md, asr.png                                                   the table and the bar plot
 Resume: a row whose JSON holds the same fingerprint is not redone; attacked inputs are made once; a rerun of a
 finished run loads no model. Tracking is the caller's (`observer`: `pipelines.tracking.mlflow_attack`).
@@ -68,12 +69,14 @@ class AttackPlan:
     ident: dict
     reference: str = "none"  # the method whose clean cells are the base model's figures
     strength: dict = field(default_factory=dict)  # attack settings below evaluation strength (reported)
+    gates: dict = field(default_factory=dict)  # key -> (eraser dir, GateConfig): gated before attacked (eval.attacks.gating)
 
 
 def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
     """Read and check everything (ConfigError naming file/field) and find the rows still to do."""
     from eval.attacks import FLAG_FIELDS, build_attacks
     from eval.attacks.prompts import read_attack_rows, read_pairs, read_preserve_rows
+    from eval.attacks.gating import gate_id, gate_of, gated_dir
     from eval.methods import plan_method
     from eval.planning import check_eraser_fits, resolve_eraser_dir, resolve_model
     from eval.writer import digest
@@ -94,7 +97,7 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
     gen = eval_cfg.generation
     ident = {"model": str(model_path), "dtype": eval_cfg.model.dtype, "generation": gen.model_dump(mode="json")}
     scoring = [eval_cfg.classifier.name, eval_cfg.classifier.factory_options(), flag]
-    methods, victims = {}, {}
+    methods, victims, gates = {}, {}, {}
     reference, reference_only = cfg.reference_method()
     for m in [*cfg.methods, *reference_only]:
         eraser_dir, sha, base_notes = None, None, []
@@ -102,6 +105,9 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
             eraser_dir = resolve_eraser_dir(cfg.resolve_path(m.eraser))
             base_notes = check_eraser_fits(eraser_dir, model_path, eval_cfg.eraser_allow_other_base)
             sha = file_sha256(eraser_dir / "eraser.safetensors")[:16]
+        if (gcfg := gate_of(cfg, m)) is not None:  # the gated eraser is made (once) when this method first runs
+            gates[m.key] = (eraser_dir, gcfg)
+            eraser_dir, sha = gated_dir(out, m.key), f"{sha}-gate-{gate_id(gcfg)}"
         mcfg = eval_cfg.with_overrides({"method": m.method_section(cfg.words), "eraser": None}, f"methods[{m.key}]")
         methods[m.key] = plan_method(mcfg, eraser_dir, [])
         methods[m.key].notes += base_notes
@@ -126,7 +132,8 @@ def plan_attacks(cfg, eval_cfg, output_dir) -> AttackPlan:
             cell.fingerprints = {r.id: digest([base, r.prompt, r.benign, r.paraphrase, r.seed]) for r in cell_rows}
             cell.todo = [r for r in cell_rows if _row_fingerprint(cell.dir / "rows" / f"{r.id}.json") != cell.fingerprints[r.id]]
             cells.append(cell)
-    return AttackPlan(cfg, eval_cfg, out, model_path, methods, cells, flag, ident, reference, cfg.below_strength())
+    return AttackPlan(cfg, eval_cfg, out, model_path, methods, cells, flag, ident, reference, cfg.below_strength(),
+                      gates)
 
 
 def _row_fingerprint(path: Path) -> str | None:
@@ -178,6 +185,7 @@ def run_attacks(cfg, eval_cfg, output_dir, observer=None, progress_file=None, pl
 def _generate(plan: AttackPlan, classifier, log) -> None:
     import torch
 
+    from eval.attacks.gating import ensure_gated, gated_dir
     from eval.generate import load_eval_pipeline, pick_device
     from eval.methods import build_method
     from eval.workers import _quiet_libraries
@@ -196,6 +204,8 @@ def _generate(plan: AttackPlan, classifier, log) -> None:
         cells = [c for c in plan.cells if c.method == key and c.todo]
         if not cells:
             continue
+        if key in plan.gates:  # before the method attaches: the probe learns from the base model
+            ensure_gated(ctx, *plan.gates[key], gated_dir(plan.out, key), log)
         method = build_method(mplan)
         method.attach(pipe, plan.model_path, gen)
         try:

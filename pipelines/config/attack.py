@@ -4,7 +4,8 @@
     words       the concept words (negprompt / safree; never used by ringabell-text's search)
     prompts     CSV: concept prompt, its benign anchor ("normal prompt"), a held-out paraphrase, seed
     preserve    CSV of non-target prompts (prompt, seed): each method's preservation in the same run
-    methods     none | eraser | negprompt | safree | blocklist, each with its options (eval.methods)
+    methods     none | eraser | negprompt | safree | blocklist, each with its options (eval.methods); an eraser
+                may get a content gate (`gate:`, unlearn.gates), attacked through it
     attacks     clean | paraphrase | ringabell | ringabell-text | softprompt | softprompt-subspace | inversion |
                 discrete
     ringabell   paired prompts for the concept vector, alpha, the discrete search's budget
@@ -26,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from eval.config import EvalMethodConfig
 from pipelines.config.pipeline import MlflowConfig
 from unlearn.config import ConfigError, Strict, apply_overrides, path_component, read_yaml, validate
+from unlearn.gate_config import GateConfig
 
 ATTACKS = ("clean", "paraphrase", "ringabell", "ringabell-text", "softprompt", "softprompt-subspace", "inversion",
            "discrete")
@@ -42,11 +44,22 @@ class AttackMethodConfig(EvalMethodConfig):
     label: str | None = Field(None, description=(
         "The method's key in the results (default: name); two erasers need two labels."))
     eraser: str | None = Field(None, description="Eraser directory (name: eraser only).")
+    gate: GateConfig | str | None = Field(None, description=(
+        "A content gate put on this eraser before it is attacked (unlearn.gates, issue 25): a `gate:` section with "
+        "its prompts listed, or the path of a YAML file holding one (configs/gates/toy.yaml; relative to the "
+        "current directory, else to this file). Its probe is trained on the base model once per output "
+        "(<output>/gates/<label>; other strength/threshold/sharpness reuse it) and every white-box attack "
+        "optimises through it. null = the eraser file as it is (a file trained with a `gate:` key keeps its own)."))
 
     @model_validator(mode="after")
     def _check(self):
         if (self.name == "eraser") != (self.eraser is not None):
             raise ValueError("eraser: set it (an eraser directory) for name: eraser, and only for it")
+        if self.gate is not None and self.name != "eraser":
+            raise ValueError("gate: a gate is put on an eraser; set it for name: eraser only")
+        if isinstance(self.gate, GateConfig) and self.gate.missing():
+            raise ValueError(f"gate: {', '.join(self.gate.missing())} must be listed in an attack config (no concept "
+                             "section to default to)")
         if self.label is not None:
             path_component(self.label, "label")
         return self
@@ -57,7 +70,7 @@ class AttackMethodConfig(EvalMethodConfig):
 
     def method_section(self, words: list[str]) -> dict[str, Any]:
         """The eval config's `method` section for this method (its own words, else `words`)."""
-        return {**self.model_dump(mode="json", exclude={"label", "eraser"}), "words": self.words or list(words)}
+        return {**self.model_dump(mode="json", exclude={"label", "eraser", "gate"}), "words": self.words or list(words)}
 
 
 class AttackPromptsConfig(Strict):

@@ -52,6 +52,7 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     from pipelines.train.driver import make_trainer
     from pipelines.search.space import apply_sample
     from pipelines.search.screening import fidelity_label
+    from unlearn.gate_training import gate_trained_eraser
     from unlearn.session import prepare_embeddings
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -101,6 +102,7 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     try:
         result = trainer.fit()
         state = export_result(result, trial_dir)
+        gate_trained_eraser(cfg.method(), trial_dir / "eraser", ctx.config_dir)  # `gate:` (unlearn.gate_training)
     except BaseException as exc:
         fail(str(exc))
         raise

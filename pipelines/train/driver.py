@@ -141,6 +141,9 @@ def run_distributed(
                            resume_from=_single_process_checkpoint(out, storage / name) if resume else None)
     result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
     state = export_result(result, out)
+    from unlearn.gate_training import gate_trained_eraser
+
+    gate_trained_eraser(cfg.method(), out / ERASER_DIR, config_dir)  # `gate:`: its probe on this driver
     rv = result.return_value or {}
     summary = {
         "steps": cfg.train.steps,

@@ -1,0 +1,66 @@
+"""The content gate as a config key (issue 25): `gate:` of the training config (its prompts default to the concept
+section's; an empty default fails at load, not after training; no gate keeps every eraser digest as it was) and
+`methods[].gate` of the attack config (inline or a YAML file; prompts required there)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from unlearn.config import ConfigError, EraserTrainingConfig, config_digest, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_training_gate_defaults_from_the_concept_and_keeps_digests():
+    cfg = validate(EraserTrainingConfig, {"concept": {"anchors": ["clothed"]}, "gate": {"strength": 10}}, "t.yaml")
+    filled = cfg.gate.filled(cfg.concept.target, cfg.concept.anchors, cfg.concept.prompts, cfg.concept.preserve)
+    assert (filled.concept_prompt, filled.toward_prompts, filled.strength) == ("naked", ["clothed"], 10.0)
+    assert filled.positive == cfg.concept.prompts and filled.negative == cfg.concept.preserve
+    with pytest.raises(ConfigError, match="gate.toward_prompts is not set and concept.anchors"):
+        validate(EraserTrainingConfig, {"gate": {}}, "t.yaml")  # the default anchors are empty: named at load
+    validate(EraserTrainingConfig, {"gate": {"name": "none"}}, "t.yaml")  # no gate: nothing to default
+    plain = EraserTrainingConfig()
+    old = json.dumps({k: v for k, v in plain.model_dump(mode="json").items() if k != "gate"}, sort_keys=True)
+    assert config_digest(plain) == hashlib.sha256(old.encode()).hexdigest()[:16], "no gate: the digest of before"
+    assert config_digest(cfg) != config_digest(cfg.model_copy(update={"gate": None}))
+
+
+def test_pipeline_config_carries_the_gate_to_training_and_overrides():
+    from pipelines.config.pipeline import PipelineConfig
+
+    cfg = PipelineConfig.model_validate({"concept": {"anchors": ["clothed"]}, "gate": {"threshold": -2}})
+    assert cfg.method().gate == cfg.gate  # what t2vu train / the Ray driver / a Tune trial hand to training
+    assert cfg.with_overrides({"gate.strength": 7.5}).method().gate.strength == 7.5
+    with pytest.raises(ConfigError, match="gate.strength"):
+        cfg.with_overrides({"gate.strength": 0})
+
+
+def test_attack_method_gate_inline_or_file(tmp_path):
+    from eval.attacks.gating import gate_id, gate_of
+    from pipelines.config.attack import load_attack_config
+
+    cfg = load_attack_config(ROOT / "configs/attack/toy.yaml",
+                             ["methods=[{name: eraser, eraser: e, gate: ../gates/toy.yaml}]"])
+    g = gate_of(cfg, cfg.methods[0])  # relative to the attack config
+    assert g.strength == 10.0 and g.toward_prompts == ["green", "blue"] and len(g.negative) == 44
+    assert cfg.methods[0].method_section(["red"]).get("gate") is None  # eval's method section knows no gate
+    inline = load_attack_config(ROOT / "configs/attack/toy.yaml", [
+        "methods=[{name: eraser, eraser: e, gate: {concept_prompt: red, toward_prompts: [green], positive: [a red "
+        "bar], negative: [a blue bar], strength: 5}}]"])
+    g2 = gate_of(inline, inline.methods[0])
+    assert g2.strength == 5.0 and gate_id(g2) != gate_id(g)
+    for bad, msg in (("{name: eraser, eraser: e, gate: {strength: 3}}", "must be listed in an attack config"),
+                     ("{name: none, gate: ../gates/toy.yaml}", "set it for name: eraser only")):
+        with pytest.raises(ConfigError, match=msg):
+            load_attack_config(ROOT / "configs/attack/toy.yaml", [f"methods=[{bad}]"])
+    (tmp_path / "g.yaml").write_text("gate: {strength: 2}\n")
+    missing = load_attack_config(ROOT / "configs/attack/toy.yaml", [f"methods=[{{name: eraser, eraser: e, gate: {tmp_path / 'g.yaml'}}}]"])
+    with pytest.raises(ConfigError, match="gate.concept_prompt must be listed"):
+        gate_of(missing, missing.methods[0])
+    nofile = load_attack_config(ROOT / "configs/attack/toy.yaml", ["methods=[{name: eraser, eraser: e, gate: nope.yaml}]"])
+    with pytest.raises(ConfigError, match="methods\\[eraser\\].gate: nope.yaml not found"):
+        gate_of(nofile, nofile.methods[0])
