@@ -64,28 +64,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.defence_common import attack_and_write
+    from benchmarks.defence_common import attack_and_write
     from eval.attacks.gating import gated_dir
-    from unlearn.config import ConfigError, apply_overrides, read_yaml
+    from unlearn.config import ConfigError, apply_overrides, parse_override, read_yaml
     from unlearn.eraser import read_eraser
 
-    gate_sets = [o.removeprefix("gate.") for o in args.overrides if o.startswith("gate.")]
-    args.overrides = [o for o in args.overrides if not o.startswith("gate.")]
     try:
-        section = (read_yaml(args.gate) or {}).get("gate")
-        if not isinstance(section, dict):
-            raise ConfigError(f"{args.gate}: no `gate:` section")
-        apply_overrides(section, gate_sets)
+        sets = [(o, *parse_override(o)) for o in args.overrides]
+        gate = apply_overrides(dict((read_yaml(args.gate) or {}).get("gate") or {}),
+                               {k.removeprefix("gate."): v for _, k, v in sets if k.startswith("gate.")})
     except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    gated = gated_dir(Path(args.output), "eraser-gate")  # the runner trains the probe and writes it there
+    args.overrides = [o for o, k, _ in sets if not k.startswith("gate.")]
+    defended = json.dumps({"name": "eraser", "label": "eraser-gate", "eraser": args.eraser, "gate": gate})
 
-    def gate_record() -> dict:
-        return read_eraser(gated).meta.extra if (gated / "eraser_config.json").is_file() else {}
+    def gated() -> dict:  # what the runner wrote: the gated eraser's settings and its probe's training record
+        return read_eraser(gated_dir(Path(args.output), "eraser-gate")).meta.extra
 
-    defended = f"{{name: eraser, label: eraser-gate, eraser: {args.eraser}, gate: {json.dumps(section)}}}"
-    return attack_and_write(args, defended, lambda: {"gate_training": gate_record().get("gate_training", {})},
-                            lambda: {"gate": gate_record().get("gate")})
+    return attack_and_write(
+        args, defended,
+        lambda: {"gate_training": {k: v for k, v in gated().get("gate_training", {}).items() if k != "config"}},
+        lambda: {"gate": gated().get("gate")})
 
 
 if __name__ == "__main__":

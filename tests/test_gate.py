@@ -141,3 +141,38 @@ def test_trained_probe_reads_red_from_content_not_text(toy):
     assert min(red) > 0.8 and max(other) < 0.2, (red, other)
     assert gate_of("a red triangle moving down", "") > 0.5
     assert gate_of("a red triangle moving down", "a green triangle moving down") < 0.2
+
+
+def test_attack_config_gate_plans_a_gated_victim_and_trains_its_probe_once(toy, tmp_path):
+    """methods[].gate (eval.attacks.gating): the plan attacks <output>/gates/<label>/eraser under its own victim
+    name; the probe is trained once, other inference settings reuse it, an unchanged gate is not redone."""
+    import io
+
+    from eval.attacks.gating import ensure_gated, gated_dir
+    from eval.attacks.runner import plan_attacks
+    from pipelines.config.attack import load_attack_config, load_harness_eval_config
+    from unlearn.eraser import EraserSet, read_eraser, save_eraser
+
+    ctx = toy["ctx"]
+    save_eraser(EraserSet.for_spec(ctx.spec, rank=2, blocks=[1]), tmp_path / "e")
+    gate = {"concept_prompt": "red", "toward_prompts": ["green"], "positive": RED[:1], "negative": OTHER[:1],
+            "trajectory_steps": 2, "probe_steps": 5}
+    methods = (f"methods=[{{name: eraser, eraser: {tmp_path / 'e'}}}, {{name: eraser, label: gated, eraser: "
+               f"{tmp_path / 'e'}, gate: {gate}}}]")
+    cfg = load_attack_config(ROOT / "configs" / "attack" / "toy.yaml",
+                             [methods, "attacks=[clean, softprompt]", "prompts.limit=2", "preserve.limit=2"])
+    plan = plan_attacks(cfg, load_harness_eval_config(cfg), tmp_path / "out")
+    target = gated_dir(tmp_path / "out", "gated")
+    assert plan.methods["gated"].options["eraser"] == str(target) and "gated" in plan.gates
+    victims = {c.method: c.victim for c in plan.cells if c.name == "softprompt-0.5x"}
+    assert victims["gated"].startswith(victims["eraser"] + "-gate-")  # its own attacks: made through the gate
+    log = io.StringIO()
+    rec = ensure_gated(ctx, tmp_path / "e", plan.gates["gated"][1], target, log)
+    assert "training" in log.getvalue() and "reused_from" not in rec and read_eraser(target).gate is not None
+    stronger = plan.gates["gated"][1].model_copy(update={"strength": 7.0})
+    other = gated_dir(tmp_path / "out", "gated-7")
+    assert ensure_gated(ctx, tmp_path / "e", stronger, other, log)["reused_from"] == str(target)
+    assert read_eraser(other).meta.extra["gate"]["strength"] == 7.0
+    mtime = (target / "eraser.safetensors").stat().st_mtime_ns
+    ensure_gated(ctx, tmp_path / "e", plan.gates["gated"][1], target, log)  # unchanged: nothing redone
+    assert (target / "eraser.safetensors").stat().st_mtime_ns == mtime and log.getvalue().count("training") == 1

@@ -64,3 +64,39 @@ def test_attack_method_gate_inline_or_file(tmp_path):
     nofile = load_attack_config(ROOT / "configs/attack/toy.yaml", ["methods=[{name: eraser, eraser: e, gate: nope.yaml}]"])
     with pytest.raises(ConfigError, match="methods\\[eraser\\].gate: nope.yaml not found"):
         gate_of(nofile, nofile.methods[0])
+
+
+def test_t2vu_train_with_a_gate_writes_a_gated_eraser_loadable_in_two_lines(tiny_model_dir, tmp_path, monkeypatch,
+                                                                              capsys):
+    """`t2vu train` with `--set gate=...`: the probe is trained after the eraser (prompts from the concept
+    section) and saved in the eraser file; `load_eraser(pipe, dir)` gives the gated model; a rerun redoes nothing."""
+    import torch
+    from diffusers import CogVideoXPipeline
+
+    from pipelines.cli.entry import main
+    from unlearn.eraser import load_eraser, read_eraser
+
+    monkeypatch.setenv("T2VU_CACHE", str(tmp_path / "t2vu"))
+    out = tmp_path / "run"
+    args = ["train", "-c", str(ROOT / "configs" / "tiny.yaml"), "-o", str(out), "--set", "train.steps=2",
+            "--set", "gate={threshold: -50, trajectory_steps: 2, probe_steps: 5}"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["gate"]["samples"] > 0 and 0 <= summary["gate"]["train_acc"] <= 1
+    es = read_eraser(out / "eraser")
+    settings = es.meta.extra["gate"]
+    assert es.gate is not None and settings["toward_prompts"] == ["clothed", "dressed"]  # concept.anchors
+    assert es.meta.extra["gate_training"]["config"]["negative"] == ["a person", "a face", "clothing", "a background"]
+    pipe = CogVideoXPipeline.from_pretrained(tiny_model_dir)  # the two-line load
+    handle = load_eraser(pipe, out / "eraser")
+    x = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(1, 16, pipe.transformer.config.text_embed_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        gated = pipe.transformer(x, emb, t, return_dict=False)[0]
+        with handle.disabled():
+            base = pipe.transformer(x, emb, t, return_dict=False)[0]
+    assert handle.eraser_set.gate.last_gate is not None and not torch.allclose(gated, base)
+    handle.remove()
+    before = (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns == before

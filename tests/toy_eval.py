@@ -8,9 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def toy_eval_context(max_text_len: int | None = None) -> dict:
-    """{cfg, model, pipe, spec_cls, ctx, gen}: configs/eval/toy.yaml's pipeline in fp32 on the CPU, one torch thread;
-    `max_text_len` caps the attack context's text length (default: the generation's max_sequence_length)."""
+def toy_eval_context(max_text_len: int | None = None, config: str = "toy.yaml") -> dict:
+    """{cfg, model, pipe, spec_cls, ctx, gen}: configs/eval/<config>'s pipeline (toy.yaml: the toy CogVideoX,
+    toy-wan.yaml: the toy Wan) in fp32 on the CPU, one torch thread; `max_text_len` caps the attack context's text
+    length (default: the generation's max_sequence_length)."""
     import torch
 
     from eval.attacks.base import AttackContext
@@ -20,7 +21,7 @@ def toy_eval_context(max_text_len: int | None = None) -> dict:
     from unlearn.models.families import family_of_model_dir, spec_class
 
     torch.set_num_threads(1)
-    cfg = load_eval_config(ROOT / "configs" / "eval" / "toy.yaml")
+    cfg = load_eval_config(ROOT / "configs" / "eval" / config)
     model = resolve_model(cfg)
     pipe = load_eval_pipeline(model, "float32", "cpu", cfg.generation)
     spec_cls = spec_class(family_of_model_dir(model))
