@@ -6,7 +6,9 @@ Two callers, one mechanism:
   training embedding cache as the encoder;
 - an attack config method's `gate:` key (eval.attacks.gating): `build_gate` with the attack context's encoder.
 Cost: one base-model trajectory per probe prompt (trajectory_steps x CFG) plus probe_steps Adam steps on the
-stored x0 (~50 s for the toy's 68 prompts on one CPU thread).
+stored x0 (~50 s for the toy's 68 prompts on one CPU thread). Memory: every x0 sample is kept on the CPU
+(prompts x trajectory_steps, concept prompts twice): 1840 tiny latents on the toy, but ~8 GB at CogVideoX-2B's
+49 x 480 x 720 (4.5 MB each); real-size models need the states subsampled first (not done yet).
 """
 
 from __future__ import annotations
@@ -132,10 +134,12 @@ def gate_trained_eraser(cfg, eraser_dir: str | Path, config_dir=None, spec=None)
     done = es.meta.extra.get(TRAINING_KEY, {})
     if es.gate is not None and done.get("config") == gcfg.model_dump(mode="json"):
         return done
-    if spec is None:
+    if spec is None:  # the Ray driver / a Tune trial: the backbone again, on the training device
+        from unlearn.devices import resolve_device
         from unlearn.models.families import spec_class
 
         spec = spec_class(cfg.model.family).from_pretrained(model_dir_of(cfg), cfg.model.dtype)
+        spec.transformer.to(resolve_device(cfg.train.device))
     cache = open_cache(cfg, model_dir_of(cfg), spec.text_len)
 
     def encode(prompts: list[str]) -> torch.Tensor:
