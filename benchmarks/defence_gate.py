@@ -13,6 +13,11 @@
     nice -n 5 python benchmarks/defence_gate.py --set prompts.limit=16     # what was run (resumes like t2vu attack)
     nice -n 5 python benchmarks/defence_gate.py --plan                     # what is still to do
     nice -n 5 python benchmarks/defence_gate.py --set gate.threshold=-1    # other inference settings: no retraining
+    # choosing strength/threshold on rows the measurement never sees (configs/gates/toy_choice_rows.csv), soft prompt
+    # 0.5x only, one output folder (the eraser's cells and the probe are made once):
+    nice -n 15 python benchmarks/defence_gate.py --set prompts.path=configs/gates/toy_choice_rows.csv \
+        --set 'attacks=[softprompt]' --set 'softprompt.budgets=[0.5]' --set gate.strength=20 --set gate.threshold=-2 \
+        --output runs/attack-toy-gate-choice --results-file benchmarks/results/robustness_toy_gate_choice_s20_t-2.json
 """
 
 from __future__ import annotations
