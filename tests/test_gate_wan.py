@@ -81,8 +81,9 @@ def test_wan_pipeline_cfg_calls_share_one_gate_and_one_correction(wan):
     es.gate._directions = lambda *a: calls.append(1) or directions(*a)
     handle = attach(pipe.transformer, es)
     try:
-        pipe(prompt="a green bar moving up", num_inference_steps=3, guidance_scale=2.0, num_frames=9, height=32,
-             width=32, output_type="latent", generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():  # as eval.generate runs it
+            pipe(prompt="a green bar moving up", num_inference_steps=3, guidance_scale=2.0, num_frames=9, height=32,
+                 width=32, output_type="latent", generator=torch.Generator().manual_seed(0))
         assert len(calls) == 3, "one correction pass per step, shared by the two CFG calls"
         x = torch.randn((1, *ctx.latent_shape()), generator=torch.Generator().manual_seed(2))
         t = torch.tensor([500.0])

@@ -122,12 +122,13 @@ class ContentGate(nn.Module):
         # Only sampling (no grad) pairs calls: an attacker's forward always gets its own gate and its gradient.
         pending, self._pending = self._pending, None
         sampling = not torch.is_grad_enabled()
-        if sampling and pending is not None and pending[0] is x and pending[1] == x._version and torch.equal(pending[2], t):
+        version = None if x.is_inference() else x._version  # inference tensors (eval.generate) keep no counter
+        if sampling and pending is not None and pending[0] is x and pending[1] == version and torch.equal(pending[2], t):
             g, corr = pending[3], pending[4]  # CFG's second branch as its own call (WanPipeline): the same correction
         else:
             g, corr = self._gate_and_correction(module, handle, call, x, v, traw, t)
             if sampling:
-                self._pending = (x, x._version, t, g.detach(), corr)
+                self._pending = (x, version, t, g.detach(), corr)
         self.last_gate = g.detach()
         if corr is None:
             return output
