@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--zero-stage", type=int, default=2, choices=(2, 3))
     ap.add_argument("--output", default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--results-file", default="",
+                    help="also write the figures to this results file (benchmarks/results/scaling.json), which "
+                         "docs/benchmarks.md renders; the load average goes with them (the ratio needs 2 free cores)")
     args = ap.parse_args(argv)
 
     from pipelines.runtime.env import apply_offline_env
@@ -99,6 +102,16 @@ def main(argv=None) -> int:
         "target": 1.5,
     }
     print(json.dumps(result))
+    if args.results_file:
+        from pipelines.runtime.results_file import write_results
+
+        keys = ("two_worker_speedup", "steps_per_s_1_worker", "steps_per_s_2_workers", "round_speedups",
+                "ideal_speedup_free_cores", "steps_per_s_1_worker_half_batch", "load_avg_before", "load_avg_after",
+                "target")
+        write_results(args.results_file, {k: result[k] for k in keys},
+                      settings={k: result[k] for k in ("global_batch", "frames", "steps", "zero_stage",
+                                                      "threads_per_worker", "cpu_count")},
+                      timings={"wall_s": result["wall_s"], "rounds": result["rounds"]})
     return 0
 
 
