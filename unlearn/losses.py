@@ -19,7 +19,8 @@ def preserve_loss(v_erased: torch.Tensor, v_original: torch.Tensor) -> torch.Ten
     return F.mse_loss(v_erased.float(), v_original.float())
 
 
-def localization_loss(eraser_energy: list[torch.Tensor], mask: torch.Tensor, tokens: slice | None = None) -> torch.Tensor:
+def localization_loss(eraser_energy: list[torch.Tensor], mask: torch.Tensor, n_bg: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """Penalise eraser output outside the concept mask (DESIGN §1: ||E * (1 - M)||^2).
 
     eraser_energy: per layer [B, Nv], the eraser output's energy per video token of the
@@ -27,12 +28,10 @@ def localization_loss(eraser_energy: list[torch.Tensor], mask: torch.Tensor, tok
     (`loss.localize_reduction`: "sum" = ||E_token||^2 as in DESIGN §1, "mean" = /D);
     mask: [B, Nv] with 1 on concept tokens. Per layer: the energy summed over background
     tokens, divided by the number of background tokens; then the mean over layers.
-    tokens: the energies cover only these video tokens (a sequence-parallel shard, `unlearn.sequence_parallel`):
-    the result is that shard's share (the whole mask's background count still divides), to be summed over shards.
+    n_bg: the whole mask's background count where energies and mask cover one sequence-parallel shard's tokens
+    (`unlearn.sequence_parallel`): the result is that shard's share, to be summed over the shards.
     """
     bg = 1.0 - mask
-    n_bg = bg.sum().clamp_min(1.0)
-    if tokens is not None:
-        bg = bg[:, tokens]
+    n_bg = (bg.sum() if n_bg is None else n_bg).clamp_min(1.0)
     per_layer = [(e.float() * bg).sum() / n_bg for e in eraser_energy]
     return torch.stack(per_layer).mean()

@@ -49,19 +49,28 @@ def selector(positions: list[list[int]], text_len: int, device=None) -> torch.Te
 
 
 def localization_mask(
-    probs_per_layer: list[torch.Tensor], sel: torch.Tensor, video_grid: tuple[int, int, int], threshold: float
+    probs_per_layer: list[torch.Tensor], sel: torch.Tensor, video_grid: tuple[int, int, int], threshold: float,
+    tokens: slice | None = None, reduce_range=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary mask [B, Nv] of video tokens attending to the concept, and the soft map it came from.
 
     probs: per layer [B, Nv, Nt] head-averaged video->text probabilities. Sum over the concept's
     tokens, average over layers, min-max normalise per frame (so every frame gets its own
     object region), threshold (Receler: 0.1).
+    tokens: the probabilities cover only these video tokens (a sequence-parallel shard,
+    `unlearn.sequence_parallel`; frames need not align with it): the mask is theirs.
+    reduce_range(lo, hi): makes each [B, F] per-frame min / max the group's (a frame's tokens
+    span shards; +inf / -inf stand for a frame with none here): 2 x B x F numbers exchanged.
     """
     m = torch.stack([torch.einsum("bvt,bt->bv", p, sel) for p in probs_per_layer]).mean(0)
     b = m.shape[0]
     f, h, w = video_grid
-    per_frame = m.view(b, f, h * w)
-    lo = per_frame.amin(-1, keepdim=True)
-    hi = per_frame.amax(-1, keepdim=True)
-    soft = ((per_frame - lo) / (hi - lo).clamp_min(1e-12)).view(b, -1)
+    start = 0 if tokens is None else tokens.start
+    frame = (torch.arange(start, start + m.shape[1], device=m.device) // (h * w)).expand(b, -1)
+    lo = m.new_full((b, f), float("inf")).scatter_reduce(1, frame, m, "amin")
+    hi = m.new_full((b, f), float("-inf")).scatter_reduce(1, frame, m, "amax")
+    if reduce_range is not None:
+        lo, hi = reduce_range(lo, hi)
+    lo, hi = lo.gather(1, frame), hi.gather(1, frame)
+    soft = (m - lo) / (hi - lo).clamp_min(1e-12)
     return (soft > threshold).float(), soft

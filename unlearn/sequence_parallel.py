@@ -17,22 +17,24 @@ holds its whole gradient on its owner. The prediction is all-gathered after the 
 per token; latent-sized: 1/hidden of an activation; Wan 2.2 TI2V, whose head is modulated by the whole sequence's
 per-token timesteps, gathers after the last block) and each rank keeps its slice of the incoming gradient: the
 unpatchify and the losses run on the whole prediction on every rank, and `spec.velocity` keeps returning whole
-videos (fused step, adversarial inner loop). The localization loss is per shard (`localization_loss(...,
-tokens=sp.tokens)`, normalised by the WHOLE mask's background count), summed by `reduce_sum` (backward:
-identity). The mask's probabilities: CogVideoX ranks average their H/P heads and then each other's (all-reduce);
-Wan attn2 rows are all-gathered; every rank builds the same mask. So every eraser gradient is the SUM of the
-group's local gradients: `scale_gradients` multiplies them by P for an engine that averages over all ranks.
+videos (fused step, adversarial inner loop). The capture, the mask, the energy records and the localization loss
+hold only this rank's video tokens (a whole capture on every rank was 10 GB per GPU at Wan 2.2 A14B 81x480x832,
+4+4 rows, SP 4): Wan's attn2 capture runs on the shard as is; CogVideoX's joint capture sends the kernel's
+log-sum-exp of the video queries back to their tokens' owners (all-to-all of [n, H/P, Nv] fp32: H/(P Nt) of the
+capture's bytes) and computes the text columns from the local queries of all heads. Reduced: the per-frame
+min / max and the mask's counts (`SequenceParallel.localization_mask`, 2 B F + 2 numbers), the loss's shares
+(`reduce_sum`, backward identity). So every eraser gradient is the SUM of the group's local gradients:
+`scale_gradients` multiplies them by P for an engine that averages over all ranks.
 
-Why Ulysses and not ring attention. Bytes per attention and rank in forward: Ulysses 4 x (Nv/P) x D x (P-1)/P
-(q, k, v, out), ring 2 x (Nv/P) x D x (P-1) (k, v around the ring): equal at P = 2, Ulysses half at P = 4.
-Measured here (`python benchmarks/sequence_parallel.py` -> benchmarks/results/sequence_parallel.json; 2 gloo
-ranks, 8192 tokens x 8 heads x 64 fp32, load ~45 on 2 shared cores): the same 16.8 MB per rank took 0.18 s as
-Ulysses' 4 all-to-alls, 0.08 s as the ring's one send/receive. Ulysses is kept for what that does not change: it
-runs the family's own fused kernel on whole sequences (the capture keeps the kernel's log-sum-exp; the step's
-loss and eraser gradients equal the single-process ones, tests/test_sequence_parallel.py), where ring attention
-merges P partial log-sum-exps and rescales partial outputs (a second softmax, in backward too); ring's GPU
-advantage, overlapping the exchange with compute, cannot be measured here. Ulysses needs heads % P == 0 (Wan 14B:
-40 heads, 5B: 24, CogVideoX 2B: 30, 5B: 48); beyond that ring attention is the way (not implemented).
+Why Ulysses and not ring attention. Bytes per attention and rank in forward: Ulysses 4 (Nv/P) D (P-1)/P (q, k, v,
+out), ring 2 (Nv/P) D (P-1) (k, v around the ring): equal at P = 2, Ulysses half at P = 4. Measured here (`python
+benchmarks/sequence_parallel.py`; 2 gloo ranks, 8192 tokens x 8 heads x 64 fp32, load ~45): the same 16.8 MB per
+rank took 0.18 s as Ulysses' 4 all-to-alls, 0.08 s as the ring's one send/receive. Ulysses is kept for what that
+does not change: it runs the family's own fused kernel on whole sequences (the capture keeps the kernel's
+log-sum-exp; loss and eraser gradients equal the single-process ones, tests/test_sequence_parallel.py), where ring
+merges P partial log-sum-exps and rescales partial outputs (a second softmax, in backward too); ring's GPU advantage,
+overlapping exchange and compute, cannot be measured here. Ulysses needs heads % P == 0 (Wan 14B: 40 heads, 5B: 24,
+CogVideoX 2B: 30, 5B: 48); beyond that ring attention is the way (not implemented).
 Collectives: the group's ranks run the same blocks in the same order and shapes (checkpoint recomputes too).
 """
 
@@ -41,6 +43,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from unlearn.attention import attention_with_lse, kernel_inputs, streaming_logsumexp, text_column_probs
+from unlearn.masks import localization_mask
 
 
 def split_sizes(n: int, degree: int) -> list[int]:
@@ -177,38 +182,45 @@ class UlyssesCogVideoXProcessor:
             q, k, v = (proj(x).unflatten(2, (h, -1)).transpose(1, 2) for proj in (attn.to_q, attn.to_k, attn.to_v))
             return (attn.norm_q(q) if attn.norm_q is not None else q), (attn.norm_k(k) if attn.norm_k is not None else k), v
 
-        text = [t[:, sp.rank * hp:(sp.rank + 1) * hp] for t in heads(encoder_hidden_states)]  # this rank's heads
-        qv, kv, vv = (_SeqToHeads.apply(t, sp) for t in heads(hidden_states))
-        if image_rotary_emb is not None:
+        text_all = heads(encoder_hidden_states)
+        text = [t[:, sp.rank * hp:(sp.rank + 1) * hp] for t in text_all]  # this rank's heads
+        ql, kl, vl = heads(hidden_states)
+        if image_rotary_emb is not None:  # per token: on the local tokens, before the exchange (the capture's q too)
             from diffusers.models.embeddings import apply_rotary_emb
 
-            qv = apply_rotary_emb(qv, image_rotary_emb)
+            rope = tuple(f[sp.tokens] for f in image_rotary_emb)
+            ql = apply_rotary_emb(ql, rope)
             if not attn.is_cross_attention:
-                kv = apply_rotary_emb(kv, image_rotary_emb)
-        query, key, value = (torch.cat([t, v], 2) for t, v in zip(text, (qv, kv, vv)))
-        out = self._attend(query, key, value, nt)
+                kl = apply_rotary_emb(kl, rope)
+        query, key, value = (torch.cat([t, _SeqToHeads.apply(v, sp)], 2) for t, v in zip(text, (ql, kl, vl)))
+        out = self._attend(query, key, value, nt, ql, text_all[1])
         out_t, out_v = out.split([nt, out.shape[2] - nt], 2)
         out = torch.cat([_GatherHeads.apply(out_t, sp), _HeadsToSeq.apply(out_v, sp)], 2)
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
         return out[:, nt:], out[:, :nt]  # (video, text), as the stock processor returns them
 
-    def _attend(self, query, key, value, nt):
-        """SDPA on this rank's heads; a capturing call leaves the head average over ALL heads in `inner.probs`."""
-        inner = self.inner
-        n = getattr(inner, "capture_rows", 0)
-        if n and not inner.full_matrix:
-            out = inner._attend_and_capture(query, key, value, None, nt)
-        else:
-            if n:
-                from unlearn.attention import full_text_probs_reference
+    def _attend(self, query, key, value, nt, q_local, k_text):
+        """SDPA on this rank's heads. A capturing call leaves in `inner.probs` this rank's tokens' probabilities
+        [n, S_r, Nt], the mean over ALL heads: the kernel's lse of the video queries goes back to their tokens'
+        owners and the text columns come from the local queries of all heads and the text keys every rank holds."""
+        inner, sp = self.inner, self.sp
+        n, scale = getattr(inner, "capture_rows", 0), query.shape[-1] ** -0.5  # SDPA's default scale
+        if n and inner.full_matrix:  # the naive reference (benchmarks): the whole matrix, the heads' mean, then the shard
+            from unlearn.attention import full_text_probs_reference
 
-                q, k = query[:n, :, nt:].detach(), key[:n].detach()
-                inner.probs = full_text_probs_reference(q, k, nt, query.shape[-1] ** -0.5)
-            out = F.scaled_dot_product_attention(query, key, value)
-        if n:  # each rank: the mean over its H/P heads; the ranks' mean is the mean over all H
-            with torch.no_grad():
-                dist.all_reduce(inner.probs, group=self.sp.group)
-                inner.probs /= self.sp.degree
+            probs = full_text_probs_reference(query[:n, :, nt:].detach(), key[:n].detach(), nt, scale)
+            dist.all_reduce(probs, group=sp.group)
+            inner.probs = probs[:, sp.tokens] / sp.degree
+        if not n or inner.full_matrix:
+            return F.scaled_dot_product_attention(query, key, value)
+        query, key, value = kernel_inputs(query, key, value)  # what SDPA computes with (autocast: its dtype)
+        out, lse = attention_with_lse(query, key, value)
+        with torch.no_grad():
+            lse = lse[:n, :, nt:] if lse is not None else streaming_logsumexp(
+                query[:n, :, nt:].detach(), key[:n].detach(), scale, inner.chunk)
+            lse = _heads_to_seq(lse.float().unsqueeze(-1), sp.sizes, sp.rank, sp.group).squeeze(-1)  # [n, H, S_r]
+            q, k = kernel_inputs(q_local[:n].detach(), k_text[:n].detach())
+            inner.probs = text_column_probs(q, k, scale, lse, inner.chunk)
         return out
 
 
@@ -235,23 +247,6 @@ class UlyssesWanSelfProcessor:
                                     backend=getattr(self.inner, "_attention_backend", None), parallel_config=None)
         out = _HeadsToSeq.apply(out.transpose(1, 2), self.sp).transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
-
-
-class LocalCrossProcessor:
-    """Wan's cross-attention `attn2` on a video shard: the inner processor as is (its keys, the text, are on
-    every rank); a capture's rows [n, S_r, Nt] are all-gathered into [n, Nv, Nt]."""
-
-    def __init__(self, inner, sp: "SequenceParallel"):
-        self.inner, self.sp = inner, sp
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        before = getattr(self.inner, "probs", None)
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        probs = getattr(self.inner, "probs", None)
-        if probs is not None and probs is not before:
-            with torch.no_grad():
-                self.inner.probs = _gather(probs, self.sp.sizes, 1, self.sp.group)
-        return out
 
 
 def _arg(args, kwargs, i, name):
@@ -296,6 +291,20 @@ class SequenceParallel:
         dist.all_reduce(x, group=self.group)
         return x
 
+    def localization_mask(self, probs, sel, video_grid, threshold) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`unlearn.masks.localization_mask` of this rank's tokens (the capture holds only them; one MIN all-reduce of
+        the per-frame [B, F] min and -max), the whole mask's background count and fraction (one all-reduce)."""
+
+        def group_range(lo, hi):
+            both = torch.cat([lo, -hi])
+            dist.all_reduce(both, op=dist.ReduceOp.MIN, group=self.group)
+            return both[: lo.shape[0]], -both[lo.shape[0]:]
+
+        mask, _ = localization_mask(probs, sel, video_grid, threshold, self.tokens, group_range)
+        counts = torch.stack([(1.0 - mask).sum(), mask.sum()])
+        dist.all_reduce(counts, group=self.group)
+        return mask, counts[0], counts[1] / (mask.shape[0] * sum(self.sizes))
+
     def scale_gradients(self, params) -> None:
         """Multiply each parameter's gradient by P as it is computed: an engine that averages gradients over
         every rank (DeepSpeed) then averages over sample groups the SUM over each group's shards."""
@@ -336,12 +345,10 @@ def enable_sequence_parallel(objective, group=None) -> SequenceParallel:
             raise ValueError(f"distributed.sequence_parallel={sp.degree} must divide the model's {heads} attention "
                              f"heads (Ulysses splits heads over the ranks): use a divisor of {heads}")
         for blk in blocks:
-            sites = [(blk.attn1, UlyssesCogVideoXProcessor)] if cog else [
-                (blk.attn1, UlyssesWanSelfProcessor), (blk.attn2, LocalCrossProcessor)]
-            for module, cls in sites:
-                new = cls(module.processor, sp)
-                sp._restore.append((module, module.processor, new))
-                module.set_processor(new)
+            # Wan's attn2 keeps its processor: its keys, the text, are on every rank, its capture covers the shard
+            new = (UlyssesCogVideoXProcessor if cog else UlyssesWanSelfProcessor)(blk.attn1.processor, sp)
+            sp._restore.append((blk.attn1, blk.attn1.processor, new))
+            blk.attn1.set_processor(new)
     if sp.degree > 1:
         # Where the tokens are gathered: after the output projection (the prediction, latent-sized) where the head is
         # per token; after the last block where the head's modulation is per token and whole (Wan 2.2 TI2V).

@@ -121,12 +121,13 @@ class ErasureObjective(nn.Module):
             out["l_anchor_preserve"] = preserve_loss(v_e_anc, v_own)
         if self.capture is not None:
             layout = spec.token_layout(batch.x_c.shape[1:])
-            mask, _ = localization_mask(self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
-            sp = self.sequence_parallel  # each rank recorded its own video tokens: its share, summed over ranks
-            l_l = localization_loss([eraser_out[i] for i in sorted(eraser_out)], mask, sp and sp.tokens)
+            sp = self.sequence_parallel  # capture, mask and energy records: this rank's tokens; shares summed
+            args = (self.capture.probs(), batch.sel, layout.video_grid, cfg.mask_threshold)
+            mask, n_bg, frac = sp.localization_mask(*args) if sp is not None else (localization_mask(*args)[0], None, None)
+            l_l = localization_loss([eraser_out[i] for i in sorted(eraser_out)], mask, n_bg)
             l_l = sp.reduce_sum(l_l) if sp is not None else l_l
             eraser_out.clear()  # the graph holds what backward needs; drop the step's references now
-            out["mask_fraction"] = mask.mean().detach()
+            out["mask_fraction"] = (mask.mean() if frac is None else frac).detach()
         else:
             l_l = v_e.new_zeros(())
         out["l_localize"] = l_l

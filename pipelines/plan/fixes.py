@@ -78,19 +78,21 @@ def stages(req: PlanRequest, dominant: str) -> list[list[tuple[str, object]]]:
 
 
 def _sequence_parallel(req: PlanRequest) -> list[tuple[str, object]]:
-    """`distributed.sequence_parallel` P (a divisor of the world size) with the global rows / P: each worker's
-    activations span Nv / P video tokens of as many rows as it held before, so they shrink only with the rows;
-    what it buys over fewer rows alone is rows per worker below one (the full-length video on each)."""
+    """`distributed.sequence_parallel` P (a divisor of the world size), mildest first: at the same global rows
+    (the batch kept; a GPU holds P x the rows at Nv / P tokens: the same activations, except for the rows every
+    GPU adds whatever its share -- Wan 2.2 A14B's idle-expert row -- which then span Nv / P tokens), then with the
+    rows / P (activations / P; what it buys over fewer rows alone is rows per worker below one)."""
     m, w = req.method, req.world_size
     now = int(getattr(getattr(req.pipeline, "distributed", None), "sequence_parallel", 1) or 1)
     b, p = m.train.batch_size, m.train.preserve_batch_size
     out = []
-    for k in (2, 4, 8):
-        if w % (now * k) or b % k or p % k:
+    for k, cut in [(k, 1) for k in (2, 4, 8)] + [(k, k) for k in (2, 4, 8)]:
+        groups = w // (now * k)
+        if w % (now * k) or b % cut or p % cut or (b // cut) % groups or (p // cut) % groups:
             continue
-        sets = {"train.batch_size": b // k, "train.preserve_batch_size": p // k}
-        label = (f"--set distributed.sequence_parallel={now * k} --set train.batch_size={b // k} "
-                 f"--set train.preserve_batch_size={p // k}")
+        sets = {"train.batch_size": b // cut, "train.preserve_batch_size": p // cut}
+        label = f"--set distributed.sequence_parallel={now * k}" + (
+            f" --set train.batch_size={b // cut} --set train.preserve_batch_size={p // cut}" if cut > 1 else "")
         out.append((label, lambda base, s=sets, n=now * k: (lambda r: replace(r, pipeline=_pipeline(
             r, {"distributed.sequence_parallel": n, "distributed.num_workers": w})))(_with(base, s))))
     return out

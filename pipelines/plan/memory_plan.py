@@ -151,7 +151,8 @@ class PlanInputs:
     # gathers one block while it runs (two experts: one more in backward, see there)
     shard_backbone: bool = False
     # unlearn.sequence_parallel (Ulysses, issue 23): each sample's video tokens split over this many ranks (the rows
-    # above are then each group's share of the batch): activations span ceil(Nv / P) video tokens (+ all text tokens)
+    # above are then each group's share of the batch): activations and the capture's results span ceil(Nv / P) video
+    # tokens (+ all text tokens)
     sequence_parallel: int = 1
 
 
@@ -326,7 +327,7 @@ def sequence_parallel_terms(x: PlanInputs, r1: int, r2: int) -> list[Term]:
 def plan_memory(x: PlanInputs) -> MemoryPlan:
     """All terms, the per-phase sums and the peak per GPU (see the module docstring)."""
     full, sp = x, max(1, x.sequence_parallel)
-    if sp > 1:  # this rank's video tokens: every activation term below is the shard's; the capture results stay whole
+    if sp > 1:  # this rank's video tokens: every activation term below is the shard's, the capture's results too
         x = replace(x, video_tokens=-(-x.video_tokens // sp))
     blocks = blocks_for(x.family)
     n = blocks.tokens(x)  # tokens a block's activations span: CogVideoX Nv + Nt (joint), Wan Nv
@@ -347,7 +348,8 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     probs = scratch = None
     if x.capture_layers:  # the capture's keys: CogVideoX text + video, Wan (cross-attention) text only
         probs, scratch = capture_terms(x, n if blocks.tokens(x) != x.video_tokens else x.text_len)
-        probs = capture_terms(full, 1)[0] if sp > 1 else probs  # reduced over the group: [B, Nv, Nt] on every rank
+        if sp > 1:  # unlearn.sequence_parallel: a rank captures (and builds the mask of) its own video tokens only
+            probs.note += f"; this rank's {x.video_tokens} of {full.video_tokens} video tokens (sequence parallel {sp})"
         terms += [probs, scratch]
     extra = x.concept_rows * (int(x.adv_steps > 0) + int(x.anchor_preserve))  # adversarial / anchor rows in forward 2
     f2 = [Term(name, b, F2, note) for name, b, note in blocks.forward2(replace(x, preserve_rows=x.preserve_rows + extra))]
@@ -375,7 +377,10 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
         fwd = blocks.no_grad_forward(replace(full, fp32_ops=frozenset()), rows, full.video_tokens, x.act_bytes)
         states = 4.0 * tr.steps * tr.pool_size * x.latent_elems
         terms.append(Term(SAMPLING, fwd + states, SAMPLING, f"CFG forward of {rows} rows, no grad + one prompt's fp32 states"))
-        phases[SAMPLING] = resident + fwd + states
+        held = resident  # sharded: sampled through the shards (unlearn.xt_sources), the backbone is never whole
+        if x.shard_backbone and x.world_size > 1 and x.experts > 1:  # one expert per sampler step and no backward:
+            held -= x.params_transformer / x.layers * x.weight_bytes  # one gathered block, not the training's two
+        phases[SAMPLING] = held + fwd + states
         terms.append(Term("trajectory pool", float(tr.prompts * tr.pool_size * tr.steps * x.latent_elems * x.weight_bytes),
                           HOST, f"{tr.prompts} prompts x {tr.pool_size} x {tr.steps} states, model dtype (this rank)",
                           where="host"))
