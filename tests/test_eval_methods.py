@@ -97,6 +97,9 @@ def runs(tiny_model, eraser_dir, tmp_path_factory):
     out = {}
     for name, cfg in cases.items():
         mp = pytest.MonkeyPatch()
+        # an empty embedding cache: the pipeline encodes the text itself, as this module checks (a session cache a
+        # search filled would serve the prompts and the concept words instead: tests/test_eval_text_cache.py)
+        mp.setenv("T2VU_CACHE", str(root / "cache"))
         try:
             spy = PipelineSpy(mp)
             summary = run_eval(cfg, root / name)

@@ -1,8 +1,9 @@
 """A search's evals share one pool of eval actors and never load a text encoder (issue 22).
 
-The search driver fills the text-embedding cache with every eval prompt before the trials (eval.text_cache), so the
-trials' final evals generate from cached embeddings; their Ray eval actors are one named pool for the whole search
-(pipelines.search.eval_pool), each loading the pipeline once, released when the search ends, also when it fails.
+The search driver fills the text-embedding cache with every eval prompt (and the baselines' own texts) before the
+trials (eval.text_cache), so the trials' final evals and the negprompt/blocklist baselines generate from cached
+embeddings; their Ray eval actors are one named pool for the whole search (pipelines.search.eval_pool), each loading
+the pipeline once, kept for `t2vu run`'s best-trial eval, released when the run ends, also when it fails.
 Real Ray (the session's), real Tune trials, the tiny model, CPU.
 """
 
@@ -78,24 +79,32 @@ def test_the_fill_encodes_each_eval_prompt_once(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_search_shares_one_pool_loads_no_text_encoder_and_leaves_no_actor_even_when_it_fails(ray_session, tmp_path,
-                                                                                              capsys):
+def test_a_run_shares_one_pool_loads_no_text_encoder_and_leaves_no_actor_even_when_it_fails(ray_session, tmp_path,
+                                                                                           capsys):
+    """`t2vu run`: both trials' final evals, the negprompt and blocklist baselines and the best trial's eval all run on
+    the search's one pooled actor (one process, one pipeline load), none with a text encoder (every prompt, negative
+    prompt and replacement came from the cache), and the pool is gone after the run failed at its last step."""
     from eval.backends import POOL_NAMESPACE
+    from pipelines.run.pipeline import run_pipeline
     from pipelines.search.eval_pool import pool_name
-    from pipelines.search.tune import run_search
 
-    out = tmp_path / "search"
-    (out / "report.md").mkdir(parents=True)  # the report cannot be written: the search fails after its trials
+    same = {"runtime.num_actors": 1, "output.save_videos": False, "generation.num_inference_steps": 2}
+    cfg = _cfg().with_overrides({"search.objective.baselines": ["negprompt", "blocklist"],
+                                 "run": {"eval_overrides": same, "limit": 1}})
+    out = tmp_path / "run"
+    (out / "report.md").mkdir(parents=True)  # the run's report cannot be written: it fails after its final eval
     with pytest.raises(Exception, match="report.md"):
-        run_search(_cfg(), out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
+        run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml", quiet=True, verbose=True)
 
-    assert f"eval pool {pool_name(out)}: 1 actor(s)" in capsys.readouterr().err  # started by the search driver
-    evals = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/eval/summary.json"))]
-    assert len(evals) == 2
-    workers = [w for s in evals for w in s["workers"]]
-    # every eval ran on the pool's one actor: one process, its pipeline loaded once for both trials
-    assert len({w["pid"] for w in workers}) == 1 and sorted(w["pipeline_loads"] for w in workers) == [1, 1]
-    assert [w["text_encoder"] for w in workers] == [False, False]  # the prompts came from the cache: no T5
+    assert f"eval pool {pool_name(out / 'search')}: 1 actor(s)" in capsys.readouterr().err  # the search driver's
+    summaries = [*sorted(out.glob("search/trials/*/eval/summary.json")), *sorted(out.glob("search/baselines/*/summary.json")),
+                 out / "eval" / "summary.json"]
+    evals = [json.loads(p.read_text()) for p in summaries]
+    assert len(evals) == 5 and [e["method"]["name"] for e in evals[2:]] == ["blocklist", "negprompt", "eraser"]
+    workers = [w for e in evals for w in e["workers"]]
+    # every eval ran on the pool's one actor: one process, its pipeline loaded once for all five
+    assert len({w["pid"] for w in workers}) == 1 and [w["pipeline_loads"] for w in workers] == [1] * 5
+    assert [w["text_encoder"] for w in workers] == [False] * 5  # prompts and the methods' texts from the cache: no T5
     alive = [a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)
-             if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(pool_name(out))]
-    assert alive == []  # released although the search failed
+             if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(pool_name(out / "search"))]
+    assert alive == []  # released although the run failed

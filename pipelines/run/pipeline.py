@@ -3,7 +3,8 @@
   1. text embeddings   fill the cache once (T5 never loads in trainers)
   2. search            Ray Tune over Ray Train + DeepSpeed trials, each judged by a real eval
   3. select            the best trial by the configured rule (`run.select`)
-  4. final eval        the best eraser vs the base model on the full eval set, same seeds
+  4. final eval        the best eraser vs the base model on the full eval set, same seeds (on the search's eval
+                       pool where it has one and the pipelines match: no second load)
   5. report            report.md + summary.json in the run folder (pipelines.run.report); all of it in
                        MLflow (pipelines.tracking.tracker): the search's parent run, a child per trial,
                        a child for the final eval
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from pipelines.run.report import print_summary, write_pipeline_report
+from pipelines.search.eval_pool import kept_pool
 from pipelines.runtime.console import StageConsole, display, quiet_console, say
 from pipelines.runtime.run_folder import pin_config
 from pipelines.tracking.tracker import Tracker
@@ -122,9 +124,11 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
         return summary  # noqa: RET504
     ecfg = best_trial_eval_config(cfg, config_dir, out)  # validate before anything runs
     _embeddings_stage(cfg, config_dir, con, ecfg)
-    result = _search_stage(cfg, out, state, con, config_path=config_path, verbose=verbose)
-    best = _select_stage(cfg, result, con)
-    ev, eval_run_id = _final_eval_stage(cfg, ecfg, out, best, result, con, quiet)
+    # the search's eval pool (where it has one) lives on for the best trial's eval: no second pipeline load (issue 22)
+    with kept_pool(out / "search") as pool:
+        result = _search_stage(cfg, out, state, con, config_path=config_path, verbose=verbose)
+        best = _select_stage(cfg, result, con)
+        ev, eval_run_id = _final_eval_stage(cfg, ecfg, out, best, result, con, quiet, pool)
     summary = _summary(out, best, result, ev, eval_run_id, con)
     _finish(out, summary, ev, result, state, quiet)
     return summary
@@ -169,16 +173,18 @@ def _select_stage(cfg, result, con: StageConsole):
     return best
 
 
-def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, quiet: bool) -> tuple[dict, str | None]:
+def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, quiet: bool,
+                      pool: str | None = None) -> tuple[dict, str | None]:
     """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval", ended
-    FINISHED, FAILED or KILLED)."""
+    FINISHED, FAILED or KILLED); on the search's kept eval pool `pool` where its actors have this eval's pipeline."""
     con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
     tracker = Tracker(result.tracking)
     with tracker.child_run("final-eval", params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                            tags={"t2vu.role": "final-eval"}) as eval_run_id:
         if eval_run_id:
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": tracker.ids.tracking_uri}, "final eval")
-        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, cfg.run.limit if cfg.run else None, quiet)
+        ev = _run_final_eval(ecfg, out / "eval", best.eraser, eval_run_id, cfg.run.limit if cfg.run else None, quiet,
+                             pool)
     return ev, eval_run_id
 
 
@@ -211,7 +217,9 @@ def _finish(out: Path, summary: dict, ev: dict, result, state: dict, quiet: bool
     print_summary(summary, quiet)
 
 
-def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict:
+def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool, pool: str | None = None) -> dict:
+    from eval.backends import pooled
+    from pipelines.search.eval_pool import kept_pool_for
     from pipelines.tracking.mlflow_eval import run_tracked_eval
     from pipelines.runtime.console import on_terminal, progress_stream
     from pipelines.runtime.ray_session import start_eval_ray
@@ -223,5 +231,6 @@ def _run_final_eval(ecfg, out: Path, eraser, run_id, limit, quiet: bool) -> dict
             return prev
     if ecfg.runtime.num_actors:  # eval actors run on the Ray the caller starts
         start_eval_ray(ecfg.runtime)
-    return run_tracked_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
-                    progress=not quiet and on_terminal(progress_stream()), progress_file=progress_stream())
+    with pooled(kept_pool_for(pool, ecfg, out, eraser, limit) if pool else None):
+        return run_tracked_eval(ecfg, out, eraser=eraser, mlflow_run_id=run_id, limit=limit,
+                                progress=not quiet and on_terminal(progress_stream()), progress_file=progress_stream())

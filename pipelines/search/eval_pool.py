@@ -4,6 +4,10 @@
         ... trials' final evals and the method baselines (pipelines.search.objective.judge) ...
     # left by any way (done, an error, Ctrl-C): eval.backends.release_pool ends its actors
 
+    with kept_pool(out) as name:               # `t2vu run`: the pool outlives its search until this block ends
+        run_search(cfg, out)
+        pool = kept_pool_for(name, ecfg, ...)  # the best trial's eval on the same loaded actors (or None)
+
 The pool is named after the search's run folder (`pool_name`); the search driver creates its named Ray actors
 (eval.backends.start_pool) before the trials, each loading transformer + VAE once, and every eval of the search (trial
 drivers are other processes: the name travels in the objective they are given) finds them and swaps its eraser in.
@@ -91,8 +95,8 @@ def fill_text_cache(cfg, objective, say=print) -> dict:
     t0 = time.time()
     stats = fill_eval_text_cache(search_evals(cfg, objective), objective.cwd)
     say(f"  eval prompts: {stats['prompts']} in the text-embedding cache ({stats['encoded']} encoded now, "
-        f"{time.time() - t0:.1f} s): no eval worker loads a text encoder for them (methods with a text side of their "
-        "own, e.g. negprompt, still do)")
+        f"{time.time() - t0:.1f} s): no eval worker loads a text encoder for them (a SAFREE baseline still does: it "
+        "encodes token-edited prompts)")
     return stats
 
 
@@ -102,6 +106,7 @@ def search_eval_pool(cfg, out: Path, objective, say=print):
     with its eval pool set (or None, with one line saying why); the pool is released on the way out, whatever ends
     the search."""
     from eval.backends import pooled, release_pool, start_pool
+    from eval.workers import pool_key
     from pipelines.search.objective import trial_final_eval_config
 
     fill_text_cache(cfg, objective, say)
@@ -114,13 +119,54 @@ def search_eval_pool(cfg, out: Path, objective, say=print):
         return
     name = pool_name(out)
     try:
-        workers = start_pool(name, _pool_spec(objective, out), runtime, say)  # owned by this driver: dies with it
+        spec = _pool_spec(objective, out)
+        workers = start_pool(name, spec, runtime, say)  # owned by this driver: dies with it
         say(f"  eval pool {name}: {len(workers)} actor(s), each loading the pipeline once for every eval of this "
             "search")
+        if name in _KEPT:  # a `kept_pool` block outlives the search: it releases the pool
+            _KEPT[name] = pool_key(spec)
         with pooled(name):  # this process's evals (the method baselines); trial drivers get objective.pool
             yield replace(objective, pool=name)
     finally:
+        if name not in _KEPT:
+            release_pool(name)
+
+
+_KEPT: dict[str, str | None] = {}  # pools a `kept_pool` block holds past their search -> their actors' pool_key
+
+
+@contextlib.contextmanager
+def kept_pool(out: Path):
+    """The eval pool of the search in run folder `out` (if it gets one) outlives that search until this block ends,
+    whatever ends it: `t2vu run` judges the best trial on its loaded actors (`kept_pool_for`), with no second pipeline
+    load. Yields the pool's name."""
+    from eval.backends import release_pool
+
+    name = pool_name(out)
+    _KEPT[name] = None
+    try:
+        yield name
+    finally:
+        del _KEPT[name]
         release_pool(name)
+
+
+def kept_pool_for(name: str, ecfg, out: Path, eraser, limit: int | None) -> str | None:
+    """`name` when its kept pool has actors loaded with the pipeline of eval `ecfg` (eraser, row limit; planned, not
+    run), else None: no pool (off, or a resumed search that started none), an in-process eval, or another pipeline
+    (other generation settings: eval.workers.pool_key); that pool is released first, its actors would hold what the
+    eval needs."""
+    from eval.backends import release_pool
+    from eval.planning import plan_eval, worker_spec
+    from eval.workers import pool_key
+
+    if _KEPT.get(name) is None:
+        return None
+    if ecfg.runtime.num_actors and pool_key(worker_spec(plan_eval(ecfg, out, limit=limit, eraser=eraser))) == _KEPT[name]:
+        return name
+    release_pool(name)
+    _KEPT[name] = None
+    return None
 
 
 def _pool_spec(objective, out: Path):
