@@ -231,5 +231,5 @@ def render_cost(c: dict) -> str:
         lines.append(c["proxy_note"])
     ld = c["pipeline_loads"]
     lines.append(f"eval model reads: {ld['gb_read']:,.0f} GB ({ld['gb_read_before']:,.0f} GB before the text-embedding "
-                 f"cache and the eval pool); eval pool {'on: one load per actor' if ld['pooled'] else 'off (its actors would not fit beside the trials): one load per eval'}, no T5 where the cache has the prompts")
+                 f"cache and the eval pool); eval pool {'on: one load per actor' if ld['pooled'] else 'off (its actors would not fit beside the trials): one load per eval'}; T5 loads only for a SAFREE baseline (it encodes token-edited prompts), every other eval reads the filled text cache")
     return "\n".join(lines)
