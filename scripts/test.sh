@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README): installs what it needs, then runs the suite on CPU.
-#   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores, MISSED:
-#                                   685 tests in 30.1 min on 2026-12-07, idle machine; it mostly waits on Ray and
-#                                   subprocesses: ~15 CPU-min of 30 wall-min)
+#   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores). Serial, it
+#                                   took 30.1 min for 685 tests (2026-12-07, idle) while using ~15 CPU-min: it mostly
+#                                   waited on Ray and subprocesses. So it runs in T2VU_TEST_WORKERS (default 2) pytest
+#                                   processes (pytest-xdist), each with its own session Ray, MLflow server and tiny
+#                                   models (tests/conftest.py); `--dist loadfile` keeps a module's tests (and its
+#                                   module-scoped fixtures) in one process. T2VU_TEST_WORKERS=0 runs serially.
 #   bash scripts/test.sh --fast     the fast tier: every test not marked `slow` (target <= 5 min: 625 tests in
 #                                   3.3 min on 2026-12-07; every module keeps a fast test: tests/test_tiers.py)
 # --durations=30 lists the 30 slowest tests at the end (what to look at when the suite grows slow).
@@ -13,6 +16,8 @@ bash scripts/setup.sh
 export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
   RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 args=()
+workers=${T2VU_TEST_WORKERS:-2}
+if [[ $workers != 0 ]]; then args+=(-n "$workers" --dist loadfile); fi
 for a in "$@"; do
   if [[ $a == --fast ]]; then args+=(-m "not slow"); else args+=("$a"); fi
 done
