@@ -220,6 +220,26 @@ def test_plan_counts_the_sharded_backbone():
     assert plan_memory(replace(one, shard_backbone=True)).peak_bytes == plan_memory(one).peak_bytes
 
 
+def test_plan_counts_trajectory_sampling_through_the_shards():
+    """With trajectory x_t the pools are sampled through the sharded backbone (unlearn.xt_sources), so the plan's
+    sampling phase holds this rank's share and one gathered block (one expert per sampler step, no backward), not
+    the whole backbone: A14B at 81x480x832 on 4 GPUs, pool 8, 20 steps."""
+    from dataclasses import replace
+
+    from pipelines.plan.memory_check import load_plan_config, make_request, plan_inputs
+    from pipelines.plan.memory_plan import SAMPLING, plan_memory
+
+    root = Path(__file__).resolve().parent.parent
+    m, p = load_plan_config(root / "configs" / "wan" / "wan2.2-t2v-a14b-nudity.yaml", ["train.xt_source=trajectory"])
+    x, _ = plan_inputs(make_request(m, p, mode="distributed", world_size=4, gpu_memory_gb=80))
+    assert x.trajectory is not None and x.experts == 2
+    whole, sharded = plan_memory(x), plan_memory(replace(x, shard_backbone=True))
+    weights = 2 * x.params_transformer * x.weight_bytes
+    block = x.params_transformer / x.layers * x.weight_bytes
+    saved = weights - (weights / 4 + block + block / 4)  # the whole backbone -> its share + one block + gather input
+    assert whole.phases[SAMPLING] - sharded.phases[SAMPLING] == pytest.approx(saved)
+
+
 # 1.1 s in a run with the other family tests (70 s alone on the loaded box: the diffusers import)
 def test_real_size_a14b_shards_on_meta_over_four_ranks():
     """Wan 2.2 T2V-A14B at its real shapes (2 experts x 40 blocks, on meta: nothing allocated) sharded for rank 0
@@ -235,7 +255,8 @@ def test_real_size_a14b_shards_on_meta_over_four_ranks():
 
     from unlearn.models.architectures import PRESET_PARAMETERS, PRESETS
     from unlearn.models.wan_experts import WanExperts
-    from unlearn.sharding import shard_backbone
+    from unlearn.sharding import backbone_group, shard_backbone
+    from unlearn.xt_sources import lockstep_rounds
 
     names = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
     cfg = {k: tuple(v) if isinstance(v, list) else v
@@ -245,9 +266,13 @@ def test_real_size_a14b_shards_on_meta_over_four_ranks():
     for t in experts:
         torch.nn.Module.to(t, torch.bfloat16).requires_grad_(False)
     tr = WanExperts(*experts, 875.0)
+    assert backbone_group(tr) is None  # held whole: trajectory sampling needs no lockstep (unlearn.xt_sources)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
     try:
         sharded = shard_backbone(SimpleNamespace(transformer=tr), device="cpu")
+        # sharded: trajectory sampling agrees its count of trajectories over the units' group (FSDP2 refuses a
+        # forward on meta weights, so the sampling itself is tests/test_sharded_load.py's, on CPU)
+        assert lockstep_rounds(3, backbone_group(tr)) == 3
     finally:
         dist.destroy_process_group()
     params = PRESET_PARAMETERS["wan2.2-t2v-a14b"][0]

@@ -2,6 +2,12 @@
 and each rank's peak resident memory while loading is its 1/N share (+ at most the largest unit), read from
 the process (its peak RSS, VmHWM, reset before the load), not from the plan (issue 23).
 
+Trajectory x_t with the backbone in its shards (the worker's path under distributed.shard_backbone: the pools are
+sampled through the shards, the ranks in lockstep, unlearn.xt_sources): one unit gathered at a time, and the
+rank's peak RSS while sampling stays under the whole backbone; and each rank's tiny-Wan TrainingSession built
+inside `sharded_loading`, as the worker builds it, samples the pools and takes the step of the same session
+built whole (pools, loss, eraser gradients).
+
 One spawn of 2 gloo ranks (torch.multiprocessing, no Ray) does every measurement; the parent loads the
 models whole and compares.
 """
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,7 @@ import torch
 from tests.test_sharded_backbone import free_port, global_batch, make_model, slice_of, step
 
 WORLD = 2
+TOL = 1e-5
 
 
 def kb(field: str) -> int:
@@ -50,6 +58,21 @@ def make_wide(root: Path) -> Path:
     return sub
 
 
+def make_deep(root: Path) -> Path:
+    """A Wan transformer of 24 narrow blocks (~4 MB each, ~100 MB fp32): a gathered unit is small next to the
+    half a rank keeps, so RSS tells one in transit from the rest of the backbone."""
+    from diffusers import WanTransformer3DModel
+
+    sub = root / "deep" / "transformer"
+    if not (sub / "config.json").is_file():
+        torch.manual_seed(0)
+        WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=16,
+                              out_channels=16, text_dim=64, freq_dim=64, ffn_dim=1024, num_layers=24,
+                              cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+                              ).save_pretrained(str(sub), safe_serialization=True)
+    return sub
+
+
 def local_state(transformer) -> dict:
     from torch.distributed.tensor import DTensor
 
@@ -57,7 +80,88 @@ def local_state(transformer) -> dict:
             for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
 
 
-def rank_main(rank: int, root: str, port: int, out: str) -> None:
+def sample_through_shards(tr, root: Path, rank: int):
+    """A transformer's trajectories (2 sampler steps, 1 per prompt): 2 prompts on rank 0, 1 on rank 1,
+    so rank 1 also runs one throwaway trajectory to keep the all-gathers in step."""
+    from diffusers import UniPCMultistepScheduler
+
+    from unlearn.models.wan import WanSpec
+    from unlearn.xt_sources import TrajectorySource
+
+    spec = WanSpec(tr, UniPCMultistepScheduler.from_pretrained(str(root / "wan-a14b"), subfolder="scheduler"),
+                   text_len=16)
+    g = torch.Generator().manual_seed(rank)
+    prompts = [["a", "b"], ["c"]][rank]
+    emb = {p: torch.randn(16, tr.config.text_dim, generator=g) for p in ["", *prompts]}
+    return TrajectorySource(spec, spec.latent_shape(9, 32, 32), emb, prompts, num_steps=2, guidance=3.0, pool_size=1)
+
+
+def measure_sampling(tr, root: Path, rank: int) -> dict:
+    """Peak RSS over a sampling through the shards, after one unmeasured (first forwards: imports, kernels, the
+    allocator's arenas), and the most unit bytes held gathered at once, read from the live storages."""
+    from types import SimpleNamespace
+
+    from unlearn.sharding import peak_gathered, resident_bytes, shard_backbone
+
+    sharded = shard_backbone(SimpleNamespace(transformer=tr))  # sharded at load: only records the units
+    resident = resident_bytes(tr)
+    sample_through_shards(tr, root, rank)
+    before = reset_peak_rss()
+    with peak_gathered(sharded, [b.attn1 for b in tr.blocks]) as gathered:
+        src = sample_through_shards(tr, root, rank)
+    return {"peak": 1024 * kb("VmHWM") - before, "gathered": gathered[0], "fill": src.lockstep_fill,
+            "resident": resident, "after": resident_bytes(tr), "whole": sharded.whole_bytes,
+            "largest": sharded.largest_unit_bytes}
+
+
+def trajectory_cfg(model_dir: Path, cache: Path):
+    """The tiny Wan with trajectory x_t, one rank's share of a global 2 + 2 batch. The 3 concept and 4 preserve
+    prompts (with the empty one) split 4 / 3 over the ranks: rank 1 runs a throwaway trajectory while rank 0
+    samples its last one."""
+    from unlearn.config import EraserTrainingConfig
+
+    return EraserTrainingConfig.model_validate({
+        "model": {"path": str(model_dir), "family": "wan", "num_frames": 9, "height": 32, "width": 32},
+        "eraser": {"rank": 4},
+        "concept": {"target": "naked", "prompts": ["a naked body", "a naked person on a beach", "a naked woman"],
+                    "reference": "anchors", "anchors": ["clothed"], "preserve": ["a person", "a face", "a dog"]},
+        "loss": {"eta": 3.0, "w_localize": 1.0, "mask_threshold": 0.3},
+        "train": {"steps": 1, "batch_size": 1, "preserve_batch_size": 1, "cache_dir": str(cache),
+                  "xt_source": "trajectory", "trajectory": {"num_inference_steps": 3, "pool_size": 2}},
+    })
+
+
+def session_step(session) -> tuple[float, dict]:
+    from tests.family_cases import perturb
+
+    perturb(session.eraser_set, seed=1, scale=0.3)  # every eraser gradient non-trivial
+    return step(session.objective, session.batch(0))
+
+
+def trajectory_session(rank: int, wan_dir: Path, cache: Path) -> dict:
+    """The worker's build_session + shard_session with trajectory x_t, and one step (gradients all-reduced, mean)."""
+    import torch.distributed as dist
+
+    from unlearn.session import TrainingSession
+    from unlearn.sharded_load import sharded_loading
+    from unlearn.sharding import resident_bytes, shard_session
+
+    with sharded_loading("cpu"):
+        session = TrainingSession(trajectory_cfg(wan_dir, cache), device="cpu", rank=rank, world_size=WORLD)
+    after_sampling = resident_bytes(session.spec.transformer)
+    sharded = shard_session(session)  # finds the units sharded already: only records them
+    loss, grads = session_step(session)
+    for g in grads.values():  # what DeepSpeed does with the whole, replicated eraser gradients
+        dist.all_reduce(g)
+        g /= WORLD
+    src = session.source
+    session.objective.detach()
+    return {"loss": loss, "grads": grads, "pool": src.pool, "sampled": src.sampled, "fill": src.lockstep_fill,
+            "resident": after_sampling, "shard": sharded.shard_bytes, "replicated": sharded.replicated_bytes,
+            "whole": sharded.whole_bytes, "after": resident_bytes(session.spec.transformer)}
+
+
+def rank_main(rank: int, root: str, wan_dir: str, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from tests.test_sharded_backbone import build
@@ -67,7 +171,9 @@ def rank_main(rank: int, root: str, port: int, out: str) -> None:
     from unlearn.sharding import backbone_units, resident_bytes
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # a rank left out of a lockstep (trajectory sampling) would keep the other waiting: fail in 5 minutes, not 30
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=300))
     try:
         res = {}
         # 1. the two-expert Wan in bf16 (keep-in-fp32 weights, transformer_2/): local shards, buffers, fingerprint
@@ -83,6 +189,9 @@ def rank_main(rank: int, root: str, port: int, out: str) -> None:
         res["resident"] = resident_bytes(tr)
         res["largest_unit"] = max(sum(p.numel() * p.element_size() for p in u.parameters()) for u in backbone_units(tr))
         del tr
+        # 2b. trajectory x_t sampled through the deep transformer's shards, the ranks in lockstep (unlearn.xt_sources)
+        res["sampling"] = measure_sampling(load_sharded_part(Path(root) / "deep" / "transformer", torch.float32, "cpu"),
+                                           Path(root), rank)
         from diffusers import WanTransformer3DModel
 
         before = reset_peak_rss()
@@ -96,22 +205,28 @@ def rank_main(rank: int, root: str, port: int, out: str) -> None:
             spec, erasers, objective = build("cogvideox", Path(root) / "cogvideox", checkpointing=True)
         res["cog_loss"] = step(objective, slice_of(global_batch(spec, "cogvideox", WORLD), rank))[0]
         res["cog"] = local_state(spec.transformer)
+        # 4. trajectory x_t: the tiny Wan's session built as the worker builds it, its pools sampled through the shards
+        res["traj"] = trajectory_session(rank, Path(wan_dir), Path(root) / "cache-sharded")
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
+def loaded(tmp_path_factory, tiny_wan_dir):
     import torch.multiprocessing as mp
+
+    from unlearn.session import prepare_embeddings
 
     root = tmp_path_factory.mktemp("sharded-load")
     make_wide(root)
+    make_deep(root)
     make_model("wan-a14b", root)
     make_model("cogvideox", root)
+    prepare_embeddings(trajectory_cfg(tiny_wan_dir, root / "cache-sharded"))  # the driver's job: no encoder in a rank
     out = root / "out"
     out.mkdir()
-    mp.start_processes(rank_main, args=(str(root), free_port(), str(out)), nprocs=WORLD, join=True,
+    mp.start_processes(rank_main, args=(str(root), str(tiny_wan_dir), free_port(), str(out)), nprocs=WORLD, join=True,
                        start_method="spawn")
     return root, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
@@ -166,6 +281,59 @@ def test_each_rank_peaks_at_its_share_while_loading(loaded):
         assert g["whole"] / WORLD <= g["resident"] <= 1.02 * g["whole"] / WORLD, g  # its rows (+ FSDP padding)
         assert g["peak_sharded"] <= g["whole"] / WORLD + g["largest_unit"] + 4 * 2**20, g
         assert g["peak_whole"] >= 0.95 * g["whole"], g
+
+
+@pytest.mark.slow
+def test_trajectory_pools_sampled_through_the_shards_train_the_unsharded_step(loaded, tiny_wan_dir):
+    """Each rank's session (sharded load, trajectory x_t) against the same session built whole in one process (its
+    own caches: it samples too): the pools, the loss and every averaged eraser gradient within 1e-5; after
+    sampling each rank holds exactly its shards + the root weights, 1/2 of the backbone (+ FSDP padding)."""
+    from unlearn.session import TrainingSession
+
+    root, got = loaded
+    got = [g["traj"] for g in got]
+    # 4 prompts on rank 0 and 3 on rank 1, none cached: rank 1 ran a one-row trajectory to keep in step
+    assert [g["sampled"] for g in got] == [4, 3] and [g["fill"] for g in got] == [0, 1]
+    ref = []
+    for r in range(WORLD):
+        whole = TrainingSession(trajectory_cfg(tiny_wan_dir, root / "cache-whole"), device="cpu", rank=r,
+                                world_size=WORLD)
+        assert whole.source.sampled == got[r]["sampled"] and whole.source.pool.keys() == got[r]["pool"].keys()
+        for p, (states, times) in whole.source.pool.items():
+            torch.testing.assert_close(got[r]["pool"][p][0], states, atol=TOL, rtol=TOL, msg=lambda m: f"{p}: {m}")
+            assert torch.equal(got[r]["pool"][p][1], times), p
+        ref.append(session_step(whole))
+        whole.objective.detach()
+    for r in range(WORLD):
+        assert abs(got[r]["loss"] - ref[r][0]) <= TOL * max(1.0, abs(ref[r][0])), (r, got[r]["loss"], ref[r][0])
+    names = sorted(ref[0][1])
+    assert names and names == sorted(got[0]["grads"])
+    for n in names:
+        mean = sum(x[1][n] for x in ref) / WORLD
+        assert float(mean.abs().max()) > 0, n
+        for r in range(WORLD):
+            torch.testing.assert_close(got[r]["grads"][n], mean, atol=TOL, rtol=TOL, msg=lambda m: f"{r} {n}: {m}")
+    for r in range(WORLD):
+        g = {k: v for k, v in got[r].items() if k not in ("grads", "pool")}
+        assert g["resident"] == g["shard"] + g["replicated"] == g["after"], g  # no unit left gathered
+        assert g["whole"] / WORLD <= g["resident"] <= 1.05 * g["whole"] / WORLD, g
+
+
+@pytest.mark.slow
+def test_sampling_trajectories_through_the_shards_keeps_each_rank_at_its_share(loaded):
+    """Trajectory x_t with the backbone in its shards (the worker's path under distributed.shard_backbone), the
+    deep transformer (24 units of ~4 MB, ~100 MB): one unit at most is gathered at a time (live storages) and
+    every unit is sharded again after; the process never holds the backbone whole: its shards + the peak RSS
+    that sampling adds stay under the whole. On gloo that addition is several units, not one (measured 15.6-19.6
+    MB alone, 33.6 MB in this spawn, at 4.0 MB a unit): per unit in transit FSDP's all-gather input (1/N) and
+    output, gloo's flat receive buffer, the copy-out to the unit's weights, and what the allocator's arenas keep."""
+    _, got = loaded
+    assert [got[r]["sampling"]["fill"] for r in range(WORLD)] == [0, 1]  # rank 1 kept in step with a throwaway one
+    for r in range(WORLD):
+        g = got[r]["sampling"]
+        assert g["after"] == g["resident"] and g["resident"] <= 1.02 * g["whole"] / WORLD, g
+        assert 0 < g["gathered"] <= g["largest"], g
+        assert g["resident"] + g["peak"] < g["whole"], g
 
 
 def test_byte_range_reads_give_the_rows_a_whole_load_gives(tmp_path):

@@ -84,7 +84,8 @@ def test_distributed_training_with_a_sharded_backbone_matches_the_replicated_run
 
     (plain, a), (sharded, b) = sharded_runs["replicated"], sharded_runs["sharded"]
     assert sharded["shard_backbone"] is True and plain["shard_backbone"] is False
-    # tiny.yaml draws x_t from noise: each worker read only its rows of the backbone (unlearn.sharded_load)
+    # each worker read only its rows of the backbone (unlearn.sharded_load; with trajectory x_t too since the
+    # pools are sampled through the shards: tests/test_sharded_load.py)
     assert sharded["backbone_loaded_in_shards"] is True and plain["backbone_loaded_in_shards"] is False
     assert sharded["global_steps"] == plain["global_steps"] == 4
 

@@ -29,9 +29,10 @@ Why FSDP2 and not DeepSpeed ZeRO-3 (measured on this CPU, gloo, torch 2.13 / Dee
   family checks (`WanSpec.matches`) read by name; so each unit is its own FSDP root and the few weights set
   directly on the transformer (Wan's `scale_shift_table`, 2 x hidden per expert) stay whole on every rank.
 - Loading: `unlearn.sharded_load.sharded_loading` builds the backbone empty (meta), shards it and reads
-  each rank's rows from the files, so no rank holds it whole (the worker loads that way unless x_t come from
-  trajectories: each rank samples its own pool before training, out of step with the others); a backbone
-  loaded whole (on the host, then `device="cuda"` moves only its shards to the GPU) is sharded here.
+  each rank's rows from the files, so no rank holds it whole (the worker always loads that way; with
+  trajectory x_t the pools are then sampled through the sharded backbone, the ranks in lockstep:
+  `unlearn.xt_sources.TrajectorySource`); a backbone loaded whole (on the host, then `device="cuda"` moves
+  only its shards to the GPU) is sharded here.
 
 Collectives: every rank must run the same units in the same order. The fused step does (same batch shapes
 on every rank); a two-expert denoiser is told to run its idle expert in every forward
@@ -160,6 +161,18 @@ def shard_backbone(spec, eraser_set: nn.Module | None = None, *, group=None, dev
     if hasattr(tr, "collective"):  # a denoiser of experts: both experts in every forward (see module doc)
         tr.collective = True
     return ShardedBackbone(units, sizes, sum(sizes) // world, whole, world, _nbytes(replicated))
+
+
+def backbone_group(transformer: nn.Module):
+    """The process group a sharded backbone's forwards are collectives over (its units' mesh), or None when
+    the backbone is held whole: code that runs the backbone outside the fused step (trajectory sampling,
+    unlearn.xt_sources) must then run the same forwards, in the same order, on every rank of it."""
+    from torch.distributed.tensor import DTensor
+
+    for p in transformer.parameters():
+        if isinstance(p, DTensor):
+            return p.device_mesh.get_group()
+    return None
 
 
 def shard_session(session) -> ShardedBackbone:

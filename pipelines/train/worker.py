@@ -138,10 +138,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     cfg = lc.config
     device = resolve_device(cfg.train.device, assigned=ray.train.torch.get_device())  # this worker's GPU
     sp = cfg.distributed.sequence_parallel  # a group of sp workers shares one batch share (unlearn.sequence_parallel)
-    # distributed.shard_backbone: each rank reads only its rows of the backbone (unlearn.sharded_load), except with
-    # trajectory x_t: each rank samples its own prompts' pool with the backbone alone before training (a sharded
-    # forward is a collective, and the ranks' shares differ), so that backbone loads whole and is sharded after.
-    in_shards = cfg.distributed.shard_backbone and cfg.train.xt_source == "noise"
+    # distributed.shard_backbone: each rank reads only its rows of the backbone (unlearn.sharded_load); trajectory
+    # x_t are then sampled through the sharded backbone, the ranks in lockstep (unlearn.xt_sources, its cost there)
+    in_shards = cfg.distributed.shard_backbone
     from unlearn.sharded_load import sharded_loading
 
     with sharded_loading(str(device)) if in_shards else contextlib.nullcontext():
