@@ -297,7 +297,10 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "robustness_toy_subspace": ("robustness_toy_subspace", robustness),
     "robustness_toy_128": ("robustness_toy_128", robustness),
     "robustness_toy_128_inversion": ("robustness_toy_128_inversion", robustness),
-    "robustness_toy_gate": ("robustness_toy_gate", robustness),  # the content gate vs the eraser alone, 6 rows
+    "robustness_toy_gate": ("robustness_toy_gate", robustness),  # the content gate vs the eraser alone
+    # the gate's strength/threshold chosen on held-out rows (configs/gates/toy_choice_rows.csv), soft prompt 0.5x
+    **{f"robustness_toy_gate_choice_{k}": (f"robustness_toy_gate_choice_{k}", robustness)
+       for k in ("s10_t-2", "s20_t-2", "s10_t-4")},
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
