@@ -29,7 +29,7 @@ def _cfg(**kw):
 
     return BankConfig(**{"recipe": "tiny.yaml", "rounds": 2, "steps_per_round": 1, "pairs": 1, "attack_steps": 2,
                          "restarts": 2, "attack_pool": 1, "attack_batch": 2, "trajectory_steps": 2,
-                         "preserve_steps": 1, "preserve_max_concept": 1e9, "batch": 2, "preserve_batch": 1, **kw})
+                         "preserve_steps": 1, "preserve_max_concept": 1e9, "preserve_shrink": 1, "batch": 2, "preserve_batch": 1, **kw})
 
 
 def test_bank_grows_warm_starts_trains_on_its_rows_and_is_recorded(tmp_path):

@@ -70,6 +70,9 @@ class BankConfig(Strict):
     preserve_max_concept: float = Field(0.25, description=(
         "A perturbed anchor is kept only if the base prediction moved less than this fraction of the way toward "
         "the concept prompt's (projection, averaged over its states)."))
+    preserve_shrink: int = Field(0, ge=0, le=6, description=(
+        "A refused perturbed anchor is tried again at half the length up to this many times (0: refused rows are "
+        "dropped; the first toy run kept 2 of 24 at full length)."))
     preserve_batch: int = Field(4, ge=0, description="Adversarial-preservation rows per training step.")
     w_adv_preserve: float = Field(1.0, ge=0, description="Weight of the adversarial-preservation loss.")
     seed: int = Field(0, description="Seed of the pair order, trajectories, restarts and row sampling.")
@@ -227,14 +230,23 @@ def adversarial_anchor(session, cfg: BankConfig, concept: str, anchor: str, seed
         with torch.no_grad():
             delta += 0.2 * radius * g / g.norm().clamp_min(1e-12)
             delta *= min(1.0, radius / max(float(delta.norm()), 1e-12))
-    e_p = (e_a + delta.detach())
-    with torch.no_grad(), handle.disabled():  # how far toward the concept the BASE prediction moved
-        vs = [torch.cat([spec.velocity(x[i:i + 8], t[i:i + 8], e[None].expand(len(x[i:i + 8]), -1, -1).to(dt)).float()
-                         for i in range(0, len(x), 8)]) for e in (e_p, e_a, e_c)]
-    d = (vs[2] - vs[1]).flatten()
-    score = float(((vs[0] - vs[1]).flatten() @ d) / (d @ d).clamp_min(1e-12))
+    def base(e):
+        with torch.no_grad(), handle.disabled():
+            return torch.cat([spec.velocity(x[i:i + 8], t[i:i + 8], e[None].expand(len(x[i:i + 8]), -1, -1).to(dt))
+                              .float() for i in range(0, len(x), 8)])
+
+    v_a, v_c = base(e_a), base(e_c)  # how far toward the concept the BASE prediction moved: the projection on
+    d = (v_c - v_a).flatten()        # v_b(E(concept)) - v_b(E(anchor)), as a fraction of it
+    delta, score = delta.detach(), float("inf")
+    for _ in range(1 + cfg.preserve_shrink):  # refused: the same direction at half the length (6 of 8 were refused
+        score = float(((base(e_a + delta) - v_a).flatten() @ d) / (d @ d).clamp_min(1e-12))  # at full length)
+        if score <= cfg.preserve_max_concept:
+            break
+        delta = delta * 0.5
     keep = score <= cfg.preserve_max_concept
-    return (e_p.cpu() if keep else None), {"concept_score": round(score, 4), "kept": keep, "states": (x.cpu(), t.cpu())}
+    info = {"concept_score": round(score, 4), "kept": keep, "scale": round(float(delta.norm()) / radius, 4),
+            "states": (x.cpu(), t.cpu())}
+    return ((e_a + delta).cpu() if keep else None), info
 
 
 AttackFn = Callable[[str, str, "torch.Tensor | None"], "tuple[torch.Tensor, dict]"]
@@ -243,7 +255,7 @@ AttackFn = Callable[[str, str, "torch.Tensor | None"], "tuple[torch.Tensor, dict
 def attack_round(session, bank: AdversarialBank, cfg: BankConfig, attack: AttackFn, rnd: int, log=print) -> dict:
     """One round's attacks on the current eraser (warm-started) and adversarial anchors; the bank grows."""
     t0 = time.perf_counter()
-    rec = {"round": rnd, "pairs": [], "preserve_scores": []}
+    rec = {"round": rnd, "pairs": [], "preserve_scores": [], "preserve_scales": []}
     for k, (concept, anchor) in enumerate(bank_pairs(session, cfg)):
         seed = cfg.seed + 7919 * rnd + k
         warm = bank.warm.get((concept, anchor))
@@ -263,6 +275,7 @@ def attack_round(session, bank: AdversarialBank, cfg: BankConfig, attack: Attack
         if cfg.preserve_steps:
             e_p, pinfo = adversarial_anchor(session, cfg, concept, anchor, seed)
             rec["preserve_scores"].append(pinfo["concept_score"])
+            rec["preserve_scales"].append(pinfo["scale"])
             if e_p is not None:
                 bank.preserve.add(e_p, concept, anchor, *pinfo["states"], rnd)
         log(f"bank round {rnd} pair {k + 1}: {concept!r} <- {anchor!r} loss {info.get('loss_last')}")
