@@ -43,11 +43,15 @@ def test_shipped_configs_plan_before_download(capsys, config, gb):
     assert "term" in out and "peak per GPU" in out
     if config == SEARCH_2B:  # the final eval loads a whole pipeline per GPU; no proxy (multi-objective Optuna)
         assert s["mode"] == "tune" and "proxy eval weights" not in s["terms"]
-        # under ASHA (which reads proxies) a proxy eval loads the VAE on rank 0; no eval loads T5-XXL (4.76B
+        # under ASHA (which reads proxies) a proxy eval loads the VAE on rank 0; no trial's eval loads T5-XXL (4.76B
         # params): the search fills the text-embedding cache with every eval prompt before its trials
         _, a, _, _ = plan_cli(capsys, "--config", config, "--gpu-memory", gb, "--set", "search.algorithm=asha")
         assert a["terms"]["proxy eval weights"] == pytest.approx(215_583_907 * 2 / 2**30, abs=1e-3)
-        assert s["terms"]["final eval weights"] == pytest.approx((1_693_783_872 + 215_583_907) * 2 / 2**30, abs=1e-3)
+        # ... but the shipped SAFREE baseline runs T5 itself (token-edited prompts): its eval actors hold it
+        assert s["terms"]["final eval weights"] == pytest.approx(
+            (1_693_783_872 + 4_762_310_656 + 215_583_907) * 2 / 2**30, abs=1e-3)
+        _, n, _, _ = plan_cli(capsys, "--config", config, "--gpu-memory", gb, "--set", "search.objective.baselines=[negprompt]")
+        assert n["terms"]["final eval weights"] == pytest.approx((1_693_783_872 + 215_583_907) * 2 / 2**30, abs=1e-3)
 
 
 def test_backbone_weights_are_the_public_parameter_counts(capsys):

@@ -225,7 +225,12 @@ def eval_shapes(req: PlanRequest, arch, train_bytes: int, train_act: int) -> tup
         proxy = shape(pcfg, train_bytes, train_act, False)  # loaded in the training transformer's dtype
     final = None
     if cfg.distributed.use_gpu:
+        from eval.methods import METHODS
+
         final = shape(ecfg, DTYPE_BYTES[ecfg.model.dtype], DTYPE_BYTES[ecfg.model.dtype], True)
+        # the eval actors' largest pipeline: a baseline that runs the text encoder itself (SAFREE, eval.methods) holds T5
+        # beside transformer + VAE (the search's other evals read the filled text cache)
+        final = replace(final, text_encoder=any(METHODS[b.name].needs_text_encoder for b in obj.baselines))
     return proxy, final
 
 

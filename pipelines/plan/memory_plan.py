@@ -281,6 +281,8 @@ def eval_terms(x: PlanInputs, ev: EvalShape, phase: str, blocks) -> list[Term]:
     # ~8 live maps at the tile size over the frames decoded at once: CogVideoX 9, Wan's causal decoder 4 per latent frame
     vae = 8.0 * x.vae_channels * blocks.vae_live_frames * th * tw * ev.act_bytes
     where = "one pipeline per freed GPU" if ev.with_transformer else "on the training transformer, erasers toggled"
+    if ev.with_transformer and ev.text_encoder:  # eval.methods needs_text_encoder; the trials' evals read the cache
+        where += "; the text encoder for a baseline that runs it itself (SAFREE)"
     name = phase.split(" (")[0]
     return [
         Term(f"{name} weights", params * ev.weight_bytes, phase, f"{parts} ({params / 1e9:.2f}B params), {where}"),
