@@ -56,22 +56,31 @@ def _losses(out):
 @pytest.fixture(scope="module")
 def sharded_runs(ray_session, tmp_path_factory):
     """The three 2-worker Ray Train + DeepSpeed ZeRO-2 runs the slow tests below share (each costs a worker
-    group start): the tiny CogVideoX replicated, sharded, and sharded with rank 1 SIGKILLed after step 3
-    (checkpoints every 2 steps, 4 steps in all: the restarted group resumes from step 2)."""
+    group start): the tiny CogVideoX sharded, replicated, and sharded with rank 1 SIGKILLed after step 3
+    (checkpoints every 2 steps, 4 steps in all: the restarted group resumes from step 2). x_t come from
+    trajectories: the sharded run, first, samples the pools through its shards (the worker's lockstep,
+    unlearn.xt_sources) into a fresh trajectory cache; the other two read them from it."""
     from pipelines.train.driver import run_distributed
     from tests.fault_hooks import kill_worker_once
     from unlearn.loop import StepHook
 
     tmp = tmp_path_factory.mktemp("sharded-runs")
+    pools = tmp / "cache" / "trajectories"
     runs = {}
-    for name, shard in (("replicated", False), ("sharded", True), ("killed", True)):
+    for name, shard in (("sharded", True), ("replicated", False), ("killed", True)):
         cfg: PipelineConfig = tiny_pipeline_cfg(tmp, steps=4, shard_backbone=shard)
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every": 2})})
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+            "checkpoint_every": 2, "xt_source": "trajectory", "cache_dir": str(tmp / "cache"),
+            "trajectory": cfg.train.trajectory.model_copy(update={"num_inference_steps": 2, "pool_size": 2})})})
+        if name == "sharded":
+            assert not pools.exists()
         hook = None
         if name == "killed":
             hook = StepHook(kill_worker_once, {"at_rank": 1, "at_step": 3, "marker": str(tmp / "killed.txt")})
         out = tmp / name
         runs[name] = (run_distributed(cfg, out, step_hook=hook), out)
+        if name == "sharded":
+            runs["pools_sampled_in_shards"] = len(list(pools.glob("*/*.safetensors")))
     runs["marker"] = tmp / "killed.txt"
     return runs
 
@@ -84,9 +93,10 @@ def test_distributed_training_with_a_sharded_backbone_matches_the_replicated_run
 
     (plain, a), (sharded, b) = sharded_runs["replicated"], sharded_runs["sharded"]
     assert sharded["shard_backbone"] is True and plain["shard_backbone"] is False
-    # each worker read only its rows of the backbone (unlearn.sharded_load; with trajectory x_t too since the
-    # pools are sampled through the shards: tests/test_sharded_load.py)
+    # each worker read only its rows of the backbone (unlearn.sharded_load), and sampled its prompts' pools
+    # through the shards: the whole cache (tiny.yaml: 3 concept + 4 preserve prompts + the empty one)
     assert sharded["backbone_loaded_in_shards"] is True and plain["backbone_loaded_in_shards"] is False
+    assert sharded_runs["pools_sampled_in_shards"] == 8
     assert sharded["global_steps"] == plain["global_steps"] == 4
 
     assert _losses(a) == pytest.approx(_losses(b), rel=1e-5, abs=1e-6)
