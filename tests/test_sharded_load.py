@@ -324,8 +324,8 @@ def test_sampling_trajectories_through_the_shards_keeps_each_rank_at_its_share(l
     """Trajectory x_t with the backbone in its shards (the worker's path under distributed.shard_backbone), the
     deep transformer (24 units of ~4 MB, ~100 MB): one unit at most is gathered at a time (live storages) and
     every unit is sharded again after; the process never holds the backbone whole: its shards + the peak RSS
-    that sampling adds stay under the whole. On gloo that addition is several units, not one (measured 15.6-19.6
-    MB alone, 33.6 MB in this spawn, at 4.0 MB a unit): per unit in transit FSDP's all-gather input (1/N) and
+    that sampling adds stay under the whole. On gloo that addition is several units, not one (measured 16.3-20.5
+    MB alone, 33.6 MB in this spawn, at 4.2 MB a unit): per unit in transit FSDP's all-gather input (1/N) and
     output, gloo's flat receive buffer, the copy-out to the unit's weights, and what the allocator's arenas keep."""
     _, got = loaded
     assert [got[r]["sampling"]["fill"] for r in range(WORLD)] == [0, 1]  # rank 1 kept in step with a throwaway one
