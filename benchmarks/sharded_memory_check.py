@@ -58,24 +58,34 @@ def pipeline_config(size: dict, model_dir: str, cache_dir: str):
 
     hidden = size["heads"] * 128
     bucket = eraser_parameters(hidden, data["eraser"]["rank"], size["layers"])
-    data["distributed"] = {"num_workers": WORLD, "zero_stage": 2, "shard_backbone": True,
+    # a size may instead (or also) split the sequence (benchmarks/sp_memory_check.py): "sp" ranks share the batch
+    data["distributed"] = {"num_workers": WORLD, "zero_stage": 2, "shard_backbone": size.get("shard", True),
+                           "sequence_parallel": size.get("sp", 1),
                            "deepspeed_overrides": {"zero_optimization": {"reduce_bucket_size": bucket}}}
     return PipelineConfig.model_validate(data)
 
 
 def _session_and_engine(cfg, rank: int):
+    """The worker's order (pipelines/train/worker.py): session (a sequence-parallel group shares one batch share),
+    backbone sharded, sequence split, then the engine."""
+    import contextlib
+
     from pipelines.config.distributed import deepspeed_config
     from pipelines.train.engine import DeepSpeedEngine
     from pipelines.train.worker import worker_method_config
+    from unlearn.sequence_parallel import enable_for_workers
     from unlearn.session import TrainingSession
     from unlearn.sharded_load import sharded_loading
     from unlearn.sharding import shard_session
     from unlearn.trainer import make_optimizer
 
-    method = worker_method_config(cfg, WORLD)
-    with sharded_loading("cpu"):
-        session = TrainingSession(method, device="cpu", rank=rank, world_size=WORLD)
-    shard_session(session)
+    sp, shard = cfg.distributed.sequence_parallel, cfg.distributed.shard_backbone
+    method = worker_method_config(cfg, WORLD // sp)
+    with sharded_loading("cpu") if shard else contextlib.nullcontext():
+        session = TrainingSession(method, device="cpu", rank=rank // sp, world_size=WORLD // sp)
+    if shard:
+        shard_session(session)
+    enable_for_workers(session.objective, sp, session.eraser_set.parameters())
     params = session.trainable_parameters()
     engine = DeepSpeedEngine(session.objective, params, make_optimizer(method, params), deepspeed_config(cfg), WORLD)
     return session, engine
@@ -103,7 +113,7 @@ def rank_main(rank: int, size: dict, model_dir: str, cache_dir: str, port: int, 
         tiny = {**size, "frames": 9, "height": 32, "width": 32, "batch": 2, "preserve": 2}
         session, engine = _session_and_engine(pipeline_config(tiny, "builtin:tiny-wan", cache_dir), rank)
         _step(session, engine, 0)
-        session.objective.detach()
+        _detach(session.objective)
         del session, engine
         gc.collect()
         baseline = _kb("VmRSS")
@@ -118,9 +128,15 @@ def rank_main(rank: int, size: dict, model_dir: str, cache_dir: str, port: int, 
         got = {"baseline": baseline, "resident": resident - baseline, "peak": peak - baseline, "step_s": seconds,
                "backbone_resident_bytes": resident_bytes(session.spec.transformer)}
         Path(out, f"rank{rank}.json").write_text(json.dumps(got))
-        session.objective.detach()
+        _detach(session.objective)
     finally:
         dist.destroy_process_group()
+
+
+def _detach(objective) -> None:
+    if objective.sequence_parallel is not None:  # its processors first, then the capture's (sequence_parallel.remove)
+        objective.sequence_parallel.remove()
+    objective.detach()
 
 
 def _free_port() -> int:
@@ -159,15 +175,17 @@ def run_size(size: dict, work: Path) -> dict:
             "peak_phase": plan.peak_phase, "step_s": max(r["step_s"] for r in ranks), "terms_gb": terms}
 
 
-def main() -> int:
+def main(sizes: list[dict] = SIZES, results: str = "sharded_memory_calibration.json", doc: str = __doc__,
+         settings: dict | None = None, figures: dict | None = None) -> int:
+    """The command line of this check and of benchmarks/sp_memory_check.py (its sizes, file, settings)."""
     from pipelines.runtime.results_file import RESULTS_DIR, write_results
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--only", action="append", default=[], help="size name(s) to run")
     ap.add_argument("--tolerance", type=float, default=0.15)
-    ap.add_argument("--results-file", default=str(RESULTS_DIR / "sharded_memory_calibration.json"))
+    ap.add_argument("--results-file", default=str(RESULTS_DIR / results))
     args = ap.parse_args()
-    sizes = [s for s in SIZES if not args.only or s["name"] in args.only]
+    sizes = [s for s in sizes if not args.only or s["name"] in args.only]
     rows, t0 = [], time.time()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="t2vu-shardmem-") as tmp:
@@ -177,13 +195,13 @@ def main() -> int:
             print(f"{r['name']:<16} predicted {r['predicted_gb']:.3f} GB measured {r['measured_gb']:.3f} GB per rank "
                   f"(ranks {', '.join(f'{v:.3f}' for v in r['measured_per_rank_gb'])}) ratio {r['ratio']:.3f} | backbone "
                   f"{r['predicted_backbone_gb']:.3f} GB planned vs {r['measured_backbone_resident_gb'][0]:.3f} held, "
-                  f"gathered {r['predicted_gathered_gb']:.3f} | peak in {r['peak_phase']}", flush=True)
+                  f"gathered {r['predicted_gathered_gb'] or 0:.3f} | peak in {r['peak_phase']}", flush=True)
     ok = all(abs(r["ratio"] - 1) <= args.tolerance for r in rows)
-    figures = {"within_tolerance": ok, "tolerance": args.tolerance, "world_size": WORLD,
+    figures = {**(figures or {}), "within_tolerance": ok, "tolerance": args.tolerance, "world_size": WORLD,
                "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
     write_results(args.results_file, figures,
                   settings={"backend": "gloo", "zero_stage": 2, "shard_backbone": True, "dtype": "float32",
-                            "torch_threads_per_rank": 1, "load_average_before": load_before,
+                            **(settings or {}), "torch_threads_per_rank": 1, "load_average_before": load_before,
                             "load_average_after": os.getloadavg()},
                   timings={"total_s": round(time.time() - t0, 1)})
     print(json.dumps({"within_tolerance": ok, "ratios": {r["name"]: round(r["ratio"], 3) for r in rows}}))
