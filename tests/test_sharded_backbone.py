@@ -88,6 +88,21 @@ def step(objective, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return float(losses["loss"].detach()), {n: p.grad.detach().clone() for n, p in objective.erasers.named_parameters()}
 
 
+def assert_matches_single_process(got: list[dict], ref: list[tuple[float, dict]]) -> None:
+    """Each rank's loss equals the single-process step's on its rows, and its (all-reduced) eraser gradients
+    the mean of the single-process gradients over the ranks, every one non-zero: within TOL."""
+    world = len(ref)
+    for r in range(world):
+        assert abs(got[r]["loss"] - ref[r][0]) <= TOL * max(1.0, abs(ref[r][0])), (r, got[r]["loss"], ref[r][0])
+    names = sorted(ref[0][1])
+    assert names and names == sorted(got[0]["grads"])
+    for n in names:
+        mean = sum(x[1][n] for x in ref) / world
+        assert float(mean.abs().max()) > 0, n  # a gradient that is really there
+        for r in range(world):
+            assert torch.allclose(got[r]["grads"][n], mean, atol=TOL, rtol=TOL), (r, n)
+
+
 def zero2_engine(objective, world: int):
     """The DeepSpeed engine the worker trains the erasers with (configs/deepspeed/zero2.json), over the
     objective whose backbone is sharded; SGD with lr 0 so the step leaves the weights as they were."""
@@ -171,15 +186,7 @@ def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointin
     batch = global_batch(spec, kind, world)
     ref = [step(objective, slice_of(batch, r)) for r in range(world)]
     objective.detach()
-    for r in range(world):
-        assert abs(got[r]["loss"] - ref[r][0]) <= TOL * max(1.0, abs(ref[r][0])), (r, got[r]["loss"], ref[r][0])
-    names = sorted(ref[0][1])
-    assert names and names == sorted(got[0]["grads"])
-    for n in names:
-        mean = sum(r[1][n] for r in ref) / world
-        assert float(mean.abs().max()) > 0, n  # a gradient that is really there
-        for r in range(world):
-            assert torch.allclose(got[r]["grads"][n], mean, atol=TOL, rtol=TOL), (r, n)
+    assert_matches_single_process(got, ref)
 
     for r in range(world):
         g = {k: v for k, v in got[r].items() if k not in ("grads", "loss")}
