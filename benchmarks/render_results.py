@@ -301,8 +301,8 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     # the gate's strength/threshold chosen on held-out rows (configs/gates/toy_choice_rows.csv), soft prompt 0.5x
     **{f"robustness_toy_gate_choice_{k}": (f"robustness_toy_gate_choice_{k}", robustness)
        for k in ("s10_t-2", "s20_t-2", "s10_t-4")},
-    # bank-then-erase (benchmarks/defence_bank.py) vs the eraser alone: 8 and 12 attacked training pairs
-    **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12")},
+    # bank-then-erase (benchmarks/defence_bank.py) vs the eraser alone: 8, 12 and 24 attacked training pairs
+    **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12", "robustness_toy_bank24")},
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
