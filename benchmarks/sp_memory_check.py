@@ -31,6 +31,9 @@ SIZES = [
          preserve=2, ckpt=True, expand=False, sp=2, shard=False),
     dict(name="sp-ti2v-attn1", family="wan-attn1", heads=4, layers=4, ffn=2048, frames=9, height=256, width=384,
          batch=2, preserve=2, ckpt=False, expand=True, sp=2, shard=False),
+    # narrow, deep and checkpointed, 4 concept rows: the attention capture's results (per shard) are the largest term
+    dict(name="sp-capture-ckpt", family="wan", heads=2, layers=16, ffn=512, frames=9, height=256, width=448, batch=4,
+         preserve=2, ckpt=True, expand=False, sp=2, shard=False),
 ]
 
 if __name__ == "__main__":
