@@ -92,7 +92,9 @@ def rank_main(rank: int, paths: dict, port: int, out: str) -> None:
             losses, grads = run_step(objective, one_batch(spec, kind, shape))
             for g in grads.values():  # each rank's part of every eraser gradient: the true one is the sum
                 dist.all_reduce(g)
-            torch.save({"losses": losses, "grads": grads, "tokens": (sp.tokens.start, sp.tokens.stop)},
+            captured = sorted({tuple(p.shape) for p in objective.capture.probs()})  # each rank: its tokens only
+            torch.save({"losses": losses, "grads": grads, "tokens": (sp.tokens.start, sp.tokens.stop),
+                        "captured": captured},
                        os.path.join(out, f"{kind}-rank{rank}.pt"))
             sp.remove()
             objective.detach()
@@ -116,6 +118,8 @@ def test_sequence_parallel_step_equals_single_process(tmp_path_factory, tmp_path
         objective.detach()
         nv = spec.token_layout(batch.x_c.shape[1:]).video_len
         assert [g["tokens"] for g in got] == [(0, (nv + 1) // 2), ((nv + 1) // 2, nv)], (kind, nv)  # a real split
+        shards = [[(2, stop - start, spec.text_len)] for start, stop in (g["tokens"] for g in got)]
+        assert [g["captured"] for g in got] == shards, kind  # [rows, this rank's tokens, Nt] per layer
         assert losses["l_localize"] > 0 and 0 < losses["mask_fraction"] < 1, losses  # the mask term is live
         for r in range(WORLD):
             assert set(got[r]["losses"]) == set(losses), kind
@@ -165,7 +169,8 @@ def test_a_shard_mask_is_its_slice_of_the_whole_mask():
     whole, soft = localization_mask([probs, probs.roll(1, 1)], sel, grid, 0.4)
     shards, seen = [slice(0, 23), slice(23, 45)], []
     for s in shards:  # each shard's own per-frame range: +inf / -inf where it holds none of a frame
-        localization_mask([probs[:, s], probs.roll(1, 1)[:, s]], sel, grid, 0.4, s, lambda lo, hi: seen.append((lo, hi)) or (lo, hi))
+        localization_mask([probs[:, s], probs.roll(1, 1)[:, s]], sel, grid, 0.4, s,
+                          lambda lo, hi: seen.append((lo, hi)) or (lo, hi))
     assert seen[0][0][:, 3:].isinf().all() and not seen[0][0][:, 2].isinf().any()  # frame 2 spans both shards
     lo, hi = torch.minimum(seen[0][0], seen[1][0]), torch.maximum(seen[0][1], seen[1][1])  # what the group reduces
     for s in shards:
