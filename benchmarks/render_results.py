@@ -300,7 +300,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "robustness_toy_gate": ("robustness_toy_gate", robustness),  # the content gate vs the eraser alone
     # the gate's strength/threshold chosen on held-out rows (configs/gates/toy_choice_rows.csv), soft prompt 0.5x
     **{f"robustness_toy_gate_{k}": (f"robustness_toy_gate_{k}", robustness)
-       for k in ("choice_s10_t-2", "choice_s20_t-2", "choice_s10_t-4", "heldout")},  # heldout: every attack, (10, -2)
+       for k in ("choice_s10_t-2", "choice_s20_t-2", "choice_s10_t-4", "heldout", "fresh")},  # heldout/fresh: every attack
     # bank-then-erase (benchmarks/defence_bank.py) vs the eraser alone: 8, 12 and 24 attacked training pairs; + gate
     **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12", "robustness_toy_bank24",
                                     "robustness_toy_bank24_gate")},
