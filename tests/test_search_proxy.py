@@ -72,20 +72,30 @@ def _reported(out: Path, name: str) -> list[dict]:
 # The multi-objective Optuna half (proxies configured, none run, the banner says so) is asserted on the search
 # tests/test_tune.py runs anyway (test_optuna_search_logs_parent_and_child_runs_and_writes_a_report): one search less.
 @pytest.mark.slow
-def test_an_asha_search_runs_its_proxies(ray_session, tmp_path, capsys):
+def test_an_asha_search_runs_its_proxies_on_the_pool_while_training_goes_on(ray_session, tmp_path, capsys):
+    """ASHA reads proxies, so they run; with a search eval pool they run there as a Ray task while the trial trains
+    on (pipelines.search.proxy_pool): the step-2 proxy ran on the pool's actor (the final eval's process, one
+    pipeline load) and was reported at the next checkpoint, step 4, as of step 2 (ASHA's time attribute). The
+    in-worker path (no pool) runs in the GPU smoke rehearsal (tests/test_gpu_smoke_script.py: its search stage)."""
+    from pipelines.search.eval_pool import pool_name
     from pipelines.search.tune import run_search
 
     name = "proxy-asha"
-    cfg = _tiny_search(tmp_path, name, "asha")
+    cfg = _tiny_search(tmp_path, name, "asha").with_overrides(
+        {"search.objective.eval_overrides": {"runtime.num_actors": 1, "output.save_videos": False}})
     out = tmp_path / "search"
     result = run_search(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml", write_report=False)
     assert [t.status for t in result.trials] == ["completed"]
     trial = Path(result.trials[0].trial_dir)
-    kinds = [r.get("eval_kind") for r in _reported(out, name)]
+    err = capsys.readouterr().err
+    assert f"eval pool {pool_name(out)}: 1 actor(s)" in err and "proxy evals skipped" not in err
     proxies = sorted(trial.glob("proxy/step_*/objective.json"))
-    banner = [line for line in capsys.readouterr().err.splitlines() if "proxy evals skipped" in line]
-    # ASHA stops trials on them: the step-2 proxy ran in the training worker
     assert [p.parent.name for p in proxies] == ["step_000002"]
     assert json.loads(proxies[0].read_text())["final"] is False
-    assert kinds.count("proxy") == 1 and banner == []
+    assert (trial / "proxy" / "step_000002" / "eraser").is_dir()  # copied out of the checkpoint folder
+    workers = [w for p in (trial / "proxy" / "step_000002", trial / "eval")
+               for w in json.loads((p / "summary.json").read_text())["workers"]]
+    assert len({w["pid"] for w in workers}) == 1 and [w["pipeline_loads"] for w in workers] == [1, 1]
+    reported = [r for r in _reported(out, name) if r.get("eval_kind") == "proxy"]
+    assert [(r["proxy_step"], r["train_step"]) for r in reported] == [(2, 4)]  # judged at 2, reported at 4
     assert (trial / "eval" / "objective.json").exists()  # the final eval always runs

@@ -74,13 +74,12 @@ def search_evals(cfg, obj) -> list[tuple]:
     scheduler reads them) and the method baselines. What the text-embedding cache is filled with before the trials
     (eval.text_cache)."""
     from pipelines.search.baselines import baseline_eval_configs
-    from pipelines.search.objective import PROXY_EVAL_OVERRIDES, trial_final_eval_config
+    from pipelines.search.objective import proxy_eval_config, trial_final_eval_config
 
     spec = obj.spec
     evals = [(trial_final_eval_config(obj), spec.limit)]
-    if obj.proxy_every:
-        evals.append((obj.eval_config.with_overrides({**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides},
-                                                     "search.objective.proxy.overrides"), spec.proxy.limit))
+    if obj.proxy_every:  # in the worker or on the pool: the same prompts, model and text length (one cache entry)
+        evals.append((proxy_eval_config(obj, pooled=False), spec.proxy.limit))
     evals += [(ecfg, spec.limit) for ecfg in baseline_eval_configs(cfg, obj).values()]
     return evals
 

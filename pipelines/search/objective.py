@@ -237,14 +237,22 @@ def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd:
     return values
 
 
+def proxy_eval_config(obj: ObjectivePayload, pooled: bool):
+    """A trial's proxy eval: the objective's eval with the proxy's overrides; `pooled`: on the final evals' runtime
+    (the search's eval pool, pipelines.search.proxy_pool), else in the rank-0 training worker."""
+    base = trial_final_eval_config(obj) if pooled else obj.eval_config
+    return base.with_overrides({**PROXY_EVAL_OVERRIDES, **obj.spec.proxy.overrides}, "search.objective.proxy.overrides")
+
+
 def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: int, final: bool,
-                       transformer=None) -> dict[str, float]:
+                       transformer=None, proxy_pool: str | None = None) -> dict[str, float]:
     """Evaluate one eraser with the evaluation stage.
 
     final (the trial driver, after fit): the full eval (objective.limit rows) into <trial>/eval,
     logged to the trial's MLflow run, on `final_runtime` (Ray eval actors on GPU clusters);
-    otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N, in the rank-0
-    worker on `transformer` (the training backbone, its training erasers switched off by the caller).
+    otherwise the proxy eval (objective.proxy.limit rows) into <trial>/proxy/step_N: on the search's eval pool
+    `proxy_pool` (a Ray task while training goes on), or in the rank-0 worker on `transformer` (the training
+    backbone, its training erasers switched off by the caller).
     """
     from unlearn.fsutil import atomic_copy_dir
 
@@ -261,20 +269,21 @@ def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: i
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj.mlflow.tracking_uri})
             mlflow_run_id = obj.mlflow.run_id
     else:
-        ecfg = obj.eval_config.with_overrides(
-            {**PROXY_EVAL_OVERRIDES, **spec.proxy.overrides}, "search.objective.proxy.overrides")
+        ecfg = proxy_eval_config(obj, pooled=proxy_pool is not None)
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
     return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.cwd, what=f"objective eval at step {step}",
                  eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
-                 record={"step": step, "final": final}, pool=obj.pool if final else None)
+                 record={"step": step, "final": final}, pool=obj.pool if final else proxy_pool)
 
 
-def evaluate_or_report(obj: ObjectivePayload, eraser_dir: Path, step: int, final: bool, transformer=None) -> dict:
+def evaluate_or_report(obj: ObjectivePayload, eraser_dir: Path, step: int, final: bool, transformer=None,
+                       proxy_pool: str | None = None) -> dict:
     """The trial's evaluation. A failure is reported, not raised: retrying the worker group
     would retrain from the previous checkpoint only to hit the same (usually config) error;
     the trial driver turns `objective_error` into a failed trial instead."""
     try:
-        return evaluate_objective(obj, eraser_dir, step=step, final=final, transformer=transformer)
+        return evaluate_objective(obj, eraser_dir, step=step, final=final, transformer=transformer,
+                                  proxy_pool=proxy_pool)
     except Exception as exc:  # noqa: BLE001 - reported to the trial driver
         LOG.exception("objective evaluation failed at step %d", step)
         return {"objective_error": f"{type(exc).__name__}: {exc}"[:2000]}

@@ -77,7 +77,8 @@ def build_session(cfg: PipelineConfig, lc: LoopConfig, world: int, rank: int, de
 
 
 def trial_checkpoint_hook(lc: LoopConfig, session):
-    """Rank 0 at each checkpoint of a Tune trial: the curve to MLflow, and at proxy points the proxy eval.
+    """Rank 0 at each checkpoint of a Tune trial: the curve to MLflow, and at proxy points the proxy eval: on the
+    search's eval pool while training goes on where it has one (pipelines.search.proxy_pool), else here.
 
     The final eval is not run here: the trial driver runs it after fit() returns, on the GPUs this
     worker group frees (pipelines.search.trial), instead of one GPU while the rest wait."""
@@ -85,14 +86,25 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
 
     obj = lc.objective
     live = MlflowLive(obj.mlflow if obj is not None else None)
+    pooled: list = []  # [PooledProxies or None], decided at the first checkpoint (rank 0 only calls this hook)
 
     def on_checkpoint(ev: CheckpointEvent) -> dict:
         live.log(ev.history)  # the curve since the last report (steps already logged are skipped)
-        if not ev.evaluate:
-            return {}
         from pipelines.search.objective import PROXY_TIME_ATTR, evaluate_or_report
+        from pipelines.search.proxy_pool import PooledProxies
         from unlearn.checkpoint import ERASER_DIR
 
+        if not pooled:
+            pooled.append(PooledProxies.for_trial(obj) if obj is not None and obj.proxy_every else None)
+        if pooled[0] is not None:
+            metrics = pooled[0].harvest(wait=ev.step >= lc.config.train.steps)
+            if metrics:
+                live.log_eval(metrics[PROXY_TIME_ATTR], {"train_step": metrics[PROXY_TIME_ATTR], **metrics})
+            if ev.evaluate:
+                pooled[0].submit(ev.folder / ERASER_DIR, ev.step)
+            return metrics
+        if not ev.evaluate:
+            return {}
         # On the training transformer itself (no second backbone on this GPU): its training erasers are
         # switched off and the eval attaches the checkpoint's copy for the rows.
         with session.objective.handle.disabled():
