@@ -274,6 +274,20 @@ def search_cost_screened(rec: dict) -> str:
             f"{a['gpu_peak_tflops']:g} TFLOP/s (modelled):\n\n" + _table(["search", "GPU-hours", "wall hours"], rows))
 
 
+def search_cost_headline(rec: dict) -> str:
+    """The README's one line of `search_cost_screened`: the shipped GPU search's modelled cost, full and screened."""
+    full, scr = rec["figures"]["search_cost"], rec["figures"].get("screened_search_cost") or {}
+    a, cl = full["assumptions"], full["cluster"]
+    line = (f"The shipped GPU search ({cl['trials']} trials on {cl['gpus']} GPUs at {a['mfu']:.0%} of "
+            f"{a['gpu_peak_tflops']:g} TFLOP/s) models at **{_num(full['gpu_hours'], 1)} GPU-hours** "
+            f"({_num(full['wall_hours'], 1)} h wall) at full size")
+    if scr.get("gpu_hours") is not None:
+        line += (f", **{_num(scr['gpu_hours'], 1)}** ({_num(scr['wall_hours'], 1)} h) screened "
+                 f"(`{(rec.get('settings') or {}).get('config')}`: {scr['screening']['cluster']['trials']} trials at "
+                 f"{scr.get('screened_size')}, the best {scr['rerun']['cluster']['trials']} re-run at full size)")
+    return line + "."
+
+
 def robustness(rec: dict) -> str:
     """`t2vu attack --results-file`: ASR raw / above floor per attack, preservation next to the base model's."""
     from benchmarks.robustness_table import robustness_table
@@ -314,6 +328,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "toy_wan_model_quality": ("toy_wan_model_quality", toy_quality),
     "multi_fidelity": ("multi_fidelity", multi_fidelity),
     "search_cost_screened": ("search_cost_screened", search_cost_screened),
+    "search_cost_headline": ("search_cost_screened", search_cost_headline),  # README: one line
     "memory_calibration_wan": ("memory_calibration_wan", memory_calibration),
     "memory_calibration_cogvideox": ("memory_calibration_cogvideox", memory_calibration),
     "sp_memory_calibration": ("sp_memory_calibration", memory_calibration),  # benchmarks/sp_memory_check.py, SP 2
