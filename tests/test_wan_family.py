@@ -63,6 +63,34 @@ def test_flow_matching_noise_timesteps_and_trajectory(wan_dir):
     assert torch.equal(states[0], torch.randn((2, 16, 3, 4, 4), generator=torch.Generator().manual_seed(1)))
 
 
+@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_trajectory_sampling_at_real_size_on_meta(scheduler):
+    """Trajectory x_t of Wan 2.2 A14B's geometry (81x480x832, one block of its real width) on `meta`: the schedule stays
+    on the CPU and only the model's inputs meet the device. Before, the timesteps were made on the model's device and
+    read back with float(t), which `meta` refuses (and which syncs a GPU once per step)."""
+    import inspect
+
+    import diffusers
+    from diffusers import WanTransformer3DModel
+
+    from unlearn.models.architectures import PRESETS
+
+    names = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
+    cfg = {k: tuple(v) if isinstance(v, list) else v
+           for k, v in PRESETS["wan2.2-t2v-a14b"]["transformer"].items() if k in names}
+    with torch.device("meta"):
+        tr = WanTransformer3DModel(**{**cfg, "num_layers": 1}).requires_grad_(False)
+    sched = getattr(diffusers, scheduler)(**({"prediction_type": "flow_prediction", "use_flow_sigmas": True,
+                                              "flow_shift": 5.0} if scheduler.startswith("UniPC") else {"shift": 5.0}))
+    spec = WanSpec(tr, sched)
+    calls = []
+    tr.register_forward_hook(lambda m, a, kw, out: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+    emb = torch.empty(1, spec.text_len, cfg["text_dim"], device="meta")
+    states, times = spec.sample_trajectory(emb, emb, spec.latent_shape(81, 480, 832), 3, 5.0, torch.Generator())
+    assert states.shape == (3, 1, 16, 21, 60, 104) and states.device.type == "meta"
+    assert times.shape == (3,) and times.device.type == "meta" and calls == [2, 2, 2]  # one CFG pair per step
+
+
 def test_one_sampler_step_matches_the_pipeline(wan_dir, pipe):
     """The spec's velocity + CFG + scheduler step equals one step of WanPipeline (latent output)."""
     spec = WanSpec.from_pipeline(pipe)

@@ -365,11 +365,13 @@ class WanSpec:
 
         States are the inputs x_t the model sees at each step (the frozen model's own
         trajectory, the ESD/Receler source of x_t); timesteps are float (sigma * 1000).
-        The initial noise comes from the CPU `generator` in float32 as in `WanPipeline`.
+        The initial noise comes from the CPU `generator` in float32 as in `WanPipeline`. The schedule (timesteps,
+        sigmas: a few dozen scalars) stays on the CPU, as in the CogVideoX spec: reading a timestep back (`float(t)`)
+        from the model's device would sync a GPU every step, and on `meta` (the real-size tests) cannot be done.
         """
         device = next(self.transformer.parameters()).device
         sched = type(self.scheduler).from_config(self.scheduler.config)
-        sched.set_timesteps(num_steps, device=device)
+        sched.set_timesteps(num_steps)
         sched.set_begin_index(0)
         b = text_emb.shape[0]
         text_emb, uncond_emb = text_emb.to(device), uncond_emb.to(device)
