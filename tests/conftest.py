@@ -24,7 +24,6 @@ Fixtures (session scope; start on first use, stop at session end):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -52,37 +51,8 @@ from pipelines.runtime.env import apply_offline_env  # noqa: E402
 apply_offline_env()
 
 
-# Heaviest modules first. scripts/test.sh runs the suite in 2 pytest-xdist processes with `--dist loadfile` (a module
-# stays in one process); in collection (alphabetical) order a heavy module near the end, e.g. test_tune.py, ran alone
-# while the other process idled. Seconds per module from a full run: refresh with
-# `T2VU_RECORD_MODULE_SECONDS=1 bash scripts/test.sh`. A module missing from the file runs last; a stale file only
-# costs time, never a result.
-MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
-_module_seconds: dict[str, float] = {}
-
-
-def pytest_collection_modifyitems(config, items):
-    try:
-        seconds = json.loads(MODULE_SECONDS.read_text())
-    except (OSError, ValueError):
-        return
-    items.sort(key=lambda item: -float(seconds.get(item.nodeid.split("::")[0], 0.0)))  # stable: modules stay whole
-
-
-def pytest_runtest_logreport(report):
-    module = report.nodeid.split("::")[0]
-    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
-
-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_TMP, ignore_errors=True)
-    # the xdist controller sees every worker's reports; a worker (workerinput) or a partial run (-k, a file) writes none
-    if (os.environ.get("T2VU_RECORD_MODULE_SECONDS") == "1" and not hasattr(session.config, "workerinput")
-            and exitstatus == 0 and len(_module_seconds) > 1):
-        from unlearn.fsutil import atomic_write_json
-
-        atomic_write_json(MODULE_SECONDS, {k: round(v, 1) for k, v in sorted(_module_seconds.items(),
-                                                                              key=lambda kv: -kv[1])}, indent=0)
 
 
 @pytest.fixture(scope="session")
