@@ -118,7 +118,7 @@ def search_eval_pool(cfg, out: Path, objective, say=print):
         return
     name = pool_name(out)
     try:
-        spec = _pool_spec(objective, out)
+        spec = pool_spec(objective, out)
         workers = start_pool(name, spec, runtime, say)  # owned by this driver: dies with it
         say(f"  eval pool {name}: {len(workers)} actor(s), each loading the pipeline once for every eval of this "
             "search")
@@ -168,7 +168,7 @@ def kept_pool_for(name: str, ecfg, out: Path, eraser, limit: int | None) -> str 
     return None
 
 
-def _pool_spec(objective, out: Path):
+def pool_spec(objective, out: Path):
     """The WorkerSpec of a trial's final eval, as its driver will make it (the pipeline part: eval.workers.pool_key);
     its eraser and output folder are the trials' to swap in."""
     from eval.planning import plan_eval, worker_spec

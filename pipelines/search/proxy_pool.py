@@ -26,7 +26,7 @@ def proxy_pool_for(objective) -> str | None:
         return None
     from eval.planning import plan_eval, worker_spec
     from eval.workers import pool_key
-    from pipelines.search.eval_pool import _pool_spec
+    from pipelines.search.eval_pool import pool_spec
     from pipelines.search.objective import proxy_eval_config
 
     out = Path(objective.out_dir)
@@ -35,7 +35,7 @@ def proxy_pool_for(objective) -> str | None:
         return None
     with contextlib.chdir(objective.cwd):
         proxy = worker_spec(plan_eval(ecfg, out / "proxy", limit=objective.spec.proxy.limit))
-    return objective.pool if pool_key(proxy) == pool_key(_pool_spec(objective, out)) else None
+    return objective.pool if pool_key(proxy) == pool_key(pool_spec(objective, out)) else None
 
 
 def _run_proxy(objective, eraser_dir: str, step: int, pool: str) -> dict:
