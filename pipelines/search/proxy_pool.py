@@ -9,7 +9,7 @@ checkpoint waits for what is still running. What it costs: ASHA decides one chec
 (a trial it stops trains that much longer), and a pooled actor busy with a proxy delays another trial's final eval.
 
     proxies = PooledProxies.for_trial(objective)   # None: no pool, or its actors hold another pipeline
-    metrics = proxies.harvest(wait=last)           # at each checkpoint: the newest finished proxy ({} if none)
+    finished = proxies.harvest(wait=last)          # at each checkpoint: the proxies finished since, oldest first
     proxies.submit(eraser_dir, step)               # at a proxy point
 """
 
@@ -70,19 +70,20 @@ class PooledProxies:
         task = ray.remote(_run_proxy).options(num_cpus=0, scheduling_strategy="DEFAULT", max_retries=0)
         self.pending.append((step, task.remote(self.objective, str(copy), step, self.pool)))
 
-    def harvest(self, wait: bool = False) -> dict:
-        """The newest finished proxy's metrics with `eval_kind` and `proxy_step` ({} when none finished); oldest
-        first, so ASHA's time attribute only grows. An older one finished in the same interval is in its
-        objective.json but not reported (Tune takes one result per checkpoint). `wait`: wait for all (the last)."""
+    def harvest(self, wait: bool = False) -> list[dict]:
+        """The proxies finished since the last call, oldest first (so ASHA's time attribute only grows), each with
+        `eval_kind` and `proxy_step`; `wait`: wait for all (the last checkpoint). The caller logs each to MLflow and
+        reports the newest to Tune (one result per checkpoint). A proxy still running when Tune stops the trial ends
+        on the pool with nobody to read it (its objective.json stays)."""
         import ray
 
         from pipelines.search.objective import PROXY_TIME_ATTR
 
-        out: dict = {}
+        done: list[dict] = []
         while self.pending:
             step, ref = self.pending[0]
             if not wait and not ray.wait([ref], timeout=0)[0]:
                 break
             self.pending.pop(0)
-            out = {**ray.get(ref), "eval_kind": "proxy", PROXY_TIME_ATTR: step}
-        return out
+            done.append({**ray.get(ref), "eval_kind": "proxy", PROXY_TIME_ATTR: step})
+        return done

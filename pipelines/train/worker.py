@@ -82,27 +82,25 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
 
     The final eval is not run here: the trial driver runs it after fit() returns, on the GPUs this
     worker group frees (pipelines.search.trial), instead of one GPU while the rest wait."""
+    from pipelines.search.proxy_pool import PooledProxies
     from pipelines.tracking.live_logging import MlflowLive
 
     obj = lc.objective
     live = MlflowLive(obj.mlflow if obj is not None else None)
-    pooled: list = []  # [PooledProxies or None], decided at the first checkpoint (rank 0 only calls this hook)
+    proxies = PooledProxies.for_trial(obj)  # None: no pool for this trial's proxies (or none configured)
 
     def on_checkpoint(ev: CheckpointEvent) -> dict:
         live.log(ev.history)  # the curve since the last report (steps already logged are skipped)
         from pipelines.search.objective import PROXY_TIME_ATTR, evaluate_or_report
-        from pipelines.search.proxy_pool import PooledProxies
         from unlearn.checkpoint import ERASER_DIR
 
-        if not pooled:
-            pooled.append(PooledProxies.for_trial(obj) if obj is not None and obj.proxy_every else None)
-        if pooled[0] is not None:
-            metrics = pooled[0].harvest(wait=ev.step >= lc.config.train.steps)
-            if metrics:
-                live.log_eval(metrics[PROXY_TIME_ATTR], {"train_step": metrics[PROXY_TIME_ATTR], **metrics})
+        if proxies is not None:
+            finished = proxies.harvest(wait=ev.step >= lc.config.train.steps)
+            for m in finished:
+                live.log_eval(m[PROXY_TIME_ATTR], {"train_step": m[PROXY_TIME_ATTR], **m})
             if ev.evaluate:
-                pooled[0].submit(ev.folder / ERASER_DIR, ev.step)
-            return metrics
+                proxies.submit(ev.folder / ERASER_DIR, ev.step)
+            return finished[-1] if finished else {}
         if not ev.evaluate:
             return {}
         # On the training transformer itself (no second backbone on this GPU): its training erasers are
