@@ -25,7 +25,6 @@ training transformer, so there is no in-process proxy path to run here yet.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import pytest
@@ -37,7 +36,7 @@ from eval.config import GenerationConfig
 from unlearn.config import LossConfig
 from unlearn.eraser import EraserSet, attach, load_eraser, save_eraser
 from unlearn.masks import selector
-from unlearn.models.architectures import PRESETS
+from unlearn.models.architectures import PRESETS, init_kwargs
 from unlearn.models.cogvideox import CogVideoXSpec
 from unlearn.models.tiny import SCHEDULER_KW, TINY_WORDS
 from unlearn.models.tokenizer import build_t5_tokenizer
@@ -53,11 +52,6 @@ EXPECTED = {  # (blocks, heads, RoPE, transformer parameters) of the public chec
 }
 META = torch.device("meta")
 DEVICE_ERROR = "meta|device"  # "Tensor on device meta is not on the expected device cpu!" / "same device"
-
-
-def init_kwargs(cls, cfg: dict) -> dict:
-    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in names}
 
 
 @dataclass

@@ -308,14 +308,10 @@ def test_a_killed_sequence_parallel_run_resumes_bit_identically(sp_runs):
         assert torch.equal(ea[k], eb[k]), (k, (ea[k] - eb[k]).abs().max())
 
 def _meta_transformer(cls, preset: str, layers: int = 1):
-    import inspect
+    from unlearn.models.architectures import PRESETS, init_kwargs
 
-    from unlearn.models.architectures import PRESETS
-
-    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS[preset]["transformer"].items() if k in names}
     with torch.device("meta"):
-        return cls(**{**cfg, "num_layers": layers}).requires_grad_(False)
+        return cls(**{**init_kwargs(cls, PRESETS[preset]["transformer"]), "num_layers": layers}).requires_grad_(False)
 
 
 # ~1 s in a run with the other real-size tests (~30 s alone on the loaded box: the diffusers import)

@@ -252,7 +252,6 @@ def test_real_size_a14b_shards_on_meta_over_four_ranks():
     """Wan 2.2 T2V-A14B at its real shapes (2 experts x 40 blocks, on meta: nothing allocated) sharded for rank 0
     of 4 (torch's `fake` process group: the real FSDP2 layout code, no communication): each rank keeps 1/4 of
     the 53 GB of weights, the largest unit is one block, and the plan's per-block estimate bounds it."""
-    import inspect
     from types import SimpleNamespace
 
     import torch.distributed as dist
@@ -260,14 +259,12 @@ def test_real_size_a14b_shards_on_meta_over_four_ranks():
     from torch.distributed.tensor import DTensor
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from unlearn.models.architectures import PRESET_PARAMETERS, PRESETS
+    from unlearn.models.architectures import PRESET_PARAMETERS, PRESETS, init_kwargs
     from unlearn.models.wan_experts import WanExperts
     from unlearn.sharding import backbone_group, shard_backbone
     from unlearn.xt_sources import lockstep_rounds
 
-    names = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
-    cfg = {k: tuple(v) if isinstance(v, list) else v
-           for k, v in PRESETS["wan2.2-t2v-a14b"]["transformer"].items() if k in names}
+    cfg = init_kwargs(WanTransformer3DModel, PRESETS["wan2.2-t2v-a14b"]["transformer"])
     with torch.device("meta"):
         experts = [WanTransformer3DModel(**cfg) for _ in range(2)]
     for t in experts:

@@ -68,16 +68,12 @@ def test_trajectory_sampling_at_real_size_on_meta(scheduler):
     """Trajectory x_t of Wan 2.2 A14B's geometry (81x480x832, one block of its real width) on `meta`: the schedule stays
     on the CPU and only the model's inputs meet the device. Before, the timesteps were made on the model's device and
     read back with float(t), which `meta` refuses (and which syncs a GPU once per step)."""
-    import inspect
-
     import diffusers
     from diffusers import WanTransformer3DModel
 
-    from unlearn.models.architectures import PRESETS
+    from unlearn.models.architectures import PRESETS, init_kwargs
 
-    names = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
-    cfg = {k: tuple(v) if isinstance(v, list) else v
-           for k, v in PRESETS["wan2.2-t2v-a14b"]["transformer"].items() if k in names}
+    cfg = init_kwargs(WanTransformer3DModel, PRESETS["wan2.2-t2v-a14b"]["transformer"])
     with torch.device("meta"):
         tr = WanTransformer3DModel(**{**cfg, "num_layers": 1}).requires_grad_(False)
     sched = getattr(diffusers, scheduler)(**({"prediction_type": "flow_prediction", "use_flow_sigmas": True,

@@ -248,7 +248,9 @@ class Architecture:
         return dict(zip(PARTS, _count(blob)))
 
 
-def _init_kwargs(cls, cfg: dict) -> dict:
+def init_kwargs(cls, cfg: dict) -> dict:
+    """The entries of a preset's `cfg` that `cls.__init__` takes, lists as tuples except where the class wants lists
+    (how the plan, the real-size `meta` tests and the sharding tests build a model from PRESETS)."""
     import inspect
 
     names = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -269,9 +271,9 @@ def _count(blob: str) -> tuple[int, int, int]:
     ecls, ccls = getattr(transformers, f"{names[1]}EncoderModel"), getattr(transformers, f"{names[1]}Config")
     with torch.device("meta"):
         parts = (
-            tcls(**_init_kwargs(tcls, tcfg)),
+            tcls(**init_kwargs(tcls, tcfg)),
             ecls(ccls(**{k: v for k, v in ecfg.items() if not k.startswith("_")})),
-            vcls(**_init_kwargs(vcls, vcfg)),
+            vcls(**init_kwargs(vcls, vcfg)),
         )
     return tuple(sum(p.numel() for p in m.parameters()) for m in parts)
 
