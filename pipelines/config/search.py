@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from eval.config import EvalMethodConfig
+from pipelines.config.objective_attack import ObjectiveAttackConfig
 from unlearn.config import Strict, path_component
 
 
@@ -171,6 +172,9 @@ class ObjectiveConfig(EvalVariant):
     baselines: list[BaselineMethod] = Field(default_factory=list, description=(
         "Training-free methods evaluated once with the final eval config after the trials (same prompts, seeds and "
         "base videos), e.g. [negprompt, safree]: the rows an eraser has to beat."))
+    attack: ObjectiveAttackConfig | None = Field(None, description=(
+        "A fixed attack on each trial's eraser after its final eval, its ASR merged into the summary as attack_* keys "
+        "the metrics may name (robustness as an objective; null = none)."))
 
     @model_validator(mode="after")
     def _check(self) -> "ObjectiveConfig":
@@ -183,7 +187,16 @@ class ObjectiveConfig(EvalVariant):
         unknown = sorted(set(self.scalarize.weights) - set(names))
         if unknown:
             raise ValueError(f"objective.scalarize.weights names {unknown}, which are not objective metrics {names}")
+        named = [n for n in self.summary_keys() if n.startswith("attack_")]
+        if named and self.attack is None:
+            raise ValueError(f"objective names attack figures {named} but has no `attack` section: add one (e.g. "
+                             "attack: {config: ../attack/toy.yaml, attacks: [softprompt], budgets: [0.5]}) or drop them")
         return self
+
+    def summary_keys(self) -> list[str]:
+        """Every eval-summary key the objective reads: its metrics, constraints and tie-breaks."""
+        return ([m.name for m in self.metrics] + [c.metric for c in self.scalarize.constraints]
+                + [t.name for t in self.scalarize.tie_break])
 
     def scalar(self, metrics: dict[str, float]) -> float:
         """The scalarised objective (lower is better); NaN if a metric is missing."""

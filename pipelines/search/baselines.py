@@ -10,8 +10,10 @@ results.csv, the Pareto plot, search_result.json and an MLflow child run of the 
 
 Why after the trials and in the driver: the trials hold the workers' devices while they run; once
 `Tuner.fit()` returns they are free, and on a GPU cluster `final_runtime` puts the baseline evals on
-Ray eval actors, as a trial's final eval. Cost: one eval per baseline (the base videos are shared with
-the trials), paid once, and nothing on a rerun: the eval stage resumes row by row.
+Ray eval actors, as a trial's final eval. With `search.objective.attack` each baseline is attacked as a trial's
+eraser is (pipelines.search.robustness), into baselines/<label>/attack/. Cost: one eval (+ its attack) per
+baseline (the base videos are shared with the trials), paid once, and nothing on a rerun: the eval stage and the
+attack resume row by row.
 """
 
 from __future__ import annotations
@@ -61,12 +63,18 @@ def run_baselines(cfg, objective, out: Path, tracker, progress=LOG.info) -> list
 
 def _run_one(cfg, objective, out: Path, tracker, key: str, ecfg) -> None:
     """tracker: the search's `pipelines.tracking.tracker.Tracker`; the baseline's child run ends FAILED when it fails."""
-    from pipelines.search.objective import judge
+    from functools import partial
 
+    from pipelines.search.objective import judge
+    from pipelines.search.robustness import ATTACK_DIR, run_objective_attack
+
+    # search.objective.attack: the baseline is attacked as a trial's eraser is (its method in the eraser's place)
+    attack = (partial(run_objective_attack, objective.attack, ecfg, ecfg.method.model_dump(mode="json"),
+                      out / BASELINES_DIR / key / ATTACK_DIR) if objective.attack is not None else None)
     with tracker.child_run(f"baseline-{key}", tags={"t2vu.role": "baseline", "t2vu.method": ecfg.method.name}) as run_id:
         if run_id:
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": tracker.ids.tracking_uri})
         values = judge(ecfg, cfg.search.objective, out / BASELINES_DIR / key, limit=cfg.search.objective.limit,
                        cwd=objective.cwd, what=f"baseline {key}", mlflow_run_id=run_id,
-                       record={"method": ecfg.method.name})
+                       record={"method": ecfg.method.name}, attack=attack)
         tracker.log_metrics(run_id, {f"final/{k}": v for k, v in values.items()})

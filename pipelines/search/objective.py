@@ -15,12 +15,15 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.config.pipeline import PipelineConfig
-from eval.metrics import UNASKED
+from eval.metrics import UNASKED, is_number
 from pipelines.config.search import ObjectiveConfig
+from pipelines.search.robustness import ATTACK_DIR, DEGENERATE_OK as ATTACK_DEGENERATE_OK, PREFIX as ATTACK_PREFIX
+from pipelines.search.robustness import run_objective_attack
 from pipelines.tracking.tracker import TrialTracking
 from unlearn.config import ConfigError
 
@@ -90,6 +93,7 @@ class ObjectivePayload:
     out_dir: str | None = None
     mlflow: TrialTracking | None = None
     pool: str | None = None  # the search's eval pool (pipelines.search.eval_pool): final evals and baselines share it
+    attack: object = None  # search.objective.attack's AttackConfig (pipelines.search.robustness), None without one
 
     def for_trial(self, trial_dir: Path, mlflow: TrialTracking | None) -> "ObjectivePayload":
         return replace(self, out_dir=str(trial_dir), mlflow=mlflow)
@@ -111,12 +115,18 @@ def objective_payload(cfg: PipelineConfig, config_dir: str | Path | None,
     d = cfg.distributed
     final_runtime = ({"runtime.num_actors": d.num_workers, "runtime.use_gpu": True, "runtime.scorer": "process"}
                      if d.use_gpu else {})
+    attack = None
+    if cfg.search.objective.attack is not None:  # checked now, before any trial trains
+        from pipelines.search.robustness import load_objective_attack
+
+        base_dir = Path(config_dir).resolve() if config_dir else Path.cwd()
+        attack = load_objective_attack(cfg.search.objective, base_dir, ecfg, output_dir)
     asked = cfg.search.objective.eval_overrides.get("runtime.num_actors")
     if not d.use_gpu and asked:  # a CPU search whose eval overrides ask for Ray eval actors (a pool can share them)
         final_runtime = {"runtime.num_actors": int(asked)}
     return ObjectivePayload(spec=cfg.search.objective, eval_config=ecfg, final_runtime=final_runtime,
                             proxy_every=cfg.search.proxy_every(),  # None unless a scheduler reads proxies (ASHA)
-                            cwd=os.getcwd())
+                            cwd=os.getcwd(), attack=attack)
 
 
 def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
@@ -137,8 +147,9 @@ def toy_prompt_overrides(toy, ecfg, directory: Path) -> dict:
 
 
 def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
-    """Objective values (+ their baselines and the scalarised score) from an eval summary."""
-    if summary.get("degenerate_ok") is False:
+    """Objective values (+ their baselines and the scalarised score) from an eval summary (+ the attack's
+    attack_* figures, pipelines.search.robustness: all reported, whether the objective names them or not)."""
+    if summary.get("degenerate_ok") is False or summary.get(ATTACK_DEGENERATE_OK) is False:
         return worst_objective(spec, summary)
     out: dict[str, float] = {}
     for m in spec.metrics:
@@ -162,6 +173,7 @@ def objective_metrics(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
         if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool):
             out.setdefault(k, float(summary[k]))
     out.update(objective_standard_errors(spec, summary))
+    out.update({k: float(v) for k, v in summary.items() if k.startswith(ATTACK_PREFIX) and is_number(v)})
     out["eval_rows"] = float(summary.get("rows_total", 0))
     return out
 
@@ -193,6 +205,8 @@ def worst_objective(spec: ObjectiveConfig, summary: dict) -> dict[str, float]:
     out[spec.scalarize.name] = math.inf
     out["eval_rows"] = float(summary.get("rows_total", 0))
     out["degenerate_fraction"] = float(summary.get("degenerate_fraction", 1.0))
+    if ATTACK_PREFIX + "degenerate_fraction" in summary:  # the attack's videos were the degenerate ones
+        out[ATTACK_PREFIX + "degenerate_fraction"] = float(summary[ATTACK_PREFIX + "degenerate_fraction"])
     return out
 
 
@@ -209,11 +223,12 @@ def trial_final_eval_config(obj: ObjectivePayload):
 
 def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd: str | None, what: str,
           eraser: Path | None = None, mlflow_run_id: str | None = None, transformer=None,
-          record: dict | None = None, pool: str | None = None) -> dict[str, float]:
+          record: dict | None = None, pool: str | None = None, attack=None) -> dict[str, float]:
     """Run one eval into `run_dir` and turn its summary into objective values (+ `eval_s`), written to
     <run_dir>/objective.json with `record`. Degenerate videos beyond the eval's limit make the worst
     values (`worst_objective`), not an error: erasure by destruction ranks last. `pool`: the search's eval pool
-    (pipelines.search.eval_pool; used where the eval runs on Ray actors)."""
+    (pipelines.search.eval_pool; used where the eval runs on Ray actors). `attack`: called after a healthy eval,
+    returns the attack_* figures merged into its summary (search.objective.attack; they count in `eval_s`)."""
     from eval.backends import pooled
     from eval.checks import DegenerateVideosError
     from pipelines.tracking.mlflow_eval import run_tracked_eval
@@ -231,6 +246,8 @@ def judge(ecfg, spec: ObjectiveConfig, run_dir: Path, *, limit: int | None, cwd:
         except DegenerateVideosError as exc:
             LOG.warning("%s: %s", what, exc)
             summary = exc.summary
+        if attack is not None and summary.get("degenerate_ok") is not False:  # a degenerate eval ranks last anyway
+            summary = {**summary, **attack()}
     values = objective_metrics(spec, summary)
     values["eval_s"] = round(time.time() - t0, 3)
     atomic_write_json(run_dir / OBJECTIVE_FILE, {**(record or {}), **values})
@@ -259,7 +276,7 @@ def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: i
     spec = obj.spec
     out_dir = Path(obj.out_dir)
     eraser = Path(eraser_dir)
-    mlflow_run_id = None
+    mlflow_run_id, attack = None, None
     if final:
         if eraser.resolve() != (out_dir / "eraser").resolve():
             eraser = atomic_copy_dir(eraser, out_dir / "eraser")
@@ -268,12 +285,15 @@ def evaluate_objective(obj: ObjectivePayload, eraser_dir: str | Path, *, step: i
         if obj.mlflow is not None:
             ecfg = ecfg.with_overrides({"mlflow.tracking_uri": obj.mlflow.tracking_uri})
             mlflow_run_id = obj.mlflow.run_id
+        if obj.attack is not None:  # search.objective.attack: the final eval only, never a proxy
+            attack = partial(run_objective_attack, obj.attack, ecfg, {"name": "eraser", "eraser": str(eraser)},
+                             out_dir / ATTACK_DIR)
     else:
         ecfg = proxy_eval_config(obj, pooled=proxy_pool is not None)
         run_dir, limit = out_dir / "proxy" / f"step_{step:06d}", spec.proxy.limit
     return judge(ecfg, spec, run_dir, limit=limit, cwd=obj.cwd, what=f"objective eval at step {step}",
                  eraser=eraser, mlflow_run_id=mlflow_run_id, transformer=transformer,
-                 record={"step": step, "final": final}, pool=obj.pool if final else proxy_pool)
+                 record={"step": step, "final": final}, pool=obj.pool if final else proxy_pool, attack=attack)
 
 
 def evaluate_or_report(obj: ObjectivePayload, eraser_dir: Path, step: int, final: bool, transformer=None,
