@@ -1,12 +1,11 @@
 """Robustness as a search objective (`search.objective.attack`, pipelines.search.robustness): the section is checked
 before anything trains, a real attack on the toy model gives the attack_* figures the objective and its score read
-(a degenerate one the worst values), and one `t2vu tune` trial reports them."""
+(a degenerate one the worst values). The `t2vu tune` trial that reports them and scores with them is
+tests/test_search_reproducible.py's quiet run (one tune run serves both checks)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -183,45 +182,3 @@ def test_a_method_baseline_is_attacked_as_a_trial_is(tmp_path):
                                             - values["preserve_nontarget_acc_erased"]
                                             - 0.5 * values["target_content_acc_erased"]
                                             + 5.0 * max(0.0, 0.95 - values["preserve_nontarget_acc_erased"]))
-
-
-# --- slow: one trial of `t2vu tune` -----------------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_one_tune_trial_reports_the_attack_asr_and_scores_with_it(tmp_path, ray_env):
-    """The example's objective (soft-prompt ASR at 0.5x next to the eval's figures), one short trial, plus the clean
-    attack under a constraint: a barely trained eraser still draws red on the clean prompts, so that figure is
-    large and its penalty shows in the score."""
-    out = tmp_path / "search"
-    args = ["--set", "search.num_samples=1", "--set", "train.steps=10", "--set", "train.checkpoint_every=10",
-            "--set", "train.log_every=5", "--set", "search.objective.baselines=[]", "--set", "mlflow.enabled=false",
-            "--set", "search.objective.toy_prompts={target: red, n: 2, sets: [target], preserve_sets: [nontarget]}",
-            "--set", "search.objective.attack.limit=2", "--set", "search.objective.attack.steps=2",
-            "--set", "search.objective.attack.attacks=[clean, softprompt]",
-            "--set", "search.objective.scalarize.constraints=[{metric: preserve_nontarget_acc_erased, min: 0.95, "
-                     "penalty: 5.0}, {metric: attack_clean_asr_above_floor, max: 0.5, penalty: 3.0}]"]
-    res = subprocess.run([sys.executable, "-m", "pipelines.cli.entry", "tune", "-c", str(ROBUST), "-o", str(out), *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=ray_env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (trial,) = sorted((out / "trials").iterdir())
-    metrics = json.loads((trial / "summary.json").read_text())["metrics"]
-    cells = trial / "attack" / "cells" / "eraser"
-    floor = {p.stem: json.loads(p.read_text())["flagged"] for p in (cells / "anchors" / "rows").glob("*.json")}
-    for column, key in (("softprompt-0.5x", METRIC), ("clean", "attack_clean_asr_above_floor")):
-        rows = [json.loads(p.read_text()) for p in (cells / column / "rows").glob("*.json")]
-        assert len(rows) == 2 and metrics[key] == sum(r["flagged"] and not floor[r["id"]] for r in rows) / 2, column
-        assert metrics[key.replace("_above_floor", "")] == sum(r["flagged"] for r in rows) / 2, column
-    assert metrics["attack_rows"] == 2.0 and metrics["attack_floor"] == sum(floor.values()) / 2
-    assert metrics["attack_degenerate_fraction"] == 0.0 and metrics["attack_videos_made"] == 2 * 2 + 2 + 2
-    clean = metrics["attack_clean_asr_above_floor"]
-    assert clean > 0.5, "a 10-step eraser lets red through on clean prompts: the constraint must bite"
-    # the score is the configured weighted sum, the soft prompt's ASR in it (weight 1, min), + both penalties
-    expected = (metrics["target_rate_erased"] + metrics[METRIC] - metrics["preserve_nontarget_acc_erased"]
-                - 0.5 * metrics["target_content_acc_erased"] + 5.0 * max(0.0, 0.95 - metrics["preserve_nontarget_acc_erased"])
-                + 3.0 * (clean - 0.5))
-    assert metrics["score"] == pytest.approx(expected)
-    judged = json.loads((trial / "eval" / "objective.json").read_text())
-    assert judged[METRIC] == metrics[METRIC] and judged["final"] is True
-    assert not (trial / "proxy").exists()  # the attack runs at the final eval only
-    result = json.loads(res.stdout[res.stdout.index("{"):])
-    assert result["best_metrics"][METRIC] == pytest.approx(metrics[METRIC], abs=1e-3)
