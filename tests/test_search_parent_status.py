@@ -20,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH = str(ROOT / "configs" / "search" / "tiny.yaml")
+# one trial of one worker (what is tested is the MLflow parent, not the worker group: one worker fewer is ~8 CPU-s
+# of imports and a gloo rendezvous less per run)
 SHORT = ["--set", "search.num_samples=1", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
-         "--set", "search.max_failures=0"]
+         "--set", "distributed.num_workers=1", "--set", "search.max_failures=0"]
 
 
 def parent_status(out: Path) -> tuple[str, dict]:
@@ -88,7 +90,7 @@ def test_a_failure_after_the_trials_fails_the_parent(tmp_path, ray_env):
 def test_ctrl_c_kills_the_parent(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli.entry", "tune", "-c", SEARCH, "-o", str(out),
-                             *SHORT[:2], "--set", "train.steps=400", "--set", "train.checkpoint_every=4"],
+                             *SHORT[:2], *SHORT[6:8], "--set", "train.steps=400", "--set", "train.checkpoint_every=4"],
                             cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "err").open("w"), start_new_session=True)
     try:
