@@ -1,6 +1,7 @@
-"""Bank-then-erase (unlearn/adversarial_bank.py, pipelines/train/bank.py) on the tiny model, with the real soft-prompt
-attack at a few steps: the bank grows every round, a round warm-starts from the previous round's best delta, the
-training loss reads the bank rows, and the settings round-trip through the config and the eraser file."""
+"""Bank-then-erase (unlearn/adversarial_bank.py, unlearn/bank_training.py, pipelines/train/bank.py) on the tiny
+model, with the real soft-prompt attack at a few steps: the bank grows every round, a round warm-starts from the
+previous round's best delta, the training loss reads the bank rows, and the settings round-trip through the config
+and the eraser file. The `bank:` key of `t2vu train` (resume, refusals): tests/test_bank_train.py."""
 
 from __future__ import annotations
 
@@ -27,14 +28,15 @@ def _session():
 def _cfg(**kw):
     from unlearn.adversarial_bank import BankConfig
 
-    return BankConfig(**{"recipe": "tiny.yaml", "rounds": 2, "steps_per_round": 1, "pairs": 1, "attack_steps": 2,
+    return BankConfig(**{"rounds": 2, "steps_per_round": 1, "pairs": 1, "attack_steps": 2,
                          "restarts": 2, "attack_pool": 1, "attack_batch": 2, "trajectory_steps": 2,
                          "preserve_steps": 1, "preserve_max_concept": 1e9, "preserve_shrink": 1, "batch": 2, "preserve_batch": 1, **kw})
 
 
 def test_bank_grows_warm_starts_trains_on_its_rows_and_is_recorded(tmp_path):
     from pipelines.train.bank import soft_prompt_attack
-    from unlearn.adversarial_bank import AdversarialBank, BankConfig, BankObjective, train_with_bank
+    from unlearn.adversarial_bank import AdversarialBank, BankConfig, BankObjective
+    from unlearn.bank_training import train_with_bank
     from unlearn.eraser import read_eraser
 
     session, cfg = _session(), _cfg()
@@ -78,20 +80,26 @@ def test_bank_grows_warm_starts_trains_on_its_rows_and_is_recorded(tmp_path):
     session.objective.detach()
 
 
-def test_bank_config_round_trips_and_bad_input_is_one_line(tmp_path):
+def test_bank_file_is_a_training_config_section_and_bad_input_is_one_line(tmp_path):
+    import json
+
     import yaml
 
-    from pipelines.train.bank import load_bank_config
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.bank import bank_section
+    from unlearn.bank_config import BankConfig
     from unlearn.config import ConfigError
 
-    cfg, recipe = load_bank_config(ROOT / "configs" / "banks" / "toy.yaml")
-    assert recipe == (ROOT / "configs" / "toy" / "recipe.yaml").resolve()
-    path = tmp_path / "bank.yaml"
-    path.write_text(yaml.safe_dump({"bank": {**cfg.model_dump(mode="json"), "recipe": str(recipe)}}))
-    again, _ = load_bank_config(path)
-    assert again.model_dump() == {**cfg.model_dump(), "recipe": str(recipe)}
-    for bad, where in (({"rounds": 0}, "bank.rounds"), ({"rnds": 3}, "bank.rnds"), ({"recipe": "nope.yaml"}, "bank.recipe")):
-        path.write_text(yaml.safe_dump({"bank": {**cfg.model_dump(mode="json"), "recipe": str(recipe), **bad}}))
+    section = bank_section(ROOT / "configs" / "banks" / "toy.yaml")
+    recipe = ROOT / "configs" / "toy" / "recipe.yaml"
+    cfg = load_pipeline_config(recipe, [f"bank={json.dumps(section)}"])
+    assert cfg.method().bank == BankConfig(**section) and cfg.bank.rounds == 3 and cfg.bank.pairs == 8
+    assert load_pipeline_config(recipe).bank is None  # no key: no bank (the recipe as it was)
+    for bad, where in (({"rounds": 0}, "bank.rounds"), ({"rnds": 3}, "bank.rnds"),
+                       ({"recipe": "x.yaml"}, "bank.recipe")):  # the recipe is the config the section is in
         with pytest.raises(ConfigError, match=where) as err:
-            load_bank_config(path)
+            load_pipeline_config(recipe, [f"bank={json.dumps({**section, **bad})}"])
         assert "\n" not in str(err.value)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"gate": {}}))
+    with pytest.raises(ConfigError, match="no `bank:` section"):
+        bank_section(tmp_path / "b.yaml")

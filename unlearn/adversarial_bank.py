@@ -18,64 +18,24 @@ fine-tunes an eraser in `rounds`; each round
    prompt's states (the training x_t source) and, with bank_xt: both, from the base model's own trajectory under the
    attacked embedding (where sampling from the attack leads); x_a from the anchor's base trajectory.
 Cost: rounds x pairs x restarts x attack_steps defended forward+backward passes (the attacks dominate), one extra
-forward (with grad) of batch + preserve_batch rows and two no-grad ones a step. The bank is not checkpointed: a
-bank run does not resume (it restarts). Settings and per-round record: the eraser file's `extra.bank`.
+forward (with grad) of batch + preserve_batch rows and two no-grad ones a step. The rounds run after the eraser's
+training (the training config's `bank:` key, `unlearn.bank_training`: each round checkpointed, resumed at the next
+round). Settings and per-round record: the eraser file's `extra.bank`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from unlearn.config import Strict
+from unlearn.bank_config import BankConfig  # noqa: F401 - the section, torch-free
 from unlearn.losses import negative_guided_target, preserve_loss, unlearn_loss
 
 BANK_KEY = "bank"  # EraserMeta.extra key of the settings and the round record
-
-
-class BankConfig(Strict):
-    """The `bank:` section (configs/banks/toy.yaml): how the adversarial bank is found, kept and trained on."""
-
-    name: Literal["none", "bank"] = Field("bank", description=(
-        "none: no bank (the eraser as trained). bank: bank-then-erase rounds (unlearn.adversarial_bank)."))
-    recipe: str = Field(description=(
-        "The training config whose loss every round keeps (relative to the bank file), e.g. recipe.yaml."))
-    rounds: int = Field(3, ge=1, le=8, description="Attack-then-train rounds (issue 25: 3-4).")
-    steps_per_round: int = Field(40, ge=1, description="Optimiser steps after each round's attacks.")
-    lr: float | None = Field(None, gt=0, description="Learning rate of the fine-tune; null = the recipe's train.lr.")
-    pairs: int = Field(8, ge=1, description=(
-        "(concept prompt, anchor prompt) pairs attacked each round: concept prompt i with anchor i mod K, in a "
-        "seeded order; the same pairs every round (warm starts)."))
-    budget: float = Field(0.5, gt=0, description=(
-        "Soft-prompt budget in x ||E(concept) - E(anchor)|| (0.5: the target of issue 25)."))
-    attack_steps: int = Field(180, ge=1, description="Adam steps of each restart (evaluation strength: 180).")
-    restarts: int = Field(2, ge=1, description="Restarts per pair (restart 0 warm-started after round 1); all kept.")
-    attack_lr: float = Field(0.05, gt=0, description="Adam learning rate of the attack.")
-    attack_pool: int = Field(2, ge=1, description="Base-model concept trajectories the attack matches.")
-    attack_batch: int = Field(4, ge=1, description="States per attack step.")
-    trajectory_steps: int = Field(20, ge=2, description="Sampler steps of the attack's and the bank's trajectories.")
-    guidance: float = Field(5.0, ge=1, description="CFG scale of those trajectories.")
-    bank_xt: Literal["concept", "both"] = Field("both", description=(
-        "x_t of bank rows: concept = the concept prompt's training states; both = those and the base model's "
-        "trajectory under the attacked embedding."))
-    batch: int = Field(4, ge=1, description="Bank rows per training step.")
-    w_bank: float = Field(1.0, ge=0, description="Weight of the unlearning loss on the bank rows.")
-    eta: float | None = Field(None, ge=0, description="Negative guidance of the bank target; null = loss.eta.")
-    preserve_steps: int = Field(20, ge=0, description="PGD steps of each adversarial-preservation row (0: none).")
-    preserve_max_concept: float = Field(0.25, description=(
-        "A perturbed anchor is kept only if the base prediction moved less than this fraction of the way toward "
-        "the concept prompt's (projection, averaged over its states)."))
-    preserve_shrink: int = Field(0, ge=0, le=6, description=(
-        "A refused perturbed anchor is tried again at half the length up to this many times (0: refused rows are "
-        "dropped; the first toy run kept 2 of 24 at full length)."))
-    preserve_batch: int = Field(4, ge=0, description="Adversarial-preservation rows per training step.")
-    w_adv_preserve: float = Field(1.0, ge=0, description="Weight of the adversarial-preservation loss.")
-    seed: int = Field(0, description="Seed of the pair order, trajectories, restarts and row sampling.")
 
 
 class SessionAttackContext:
@@ -282,37 +242,3 @@ def attack_round(session, bank: AdversarialBank, cfg: BankConfig, attack: Attack
     rec.update(bank_rows=len(bank.attacked), preserve_rows=len(bank.preserve),
                seconds=round(time.perf_counter() - t0, 1))
     return rec
-
-
-def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=print) -> dict:
-    """Rounds of attack -> train on the session's erasers (loaded by the caller); the eraser is written to
-    out_dir/eraser with `extra.bank` = {settings, rounds}. Returns that record."""
-    from pathlib import Path
-
-    from unlearn.loop import LocalStore, LoopPlan, StepHook, TrainingLoop
-    from unlearn.trainer import torch_engine
-
-    t0 = time.perf_counter()
-    bank = AdversarialBank()
-    objective = BankObjective(session.objective, bank, cfg, session)
-    record = {"settings": cfg.model_dump(mode="json"), "rounds": []}
-    total = cfg.rounds * cfg.steps_per_round
-
-    def after_step(done: int, rank: int) -> None:
-        if done % cfg.steps_per_round == 0 and done < total:
-            record["rounds"].append(attack_round(session, bank, cfg, attack, done // cfg.steps_per_round, log))
-        session.eraser_set.meta.extra = {**session.eraser_set.meta.extra, BANK_KEY: record}
-
-    after_step(0, 0)
-    tc = session.cfg.train
-    train_cfg = session.cfg.model_copy(update={"train": tc.model_copy(update={"lr": cfg.lr or tc.lr})})
-    store = LocalStore(Path(out_dir), resume=False)
-    loop = TrainingLoop(session, torch_engine(train_cfg, objective), store, LoopPlan(total, tc.log_every, total),
-                        step_hook=StepHook(after_step))
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    result = loop.fit()
-    store.finish()
-    store.remove()
-    record["final_losses"] = result.last
-    record["seconds"] = round(time.perf_counter() - t0, 1)  # not in the file (written at the last step): returned
-    return record

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from unlearn.yaml_load import read_yaml  # noqa: F401 - where the config readers import it from
 from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
+from unlearn.bank_config import BankConfig
 from unlearn.gate_config import GateConfig
 from unlearn.strict import Strict  # noqa: F401 - where the config sections import it from
 
@@ -253,6 +254,10 @@ class EraserTrainingConfig(Strict):
     gate: GateConfig | None = Field(None, description=(
         "A content gate trained after the eraser and saved in its file (unlearn.gates, issue 25): a probe on the "
         "model's own predicted x0 scales a correction away from the concept whatever the text says. null = none."))
+    bank: BankConfig | None = Field(None, description=(
+        "Bank-then-erase after the eraser's training, saved in its file (unlearn.adversarial_bank, issue 25): "
+        "rounds of the soft-prompt attack on the current eraser, then training on the attacks found plus this "
+        "config's own loss; each round checkpointed. Single process (t2vu train) only. null = none."))
 
     @model_validator(mode="after")
     def _gate_defaults(self):
@@ -294,8 +299,9 @@ def load_eraser_training_config(path: str | Path) -> EraserTrainingConfig:
 def config_digest(cfg: BaseModel) -> str:
     """Stable short hash of a resolved config (stored in eraser files)."""
     data = cfg.model_dump(mode="json")
-    if "gate" in data and data["gate"] is None:  # no gate: the digest erasers had before the key (resumes keep working)
-        del data["gate"]
+    for key in ("gate", "bank"):  # no gate / bank: the digest erasers had before the key (resumes keep working)
+        if key in data and data[key] is None:
+            del data[key]
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

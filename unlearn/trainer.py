@@ -7,9 +7,13 @@ Output folder:
   checkpoint/      last checkpoint, replaced atomically (the layout of `unlearn.checkpoint`, the same as a
                    distributed run's), removed once the run finished
   eraser/          final eraser.safetensors + eraser_config.json (written only on success)
+  bank/            with a `bank:` key: its rounds' checkpoint while they run, then the banked eraser (copied to
+                   eraser/) and its curve (unlearn.bank_training)
   summary.json     final losses, steps, wall time
 Rerunning a finished output does nothing; rerunning an interrupted one resumes from the last
-checkpoint (also one a distributed run wrote, copied into checkpoint/: weights, step and curve).
+checkpoint (also one a distributed run wrote, copied into checkpoint/: weights, step and curve), and a run
+stopped in its bank rounds resumes at the next round. After the training: the `bank:` rounds (they need an
+attack: `bank_attack(session, bank_cfg) -> attack`, from a layer that may import eval), then the `gate:` probe.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import torch
 import yaml
 
 from unlearn.checkpoint import read_metrics  # noqa: F401 - the trainer's curve reader (plots, tests)
-from unlearn.config import EraserTrainingConfig
-from unlearn.fsutil import atomic_write_text
+from unlearn.config import ConfigError, EraserTrainingConfig
+from unlearn.fsutil import atomic_copy_dir, atomic_write_text
 from unlearn.gate_training import gate_trained_eraser
 from unlearn.loop import LocalStore, LoopPlan, TorchEngine, TrainingLoop
 from unlearn.session import TrainingSession
@@ -42,11 +46,19 @@ def finished(out: Path) -> bool:
     return (out / "summary.json").is_file() and (out / "eraser" / "eraser_config.json").is_file()
 
 
-def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True) -> dict:
+def banked(cfg: EraserTrainingConfig) -> bool:
+    return cfg.bank is not None and cfg.bank.name != "none"
+
+
+def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True,
+          bank_attack=None) -> dict:
     out = Path(output)
     summary_path = out / "summary.json"
     if resume and finished(out):
         return json.loads(summary_path.read_text())  # finished: nothing to redo (`t2vu train` pinned the config)
+    if banked(cfg) and bank_attack is None:  # before anything trains
+        raise ConfigError("bank.name: bank needs an attack: train with t2vu train (or pass bank_attack="
+                          "pipelines.train.bank.soft_prompt_attack)")
 
     t0 = time.time()
     session = TrainingSession(cfg, config_dir=config_dir)
@@ -62,6 +74,7 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     result = loop.run()
     store.finish()
+    bank = _bank(cfg, session, bank_attack, out, resume) if banked(cfg) else None
     session.objective.detach()  # the base model again: a `gate:` probe learns from it (unlearn.gate_training)
     gate = gate_trained_eraser(cfg, out / "eraser", config_dir, spec=session.spec)
     times = result.step_times
@@ -78,7 +91,19 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         "peak_memory_gb": (round(torch.cuda.max_memory_allocated(session.device) / 2**30, 3)
                            if session.device.type == "cuda" else None),
         **({"gate": {k: v for k, v in gate.items() if k != "config"}} if gate else {}),
+        **({"bank": bank} if bank else {}),
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     store.remove()
     return summary
+
+
+def _bank(cfg: EraserTrainingConfig, session, bank_attack, out: Path, resume: bool) -> dict:
+    """The `bank:` rounds on the trained eraser (unlearn.bank_training), published over eraser/; the summary's part."""
+    from unlearn.bank_training import BANK_DIR, train_with_bank
+
+    record = train_with_bank(session, cfg.bank, bank_attack(session, cfg.bank), out / BANK_DIR, resume=resume)
+    atomic_copy_dir(out / BANK_DIR / "eraser", out / "eraser")
+    last = record["rounds"][-1]
+    return {"rounds": len(record["rounds"]), "bank_rows": last["bank_rows"], "preserve_rows": last["preserve_rows"],
+            "final": record["final_losses"], "seconds": record["seconds"]}

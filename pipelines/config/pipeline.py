@@ -30,7 +30,7 @@ from pipelines.config.distributed import DistributedConfig
 from pipelines.config.search import Constraint, EvalVariant, SearchConfig
 from unlearn.config import EraserTrainingConfig, Strict, apply_overrides, read_renamed_keys, read_yaml, validate
 
-METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train", "gate")
+METHOD_SECTIONS = ("model", "eraser", "concept", "loss", "train", "gate", "bank")
 
 
 class MlflowConfig(Strict):

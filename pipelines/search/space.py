@@ -27,6 +27,9 @@ _SCALARS = (bool, int, float, str, type(None))
 def check_param(key: str, spec: Any) -> None:
     """Shape checks of one DSL entry (no schema knowledge needed)."""
     where = f"search.space.{key}"
+    if key.split(".")[0] == "bank":  # unlearn.bank_training is not wired into Tune trials (refuse_bank)
+        raise ValueError(f"{where}: bank-then-erase runs in single-process t2vu train only, not in Tune trials; "
+                         "remove the bank.* keys from the space")
     if key.split(".")[0] not in SECTIONS or "." not in key:
         raise ValueError(f"{where}: keys are dotted paths into {list(SECTIONS)}, e.g. loss.w_unlearn")
     if not isinstance(spec, dict) or len(spec) != 1:

@@ -1,39 +1,32 @@
-"""Bank-then-erase from a `bank:` file (issue 25, defence 1): the rounds of `unlearn.adversarial_bank`, with the
-project's soft-prompt attack (`eval.attacks.softprompt`) as the attack, started from a trained eraser.
+"""The attack of bank-then-erase (issue 25, defence 1): the training config's `bank:` key (unlearn.bank_config)
+runs the rounds of `unlearn.adversarial_bank` after the eraser's training (unlearn.bank_training), with the
+project's soft-prompt attack (`eval.attacks.softprompt`) injected from here (unlearn may not import eval):
 
-    from pipelines.train.bank import load_bank_config, train_bank
-    cfg, recipe = load_bank_config("configs/banks/toy.yaml")
-    record = train_bank(cfg, recipe, "runs/toy-red/eraser", "runs/toy-red-bank")
-    # -> runs/toy-red-bank/eraser (extra.bank: settings + per-round record); load_eraser(pipe, that) as usual
+    t2vu train --config C --output runs/x    # C with a `bank:` section (or --set 'bank={rounds: 3, pairs: 8}')
+    from unlearn.eraser import load_eraser   # then, as every eraser (extra.bank: settings + per-round record):
+    handle = load_eraser(pipe, "runs/x/eraser")
+
+configs/banks/toy.yaml holds the toy's section; benchmarks/defence_bank.py sets it on configs/toy/recipe.yaml
+(`bank_section`). Single process only: the distributed driver, Tune trials and `t2vu run` refuse `bank.name: bank`
+(pipelines.config.distributed.refuse_bank).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from unlearn.adversarial_bank import BankConfig
+from unlearn.bank_config import BankConfig
 
 
-def load_bank_config(path, overrides: list[str] | None = None) -> tuple[BankConfig, Path]:
-    """(the `bank:` section, the resolved recipe path); bad input: one ConfigError line naming file and field."""
-    from pydantic import ValidationError
+def bank_section(path) -> dict:
+    """The `bank:` mapping of a bank file (configs/banks/*.yaml), to set as a training config's `bank` key;
+    ConfigError (one line) when the file has none."""
+    from unlearn.config import ConfigError, read_yaml
 
-    from unlearn.config import ConfigError, apply_overrides, read_yaml
-
-    path = Path(path)
-    raw = apply_overrides(read_yaml(path) or {}, overrides)
-    try:
-        cfg = BankConfig(**(raw.get("bank") or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "<section>"
-        raise ConfigError(f"{path}: bank.{where}: {err['msg']}") from None
-    if cfg.name == "none":
-        raise ConfigError(f"{path}: bank.name none trains nothing; set bank.name: bank")
-    recipe = (path.parent / cfg.recipe).resolve()
-    if not recipe.is_file():
-        raise ConfigError(f"{path}: bank.recipe {cfg.recipe!r} is not a file (relative to {path.parent})")
-    return cfg, recipe
+    raw = read_yaml(Path(path)) or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("bank"), dict):
+        raise ConfigError(f"{path}: no `bank:` section (a mapping of unlearn.bank_config.BankConfig keys)")
+    return raw["bank"]
 
 
 def soft_prompt_attack(session, cfg: BankConfig):
@@ -49,18 +42,3 @@ def soft_prompt_attack(session, cfg: BankConfig):
                                    "seed": cfg.seed})
     base = session.objective.handle.disabled
     return lambda concept, anchor, warm: sp.attack_pair(ctx, concept, anchor, base, None, warm)
-
-
-def train_bank(cfg: BankConfig, recipe: Path, eraser_dir, out_dir, log=print) -> dict:
-    """The recipe's session, its erasers loaded from eraser_dir, the bank rounds; writes out_dir/eraser."""
-    from pipelines.config.pipeline import load_pipeline_config
-    from unlearn.adversarial_bank import train_with_bank
-    from unlearn.eraser import read_eraser
-    from unlearn.session import TrainingSession
-
-    session = TrainingSession(load_pipeline_config(recipe).method(), config_dir=recipe.parent)
-    session.eraser_set.load_state_dict(read_eraser(eraser_dir).state_dict())
-    try:
-        return train_with_bank(session, cfg, soft_prompt_attack(session, cfg), out_dir, log)
-    finally:
-        session.objective.detach()

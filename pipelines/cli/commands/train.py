@@ -29,6 +29,7 @@ def run(args) -> int:
     from pipelines.plan.preflight import preflight
     from pipelines.runtime.console import on_terminal
     from pipelines.runtime.run_folder import check_pinned
+    from pipelines.train.bank import soft_prompt_attack  # the `bank:` rounds' attack (unlearn may not import eval)
     from unlearn.trainer import train
 
     # The whole file is validated (a misspelt section is an error, not ignored); training reads its method part.
@@ -44,7 +45,7 @@ def run(args) -> int:
     earlier = finished(out, resume=not args.no_resume)
     # the step bar (tqdm, on stderr) only on a terminal: in a log every redraw would be a line
     summary = train(cfg, out, config_dir=Path(args.config).parent, resume=not args.no_resume,
-                    progress=on_terminal(sys.stderr))
+                    progress=on_terminal(sys.stderr), bank_attack=soft_prompt_attack)
     show(out, summary, earlier)
     return 0
 
@@ -55,9 +56,11 @@ def _run_distributed(args) -> int:
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.train.driver import run_distributed
 
+    from pipelines.config.distributed import refuse_bank
     from pipelines.plan.preflight import preflight
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    refuse_bank(cfg, args.config)  # before Ray starts or anything loads
     if (rc := preflight(cfg.method(), cfg, mode="distributed", config_dir=Path(args.config).parent)) is not None:
         return rc
     out = output_dir(args, "train")
