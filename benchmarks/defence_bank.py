@@ -1,9 +1,11 @@
 """Bank-then-erase (issue 25, defence 1, unlearn/adversarial_bank.py) on the toy CogVideoX world, attacked adaptively.
 
-1. Fine-tunes the recipe eraser (--eraser) in the rounds of configs/banks/toy.yaml: each round the project's
-   soft-prompt attack (0.5x, 180 steps x 2 restarts) against the CURRENT eraser from 8 of the recipe's (red prompt,
-   anchor prompt) pairs, warm-started from the previous round's bank; then the recipe's loss + the unlearning loss
-   on the bank + adversarial preservation of the anchors. Writes --banked (extra.bank: settings and rounds).
+1. Trains the recipe (--recipe) with the `bank:` section of configs/banks/toy.yaml set on it, as `t2vu train`
+   does (unlearn.trainer.train, unlearn.bank_training): the recipe eraser, then the rounds: each round the
+   project's soft-prompt attack (0.5x, 180 steps x 2 restarts) against the CURRENT eraser from 8 of the recipe's
+   (red prompt, anchor prompt) pairs, warm-started from the previous round's bank; then the recipe's loss + the
+   unlearning loss on the bank + adversarial preservation of the anchors. Writes --banked (a training folder; its
+   eraser's extra.bank: settings and rounds). Interrupted, it resumes at the next round.
 2. Runs the attack benchmark (eval.attacks.runner, what `t2vu attack` runs) with the settings of
    benchmarks/defence_gate.py (the same rows, preserve rows and attack strengths) and two methods: the eraser alone
    and the banked eraser. White-box attacks optimise against the banked eraser itself (adaptive: the bank is part
@@ -27,10 +29,12 @@ sys.path.insert(0, str(REPO))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bank", default=str(REPO / "configs" / "banks" / "toy.yaml"))
-    p.add_argument("--bank-set", dest="bank_overrides", action="append", default=[], help="bank-file overrides")
-    p.add_argument("--eraser", default="runs/toy-red/eraser")
-    p.add_argument("--banked", default="runs/toy-red-bank", help="the banked eraser's training folder")
+    p.add_argument("--recipe", default=str(REPO / "configs" / "toy" / "recipe.yaml"), help="the training config")
+    p.add_argument("--bank", default=str(REPO / "configs" / "banks" / "toy.yaml"), help="its `bank:` section")
+    p.add_argument("--bank-set", dest="bank_overrides", action="append", default=[],
+                   help="bank-section overrides KEY=VALUE (e.g. rounds=2)")
+    p.add_argument("--eraser", default="runs/toy-red/eraser", help="the recipe eraser alone: the attacked baseline")
+    p.add_argument("--banked", default="runs/toy-red-bank", help="the training folder (recipe eraser + bank)")
     p.add_argument("--output", default="runs/attack-toy-bank")
     p.add_argument("--results-file", default=str(REPO / "benchmarks" / "results" / "robustness_toy_bank.json"))
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more attack-config overrides")
@@ -40,20 +44,29 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    import json
+    import logging
+
     from benchmarks.defence_common import attack_and_write
-    from pipelines.train.bank import load_bank_config, train_bank
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.bank import bank_section, soft_prompt_attack
     from unlearn.config import ConfigError
     from unlearn.eraser import read_eraser
+    from unlearn.trainer import train
 
     banked = Path(args.banked) / "eraser"
     seconds_file = Path(args.banked) / "bank_seconds.txt"  # the training's wall time, for a later resume
     try:
-        cfg, recipe = load_bank_config(args.bank, args.bank_overrides)
+        overrides = [f"bank={json.dumps(bank_section(args.bank))}", *(f"bank.{o}" for o in args.bank_overrides)]
+        cfg = load_pipeline_config(args.recipe, overrides).method()
         if not args.plan and (args.retrain or not (banked / "eraser.safetensors").is_file()):
-            print(f"bank-then-erase -> {banked}", file=sys.stderr, flush=True)
+            print(f"recipe eraser + bank-then-erase -> {banked}", file=sys.stderr, flush=True)
             torch.set_num_threads(1)
+            logging.getLogger("t2vu.bank").setLevel(logging.INFO)  # each round's attacks, on stderr
+            logging.getLogger("t2vu.bank").addHandler(logging.StreamHandler(sys.stderr))
             t0 = time.perf_counter()
-            train_bank(cfg, recipe, args.eraser, args.banked, log=lambda m: print(m, file=sys.stderr, flush=True))
+            train(cfg, args.banked, config_dir=Path(args.recipe).parent, progress=False, resume=not args.retrain,
+                  bank_attack=soft_prompt_attack)
             seconds_file.write_text(f"{time.perf_counter() - t0:.1f}\n")
         trained = (banked / "eraser.safetensors").is_file()  # --plan before training: the eraser's cells only
         record = read_eraser(banked).meta.extra.get("bank", {}) if trained else {}

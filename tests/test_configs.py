@@ -35,10 +35,11 @@ def schema_for(path: Path):
         from unlearn.gates import GateConfig
 
         return lambda p: GateConfig(**yaml.safe_load(Path(p).read_text())["gate"])
-    if top == "banks":  # a defence's bank section (unlearn/adversarial_bank.py), read by benchmarks/defence_bank.py
-        from pipelines.train.bank import load_bank_config
+    if top == "banks":  # a training config's bank section (unlearn/bank_config.py), set by benchmarks/defence_bank.py
+        from pipelines.train.bank import bank_section
+        from unlearn.bank_config import BankConfig
 
-        return lambda p: load_bank_config(p)[0]
+        return lambda p: BankConfig(**bank_section(p))
     if top == "deepspeed":
         return lambda p: json.loads(Path(p).read_text())
     if top == "cluster":
