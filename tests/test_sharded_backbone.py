@@ -1,7 +1,8 @@
 """The frozen backbone sharded over 2 (and 4) gloo ranks (unlearn.sharding, FSDP2): the step is the single-process one.
 
-Each case spawns 2 (or 4) real processes (torch.multiprocessing, gloo on 127.0.0.1, no Ray). Every rank builds the
-tiny model from the same directory, hooks the same erasers, shards the backbone per block and runs one
+The cases of one world size share one spawn of 2 (or 4) real processes (torch.multiprocessing, gloo on 127.0.0.1, no
+Ray) that runs them one after another (a spawn per case cost each rank's torch/diffusers/DeepSpeed imports again:
+~8 CPU-s a process). For each case every rank builds the tiny model from the same directory, hooks the same erasers, shards the backbone per block and runs one
 fused step (reference forward with erasers off + erased forward + backward) on its slice of a global batch,
 then all-reduces the eraser gradients (mean), as the DeepSpeed engine does (one case runs the real
 DeepSpeed ZeRO-2 engine instead). The parent runs the unsharded
@@ -130,35 +131,55 @@ def engine_step(engine, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return float(loss.detach()), grads
 
 
-def rank_main(rank: int, kind: str, path: str, port: int, checkpointing: bool, use_engine: bool, out: str,
-              world: int = WORLD) -> None:
+def rank_case(rank: int, world: int, kind: str, path: str, checkpointing: bool, use_engine: bool, out: str) -> None:
+    """One case on this rank of the live gloo group: the sharded step, its results to out/rank{rank}.pt."""
     import torch.distributed as dist
 
     from unlearn.sharding import peak_gathered, resident_bytes, shard_backbone
+
+    spec, erasers, objective = build(kind, Path(path), checkpointing)
+    sharded = shard_backbone(spec, erasers)  # the worker's hook point: after the session, before the engine
+    at_rest = resident_bytes(spec.transformer)
+    batch = slice_of(global_batch(spec, kind, world), rank)
+    engine = zero2_engine(objective, world) if use_engine else None
+    with peak_gathered(sharded, list(erasers.erasers.values())) as peak:
+        loss, grads = engine_step(engine, batch) if use_engine else step(objective, batch)
+    if not use_engine:
+        for g in grads.values():  # what the engine does with the (whole, replicated) eraser gradients
+            dist.all_reduce(g)
+            g /= world
+    os.makedirs(out, exist_ok=True)
+    torch.save({"loss": loss, "grads": grads, "resident": at_rest, "after": resident_bytes(spec.transformer),
+                "peak_gathered": peak[0], "whole": sharded.whole_bytes, "largest": sharded.largest_unit_bytes,
+                "shard": sharded.shard_bytes, "replicated": sharded.replicated_bytes, "units": len(sharded.units)},
+               os.path.join(out, f"rank{rank}.pt"))
+    objective.detach()
+
+
+def rank_main(rank: int, port: int, world: int, cases: list[tuple], root: str) -> None:
+    """This rank of a `world`-process gloo group runs every case of that world size in order (the engine case
+    last), each into root/<case id>."""
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # what DeepSpeed reads
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        spec, erasers, objective = build(kind, Path(path), checkpointing)
-        sharded = shard_backbone(spec, erasers)  # the worker's hook point: after the session, before the engine
-        at_rest = resident_bytes(spec.transformer)
-        batch = slice_of(global_batch(spec, kind, world), rank)
-        engine = zero2_engine(objective, world) if use_engine else None
-        with peak_gathered(sharded, list(erasers.erasers.values())) as peak:
-            loss, grads = engine_step(engine, batch) if use_engine else step(objective, batch)
-        if not use_engine:
-            for g in grads.values():  # what the engine does with the (whole, replicated) eraser gradients
-                dist.all_reduce(g)
-                g /= world
-        torch.save({"loss": loss, "grads": grads, "resident": at_rest, "after": resident_bytes(spec.transformer),
-                    "peak_gathered": peak[0], "whole": sharded.whole_bytes, "largest": sharded.largest_unit_bytes,
-                    "shard": sharded.shard_bytes, "replicated": sharded.replicated_bytes, "units": len(sharded.units)},
-                   os.path.join(out, f"rank{rank}.pt"))
-        objective.detach()
+        for kind, path, checkpointing, use_engine in cases:
+            rank_case(rank, world, kind, path, checkpointing, use_engine,
+                      os.path.join(root, case_id(kind, checkpointing, use_engine, world)))
     finally:
         dist.destroy_process_group()
+
+
+CASES = [("cogvideox", True, False, 2), ("wan", False, False, 2), ("wan-a14b", True, False, 2),
+         ("wan-a14b", True, True, 2),  # under the DeepSpeed ZeRO-2 engine that trains the erasers in the worker
+         ("wan", True, False, 4)]
+
+
+def case_id(kind: str, checkpointing: bool, use_engine: bool, world: int) -> str:
+    return f"{kind}-ckpt{int(checkpointing)}-engine{int(use_engine)}-w{world}"
 
 
 @pytest.fixture(scope="module")
@@ -166,20 +187,32 @@ def models(tmp_path_factory):
     return tmp_path_factory.mktemp("sharded-models")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind,checkpointing,use_engine,world", [
-    ("cogvideox", True, False, 2), ("wan", False, False, 2), ("wan-a14b", True, False, 2),
-    ("wan-a14b", True, True, 2),  # under the DeepSpeed ZeRO-2 engine that trains the erasers in the worker
-    ("wan", True, False, 4),
-])
-def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, use_engine, world, models,
-                                                              tmp_path):
+@pytest.fixture(scope="module")
+def spawned(models, tmp_path_factory):
+    """world -> the folder holding every case of that world size, spawned on first use (one group per world)."""
     import torch.multiprocessing as mp
 
+    done: dict[int, Path] = {}
+
+    def run(world: int) -> Path:
+        if world not in done:
+            root = tmp_path_factory.mktemp(f"sharded-w{world}")
+            cases = sorted((c for c in CASES if c[3] == world), key=lambda c: c[2])  # the engine case last
+            todo = [(kind, str(make_model(kind, models)), ckpt, engine) for kind, ckpt, engine, _ in cases]
+            mp.start_processes(rank_main, args=(free_port(), world, todo, str(root)), nprocs=world, join=True,
+                               start_method="spawn")
+            done[world] = root
+        return done[world]
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,checkpointing,use_engine,world", CASES)
+def test_sharded_step_equals_single_process_and_holds_a_shard(kind, checkpointing, use_engine, world, models, spawned):
     path = make_model(kind, models)
-    mp.start_processes(rank_main, args=(kind, str(path), free_port(), checkpointing, use_engine, str(tmp_path), world),
-                       nprocs=world, join=True, start_method="spawn")
-    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    out = spawned(world) / case_id(kind, checkpointing, use_engine, world)
+    got = [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
     # the single-process step on each rank's slice (unsharded, no checkpointing), gradients averaged
     spec, _, objective = build(kind, path, checkpointing=False)
