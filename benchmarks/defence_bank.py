@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default=str(REPO / "configs" / "toy" / "recipe.yaml"), help="the training config")
     p.add_argument("--bank", default=str(REPO / "configs" / "banks" / "toy.yaml"), help="its `bank:` section")
     p.add_argument("--bank-set", dest="bank_overrides", action="append", default=[],
-                   help="bank-section overrides KEY=VALUE (e.g. rounds=2)")
+                   help="overrides of the training config after the section is set (e.g. bank.pairs=12)")
     p.add_argument("--eraser", default="runs/toy-red/eraser", help="the recipe eraser alone: the attacked baseline")
     p.add_argument("--banked", default="runs/toy-red-bank", help="the training folder (recipe eraser + bank)")
     p.add_argument("--output", default="runs/attack-toy-bank")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     banked = Path(args.banked) / "eraser"
     seconds_file = Path(args.banked) / "bank_seconds.txt"  # the training's wall time, for a later resume
     try:
-        overrides = [f"bank={json.dumps(bank_section(args.bank))}", *(f"bank.{o}" for o in args.bank_overrides)]
+        overrides = [f"bank={json.dumps(bank_section(args.bank))}", *args.bank_overrides]
         cfg = load_pipeline_config(args.recipe, overrides).method()
         if not args.plan and (args.retrain or not (banked / "eraser.safetensors").is_file()):
             print(f"recipe eraser + bank-then-erase -> {banked}", file=sys.stderr, flush=True)
