@@ -267,16 +267,21 @@ def test_image_tree_runs_t2vu(image):
 
 @pytest.mark.slow
 def test_image_tree_runs_the_gpu_smoke_rehearsal(image, tmp_path):
-    """benchmarks/gpu_smoke.sh's CPU rehearsal from the image's WORKDIR: build -> plan -> `t2vu train` ->
-    `t2vu eval` through the installed package. The distributed and search stages are left out here (they
-    add minutes; tests/test_gpu_smoke_script.py runs the full sequence from the checkout)."""
-    r = image.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny", "--device", "cpu", "--steps", "2",
+    """benchmarks/gpu_smoke.sh's CPU rehearsal from the image's WORKDIR, its Wan case (Wan2.1-T2V-1.3B shape on a
+    GPU): build -> plan -> `t2vu train` -> `t2vu eval` on the tiny Wan through the installed package. The distributed
+    and search stages are left out here (they add minutes); tests/test_gpu_smoke_script.py runs the full CogVideoX
+    sequence from the checkout. (One rehearsal for both the image and the Wan case: each costs ~30 CPU-s.)"""
+    r = image.run(["bash", "benchmarks/gpu_smoke.sh", "--preset", "tiny-wan", "--device", "cpu", "--steps", "2",
                    "--eval-steps", "2", "--distributed", "off", "--no-search", "--workdir", str(tmp_path)],
                   timeout=600, DS_ACCELERATOR="cpu")
     assert r.returncode == 0, r.stderr[-4000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["ok"] is True and out["train"]["finite"] and out["eval"]["videos"] == 4
+    assert out["ok"] is True and out["family"] == "wan" and out["text_tokens"] == 16
+    assert out["train"]["finite"] and out["train"]["plan_fits"] is True and out["eval"]["videos"] == 4
     assert "skipped" in out["distributed"] and "skipped" in out["search"]
+    cfg = (tmp_path / "train" / "config.yaml").read_text()
+    assert "family: wan" in cfg and "xt_source: trajectory" in cfg
+    assert json.loads((tmp_path / "train" / "eraser" / "eraser_config.json").read_text())["model_family"] == "wan"
     # every stage imported the installed package (the workdir's logs name no checkout path)
     for log in (tmp_path / "logs").glob("*.log"):
         assert str(ROOT / "pipelines") not in log.read_text(), log
