@@ -15,6 +15,8 @@ calls it once the eraser is published; `t2vu train` injects the project's soft-p
 A rerun resumes after the last finished round: rounds before it are neither attacked nor trained again (a round
 killed midway is redone from its attack); a finished bank of the same settings is not redone at all; a checkpoint
 of other settings is refused (one line). The optimizer is one AdamW across the rounds (its state is checkpointed).
+bank.pt holds every row's x_t states (what the bank keeps in CPU memory anyway): rows x (4 + 1 with bank_xt: both)
+x trajectory_steps latents, 587 KB for 12 rows on the tiny model, but ~4.5 MB a latent at CogVideoX-2B size.
 """
 
 from __future__ import annotations
