@@ -70,13 +70,18 @@ def wait_for(proc: subprocess.Popen, ready, what: str, limit: float = 400) -> No
     pytest.fail(f"no {what} after {limit} s")
 
 
+# One Ray Train worker: the subject is the command's Ray session and its signals, which a second worker does not
+# change (it costs ~8 CPU-s of imports and a gloo rendezvous per run).
+ONE_WORKER = ["--set", "distributed.num_workers=1"]
+
+
 def train_argv(out: Path) -> list[str]:
-    return ["train", "-c", str(ROOT / "configs" / "tiny.yaml"), "-o", str(out), "--distributed",
+    return ["train", "-c", str(ROOT / "configs" / "tiny.yaml"), "-o", str(out), "--distributed", *ONE_WORKER,
             "--set", "train.steps=400", "--set", "train.checkpoint_every=20"]
 
 
 def tune_argv(out: Path) -> list[str]:
-    return ["tune", "-c", str(ROOT / "configs" / "search" / "tiny.yaml"), "-o", str(out)]
+    return ["tune", "-c", str(ROOT / "configs" / "search" / "tiny.yaml"), "-o", str(out), *ONE_WORKER]
 
 
 @pytest.mark.slow
