@@ -50,6 +50,13 @@ from pipelines.runtime.env import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 
+# The Ctrl-C tests send SIGINT to `t2vu` children as a terminal would. A suite started as a background job of a
+# non-interactive shell (`cmd &`, nohup) inherits SIGINT *ignored*, which exec keeps: the children then never see the
+# KeyboardInterrupt and those tests failed (seen: test_ctrl_c_kills_the_parent, the SIGINT holder of
+# test_run_folder_ownership). With a handler here, every child starts with SIGINT at its default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_TMP, ignore_errors=True)
