@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README): installs what it needs, then runs the suite on CPU.
 #   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores: missed).
-#                                   Serial it took 30.1 min for 685 tests (2026-12-07, idle) using ~15 CPU-min: it
-#                                   mostly waits on Ray and subprocesses. So it runs in T2VU_TEST_WORKERS (default 2)
-#                                   pytest processes (pytest-xdist), each with its own session Ray, MLflow server and
-#                                   tiny models (tests/conftest.py); `--dist loadfile` keeps a module's tests (and its
-#                                   module-scoped fixtures) in one process. 705 tests in 20.0 min (2026-12-07 13:38,
-#                                   idle; 18.2 min for 703 at 07:20); 3 processes were slower (21.1 min), and running
+#                                   Serial it took 30.1 min for 685 tests (2026-12-07, idle); it is CPU-bound on process
+#                                   start-ups (each Ray Train worker imports torch, DeepSpeed and diffusers: ~9 CPU-s).
+#                                   So it runs in T2VU_TEST_WORKERS (default 2) pytest processes (pytest-xdist), each
+#                                   with its own session Ray, MLflow server and tiny models (tests/conftest.py);
+#                                   `--dist loadfile` keeps a module's tests (and its module-scoped fixtures) in one
+#                                   process. 729 tests: 20.0 min (2026-12-07 15:29, idle) and 22.0 min (16:28, the box
+#                                   94% busy: 2488 CPU-s); 3 processes were slower (21.1 min, 705 tests), and running
 #                                   the heaviest modules first saved nothing measurable. T2VU_TEST_WORKERS=0: serial.
 #   bash scripts/test.sh --fast     the fast tier: every test not marked `slow` (target <= 5 min: 642 tests in
 #                                   2.1 min in 2 processes, 2026-12-07 13:42; every module keeps a fast test:
