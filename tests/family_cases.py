@@ -88,3 +88,23 @@ def perturb(eraser_set, seed: int = 1, scale: float = 0.3) -> None:
     with torch.no_grad():
         for p in eraser_set.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def loaded_eraser_forward(model_dir, eraser_dir):
+    """The two-line load (`CogVideoXPipeline.from_pretrained` + `load_eraser`) on a tiny CogVideoX, and one transformer
+    forward on a fixed random input with the eraser on and off: (handle, erased output, base output). The caller
+    removes the handle."""
+    from diffusers import CogVideoXPipeline
+
+    from unlearn.eraser import load_eraser
+
+    pipe = CogVideoXPipeline.from_pretrained(model_dir)
+    handle = load_eraser(pipe, eraser_dir)
+    x = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(1, 16, pipe.transformer.config.text_embed_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        erased = pipe.transformer(x, emb, t, return_dict=False)[0]
+        with handle.disabled():
+            base = pipe.transformer(x, emb, t, return_dict=False)[0]
+    return handle, erased, base

@@ -26,11 +26,11 @@ def cache(tmp_path, monkeypatch):
 
 def test_t2vu_train_with_a_bank_records_its_rounds_in_an_eraser_loadable_in_two_lines(tiny_model_dir, tmp_path, cache,
                                                                                       capsys):
-    from diffusers import CogVideoXPipeline
+    from tests.family_cases import loaded_eraser_forward
 
     from pipelines.cli.entry import main
     from unlearn.bank_config import BankConfig
-    from unlearn.eraser import load_eraser, read_eraser
+    from unlearn.eraser import read_eraser
 
     out = tmp_path / "run"
     args = ["train", "-c", TINY, "-o", str(out), *ARGS]
@@ -51,16 +51,8 @@ def test_t2vu_train_with_a_bank_records_its_rounds_in_an_eraser_loadable_in_two_
     assert not (out / "bank" / "checkpoint").exists() and not (out / "checkpoint").exists()
     assert (out / "eraser" / "eraser.safetensors").read_bytes() == (out / "bank" / "eraser" / "eraser.safetensors").read_bytes()
 
-    pipe = CogVideoXPipeline.from_pretrained(tiny_model_dir)  # the two-line load
-    handle = load_eraser(pipe, out / "eraser")
+    handle, erased, base = loaded_eraser_forward(tiny_model_dir, out / "eraser")  # the two-line load
     assert len(handle.eraser_set.meta.extra["bank"]["rounds"]) == 2
-    x = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    emb = torch.randn(1, 16, pipe.transformer.config.text_embed_dim, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([500])
-    with torch.no_grad():
-        erased = pipe.transformer(x, emb, t, return_dict=False)[0]
-        with handle.disabled():
-            base = pipe.transformer(x, emb, t, return_dict=False)[0]
     assert not torch.allclose(erased, base)
     handle.remove()
     before = (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns

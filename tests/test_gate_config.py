@@ -72,10 +72,10 @@ def test_t2vu_train_with_a_gate_writes_a_gated_eraser_loadable_in_two_lines(tiny
     """`t2vu train` with `--set gate=...`: the probe is trained after the eraser (prompts from the concept
     section) and saved in the eraser file; `load_eraser(pipe, dir)` gives the gated model; a rerun redoes nothing."""
     import torch
-    from diffusers import CogVideoXPipeline
+    from tests.family_cases import loaded_eraser_forward
 
     from pipelines.cli.entry import main
-    from unlearn.eraser import load_eraser, read_eraser
+    from unlearn.eraser import read_eraser
 
     monkeypatch.setenv("T2VU_CACHE", str(tmp_path / "t2vu"))
     out = tmp_path / "run"
@@ -88,15 +88,7 @@ def test_t2vu_train_with_a_gate_writes_a_gated_eraser_loadable_in_two_lines(tiny
     settings = es.meta.extra["gate"]
     assert es.gate is not None and settings["toward_prompts"] == ["clothed", "dressed"]  # concept.anchors
     assert es.meta.extra["gate_training"]["config"]["negative"] == ["a person", "a face", "clothing", "a background"]
-    pipe = CogVideoXPipeline.from_pretrained(tiny_model_dir)  # the two-line load
-    handle = load_eraser(pipe, out / "eraser")
-    x = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    emb = torch.randn(1, 16, pipe.transformer.config.text_embed_dim, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([500])
-    with torch.no_grad():
-        gated = pipe.transformer(x, emb, t, return_dict=False)[0]
-        with handle.disabled():
-            base = pipe.transformer(x, emb, t, return_dict=False)[0]
+    handle, gated, base = loaded_eraser_forward(tiny_model_dir, out / "eraser")  # the two-line load
     assert handle.eraser_set.gate.last_gate is not None and not torch.allclose(gated, base)
     handle.remove()
     before = (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns
