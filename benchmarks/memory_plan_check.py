@@ -165,7 +165,7 @@ def measure(size: dict, model_dir: str, cache_dir: str) -> dict:
     import torch
     from unlearn.session import TrainingSession
     from unlearn.step import check_finite
-    from unlearn.trainer import make_optimizer
+    from unlearn.loop import make_optimizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
@@ -184,7 +184,7 @@ def measure(size: dict, model_dir: str, cache_dir: str) -> dict:
     tiny = {**size, "frames": 9, "height": 32, "width": 32, "batch": 1, "preserve": 1}
     cfg = method_config(tiny, "builtin:tiny-wan" if size.get("family", "").startswith("wan") else "builtin:tiny", cache_dir)
     session = TrainingSession(cfg, device="cpu")
-    opt = make_optimizer(cfg, session.trainable_parameters())
+    opt = make_optimizer(cfg.train, session.trainable_parameters())
     step(0)
     session.objective.detach()
     del session, opt
@@ -192,7 +192,7 @@ def measure(size: dict, model_dir: str, cache_dir: str) -> dict:
     baseline = _kb("VmRSS")
     cfg = method_config(size, model_dir, cache_dir)
     session = TrainingSession(cfg, device="cpu")
-    opt = make_optimizer(cfg, session.trainable_parameters())
+    opt = make_optimizer(cfg.train, session.trainable_parameters())
 
     # Steady state before the measured step: grads of a previous step alive (zero_grad comes after the
     # forward) and the AdamW moments allocated. A zero-grad AdamW step allocates them and moves nothing.

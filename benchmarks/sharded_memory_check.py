@@ -77,7 +77,7 @@ def _session_and_engine(cfg, rank: int):
     from unlearn.session import TrainingSession
     from unlearn.sharded_load import sharded_loading
     from unlearn.sharding import shard_session
-    from unlearn.trainer import make_optimizer
+    from unlearn.loop import make_optimizer
 
     sp, shard = cfg.distributed.sequence_parallel, cfg.distributed.shard_backbone
     method = worker_method_config(cfg, WORLD // sp)
@@ -87,7 +87,7 @@ def _session_and_engine(cfg, rank: int):
         shard_session(session)
     enable_for_workers(session.objective, sp, session.eraser_set.parameters())
     params = session.trainable_parameters()
-    engine = DeepSpeedEngine(session.objective, params, make_optimizer(method, params), deepspeed_config(cfg), WORLD)
+    engine = DeepSpeedEngine(session.objective, params, make_optimizer(method.train, params), deepspeed_config(cfg), WORLD)
     return session, engine
 
 

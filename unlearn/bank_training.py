@@ -92,7 +92,7 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=LOG
     round (module docstring); the eraser is written to out_dir/eraser with `extra.bank` = {settings, rounds,
     final_losses}. Returns that record, plus `seconds` (this call's wall time; not in the file)."""
     from unlearn.eraser import read_eraser, save_eraser
-    from unlearn.loop import LoopPlan, TorchEngine, TrainingLoop
+    from unlearn.loop import LoopPlan, TrainingLoop, torch_engine
 
     t0, out = time.perf_counter(), Path(out_dir)
     settings = cfg.model_dump(mode="json")
@@ -106,10 +106,7 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=LOG
     store = BankStore(out, resume=resume, state=lambda: bank_state(bank, record, objective.gen))
     tc = session.cfg.train
 
-    def engine(params):  # the trainer's (unlearn.trainer.torch_engine) at the bank's learning rate
-        opt = torch.optim.AdamW(params, lr=cfg.lr or tc.lr, weight_decay=tc.weight_decay)
-        return TorchEngine(objective, params, opt, grad_clip=tc.grad_clip)
-
+    engine = torch_engine(tc, objective, lr=cfg.lr)  # the trainer's engine at the bank's learning rate
     spr = cfg.steps_per_round
     out.mkdir(parents=True, exist_ok=True)
     for rnd in range(cfg.rounds):

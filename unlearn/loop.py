@@ -91,6 +91,17 @@ class CheckpointStore(Protocol):
     def save(self, step: int, write: Callable[[Path], dict]) -> None: ...  # collective
 
 
+def make_optimizer(train, params, *, lr: float | None = None):
+    """The eraser's optimizer, one construction for every engine and caller: AdamW at `train.lr` (or `lr`, the
+    bank rounds' own rate) with `train.weight_decay`; `train` is a config's `train` section."""
+    return torch.optim.AdamW(params, lr=lr or train.lr, weight_decay=train.weight_decay)
+
+
+def torch_engine(train, objective, *, lr: float | None = None):
+    """The single-process engine factory (`TrainingLoop` calls it with the trainable parameters)."""
+    return lambda params: TorchEngine(objective, params, make_optimizer(train, params, lr=lr), grad_clip=train.grad_clip)
+
+
 class TorchEngine:
     """One process: a torch optimizer on the eraser parameters (+ gradient clipping)."""
 

@@ -29,17 +29,8 @@ from unlearn.checkpoint import read_metrics  # noqa: F401 - the trainer's curve 
 from unlearn.config import ConfigError, EraserTrainingConfig
 from unlearn.fsutil import atomic_copy_dir, atomic_write_text
 from unlearn.gate_training import gate_trained_eraser
-from unlearn.loop import LocalStore, LoopPlan, TorchEngine, TrainingLoop
+from unlearn.loop import LocalStore, LoopPlan, TrainingLoop, torch_engine
 from unlearn.session import TrainingSession
-
-
-def make_optimizer(cfg: EraserTrainingConfig, params):
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
-def torch_engine(cfg: EraserTrainingConfig, objective):
-    tc = cfg.train
-    return lambda params: TorchEngine(objective, params, make_optimizer(cfg, params), grad_clip=tc.grad_clip)
 
 
 def finished(out: Path) -> bool:
@@ -64,7 +55,7 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
     session = TrainingSession(cfg, config_dir=config_dir)
     store = LocalStore(out, resume=resume)
     tc = cfg.train
-    loop = TrainingLoop(session, torch_engine(cfg, session.objective), store,
+    loop = TrainingLoop(session, torch_engine(cfg.train, session.objective), store,
                         LoopPlan(tc.steps, tc.log_every, tc.checkpoint_every), progress=progress)
     start = loop.resume()  # a checkpoint of another config is refused here, before anything is written
     # The folder is made only now, after the model, prompts and geometry loaded: bad input leaves nothing behind.

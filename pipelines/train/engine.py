@@ -1,7 +1,7 @@
 """The DeepSpeed engine of the one training loop (`unlearn.loop.Engine`): ZeRO-2/3 across Ray Train workers.
 
 Only the eraser parameters go to `deepspeed.initialize`, with a client torch AdamW
-(`unlearn.trainer.make_optimizer`; DeepSpeed's CPU Adam JIT-compiles for ~50 s); gradient clipping
+(`unlearn.loop.make_optimizer`; DeepSpeed's CPU Adam JIT-compiles for ~50 s); gradient clipping
 is DeepSpeed's (`gradient_clipping`, from train.grad_clip). Its checkpoint files (one ZeRO shard per
 rank) go under the checkpoint's engine/ folder (`unlearn.checkpoint`).
 """

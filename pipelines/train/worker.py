@@ -139,7 +139,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     from pipelines.train.checkpoints import RayCheckpointStore
     from pipelines.train.engine import DeepSpeedEngine
     from unlearn.devices import resolve_device
-    from unlearn.trainer import make_optimizer
+    from unlearn.loop import make_optimizer
 
     lc: LoopConfig = config["loop"]
     torch.set_num_threads(int(lc.threads))
@@ -167,7 +167,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         enable_for_workers(session.objective, sp, session.eraser_set.parameters())
 
     def make_engine(params):
-        return DeepSpeedEngine(session.objective, params, make_optimizer(method, params), lc.ds_config, world)
+        return DeepSpeedEngine(session.objective, params, make_optimizer(method.train, params), lc.ds_config, world)
 
     loop = TrainingLoop(session, make_engine, RayCheckpointStore(lc.resume_from), lc.plan(), rank=rank,
                         step_hook=load_step_hook(lc.step_hook),
