@@ -1,7 +1,8 @@
 """Bank-then-erase as a training-config key (`bank:`, unlearn/bank_config.py, unlearn/bank_training.py): `t2vu train`
 trains the eraser, then the rounds (the real soft-prompt attack at a few steps on the tiny model), into one eraser
 file loadable in two lines; a run killed in a round resumes at that round (finished rounds are neither attacked
-nor trained again); bad input and the distributed/Tune paths (not wired: refused) are one line, exit 2."""
+nor trained again); the Ray paths (the distributed driver, every Tune trial: pipelines.train.post_training) bank
+their published eraser into the same file; bad input is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -57,6 +58,25 @@ def test_t2vu_train_with_a_bank_records_its_rounds_in_an_eraser_loadable_in_two_
     handle.remove()
     before = (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns
     assert main(args) == 0 and (out / "eraser" / "eraser.safetensors").stat().st_mtime_ns == before  # nothing redone
+
+    # The Ray paths: the driver / a trial publishes the plain eraser, then post_training banks it on a session
+    # loaded from that file; the same rounds on the same weights give the same file as single-process t2vu train.
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.train.post_training import post_training
+    from unlearn.trainer import train
+
+    cfg = load_pipeline_config(TINY, [a for a in ARGS if a != "--set"])
+    ray_out = tmp_path / "ray"
+    train(cfg.model_copy(update={"bank": None}).method(), ray_out, progress=False)  # what fit() + export leave
+    done = post_training(cfg, ray_out, ROOT / "configs")
+    assert {k: v for k, v in done["bank"].items() if k != "seconds"} == \
+        {k: v for k, v in summary["bank"].items() if k != "seconds"}
+    assert read_eraser(ray_out / "eraser").meta.extra["bank"] == rec
+    for k, v in read_eraser(out / "eraser").state_dict().items():
+        torch.testing.assert_close(read_eraser(ray_out / "eraser").state_dict()[k], v, msg=lambda m: f"{k}: {m}")
+    before = (ray_out / "eraser" / "eraser.safetensors").read_bytes()
+    assert post_training(cfg, ray_out, ROOT / "configs")["bank"]["rounds"] == 2  # a rerun: the finished bank, kept
+    assert (ray_out / "eraser" / "eraser.safetensors").read_bytes() == before
 
 
 def test_a_run_killed_in_a_round_resumes_at_that_round(tmp_path, cache):
@@ -123,27 +143,19 @@ def test_bad_bank_input_is_one_line(tmp_path, capsys, bank, where):
     assert not out.exists()
 
 
-def test_distributed_and_tune_refuse_a_bank_in_one_line(tmp_path, capsys):
-    from pipelines.config.distributed import check_distributed
+def test_bank_keys_are_searchable_and_a_bank_key_without_the_section_is_one_line(tmp_path, capsys):
     from pipelines.config.pipeline import load_pipeline_config
-    from unlearn.config import ConfigError
+    from pipelines.search.space import apply_sample, check_space
 
-    rc, err = _cli(["train", "--distributed", "-c", TINY, "-o", str(tmp_path / "d"), "--set", "bank={}"], capsys)
-    assert rc == 2 and len(err.splitlines()) == 1, err
-    assert "tiny.yaml: bank.name: bank runs in single-process t2vu train only" in err and "without --distributed" in err
-    assert not (tmp_path / "d").exists()
     search = str(ROOT / "configs" / "search" / "tiny.yaml")
-    for cmd in ("tune", "run"):
-        rc, err = _cli([cmd, "-c", search, "-o", str(tmp_path / "s"), "--set", "bank={rounds: 2}"], capsys)
-        assert rc == 2 and len(err.splitlines()) == 1 and "search/tiny.yaml: bank.name: bank" in err, err
-    rc, err = _cli(["tune", "-c", search, "-o", str(tmp_path / "s"), "--set", "bank={name: none}",
-                    "--set", "search.space={bank.rounds: {choice: [1, 2]}}"], capsys)
-    assert rc == 2 and len(err.splitlines()) == 1 and "search/tiny.yaml" in err, err
-    assert "search.space.bank.rounds: bank-then-erase runs in single-process t2vu train only" in err
+    cfg = load_pipeline_config(search, [f"bank={BANK}", "search.space={bank.rounds: {choice: [1, 3]}, "
+                                        "bank.w_bank: {loguniform: [0.1, 10.0]}}"])
+    check_space(cfg)
+    assert apply_sample(cfg, {"bank.rounds": 3, "bank.w_bank": 0.5}).bank.rounds == 3
+    rc, err = _cli(["tune", "-c", search, "-o", str(tmp_path / "s"),
+                    "--set", "search.space={bank.rounds: {choice: [1, 2]}}"], capsys)  # tiny.yaml has no bank:
+    assert rc == 2 and len(err.splitlines()) == 1 and "search.space.bank.rounds" in err and "bank" in err, err
     assert not (tmp_path / "s").exists()
-    with pytest.raises(ConfigError, match="bank.name: bank runs in single-process"):  # the library path too
-        check_distributed(load_pipeline_config(TINY, ["bank={}"]))
-    check_distributed(load_pipeline_config(TINY, ["bank={name: none}"]))  # off: nothing to refuse
 
 
 def test_no_bank_keeps_every_digest_and_a_bank_changes_it():

@@ -3,8 +3,8 @@
 training config's own loss plus the bank's (`unlearn.bank_training`), each round checkpointed; the settings and
 the per-round record are saved in the eraser file (`extra.bank`). configs/banks/toy.yaml holds the toy's section.
 
-Torch-free (config loading must not import torch). Single process only: `t2vu train --distributed`, `t2vu tune`
-and `t2vu run` refuse `bank.name: bank` (pipelines.config.distributed.refuse_bank).
+Torch-free (config loading must not import torch). Every training path runs the rounds: `t2vu train` on its own
+session, the Ray driver and each Tune trial on their published eraser, single-process (pipelines.train.post_training).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Bank-then-erase as a step of eraser training: the training config's `bank:` key (`unlearn.bank_config`), the
 rounds of `unlearn.adversarial_bank`, checkpointed round by round.
 
-`train_with_bank(session, cfg, attack, out)` runs on a session whose erasers are trained (`unlearn.trainer.train`
-calls it once the eraser is published; `t2vu train` injects the project's soft-prompt attack,
-`pipelines.train.bank.soft_prompt_attack`: this layer may not import eval). Round k = attack the current eraser
+`train_with_bank(session, cfg, attack, out)` runs on a session whose erasers are trained; `bank_trained_eraser`
+is the step every training path takes once its eraser is published (`unlearn.trainer.train` on its own session;
+the Ray Train driver and each Tune trial on a session loaded from the published eraser,
+`pipelines.train.post_training`); the caller injects the project's soft-prompt attack
+(`pipelines.train.bank.soft_prompt_attack`: this layer may not import eval). Round k = attack the current eraser
 (the bank grows) + `steps_per_round` optimiser steps; its checkpoint is written at step (k + 1) x steps_per_round:
 
     <out>/checkpoint/    the last finished round, replaced atomically: the loop's checkpoint (`unlearn.checkpoint`:
@@ -32,7 +34,7 @@ from unlearn import checkpoint as ck
 from unlearn.adversarial_bank import BANK_KEY, AdversarialBank, AttackFn, BankObjective, attack_round
 from unlearn.bank_config import BankConfig
 from unlearn.errors import ConfigError
-from unlearn.fsutil import atomic_torch_save
+from unlearn.fsutil import atomic_copy_dir, atomic_torch_save
 from unlearn.loop import LocalStore
 
 LOG = logging.getLogger("t2vu.bank")
@@ -131,3 +133,31 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=LOG
     save_eraser(session.eraser_set, out / ck.ERASER_DIR)  # the same weights, the record complete
     store.remove()
     return {**record, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def banked(cfg) -> bool:
+    """Whether a training config (`unlearn.config.EraserTrainingConfig`) asks for the bank rounds."""
+    return cfg.bank is not None and cfg.bank.name != "none"
+
+
+def bank_trained_eraser(cfg, out: str | Path, bank_attack, *, config_dir=None, session=None,
+                        resume: bool = True) -> dict | None:
+    """The training config's `bank:` step on the eraser published in out/eraser: the rounds in out/bank (resumable),
+    then the banked eraser published over out/eraser (atomically). `bank_attack(session, bank_cfg) -> attack`;
+    `session`: the trainer's, its erasers trained (else a session is built here on `train.device` and loaded from
+    out/eraser: the Ray driver, a Tune trial). Returns the summary's `bank` part; None without a bank."""
+    from unlearn.eraser import read_eraser
+
+    if not banked(cfg):
+        return None
+    out = Path(out)
+    if session is None:
+        from unlearn.session import TrainingSession
+
+        session = TrainingSession(cfg, config_dir=config_dir)
+        session.eraser_set.load_state_dict(read_eraser(out / ck.ERASER_DIR).state_dict())
+    record = train_with_bank(session, cfg.bank, bank_attack(session, cfg.bank), out / BANK_DIR, resume=resume)
+    atomic_copy_dir(out / BANK_DIR / ck.ERASER_DIR, out / ck.ERASER_DIR)
+    last = record["rounds"][-1]
+    return {"rounds": len(record["rounds"]), "bank_rows": last["bank_rows"], "preserve_rows": last["preserve_rows"],
+            "final": record["final_losses"], "seconds": record["seconds"]}

@@ -27,7 +27,8 @@ import yaml
 
 from unlearn.checkpoint import read_metrics  # noqa: F401 - the trainer's curve reader (plots, tests)
 from unlearn.config import ConfigError, EraserTrainingConfig
-from unlearn.fsutil import atomic_copy_dir, atomic_write_text
+from unlearn.fsutil import atomic_write_text
+from unlearn.bank_training import bank_trained_eraser, banked
 from unlearn.gate_training import gate_trained_eraser
 from unlearn.loop import LocalStore, LoopPlan, TrainingLoop, torch_engine
 from unlearn.session import TrainingSession
@@ -35,10 +36,6 @@ from unlearn.session import TrainingSession
 
 def finished(out: Path) -> bool:
     return (out / "summary.json").is_file() and (out / "eraser" / "eraser_config.json").is_file()
-
-
-def banked(cfg: EraserTrainingConfig) -> bool:
-    return cfg.bank is not None and cfg.bank.name != "none"
 
 
 def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, progress: bool = True, resume: bool = True,
@@ -65,7 +62,7 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     result = loop.run()
     store.finish()
-    bank = _bank(cfg, session, bank_attack, out, resume) if banked(cfg) else None
+    bank = bank_trained_eraser(cfg, out, bank_attack, session=session, resume=resume)
     session.objective.detach()  # the base model again: a `gate:` probe learns from it (unlearn.gate_training)
     gate = gate_trained_eraser(cfg, out / "eraser", config_dir, spec=session.spec)
     times = result.step_times
@@ -87,14 +84,3 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     store.remove()
     return summary
-
-
-def _bank(cfg: EraserTrainingConfig, session, bank_attack, out: Path, resume: bool) -> dict:
-    """The `bank:` rounds on the trained eraser (unlearn.bank_training), published over eraser/; the summary's part."""
-    from unlearn.bank_training import BANK_DIR, train_with_bank
-
-    record = train_with_bank(session, cfg.bank, bank_attack(session, cfg.bank), out / BANK_DIR, resume=resume)
-    atomic_copy_dir(out / BANK_DIR / "eraser", out / "eraser")
-    last = record["rounds"][-1]
-    return {"rounds": len(record["rounds"]), "bank_rows": last["bank_rows"], "preserve_rows": last["preserve_rows"],
-            "final": record["final_losses"], "seconds": record["seconds"]}

@@ -177,19 +177,8 @@ def per_worker_batch(global_batch: int, workers: int, key: str, allow_zero: bool
     return global_batch // workers
 
 
-def refuse_bank(cfg, source: str | Path | None = None) -> None:
-    """Bank-then-erase (`bank:`, unlearn.bank_training) runs in `t2vu train` alone: its rounds are not wired into
-    the Ray Train workers or Tune trials, so a `bank.name: bank` there is one ConfigError naming the file, the field
-    and the fix, never a key silently ignored (a search space naming bank.* fails at load: pipelines.search.space)."""
-    where = f"{source}: " if source else ""
-    if cfg.bank is not None and cfg.bank.name != "none":
-        raise ConfigError(f"{where}bank.name: bank runs in single-process t2vu train only (not under Ray Train, "
-                          "Tune or t2vu run); train without --distributed, or set bank.name: none (--set bank=null)")
-
-
 def check_distributed(cfg, source: str | Path | None = None) -> None:
     """Errors that would otherwise surface minutes later inside a worker."""
-    refuse_bank(cfg, source)
     d = cfg.distributed
     groups = GROUPS if d.sequence_parallel > 1 else "distributed.num_workers"
     per_worker_batch(cfg.train.batch_size, d.data_parallel(), "train.batch_size", unit=groups)

@@ -7,7 +7,9 @@
       train.steps:         {int: [20, 60]}             # integer in [lo, hi], both inclusive
       eraser.rank:         {choice: [4, 8, 16]}        # one of the listed scalars
 
-Keys are dotted paths into the method sections (model, eraser, concept, loss, train).
+Keys are dotted paths into the method sections (model, eraser, concept, loss, train, gate, bank): e.g.
+bank.rounds or gate.strength (the trial's eraser then takes the `bank:` rounds / `gate:` probe after its
+training, pipelines.train.post_training); a gate.*/bank.* key needs that section in the base config.
 `check_space` validates every bound/choice against the typed schema when the config
 is loaded (a bad value fails in milliseconds, not after a model loaded);
 `apply_sample` re-validates each sampled config inside the trial.
@@ -20,16 +22,13 @@ from typing import Any
 from unlearn.config import ConfigError
 
 KINDS = ("loguniform", "uniform", "quniform", "int", "choice")
-SECTIONS = ("model", "eraser", "concept", "loss", "train")
+SECTIONS = ("model", "eraser", "concept", "loss", "train", "gate", "bank")
 _SCALARS = (bool, int, float, str, type(None))
 
 
 def check_param(key: str, spec: Any) -> None:
     """Shape checks of one DSL entry (no schema knowledge needed)."""
     where = f"search.space.{key}"
-    if key.split(".")[0] == "bank":  # unlearn.bank_training is not wired into Tune trials (refuse_bank)
-        raise ValueError(f"{where}: bank-then-erase runs in single-process t2vu train only, not in Tune trials; "
-                         "remove the bank.* keys from the space")
     if key.split(".")[0] not in SECTIONS or "." not in key:
         raise ValueError(f"{where}: keys are dotted paths into {list(SECTIONS)}, e.g. loss.w_unlearn")
     if not isinstance(spec, dict) or len(spec) != 1:
@@ -97,6 +96,10 @@ def check_space(cfg, space: dict[str, dict[str, Any]] | None = None) -> None:
     """
     space = space if space is not None else cfg.search.space
     for key, spec in space.items():
+        section = key.split(".")[0]
+        if section in ("gate", "bank") and getattr(cfg, section) is None:  # off by default: searched only when on
+            raise ConfigError(f"search.space.{key}: the config has no `{section}:` section to search in; add one "
+                              f"(e.g. --set '{section}={{}}' or configs/{section}s/toy.yaml's) or drop the key")
         for value in extremes(spec):
             try:
                 cfg.with_overrides({key: value}, source=f"search.space.{key}={value!r}")

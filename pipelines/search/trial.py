@@ -50,9 +50,9 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     from pipelines.tracking import mlflow_utils as mu
     from pipelines.train.checkpoints import export_result
     from pipelines.train.driver import make_trainer
+    from pipelines.train.post_training import post_training
     from pipelines.search.space import apply_sample
     from pipelines.search.screening import fidelity_label
-    from unlearn.gate_training import gate_trained_eraser
     from unlearn.session import prepare_embeddings
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -102,7 +102,7 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     try:
         result = trainer.fit()
         state = export_result(result, trial_dir)
-        gate_trained_eraser(cfg.method(), trial_dir / "eraser", ctx.config_dir)  # `gate:` (unlearn.gate_training)
+        post_training(cfg, trial_dir, ctx.config_dir)  # `bank:` rounds, then the `gate:` probe
     except BaseException as exc:
         fail(str(exc))
         raise

@@ -155,14 +155,13 @@ def _run_search(cfg: PipelineConfig, output_dir: str | Path, *, config_path, res
 def _prepare(cfg: PipelineConfig, out: Path, config_dir: Path, *, config_path, resume: bool):
     """Check everything that can be checked before Ray starts, then pin the config in the search folder and
     write its records; returns the objective every trial is judged by."""
-    from pipelines.config.distributed import check_distributed, refuse_bank
+    from pipelines.config.distributed import check_distributed
     from pipelines.runtime.run_folder import pin_config
     from pipelines.search.space import check_space
     from pipelines.tracking import mlflow_utils as mu
     from unlearn.fsutil import atomic_write_text
 
     s = cfg.search
-    refuse_bank(cfg, config_path)  # `bank:` and bank.* space keys: single-process t2vu train only
     check_space(cfg)  # a bad space or eval config fails before the output folder exists
     check_distributed(cfg, config_path)
     objective = objective_payload(cfg, config_dir, out)  # validates the eval config before Ray starts

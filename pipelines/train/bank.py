@@ -7,8 +7,8 @@ project's soft-prompt attack (`eval.attacks.softprompt`) injected from here (unl
     handle = load_eraser(pipe, "runs/x/eraser")
 
 configs/banks/toy.yaml holds the toy's section; benchmarks/defence_bank.py sets it on configs/toy/recipe.yaml
-(`bank_section`). Single process only: the distributed driver, Tune trials and `t2vu run` refuse `bank.name: bank`
-(pipelines.config.distributed.refuse_bank).
+(`bank_section`). The Ray paths (`t2vu train --distributed`, every Tune trial of `t2vu tune`/`run`) take the
+same rounds on their published eraser (pipelines.train.post_training), and Tune may search bank.* keys.
 """
 
 from __future__ import annotations

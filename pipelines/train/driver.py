@@ -141,9 +141,9 @@ def run_distributed(
                            resume_from=_single_process_checkpoint(out, storage / name) if resume else None)
     result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
     state = export_result(result, out)
-    from unlearn.gate_training import gate_trained_eraser
+    from pipelines.train.post_training import post_training
 
-    gate_trained_eraser(cfg.method(), out / ERASER_DIR, config_dir)  # `gate:`: its probe on this driver
+    finished = post_training(cfg, out, config_dir)  # `bank:` rounds, then the `gate:` probe, on the published eraser
     rv = result.return_value or {}
     summary = {
         "steps": cfg.train.steps,
@@ -165,6 +165,7 @@ def run_distributed(
         "eraser": str(out / ERASER_DIR),
         "checkpoint": str(result.checkpoint.path),
         "embedding_cache": str(cache.dir),
+        **finished,
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return summary

@@ -77,14 +77,12 @@ def start_search(args: argparse.Namespace, kind: str, store: str = ""):
     """The shared start of `t2vu tune` and `t2vu run`: the pipeline config, the memory preflight (mode tune),
     the output folder, and a check that its MLflow store (under `out/store`) lies in no other run's folder.
     Returns (cfg, out), or (None, rc) when the preflight stops the run with exit code rc."""
-    from pipelines.config.distributed import refuse_bank
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.plan.preflight import preflight
     from pipelines.runtime.run_folder import check_tracking_store
     from unlearn.config import ConfigError
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    refuse_bank(cfg, args.config)  # `bank:` runs in t2vu train alone: one line before anything is made
     if cfg.search is None:  # before the output folder exists (t2vu run wrote its log there first)
         raise ConfigError(f"the config has no `search` section; t2vu {kind} needs one (see configs/toy.yaml)")
     if (rc := preflight(cfg.method(), cfg, mode="tune", config_dir=Path(args.config).parent)) is not None:

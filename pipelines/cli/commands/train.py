@@ -56,11 +56,9 @@ def _run_distributed(args) -> int:
     from pipelines.config.pipeline import load_pipeline_config
     from pipelines.train.driver import run_distributed
 
-    from pipelines.config.distributed import refuse_bank
     from pipelines.plan.preflight import preflight
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    refuse_bank(cfg, args.config)  # before Ray starts or anything loads
     if (rc := preflight(cfg.method(), cfg, mode="distributed", config_dir=Path(args.config).parent)) is not None:
         return rc
     out = output_dir(args, "train")

@@ -1,0 +1,46 @@
+"""The steps a training config asks for after its eraser is published, for the Ray paths (`t2vu train
+--distributed`'s driver and every Tune trial): the `bank:` rounds (unlearn.bank_training, with the project's
+soft-prompt attack) and then the `gate:` probe (unlearn.gate_training), both on the published eraser, both resumable.
+Single-process `t2vu train` takes the same two steps on its own session (unlearn.trainer).
+
+Where they run: on this process when the run trains on the CPU; with `distributed.use_gpu` in a Ray task holding one
+GPU (the worker group's GPUs are free again once fit() returned), so a driver or trial actor without a GPU never
+loads the backbone. They run in one process, not data-parallel: their cost is one training session's (the bank's
+attacks and `rounds x steps_per_round` steps; the gate's trajectories), on one GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.config.pipeline import PipelineConfig
+
+
+def needs_post_training(cfg: PipelineConfig) -> bool:
+    from unlearn.bank_training import banked
+
+    return banked(cfg) or (cfg.gate is not None and cfg.gate.name != "none")
+
+
+def post_training(cfg: PipelineConfig, out: str | Path, config_dir=None) -> dict:
+    """{bank, gate}: the records of the steps taken on out/eraser (each absent when the config has none)."""
+    if not needs_post_training(cfg):
+        return {}
+    method = cfg.method()
+    if cfg.distributed.use_gpu:
+        import ray
+
+        return ray.get(ray.remote(num_gpus=1)(_post_training).remote(method, str(out), config_dir))
+    return _post_training(method, str(out), config_dir)
+
+
+def _post_training(method, out: str, config_dir) -> dict:
+    from pipelines.train.bank import soft_prompt_attack
+    from unlearn.bank_training import bank_trained_eraser
+    from unlearn.checkpoint import ERASER_DIR
+    from unlearn.gate_training import gate_trained_eraser
+
+    bank = bank_trained_eraser(method, out, soft_prompt_attack, config_dir=config_dir)
+    gate = gate_trained_eraser(method, Path(out) / ERASER_DIR, config_dir)
+    gate = gate and {k: v for k, v in gate.items() if k != "config"}  # the config is in the eraser file
+    return {k: v for k, v in (("bank", bank), ("gate", gate)) if v}
