@@ -70,7 +70,7 @@ def test_t2vu_train_with_a_bank_records_its_rounds_in_an_eraser_loadable_in_two_
     train(cfg.model_copy(update={"bank": None}).method(), ray_out, progress=False)  # what fit() + export leave
     done = post_training(cfg, ray_out, ROOT / "configs")
     assert {k: v for k, v in done["bank"].items() if k != "seconds"} == \
-        {k: v for k, v in summary["bank"].items() if k != "seconds"}
+        {k: v for k, v in json.loads((out / "summary.json").read_text())["bank"].items() if k != "seconds"}
     assert read_eraser(ray_out / "eraser").meta.extra["bank"] == rec
     for k, v in read_eraser(out / "eraser").state_dict().items():
         torch.testing.assert_close(read_eraser(ray_out / "eraser").state_dict()[k], v, msg=lambda m: f"{k}: {m}")

@@ -90,7 +90,10 @@ def test_sigkill_takes_the_ray_session_along(tmp_path, command):
     out = tmp_path / "out"
     proc = start(train_argv(out) if command == "train" else tune_argv(out), tmp_path / "err")
     try:
-        wait_for(proc, lambda: any("RayTrainWorker" in n for n in descendants(proc.pid).values()), "Ray Train worker")
+        # train: its deepest process, a Ray Train worker; tune: the trial actor (as deep under the raylet, and
+        # ~15 CPU-s of worker-group start-up sooner)
+        deepest = "RayTrainWorker" if command == "train" else "ImplicitFunc"
+        wait_for(proc, lambda: any(deepest in n for n in descendants(proc.pid).values()), deepest)
         time.sleep(3)  # the agents and the worker group are all up
         tree = descendants(proc.pid)
         assert any("DashboardAgent" in n for n in tree.values()), tree

@@ -4,7 +4,8 @@ Before the fix a late failure left the parent RUNNING for ever in the MLflow UI:
 (now refused at load, reliability case tune-name-long), a trial that raises (no trial finished, yet the parent
 ended FINISHED), a failure after the trials (the report could not be written), and Ctrl-C. Real CLI, real Ray
 Tune and MLflow (the SQLite store in the output folder); each slow case is one search of one short trial. The two
-failures join the test session's Ray (RAY_ADDRESS); Ctrl-C starts the command's own, as a terminal user's would.
+failures and Ctrl-C join the test session's Ray (RAY_ADDRESS): the subject is the MLflow parent, not a local Ray start
+(tests/test_ray_signals.py covers Ctrl-C with the command's own Ray).
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def test_a_failure_after_the_trials_fails_the_parent(tmp_path, ray_env):
 
 
 @pytest.mark.slow
-def test_ctrl_c_kills_the_parent(tmp_path):
+def test_ctrl_c_kills_the_parent(tmp_path, ray_env):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli.entry", "tune", "-c", SEARCH, "-o", str(out),
                              *SHORT[:2], *SHORT[6:8], "--set", "train.steps=400", "--set", "train.checkpoint_every=4"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, env=ray_env,
                             stderr=(tmp_path / "err").open("w"), start_new_session=True)
     try:
         deadline = time.time() + 600
