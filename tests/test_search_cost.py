@@ -126,6 +126,25 @@ def test_plan_prints_the_search_cost_of_the_shipped_gpu_search(capsys):
         (16 * 4 + 4 + 16 * 4) * t5, rel=2e-3)  # + 4 proxies a trial, each with T5 beside the training backbone before
 
 
+def test_what_the_hours_leave_out_is_named_not_silently_omitted(capsys):
+    """A robust search (an objective attack, bank rounds, a gate) does work after each trial's training that the
+    model does not count: the plan names each part (JSON `left_out`, one printed line each) instead."""
+    c = _plan(capsys)
+    assert c["left_out"] == []  # the shipped search: everything it runs is counted
+    robust = _plan(capsys, "--set", "bank={rounds: 2, pairs: 4}", "--set",
+                   "search.objective.attack={config: ../attack/cogvideox-2b-nudity.yaml, attacks: [softprompt]}")
+    assert robust["gpu_hours"] == c["gpu_hours"]  # the same counted parts...
+    left = robust["left_out"]  # ...and what they leave out, by name
+    assert len(left) == 2 and left[0].startswith("search.objective.attack: attacks ['softprompt']")
+    assert left[1].startswith("bank: 2 rounds x (4 pairs x 2 restarts x 180 attack steps + 40 training steps)")
+    from pipelines.cli.entry import main
+
+    assert main(["plan", "--config", str(SEARCH_2B), "--gpu-memory", "80", "--set", "gate={strength: 3.0}"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NOT in these hours:")]
+    assert printed == ["NOT in these hours: gate: the probe's base-model trajectories and training per trial, on one "
+                       "GPU after its training"]
+
+
 def test_bad_assumptions_are_one_line_errors(capsys):
     from pipelines.cli.entry import main
 

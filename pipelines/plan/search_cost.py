@@ -212,7 +212,25 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
         "video_seconds": {"final": round(final_video, 1), "proxy": round(proxy_video, 1) if proxies else None},
         "proxy_note": s.proxy_skip_note(),
         "pipeline_loads": loads,
+        "left_out": left_out(cfg),
     }
+
+
+def left_out(cfg) -> list[str]:
+    """The work a trial does that the hours above do not count (each one line): flagged, never silently omitted,
+    so a robust search is not planned at its clean search's price."""
+    s, out = cfg.search, []
+    if s.objective.attack is not None:
+        a = s.objective.attack
+        what = f"attacks {a.attacks}" if a.attacks else "the attack config's attacks"
+        out.append(f"search.objective.attack: {what} on every trial's eraser (and each baseline) after its final eval")
+    if cfg.bank is not None and cfg.bank.name != "none":
+        b = cfg.bank
+        out.append(f"bank: {b.rounds} rounds x ({b.pairs} pairs x {b.restarts} restarts x {b.attack_steps} attack steps "
+                   f"+ {b.steps_per_round} training steps) per trial, on one GPU after its training")
+    if cfg.gate is not None and cfg.gate.name != "none":
+        out.append("gate: the probe's base-model trajectories and training per trial, on one GPU after its training")
+    return out
 
 
 def render_cost(c: dict) -> str:
@@ -229,6 +247,8 @@ def render_cost(c: dict) -> str:
                  f"evals, {t['final_videos']} final-eval videos ({c['video_seconds']['final']:g} s each)")
     if c.get("proxy_note"):
         lines.append(c["proxy_note"])
+    for item in c.get("left_out", []):
+        lines.append(f"NOT in these hours: {item}")
     ld = c["pipeline_loads"]
     lines.append(f"eval model reads: {ld['gb_read']:,.0f} GB ({ld['gb_read_before']:,.0f} GB before the text-embedding "
                  f"cache and the eval pool); eval pool {'on: one load per actor' if ld['pooled'] else 'off (its actors would not fit beside the trials): one load per eval'}; T5 loads only for a SAFREE baseline (it encodes token-edited prompts), every other eval reads the filled text cache")
