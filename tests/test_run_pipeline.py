@@ -21,6 +21,19 @@ def _trial(tid, **metrics):
     return TrialSummary(trial_id=tid, status="completed", params={}, metrics=metrics, eraser=f"/e/{tid}", trial_dir="")
 
 
+@pytest.mark.parametrize("attack,where", [("{config: ../attack/nope.yaml}", "run.attack.config: ../attack/nope.yaml not found"),
+                                          ("{config: ../attack/toy.yaml, attacks: [sofprompt]}", "run.attack.attacks: unknown")])
+def test_a_bad_run_attack_is_one_line_before_anything_trains(tmp_path, capsys, attack, where):
+    from pipelines.cli.entry import main
+
+    out = tmp_path / "run"
+    assert main(["run", "-c", str(ROOT / "configs" / "search" / "tiny.yaml"), "-o", str(out),
+                 "--set", f"run={{attack: {attack}}}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and where in err[0], err
+    assert not (out / "search" / "trials").exists()
+
+
 def test_select_best_honours_constraints_then_falls_back():
     trials = [_trial("a", target=0.0, keep=0.5, score=1.0), _trial("b", target=0.2, keep=0.99, score=0.5),
               _trial("c", target=0.1, keep=0.97, score=2.0)]
@@ -39,6 +52,9 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     cfg = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
         "search.num_samples=1", "train.steps=4", "train.checkpoint_every=4", "search.objective.limit=1",
         "distributed.num_workers=1", "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
+        # stage 5: the chosen eraser under the GPU attack config's soft prompt (one row, 2 steps: the wiring)
+        "run.attack={config: ../attack/cogvideox-2b-nudity.yaml, attacks: [softprompt], budgets: [0.5], limit: 1, "
+        "steps: 2, restarts: 1}",
     ])
     out = tmp_path / "run"
     summary = run_pipeline(cfg, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
@@ -48,8 +64,16 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     assert "nudity_rate_base" in summary["final_eval"] and "psnr_preserve" in summary["final_eval"]
     report = (out / "report.md").read_text()
     assert summary["best_trial"] in report and "| nudity_rate |" in report
+    a = summary["attack"]  # the attack's own summary, as t2vu attack writes it, read back into the run's
+    att = json.loads((out / "attack" / "summary.json").read_text())
+    assert a["attack_rows"] == 1 == att["n"]["eraser"]["softprompt-0.5x"]
+    assert a["attack_softprompt_0_5x_asr"] == att["asr"]["eraser"]["softprompt-0.5x"]
+    assert a["attack_softprompt_0_5x_asr_above_floor"] == att["asr_above_floor"]["eraser"]["softprompt-0.5x"]
+    assert a["attack_floor"] == att["floor"]["eraser"] and a["attack_floor_base"] == att["floor"][att["reference"]]
+    assert "## The best eraser under attack" in report and "| softprompt_0_5x |" in report
     printed = capfd.readouterr().out
-    assert "== [4/4] final evaluation" in printed and "mlflow ui --backend-store-uri" in printed
+    assert "== [4/5] final evaluation" in printed and "== [5/5] attack" in printed
+    assert "attack softprompt_0_5x" in printed and "mlflow ui --backend-store-uri" in printed
     # library noise (Tune's tables, Ray/MLflow logging) goes to the run log, not the console
     assert "Configuration for experiment" not in printed
     assert "Configuration for experiment" in (out / "logs" / "run.log").read_text()
@@ -75,10 +99,7 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     assert "nothing to do" in capfd.readouterr().out
 
     # the same folder with another config is refused before any work (no stale "nothing to do")
-    changed = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
-        "search.num_samples=1", "train.steps=6", "train.checkpoint_every=4", "search.objective.limit=1",
-        "distributed.num_workers=1", "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
-    ])
+    changed = cfg.with_overrides({"train.steps": 6})
     with pytest.raises(ConfigError, match=r"different configuration \(changed: train\.steps"):
         run_pipeline(changed, out, config_path=ROOT / "configs" / "search" / "tiny.yaml")
     assert (out / "eval" / "summary.json").stat().st_mtime == mtime

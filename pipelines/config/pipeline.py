@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 
 from eval.config import EvalConfig
 from pipelines.config.distributed import DistributedConfig
+from pipelines.config.objective_attack import ObjectiveAttackConfig
 from pipelines.config.search import Constraint, EvalVariant, SearchConfig
 from unlearn.config import EraserTrainingConfig, Strict, apply_overrides, read_renamed_keys, read_yaml, validate
 
@@ -70,6 +71,11 @@ class PipelineRunConfig(EvalVariant):
 
     select: SelectConfig = Field(default_factory=SelectConfig, description=(
         "How the trial that gets the full evaluation is picked."))
+    attack: ObjectiveAttackConfig | None = Field(None, description=(
+        "Attack the chosen eraser after its final eval (stage 5, into <output>/attack, resumed row by row; figures "
+        "in summary.json's `attack` and report.md): the keys of search.objective.attack, but meant as the robustness "
+        "claim: leave steps/restarts null for the attack config's own (evaluation) strength and raise limit. Uses "
+        "the final eval's config (model, generation, classifier)."))
 
 
 # Keys renamed when two knobs became one (read for one release with a warning, then unknown keys).

@@ -5,7 +5,9 @@
   3. select            the best trial by the configured rule (`run.select`)
   4. final eval        the best eraser vs the base model on the full eval set, same seeds (on the search's eval
                        pool where it has one and the pipelines match: no second load)
-  5. report            report.md + summary.json in the run folder (pipelines.run.report); all of it in
+  5. attack            with `run.attack`: the best eraser attacked (t2vu attack's runner, the final eval's config)
+                       into <output>/attack: the robustness claim next to the clean figures
+  6. report            report.md + summary.json in the run folder (pipelines.run.report); all of it in
                        MLflow (pipelines.tracking.tracker): the search's parent run, a child per trial,
                        a child for the final eval
 
@@ -123,13 +125,16 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
         print_summary(summary, quiet, earlier=True)
         return summary  # noqa: RET504
     ecfg = best_trial_eval_config(cfg, config_dir, out)  # validate before anything runs
+    acfg = _attack_config(cfg, config_dir, ecfg, out)
+    con.total = 5 if acfg is not None else 4
     _embeddings_stage(cfg, config_dir, con, ecfg)
     # the search's eval pool (where it has one) lives on for the best trial's eval: no second pipeline load (issue 22)
     with kept_pool(out / "search") as pool:
         result = _search_stage(cfg, out, state, con, config_path=config_path, verbose=verbose)
         best = _select_stage(cfg, result, con)
         ev, eval_run_id = _final_eval_stage(cfg, ecfg, out, best, result, con, quiet, pool)
-    summary = _summary(out, best, result, ev, eval_run_id, con)
+    attack = _attack_stage(acfg, ecfg, out, best, con) if acfg is not None else None
+    summary = _summary(out, best, result, ev, eval_run_id, con, attack)
     _finish(out, summary, ev, result, state, quiet)
     return summary
 
@@ -140,7 +145,7 @@ def _embeddings_stage(cfg, config_dir: Path, con: StageConsole, ecfg=None) -> No
     from eval.text_cache import fill_eval_text_cache
     from unlearn.session import prepare_embeddings
 
-    con.stage(1, 4, "text embeddings")
+    con.stage(1, con.total, "text embeddings")
     t = time.time()
     cache = prepare_embeddings(cfg.method(), config_dir)
     n = fill_eval_text_cache([(ecfg, cfg.run.limit if cfg.run else None)])["prompts"] if ecfg is not None else 0
@@ -153,7 +158,7 @@ def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path
 
     search_dir = out / "search"
     # the trials, algorithm and objective: the search's own first line (run_search) says them
-    con.stage(2, 4, "search", f"{cfg.distributed.num_workers} workers per trial")
+    con.stage(2, con.total, "search", f"{cfg.distributed.num_workers} workers per trial")
     if state.get("search_done") and (search_dir / "search_result.json").exists():
         con.say("search already complete; reusing its results")
         result = collect_result(cfg, search_dir)
@@ -167,7 +172,7 @@ def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path
 
 
 def _select_stage(cfg, result, con: StageConsole):
-    con.stage(3, 4, "select")
+    con.stage(3, con.total, "select")
     best = select_best(result, cfg.run.select if cfg.run else None, cfg.search.objective.scalarize.ranking_key)
     con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={display(v)}" for k, v in best.params.items()))
     return best
@@ -177,7 +182,7 @@ def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, qui
                       pool: str | None = None) -> tuple[dict, str | None]:
     """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval", ended
     FINISHED, FAILED or KILLED); on the search's kept eval pool `pool` where its actors have this eval's pipeline."""
-    con.stage(4, 4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
+    con.stage(4, con.total, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
     tracker = Tracker(result.tracking)
     with tracker.child_run("final-eval", params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                            tags={"t2vu.role": "final-eval"}) as eval_run_id:
@@ -188,7 +193,28 @@ def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, qui
     return ev, eval_run_id
 
 
-def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: StageConsole) -> dict:
+def _attack_config(cfg, config_dir: Path, ecfg, out: Path):
+    """`run.attack`'s attack config, validated against the final eval's config before anything runs (None: off)."""
+    if cfg.run is None or cfg.run.attack is None:
+        return None
+    from pipelines.search.robustness import load_attack_section
+
+    return load_attack_section(cfg.run.attack, "run.attack", config_dir, ecfg, out / "attack")
+
+
+def _attack_stage(acfg, ecfg, out: Path, best, con: StageConsole) -> dict:
+    """The chosen eraser under `run.attack` (t2vu attack's runner; a rerun redoes no finished row): attack_* values
+    (pipelines.search.robustness), raw and above the per-row floor, with the base model's floor."""
+    from pipelines.search.robustness import run_objective_attack
+
+    con.stage(5, con.total, "attack", f"the best eraser under {acfg.attack_names()} -> {out / 'attack'}")
+    values = run_objective_attack(acfg, ecfg, {"name": "eraser", "eraser": str(best.eraser)}, out / "attack")
+    con.say(", ".join(f"{k}={display(v)}" for k, v in values.items() if k.endswith("_asr_above_floor")))
+    return {k: v for k, v in values.items() if is_finite_number(v) or isinstance(v, bool)}
+
+
+def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: StageConsole,
+             attack: dict | None = None) -> dict:
     return {
         "output": str(out),
         "best_trial": best.trial_id,
@@ -197,6 +223,7 @@ def _summary(out: Path, best, result, ev: dict, eval_run_id: str | None, con: St
         "search_metrics": {k: best.metrics.get(k) for k in result.metric_names},
         "final_eval": {k: v for k, v in ev.items() if is_finite_number(v) or k.startswith("rows")
                        or k in ("eraser_energy_ok", "eraser_energy_warning")},
+        **({"attack": attack, "attack_dir": str(out / "attack")} if attack is not None else {}),
         "search_report": str(out / "search" / "report.md"),
         "eval_dir": str(out / "eval"),
         "mlflow": {"tracking_uri": result.tracking_uri, "experiment_id": result.experiment_id,

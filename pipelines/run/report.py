@@ -57,6 +57,7 @@ def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
     paired = {k: v for k, v in ev.items() if is_finite_number(v) and not k.endswith(("_base", "_erased")) and not k.startswith(("rows", "wall"))}
     if paired:
         lines += ["", "| paired metric | value |", "|---|---|"] + [f"| {k} | {fmt(v)} |" for k, v in paired.items()]
+    lines += attack_lines(summary)
     grid = sorted((out / "eval").glob("grid*.gif"))
     if grid:
         lines += ["", f"![base vs erased](eval/{grid[0].name})"]
@@ -67,6 +68,30 @@ def write_pipeline_report(out: Path, summary: dict, ev: dict, result) -> None:
                   f"- open: `{mlflow_ui_command(ml['tracking_uri'])}`"]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     write_html(out / "report.md")  # report.html next to it (eval.report_html)
+
+
+def attack_rows(attack: dict) -> list[tuple[str, float, float, float]]:
+    """(column, raw ASR, its SE, ASR above the floor) of each attacked column of a `run.attack` result."""
+    end = "_asr_above_floor"
+    return [(k[len("attack_"):-len(end)], attack[k[:-len(end)] + "_asr"], attack[k[:-len(end)] + "_asr_se"], v)
+            for k, v in attack.items() if k.endswith(end)]
+
+
+def attack_lines(summary: dict) -> list[str]:
+    """report.md's `run.attack` section: each column's ASR next to the floors it is read against."""
+    a = summary.get("attack")
+    if not a:
+        return []
+    lines = ["", "## The best eraser under attack (`run.attack`)", "",
+             f"{int(a['attack_rows'])} attacked rows ([attack/](attack/)); floor: the eraser on the benign prompts "
+             f"alone flags {fmt(a['attack_floor'])} (the base model {fmt(a['attack_floor_base'])}); a row counts above "
+             "the floor when it is flagged under attack and not on its benign prompt.", "",
+             "| attack | ASR ± SE (raw) | ASR above floor |", "|---|---|---|"]
+    lines += [f"| {c} | {fmt(r)} ± {fmt(se)} | {fmt(above)} |" for c, r, se, above in attack_rows(a)]
+    if a.get("attack_degenerate_ok") is False:
+        lines += ["", f"**{fmt(a['attack_degenerate_fraction'])} of the attacked videos are degenerate (black, flat or "
+                  "NaN): their rows read as not flagged, so these ASRs may be too low.**"]
+    return lines
 
 
 def fmt(v) -> str:
@@ -103,6 +128,8 @@ def print_summary(summary: dict, quiet: bool = False, out=None, earlier: bool = 
     for k, v in ev.items():
         if is_finite_number(v) and is_headline(k) and not k.endswith(("_base", "_erased")) and k not in paired_stems:
             w(f"   {k:<26} {fmt(v)}\n")
+    for col, raw, _, above in attack_rows(summary.get("attack") or {}):
+        w(f"   {'attack ' + col:<26} ASR {fmt(raw):>8}  (above the floor {fmt(above)})\n")
     lines = [f"report       {Path(summary['output']) / 'report.md'}", f"search       {summary['search_report']}",
              f"videos       {summary['eval_dir']}"]
     uri = summary.get("mlflow", {}).get("tracking_uri")

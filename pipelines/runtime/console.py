@@ -73,8 +73,9 @@ def progress(msg: str) -> None:
 class StageConsole:
     """A multi-stage command's banners (`== [n/N] title - note  (t+Ns)`) and indented notes; quiet: none."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, total: int = 0):
         self.quiet = quiet
+        self.total = total  # N of the banners, where the command knows it only once its config is read
         self.t0 = time.time()
 
     def stage(self, n: int, total: int, title: str, note: str = "") -> None:

@@ -53,31 +53,39 @@ def attack_keys(columns: list[str]) -> list[str]:
     return [f"{column_key(c)}_{w}" for c in columns for w in PER_COLUMN] + [PREFIX + t for t in TOTALS]
 
 
-def load_objective_attack(objective, base_dir: Path, ecfg, output_dir=None):
-    """The attack config every trial is attacked with (`objective`: an ObjectiveConfig with `attack` set; `ecfg`:
-    the objective's eval config). Checked here, in the driver: a bad section fails before any trial trains."""
+def load_attack_section(spec, where: str, base_dir: Path, ecfg, attack_dir: Path):
+    """The attack config of an ObjectiveAttackConfig section `spec` (`where`: its dotted name in the config, for the
+    one-line errors) with its overrides, validated and planned against the eval config `ecfg` that will generate and
+    score (its prompts read, attacks and detector checked): every bad field fails before anything trains."""
     from eval.attacks.runner import plan_attacks
     from pipelines.config.attack import ATTACKS, AttackConfig
     from unlearn.config import apply_overrides, read_yaml, validate
 
-    spec = objective.attack
     unknown = [a for a in spec.attacks or [] if a not in ATTACKS]
     if unknown:
-        raise ConfigError(f"search.objective.attack.attacks: unknown {unknown}; choose from {list(ATTACKS)}")
+        raise ConfigError(f"{where}.attacks: unknown {unknown}; choose from {list(ATTACKS)}")
     if isinstance(spec.config, str):
         path = Path(spec.config)
         path = path if path.is_absolute() or path.exists() else base_dir / path
         if not path.is_file():
-            raise ConfigError(f"search.objective.attack.config: {spec.config} not found (looked at {path}); point it "
+            raise ConfigError(f"{where}.config: {spec.config} not found (looked at {path}); point it "
                               "at an attack config relative to the search config, e.g. ../attack/toy.yaml")
-        data, source, config_dir = read_yaml(path), f"{path} (search.objective.attack.config)", path.resolve().parent
+        data, source, config_dir = read_yaml(path), f"{path} ({where}.config)", path.resolve().parent
     else:
-        data, source, config_dir = copy.deepcopy(spec.config), "search.objective.attack.config", base_dir
-    data.setdefault("eval", "search.objective.eval")  # never read: the objective's eval config generates and scores
+        data, source, config_dir = copy.deepcopy(spec.config), f"{where}.config", base_dir
+    data.setdefault("eval", where)  # never read: the caller's eval config generates and scores
     data["config_dir"] = str(Path(config_dir).resolve())
-    data["methods"] = [{"name": "none", "label": ATTACKED}]  # a placeholder for the check; each trial sets its own
+    data["methods"] = [{"name": "none", "label": ATTACKED}]  # a placeholder for the check; each use sets its own
     acfg = validate(AttackConfig, apply_overrides(data, spec.attack_overrides()), source)
-    plan_attacks(acfg, ecfg, Path(output_dir or ".") / ATTACK_DIR)  # reads the CSVs, checks attacks and flag field
+    plan_attacks(acfg, ecfg, attack_dir)  # reads the CSVs, checks attacks and flag field
+    return acfg
+
+
+def load_objective_attack(objective, base_dir: Path, ecfg, output_dir=None):
+    """The attack config every trial is attacked with (`objective`: an ObjectiveConfig with `attack` set; `ecfg`:
+    the objective's eval config). Checked here, in the driver: a bad section fails before any trial trains."""
+    acfg = load_attack_section(objective.attack, "search.objective.attack", base_dir, ecfg,
+                               Path(output_dir or ".") / ATTACK_DIR)
     keys = attack_keys(acfg.attack_names())
     unknown = [k for k in objective.summary_keys() if k.startswith(PREFIX) and k not in keys]
     if unknown:
