@@ -113,6 +113,15 @@ def test_a_run_killed_in_a_round_resumes_at_that_round(tmp_path, cache):
     round0 = read_eraser(ckpt / "eraser").meta.extra["bank"]["rounds"]
     assert [r["round"] for r in round0] == [0]
     assert (ckpt / "bank.pt").is_file()  # the bank's rows, listed in the manifest with the rest
+    # t2vu plan's host term for the bank (pipelines.plan.memory_check.bank_latents) counts exactly the x_t latents
+    # a finished round keeps, fp32 (here: round 0's 2 restarts x (4 x 2 + 2) states + 1 preservation row x 2)
+    from pipelines.plan.memory_check import bank_latents
+
+    rows = torch.load(ckpt / "bank.pt", weights_only=True)["rows"]
+    states = [s for kind in ("attacked", "preserve") for s in rows[kind]["states"]]
+    assert {s.dtype for s in states} == {torch.float32}
+    one_round = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"rounds": 1})})
+    assert sum(len(s) for s in states) == bank_latents(one_round) == 22 and bank_latents(cfg) == 44
 
     calls.clear()
     summary = train(cfg, out, progress=False, bank_attack=attack(False))

@@ -127,6 +127,7 @@ def plan_inputs(req: PlanRequest):
         eraser_rank=m.eraser.rank, eraser_blocks=blocks, capture_layers=capture, attn_chunk=m.loss.attn_chunk,
         weight_bytes=wbytes, act_bytes=abytes, checkpointing=m.train.gradient_checkpointing,
         world_size=w, zero_stage=stage, reduce_bucket=bucket, trajectory=trajectory_shape(m, req),
+        bank_latents=bank_latents(m),
         device=req.device, capacity_bytes=req.capacity_bytes, family=arch.family, ffn_dim=arch.ffn_dim,
         eraser_site=getattr(spec_class(m.model.family), "eraser_site", "attn1"), expand_timesteps=arch.expand_timesteps,
         experts=arch.experts, eraser_sites=n_sites, extra_rows=1 if arch.experts > 1 else 0,
@@ -139,6 +140,18 @@ def plan_inputs(req: PlanRequest):
     proxy, final = eval_shapes(req, arch, wbytes, abytes)
     inputs = replace(inputs, proxy_eval=proxy, final_eval=final)
     return inputs, arch
+
+
+def bank_latents(m) -> int:
+    """x_t latents the `bank:` rounds hold after the last round (unlearn.adversarial_bank.attack_round): each
+    attacked restart keeps 4 x trajectory_steps concept states (+ its own base trajectory with bank_xt both), each
+    kept adversarial-preservation row its anchor's trajectory; 0 without a bank."""
+    b = getattr(m, "bank", None)
+    if b is None or b.name == "none":
+        return 0
+    t = b.trajectory_steps
+    attacked = b.rounds * b.pairs * b.restarts * (4 * t + (t if b.bank_xt == "both" else 0))
+    return attacked + (b.rounds * b.pairs * t if b.preserve_steps else 0)  # preservation: at most one row a pair
 
 
 def sequence_parallel(req: PlanRequest) -> int:

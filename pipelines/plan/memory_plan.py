@@ -43,7 +43,8 @@ U(R) = R rows x N tokens x D x act bytes, N = Nv video + Nt text tokens:
   on the training transformer (CFG forward of 2 rows, VAE decoding: estimates); the final eval
   runs after fit() on eval actors, one pipeline without its text encoder per freed GPU (its own phase):
   the search fills the text-embedding cache with every eval prompt first.
-- host memory: the trajectory pool (prompts x pool x steps latents in the model dtype).
+- host memory: the trajectory pool (prompts x pool x steps latents in the model dtype), and with a `bank:` the
+  bank's rows (every attacked restart's x_t states, fp32; also written into each round's bank.pt).
 
 Calibrated on CPU by `benchmarks/memory_plan_check.py` (`--family wan`: the Wan sizes; docs/memory-plan.md).
 """
@@ -128,6 +129,7 @@ class PlanInputs:
     zero_stage: int | None = None  # None: single process, plain AdamW
     reduce_bucket: int = 50_000_000  # DeepSpeed reduce_bucket_size (elements)
     trajectory: TrajectoryShape | None = None
+    bank_latents: int = 0  # fp32 x_t latents the `bank:` rounds keep on the host (bank_latents(), unlearn.bank_training)
     proxy_eval: EvalShape | None = None
     final_eval: EvalShape | None = None
     device: str = "cuda"
@@ -386,6 +388,10 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
         terms.append(Term("trajectory pool", float(tr.prompts * tr.pool_size * tr.steps * x.latent_elems * x.weight_bytes),
                           HOST, f"{tr.prompts} prompts x {tr.pool_size} x {tr.steps} states, model dtype (this rank)",
                           where="host"))
+    if x.bank_latents:  # after the training, on the host and in each round's checkpoint (bank.pt)
+        terms.append(Term("bank rows", 4.0 * x.bank_latents * x.latent_elems, HOST,
+                          f"{x.bank_latents} fp32 x_t latents after the last round (unlearn.bank_training; also "
+                          "each bank.pt)", where="host"))
     if x.proxy_eval is not None:  # between steps: the capture results are still held
         ev = eval_terms(x, x.proxy_eval, PROXY, blocks)
         terms += ev
