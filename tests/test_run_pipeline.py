@@ -32,6 +32,8 @@ def test_a_bad_run_attack_is_one_line_before_anything_trains(tmp_path, capsys, a
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and where in err[0], err
     assert not (out / "search" / "trials").exists()
+    # no config was pinned: the folder takes the fixed config (a pinned bad one would refuse it as "different")
+    assert not (out / "search" / "search_config.yaml").exists()
 
 
 def test_select_best_honours_constraints_then_falls_back():

@@ -28,7 +28,7 @@ from pathlib import Path
 from pipelines.run.report import print_summary, write_pipeline_report
 from pipelines.search.eval_pool import kept_pool
 from pipelines.runtime.console import StageConsole, display, quiet_console, say
-from pipelines.runtime.run_folder import pin_config
+from pipelines.runtime.run_folder import check_pinned, pin_config
 from pipelines.tracking.tracker import Tracker
 from eval.metrics import is_finite_number
 from unlearn.config import ConfigError
@@ -117,7 +117,8 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
     con = StageConsole(quiet)  # stage banners on the terminal; Ray and libraries stay in the log unless --verbose
     # One record of the config per run folder: the search stage's (it refuses another config
     # too); checked here first because a finished run returns before the search stage.
-    pin_config(out / "search" / "search_config.yaml", cfg.to_dict(), out)
+    pinned = out / "search" / "search_config.yaml"
+    check_pinned(pinned, cfg.to_dict(), out)  # another config: refused before anything is written
     state = _load_state(out)
     if state.get("done") and (out / "summary.json").exists():
         con.say(f"pipeline already complete in {out}; nothing to do")
@@ -126,6 +127,8 @@ def _run_pipeline(cfg, out: Path, *, config_path, verbose: bool, quiet: bool) ->
         return summary  # noqa: RET504
     ecfg = best_trial_eval_config(cfg, config_dir, out)  # validate before anything runs
     acfg = _attack_config(cfg, config_dir, ecfg, out)
+    # pinned only now: a config refused above (a bad eval or run.attack) leaves no record that would refuse its fix
+    pin_config(pinned, cfg.to_dict(), out)
     con.total = 5 if acfg is not None else 4
     _embeddings_stage(cfg, config_dir, con, ecfg)
     # the search's eval pool (where it has one) lives on for the best trial's eval: no second pipeline load (issue 22)
