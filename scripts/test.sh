@@ -9,7 +9,8 @@
 #                                   process. 729 tests: 20.0 min (2026-12-07 15:29, idle) and 22.0 min (16:28, the box
 #                                   94% busy: 2488 CPU-s); 3 processes were slower (21.1 min, 705 tests), and running
 #                                   the heaviest modules first saved nothing measurable. 729 tests: 21.0 min (18:30);
-#                                   732 tests: 20.4 min (19:03, idle) and 25.1 min (19:33, idle: the same box varies). Where the CPU goes, per test and module:
+#                                   732 tests: 20.4 min (19:03, idle) and 25.1 min (19:33, idle: the same box
+#                                   varies). Where the CPU goes, per test and module:
 #                                   `python benchmarks/suite_cpu.py -m slow` (serial). T2VU_TEST_WORKERS=0: serial.
 #   bash scripts/test.sh --fast     the fast tier: every test not marked `slow` (target <= 5 min: 642 tests in
 #                                   2.1 min in 2 processes, 2026-12-07 13:42; every module keeps a fast test:
