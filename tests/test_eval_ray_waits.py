@@ -124,3 +124,36 @@ def test_a_training_worker_group_larger_than_the_cluster_is_refused(ray_session,
     with pytest.raises(ConfigError, match=r"distributed.num_workers=2 asks for 2 GPUs but the Ray cluster has 1 "
                                           r"\(GPU 1, CPU 1 per worker\): Ray Train would wait for them for ever"):
         run_distributed(cfg, tmp_path / "train")
+
+
+def test_a_gpu_task_started_inside_a_trials_placement_group_runs(ray_session):
+    """A Tune trial's placement group holds only its driver's CPU, and Tune captures the trial's child tasks into it:
+    a plain `ray.remote(num_gpus=1)` task started there (the trial's bank rounds, gate probe, objective attack) cannot
+    fit in it and fails the trial. `on_one_gpu` schedules outside the group and gets the cluster's GPU."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from pipelines.runtime.ray_session import on_one_gpu
+
+    pg = placement_group([{"CPU": 1}])  # what tune.PlacementGroupFactory([{"CPU": 1}]) reserves for a trial
+    ray_session.get(pg.ready(), timeout=60)
+
+    @ray_session.remote(num_cpus=1)
+    def trial(helper: bool):
+        import ray
+
+        if helper:
+            return on_one_gpu(ray.get_gpu_ids)
+        try:  # the old call: captured into the CPU-only group, where it cannot fit
+            ray.get(ray.remote(num_gpus=1)(ray.get_gpu_ids).remote(), timeout=30)
+        except ValueError as exc:
+            return str(exc)
+        return "placed"
+
+    in_trial = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+    try:
+        old = ray_session.get(trial.options(scheduling_strategy=in_trial).remote(False), timeout=120)
+        assert "cannot fit into any bundles for the placement group" in old, old
+        assert len(ray_session.get(trial.options(scheduling_strategy=in_trial).remote(True), timeout=120)) == 1
+    finally:
+        remove_placement_group(pg)

@@ -79,6 +79,18 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, num_gpus
     return True
 
 
+def on_one_gpu(fn, *args):
+    """fn(*args) in a Ray task holding one GPU; its result. Scheduled DEFAULT, never in the caller's placement group:
+    Tune puts a trial's child tasks into the trial's group, which holds only its driver's CPU, so a GPU task started
+    by a trial (its bank rounds, gate probe, objective attack) cannot fit there and fails the trial
+    (Ray 2.60: "cannot fit into any bundles for the placement group"; tests/test_eval_ray_waits.py).
+    No retries: the steps it runs resume from their own files when the command is rerun."""
+    import ray
+
+    task = ray.remote(fn).options(num_gpus=1, scheduling_strategy="DEFAULT", max_retries=0)
+    return ray.get(task.remote(*args))
+
+
 def fit_trainer(trainer):
     """`trainer.fit()` of a Ray Train `TorchTrainer`, where Ctrl-C is a KeyboardInterrupt (exit 130, one line).
 

@@ -104,9 +104,9 @@ def run_objective_attack(acfg, ecfg, method: dict, out: Path) -> dict:
     cfg = validate(AttackConfig, {**acfg.model_dump(mode="json"), "methods": [{**method, "label": ATTACKED}]},
                    "search.objective.attack")
     if ecfg.runtime.use_gpu:
-        import ray
+        from pipelines.runtime.ray_session import on_one_gpu
 
-        summary = ray.get(ray.remote(num_gpus=1)(_attack).remote(cfg, ecfg, str(out)))
+        summary = on_one_gpu(_attack, cfg, ecfg, str(out))
     else:
         summary = _attack(cfg, ecfg, str(out))
     return attack_values(summary, cfg, ecfg)

@@ -28,9 +28,9 @@ def post_training(cfg: PipelineConfig, out: str | Path, config_dir=None) -> dict
         return {}
     method = cfg.method()
     if cfg.distributed.use_gpu:
-        import ray
+        from pipelines.runtime.ray_session import on_one_gpu
 
-        return ray.get(ray.remote(num_gpus=1)(_post_training).remote(method, str(out), config_dir))
+        return on_one_gpu(_post_training, method, str(out), config_dir)
     return _post_training(method, str(out), config_dir)
 
 
