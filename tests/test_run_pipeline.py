@@ -73,6 +73,9 @@ def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, c
     assert a["attack_softprompt_0_5x_asr_above_floor"] == att["asr_above_floor"]["eraser"]["softprompt-0.5x"]
     assert a["attack_floor"] == att["floor"]["eraser"] and a["attack_floor_base"] == att["floor"][att["reference"]]
     assert "## The best eraser under attack" in report and "| softprompt_0_5x |" in report
+    truncated = sum(v for k, v in att["truncated_prompts"].items() if k.split("/", 1)[0] == "eraser")
+    assert a["attack_truncated"] == truncated  # the 16-token tiny text encoder: flagged in the report when any
+    assert ("attacked prompts are longer than the text encoder takes" in report) == (truncated > 0)
     printed = capfd.readouterr().out
     assert "== [4/5] final evaluation" in printed and "== [5/5] attack" in printed
     assert "attack softprompt_0_5x" in printed and "mlflow ui --backend-store-uri" in printed

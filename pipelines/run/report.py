@@ -91,6 +91,9 @@ def attack_lines(summary: dict) -> list[str]:
     if a.get("attack_degenerate_ok") is False:
         lines += ["", f"**{fmt(a['attack_degenerate_fraction'])} of the attacked videos are degenerate (black, flat or "
                   "NaN): their rows read as not flagged, so these ASRs may be too low.**"]
+    if a.get("attack_truncated"):
+        lines += ["", f"**{int(a['attack_truncated'])} attacked prompts are longer than the text encoder takes: the words "
+                  "past its limit changed nothing (attack/ marks them).**"]
     return lines
 
 
