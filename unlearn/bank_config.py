@@ -53,3 +53,8 @@ class BankConfig(Strict):
     preserve_batch: int = Field(4, ge=0, description="Adversarial-preservation rows per training step.")
     w_adv_preserve: float = Field(1.0, ge=0, description="Weight of the adversarial-preservation loss.")
     seed: int = Field(0, description="Seed of the pair order, trajectories, restarts and row sampling.")
+
+
+def banked(cfg) -> bool:
+    """Whether a training (or pipeline) config asks for the bank rounds (torch-free: the plan and the CLI read it)."""
+    return cfg.bank is not None and cfg.bank.name != "none"

@@ -32,7 +32,7 @@ import torch
 
 from unlearn import checkpoint as ck
 from unlearn.adversarial_bank import BANK_KEY, AdversarialBank, AttackFn, BankObjective, attack_round
-from unlearn.bank_config import BankConfig
+from unlearn.bank_config import BankConfig, banked
 from unlearn.errors import ConfigError
 from unlearn.fsutil import atomic_copy_dir, atomic_torch_save
 from unlearn.loop import LocalStore
@@ -135,27 +135,13 @@ def train_with_bank(session, cfg: BankConfig, attack: AttackFn, out_dir, log=LOG
     return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def banked(cfg) -> bool:
-    """Whether a training config (`unlearn.config.EraserTrainingConfig`) asks for the bank rounds."""
-    return cfg.bank is not None and cfg.bank.name != "none"
-
-
-def bank_trained_eraser(cfg, out: str | Path, bank_attack, *, config_dir=None, session=None,
-                        resume: bool = True) -> dict | None:
-    """The training config's `bank:` step on the eraser published in out/eraser: the rounds in out/bank (resumable),
-    then the banked eraser published over out/eraser (atomically). `bank_attack(session, bank_cfg) -> attack`;
-    `session`: the trainer's, its erasers trained (else a session is built here on `train.device` and loaded from
-    out/eraser: the Ray driver, a Tune trial). Returns the summary's `bank` part; None without a bank."""
-    from unlearn.eraser import read_eraser
-
+def bank_trained_eraser(cfg, out: str | Path, bank_attack, session, *, resume: bool = True) -> dict | None:
+    """The training config's `bank:` step on the eraser published in out/eraser, with `session`'s erasers holding
+    it: the rounds in out/bank (resumable), then the banked eraser published over out/eraser (atomically).
+    `bank_attack(session, bank_cfg) -> attack`. Returns the summary's `bank` part; None without a bank."""
     if not banked(cfg):
         return None
     out = Path(out)
-    if session is None:
-        from unlearn.session import TrainingSession
-
-        session = TrainingSession(cfg, config_dir=config_dir)
-        session.eraser_set.load_state_dict(read_eraser(out / ck.ERASER_DIR).state_dict())
     record = train_with_bank(session, cfg.bank, bank_attack(session, cfg.bank), out / BANK_DIR, resume=resume)
     atomic_copy_dir(out / BANK_DIR / ck.ERASER_DIR, out / ck.ERASER_DIR)
     last = record["rounds"][-1]

@@ -77,3 +77,8 @@ class GateConfig(Strict):
             raise ValueError(f"gate.{k} is not set and its default is empty (toward_prompts: concept.anchors, "
                              f"positive: the concept prompts, negative: concept.preserve): list the prompts")
         return out
+
+
+def gated(cfg) -> bool:
+    """Whether a training (or pipeline) config asks for the content gate (torch-free: the plan and the CLI read it)."""
+    return cfg.gate is not None and cfg.gate.name != "none"

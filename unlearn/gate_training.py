@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unlearn.gate_config import GateConfig
+from unlearn.gate_config import GateConfig, gated
 from unlearn.gates import GATE_KEY, ContentGate, new_gate
 
 TRAINING_KEY = "gate_training"  # EraserMeta.extra key of the probe's training record
@@ -127,7 +127,7 @@ def gate_trained_eraser(cfg, eraser_dir: str | Path, config_dir=None, spec=None)
     from unlearn.eraser import read_eraser, save_eraser
     from unlearn.session import model_dir_of, open_cache
 
-    if cfg.gate is None or cfg.gate.name == "none":
+    if not gated(cfg):
         return None
     gcfg = concept_defaults(cfg, config_dir)
     es = read_eraser(eraser_dir)

@@ -28,7 +28,8 @@ import yaml
 from unlearn.checkpoint import read_metrics  # noqa: F401 - the trainer's curve reader (plots, tests)
 from unlearn.config import ConfigError, EraserTrainingConfig
 from unlearn.fsutil import atomic_write_text
-from unlearn.bank_training import bank_trained_eraser, banked
+from unlearn.bank_config import banked
+from unlearn.bank_training import bank_trained_eraser
 from unlearn.gate_training import gate_trained_eraser
 from unlearn.loop import LocalStore, LoopPlan, TrainingLoop, torch_engine
 from unlearn.session import TrainingSession
@@ -62,9 +63,7 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     result = loop.run()
     store.finish()
-    bank = bank_trained_eraser(cfg, out, bank_attack, session=session, resume=resume)
-    session.objective.detach()  # the base model again: a `gate:` probe learns from it (unlearn.gate_training)
-    gate = gate_trained_eraser(cfg, out / "eraser", config_dir, spec=session.spec)
+    after = after_training(cfg, out, bank_attack, session=session, config_dir=config_dir, resume=resume)
     times = result.step_times
     summary = {
         "steps": tc.steps,
@@ -78,9 +77,28 @@ def train(cfg: EraserTrainingConfig, output: str | Path, *, config_dir=None, pro
         "step_s": round(sum(times[1:]) / (len(times) - 1), 4) if len(times) > 1 else None,
         "peak_memory_gb": (round(torch.cuda.max_memory_allocated(session.device) / 2**30, 3)
                            if session.device.type == "cuda" else None),
-        **({"gate": {k: v for k, v in gate.items() if k != "config"}} if gate else {}),
-        **({"bank": bank} if bank else {}),
+        **after,
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     store.remove()
     return summary
+
+
+def after_training(cfg: EraserTrainingConfig, out: str | Path, bank_attack, *, session=None, config_dir=None,
+                   resume: bool = True) -> dict:
+    """The steps every training path takes once its eraser is published in out/eraser: the `bank:` rounds, then the
+    `gate:` probe on the base model (erasers detached). `session`: the trainer's, its erasers trained; None (the Ray
+    driver, a Tune trial: pipelines.train.post_training): one session is built here for the bank and its backbone
+    serves the gate too, so the model loads once. Returns the summary's parts: {bank, gate} (each only when set)."""
+    from unlearn.eraser import read_eraser
+
+    out = Path(out)
+    if session is None and banked(cfg):
+        session = TrainingSession(cfg, config_dir=config_dir)
+        session.eraser_set.load_state_dict(read_eraser(out / "eraser").state_dict())
+    bank = bank_trained_eraser(cfg, out, bank_attack, session, resume=resume) if session is not None else None
+    if session is not None:
+        session.objective.detach()  # the base model again: a `gate:` probe learns from it (unlearn.gate_training)
+    gate = gate_trained_eraser(cfg, out / "eraser", config_dir, spec=session.spec if session is not None else None)
+    gate = gate and {k: v for k, v in gate.items() if k != "config"}  # the config is in the eraser file
+    return {k: v for k, v in (("bank", bank), ("gate", gate)) if v}

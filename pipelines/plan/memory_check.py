@@ -146,10 +146,11 @@ def bank_latents(m) -> int:
     """x_t latents the `bank:` rounds hold after the last round (unlearn.adversarial_bank.attack_round): each
     attacked restart keeps 4 x trajectory_steps concept states (+ its own base trajectory with bank_xt both), each
     kept adversarial-preservation row its anchor's trajectory; 0 without a bank."""
-    b = getattr(m, "bank", None)
-    if b is None or b.name == "none":
+    from unlearn.bank_config import banked
+
+    if not banked(m):
         return 0
-    t = b.trajectory_steps
+    b, t = m.bank, m.bank.trajectory_steps
     attacked = b.rounds * b.pairs * b.restarts * (4 * t + (t if b.bank_xt == "both" else 0))
     return attacked + (b.rounds * b.pairs * t if b.preserve_steps else 0)  # preservation: at most one row a pair
 

@@ -219,16 +219,19 @@ def search_cost(req, arch, *, mfu: float = DEFAULT_MFU, peak_tflops: float = DEF
 def left_out(cfg) -> list[str]:
     """The work a trial does that the hours above do not count (each one line): flagged, never silently omitted,
     so a robust search is not planned at its clean search's price."""
+    from unlearn.bank_config import banked
+    from unlearn.gate_config import gated
+
     s, out = cfg.search, []
     if s.objective.attack is not None:
         a = s.objective.attack
         what = f"attacks {a.attacks}" if a.attacks else "the attack config's attacks"
         out.append(f"search.objective.attack: {what} on every trial's eraser (and each baseline) after its final eval")
-    if cfg.bank is not None and cfg.bank.name != "none":
+    if banked(cfg):
         b = cfg.bank
         out.append(f"bank: {b.rounds} rounds x ({b.pairs} pairs x {b.restarts} restarts x {b.attack_steps} attack steps "
                    f"+ {b.steps_per_round} training steps) per trial, on one GPU after its training")
-    if cfg.gate is not None and cfg.gate.name != "none":
+    if gated(cfg):
         out.append("gate: the probe's base-model trajectories and training per trial, on one GPU after its training")
     return out
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.config.pipeline import PipelineConfig
+from unlearn.bank_config import banked
+from unlearn.gate_config import gated
 
 
 def needs_post_training(cfg: PipelineConfig) -> bool:
-    from unlearn.bank_training import banked
-
-    return banked(cfg) or (cfg.gate is not None and cfg.gate.name != "none")
+    return banked(cfg) or gated(cfg)
 
 
 def post_training(cfg: PipelineConfig, out: str | Path, config_dir=None) -> dict:
@@ -36,11 +36,6 @@ def post_training(cfg: PipelineConfig, out: str | Path, config_dir=None) -> dict
 
 def _post_training(method, out: str, config_dir) -> dict:
     from pipelines.train.bank import soft_prompt_attack
-    from unlearn.bank_training import bank_trained_eraser
-    from unlearn.checkpoint import ERASER_DIR
-    from unlearn.gate_training import gate_trained_eraser
+    from unlearn.trainer import after_training
 
-    bank = bank_trained_eraser(method, out, soft_prompt_attack, config_dir=config_dir)
-    gate = gate_trained_eraser(method, Path(out) / ERASER_DIR, config_dir)
-    gate = gate and {k: v for k, v in gate.items() if k != "config"}  # the config is in the eraser file
-    return {k: v for k, v in (("bank", bank), ("gate", gate)) if v}
+    return after_training(method, out, soft_prompt_attack, config_dir=config_dir)
