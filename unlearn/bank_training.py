@@ -2,9 +2,9 @@
 rounds of `unlearn.adversarial_bank`, checkpointed round by round.
 
 `train_with_bank(session, cfg, attack, out)` runs on a session whose erasers are trained; `bank_trained_eraser`
-is the step every training path takes once its eraser is published (`unlearn.trainer.train` on its own session;
-the Ray Train driver and each Tune trial on a session loaded from the published eraser,
-`pipelines.train.post_training`); the caller injects the project's soft-prompt attack
+is the bank step of `unlearn.trainer.after_training`, which every training path takes once its eraser is published
+(`t2vu train` on its own session; the Ray Train driver and each Tune trial on a session loaded from the published
+eraser, `pipelines.train.post_training`); the caller injects the project's soft-prompt attack
 (`pipelines.train.bank.soft_prompt_attack`: this layer may not import eval). Round k = attack the current eraser
 (the bank grows) + `steps_per_round` optimiser steps; its checkpoint is written at step (k + 1) x steps_per_round:
 
