@@ -17,6 +17,9 @@ Fixtures (session scope; start on first use, stop at session end):
                  API is what cleans up the placement group of a trial Tune stopped. One LOGICAL GPU
                  (no device behind it; nothing here asks for one unless a test does): a cluster with
                  fewer GPUs than an eval asks for (tests/test_eval_ray_waits.py).
+  (autouse, per module) after each module the session's Ray holds no CPU/GPU, or what holds them is freed and
+                 reported as a SessionRayLeftover warning naming the module (tests/session_ray_guard.py): one
+                 module's leftovers made every later search on that pytest worker wait for ever.
   ray_env        (per test) os.environ + RAY_ADDRESS of ray_session: a `t2vu` subprocess joins it.
   mlflow_server  `mlflow server` on a free 127.0.0.1 port with a SQLite backend; yields its
                  http:// tracking URI.
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,27 @@ def tiny_a14b_dir() -> Path:
     from unlearn.models.tiny_wan import make_tiny_wan
 
     return make_tiny_wan(SESSION_TMP / "tiny-a14b-seed0" / "model", seed=0, experts=2)
+
+
+class SessionRayLeftover(UserWarning):
+    """A test module left something holding the session Ray's CPUs or GPU; the guard freed it."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def session_ray_left_free(request):
+    yield
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    from tests.session_ray_guard import free_leftovers, wait_until_free
+
+    busy = wait_until_free(ray, 60)
+    if busy:
+        freed = free_leftovers(ray)
+        still = wait_until_free(ray, 30)
+        warnings.warn(SessionRayLeftover(
+            f"{request.module.__name__} left {busy} of the session's Ray held 60 s after its last test; freed: "
+            f"{'; '.join(freed) or 'nothing found'}" + (f"; still held: {still}" if still else "")))
 
 
 @pytest.fixture()
