@@ -34,24 +34,39 @@ def wait_until_free(ray, timeout_s: float) -> dict[str, float]:
 
 def free_leftovers(ray) -> list[str]:
     """Remove every placement group not yet removed and kill every live actor that holds CPU or GPU; one line per
-    thing freed (what it was, who created it)."""
+    thing freed. Placement groups come from the GCS (no dashboard needed: a dead dashboard is one way groups are
+    left); actors' resources from the State API, or, where it does not answer, every live actor not Ray's own."""
     from ray._raylet import ActorID, PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_actors, list_placement_groups
 
-    address = ray.get_runtime_context().gcs_address
     freed = []
-    for pg in list_placement_groups(address=address, detail=True):
-        if pg.state != "REMOVED":
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg.placement_group_id))))
-            freed.append(f"placement group {pg.placement_group_id[:12]} ({pg.state}, bundles {pg.bundles}, "
-                         f"job {pg.creator_job_id}{', detached' if pg.is_detached else ''})")
+    for pg_id, pg in ray.util.placement_group_table().items():
+        if pg["state"] != "REMOVED":
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            freed.append(f"placement group {pg_id[:12]} ({pg['state']}, bundles {list(pg['bundles'].values())})")
     core = ray._private.worker.global_worker.core_worker
-    for actor in list_actors(address=address, detail=True, filters=[("state", "!=", "DEAD")]):
+    for actor_id, line in live_actors(ray):
+        core.kill_actor(ActorID.from_hex(actor_id), True)
+        freed.append(line)
+    return freed
+
+
+def live_actors(ray) -> list[tuple[str, str]]:
+    """(actor id, description) of the live actors holding CPU/GPU."""
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True,
+                             filters=[("state", "!=", "DEAD")], timeout=30)
+    except Exception as exc:  # the State API needs the dashboard; the GCS table does not, but has no resources
+        return [(a["ActorID"], f"actor {a['ActorClassName']} ({a['State']}, State API down: {type(exc).__name__})")
+                for a in ray._private.state.actors().values()
+                if a["State"] != "DEAD" and not a["ActorClassName"].startswith("_")]
+    found = []
+    for actor in actors:
         needs = {k: v for k, v in (actor.required_resources or {}).items() if k in RESOURCES and v}
         if needs:
-            core.kill_actor(ActorID.from_hex(actor.actor_id), True)
             name = actor.class_name.rsplit(".<locals>.", 1)[-1]
-            freed.append(f"actor {name} ({actor.state}, {needs}, job {actor.job_id}"
-                         f"{', detached' if actor.is_detached else ''})")
-    return freed
+            found.append((actor.actor_id, f"actor {name} ({actor.state}, {needs}, job {actor.job_id}"
+                                          f"{', detached' if actor.is_detached else ''})"))
+    return found

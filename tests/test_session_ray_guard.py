@@ -26,7 +26,7 @@ def test_the_guard_frees_a_left_placement_group_and_actor(ray_session):
 
     freed = free_leftovers(ray_session)
     assert len(freed) == 2, freed
-    assert freed[0].startswith("placement group ") and "detached" in freed[0] and "{'CPU': 1.0}" in freed[0]
+    assert freed[0].startswith("placement group ") and "CREATED" in freed[0] and "{'CPU': 1.0}" in freed[0]
     assert freed[1].startswith("actor Holder (ALIVE, ") and "{'CPU': 1.0}" in freed[1] and "detached" in freed[1]
     assert wait_until_free(ray_session, 30) == {}
     assert free_leftovers(ray_session) == []
