@@ -38,6 +38,12 @@ def test_pipeline_config_carries_the_gate_to_training_and_overrides():
     assert cfg.with_overrides({"gate.strength": 7.5}).method().gate.strength == 7.5
     with pytest.raises(ConfigError, match="gate.strength"):
         cfg.with_overrides({"gate.strength": 0})
+    # one key of a section that is off does not switch it on: one line naming the section and the fix
+    off = cfg.model_copy(update={"gate": None})
+    with pytest.raises(ConfigError) as err:
+        off.with_overrides({"gate.strength": 7.5})
+    assert str(err.value) == ("Cannot set gate.strength: `gate:` is off (null) in this config; set the whole section "
+                              "first (e.g. --set 'gate={}' for its defaults) or leave gate.strength out")
 
 
 def test_attack_method_gate_inline_or_file(tmp_path):

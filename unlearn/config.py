@@ -333,8 +333,12 @@ def set_by_path(data: dict, dotted: str, value) -> None:
     """Set `a.b.c` in a nested dict (used by CLI overrides and Tune samples)."""
     keys = dotted.split(".")
     cur = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         cur = cur.setdefault(k, {})
+        if cur is None:  # an optional section that is off (gate:, bank:): setting one key must not switch it on
+            section = ".".join(keys[:i + 1])
+            raise ConfigError(f"Cannot set {dotted}: `{section}:` is off (null) in this config; set the whole "
+                              f"section first (e.g. --set '{section}={{}}' for its defaults) or leave {dotted} out")
         if not isinstance(cur, dict):
             raise ConfigError(f"Cannot set {dotted}: {k} is not a section")
     cur[keys[-1]] = value

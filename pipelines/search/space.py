@@ -96,10 +96,6 @@ def check_space(cfg, space: dict[str, dict[str, Any]] | None = None) -> None:
     """
     space = space if space is not None else cfg.search.space
     for key, spec in space.items():
-        section = key.split(".")[0]
-        if section in ("gate", "bank") and getattr(cfg, section) is None:  # off by default: searched only when on
-            raise ConfigError(f"search.space.{key}: the config has no `{section}:` section to search in; add one "
-                              f"(e.g. --set '{section}={{}}' or configs/{section}s/toy.yaml's) or drop the key")
         for value in extremes(spec):
             try:
                 cfg.with_overrides({key: value}, source=f"search.space.{key}={value!r}")
