@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from unlearn.yaml_load import read_yaml  # noqa: F401 - where the config readers import it from
 from unlearn.errors import ConfigError  # defined there so lower modules raise it without an import cycle
 from unlearn.bank_config import BankConfig
-from unlearn.gate_config import GateConfig
+from unlearn.gate_config import GateConfig, gated
 from unlearn.strict import Strict  # noqa: F401 - where the config sections import it from
 
 
@@ -262,9 +262,11 @@ class EraserTrainingConfig(Strict):
     @model_validator(mode="after")
     def _gate_defaults(self):
         # the gate's prompts default to the concept section's: an empty default fails here, not after training
+        if not gated(self):
+            return self
         for key, default, name in (("toward_prompts", self.concept.anchors, "concept.anchors"),
                                    ("negative", [p for p in self.concept.preserve if p], "concept.preserve")):
-            if self.gate is not None and self.gate.name != "none" and getattr(self.gate, key) is None and not default:
+            if getattr(self.gate, key) is None and not default:
                 raise ValueError(f"gate.{key} is not set and {name} (its default) is empty: list the prompts")
         return self
 

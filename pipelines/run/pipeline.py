@@ -148,7 +148,7 @@ def _embeddings_stage(cfg, config_dir: Path, con: StageConsole, ecfg=None) -> No
     from eval.text_cache import fill_eval_text_cache
     from unlearn.session import prepare_embeddings
 
-    con.stage(1, con.total, "text embeddings")
+    con.stage(1, "text embeddings")
     t = time.time()
     cache = prepare_embeddings(cfg.method(), config_dir)
     n = fill_eval_text_cache([(ecfg, cfg.run.limit if cfg.run else None)])["prompts"] if ecfg is not None else 0
@@ -161,7 +161,7 @@ def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path
 
     search_dir = out / "search"
     # the trials, algorithm and objective: the search's own first line (run_search) says them
-    con.stage(2, con.total, "search", f"{cfg.distributed.num_workers} workers per trial")
+    con.stage(2, "search", f"{cfg.distributed.num_workers} workers per trial")
     if state.get("search_done") and (search_dir / "search_result.json").exists():
         con.say("search already complete; reusing its results")
         result = collect_result(cfg, search_dir)
@@ -175,7 +175,7 @@ def _search_stage(cfg, out: Path, state: dict, con: StageConsole, *, config_path
 
 
 def _select_stage(cfg, result, con: StageConsole):
-    con.stage(3, con.total, "select")
+    con.stage(3, "select")
     best = select_best(result, cfg.run.select if cfg.run else None, cfg.search.objective.scalarize.ranking_key)
     con.say(f"best trial {best.trial_id}: " + ", ".join(f"{k}={display(v)}" for k, v in best.params.items()))
     return best
@@ -185,7 +185,7 @@ def _final_eval_stage(cfg, ecfg, out: Path, best, result, con: StageConsole, qui
                       pool: str | None = None) -> tuple[dict, str | None]:
     """The best eraser vs the base model on the full eval set, in its own MLflow child run ("final-eval", ended
     FINISHED, FAILED or KILLED); on the search's kept eval pool `pool` where its actors have this eval's pipeline."""
-    con.stage(4, con.total, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
+    con.stage(4, "final evaluation", f"best eraser vs base model, same seeds -> {out / 'eval'}")
     tracker = Tracker(result.tracking)
     with tracker.child_run("final-eval", params={"best_trial": best.trial_id, "eraser": str(best.eraser)},
                            tags={"t2vu.role": "final-eval"}) as eval_run_id:
@@ -210,8 +210,9 @@ def _attack_stage(acfg, ecfg, out: Path, best, con: StageConsole) -> dict:
     (pipelines.search.robustness), raw and above the per-row floor, with the base model's floor."""
     from pipelines.search.robustness import run_objective_attack
 
-    con.stage(5, con.total, "attack", f"the best eraser under {acfg.attack_names()} -> {out / 'attack'}")
-    values = run_objective_attack(acfg, ecfg, {"name": "eraser", "eraser": str(best.eraser)}, out / "attack")
+    con.stage(5, "attack", f"the best eraser under {acfg.attack_names()} -> {out / 'attack'}")
+    values = run_objective_attack(acfg, ecfg, {"name": "eraser", "eraser": str(best.eraser)}, out / "attack",
+                                  "run.attack")
     con.say(", ".join(f"{k}={display(v)}" for k, v in values.items() if k.endswith("_asr_above_floor")))
     return {k: v for k, v in values.items() if is_finite_number(v) or isinstance(v, bool)}
 

@@ -78,9 +78,9 @@ class StageConsole:
         self.total = total  # N of the banners, where the command knows it only once its config is read
         self.t0 = time.time()
 
-    def stage(self, n: int, total: int, title: str, note: str = "") -> None:
+    def stage(self, n: int, title: str, note: str = "") -> None:
         if not self.quiet:
-            say(f"\n== [{n}/{total}] {title} {('- ' + note) if note else ''}  (t+{time.time() - self.t0:.0f}s)")
+            say(f"\n== [{n}/{self.total}] {title} {('- ' + note) if note else ''}  (t+{time.time() - self.t0:.0f}s)")
 
     def say(self, msg: str) -> None:
         if not self.quiet:

@@ -94,22 +94,23 @@ def load_objective_attack(objective, base_dir: Path, ecfg, output_dir=None):
     return acfg
 
 
-def run_objective_attack(acfg, ecfg, method: dict, out: Path) -> dict:
+def run_objective_attack(acfg, ecfg, method: dict, out: Path, source: str = "search.objective.attack") -> dict:
     """Attack `method` (an attack method section: {name: eraser, eraser: DIR} or a baseline's eval method) into
     `out` and return its attack_* values. On a GPU eval (runtime.use_gpu) the attack runs as a Ray task holding one
-    GPU (the trial's workers have freed theirs); otherwise here, in this process."""
+    GPU (the trial's workers have freed theirs); otherwise here, in this process. `source`: the config key the
+    attack section came from (search.objective.attack, run.attack), named by its errors."""
     from pipelines.config.attack import AttackConfig
     from unlearn.config import validate
 
     cfg = validate(AttackConfig, {**acfg.model_dump(mode="json"), "methods": [{**method, "label": ATTACKED}]},
-                   "search.objective.attack")
+                   source)
     if ecfg.runtime.use_gpu:
         from pipelines.runtime.ray_session import on_one_gpu
 
         summary = on_one_gpu(_attack, cfg, ecfg, str(out))
     else:
         summary = _attack(cfg, ecfg, str(out))
-    return attack_values(summary, cfg, ecfg)
+    return attack_values(summary, cfg, ecfg, source)
 
 
 def _attack(cfg, ecfg, out: str) -> dict:
@@ -122,12 +123,12 @@ def _attack(cfg, ecfg, out: str) -> dict:
     return run_attacks(cfg, ecfg, Path(out), plan=plan)
 
 
-def attack_values(summary: dict, cfg, ecfg) -> dict:
+def attack_values(summary: dict, cfg, ecfg, source: str = "search.objective.attack") -> dict:
     """The attack_* values of a finished attack summary (eval.attacks.summary) for the attacked method."""
     m, columns = ATTACKED, cfg.attack_names()
     n = summary["n"][m]
     if any(not n.get(c) for c in columns):
-        raise RuntimeError(f"search.objective.attack: no attacked rows in {columns} ({n}); nothing was measured")
+        raise RuntimeError(f"{source}: no attacked rows in {columns} ({n}); nothing was measured")
     out: dict = {}
     for c in columns:
         k, above = column_key(c), float(summary["asr_above_floor"][m][c])
