@@ -5,6 +5,7 @@ or MLflow (they read it at import or at init):
   OMP_NUM_THREADS=1   OpenMP spin barriers collapse on a shared 2-core box (20x slower)
   DS_ACCELERATOR=cpu  DeepSpeed's CPU accelerator (gloo), no autodetect warning
   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5   Ray Train's controller polls its workers 4x as often (below)
+  RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=10   one attempt to get a worker group's resources (below)
   T2VU_CACHE          a session temp dir: tiny models and text embeddings built once per session
   offline vars        pipelines.runtime.env.apply_offline_env(): no hub lookups, no telemetry
 
@@ -48,6 +49,10 @@ os.environ["DS_ACCELERATOR"] = "cpu"
 # for a poll); the suite runs ~35 tiny Train runs, each a few steps long. Inherited by the session's Ray and by
 # every `t2vu` subprocess (and its own local Ray). A worker counts as dead only after 10 min unanswered, not here.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray Train waits 60 s for a worker group's resources before it retries (distributed.start_timeout_s counts in these
+# attempts): 10 s here, so a test of a group that never starts waits one short attempt. Where the resources are free
+# the group gets them in milliseconds.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
 
 from pipelines.runtime.env import apply_offline_env  # noqa: E402

@@ -9,6 +9,7 @@ Before the fix `runtime.num_actors: 2` with one GPU each waited for ever on this
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -124,6 +125,43 @@ def test_a_training_worker_group_larger_than_the_cluster_is_refused(ray_session,
     with pytest.raises(ConfigError, match=r"distributed.num_workers=2 asks for 2 GPUs but the Ray cluster has 1 "
                                           r"\(GPU 1, CPU 1 per worker\): Ray Train would wait for them for ever"):
         run_distributed(cfg, tmp_path / "train")
+
+
+@pytest.mark.slow
+def test_a_worker_group_whose_resources_others_hold_ends_in_one_line_at_its_deadline(ray_session, tmp_path):
+    """The cluster could hold the worker group, but something else holds its CPUs (another job, a trial, a group
+    left behind): Ray Train retried such a group every 60 s for ever, silently (a CI run hung 40 min on it). With
+    distributed.start_timeout_s it ends in one line naming what is free; the refusal above is for groups that can
+    never fit, this is for those that could but do not get their resources in time."""
+    from pipelines.config.pipeline import load_pipeline_config
+    from pipelines.runtime.ray_session import start_retries
+    from pipelines.train.driver import run_distributed
+
+    assert os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "10"  # tests/conftest.py: one 10 s attempt
+    assert (start_retries(10), start_retries(25), start_retries(None)) == (0, 2, -1)
+    total = ray_session.cluster_resources()["CPU"]
+
+    @ray_session.remote(num_cpus=total - 1)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray_session.get(holder.ready.remote(), timeout=60)
+    cfg = load_pipeline_config(REPO / "configs" / "tiny.yaml", [
+        "distributed.num_workers=2", "distributed.backend=gloo", "train.steps=2", "distributed.start_timeout_s=10",
+        f"train.cache_dir={tmp_path / 'emb'}"])
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RayWaitTimeout) as err:
+            run_distributed(cfg, tmp_path / "train")
+    finally:
+        ray_session.kill(holder)
+    assert time.perf_counter() - t0 < 120
+    assert str(err.value) == (
+        f"the Ray Train worker group (2 x CPU 1) did not get its Ray resources within 10 s "
+        f"(distributed.start_timeout_s): the Ray cluster has CPU {total:g} in all and CPU 1 free now (other jobs, "
+        "trials or leftovers hold the rest); free them, or raise distributed.start_timeout_s (null: wait for ever)")
 
 
 def test_a_gpu_task_started_inside_a_trials_placement_group_runs(ray_session):

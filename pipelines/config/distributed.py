@@ -64,6 +64,11 @@ class DistributedConfig(Strict):
     max_failures: int = Field(1, ge=-1, description=(
         "Worker-group restarts after a worker dies; training resumes from the last checkpoint."))
     num_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept per run (older ones are deleted).")
+    start_timeout_s: float | None = Field(1800.0, gt=0, description=(
+        "How long the worker group may wait for its Ray resources (CPUs/GPUs that other jobs, trials or leftovers "
+        "hold) before the run ends in one line naming what the cluster has free; null = wait for ever (a shared "
+        "cluster's queue). Ray Train retries a worker group that cannot start every "
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) for ever, with nothing on the console."))
 
     @model_validator(mode="after")
     def _sharding_under_zero2(self):

@@ -7,6 +7,7 @@ Ray workers do not inherit the driver's environment on a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -136,6 +137,55 @@ def check_worker_group_fits(cfg) -> None:
                           f"({resources_text(need)} per worker): Ray Train would wait for them for ever; lower "
                           "distributed.num_workers (train.batch_size stays the global batch) or "
                           "distributed.resources_per_worker")
+
+
+# Ray Train's wait for a worker group's placement group, per attempt (its default; the controller reads this variable
+# from the environment the job's processes inherit, as this process does)
+START_ATTEMPT_ENV, START_ATTEMPT_DEFAULT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60.0
+
+
+def start_retries(timeout_s: float | None) -> int:
+    """`FailureConfig.controller_failure_limit` for a worker group that may wait `timeout_s` in all for its
+    resources (distributed.start_timeout_s): Ray Train retries one that did not start, each attempt waiting
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S; -1 (None) = for ever."""
+    if timeout_s is None:
+        return -1
+    attempt = float(os.environ.get(START_ATTEMPT_ENV) or START_ATTEMPT_DEFAULT_S)
+    return max(0, math.ceil(timeout_s / attempt) - 1)
+
+
+@contextlib.contextmanager
+def worker_group_deadline(cfg):
+    """Around `TorchTrainer.fit()`: Ray Train giving up on a worker group that never got its resources (after
+    distributed.start_timeout_s, `start_retries`) ends in one line naming what the cluster has free (RayWaitTimeout:
+    the CLI's exit 2), not in a controller traceback. cfg: `pipelines.config.pipeline.PipelineConfig`."""
+    from eval.ray_waits import RayWaitTimeout, available_text, cluster_totals, resources_text
+
+    try:
+        yield
+    except Exception as exc:
+        if not _never_started(exc):
+            raise
+        d = cfg.distributed
+        need = d.worker_resources()
+        raise RayWaitTimeout(
+            f"the Ray Train worker group ({d.num_workers} x {resources_text(need)}) did not get its Ray resources "
+            f"within {d.start_timeout_s:g} s (distributed.start_timeout_s): the Ray cluster has "
+            f"{resources_text({k: v for k, v in cluster_totals()[1].items() if k in need})} in all and "
+            f"{available_text(need)} free now (other jobs, trials or leftovers hold the rest); free them, or raise "
+            "distributed.start_timeout_s (null: wait for ever)") from None
+
+
+def _never_started(exc: BaseException | None) -> bool:
+    """Whether Ray Train's error is its give-up on starting the worker group (the controller's failure, wrapped)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "controller_failure", None)
+        if "WorkerGroupStartupTimeoutError" in (type(exc).__name__, type(inner).__name__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def cpus_needed(cfg, trial_cpus: float = 0.0) -> int:

@@ -21,6 +21,7 @@ import yaml
 
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.runtime.console import progress
+from pipelines.runtime.ray_session import worker_group_deadline
 from eval.metrics import is_number
 from pipelines.search.objective import ObjectivePayload
 from pipelines.search.results import TRIALS_DIR
@@ -100,7 +101,8 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
         callbacks=[TuneReportCallback()], objective=objective,
     )
     try:
-        result = trainer.fit()
+        with worker_group_deadline(cfg):  # resources that never came: one line, not a controller traceback
+            result = trainer.fit()
         state = export_result(result, trial_dir)
         post_training(cfg, trial_dir, ctx.config_dir)  # `bank:` rounds, then the `gate:` probe
     except BaseException as exc:

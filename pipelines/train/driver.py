@@ -40,7 +40,8 @@ import yaml
 from pipelines.train.checkpoints import check_resumable, export_result
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.config.distributed import check_distributed, deepspeed_config
-from pipelines.runtime.ray_session import check_worker_group_fits, cpus_needed, ensure_ray, fit_trainer
+from pipelines.runtime.ray_session import (check_worker_group_fits, cpus_needed, ensure_ray, fit_trainer,
+                                           start_retries, worker_group_deadline)
 from pipelines.runtime.run_folder import remove_owned
 from pipelines.train.worker import LoopConfig, load_step_hook, train_loop_per_worker
 from unlearn import checkpoint as ck
@@ -95,7 +96,9 @@ def make_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=d.max_failures),
+            # a worker group that cannot get its resources: retried for distributed.start_timeout_s, then one line
+            failure_config=FailureConfig(max_failures=d.max_failures,
+                                         controller_failure_limit=start_retries(d.start_timeout_s)),
             checkpoint_config=CheckpointConfig(num_to_keep=d.num_to_keep),
             callbacks=list(callbacks or []),
         ),
@@ -139,7 +142,8 @@ def run_distributed(
     cache = prepare_embeddings(cfg.method(), config_dir)  # driver-side: workers never load T5
     trainer = make_trainer(cfg, name=name, storage_path=storage, config_dir=config_dir, step_hook=step_hook,
                            resume_from=_single_process_checkpoint(out, storage / name) if resume else None)
-    result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
+    with worker_group_deadline(cfg):
+        result = fit_trainer(trainer)  # Ctrl-C: exit 130, resumable (not Ray's silent exit 1)
     state = export_result(result, out)
     from pipelines.train.post_training import post_training
 
