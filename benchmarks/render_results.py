@@ -317,7 +317,8 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
        for k in ("choice_s10_t-2", "choice_s20_t-2", "choice_s10_t-4", "heldout", "fresh")},  # heldout/fresh: every attack
     # bank-then-erase (benchmarks/defence_bank.py) vs the eraser alone: 8, 12 and 24 attacked training pairs; + gate
     **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12", "robustness_toy_bank24",
-                                    "robustness_toy_bank24_gate", "robustness_toy_wan_gate")},
+                                    "robustness_toy_bank24_gate", "robustness_toy_wan_gate",
+                                    "robustness_toy_wan_bank")},
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
