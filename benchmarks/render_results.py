@@ -318,7 +318,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     # bank-then-erase (benchmarks/defence_bank.py) vs the eraser alone: 8, 12 and 24 attacked training pairs; + gate
     **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12", "robustness_toy_bank24",
                                     "robustness_toy_bank24_gate", "robustness_toy_wan_gate",
-                                    "robustness_toy_wan_bank")},
+                                    "robustness_toy_wan_bank", "robustness_toy_wan_bank_gate_128")},
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
