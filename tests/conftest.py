@@ -7,6 +7,7 @@ or MLflow (they read it at import or at init):
   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5   Ray Train's controller polls its workers 4x as often (below)
   RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=10   one attempt to get a worker group's resources (below)
   T2VU_CACHE          a session temp dir: tiny models and text embeddings built once per session
+  RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH   Ray's token auth, fixed up front with a token of the session (below)
   offline vars        pipelines.runtime.env.apply_offline_env(): no hub lookups, no telemetry
 
 Fixtures (session scope; start on first use, stop at session end):
@@ -29,6 +30,7 @@ Fixtures (session scope; start on first use, stop at session end):
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -54,6 +56,15 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # the group gets them in milliseconds.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
 os.environ["T2VU_CACHE"] = str(SESSION_TMP / "cache")
+# Ray 2.60 turns token auth on by itself for every new local `ray.init()`: it sets RAY_AUTH_MODE=token in this
+# process's environment (and its cached config) and writes ~/.ray/auth_token. Tests that run the CLI in-process restore
+# os.environ after each case (mock.patch.dict), which took the mode away again under Ray's cached config: a session Ray
+# started after tests/test_reliability.py in the same process failed ("Failed to start GCS ... InvalidAuthToken"; every
+# serial or one-worker run). The suite fixes the mode and its token before anything imports Ray, in its own folder:
+# every Ray it starts and every `t2vu` subprocess use them, and nothing is written to the real home.
+os.environ["RAY_AUTH_MODE"] = "token"
+(SESSION_TMP / "ray_auth_token").write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(SESSION_TMP / "ray_auth_token")
 
 from pipelines.runtime.env import apply_offline_env  # noqa: E402
 
