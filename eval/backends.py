@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
-from eval.ray_waits import actors_that_fit, available_text, cluster_totals, resources_text, short_of, wait_all, wait_any
+from eval.ray_waits import actors_that_fit, cluster_use_text, resources_text, short_of, wait_all, wait_any
 from eval.workers import EvalWorker, WorkerSpec, pool_key
 from unlearn.config import ConfigError
 
@@ -169,11 +169,9 @@ class RayBackend:
         return min(want, fit)
 
     def _never_placed(self, late: list[int]) -> str:
-        _, totals = cluster_totals()
         return (f"{len(late)} of {len(self.actors)} eval actors never got their Ray resources "
-                f"({resources_text(self.need)} each) within {self.timeout:g} s (runtime.ray_timeout_s): the Ray cluster "
-                f"has {resources_text({k: totals.get(k, 0.0) for k in self.need if self.need[k]})} in all and "
-                f"{available_text(self.need)} free now (other jobs or trials hold the rest); free them or lower "
+                f"({resources_text(self.need)} each) within {self.timeout:g} s (runtime.ray_timeout_s): "
+                f"{cluster_use_text(self.need)} (other jobs or trials hold the rest); free them or lower "
                 "runtime.num_actors")
 
     def run(self, rows: list[dict], on_result: Callable[[dict, dict], None]) -> None:

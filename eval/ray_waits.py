@@ -89,6 +89,14 @@ def available_text(need: dict[str, float]) -> str:
     return ", ".join(f"{k} {float(free.get(k, 0.0)):g}" for k in keys) or "-"
 
 
+def cluster_use_text(need: dict[str, float]) -> str:
+    """'the Ray cluster has GPU 1, CPU 3 in all and GPU 0, CPU 1 free now', for the resources in `need` (the one
+    wording of every wait on Ray resources that passed its deadline)."""
+    _, totals = cluster_totals()
+    return (f"the Ray cluster has {resources_text({k: totals.get(k, 0.0) for k in need if need[k]})} in all and "
+            f"{available_text(need)} free now")
+
+
 def wait_all(refs: list, timeout_s: float, late: Callable[[list[int]], str]) -> list[Any]:
     """ray.get(refs) within `timeout_s`; else RayWaitTimeout(late(indices of the refs still pending))."""
     import ray

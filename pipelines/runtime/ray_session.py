@@ -159,7 +159,7 @@ def worker_group_deadline(cfg):
     """Around `TorchTrainer.fit()`: Ray Train giving up on a worker group that never got its resources (after
     distributed.start_timeout_s, `start_retries`) ends in one line naming what the cluster has free (RayWaitTimeout:
     the CLI's exit 2), not in a controller traceback. cfg: `pipelines.config.pipeline.PipelineConfig`."""
-    from eval.ray_waits import RayWaitTimeout, available_text, cluster_totals, resources_text
+    from eval.ray_waits import RayWaitTimeout, cluster_use_text, resources_text
 
     try:
         yield
@@ -170,9 +170,8 @@ def worker_group_deadline(cfg):
         need = d.worker_resources()
         raise RayWaitTimeout(
             f"the Ray Train worker group ({d.num_workers} x {resources_text(need)}) did not get its Ray resources "
-            f"within {d.start_timeout_s:g} s (distributed.start_timeout_s): the Ray cluster has "
-            f"{resources_text({k: v for k, v in cluster_totals()[1].items() if k in need})} in all and "
-            f"{available_text(need)} free now (other jobs, trials or leftovers hold the rest); free them, or raise "
+            f"within {d.start_timeout_s:g} s (distributed.start_timeout_s): {cluster_use_text(need)} (other jobs, "
+            "trials or leftovers hold the rest); free them, or raise "
             "distributed.start_timeout_s (null: wait for ever)") from None
 
 
