@@ -19,9 +19,10 @@ Stages (each a separate process, so each starts with a clean GPU; logs under WOR
 5. eval: `t2vu eval` on the shipped `configs/eval/cogvideox-2b-nudity.yaml`, 2 rows (1 target, 1 preserve)
    with the trained eraser (base + erased video per row), `--eval-steps` sampler steps;
 6. search (`--no-search` skips it): `t2vu plan --mode tune` and `t2vu tune` on the shipped
-   `configs/search/cogvideox-2b-nudity-gpu.yaml`, one trial of 1 Ray Train worker: a proxy eval every
-   `steps // 2` steps inside the training worker on the training transformer (the plan's usual peak
-   phase), then the trial's final eval after fit() on a Ray GPU eval actor; each eval's peak GPU memory
+   `configs/search/cogvideox-2b-nudity-gpu.yaml`, one trial of 1 worker, which trains in the trial's own actor on
+   its GPU (pipelines/search/trial_training.py): a proxy eval every `steps // 2` steps on the training
+   transformer (the plan's usual peak phase), then the trial's final eval after training, on the same GPU
+   once the training session is released; each eval's peak GPU memory
    (`workers[].peak_memory_gb` of its summary.json) next to the plan's prediction.
 Before any stage runs it prints each stage's FLOP/time budget (`[gpu_smoke] budget ...` on stderr; FLOPs from
 `pipelines.plan.flops`, time at `--mfu` x `--peak-tflops` plus an assumed start-up per stage) and sizes the eval
@@ -158,9 +159,9 @@ def eval_settings(a, model_dir: Path) -> dict:
 
 
 def search_overrides(a, model_dir: Path, out: Path) -> list[str]:
-    """One trial of the shipped GPU search: 1 Ray Train worker (its GPU), proxy evals in that worker on
-    the training transformer every `steps // 2` steps, then the trial's final eval after fit() (on a Ray
-    GPU eval actor when cuda). 1 row per set, `--eval-steps` sampler steps, the preset's geometry."""
+    """One trial of the shipped GPU search with 1 worker (trained in the trial's actor, on its GPU), proxy evals on
+    the training transformer every `steps // 2` steps, then the trial's final eval after training (in the same
+    actor, on its GPU). 1 row per set, `--eval-steps` sampler steps, the preset's geometry."""
     cuda = a.device.startswith("cuda")
     ev = {k: v for k, v in eval_settings(a, model_dir).items()
           if not k.startswith("runtime.") and k not in ("model.path", "preserve.with_cli_prompts")}

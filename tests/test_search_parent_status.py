@@ -96,7 +96,8 @@ def test_ctrl_c_kills_the_parent(tmp_path, ray_env):
                             stderr=(tmp_path / "err").open("w"), start_new_session=True)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and not any((out / "ray").glob("*-train/*/checkpoint_*")):
+        # one worker: the trial trains in its own actor, its checkpoint in <trial>/checkpoint (search/trial_training.py)
+        while time.time() < deadline and not any(out.glob("trials/*/checkpoint/state.json")):
             assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
             time.sleep(0.25)
         os.killpg(proc.pid, signal.SIGINT)  # the whole group, as Ctrl-C in a terminal

@@ -275,8 +275,9 @@ class SearchConfig(Strict):
     num_samples: int = Field(4, ge=1, description="Trials sampled.")
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
     resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description=(
-        "Ray resources held by each trial's driver (it only waits on its TorchTrainer). Must not be empty/zero: Tune "
-        "rejects a trial with an empty head bundle."))
+        "Ray resources held by each trial's driver (it only waits on its TorchTrainer). A one-worker trial trains in "
+        "this actor instead, which then holds the worker's resources too (per resource the larger). Must not be "
+        "empty/zero: Tune rejects a trial with an empty head bundle."))
     asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA's settings (algorithm: asha).")
     seed: int = Field(0, description="Seed of the search algorithm's sampler.")
     max_failures: int = Field(1, ge=0, description=(

@@ -1,8 +1,9 @@
-"""One Tune trial: a function trainable that drives one Ray Train run, and its bookkeeping.
+"""One Tune trial: a function trainable that trains one eraser and judges it, and its bookkeeping.
 
 `trial_main` (in the Tune trial actor): sample -> validated config -> <output>/trials/<id>/
-(params.json, config.yaml) -> MLflow child run -> TorchTrainer(...).fit() with the objective
-evaluated by rank 0 -> eraser/, metrics.jsonl, summary.json. A trial that already finished
+(params.json, config.yaml) -> MLflow child run -> the training (one worker: in this actor,
+pipelines.search.trial_training; more: a Ray Train worker group, TorchTrainer(...).fit(), proxy
+evals by rank 0) -> the final eval -> eraser/, metrics.jsonl, summary.json. A trial that already finished
 (the driver died after it ended but before Tune saved its state) reports its recorded result.
 
 `make_bookkeeping_callback` (in the Tune driver) closes the books on trials the trial
@@ -26,8 +27,10 @@ from eval.metrics import is_number
 from pipelines.search.objective import ObjectivePayload
 from pipelines.search.results import TRIALS_DIR
 from pipelines.search.space import plain_params
+from pipelines.search.trial_training import train_in_trial, trains_in_trial
 from pipelines.tracking.mlflow_ui import trial_run_name
 from pipelines.tracking.tracker import SearchTracking, Tracker, TrialTracking
+from unlearn.checkpoint import CHECKPOINT_DIR
 from unlearn.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -46,11 +49,8 @@ class TrialContext:
 
 def trial_main(config: dict, ctx: TrialContext) -> None:
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.tracking import mlflow_utils as mu
-    from pipelines.train.checkpoints import export_result
-    from pipelines.train.driver import make_trainer
     from pipelines.train.post_training import post_training
     from pipelines.search.space import apply_sample
     from pipelines.search.screening import fidelity_label
@@ -96,33 +96,49 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
         with contextlib.suppress(Exception):  # the trial's own error is the one to report
             tracker.end(run_id, "FAILED", error=message)
 
-    trainer = make_trainer(
-        cfg, name=trial_id, storage_path=ctx.train_storage, config_dir=ctx.config_dir,
-        callbacks=[TuneReportCallback()], objective=objective,
-    )
     try:
-        with worker_group_deadline(cfg):  # resources that never came: one line, not a controller traceback
-            result = trainer.fit()
-        state = export_result(result, trial_dir)
+        state, trained, checkpoint = _train(cfg, ctx, trial_id, trial_dir, objective)
         post_training(cfg, trial_dir, ctx.config_dir)  # `bank:` rounds, then the `gate:` probe
     except BaseException as exc:
         fail(str(exc))
         raise
-    err = (result.metrics or {}).get("objective_error")  # a proxy eval's failure
+    if trains_in_trial(cfg) and cfg.distributed.use_gpu:
+        # this actor holds the trial's GPU: the final eval runs here on it, not on eval actors that would wait for it
+        objective = replace(objective, final_runtime={"runtime.num_actors": 0})
+    err = trained.get("objective_error")  # a proxy eval's failure
     final = {} if err else _final_eval(objective, trial_dir, state["step"])
     err = err or final.get("objective_error")
     if err:
         fail(err)
         raise RuntimeError(f"trial {trial_id}: the objective evaluation failed: {err}")
-    metrics = {k: v for k, v in {**(result.metrics or {}), **final}.items() if is_number(v)}
+    metrics = {k: v for k, v in {**trained, **final}.items() if is_number(v)}
     ray.tune.report({**metrics, "eval_kind": "final"})
     summary = {
         "trial_id": trial_id, "status": "completed", "params": params, "metrics": metrics,
         "eraser": str(trial_dir / "eraser"), "steps_done": state["step"], "attempts": state["attempts"],
-        "checkpoint": str(result.checkpoint.path), "mlflow_run_id": run_id,
+        "checkpoint": checkpoint, "mlflow_run_id": run_id,
     }
     atomic_write_text(trial_dir / "summary.json", json.dumps(summary, indent=2))
     finish_trial_run(tracker, run_id, trial_dir, metrics)
+
+
+def _train(cfg: PipelineConfig, ctx: TrialContext, trial_id: str, trial_dir: Path, objective: ObjectivePayload):
+    """The trial's training: in this actor for one worker (pipelines.search.trial_training), else a Ray Train worker
+    group. Returns (the final checkpoint's state, its metrics, where that checkpoint is); eraser/ and metrics.jsonl
+    are then in `trial_dir`."""
+    if trains_in_trial(cfg):
+        state, metrics = train_in_trial(cfg, trial_dir, ctx.config_dir, objective)
+        return state, metrics, str(trial_dir / CHECKPOINT_DIR)
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.train.checkpoints import export_result
+    from pipelines.train.driver import make_trainer
+
+    trainer = make_trainer(cfg, name=trial_id, storage_path=ctx.train_storage, config_dir=ctx.config_dir,
+                           callbacks=[TuneReportCallback()], objective=objective)
+    with worker_group_deadline(cfg):  # resources that never came: one line, not a controller traceback
+        result = trainer.fit()
+    return export_result(result, trial_dir), dict(result.metrics or {}), str(result.checkpoint.path)
 
 
 TRIAL_GRID_ROWS = 4  # rows per prompt set in a trial's grid.gif when its eval config draws none

@@ -6,9 +6,10 @@
         trial_main(sample)                              one Tune trial = one Train driver
           cfg = base + sample, re-validated (PipelineConfig) before any model loads
           MLflow child run (tag mlflow.parentRunId), found again by trial id after a restore
-          TorchTrainer(DeepSpeed workers, TuneReportCallback) .fit()
-            rank 0 at checkpoint steps: proxy eval (few prompts) -> score   (ASHA only: it prunes on it)
-            rank 0 at the last step:    full eval (eval.runner.run_eval)    -> every objective
+          one worker: the loop in this actor (pipelines.search.trial_training: no worker group to start)
+          more:       TorchTrainer(DeepSpeed workers, TuneReportCallback) .fit()
+            (rank 0) at checkpoint steps: proxy eval (few prompts) -> score   (ASHA only: it prunes on it)
+          after training: full eval (eval.runner.run_eval)                   -> every objective
           eraser/, metrics.jsonl, summary.json -> <output>/trials/<trial_id>/
       report.md, results.csv, plots -> <output>/ (and the MLflow parent run)
 
@@ -19,7 +20,7 @@ completed trial as pruned.
 
 Resumable: the Tune experiment (<output>/ray/<search.name>, a stable name) is restored
 with `Tuner.restore` when the same command is rerun; finished trials are not redone,
-an interrupted trial resumes its Train run from its last checkpoint, and MLflow runs
+an interrupted trial resumes from its last checkpoint, and MLflow runs
 are reused (no duplicate child runs).
 
 Layout: the objective is `pipelines.search.objective`, one trial `pipelines.search.trial`, the results
@@ -45,6 +46,7 @@ from pipelines.search.eval_pool import pool_need, search_eval_pool
 from eval.metrics import is_number
 from pipelines.search.results import SearchResult, collect_result, search_result_json
 from pipelines.search.trial import TrialContext, make_bookkeeping_callback, trial_main
+from pipelines.search.trial_training import trial_bundle, trial_cpus
 from pipelines.runtime.console import progress
 from pipelines.tracking.tracker import Tracker
 from unlearn.config import ConfigError
@@ -195,8 +197,7 @@ def _start_ray(cfg: PipelineConfig, config_dir: Path, objective=None) -> None:
     # Ctrl-C is a KeyboardInterrupt (exit 130, parent run KILLED, a rerun resumes): Tune's own handler instead ended
     # the search "done" with no best trial, wrote a report of it and exited 1 (tests/test_search_parent_status.py)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    trial_cpus = s.resources_per_trial.get("CPU", 0.0)
-    per_trial = trial_cpus + cfg.distributed.worker_resources().get("CPU", 0.0) * cfg.distributed.num_workers
+    per_trial = trial_cpus(cfg)  # a one-worker trial trains in its own actor: no worker group beside it
     pool = pool_need(trial_final_eval_config(objective).runtime)["CPU"] if objective is not None else 0.0
     ensure_ray(num_cpus=int(-(-(per_trial * s.max_concurrent_trials + pool) // 1)))  # + the eval pool's actors
     check_worker_group_fits(cfg)  # each trial's Ray Train worker group; else its trials wait for ever
@@ -227,7 +228,7 @@ def _make_tuner(cfg: PipelineConfig, out: Path, ctx: TrialContext, *, resume: bo
 
     s = cfg.search
     trainable = tune.with_resources(tune.with_parameters(trial_main, ctx=ctx),
-                                    tune.PlacementGroupFactory([dict(s.resources_per_trial)]))
+                                    tune.PlacementGroupFactory([trial_bundle(cfg)]))
     param_space = to_tune(s.space)
     exp_path = out / "ray" / s.name
     callback = make_bookkeeping_callback(str(out), ctx.mlflow, s.metric_names(), s.objective.scalarize.name)

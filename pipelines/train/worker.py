@@ -59,12 +59,13 @@ def worker_method_config(cfg: PipelineConfig, world: int):
     return m.model_copy(update={"train": tc})
 
 
-def build_session(cfg: PipelineConfig, lc: LoopConfig, world: int, rank: int, device):
-    """The worker's TrainingSession (frozen backbone + erasers + cached text embeddings)."""
+def build_session(cfg: PipelineConfig, config_dir: str | None, world: int, rank: int, device):
+    """The worker's TrainingSession (frozen backbone + erasers + cached text embeddings); also a one-worker Tune
+    trial's, in its own actor (pipelines.search.trial_training)."""
     from unlearn.config import config_digest
     from unlearn.session import TrainingSession
 
-    session = TrainingSession(worker_method_config(cfg, world), config_dir=lc.config_dir, device=device,
+    session = TrainingSession(worker_method_config(cfg, world), config_dir=config_dir, device=device,
                               rank=rank, world_size=world)
     if session.cache.encoder_loads:
         raise RuntimeError(
@@ -76,7 +77,7 @@ def build_session(cfg: PipelineConfig, lc: LoopConfig, world: int, rank: int, de
     return session
 
 
-def trial_checkpoint_hook(lc: LoopConfig, session):
+def trial_checkpoint_hook(obj: ObjectivePayload | None, steps: int, session):
     """Rank 0 at each checkpoint of a Tune trial: the curve to MLflow, and at proxy points the proxy eval: on the
     search's eval pool while training goes on where it has one (pipelines.search.proxy_pool), else here.
 
@@ -85,7 +86,6 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
     from pipelines.search.proxy_pool import PooledProxies
     from pipelines.tracking.live_logging import MlflowLive
 
-    obj = lc.objective
     live = MlflowLive(obj.mlflow if obj is not None else None)
     proxies = PooledProxies.for_trial(obj)  # None: no pool for this trial's proxies (or none configured)
 
@@ -95,7 +95,7 @@ def trial_checkpoint_hook(lc: LoopConfig, session):
         from unlearn.checkpoint import ERASER_DIR
 
         if proxies is not None:
-            finished = proxies.harvest(wait=ev.step >= lc.config.train.steps)
+            finished = proxies.harvest(wait=ev.step >= steps)
             for m in finished:
                 live.log_eval(m[PROXY_TIME_ATTR], {"train_step": m[PROXY_TIME_ATTR], **m})
             if ev.evaluate:
@@ -154,7 +154,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     from unlearn.sharded_load import sharded_loading
 
     with sharded_loading(str(device)) if in_shards else contextlib.nullcontext():
-        session = build_session(cfg, lc, world // sp, rank // sp, device)
+        session = build_session(cfg, lc.config_dir, world // sp, rank // sp, device)
     method = session.cfg
     sharded = None
     if cfg.distributed.shard_backbone:  # before the engine: it sees the erasers whole, the backbone in shards
@@ -171,7 +171,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     loop = TrainingLoop(session, make_engine, RayCheckpointStore(lc.resume_from), lc.plan(), rank=rank,
                         step_hook=load_step_hook(lc.step_hook),
-                        on_checkpoint=trial_checkpoint_hook(lc, session) if rank == 0 else None)
+                        on_checkpoint=trial_checkpoint_hook(lc.objective, cfg.train.steps, session) if rank == 0 else None)
     result = loop.fit()
     out = summary(result, cfg.train.steps, session)
     if sharded is not None:  # what this rank held, read from its tensors (not from the plan)
