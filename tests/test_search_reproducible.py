@@ -24,7 +24,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ROBUST = ROOT / "configs" / "search" / "toy-robust.yaml"
 METRIC = "attack_softprompt_0_5x_asr_above_floor"
-ARGS = ["--set", "search.num_samples=1", "--set", "train.steps=10", "--set", "train.checkpoint_every=10",
+# one worker: the trial trains in its own actor (pipelines/search/trial_training.py), the path of every one-worker
+# search; two workers' determinism (gloo all-reduce, ZeRO, a killed rank) is tests/test_distributed.py's
+ARGS = ["--set", "search.num_samples=1", "--set", "distributed.num_workers=1",
+        "--set", "train.steps=10", "--set", "train.checkpoint_every=10",
         "--set", "train.log_every=5", "--set", "search.objective.baselines=[]", "--set", "mlflow.enabled=false",
         "--set", "search.objective.toy_prompts={target: red, n: 2, sets: [target, synonym], preserve_sets: [nontarget]}",
         # the example's attack at 2 steps on 2 rows, plus the clean prompts under a constraint (below)
@@ -114,7 +117,7 @@ def test_one_tune_trial_reports_the_attack_asr_and_scores_with_it(quiet):
 
 @pytest.mark.slow
 def test_one_trial_twice_same_numbers_under_cpu_load(quiet, tmp_path, ray_env):
-    # one burner per two cores: the trial's two workers and Ray's own processes then share every core with it (all
+    # one burner per two cores: the trial and Ray's own processes then share every core with it (all
     # cores burning made the loaded run ~5x slower on the 2-core CI box for no extra evidence). Niced: on an idle box
     # it takes its core all the same, and in the suite it takes only what the other tests leave (they load the
     # machine already; a burner at their priority cost them ~1.5 CPU-min)
