@@ -50,7 +50,8 @@ def test_select_best_honours_constraints_then_falls_back():
 
 @pytest.mark.slow
 def test_run_pipeline_end_to_end_and_rerun_does_no_work(ray_session, tmp_path, capfd):
-    # one Train worker (the Wan case below runs two): the pipeline's stages are what this checks
+    # one worker, so the trial trains in its own actor (the Wan case below runs a 2-worker Ray Train trial, the suite's
+    # one search whose trial is a worker group: TorchTrainer + TuneReportCallback): the pipeline's stages are checked
     cfg = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml", [
         "search.num_samples=1", "train.steps=4", "train.checkpoint_every=4", "search.objective.limit=1",
         "distributed.num_workers=1", "run={select: {metric: psnr_preserve, mode: max}, limit: 2}",
