@@ -137,6 +137,25 @@ def test_trials_need_resources_so_tune_accepts_them():
         _base(resources_per_trial={"CPU": 0})
 
 
+def test_a_one_worker_trial_trains_in_its_actor_holding_the_workers_resources():
+    """pipelines.search.trial_training: one worker with DeepSpeed at its defaults trains in the trial's actor, which
+    then holds the worker's resources (per resource the larger of the two: a GPU worker's GPU and CPUs); more workers,
+    or a DeepSpeed setting only DeepSpeed honours, keep the worker group and the trial's own bundle."""
+    from pipelines.search.trial_training import trains_in_trial, trial_bundle, trial_cpus
+
+    tiny = load_pipeline_config(ROOT / "configs" / "search" / "tiny.yaml")  # 2 workers of 1 CPU, a trial of 1 CPU
+    assert not trains_in_trial(tiny) and trial_bundle(tiny) == {"CPU": 1.0} and trial_cpus(tiny) == 3.0
+    one = tiny.with_overrides({"distributed.num_workers": 1})
+    assert trains_in_trial(one) and trial_bundle(one) == {"CPU": 1.0} and trial_cpus(one) == 1.0
+    gpu = one.with_overrides({"distributed.use_gpu": True, "distributed.resources_per_worker": {"CPU": 8, "GPU": 1},
+                              "search.resources_per_trial": {"CPU": 2, "memory": 1e9}})
+    assert trial_bundle(gpu) == {"CPU": 8.0, "GPU": 1.0, "memory": 1e9} and trial_cpus(gpu) == 8.0
+    for kept in ({"distributed.deepspeed_overrides": {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}},
+                 {"distributed.deepspeed_config": "configs/deepspeed/zero2.json"}):
+        ds = gpu.with_overrides(kept)
+        assert not trains_in_trial(ds) and trial_bundle(ds) == {"CPU": 2.0, "memory": 1e9} and trial_cpus(ds) == 10.0
+
+
 @pytest.mark.parametrize("path", SEARCH_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_search_config_parses_and_converts(path):
     from pipelines.search.objective import resolve_eval_config
