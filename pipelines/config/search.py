@@ -281,7 +281,8 @@ class SearchConfig(Strict):
     asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA's settings (algorithm: asha).")
     seed: int = Field(0, description="Seed of the search algorithm's sampler.")
     max_failures: int = Field(1, ge=0, description=(
-        "Trial-level retries (a dead trial driver); worker-level retries are distributed.max_failures."))
+        "Trial-level retries (a dead trial driver; a one-worker trial, which trains in it, resumes from its "
+        "checkpoint); worker-level retries are distributed.max_failures."))
     top_k: int = Field(3, ge=1, description="Trials ranked in the report's learning-curve plot.")
     screening: ScreeningConfig | None = Field(None, description=(
         "Screen every trial at reduced frames/resolution, re-run the best k at full size (None: off)."))
