@@ -319,6 +319,10 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     **{n: (n, robustness) for n in ("robustness_toy_bank", "robustness_toy_bank12", "robustness_toy_bank24",
                                     "robustness_toy_bank24_gate", "robustness_toy_wan_gate",
                                     "robustness_toy_wan_bank", "robustness_toy_wan_bank_gate_128")},
+    # the gate's strength/threshold chosen again for the toy Wan on the same held-out rows; the kept one on 16 rows
+    **{f"robustness_toy_wan_gate_choice_{k}": (f"robustness_toy_wan_gate_choice_{k}", robustness)
+       for k in ("s10_t-2", "s10_t0", "s20_t0", "s10_t1")},
+    "robustness_toy_wan_gate_t0": ("robustness_toy_wan_gate_t0", robustness),
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
