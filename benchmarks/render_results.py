@@ -323,6 +323,7 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
     **{f"robustness_toy_wan_gate_choice_{k}": (f"robustness_toy_wan_gate_choice_{k}", robustness)
        for k in ("s10_t-2", "s10_t0", "s20_t0", "s10_t1")},
     "robustness_toy_wan_gate_t0": ("robustness_toy_wan_gate_t0", robustness),
+    "robustness_toy_wan_bank_gate_t0": ("robustness_toy_wan_bank_gate_t0", robustness),
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
     "toy_benchmark": ("toy_benchmark", toy_benchmark),
