@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs what it needs, then runs the suite on CPU.
 #   bash scripts/test.sh            the full suite (what CI and .ci/run run; target <= 15 min on 2 cores).
-#                                   2026-12-08: 735 tests in 14.5 min (idle box), after one-worker Tune trials began
-#                                   to train in their own actors (no Ray Train worker group: ~25 CPU-s less per trial,
+#                                   2026-12-08: 735 tests in 14.5 min and 736 in 12.8 min (idle box), after one-worker
+#                                   Tune trials began to train in their own actors (no Ray Train worker group: ~25 CPU-s less per trial,
 #                                   benchmarks/trial_overhead.py); 19.8 min on the tree before.
 #                                   Serial it took 30.1 min for 685 tests (2026-12-07, idle); it is CPU-bound on process
 #                                   start-ups (each Ray Train worker imports torch, DeepSpeed and diffusers: ~9 CPU-s).
