@@ -295,6 +295,15 @@ def robustness(rec: dict) -> str:
     return robustness_table(rec)
 
 
+def gate_probe(rec: dict) -> str:
+    """The content gate's probe training record in an attack results file (`gate_training`, eval.attacks.gating)."""
+    g = rec["figures"]["gate_training"]
+    keys = [("train_acc", "train accuracy (logit > 0)"), ("gate_mean_positive", "mean gate, red states"),
+            ("gate_mean_negative", "mean gate, other states"), ("loss_first", "loss, first step"),
+            ("loss_last", "loss, last step"), ("samples", "states (positives + negatives)")]
+    return _table(["probe", "value"], ([label, _num(g.get(k))] for k, label in keys))
+
+
 def _plan_rows(table: str, with_phase: bool) -> Callable[[dict], str]:
     """`benchmarks/plan_predictions.py`: the plan of each shipped config against 80 and 141 GB cards."""
     def render(rec: dict) -> str:
@@ -321,8 +330,11 @@ VIEWS: dict[str, tuple[str, Callable[[dict], str]]] = {
                                     "robustness_toy_wan_bank", "robustness_toy_wan_bank_gate_128")},
     # the gate's strength/threshold chosen again for the toy Wan on the same held-out rows; the kept one on 16 rows
     **{f"robustness_toy_wan_gate_choice_{k}": (f"robustness_toy_wan_gate_choice_{k}", robustness)
-       for k in ("s10_t-2", "s10_t0", "s20_t0", "s10_t1")},
+       for k in ("s10_t-2", "s10_t0", "s20_t0", "s10_t1", "p2000_s10_t-2", "p2000_s10_t0")},  # p2000: 2000 probe steps
     "robustness_toy_wan_gate_t0": ("robustness_toy_wan_gate_t0", robustness),
+    # the toy Wan probe's training record: 300 steps (the choice run that trained it) and 2000
+    "gate_probe_toy_wan_300": ("robustness_toy_wan_gate_choice_s10_t0", gate_probe),
+    "gate_probe_toy_wan_2000": ("robustness_toy_wan_gate_choice_p2000_s10_t-2", gate_probe),
     "robustness_toy_wan_bank_gate_t0": ("robustness_toy_wan_bank_gate_t0", robustness),
     "robustness_toy_128_discrete": ("robustness_toy_128_discrete", robustness),
     "toy_headline": ("toy_benchmark", toy_headline),
