@@ -102,8 +102,9 @@ def trial_main(config: dict, ctx: TrialContext) -> None:
     except BaseException as exc:
         fail(str(exc))
         raise
-    if trains_in_trial(cfg) and cfg.distributed.use_gpu:
-        # this actor holds the trial's GPU: the final eval runs here on it, not on eval actors that would wait for it
+    if trains_in_trial(cfg) and cfg.distributed.use_gpu and objective.pool is None:
+        # this actor holds the trial's GPU: the final eval runs here on it, not on new eval actors that would wait for
+        # it (the search's pool, where it has one, holds GPUs of its own and its pipeline loaded: kept)
         objective = replace(objective, final_runtime={"runtime.num_actors": 0})
     err = trained.get("objective_error")  # a proxy eval's failure
     final = {} if err else _final_eval(objective, trial_dir, state["step"])

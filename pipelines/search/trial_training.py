@@ -70,16 +70,16 @@ def train_in_trial(cfg: PipelineConfig, trial_dir: Path, config_dir: str | None,
     released before returning: the final eval then has this actor's GPU to itself."""
     import torch
 
-    from pipelines.train.worker import build_session, trial_checkpoint_hook
+    from pipelines.train.worker import build_session, loop_plan, trial_checkpoint_hook
     from unlearn.devices import resolve_device
-    from unlearn.loop import LoopPlan, TrainingLoop, torch_engine
+    from unlearn.loop import TrainingLoop, torch_engine
 
     torch.set_num_threads(int(cfg.distributed.threads_per_worker))
     session = build_session(cfg, config_dir, 1, 0, resolve_device(cfg.train.device))  # Ray set this actor's GPU
     tc = cfg.train
     store = TuneReportingStore(trial_dir)
     loop = TrainingLoop(session, torch_engine(session.cfg.train, session.objective), store,
-                        LoopPlan(tc.steps, tc.log_every, tc.checkpoint_every, eval_every=objective.proxy_every),
+                        loop_plan(cfg, objective, tc.checkpoint_every),
                         on_checkpoint=trial_checkpoint_hook(objective, tc.steps, session))
     result = loop.fit()
     state = store.finish()

@@ -36,9 +36,15 @@ class LoopConfig:
     resume_from: str | None = None  # a `t2vu train` checkpoint to start from while the Ray run has none of its own
 
     def plan(self) -> LoopPlan:
-        tc = self.config.train
-        proxy_every = self.objective.proxy_every if self.objective is not None else None
-        return LoopPlan(tc.steps, tc.log_every, self.checkpoint_every, eval_every=proxy_every)
+        return loop_plan(self.config, self.objective, self.checkpoint_every)
+
+
+def loop_plan(cfg: PipelineConfig, objective: ObjectivePayload | None, checkpoint_every: int) -> LoopPlan:
+    """Steps, log and checkpoint points, and the proxy-eval points of a trial's objective (a worker's, or a one-worker
+    trial's in its own actor)."""
+    tc = cfg.train
+    return LoopPlan(tc.steps, tc.log_every, checkpoint_every,
+                    eval_every=objective.proxy_every if objective is not None else None)
 
 
 def load_step_hook(hook: StepHook | None) -> StepHook | None:
